@@ -1,0 +1,182 @@
+"""One typed configuration: defaults < TOML file < environment (`MLFLOW_PERSIST_<FIELD>`) < explicit arguments.
+
+Per-model overrides live under `[models.<name>]` in the TOML file (or `models={...}` in code) and may
+set any field of `ModelSettings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlflow_persist.errors import ConfigError
+
+ENV_PREFIX = "MLFLOW_PERSIST_"
+DEFAULT_TRACKING_URI_TEMPLATE = "sqlite:///{cwd}/mlflow.db"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The given URI, else `MLFLOW_TRACKING_URI`, else the embedded default store in the current directory."""
+    if uri:
+        return uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    return DEFAULT_TRACKING_URI_TEMPLATE.format(cwd=Path.cwd().resolve().as_posix())
+
+
+class ModelSettings(BaseModel):
+    """Settings that can differ per model. Every field is documented in the README's configuration table."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    monitor: str = Field("loss", description="Metric name that decides performance saves and `best`.")
+    mode: Literal["min", "max"] = Field("min", description="Whether a lower (`min`) or higher (`max`) value is better.")
+    min_delta: float = Field(0.0, ge=0, description="Improvement over the best needed to count as better.")
+    min_delta_mode: Literal["abs", "rel"] = Field(
+        "abs", description="`abs`: min_delta in metric units; `rel`: a fraction of the best value's magnitude."
+    )
+    periodic_every_steps: int | None = Field(
+        None, gt=0, description="Save a `periodic` checkpoint every N steps (None: off)."
+    )
+    periodic_every_minutes: float | None = Field(
+        None, gt=0, description="Save a `periodic` checkpoint every X minutes of wall time (None: off)."
+    )
+    keep_best: int = Field(3, ge=1, description="How many `performance` checkpoints to keep (the best ones).")
+    keep_periodic: int = Field(3, ge=1, description="Rolling window of `periodic` checkpoints to keep (the newest).")
+    keep_final: int = Field(3, ge=1, description="How many `final` (shutdown) checkpoints to keep (the newest).")
+    resume_from: Literal["latest", "best"] = Field(
+        "latest", description="Which checkpoint `restore()` loads first: the newest valid one or `best`."
+    )
+    degradation_margin: float | None = Field(
+        None, ge=0, description="Alert when the monitored value stays worse than best by more than this (None: off)."
+    )
+    degradation_margin_mode: Literal["abs", "rel"] = Field("rel", description="Unit of degradation_margin.")
+    degradation_patience: int = Field(
+        200, ge=1, description="Consecutive degraded steps before the degradation alert fires."
+    )
+    revert_on_degradation: bool = Field(
+        False, description="On a degradation alert, load the `best` checkpoint into the live model."
+    )
+
+
+class PersistConfig(ModelSettings):
+    """Global settings; the `ModelSettings` fields here are the defaults for every model."""
+
+    tracking_uri: str = Field(
+        default_factory=resolve_tracking_uri,
+        description="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd).",
+    )
+    experiment_name: str = Field("mlflow-persist", min_length=1, description="MLflow experiment holding the runs.")
+    registered_model_prefix: str = Field("", description="Prefix of every registered model name.")
+    min_free_disk_mb: float = Field(
+        500.0, ge=0, description="Free space (MB) the checkpoint disk must keep; short of it, cleanup runs first."
+    )
+    min_free_disk_percent: float = Field(
+        2.0, ge=0, le=100, description="Free space (% of the disk) the checkpoint disk must keep."
+    )
+    writer_queue_size: int = Field(
+        8, ge=1, description="Snapshots waiting for the background writer, all models together; beyond it step() waits."
+    )
+    scheduler_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the background job flushes metrics, checks time-based saves and disk."
+    )
+    metrics_flush_size: int = Field(
+        1000, ge=1, description="Flush buffered metrics early once this many values are waiting."
+    )
+    log_system_metrics: bool = Field(True, description="Log psutil CPU %, RSS and free disk to each model's run.")
+    save_retry_attempts: int = Field(5, ge=1, description="Attempts per checkpoint before the save counts as failed.")
+    save_retry_max_wait_seconds: float = Field(30.0, gt=0, description="Longest backoff between save attempts.")
+    failure_alert_threshold: int = Field(
+        5, ge=1, description="Consecutive failed save attempts that raise an alert and mark the run degraded."
+    )
+    alert_command: str | None = Field(
+        None, description="Shell command run on an alert; the alert JSON is passed on stdin."
+    )
+    alert_webhook: str | None = Field(None, description="URL that receives each alert as a JSON POST.")
+    outbox_dir: str | None = Field(
+        None, description="Durable local outbox for checkpoints while the tracking server is unreachable."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    fast_serialization: bool = Field(
+        False,
+        description="Turn off torch's zip CRC32 (process-wide) to write checkpoints faster; sha256 still covers them.",
+    )
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-model overrides: `[models.<name>]` tables of ModelSettings fields."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _check_model_overrides(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in value.items():
+            try:
+                ModelSettings(**overrides)
+            except ValidationError as exc:
+                raise ValueError(f"[models.{name}]: {_describe_validation_error(exc)}") from None
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(_environment_values())
+        merged.update(data)
+        return merged
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(f"Invalid mlflow-persist configuration: {_describe_validation_error(exc)}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **overrides: Any) -> "PersistConfig":
+        """Read a TOML file; environment variables override it and keyword arguments override both."""
+        file_path = Path(path)
+        try:
+            data = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"Config file {file_path} does not exist; create it or pass another --config.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Config file {file_path} is not valid TOML ({exc}); fix the syntax.") from None
+        data.pop("mlflow_persist", None)
+        data.update(_environment_values())
+        data.update(overrides)
+        return cls(**data)
+
+    def for_model(self, name: str) -> ModelSettings:
+        """The effective settings of one model: these defaults with its `[models.<name>]` overrides applied."""
+        base = {field: getattr(self, field) for field in ModelSettings.model_fields}
+        base.update(self.models.get(name, {}))
+        return ModelSettings(**base)
+
+    def registered_name(self, model_name: str) -> str:
+        return f"{self.registered_model_prefix}{model_name}"
+
+
+def _environment_values() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field in PersistConfig.model_fields:
+        if field == "models":
+            continue
+        raw = os.environ.get(ENV_PREFIX + field.upper())
+        if raw is None:
+            continue
+        values[field] = None if raw.strip().lower() in {"", "none", "null"} else raw
+    return values
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "config"
+        given = error.get("input")
+        parts.append(f"{field}={given!r} is not allowed ({error['msg']})")
+    return "; ".join(parts) + "."

@@ -1,0 +1,18 @@
+"""`load_checkpoint`: a verified checkpoint from any script, by registry URI."""
+
+from __future__ import annotations
+
+from mlflow_persist.config import resolve_tracking_uri
+from mlflow_persist.payload import CheckpointState
+from mlflow_persist.store import MlflowStore
+
+
+def load_checkpoint(uri: str, tracking_uri: str | None = None, experiment_name: str = "mlflow-persist"
+                    ) -> CheckpointState:
+    """Load `models:/<name>@<alias>`, `models:/<name>/latest` or `models:/<name>/<version>`.
+
+    The payload's sha256 is verified against the one recorded at registration and it is loaded with
+    `torch.load(weights_only=True)`; a damaged checkpoint raises CheckpointCorruptError.
+    """
+    store = MlflowStore(resolve_tracking_uri(tracking_uri), experiment_name)
+    return store.load_version(store.resolve(uri))

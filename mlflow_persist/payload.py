@@ -1,0 +1,297 @@
+"""What a checkpoint holds, how it is serialized and checksummed, and how every format version is read.
+
+A checkpoint is a directory with two files:
+
+- `checkpoint.pt`: `torch.save` of a plain dict (tensors, numbers, strings, lists, dicts), so it loads with
+  `torch.load(weights_only=True)` and can never execute code;
+- `manifest.json`: format version, sha256 of `checkpoint.pt`, step, category, metrics, created_at.
+
+Format history (every loader reads every older version, filling new fields with defaults):
+- 1: model_state, optimizer_state, step, metrics.
+- 2: adds model_name, scheduler_state, extra_state, rng_state, category, created_at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from mlflow_persist.errors import CheckpointCorruptError
+
+FORMAT_VERSION = 2
+CHECKPOINT_FILE = "checkpoint.pt"
+MANIFEST_FILE = "manifest.json"
+_NDARRAY_KEY = "__mlflow_persist_ndarray__"
+_hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-persist-sha256")
+
+
+@dataclass
+class CheckpointState:
+    """A verified, loaded checkpoint: plain state dicts ready for `load_state_dict`."""
+
+    model_state: Mapping[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None = None
+    scheduler_state: dict[str, Any] | None = None
+    extra_state: Any = None
+    rng_state: dict[str, Any] | None = None
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    name: str | None = None
+    version: int | None = None
+    category: str | None = None
+    created_at: str | None = None
+    sha256: str | None = None
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------------- snapshot
+
+def copy_to_cpu(value: Any) -> Any:
+    """A deep copy where every tensor is detached and copied to CPU memory (the one blocking cost of a save)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, np.ndarray):
+        return _encode_ndarray(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, OrderedDict):
+        return OrderedDict((k, copy_to_cpu(v)) for k, v in value.items())
+    if isinstance(value, dict):
+        return {k: copy_to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_to_cpu(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(copy_to_cpu(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes, torch.dtype, torch.device)):
+        return value
+    raise TypeError(
+        f"a checkpoint cannot hold a {type(value).__name__}; make state_dict() return tensors, numbers, "
+        "strings, lists, tuples, dicts or numpy arrays"
+    )
+
+
+def _encode_ndarray(array: np.ndarray) -> dict[str, Any]:
+    contiguous = np.ascontiguousarray(array)
+    raw = torch.frombuffer(bytearray(contiguous.tobytes()), dtype=torch.uint8) if contiguous.nbytes else \
+        torch.empty(0, dtype=torch.uint8)
+    return {_NDARRAY_KEY: raw, "dtype": contiguous.dtype.str, "shape": list(contiguous.shape)}
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if _NDARRAY_KEY in value:
+            data = value[_NDARRAY_KEY].numpy().tobytes()
+            return np.frombuffer(data, dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+        decoded = {k: _decode(v) for k, v in value.items()}
+        return OrderedDict(decoded) if isinstance(value, OrderedDict) else decoded
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_decode(v) for v in value)
+    return value
+
+
+def capture_rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": copy_to_cpu(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any] | None) -> None:
+    if not state:
+        return
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        np.random.set_state(_decode(state["numpy"]))
+    if "python" in state:
+        random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuples(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_to_tuples(v) for v in value)
+    return value
+
+
+def build_payload(*, model_name: str, model_state: Mapping[str, Any], optimizer_state: Any = None,
+                  scheduler_state: Any = None, extra_state: Any = None, step: int, metrics: Mapping[str, float],
+                  category: str, rng_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The payload dict of the current format, every tensor already copied to CPU memory."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_name": model_name,
+        "model_state": copy_to_cpu(model_state),
+        "optimizer_state": copy_to_cpu(optimizer_state),
+        "scheduler_state": copy_to_cpu(scheduler_state),
+        "extra_state": copy_to_cpu(extra_state),
+        "rng_state": dict(rng_state) if rng_state is not None else capture_rng_state(),
+        "step": int(step),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "category": category,
+        "created_at": utc_now_iso(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+@dataclass(frozen=True)
+class WrittenCheckpoint:
+    directory: Path
+    sha256: str
+    size_bytes: int
+
+
+def serialize(payload: Mapping[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(dict(payload), buffer)
+    return buffer.getvalue()
+
+
+def _fsync_write(path: Path, data: bytes | memoryview) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> WrittenCheckpoint:
+    """Serialize `payload` into `directory` durably: checkpoint.pt and manifest.json, both fsynced.
+
+    The sha256 runs on a second thread while the bytes are written and fsynced (hashlib and file writes
+    release the GIL), so hashing costs almost nothing on top of the write.
+    """
+    data = serialize(payload)
+    directory.mkdir(parents=True, exist_ok=True)
+    digest_future = _hash_pool.submit(lambda: hashlib.sha256(data).hexdigest())
+    _fsync_write(directory / CHECKPOINT_FILE, data)
+    digest = digest_future.result()
+    manifest = {
+        "format_version": payload.get("format_version", FORMAT_VERSION),
+        "sha256": digest,
+        "size_bytes": len(data),
+        "model_name": payload.get("model_name"),
+        "step": payload.get("step"),
+        "category": payload.get("category"),
+        "metrics": payload.get("metrics", {}),
+        "created_at": payload.get("created_at"),
+    }
+    _fsync_write(directory / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+    fsync_directory(directory)
+    return WrittenCheckpoint(directory, digest, len(data))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointCorruptError(f"{path} is missing; the checkpoint is incomplete.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointCorruptError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged.") from None
+
+
+def read_checkpoint_dir(directory: Path, expected_sha256: str | None = None) -> CheckpointState:
+    """Verify the sha256 (against `expected_sha256`, else the manifest) and load with weights_only=True."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    expected = expected_sha256 or manifest.get("sha256")
+    checkpoint = directory / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise CheckpointCorruptError(f"{checkpoint} is missing; the checkpoint is incomplete.")
+    data = checkpoint.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if expected and actual != expected:
+        raise CheckpointCorruptError(
+            f"{checkpoint} has sha256 {actual[:12]}… but {expected[:12]}… was recorded; the file is damaged."
+        )
+    try:
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged or hostile files
+        raise CheckpointCorruptError(f"{checkpoint} cannot be loaded safely ({type(exc).__name__}: {exc}).") from None
+    state = payload_to_state(raw)
+    state.sha256 = actual
+    return state
+
+
+def upgrade_payload(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Bring a payload of any older format version to the current one."""
+    if not isinstance(raw, Mapping) or "model_state" not in raw:
+        raise CheckpointCorruptError("checkpoint.pt holds no model_state; it is not an mlflow-persist checkpoint.")
+    payload = dict(raw)
+    version = int(payload.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise CheckpointCorruptError(
+            f"checkpoint format {version} is newer than this mlflow-persist ({FORMAT_VERSION}); upgrade the package."
+        )
+    if version < 2:
+        payload.setdefault("model_name", None)
+        payload.setdefault("scheduler_state", None)
+        payload.setdefault("extra_state", None)
+        payload.setdefault("rng_state", None)
+        payload.setdefault("category", None)
+        payload.setdefault("created_at", None)
+        payload.setdefault("optimizer_state", None)
+        payload.setdefault("metrics", {})
+        payload.setdefault("step", 0)
+    payload["source_format_version"] = version
+    payload["format_version"] = FORMAT_VERSION
+    return payload
+
+
+def payload_to_state(raw: Mapping[str, Any]) -> CheckpointState:
+    payload = upgrade_payload(raw)
+    return CheckpointState(
+        model_state=payload["model_state"],
+        optimizer_state=payload["optimizer_state"],
+        scheduler_state=payload["scheduler_state"],
+        extra_state=_decode(payload["extra_state"]),
+        rng_state=payload["rng_state"],
+        step=int(payload["step"]),
+        metrics=dict(payload["metrics"] or {}),
+        format_version=int(payload["source_format_version"]),
+        name=payload["model_name"],
+        category=payload["category"],
+        created_at=payload["created_at"],
+    )

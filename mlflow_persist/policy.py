@@ -1,0 +1,223 @@
+"""Pure decision logic: no I/O, no clock of its own (time is passed in as seconds).
+
+- `PerformanceTracker`: best value, recent history, improvement amount, degradation streak.
+- `PeriodicSchedule`: periodic saves every N steps and every X minutes.
+- `decide_save`: the save decision of one step.
+- `select_best`, `retention_deletions`, `disk_pressure_order`: which versions carry `best`, which fall out
+  of the retention windows, and what to delete first when the disk runs short.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Sequence
+
+Mode = Literal["min", "max"]
+DeltaMode = Literal["abs", "rel"]
+
+PERFORMANCE = "performance"
+PERIODIC = "periodic"
+FINAL = "final"
+LEGACY = "legacy"
+ROLLBACK = "rollback"
+CATEGORIES = (PERFORMANCE, PERIODIC, FINAL, LEGACY, ROLLBACK)
+BEST_ELIGIBLE = frozenset({PERFORMANCE, LEGACY, ROLLBACK})
+
+
+def is_better(value: float, reference: float | None, mode: Mode, min_delta: float = 0.0,
+              delta_mode: DeltaMode = "abs") -> bool:
+    """True when `value` beats `reference` by more than `min_delta` (a missing reference is always beaten)."""
+    if value is None or math.isnan(value):
+        return False
+    if reference is None or math.isnan(reference):
+        return True
+    margin = min_delta * abs(reference) if delta_mode == "rel" else min_delta
+    if mode == "min":
+        return value < reference - margin
+    return value > reference + margin
+
+
+def improvement(value: float, reference: float | None, mode: Mode) -> float | None:
+    """How much better `value` is than `reference`, positive when better (None without a reference)."""
+    if reference is None:
+        return None
+    return reference - value if mode == "min" else value - reference
+
+
+@dataclass
+class PerformanceTracker:
+    """Per-model performance state: best value, recent history and the degradation streak."""
+
+    monitor: str
+    mode: Mode = "min"
+    min_delta: float = 0.0
+    min_delta_mode: DeltaMode = "abs"
+    history_size: int = 1000
+    best_value: float | None = None
+    best_step: int | None = None
+    last_value: float | None = None
+    degraded_steps: int = 0
+    history: deque[tuple[int, float]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.history = deque(self.history, maxlen=self.history_size)
+
+    def observe(self, step: int, value: float) -> None:
+        self.last_value = value
+        self.history.append((step, value))
+
+    def beats_best(self, value: float) -> bool:
+        return is_better(value, self.best_value, self.mode, self.min_delta, self.min_delta_mode)
+
+    def accept_best(self, step: int, value: float) -> float | None:
+        """Record a new best and return the improvement over the previous one."""
+        gained = improvement(value, self.best_value, self.mode)
+        self.best_value, self.best_step = value, step
+        self.degraded_steps = 0
+        return gained
+
+    def update_degradation(self, value: float, margin: float | None, margin_mode: DeltaMode) -> int:
+        """Count consecutive steps worse than best by more than `margin`; returns the current streak."""
+        if margin is None or self.best_value is None or math.isnan(value):
+            self.degraded_steps = 0
+            return 0
+        opposite: Mode = "max" if self.mode == "min" else "min"
+        worse = is_better(value, self.best_value, opposite, margin, margin_mode)
+        self.degraded_steps = self.degraded_steps + 1 if worse else 0
+        return self.degraded_steps
+
+
+@dataclass
+class PeriodicSchedule:
+    """Periodic saves by step count and by wall time, independent of performance saves."""
+
+    every_steps: int | None = None
+    every_seconds: float | None = None
+    next_step: int | None = None
+    last_time: float | None = None
+    time_due: bool = False
+
+    def start(self, step: int, now: float) -> None:
+        if self.every_steps:
+            self.next_step = (step // self.every_steps + 1) * self.every_steps
+        self.last_time = now
+        self.time_due = False
+
+    def check_time(self, now: float) -> bool:
+        """Called by the scheduler job: marks a time-based save due when the interval has passed."""
+        if self.every_seconds is not None and self.last_time is not None:
+            if now - self.last_time >= self.every_seconds:
+                self.time_due = True
+        return self.time_due
+
+    def due(self, step: int) -> bool:
+        if self.time_due:
+            return True
+        return self.next_step is not None and step >= self.next_step
+
+    def taken(self, step: int, now: float) -> None:
+        if self.every_steps:
+            self.next_step = (step // self.every_steps + 1) * self.every_steps
+        self.last_time = now
+        self.time_due = False
+
+
+@dataclass(frozen=True)
+class SaveDecision:
+    """What one `step()` decided. `save` is False on the vast majority of steps."""
+
+    save: bool
+    category: str | None = None
+    value: float | None = None
+    improvement: float | None = None
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.save
+
+
+NO_SAVE = SaveDecision(False, reason="no improvement and nothing due")
+
+
+def decide_save(tracker: PerformanceTracker, schedule: PeriodicSchedule, step: int, value: float | None) -> SaveDecision:
+    """Performance save when the monitored value beats the best by more than min_delta, else periodic when due.
+
+    A performance save on a step where a periodic save is also due leaves the periodic save due, so it is
+    taken at the next step: periodic checkpoints keep their own rhythm regardless of performance saves.
+    Pure apart from updating the tracker's notion of `best` when a performance save is decided.
+    """
+    if value is not None and tracker.beats_best(value):
+        previous = tracker.best_value
+        gained = tracker.accept_best(step, value)
+        reason = f"{tracker.monitor} improved from {previous} to {value}" if previous is not None else \
+            f"first {tracker.monitor} value {value}"
+        return SaveDecision(True, PERFORMANCE, value, gained, reason)
+    if schedule.due(step):
+        return SaveDecision(True, PERIODIC, value, None, "periodic save due")
+    return NO_SAVE
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """What the policies need to know about one registered version."""
+
+    version: int
+    category: str
+    value: float | None = None
+    step: int | None = None
+    corrupt: bool = False
+
+
+def _sort_key_best(mode: Mode):
+    def key(v: VersionSummary) -> tuple[float, int]:
+        value = v.value if v.value is not None and not math.isnan(v.value) else math.inf
+        ranked = value if mode == "min" else -value if value != math.inf else math.inf
+        return (ranked, -v.version)  # ties: the newer version wins
+    return key
+
+
+def select_best(versions: Iterable[VersionSummary], mode: Mode) -> VersionSummary | None:
+    """The valid version with the best value among performance-based, legacy and rollback versions."""
+    candidates = [v for v in versions if v.category in BEST_ELIGIBLE and not v.corrupt
+                  and v.value is not None and not math.isnan(v.value)]
+    if not candidates:
+        return None
+    return min(candidates, key=_sort_key_best(mode))
+
+
+def retention_deletions(versions: Sequence[VersionSummary], mode: Mode, keep_best: int, keep_periodic: int,
+                        keep_final: int, best_version: int | None) -> list[int]:
+    """Versions that fall out of the windows: performance beyond the top `keep_best`, periodic beyond the
+    newest `keep_periodic`, final beyond the newest `keep_final`. Never the `best` version, never the newest
+    version; legacy, rollback and corrupt versions are left to the operator."""
+    if not versions:
+        return []
+    newest = max(v.version for v in versions)
+    protected = {newest}
+    if best_version is not None:
+        protected.add(best_version)
+    delete: list[int] = []
+    performance = sorted((v for v in versions if v.category == PERFORMANCE and not v.corrupt),
+                         key=_sort_key_best(mode))
+    delete += [v.version for v in performance[keep_best:]]
+    for category, keep in ((PERIODIC, keep_periodic), (FINAL, keep_final)):
+        window = sorted((v for v in versions if v.category == category and not v.corrupt),
+                        key=lambda v: v.version, reverse=True)
+        delete += [v.version for v in window[keep:]]
+    return sorted(v for v in delete if v not in protected)
+
+
+def disk_pressure_order(versions: Sequence[VersionSummary], mode: Mode, best_version: int | None) -> list[int]:
+    """Deletion order when the disk runs short: periodic oldest first, then final oldest first, then
+    performance worst first. Never the `best` version or the newest version."""
+    if not versions:
+        return []
+    protected = {max(v.version for v in versions)}
+    if best_version is not None:
+        protected.add(best_version)
+    periodic = sorted((v for v in versions if v.category == PERIODIC), key=lambda v: v.version)
+    final = sorted((v for v in versions if v.category == FINAL), key=lambda v: v.version)
+    performance = sorted((v for v in versions if v.category == PERFORMANCE), key=_sort_key_best(mode), reverse=True)
+    return [v.version for v in (*periodic, *final, *performance) if v.version not in protected]

@@ -1,0 +1,477 @@
+"""The only layer that talks to MLflow: runs, artifacts, registered versions, tags, aliases, metrics.
+
+Works the same against the embedded default (`sqlite:///mlflow.db` + local artifacts) and against an
+`mlflow server` over HTTP (proxied artifacts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import unquote, urlparse
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from filelock import FileLock  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, RunStatus, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
+
+from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, StoreUnavailableError  # noqa: E402
+from mlflow_persist.naming import validate_model_name  # noqa: E402
+from mlflow_persist.payload import CheckpointState, WrittenCheckpoint, fsync_directory, read_checkpoint_dir, \
+    write_checkpoint_dir  # noqa: E402
+from mlflow_persist.policy import VersionSummary, select_best  # noqa: E402
+
+log = logging.getLogger("mlflow_persist.store")
+
+TAG_PREFIX = "mlflow_persist."
+RUN_KEY_TAG = TAG_PREFIX + "run_key"
+HEALTH_TAG = TAG_PREFIX + "health"
+BEST_ALIAS = "best"
+CHECKPOINTS_DIR = "checkpoints"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
+
+
+def tag(name: str) -> str:
+    return TAG_PREFIX + name
+
+
+@dataclass
+class VersionInfo:
+    """A registered checkpoint version as recorded by its tags."""
+
+    name: str
+    version: int
+    source: str
+    run_id: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+    creation_timestamp_ms: int | None = None
+
+    @property
+    def category(self) -> str:
+        return self.tags.get(tag("category"), "unknown")
+
+    @property
+    def step(self) -> int | None:
+        raw = self.tags.get(tag("step"))
+        return int(raw) if raw not in (None, "") else None
+
+    @property
+    def value(self) -> float | None:
+        raw = self.tags.get(tag("value"))
+        try:
+            return float(raw) if raw not in (None, "", "None") else None
+        except ValueError:
+            return None
+
+    @property
+    def monitor(self) -> str | None:
+        return self.tags.get(tag("monitor"))
+
+    @property
+    def sha256(self) -> str | None:
+        return self.tags.get(tag("sha256"))
+
+    @property
+    def created_at(self) -> str | None:
+        return self.tags.get(tag("created_at"))
+
+    @property
+    def format_version(self) -> int | None:
+        raw = self.tags.get(tag("format_version"))
+        return int(raw) if raw else None
+
+    @property
+    def corrupt(self) -> bool:
+        return self.tags.get(tag("corrupt"), "").lower() == "true"
+
+    def summary(self) -> VersionSummary:
+        return VersionSummary(self.version, self.category, self.value, self.step, self.corrupt)
+
+
+def _local_path(uri: str) -> Path | None:
+    """The filesystem path of a local artifact URI, None for remote ones."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    if len(parsed.scheme) == 1:  # a Windows drive letter
+        return Path(uri)
+    return None
+
+
+def _sqlite_dir(tracking_uri: str) -> Path | None:
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).resolve().parent
+    return None
+
+
+class MlflowStore:
+    """MLflow access for one tracking URI and experiment."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str = "mlflow-persist") -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.is_remote = tracking_uri.startswith(("http://", "https://"))
+        self._lock_dir = self._choose_lock_dir()
+        self._artifact_uris: dict[str, str] = {}
+        self.experiment_id = self._ensure_experiment(experiment_name)
+
+    # ------------------------------------------------------------------------------------- experiment & runs
+
+    def _ensure_experiment(self, name: str) -> str:
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+        except MlflowException as exc:
+            raise StoreUnavailableError(
+                f"The MLflow store at {self.tracking_uri} cannot be used ({_first_line(exc)}); "
+                "check the tracking URI and that the server is running."
+            ) from None
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                self.client.restore_experiment(experiment.experiment_id)
+            return experiment.experiment_id
+        artifact_location = None
+        db_dir = _sqlite_dir(self.tracking_uri)
+        if db_dir is not None:
+            artifact_location = (db_dir / "mlruns").as_uri()
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
+            )
+        except MlflowException:
+            # Another process created it between our lookup and our create.
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def find_run(self, key: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+            order_by=["attributes.start_time ASC"], max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def ensure_run(self, key: str, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        """The one run for `key`, resumed (status RUNNING again) if it exists, created otherwise."""
+        with self.lock(f"run-{key}"):
+            run_id = self.find_run(key)
+            if run_id is None:
+                run = self.client.create_run(
+                    self.experiment_id, run_name=run_name or key,
+                    tags={RUN_KEY_TAG: key, "mlflow.runName": run_name or key, **(tags or {})},
+                )
+                run_id = run.info.run_id
+            else:
+                self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def artifact_uri(self, run_id: str) -> str:
+        if run_id not in self._artifact_uris:
+            self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
+        return self._artifact_uris[run_id]
+
+    def local_artifact_dir(self, run_id: str) -> Path | None:
+        return _local_path(self.artifact_uri(run_id))
+
+    def log_metrics(self, run_id: str, rows: Sequence[tuple[str, float, int, int]]) -> None:
+        """rows: (key, value, timestamp_ms, step); sent in batches MLflow accepts (1000 metrics a call)."""
+        metrics = [Metric(key, float(value), int(ts), int(step)) for key, value, ts, step in rows]
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    # ------------------------------------------------------------------------------------- checkpoints
+
+    def write_checkpoint(self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
+                         ) -> tuple[str, WrittenCheckpoint]:
+        """Store the payload as a run artifact directory; returns (source URI, what was written).
+
+        Local stores: written once, straight into the run's artifact directory under a temporary name,
+        fsynced, then renamed into place, so a crash never leaves a half-written directory under a real name.
+        Remote stores: written to a local staging directory and uploaded with `log_artifacts`.
+        """
+        dirname = f"{model_name}-{step:010d}-{uuid.uuid4().hex[:8]}"
+        relative = f"{CHECKPOINTS_DIR}/{dirname}"
+        local_root = self.local_artifact_dir(run_id)
+        if local_root is not None:
+            parent = local_root / CHECKPOINTS_DIR
+            parent.mkdir(parents=True, exist_ok=True)
+            staging = parent / f".tmp-{dirname}"
+            written = write_checkpoint_dir(payload, staging)
+            final = parent / dirname
+            os.rename(staging, final)
+            fsync_directory(parent)
+            return f"{self.artifact_uri(run_id)}/{relative}", WrittenCheckpoint(final, written.sha256,
+                                                                                written.size_bytes)
+        with tempfile.TemporaryDirectory(prefix="mlflow-persist-") as tmp:
+            staging = Path(tmp) / dirname
+            written = write_checkpoint_dir(payload, staging)
+            self.client.log_artifacts(run_id, str(staging), artifact_path=relative)
+        return f"{self.artifact_uri(run_id)}/{relative}", written
+
+    def upload_checkpoint_dir(self, run_id: str, directory: Path, dirname: str) -> str:
+        """Upload an already-written checkpoint directory (the outbox) and return its source URI."""
+        relative = f"{CHECKPOINTS_DIR}/{dirname}"
+        local_root = self.local_artifact_dir(run_id)
+        if local_root is not None:
+            target = local_root / relative
+            if not target.exists():
+                staging = local_root / CHECKPOINTS_DIR / f".tmp-{dirname}"
+                shutil.copytree(directory, staging, dirs_exist_ok=True)
+                os.rename(staging, target)
+        else:
+            self.client.log_artifacts(run_id, str(directory), artifact_path=relative)
+        return f"{self.artifact_uri(run_id)}/{relative}"
+
+    def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 600.0) -> list[str]:
+        """Delete leftovers of interrupted saves: temporary directories, and directories no version uses."""
+        local_root = self.local_artifact_dir(run_id)
+        if local_root is None or not (local_root / CHECKPOINTS_DIR).is_dir():
+            return []
+        used = set()
+        for name in self.registered_models_for_run(run_id):
+            for info in self.list_versions(name):
+                path = _local_path(info.source)
+                if path is not None:
+                    used.add(path.name)
+        removed = []
+        now = time.time()
+        for entry in (local_root / CHECKPOINTS_DIR).iterdir():
+            if entry.name in used or now - entry.stat().st_mtime < max_age_seconds:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        if removed:
+            log.info("swept %d leftover checkpoint directories of interrupted saves in run %s", len(removed), run_id)
+        return removed
+
+    def registered_models_for_run(self, run_id: str) -> list[str]:
+        run = self.client.get_run(run_id)
+        name = run.data.tags.get(tag("registered_model"))
+        return [name] if name else []
+
+    # ------------------------------------------------------------------------------------- registry
+
+    def ensure_registered_model(self, name: str) -> None:
+        validate_model_name(name)
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(name, tags={tag("managed"): "true"})
+            except MlflowException:
+                self.client.get_registered_model(name)  # created concurrently: fine if it exists now
+
+    def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any]) -> VersionInfo:
+        """Register `source` as a new version with all its tags in the creating call.
+
+        Idempotent per (source, category): a source already registered under that category (a retried call, a
+        POST the HTTP client sent twice) returns the existing version, and duplicates of a retried POST are
+        removed. One source may carry several categories (a periodic version sharing a performance checkpoint).
+        """
+        self.ensure_registered_model(name)
+        category = str(tags.get(tag("category"), ""))
+
+        def same(v: VersionInfo) -> bool:
+            return v.source == source and v.category == (category or "unknown")
+
+        existing = [v for v in self.list_versions(name) if same(v)]
+        if existing:
+            return min(existing, key=lambda v: v.version)
+        created = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, await_creation_for=0,
+        )
+        duplicates = sorted((v for v in self.list_versions(name) if same(v)), key=lambda v: v.version)
+        for extra in duplicates[1:]:
+            log.warning("removing duplicate registration v%s of %s (same source as v%s)", extra.version, name,
+                        duplicates[0].version)
+            self.client.delete_model_version(name, str(extra.version))
+        return duplicates[0] if duplicates else self._to_info(created)
+
+    def list_versions(self, name: str) -> list[VersionInfo]:
+        """Every version of a registered model, oldest first (empty when the model does not exist)."""
+        versions: list[VersionInfo] = []
+        token = None
+        while True:
+            page = self.client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+            versions.extend(self._to_info(mv) for mv in page)
+            token = page.token
+            if not token:
+                break
+        return sorted(versions, key=lambda v: v.version)
+
+    def get_version(self, name: str, version: int | str) -> VersionInfo:
+        try:
+            return self._to_info(self.client.get_model_version(name, str(version)))
+        except MlflowException:
+            raise NotFoundError(
+                f"Model {name!r} has no version {version}; run `mlflow-persist history {name}` to see its versions."
+            ) from None
+
+    def alias_version(self, name: str, alias: str = BEST_ALIAS) -> VersionInfo | None:
+        try:
+            return self._to_info(self.client.get_model_version_by_alias(name, alias))
+        except MlflowException:
+            return None
+
+    def resolve(self, uri: str) -> VersionInfo:
+        """A version from `models:/name@alias`, `models:/name/latest` or `models:/name/<version>`."""
+        match = _MODEL_URI.match(uri)
+        if not match:
+            raise NotFoundError(
+                f"{uri!r} is not a model URI; use models:/<name>@best, models:/<name>/latest or models:/<name>/<n>."
+            )
+        name, alias, ref = match["name"], match["alias"], match["ref"]
+        if alias:
+            info = self.alias_version(name, alias)
+            if info is None:
+                raise NotFoundError(f"Model {name!r} has no alias {alias!r}; check the name or save a checkpoint first.")
+            return info
+        if ref.lower() == "latest":
+            versions = self.list_versions(name)
+            if not versions:
+                raise NotFoundError(f"Model {name!r} has no versions; train and save a checkpoint first.")
+            return versions[-1]
+        if not ref.isdigit():
+            raise NotFoundError(f"{ref!r} is not a version number; use a number, `latest` or @<alias>.")
+        return self.get_version(name, int(ref))
+
+    def set_best(self, name: str, version: int) -> None:
+        self.client.set_registered_model_alias(name, BEST_ALIAS, str(version))
+
+    def reconcile_best(self, name: str, mode: str) -> VersionInfo | None:
+        """Point `best` at the best valid version without compare-and-set support from MLflow.
+
+        Versions are append-only. Each writer lists all versions, sets `best` to the best of them, then lists
+        again; if a version appeared meanwhile it repeats. The last writer to set the alias therefore computed
+        it from a listing that contained every version registered before its set, so `best` ends right even
+        when processes race (and against an `mlflow server`, where no file lock is shared).
+        """
+        for _ in range(20):
+            versions = self.list_versions(name)
+            chosen = select_best([v.summary() for v in versions], mode)  # type: ignore[arg-type]
+            current = self.alias_version(name)
+            if chosen is None:
+                return current
+            if current is None or current.version != chosen.version:
+                self.set_best(name, chosen.version)
+                log.info("%s: best -> v%d (%s)", name, chosen.version, chosen.value)
+            after = self.list_versions(name)
+            if [v.version for v in after] == [v.version for v in versions]:
+                return next(v for v in versions if v.version == chosen.version)
+        return self.alias_version(name)
+
+    def mark_corrupt(self, name: str, version: int, reason: str) -> None:
+        try:
+            self.client.set_model_version_tag(name, str(version), tag("corrupt"), "true")
+            self.client.set_model_version_tag(name, str(version), tag("corrupt_reason"), reason[:4000])
+        except MlflowException as exc:
+            log.warning("could not tag %s v%s as corrupt: %s", name, version, _first_line(exc))
+
+    def delete_version(self, info: VersionInfo, delete_artifacts: bool = True) -> None:
+        """Delete a version and (when no other version shares it) its artifact directory."""
+        self.client.delete_model_version(info.name, str(info.version))
+        if not delete_artifacts:
+            return
+        if any(v.source == info.source for v in self.list_versions(info.name)):
+            return  # a rollback version reuses the same artifacts
+        try:
+            self._delete_artifact_dir(info)
+        except Exception as exc:  # the version is gone; a leftover directory is swept later
+            log.warning("deleted %s v%s but not its artifacts: %s", info.name, info.version, _first_line(exc))
+
+    def _delete_artifact_dir(self, info: VersionInfo) -> None:
+        path = _local_path(info.source)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        if info.run_id:
+            root = self.artifact_uri(info.run_id)
+            if info.source.startswith(root + "/"):
+                relative = info.source[len(root) + 1:]
+                get_artifact_repository(root).delete_artifacts(relative)
+
+    # ------------------------------------------------------------------------------------- loading
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self, info: VersionInfo) -> Iterator[Path]:
+        """A local directory with the version's files (the artifact directory itself for local stores)."""
+        path = _local_path(info.source)
+        if path is not None:
+            if not path.is_dir():
+                raise CheckpointCorruptError(f"{path} of {info.name} v{info.version} is missing; the artifacts were deleted.")
+            yield path
+            return
+        with tempfile.TemporaryDirectory(prefix="mlflow-persist-dl-") as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=tmp,
+                                                            tracking_uri=self.tracking_uri)
+            except Exception as exc:
+                raise CheckpointCorruptError(
+                    f"The artifacts of {info.name} v{info.version} cannot be downloaded ({_first_line(exc)})."
+                ) from None
+            yield Path(local)
+
+    def load_version(self, info: VersionInfo) -> CheckpointState:
+        """Download, verify against the sha256 recorded at registration, and load with weights_only=True."""
+        with self.checkpoint_dir(info) as directory:
+            state = read_checkpoint_dir(directory, expected_sha256=info.sha256)
+        state.name, state.version = info.name, info.version
+        state.category = info.category if info.category != "unknown" else state.category
+        return state
+
+    # ------------------------------------------------------------------------------------- misc
+
+    def _choose_lock_dir(self) -> Path:
+        db_dir = _sqlite_dir(self.tracking_uri)
+        base = db_dir if db_dir is not None else Path(tempfile.gettempdir())
+        return base / ".mlflow_persist_locks"
+
+    def lock(self, key: str, timeout: float = 120.0) -> FileLock:
+        """A cross-process lock for `key` (a file lock next to a local store; machine-local for a server)."""
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+        return FileLock(str(self._lock_dir / f"{safe}.lock"), timeout=timeout)
+
+    def checkpoint_disk_path(self, run_id: str | None = None) -> Path:
+        """A path on the disk that receives checkpoints (for free-space checks)."""
+        if run_id is not None:
+            local = self.local_artifact_dir(run_id)
+            if local is not None:
+                local.mkdir(parents=True, exist_ok=True)
+                return local
+        return self._lock_dir.parent if self._lock_dir.parent.exists() else Path(tempfile.gettempdir())
+
+    @staticmethod
+    def _to_info(mv: Any) -> VersionInfo:
+        return VersionInfo(
+            name=mv.name, version=int(mv.version), source=mv.source, run_id=mv.run_id,
+            tags=dict(mv.tags or {}), aliases=list(getattr(mv, "aliases", []) or []),
+            creation_timestamp_ms=mv.creation_timestamp,
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

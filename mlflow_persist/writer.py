@@ -1,0 +1,217 @@
+"""The background checkpoint writer: one thread, a bounded set of snapshots, retries with backoff.
+
+Memory stays bounded: per model at most one snapshot being written and one waiting. A newer snapshot of
+the same model replaces a waiting one that has not started (the newest state wins), except that a waiting
+performance snapshot is never replaced by a non-performance one: a periodic snapshot is dropped instead,
+and a forced one (final, manual) waits for the slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mlflow_persist.policy import PERFORMANCE, PERIODIC
+
+log = logging.getLogger("mlflow_persist.writer")
+
+
+@dataclass
+class SaveJob:
+    model: str
+    category: str
+    step: int
+    payload: dict[str, Any]
+    value: float | None = None
+    improvement: float | None = None
+    forced: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)
+    also: list[str] = field(default_factory=list)  # more categories registered on the same artifacts
+    attempts: int = 0
+    not_before: float = 0.0
+    outcome: str = "pending"  # pending | saved | superseded | dropped | failed
+    result: Any = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def finish(self, outcome: str, result: Any = None, error: BaseException | None = None) -> None:
+        self.outcome, self.result, self.error = outcome, result, error
+        self.payload = {}  # release the snapshot memory as soon as it is no longer needed
+        self.done.set()
+
+
+def _keeps_waiting(waiting: SaveJob, newcomer: SaveJob) -> bool:
+    """Whether a waiting snapshot must not be replaced by a newer one of the same model."""
+    return waiting.category == PERFORMANCE and newcomer.category != PERFORMANCE
+
+
+class CheckpointWriter:
+    """Runs `execute(job)` for each submitted snapshot on one background thread."""
+
+    def __init__(self, execute: Callable[[SaveJob], Any], *, queue_size: int = 8, max_attempts: int = 5,
+                 max_backoff_seconds: float = 30.0, on_failure: Callable[[SaveJob, BaseException, bool], None] | None = None,
+                 on_success: Callable[[SaveJob], None] | None = None) -> None:
+        self._execute = execute
+        self._queue_size = queue_size
+        self._max_attempts = max_attempts
+        self._max_backoff = max_backoff_seconds
+        self._on_failure = on_failure
+        self._on_success = on_success
+        self._cond = threading.Condition()
+        self._waiting: dict[str, SaveJob] = {}
+        self._running: dict[str, SaveJob] = {}
+        self._closed = False
+        self.dropped = 0
+        self.superseded = 0
+        self.failed: list[SaveJob] = []
+        self._thread = threading.Thread(target=self._loop, name="mlflow-persist-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------- training side
+
+    def submit(self, job: SaveJob) -> SaveJob:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the checkpoint writer is closed; no more saves are accepted")
+            while True:
+                waiting = self._waiting.get(job.model)
+                if waiting is not None and _keeps_waiting(waiting, job):
+                    if not job.forced:
+                        self.dropped += 1
+                        log.debug("%s: periodic snapshot at step %d dropped; a performance save is still waiting",
+                                  job.model, job.step)
+                        job.finish("dropped")
+                        return job
+                    self._cond.wait(0.5)
+                    continue
+                if waiting is None and len(self._waiting) >= self._queue_size:
+                    self._cond.wait(0.5)  # back-pressure: bounded memory beats unbounded queueing
+                    continue
+                break
+            if waiting is not None:
+                self.superseded += 1
+                job.also = sorted(set(job.also) | set(waiting.also) - {job.category})
+                waiting.finish("superseded")
+            self._waiting[job.model] = job
+            self._cond.notify_all()
+        return job
+
+    def attach_to_waiting(self, model: str, category: str) -> bool:
+        """If a performance snapshot of `model` is waiting, register it under `category` too and return True.
+
+        Called before taking a periodic snapshot that would otherwise be dropped: the periodic version then
+        shares the waiting checkpoint's artifacts, so periodic saves are never starved by frequent
+        improvements and no extra snapshot is held in memory.
+        """
+        with self._cond:
+            waiting = self._waiting.get(model)
+            if waiting is None or waiting.category != PERFORMANCE or category == PERFORMANCE:
+                return False
+            if category not in waiting.also:
+                waiting.also.append(category)
+            return True
+
+    def pending(self, model: str | None = None) -> int:
+        with self._cond:
+            jobs = [*self._waiting.values(), *self._running.values()]
+            return sum(1 for j in jobs if model is None or j.model == model)
+
+    def flush(self, model: str | None = None, timeout: float | None = None) -> bool:
+        """Wait until nothing of `model` (or of any model) waits or runs; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while any(model is None or j.model == model for j in (*self._waiting.values(), *self._running.values())):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining if remaining is not None else 1.0)
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        flushed = self.flush(timeout=timeout)
+        with self._cond:
+            self._closed = True
+            leftovers = [*self._waiting.values()]
+            self._waiting.clear()
+            self._cond.notify_all()
+        for job in leftovers:
+            job.finish("failed", error=TimeoutError("writer closed before the save could be written"))
+            self.failed.append(job)
+        self._thread.join(timeout=5 if flushed else 1)
+        return flushed
+
+    # ------------------------------------------------------------------------------------- writer side
+
+    def _next_job(self) -> SaveJob | None:
+        with self._cond:
+            while True:
+                if self._closed and not self._waiting:
+                    return None
+                now = time.monotonic()
+                ready = [j for j in self._waiting.values() if j.not_before <= now and j.model not in self._running]
+                if ready:
+                    job = min(ready, key=lambda j: (j.not_before, j.submitted_at))
+                    del self._waiting[job.model]
+                    self._running[job.model] = job
+                    self._cond.notify_all()
+                    return job
+                delays = [j.not_before - now for j in self._waiting.values() if j.not_before > now]
+                self._cond.wait(min(delays) if delays else 1.0)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            job.attempts += 1
+            try:
+                result = self._execute(job)
+            except BaseException as exc:  # noqa: BLE001 - a failed save must never kill the writer
+                self._handle_failure(job, exc)
+            else:
+                with self._cond:
+                    self._running.pop(job.model, None)
+                    self._cond.notify_all()
+                job.finish("saved", result=result)
+                if self._on_success:
+                    self._safe(self._on_success, job)
+
+    def _handle_failure(self, job: SaveJob, exc: BaseException) -> None:
+        final = job.attempts >= self._max_attempts or self._closed
+        with self._cond:
+            self._running.pop(job.model, None)
+            if not final:
+                waiting = self._waiting.get(job.model)
+                if waiting is None or _keeps_waiting(job, waiting):
+                    if waiting is not None:
+                        job.also = sorted(set(job.also) | set(waiting.also) - {job.category})
+                        waiting.finish("superseded")
+                        self.superseded += 1
+                    job.not_before = time.monotonic() + min(self._max_backoff, 0.5 * 2 ** (job.attempts - 1))
+                    self._waiting[job.model] = job
+                else:
+                    final = None  # type: ignore[assignment]  # a newer snapshot takes over
+            self._cond.notify_all()
+        if final is None:
+            job.finish("superseded", error=exc)
+            if self._on_failure:
+                self._safe(self._on_failure, job, exc, False)
+            return
+        if final:
+            self.failed.append(job)
+            job.finish("failed", error=exc)
+        if self._on_failure:
+            self._safe(self._on_failure, job, exc, bool(final))
+
+    @staticmethod
+    def _safe(callback: Callable[..., Any], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001
+            log.exception("checkpoint writer callback failed")
+
+
+__all__ = ["CheckpointWriter", "SaveJob", "PERIODIC"]

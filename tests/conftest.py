@@ -1,0 +1,68 @@
+"""Shared fixtures: a pre-migrated MLflow sqlite store copied per test (creating one costs ~9 s),
+and a real `mlflow server` on a free loopback port for the server variants."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path, template_db: Path) -> str:
+    """A fresh, empty, already-migrated embedded store in this test's temp dir."""
+    target = tmp_path / "store" / "mlflow.db"
+    target.parent.mkdir()
+    shutil.copy(template_db, target)
+    return f"sqlite:///{target}"
+
+
+def copy_template_store(template_db: Path, directory: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template_db, directory / "mlflow.db")
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, template_db: Path) -> Iterator[object]:
+    """A real `mlflow server` process (sqlite backend, proxied artifacts) on a free loopback port."""
+    from servers import MlflowServer
+
+    root = tmp_path_factory.mktemp("server")
+    backend = copy_template_store(template_db, root / "backend")
+    server = MlflowServer(backend_store_uri=backend, artifacts_destination=str(root / "artifacts"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=[pytest.mark.server, pytest.mark.slow])])
+def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path, template_db: Path) -> str:
+    """Both deployments: the embedded store and a real `mlflow server` over HTTP."""
+    if request.param == "sqlite":
+        return copy_template_store(template_db, tmp_path / "store")
+    server = request.getfixturevalue("mlflow_server")
+    return server.uri  # type: ignore[attr-defined]

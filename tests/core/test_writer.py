@@ -1,0 +1,105 @@
+"""The background writer: replacement rules, bounded memory, retries."""
+
+from __future__ import annotations
+
+import threading
+
+from mlflow_persist.writer import CheckpointWriter, SaveJob
+
+
+class GatedExecutor:
+    """Blocks each write until released, and fails the first `failures` attempts."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.failures = failures
+        self.written: list[tuple[str, str, int]] = []
+
+    def __call__(self, job: SaveJob) -> int:
+        self.started.set()
+        self.gate.wait(10)
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("injected failure")
+        self.written.append((job.model, job.category, job.step))
+        return len(self.written)
+
+
+def _job(model: str, category: str, step: int, forced: bool = False) -> SaveJob:
+    return SaveJob(model, category, step, {"blob": bytearray(10)}, forced=forced)
+
+
+def test_newest_state_wins_but_a_waiting_performance_save_is_never_replaced_by_a_periodic_one() -> None:
+    executor = GatedExecutor()
+    writer = CheckpointWriter(executor, queue_size=8)
+    first = writer.submit(_job("a", "periodic", 1))
+    assert executor.started.wait(5)
+    perf = writer.submit(_job("a", "performance", 2))
+    periodic = writer.submit(_job("a", "periodic", 3))
+    assert periodic.outcome == "dropped" and writer.attach_to_waiting("a", "periodic") and perf.also == ["periodic"]
+    better = writer.submit(_job("a", "performance", 4))
+    assert perf.outcome == "superseded" and better.also == ["periodic"]
+    other_model = writer.submit(_job("b", "periodic", 5))
+    assert writer.pending("a") == 2  # one running, one waiting: the memory bound
+    executor.gate.set()
+    assert writer.flush(timeout=10)
+    assert first.outcome == better.outcome == other_model.outcome == "saved"
+    assert executor.written == [("a", "periodic", 1), ("a", "performance", 4), ("b", "periodic", 5)]
+    assert first.payload == {}  # snapshot memory released
+    writer.close()
+
+
+def test_forced_save_waits_for_the_slot_instead_of_replacing_a_performance_save() -> None:
+    executor = GatedExecutor()
+    writer = CheckpointWriter(executor)
+    writer.submit(_job("a", "periodic", 1))
+    assert executor.started.wait(5)
+    writer.submit(_job("a", "performance", 2))
+    final_done = threading.Event()
+    threading.Thread(target=lambda: (writer.submit(_job("a", "final", 3, forced=True)), final_done.set())).start()
+    assert not final_done.wait(0.3)
+    executor.gate.set()
+    assert final_done.wait(5)
+    assert writer.flush(timeout=10)
+    assert [w[1:] for w in executor.written] == [("periodic", 1), ("performance", 2), ("final", 3)]
+    writer.close()
+
+
+def test_failures_are_retried_with_backoff_and_reported() -> None:
+    executor = GatedExecutor(failures=2)
+    executor.gate.set()
+    reports: list[tuple[int, bool]] = []
+    writer = CheckpointWriter(executor, max_attempts=5, on_failure=lambda job, exc, final: reports.append(
+        (job.attempts, final)))
+    job = writer.submit(_job("a", "performance", 1))
+    assert job.done.wait(10) and job.outcome == "saved" and job.attempts == 3
+    assert reports == [(1, False), (2, False)]
+    writer.close()
+
+
+def test_a_save_that_never_succeeds_is_kept_as_failed() -> None:
+    executor = GatedExecutor(failures=100)
+    executor.gate.set()
+    finals: list[bool] = []
+    writer = CheckpointWriter(executor, max_attempts=2, max_backoff_seconds=0.05,
+                              on_failure=lambda job, exc, final: finals.append(final))
+    job = writer.submit(_job("a", "final", 9, forced=True))
+    assert job.done.wait(10)
+    assert job.outcome == "failed" and isinstance(job.error, OSError)
+    assert finals == [False, True] and writer.failed == [job]
+    writer.close()
+
+
+def test_queue_bound_applies_back_pressure() -> None:
+    executor = GatedExecutor()
+    writer = CheckpointWriter(executor, queue_size=1)
+    writer.submit(_job("a", "periodic", 1))
+    assert executor.started.wait(5)
+    writer.submit(_job("b", "periodic", 1))
+    threading.Timer(0.3, executor.gate.set).start()
+    writer.submit(_job("c", "periodic", 1))  # waits until "b" leaves the queue
+    assert executor.gate.is_set()  # it could not return before the writer was released
+    assert writer.flush(timeout=10)
+    assert sorted(m for m, _, _ in executor.written) == ["a", "b", "c"]
+    writer.close()
