@@ -473,5 +473,8 @@ class MlflowStore:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    raw = str(exc)
+    if "Max retries exceeded" in raw or "Connection refused" in raw or "NewConnectionError" in raw:
+        return "connection refused or timed out"
+    text = raw.strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

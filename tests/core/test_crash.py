@@ -1,0 +1,95 @@
+"""Real training processes killed with SIGKILL and stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import mlflow_persist as mp
+from mlflow_persist.store import MlflowStore
+
+TRAINER = Path(__file__).with_name("trainer_proc.py")
+
+
+def start_trainer(uri: str, name: str, steps: int, sleep: float = 0.01) -> subprocess.Popen[str]:
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(TRAINER), uri, name, str(steps), str(sleep)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"trainer exited before {prefix!r}: {proc.stderr.read() if proc.stderr else ''}")
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+    raise AssertionError(f"no {prefix!r} line within {timeout}s")
+
+
+def expected_digests(uri: str, name: str, version: int) -> dict[str, str]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trainer_proc", TRAINER)
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)  # type: ignore[union-attr]
+    state = mp.load_checkpoint(f"models:/{name}/{version}", tracking_uri=uri)
+    opt_tensors = {f"{i}.{k}": v for i, s in state.optimizer_state["state"].items() for k, v in s.items()
+                   if isinstance(v, torch.Tensor)}
+    return {"model": trainer.digest(dict(state.model_state)), "optimizer": trainer.digest(opt_tensors),
+            "rng": hashlib.sha256(state.rng_state["torch"].numpy().tobytes()).hexdigest(), "step": state.step}
+
+
+def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(sqlite_uri: str) -> None:
+    rng = random.Random(7)
+    run_id = None
+    for trial in range(3):
+        proc = start_trainer(sqlite_uri, "dqn", steps=10_000)
+        restored = json.loads(read_until(proc, "RESTORED"))
+        current_run = read_until(proc, "RUN")
+        run_id = run_id or current_run
+        assert current_run == run_id
+        if trial > 0:
+            assert restored is not None
+        read_until(proc, "STEP")
+        time.sleep(rng.uniform(0.5, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        newest = MlflowStore(sqlite_uri).list_versions("dqn")[-1]
+        restart = start_trainer(sqlite_uri, "dqn", steps=2)
+        restored = json.loads(read_until(restart, "RESTORED"))
+        assert restored["version"] == newest.version
+        expected = expected_digests(sqlite_uri, "dqn", newest.version)
+        assert restored["step"] == expected["step"] == newest.step
+        assert (restored["model"], restored["optimizer"], restored["rng"]) == (
+            expected["model"], expected["optimizer"], expected["rng"])
+        assert read_until(restart, "RUN") == run_id
+        read_until(restart, "DONE")
+        assert restart.wait(timeout=60) == 0, restart.stderr.read() if restart.stderr else ""
+
+
+def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(sqlite_uri: str) -> None:
+    proc = start_trainer(sqlite_uri, "cnn", steps=100_000)
+    read_until(proc, "RESTORED")
+    for _ in range(20):
+        last_step = int(read_until(proc, "STEP"))
+    proc.send_signal(signal.SIGTERM)
+    remaining = proc.communicate(timeout=120)[0]
+    steps = [int(line.split()[1]) for line in remaining.splitlines() if line.startswith("STEP")]
+    final_step = steps[-1] if steps else last_step
+    assert proc.returncode == 0
+    newest = MlflowStore(sqlite_uri).list_versions("cnn")[-1]
+    assert newest.category == "final" and newest.step == final_step
+    state = mp.load_checkpoint("models:/cnn/latest", tracking_uri=sqlite_uri)
+    assert state.category == "final" and state.step == final_step
