@@ -293,19 +293,20 @@ class ModelHandle:
             tag("size_bytes"): written.size_bytes,
         }
         with self._registry_lock, store.lock(f"model-{self.registered_name}"):
-            info = store.register_version(self.registered_name, source, self.run_id, tags)
+            info = store.register_version(self.registered_name, source, self.run_id, tags, retried=job.attempts > 1)
             for category in job.also:
-                store.register_version(self.registered_name, source, self.run_id, {**tags, tag("category"): category})
-            best = store.reconcile_best(self.registered_name, self.settings.mode) \
+                store.register_version(self.registered_name, source, self.run_id, {**tags, tag("category"): category},
+                                       retried=job.attempts > 1)
+            versions = store.list_versions(self.registered_name)
+            best = store.reconcile_best(self.registered_name, self.settings.mode, versions, converge=not store.lock_is_shared) \
                 if job.category in BEST_ELIGIBLE else store.alias_version(self.registered_name)
-            self._apply_retention(best.version if best else None)
+            self._apply_retention(versions, best.version if best else None)
         duration = time.monotonic() - started
         self._after_save(job, info, best, written.size_bytes, duration)
         return info
 
-    def _apply_retention(self, best_version: int | None) -> None:
+    def _apply_retention(self, versions: list[VersionInfo], best_version: int | None) -> None:
         store = self._persistence.store
-        versions = store.list_versions(self.registered_name)
         doomed = retention_deletions([v.summary() for v in versions], self.settings.mode, self.settings.keep_best,
                                      self.settings.keep_periodic, self.settings.keep_final, best_version)
         by_number = {v.version: v for v in versions}

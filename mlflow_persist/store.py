@@ -126,8 +126,12 @@ class MlflowStore:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.is_remote = tracking_uri.startswith(("http://", "https://"))
+        # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
+        # every writer; elsewhere registration and `best` use the lock-free convergent strategy.
+        self.lock_is_shared = tracking_uri.startswith("sqlite:")
         self._lock_dir = self._choose_lock_dir()
         self._artifact_uris: dict[str, str] = {}
+        self._known_models: set[str] = set()
         self.experiment_id = self._ensure_experiment(experiment_name)
 
     # ------------------------------------------------------------------------------------- experiment & runs
@@ -275,6 +279,8 @@ class MlflowStore:
 
     def ensure_registered_model(self, name: str) -> None:
         validate_model_name(name)
+        if name in self._known_models:
+            return
         try:
             self.client.get_registered_model(name)
         except MlflowException:
@@ -282,8 +288,10 @@ class MlflowStore:
                 self.client.create_registered_model(name, tags={tag("managed"): "true"})
             except MlflowException:
                 self.client.get_registered_model(name)  # created concurrently: fine if it exists now
+        self._known_models.add(name)
 
-    def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any]) -> VersionInfo:
+    def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
+                         retried: bool = True) -> VersionInfo:
         """Register `source` as a new version with all its tags in the creating call.
 
         Idempotent per (source, category): a source already registered under that category (a retried call, a
@@ -296,12 +304,15 @@ class MlflowStore:
         def same(v: VersionInfo) -> bool:
             return v.source == source and v.category == (category or "unknown")
 
-        existing = [v for v in self.list_versions(name) if same(v)]
-        if existing:
-            return min(existing, key=lambda v: v.version)
+        if retried or not self.lock_is_shared:
+            existing = [v for v in self.list_versions(name) if same(v)]
+            if existing:
+                return min(existing, key=lambda v: v.version)
         created = self.client.create_model_version(
             name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, await_creation_for=0,
         )
+        if self.lock_is_shared:
+            return self._to_info(created)  # no HTTP retries locally, so no duplicate POSTs
         duplicates = sorted((v for v in self.list_versions(name) if same(v)), key=lambda v: v.version)
         for extra in duplicates[1:]:
             log.warning("removing duplicate registration v%s of %s (same source as v%s)", extra.version, name,
@@ -360,16 +371,18 @@ class MlflowStore:
     def set_best(self, name: str, version: int) -> None:
         self.client.set_registered_model_alias(name, BEST_ALIAS, str(version))
 
-    def reconcile_best(self, name: str, mode: str) -> VersionInfo | None:
+    def reconcile_best(self, name: str, mode: str, versions: list[VersionInfo] | None = None,
+                       converge: bool = True) -> VersionInfo | None:
         """Point `best` at the best valid version without compare-and-set support from MLflow.
 
         Versions are append-only. Each writer lists all versions, sets `best` to the best of them, then lists
         again; if a version appeared meanwhile it repeats. The last writer to set the alias therefore computed
         it from a listing that contained every version registered before its set, so `best` ends right even
-        when processes race (and against an `mlflow server`, where no file lock is shared).
+        when processes race (and against an `mlflow server`, where no file lock is shared). With
+        `converge=False` (callers that hold the store's file lock) one pass over `versions` suffices.
         """
         for _ in range(20):
-            versions = self.list_versions(name)
+            versions = versions if versions is not None else self.list_versions(name)
             chosen = select_best([v.summary() for v in versions], mode)  # type: ignore[arg-type]
             current = self.alias_version(name)
             if chosen is None:
@@ -377,9 +390,12 @@ class MlflowStore:
             if current is None or current.version != chosen.version:
                 self.set_best(name, chosen.version)
                 log.info("%s: best -> v%d (%s)", name, chosen.version, chosen.value)
+            if not converge:
+                return chosen_info(versions, chosen.version)
             after = self.list_versions(name)
             if [v.version for v in after] == [v.version for v in versions]:
-                return next(v for v in versions if v.version == chosen.version)
+                return chosen_info(versions, chosen.version)
+            versions = after
         return self.alias_version(name)
 
     def mark_corrupt(self, name: str, version: int, reason: str) -> None:
@@ -470,6 +486,10 @@ class MlflowStore:
             tags=dict(mv.tags or {}), aliases=list(getattr(mv, "aliases", []) or []),
             creation_timestamp_ms=mv.creation_timestamp,
         )
+
+
+def chosen_info(versions: list[VersionInfo], number: int) -> VersionInfo:
+    return next(v for v in versions if v.version == number)
 
 
 def _first_line(exc: BaseException) -> str:
