@@ -6,12 +6,14 @@ import atexit
 import copy
 import errno
 import logging
+import os
 import signal
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -20,6 +22,7 @@ from mlflow_persist.alerts import Alert, AlertDispatcher, AlertSink, command_sin
 from mlflow_persist.config import ModelSettings, PersistConfig
 from mlflow_persist.errors import CheckpointCorruptError, PersistError
 from mlflow_persist.naming import validate_model_name
+from mlflow_persist.outbox import Outbox, default_outbox_root
 from mlflow_persist.payload import FORMAT_VERSION, CheckpointState, build_payload, restore_rng_state
 from mlflow_persist.policy import BEST_ELIGIBLE, FINAL, PERFORMANCE, PERIODIC, PeriodicSchedule, PerformanceTracker, \
     SaveDecision, decide_save, disk_pressure_order, retention_deletions
@@ -28,6 +31,11 @@ from mlflow_persist.sysmetrics import disk_space, system_metrics
 from mlflow_persist.writer import CheckpointWriter, SaveJob
 
 log = logging.getLogger("mlflow_persist")
+
+# MLflow's own defaults retry an unreachable server for about 4 minutes per request; the outbox retries
+# registration itself, so shorter client retries only make recovery quicker. A user's own settings win.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 class Stateful(Protocol):
@@ -39,7 +47,7 @@ class Stateful(Protocol):
 class RestoreInfo:
     """What `restore()` loaded."""
 
-    version: int
+    version: int | None  # None: resumed from the outbox, not registered yet
     category: str
     step: int
     value: float | None
@@ -51,8 +59,27 @@ class DiskFullError(PersistError, OSError):
     pass
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A completely written checkpoint waiting to become a registered version."""
+
+    category: str
+    step: int
+    value: float | None
+    improvement: float | None
+    also: list[str]
+    created_at: str
+    sha256: str
+    size_bytes: int
+    retried: bool = False
+
+
 class GracefulExit(SystemExit):
     """Raised in the main thread on SIGTERM so `with Persistence(...)` blocks unwind and save final checkpoints."""
+
+
+def _run_is_gone(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" and "run" in str(exc).lower()
 
 
 def _format_change(monitor: str, previous: float | None, value: float | None) -> str:
@@ -104,6 +131,7 @@ class ModelHandle:
         self._last_saved_value: float | None = None
         self._metrics: deque[tuple[int, int, dict[str, float]]] = deque()
         self._registry_lock = threading.RLock()
+        self._drain_lock = threading.Lock()
         self.run_id = persistence.store.ensure_run(name, tags={tag("registered_model"): self.registered_name})
         self.schedule.start(0, time.monotonic())
 
@@ -206,6 +234,10 @@ class ModelHandle:
         Returns None when the store holds no usable checkpoint of this model.
         """
         store = self._persistence.store
+        if self._persistence.outbox is not None and self.drain_outbox(blocking=True) > 0:
+            from_outbox = self._restore_from_outbox()
+            if from_outbox is not None:
+                return from_outbox
         versions = store.list_versions(self.registered_name)
         best = store.alias_version(self.registered_name)
         if best is not None and best.value is not None and best.monitor in (None, self.tracker.monitor):
@@ -231,6 +263,25 @@ class ModelHandle:
         if versions:
             log.error("%s: none of the %d stored checkpoints could be restored; starting fresh", self.name,
                       len(versions))
+        return None
+
+    def _restore_from_outbox(self) -> RestoreInfo | None:
+        """The server is unreachable and newer checkpoints wait in the outbox: resume from the newest of them."""
+        from mlflow_persist.payload import read_checkpoint_dir
+
+        assert self._persistence.outbox is not None
+        for entry in reversed(self._persistence.outbox.entries(self.registered_name)):
+            try:
+                state = read_checkpoint_dir(entry.directory, expected_sha256=entry.sha256)
+                self._apply(state, restore_rng=True, restore_step=True)
+            except CheckpointCorruptError as exc:
+                log.error("%s: outbox checkpoint %s is damaged (%s); trying an older one", self.name, entry.directory,
+                          exc)
+                continue
+            self.schedule.start(self.current_step, time.monotonic())
+            log.warning("%s: restored step %d from the outbox %s (not registered yet: the server is unreachable)",
+                        self.name, entry.step, entry.directory)
+            return RestoreInfo(None, entry.category, entry.step, entry.value, self.run_id)
         return None
 
     def _apply(self, state: CheckpointState, restore_rng: bool, restore_step: bool) -> None:
@@ -274,36 +325,95 @@ class ModelHandle:
 
     # ------------------------------------------------------------------------------------- writer thread
 
-    def execute(self, job: SaveJob) -> VersionInfo:
-        """Write, register, move `best`, apply retention. Runs on the writer thread."""
+    def execute(self, job: SaveJob) -> Any:
+        """Write, register, move `best`, apply retention. Runs on the writer thread.
+
+        Remote stores go through the durable outbox: the checkpoint is complete on local disk before any
+        network call, and registration failures leave it there, in order, for the next drain.
+        """
         persistence = self._persistence
         store = persistence.store
         started = time.monotonic()
         persistence.ensure_disk_space(self)
+        if persistence.outbox is not None:
+            entry = persistence.outbox.put(
+                model=self.name, registered_name=self.registered_name, run_id=self.run_id,
+                dirname=store.checkpoint_dirname(self.name, job.step), payload=job.payload, category=job.category,
+                step=job.step, value=job.value, improvement=job.improvement, also=list(job.also),
+            )
+            job.payload = {}
+            self.drain_outbox()
+            return entry
         try:
             source, written = store.write_checkpoint(self.run_id, self.name, job.step, job.payload)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 persistence.free_disk(self, reason="disk full while writing")
             raise
+        registration = Registration(job.category, job.step, job.value, job.improvement, list(job.also),
+                                    str(job.payload.get("created_at", "")), written.sha256, written.size_bytes,
+                                    retried=job.attempts > 1)
+        return self._register(source, registration, started)
+
+    def _register(self, source: str, reg: "Registration", started: float) -> VersionInfo:
+        store = self._persistence.store
         tags = {
-            tag("category"): job.category, tag("step"): job.step, tag("monitor"): self.tracker.monitor,
-            tag("value"): job.value if job.value is not None else "", tag("sha256"): written.sha256,
-            tag("format_version"): FORMAT_VERSION, tag("created_at"): job.payload.get("created_at", ""),
-            tag("size_bytes"): written.size_bytes,
+            tag("category"): reg.category, tag("step"): reg.step, tag("monitor"): self.tracker.monitor,
+            tag("value"): reg.value if reg.value is not None else "", tag("sha256"): reg.sha256,
+            tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
         }
         with self._registry_lock, store.lock(f"model-{self.registered_name}"):
-            info = store.register_version(self.registered_name, source, self.run_id, tags, retried=job.attempts > 1)
-            for category in job.also:
+            info = store.register_version(self.registered_name, source, self.run_id, tags, retried=reg.retried)
+            for category in reg.also:
                 store.register_version(self.registered_name, source, self.run_id, {**tags, tag("category"): category},
-                                       retried=job.attempts > 1)
+                                       retried=reg.retried)
             versions = store.list_versions(self.registered_name)
-            best = store.reconcile_best(self.registered_name, self.settings.mode, versions, converge=not store.lock_is_shared) \
-                if job.category in BEST_ELIGIBLE else store.alias_version(self.registered_name)
+            best = store.reconcile_best(self.registered_name, self.settings.mode, versions,
+                                        converge=not store.lock_is_shared) \
+                if reg.category in BEST_ELIGIBLE else store.alias_version(self.registered_name)
             self._apply_retention(versions, best.version if best else None)
-        duration = time.monotonic() - started
-        self._after_save(job, info, best, written.size_bytes, duration)
+        self._after_save(reg, info, best, time.monotonic() - started)
         return info
+
+    def drain_outbox(self, blocking: bool = False) -> int:
+        """Upload and register this model's outbox entries in order; stops at the first failure (the rest
+        wait for the next drain). Returns how many are still waiting. Never raises.
+
+        Non-blocking calls return at once when another thread is draining this model already."""
+        outbox = self._persistence.outbox
+        if outbox is None:
+            return 0
+        if not self._drain_lock.acquire(blocking=blocking):
+            return -1
+        try:
+            with outbox.lock(self.registered_name):
+                return self._drain_locked(outbox)
+        finally:
+            self._drain_lock.release()
+
+    def _drain_locked(self, outbox: Outbox) -> int:
+        entries = outbox.entries(self.registered_name)
+        for position, entry in enumerate(entries):
+            started = time.monotonic()
+            try:
+                source = self._persistence.store.upload_checkpoint_files(entry.run_id, entry.directory, entry.dirname)
+                registration = Registration(entry.category, entry.step, entry.value, entry.improvement, entry.also,
+                                            entry.created_at, entry.sha256, entry.size_bytes, retried=True)
+                self._register(source, registration, started)
+            except Exception as exc:  # noqa: BLE001 - the entry stays on disk for the next drain
+                if _run_is_gone(exc):
+                    moved = outbox.quarantine(entry)
+                    log.error("%s: outbox checkpoint of step %d belongs to run %s, which the server no longer has; "
+                              "moved it to %s for the operator", self.name, entry.step, entry.run_id, moved)
+                    continue
+                self.record_failure(entry.category, entry.step, exc, attempts=None, final=False)
+                return len(entries) - position
+            outbox.remove(entry)
+        return 0
+
+    def pending_outbox(self) -> int:
+        outbox = self._persistence.outbox
+        return len(outbox.entries(self.registered_name)) if outbox is not None else 0
 
     def _apply_retention(self, versions: list[VersionInfo], best_version: int | None) -> None:
         store = self._persistence.store
@@ -314,27 +424,27 @@ class ModelHandle:
             store.delete_version(by_number[number])
             log.debug("%s: retention removed v%d (%s)", self.name, number, by_number[number].category)
 
-    def _after_save(self, job: SaveJob, info: VersionInfo, best: VersionInfo | None, size: int,
-                    duration: float) -> None:
+    def _after_save(self, reg: "Registration", info: VersionInfo, best: VersionInfo | None, duration: float) -> None:
         self.saves += 1
         self.last_version = info.version
         self.last_save_time = time.time()
-        previous = self._last_saved_value if job.category == PERFORMANCE else None
-        if job.category == PERFORMANCE:
-            self._last_saved_value = job.value
-        metrics = {"checkpoint/saves": float(self.saves), "checkpoint/version": float(info.version)}
+        previous = self._last_saved_value if reg.category == PERFORMANCE else None
+        if reg.category == PERFORMANCE:
+            self._last_saved_value = reg.value
+        metrics = {"checkpoint/saves": float(self.saves), "checkpoint/version": float(info.version),
+                   "checkpoint/failures": float(self.failures)}
         if best is not None and best.value is not None:
             metrics[f"best_{self.tracker.monitor}"] = best.value
             metrics["checkpoint/best_version"] = float(best.version)
-        if job.improvement is not None:
-            metrics["checkpoint/improvement"] = float(job.improvement)
-        self._metrics.append((job.step, int(time.time() * 1000), metrics))
-        change = _format_change(self.tracker.monitor, previous, job.value) if job.category == PERFORMANCE else \
-            f"{self.tracker.monitor} {job.value:.6g}" if job.value is not None else self.tracker.monitor
-        log.info("%s: %s, saved v%d (%s, step %d, %.1f MB, %.0f ms)", self.name, change, info.version, job.category,
-                 job.step, size / 2**20, duration * 1000,
-                 extra={"model": self.name, "category": job.category, "version": info.version, "step": job.step,
-                        "value": job.value, "improvement": job.improvement, "bytes": size,
+        if reg.improvement is not None:
+            metrics["checkpoint/improvement"] = float(reg.improvement)
+        self._metrics.append((reg.step, int(time.time() * 1000), metrics))
+        change = _format_change(self.tracker.monitor, previous, reg.value) if reg.category == PERFORMANCE else \
+            f"{self.tracker.monitor} {reg.value:.6g}" if reg.value is not None else self.tracker.monitor
+        log.info("%s: %s, saved v%d (%s, step %d, %.1f MB, %.0f ms)", self.name, change, info.version, reg.category,
+                 reg.step, reg.size_bytes / 2**20, duration * 1000,
+                 extra={"model": self.name, "category": reg.category, "version": info.version, "step": reg.step,
+                        "value": reg.value, "improvement": reg.improvement, "bytes": reg.size_bytes,
                         "duration_s": round(duration, 4), "outcome": "saved"})
         if self.consecutive_failures or self.degraded:
             self.consecutive_failures = 0
@@ -345,11 +455,17 @@ class ModelHandle:
                 log.warning("%s: saves succeed again; health back to ok", self.name)
 
     def on_failure(self, job: SaveJob, exc: BaseException, final: bool) -> None:
+        self.record_failure(job.category, job.step, exc, job.attempts, final)
+
+    def record_failure(self, category: str, step: int, exc: BaseException, attempts: int | None, final: bool) -> None:
         self.failures += 1
         self.consecutive_failures += 1
-        log.error("%s: saving the %s checkpoint of step %d failed (attempt %d%s): %s", self.name, job.category,
-                  job.step, job.attempts, ", giving up" if final else ", will retry", exc,
-                  extra={"model": self.name, "category": job.category, "step": job.step, "outcome": "failed"})
+        attempt = f"attempt {attempts}" if attempts is not None else "registration from the outbox"
+        outcome = "giving up" if final else "will retry"
+        log.error("%s: saving the %s checkpoint of step %d failed (%s, %s): %s", self.name, category, step, attempt,
+                  outcome, exc, extra={"model": self.name, "category": category, "step": step, "outcome": "failed"})
+        self._metrics.append((self.current_step, int(time.time() * 1000),
+                              {"checkpoint/failures": float(self.failures)}))
         threshold = self._persistence.config.failure_alert_threshold
         if self.consecutive_failures >= threshold and not self._alerted_failures:
             self._alerted_failures = True
@@ -357,7 +473,7 @@ class ModelHandle:
             self._persistence.safe_set_run_tags(self.run_id, {HEALTH_TAG: "degraded"})
             self._persistence.alerts.fire(Alert(
                 "save_failures", self.name, f"{self.consecutive_failures} consecutive checkpoint saves failed: {exc}",
-                {"step": job.step, "category": job.category, "error": str(exc)[:500]},
+                {"step": step, "category": category, "error": str(exc)[:500]},
             ))
 
     def drain_metrics(self) -> list[tuple[str, float, int, int]]:
@@ -380,7 +496,14 @@ class Persistence:
         self.config = config or PersistConfig()
         if self.config.fast_serialization:
             torch.serialization.set_crc32_options(False)
+        if MlflowStore.is_remote_uri(self.config.tracking_uri):
+            for key, value in HTTP_RETRY_DEFAULTS.items():
+                os.environ.setdefault(key, value)
         self.store = MlflowStore(self.config.tracking_uri, self.config.experiment_name)
+        self.outbox: Outbox | None = None
+        if self.store.is_remote:
+            root = Path(self.config.outbox_dir) if self.config.outbox_dir else default_outbox_root(self.store.tracking_uri)
+            self.outbox = Outbox(root)
         sinks = list(alert_sinks or [])
         if self.config.alert_command:
             sinks.append(command_sink(self.config.alert_command))
@@ -443,6 +566,11 @@ class Persistence:
                     except Exception as exc:  # noqa: BLE001
                         log.error("%s: the final checkpoint could not be taken: %s", handle.name, exc)
             self.writer.close(timeout=timeout)
+            for handle in self.handles.values():
+                waiting = handle.drain_outbox(blocking=True)
+                if waiting > 0 and self.outbox is not None:
+                    log.warning("%s: %d checkpoint(s) wait in the outbox %s; they are registered at the next start",
+                                handle.name, waiting, self.outbox.root / handle.registered_name)
         finally:
             self.job.stop()
             self.flush_metrics()
@@ -490,6 +618,9 @@ class Persistence:
         now = time.monotonic() if now is None else now
         for handle in list(self.handles.values()):
             handle.schedule.check_time(now)
+        if self.outbox is not None:
+            for handle in list(self.handles.values()):
+                handle.drain_outbox()
         if self.config.log_system_metrics and self.handles:
             first = next(iter(self.handles.values()))
             try:

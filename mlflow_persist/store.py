@@ -125,7 +125,7 @@ class MlflowStore:
     def __init__(self, tracking_uri: str, experiment_name: str = "mlflow-persist") -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        self.is_remote = tracking_uri.startswith(("http://", "https://"))
+        self.is_remote = self.is_remote_uri(tracking_uri)
         # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
         # every writer; elsewhere registration and `best` use the lock-free convergent strategy.
         self.lock_is_shared = tracking_uri.startswith("sqlite:")
@@ -133,6 +133,10 @@ class MlflowStore:
         self._artifact_uris: dict[str, str] = {}
         self._known_models: set[str] = set()
         self.experiment_id = self._ensure_experiment(experiment_name)
+
+    @staticmethod
+    def is_remote_uri(tracking_uri: str) -> bool:
+        return tracking_uri.startswith(("http://", "https://"))
 
     # ------------------------------------------------------------------------------------- experiment & runs
 
@@ -207,6 +211,10 @@ class MlflowStore:
 
     # ------------------------------------------------------------------------------------- checkpoints
 
+    @staticmethod
+    def checkpoint_dirname(model_name: str, step: int) -> str:
+        return f"{model_name}-{step:010d}-{uuid.uuid4().hex[:8]}"
+
     def write_checkpoint(self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
                          ) -> tuple[str, WrittenCheckpoint]:
         """Store the payload as a run artifact directory; returns (source URI, what was written).
@@ -215,7 +223,7 @@ class MlflowStore:
         fsynced, then renamed into place, so a crash never leaves a half-written directory under a real name.
         Remote stores: written to a local staging directory and uploaded with `log_artifacts`.
         """
-        dirname = f"{model_name}-{step:010d}-{uuid.uuid4().hex[:8]}"
+        dirname = self.checkpoint_dirname(model_name, step)
         relative = f"{CHECKPOINTS_DIR}/{dirname}"
         local_root = self.local_artifact_dir(run_id)
         if local_root is not None:
@@ -234,18 +242,24 @@ class MlflowStore:
             self.client.log_artifacts(run_id, str(staging), artifact_path=relative)
         return f"{self.artifact_uri(run_id)}/{relative}", written
 
-    def upload_checkpoint_dir(self, run_id: str, directory: Path, dirname: str) -> str:
-        """Upload an already-written checkpoint directory (the outbox) and return its source URI."""
+    def upload_checkpoint_files(self, run_id: str, directory: Path, dirname: str) -> str:
+        """Upload checkpoint.pt and manifest.json of a local directory (an outbox entry); returns the source URI.
+        Uploading the same entry twice writes the same artifact path again, so a retry is harmless."""
+        from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE
+
         relative = f"{CHECKPOINTS_DIR}/{dirname}"
         local_root = self.local_artifact_dir(run_id)
         if local_root is not None:
             target = local_root / relative
             if not target.exists():
                 staging = local_root / CHECKPOINTS_DIR / f".tmp-{dirname}"
-                shutil.copytree(directory, staging, dirs_exist_ok=True)
+                staging.mkdir(parents=True, exist_ok=True)
+                for name in (CHECKPOINT_FILE, MANIFEST_FILE):
+                    shutil.copy2(directory / name, staging / name)
                 os.rename(staging, target)
         else:
-            self.client.log_artifacts(run_id, str(directory), artifact_path=relative)
+            for name in (CHECKPOINT_FILE, MANIFEST_FILE):
+                self.client.log_artifact(run_id, str(directory / name), artifact_path=relative)
         return f"{self.artifact_uri(run_id)}/{relative}"
 
     def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 600.0) -> list[str]:

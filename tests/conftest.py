@@ -20,6 +20,14 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 
+@pytest.fixture(autouse=True)
+def isolated_outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own durable outbox (used with remote stores) instead of ~/.cache."""
+    path = tmp_path / "outbox"
+    monkeypatch.setenv("MLFLOW_PERSIST_OUTBOX_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlflow import MlflowClient

@@ -1,0 +1,126 @@
+"""A durable local outbox for checkpoints bound for a remote tracking server.
+
+Each checkpoint is first written completely to local disk (fsynced, renamed into place), then uploaded and
+registered. While the server is unreachable the entries wait on disk, in order; they are registered in
+that order when it returns, also after a restart. Training never waits on the network.
+
+Layout: `<root>/<registered model>/<seq:012d>-<dirname>/` holding checkpoint.pt, manifest.json and
+entry.json (what registration needs: run id, category, step, value, improvement, extra categories).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from filelock import FileLock
+
+from mlflow_persist.payload import WrittenCheckpoint, fsync_directory, write_checkpoint_dir
+
+ENTRY_FILE = "entry.json"
+
+
+@dataclass
+class OutboxEntry:
+    model: str
+    registered_name: str
+    run_id: str
+    dirname: str
+    category: str
+    step: int
+    value: float | None
+    improvement: float | None
+    created_at: str
+    sha256: str
+    size_bytes: int
+    also: list[str] = field(default_factory=list)
+    sequence: int = 0
+    path: str = ""
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.path)
+
+
+def default_outbox_root(tracking_uri: str) -> Path:
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "mlflow-persist" / "outbox" / digest
+
+
+class Outbox:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _model_dir(self, registered_name: str) -> Path:
+        path = self.root / registered_name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def lock(self, registered_name: str) -> FileLock:
+        return FileLock(str(self._model_dir(registered_name) / ".lock"), timeout=300)
+
+    def put(self, *, model: str, registered_name: str, run_id: str, dirname: str, payload: Mapping[str, Any],
+            category: str, step: int, value: float | None, improvement: float | None, also: list[str]
+            ) -> OutboxEntry:
+        """Write the checkpoint durably into the outbox; returns the entry."""
+        model_dir = self._model_dir(registered_name)
+        with self.lock(registered_name):
+            sequence = self._next_sequence(model_dir)
+            final = model_dir / f"{sequence:012d}-{dirname}"
+            staging = model_dir / f".tmp-{sequence:012d}-{dirname}"
+            written: WrittenCheckpoint = write_checkpoint_dir(payload, staging)
+            entry = OutboxEntry(model, registered_name, run_id, dirname, category, step, value, improvement,
+                                str(payload.get("created_at", "")), written.sha256, written.size_bytes, list(also),
+                                sequence, str(final))
+            data = asdict(entry)
+            data.pop("path")
+            with open(staging / ENTRY_FILE, "w", encoding="utf-8") as handle:
+                json.dump(data, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(staging, final)
+            fsync_directory(model_dir)
+        return entry
+
+    def entries(self, registered_name: str) -> list[OutboxEntry]:
+        """Complete entries of one model, oldest first; half-written ones (no entry.json) are removed."""
+        model_dir = self.root / registered_name
+        if not model_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(model_dir.iterdir()):
+            if path.name.startswith(".tmp-"):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if not path.is_dir():
+                continue
+            try:
+                data = json.loads((path / ENTRY_FILE).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            found.append(OutboxEntry(**data, path=str(path)))
+        return sorted(found, key=lambda e: e.sequence)
+
+    def quarantine(self, entry: OutboxEntry) -> Path:
+        """Move an entry that can never be registered (its run is gone) aside, keeping its bytes."""
+        target = self.root / "_quarantine" / entry.registered_name / entry.directory.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(entry.directory), target)
+        return target
+
+    def remove(self, entry: OutboxEntry) -> None:
+        shutil.rmtree(entry.directory, ignore_errors=True)
+
+    @staticmethod
+    def _next_sequence(model_dir: Path) -> int:
+        numbers = [int(p.name.split("-", 1)[0]) for p in model_dir.iterdir()
+                   if p.is_dir() and p.name.split("-", 1)[0].isdigit()]
+        return max(numbers, default=0) + 1
