@@ -73,6 +73,10 @@ class PersistConfig(ModelSettings):
     )
     experiment_name: str = Field("mlflow-persist", min_length=1, description="MLflow experiment holding the runs.")
     registered_model_prefix: str = Field("", description="Prefix of every registered model name.")
+    artifact_location: str | None = Field(
+        None, description="Where a new experiment keeps its artifacts (default: mlruns/ beside an sqlite store, "
+                          "else the server's default)."
+    )
     min_free_disk_mb: float = Field(
         500.0, ge=0, description="Free space (MB) the checkpoint disk must keep; short of it, cleanup runs first."
     )

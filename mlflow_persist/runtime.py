@@ -499,7 +499,7 @@ class Persistence:
         if MlflowStore.is_remote_uri(self.config.tracking_uri):
             for key, value in HTTP_RETRY_DEFAULTS.items():
                 os.environ.setdefault(key, value)
-        self.store = MlflowStore(self.config.tracking_uri, self.config.experiment_name)
+        self.store = MlflowStore(self.config.tracking_uri, self.config.experiment_name, self.config.artifact_location)
         self.outbox: Outbox | None = None
         if self.store.is_remote:
             root = Path(self.config.outbox_dir) if self.config.outbox_dir else default_outbox_root(self.store.tracking_uri)

@@ -122,7 +122,8 @@ def _sqlite_dir(tracking_uri: str) -> Path | None:
 class MlflowStore:
     """MLflow access for one tracking URI and experiment."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str = "mlflow-persist") -> None:
+    def __init__(self, tracking_uri: str, experiment_name: str = "mlflow-persist",
+                 artifact_location: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.is_remote = self.is_remote_uri(tracking_uri)
@@ -132,7 +133,7 @@ class MlflowStore:
         self._lock_dir = self._choose_lock_dir()
         self._artifact_uris: dict[str, str] = {}
         self._known_models: set[str] = set()
-        self.experiment_id = self._ensure_experiment(experiment_name)
+        self.experiment_id = self._ensure_experiment(experiment_name, artifact_location)
 
     @staticmethod
     def is_remote_uri(tracking_uri: str) -> bool:
@@ -140,7 +141,7 @@ class MlflowStore:
 
     # ------------------------------------------------------------------------------------- experiment & runs
 
-    def _ensure_experiment(self, name: str) -> str:
+    def _ensure_experiment(self, name: str, artifact_location: str | None = None) -> str:
         try:
             experiment = self.client.get_experiment_by_name(name)
         except MlflowException as exc:
@@ -152,9 +153,8 @@ class MlflowStore:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)
             return experiment.experiment_id
-        artifact_location = None
         db_dir = _sqlite_dir(self.tracking_uri)
-        if db_dir is not None:
+        if artifact_location is None and db_dir is not None:
             artifact_location = (db_dir / "mlruns").as_uri()
         try:
             return self.client.create_experiment(
