@@ -102,6 +102,9 @@ class PersistConfig(ModelSettings):
         None, description="Shell command run on an alert; the alert JSON is passed on stdin."
     )
     alert_webhook: str | None = Field(None, description="URL that receives each alert as a JSON POST.")
+    partial_sweep_age_seconds: float = Field(
+        60.0, ge=0, description="At start, delete leftovers of interrupted saves untouched for this long (0: all)."
+    )
     outbox_dir: str | None = Field(
         None, description="Durable local outbox for checkpoints while the tracking server is unreachable."
     )

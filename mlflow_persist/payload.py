@@ -37,6 +37,16 @@ _NDARRAY_KEY = "__mlflow_persist_ndarray__"
 _hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-persist-sha256")
 
 
+def _new_hash_pool_after_fork() -> None:
+    # A forked child inherits the pool object but not its worker thread: work submitted there would never run.
+    global _hash_pool
+    _hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-persist-sha256")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_hash_pool_after_fork)
+
+
 @dataclass
 class CheckpointState:
     """A verified, loaded checkpoint: plain state dicts ready for `load_state_dict`."""

@@ -24,8 +24,19 @@ from mlflow_persist.errors import CheckpointCorruptError, PersistError
 from mlflow_persist.naming import validate_model_name
 from mlflow_persist.outbox import Outbox, default_outbox_root
 from mlflow_persist.payload import FORMAT_VERSION, CheckpointState, build_payload, restore_rng_state
-from mlflow_persist.policy import BEST_ELIGIBLE, FINAL, PERFORMANCE, PERIODIC, PeriodicSchedule, PerformanceTracker, \
-    SaveDecision, decide_save, disk_pressure_order, retention_deletions
+from mlflow_persist.policy import (
+    BEST_ELIGIBLE,
+    CATEGORIES,
+    FINAL,
+    PERFORMANCE,
+    PERIODIC,
+    PeriodicSchedule,
+    PerformanceTracker,
+    SaveDecision,
+    decide_save,
+    disk_pressure_order,
+    retention_deletions,
+)
 from mlflow_persist.store import HEALTH_TAG, MlflowStore, VersionInfo, tag
 from mlflow_persist.sysmetrics import disk_space, system_metrics
 from mlflow_persist.writer import CheckpointWriter, SaveJob
@@ -129,6 +140,7 @@ class ModelHandle:
         self.degraded = False
         self._alerted_failures = False
         self._last_saved_value: float | None = None
+        self._last_reported: dict[str, float] = {}
         self._metrics: deque[tuple[int, int, dict[str, float]]] = deque()
         self._registry_lock = threading.RLock()
         self._drain_lock = threading.Lock()
@@ -145,6 +157,7 @@ class ModelHandle:
         """Report this step's metrics; saves (asynchronously) when the monitored value improved or a periodic
         save is due. Costs microseconds when nothing is saved."""
         self.current_step = step = self.current_step + 1 if step is None else int(step)
+        self._last_reported = metrics
         self._metrics.append((step, int(time.time() * 1000), metrics))
         if len(self._metrics) >= self._persistence.config.metrics_flush_size:
             self._persistence.request_flush()
@@ -158,15 +171,25 @@ class ModelHandle:
                 self.schedule.taken(step, time.monotonic())
                 if self._persistence.writer.attach_to_waiting(self.name, PERIODIC):
                     return SaveDecision(True, PERIODIC, value, None, "periodic version shares the waiting checkpoint")
-            self._submit(decision.category or PERFORMANCE, step, value, decision.improvement, forced=False)
+            try:
+                self._submit(decision.category or PERFORMANCE, step, value, decision.improvement, forced=False)
+            except Exception as exc:  # noqa: BLE001 - a failed snapshot must never stop training
+                self.record_failure(decision.category or PERFORMANCE, step, exc, attempts=1, final=True)
         elif value is not None and self.settings.degradation_margin is not None:
             self._check_degradation(value)
         return decision
 
-    def save(self, category: str = FINAL, wait: bool = False, timeout: float | None = None) -> SaveJob:
-        """Force a checkpoint of the current state (asynchronous unless `wait`)."""
+    def save(self, category: str = FINAL, wait: bool = False, timeout: float | None = None) -> SaveJob | None:
+        """Force a checkpoint of the current state (asynchronous unless `wait`); None if no snapshot could be
+        taken (the reason is logged and counted)."""
+        if category not in CATEGORIES:
+            raise PersistError(f"Checkpoint category {category!r} is not one of {', '.join(CATEGORIES)}; use one.")
         value = self.tracker.last_value
-        job = self._submit(category, self.current_step, value, None, forced=True)
+        try:
+            job = self._submit(category, self.current_step, value, None, forced=True)
+        except Exception as exc:  # noqa: BLE001
+            self.record_failure(category, self.current_step, exc, attempts=1, final=True)
+            return None
         if wait:
             job.done.wait(timeout)
         return job
@@ -189,11 +212,13 @@ class ModelHandle:
         return self._persistence.writer.submit(job)
 
     def _latest_metrics(self) -> dict[str, float]:
-        try:
-            return {k: float(v) for k, v in self._metrics[-1][2].items()} if self._metrics else \
-                ({self.tracker.monitor: self.tracker.last_value} if self.tracker.last_value is not None else {})
-        except (TypeError, ValueError):
-            return {}
+        metrics = {}
+        for key, value in self._last_reported.items():
+            try:
+                metrics[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        return metrics
 
     def _check_degradation(self, value: float) -> None:
         streak = self.tracker.update_degradation(value, self.settings.degradation_margin,
@@ -536,7 +561,7 @@ class Persistence:
         handle = ModelHandle(self, name, model, optimizer, scheduler, extra, self.config.for_model(name))
         self.handles[name] = handle
         try:
-            self.store.sweep_partial_checkpoints(handle.run_id)
+            self.store.sweep_partial_checkpoints(handle.run_id, self.config.partial_sweep_age_seconds)
         except Exception as exc:  # noqa: BLE001 - sweeping leftovers is housekeeping
             log.warning("could not sweep leftovers of interrupted saves for %s: %s", name, exc)
         return handle

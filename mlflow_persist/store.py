@@ -42,6 +42,7 @@ HEALTH_TAG = TAG_PREFIX + "health"
 BEST_ALIAS = "best"
 CHECKPOINTS_DIR = "checkpoints"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+UNREGISTERED_SWEEP_AGE_SECONDS = 600.0
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
 
 
@@ -262,8 +263,13 @@ class MlflowStore:
                 self.client.log_artifact(run_id, str(directory / name), artifact_path=relative)
         return f"{self.artifact_uri(run_id)}/{relative}"
 
-    def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 600.0) -> list[str]:
-        """Delete leftovers of interrupted saves: temporary directories, and directories no version uses."""
+    def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 60.0) -> list[str]:
+        """Delete leftovers of interrupted saves: temporary directories, and directories no version uses.
+
+        Only temporary directories untouched (neither they nor their files modified) for `max_age_seconds` go,
+        so a save another process is writing right now is left alone; complete directories no version uses
+        wait at least UNREGISTERED_SWEEP_AGE_SECONDS, as another process may be about to register them.
+        """
         local_root = self.local_artifact_dir(run_id)
         if local_root is None or not (local_root / CHECKPOINTS_DIR).is_dir():
             return []
@@ -276,7 +282,9 @@ class MlflowStore:
         removed = []
         now = time.time()
         for entry in (local_root / CHECKPOINTS_DIR).iterdir():
-            if entry.name in used or now - entry.stat().st_mtime < max_age_seconds:
+            limit = max_age_seconds if entry.name.startswith(".tmp-") else max(max_age_seconds,
+                                                                                UNREGISTERED_SWEEP_AGE_SECONDS)
+            if entry.name in used or now - _newest_mtime(entry) < limit:
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
@@ -500,6 +508,17 @@ class MlflowStore:
             tags=dict(mv.tags or {}), aliases=list(getattr(mv, "aliases", []) or []),
             creation_timestamp_ms=mv.creation_timestamp,
         )
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of a directory and the files directly in it (0 when it vanished)."""
+    try:
+        times = [path.stat().st_mtime]
+        if path.is_dir():
+            times += [child.stat().st_mtime for child in path.iterdir()]
+    except OSError:
+        return 0.0
+    return max(times)
 
 
 def chosen_info(versions: list[VersionInfo], number: int) -> VersionInfo:

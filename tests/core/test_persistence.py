@@ -168,3 +168,25 @@ def test_invalid_model_names_are_refused(sqlite_uri: str) -> None:
         for bad in ("../etc", "a/b", "/abs", "", "a..b"):
             with pytest.raises(mp.ConfigError):
                 persist.track(bad, torch.nn.Linear(1, 1))
+
+
+class Unsavable:
+    """An `extra` whose state cannot be put in a checkpoint."""
+
+    def state_dict(self) -> dict:
+        return {"handle": object()}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_a_snapshot_that_cannot_be_taken_never_stops_training(sqlite_uri: str) -> None:
+    with mp.Persistence(_config(sqlite_uri)) as persist:
+        handle = persist.track("dqn", torch.nn.Linear(2, 2), extra=Unsavable())
+        for value in (3.0, 2.0, 1.0):
+            handle.step(loss=value)  # each is an improvement; none can be snapshotted
+        assert handle.failures == 3 and handle.current_step == 3
+        assert handle.save("final") is None
+        with pytest.raises(mp.PersistError, match="category"):
+            handle.save("bogus")
+    assert MlflowStore(sqlite_uri).list_versions("dqn") == []
