@@ -168,6 +168,8 @@ class VersionSummary:
     value: float | None = None
     step: int | None = None
     corrupt: bool = False
+    monitor: str | None = None
+    superseded: bool = False  # an old-format version kept after `migrate` rewrote it
 
 
 def _sort_key_best(mode: Mode):
@@ -178,10 +180,14 @@ def _sort_key_best(mode: Mode):
     return key
 
 
-def select_best(versions: Iterable[VersionSummary], mode: Mode) -> VersionSummary | None:
-    """The valid version with the best value among performance-based, legacy and rollback versions."""
-    candidates = [v for v in versions if v.category in BEST_ELIGIBLE and not v.corrupt
-                  and v.value is not None and not math.isnan(v.value)]
+def select_best(versions: Iterable[VersionSummary], mode: Mode, monitor: str | None = None) -> VersionSummary | None:
+    """The valid version with the best value among performance-based, legacy and rollback versions.
+
+    With `monitor`, only versions measured by that metric (or by an unrecorded one) are compared: a legacy
+    `performance_score` and a training `loss` are not comparable."""
+    candidates = [v for v in versions if v.category in BEST_ELIGIBLE and not v.corrupt and not v.superseded
+                  and v.value is not None and not math.isnan(v.value)
+                  and (monitor is None or v.monitor in (None, monitor))]
     if not candidates:
         return None
     return min(candidates, key=_sort_key_best(mode))
@@ -199,11 +205,11 @@ def retention_deletions(versions: Sequence[VersionSummary], mode: Mode, keep_bes
     if best_version is not None:
         protected.add(best_version)
     delete: list[int] = []
-    performance = sorted((v for v in versions if v.category == PERFORMANCE and not v.corrupt),
+    performance = sorted((v for v in versions if v.category == PERFORMANCE and not v.corrupt and not v.superseded),
                          key=_sort_key_best(mode))
     delete += [v.version for v in performance[keep_best:]]
     for category, keep in ((PERIODIC, keep_periodic), (FINAL, keep_final)):
-        window = sorted((v for v in versions if v.category == category and not v.corrupt),
+        window = sorted((v for v in versions if v.category == category and not v.corrupt and not v.superseded),
                         key=lambda v: v.version, reverse=True)
         delete += [v.version for v in window[keep:]]
     return sorted(v for v in delete if v not in protected)
@@ -217,7 +223,8 @@ def disk_pressure_order(versions: Sequence[VersionSummary], mode: Mode, best_ver
     protected = {max(v.version for v in versions)}
     if best_version is not None:
         protected.add(best_version)
-    periodic = sorted((v for v in versions if v.category == PERIODIC), key=lambda v: v.version)
-    final = sorted((v for v in versions if v.category == FINAL), key=lambda v: v.version)
-    performance = sorted((v for v in versions if v.category == PERFORMANCE), key=_sort_key_best(mode), reverse=True)
+    live = [v for v in versions if not v.superseded]
+    periodic = sorted((v for v in live if v.category == PERIODIC), key=lambda v: v.version)
+    final = sorted((v for v in live if v.category == FINAL), key=lambda v: v.version)
+    performance = sorted((v for v in live if v.category == PERFORMANCE), key=_sort_key_best(mode), reverse=True)
     return [v.version for v in (*periodic, *final, *performance) if v.version not in protected]

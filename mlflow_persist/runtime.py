@@ -394,7 +394,7 @@ class ModelHandle:
                                        retried=reg.retried)
             versions = store.list_versions(self.registered_name)
             best = store.reconcile_best(self.registered_name, self.settings.mode, versions,
-                                        converge=not store.lock_is_shared) \
+                                        converge=not store.lock_is_shared, monitor=self.tracker.monitor) \
                 if reg.category in BEST_ELIGIBLE else store.alias_version(self.registered_name)
             self._apply_retention(versions, best.version if best else None)
         self._after_save(reg, info, best, time.monotonic() - started)

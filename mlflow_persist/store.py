@@ -100,8 +100,13 @@ class VersionInfo:
     def corrupt(self) -> bool:
         return self.tags.get(tag("corrupt"), "").lower() == "true"
 
+    @property
+    def superseded(self) -> bool:
+        return bool(self.tags.get(tag("migrated_to")))
+
     def summary(self) -> VersionSummary:
-        return VersionSummary(self.version, self.category, self.value, self.step, self.corrupt)
+        return VersionSummary(self.version, self.category, self.value, self.step, self.corrupt, self.monitor,
+                              self.superseded)
 
 
 def _local_path(uri: str) -> Path | None:
@@ -394,7 +399,7 @@ class MlflowStore:
         self.client.set_registered_model_alias(name, BEST_ALIAS, str(version))
 
     def reconcile_best(self, name: str, mode: str, versions: list[VersionInfo] | None = None,
-                       converge: bool = True) -> VersionInfo | None:
+                       converge: bool = True, monitor: str | None = None) -> VersionInfo | None:
         """Point `best` at the best valid version without compare-and-set support from MLflow.
 
         Versions are append-only. Each writer lists all versions, sets `best` to the best of them, then lists
@@ -405,7 +410,7 @@ class MlflowStore:
         """
         for _ in range(20):
             versions = versions if versions is not None else self.list_versions(name)
-            chosen = select_best([v.summary() for v in versions], mode)  # type: ignore[arg-type]
+            chosen = select_best([v.summary() for v in versions], mode, monitor)  # type: ignore[arg-type]
             current = self.alias_version(name)
             if chosen is None:
                 return current

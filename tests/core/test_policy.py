@@ -152,3 +152,17 @@ def test_degradation_streak_counts_consecutive_worse_steps() -> None:
     tracker.accept_best(0, 1.0)
     streaks = [tracker.update_degradation(v, 0.1, "rel") for v in [1.2, 1.3, 1.05, 1.2, 1.2]]
     assert streaks == [1, 2, 0, 1, 2]
+
+
+def test_best_compares_only_values_of_the_same_monitor_and_skips_superseded() -> None:
+    versions = [
+        VersionSummary(1, "legacy", 87.3, None, monitor="performance_score"),
+        VersionSummary(2, "performance", 0.5, 10, monitor="loss"),
+        VersionSummary(3, "performance", 0.4, 20, monitor="loss", superseded=True),
+        VersionSummary(4, "performance", 0.45, 30, monitor="loss"),
+    ]
+    assert select_best(versions, "min", "loss").version == 4
+    assert select_best(versions, "max", "performance_score").version == 1
+    assert select_best(versions[:1], "min", "loss") is None
+    assert 3 not in retention_deletions(versions, "min", keep_best=1, keep_periodic=1, keep_final=1, best_version=4)
+    assert 3 not in disk_pressure_order(versions, "min", best_version=4)
