@@ -1,0 +1,98 @@
+"""`mlflow-persist replay`: replay stored episodes of the trading system and report reproduction."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import typer
+
+from mlflow_persist.errors import NotFoundError, PersistError
+
+EXPERIMENT_NAME = "mlflow-persist"
+RUN_KEY_TAG = "mlflow_persist.run_key"
+EPISODES_RUN_KEY = "trading-system"
+TARGET_MODULE = "mlflow_persist.trading.replay"
+
+
+def find_episodes_run(client: Any, experiment_name: str = EXPERIMENT_NAME, run_key: str = EPISODES_RUN_KEY) -> str:
+    """The run tagged `mlflow_persist.run_key` = run_key in the experiment (newest if several)."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise NotFoundError(f"experiment {experiment_name!r} does not exist in this store; run `mlflow-persist run` "
+                            "first or pass --tracking-uri.")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise NotFoundError(f"no run tagged {RUN_KEY_TAG}={run_key!r} in experiment {experiment_name!r}; "
+                            "run `mlflow-persist run` first or pass --run-id.")
+    return runs[0].info.run_id
+
+
+def select_ids(store: Any, episode: list[str], sample: int | None, seed: int | None,
+               start: str | None, end: str | None) -> list[str]:
+    ids = list(episode)
+    if start is not None or end is not None:
+        ids += [e for e in store.list(start, end)["episode_id"].drop_duplicates() if e not in ids]
+    if sample is not None:
+        if sample < 1:
+            raise PersistError(f"--sample {sample} must be at least 1.")
+        ids += [e for e in store.sample(sample, seed=seed) if e not in ids]
+    if not ids:
+        raise PersistError("nothing to replay: give --episode ID, --sample N or --start/--end.")
+    return ids
+
+
+def run_replay(*, episode: list[str], sample: int | None, seed: int | None, run_id: str | None,
+               tracking_uri: str | None, start: str | None = None, end: str | None = None,
+               target: Any = None) -> dict[str, Any]:
+    """Resolve the run, pick the episodes and replay them against the trading system's replay target."""
+    from mlflow import MlflowClient
+
+    from mlflow_persist.config import resolve_tracking_uri
+    from mlflow_persist.episodes.replay import replay
+    from mlflow_persist.episodes.store import EpisodeStore
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = run_id or find_episodes_run(client)
+    store = EpisodeStore(client, run)
+    ids = select_ids(store, episode, sample, seed, start, end)
+    if target is None:
+        target = importlib.import_module(TARGET_MODULE)
+    report = replay(store.load(ids), target, tracking_uri=uri)
+    out = report.to_dict()
+    out["run_id"] = run
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `replay` command to the mlflow-persist CLI."""
+
+    @app.command("replay")
+    def replay_command(
+        episode: list[str] = typer.Option([], "--episode", help="Episode id to replay (repeatable)."),  # noqa: B008
+        sample: int | None = typer.Option(None, "--sample", help="Replay N randomly chosen episodes."),
+        seed: int | None = typer.Option(None, "--seed", help="Seed of the --sample choice."),
+        start: str | None = typer.Option(None, "--start", help="Replay episodes with bar_time >= START (ISO)."),
+        end: str | None = typer.Option(None, "--end", help="... and bar_time < END (ISO)."),
+        run_id: str | None = typer.Option(None, "--run-id", help="Run holding the episodes (default: the "
+                                          "trading system's run, tag mlflow_persist.run_key=trading-system)."),
+        tracking_uri: str | None = typer.Option(None, "--tracking-uri", envvar=None,
+                                                help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then "
+                                                "sqlite:///./mlflow.db)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Replay recorded episodes with the checkpoint versions that made them; exit 1 unless all reproduce."""
+        report = run_replay(episode=episode, sample=sample, seed=seed, run_id=run_id, tracking_uri=tracking_uri,
+                            start=start, end=end)
+        if as_json:
+            typer.echo(json.dumps({k: report[k] for k in ("replayed", "reproduced", "failed")}))
+        else:
+            typer.echo(f"replayed {report['replayed']} episodes of run {report['run_id']}: "
+                       f"{report['reproduced']} reproduced exactly")
+            for item in report["failed"]:
+                typer.echo(f"  {item['episode_id']}: {item['reason']}")
+        if report["reproduced"] < report["replayed"]:
+            raise typer.Exit(code=1)
