@@ -106,10 +106,15 @@ class PersistConfig(ModelSettings):
         60.0, ge=0, description="At start, delete leftovers of interrupted saves untouched for this long (0: all)."
     )
     outbox_dir: str | None = Field(
-        None, description="Durable local outbox for checkpoints while the tracking server is unreachable."
+        None, description="Durable local outbox of checkpoints bound for a tracking server (default: "
+                          "~/.cache/mlflow-persist/outbox/<hash of the tracking URI>)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")
-    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Level of mlflow-persist's log lines (applied by `mlflow-persist run`)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text` or `json` log lines, one event per checkpoint operation."
+    )
     fast_serialization: bool = Field(
         False,
         description="Turn off torch's zip CRC32 (process-wide) to write checkpoints faster; sha256 still covers them.",
