@@ -132,6 +132,7 @@ class ModelHandle:
         )
         self.current_step = 0
         self.last_version: int | None = None
+        self.last_saved: tuple[int, int] | None = None  # (version, step) of the newest registered save
         self.last_save_time: float | None = None
         self.saves = 0
         self.consecutive_failures = 0
@@ -282,6 +283,7 @@ class ModelHandle:
                 store.mark_corrupt(info.name, info.version, str(exc))
                 continue
             self.last_version = info.version
+            self.last_saved = (info.version, state.step)
             self.schedule.start(self.current_step, time.monotonic())
             self._log_history(versions, info)
             return RestoreInfo(info.version, info.category, state.step, info.value, self.run_id, tuple(skipped))
@@ -451,6 +453,7 @@ class ModelHandle:
 
     def _after_save(self, reg: "Registration", info: VersionInfo, best: VersionInfo | None, duration: float) -> None:
         self.saves += 1
+        self.last_saved = (info.version, reg.step)  # one assignment: readers never see a torn pair
         self.last_version = info.version
         self.last_save_time = time.time()
         previous = self._last_saved_value if reg.category == PERFORMANCE else None
@@ -585,13 +588,13 @@ class Persistence:
             self._closed = True
         try:
             if final_checkpoints:
-                for handle in self.handles.values():
+                for handle in list(self.handles.values()):
                     try:
                         handle.save(FINAL)
                     except Exception as exc:  # noqa: BLE001
                         log.error("%s: the final checkpoint could not be taken: %s", handle.name, exc)
             self.writer.close(timeout=timeout)
-            for handle in self.handles.values():
+            for handle in list(self.handles.values()):
                 waiting = handle.drain_outbox(blocking=True)
                 if waiting > 0 and self.outbox is not None:
                     log.warning("%s: %d checkpoint(s) wait in the outbox %s; they are registered at the next start",
@@ -599,7 +602,7 @@ class Persistence:
         finally:
             self.job.stop()
             self.flush_metrics()
-            for handle in self.handles.values():
+            for handle in list(self.handles.values()):
                 try:
                     self.store.finish_run(handle.run_id)
                 except Exception as exc:  # noqa: BLE001
@@ -626,7 +629,7 @@ class Persistence:
 
     def flush_metrics(self) -> None:
         with self._flush_lock:
-            for handle in self.handles.values():
+            for handle in list(self.handles.values()):
                 rows = handle.drain_metrics()
                 if not rows:
                     continue
@@ -647,14 +650,14 @@ class Persistence:
             for handle in list(self.handles.values()):
                 handle.drain_outbox()
         if self.config.log_system_metrics and self.handles:
-            first = next(iter(self.handles.values()))
+            first = next(iter(list(self.handles.values())))
             try:
                 metrics = system_metrics(self.store.checkpoint_disk_path(first.run_id))
             except Exception as exc:  # noqa: BLE001
                 log.debug("system metrics unavailable: %s", exc)
             else:
                 ts = int(time.time() * 1000)
-                for handle in self.handles.values():
+                for handle in list(self.handles.values()):
                     handle._metrics.append((handle.current_step, ts, metrics))
         self.flush_metrics()
         for handle in list(self.handles.values()):
@@ -686,7 +689,7 @@ class Persistence:
         """Delete checkpoints in disk-pressure order (never `best`, never the newest) until space suffices."""
         deleted = 0
         path = self.store.checkpoint_disk_path(handle.run_id)
-        for candidate in [handle, *[h for h in self.handles.values() if h is not handle]]:
+        for candidate in [handle, *[h for h in list(self.handles.values()) if h is not handle]]:
             with candidate._registry_lock, self.store.lock(f"model-{candidate.registered_name}"):
                 versions = self.store.list_versions(candidate.registered_name)
                 best = self.store.alias_version(candidate.registered_name)

@@ -1,0 +1,109 @@
+"""`run_trading`: the reference trading system training continuously with persistence (the `run` command)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.errors import ConfigError
+
+from .episode import EpisodeRecorder
+from .progress import ProgressView
+
+log = logging.getLogger("mlflow_persist.trading")
+
+#: Periodic checkpoint interval used when the configuration sets neither steps nor minutes.
+DEFAULT_PERIODIC_EVERY_STEPS = 100
+
+
+class StopSignals:
+    """Turn SIGINT/SIGTERM into a stop request at the next bar; a second signal stops at once."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            raise SystemExit(128 + signum)  # asked twice: unwind now (the `with Persistence` still closes)
+        self.received = signum
+        log.warning("received %s: stopping after this bar; final checkpoints follow", signal.Signals(signum).name)
+        self.stop.set()
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+def with_trading_defaults(config: PersistConfig) -> PersistConfig:
+    """The config, with a periodic interval for every model when none is configured anywhere."""
+    if config.periodic_every_steps is None and config.periodic_every_minutes is None:
+        return config.model_copy(update={"periodic_every_steps": DEFAULT_PERIODIC_EVERY_STEPS})
+    return config
+
+
+def run_trading(
+    config: PersistConfig,
+    steps: int | None,
+    minutes: float | None,
+    seed: int,
+    progress: bool = True,
+    speed: float = 0.0,
+    recorder_factory: Callable[[Any], EpisodeRecorder | None] | None = None,
+    persistence_factory: Callable[[PersistConfig], Any] | None = None,
+) -> int:
+    """Train the four models on the replayed EURUSD stream until ``steps``/``minutes`` or a signal; returns 0.
+
+    The models restore from their checkpoints first and the core saves final checkpoints on exit.
+    """
+    if steps is not None and steps < 0:
+        raise ConfigError(f"--steps must be 0 or more, got {steps}.")
+    if minutes is not None and minutes <= 0:
+        raise ConfigError(f"--minutes must be more than 0, got {minutes}.")
+    import torch
+
+    from mlflow_persist.runtime import Persistence
+
+    from .system import EnhancedRealtimeTrainingSystem
+
+    torch.set_num_threads(1)  # small models: one thread each for training and the writer beats oversubscription
+    config = with_trading_defaults(config)
+    stop = threading.Event()
+    make_persistence = persistence_factory or (lambda cfg: Persistence(cfg))
+    started = time.monotonic()
+    # Our handlers go in after Persistence's own, so a signal stops the loop at the next bar boundary.
+    with make_persistence(config) as persistence, StopSignals(stop) as signals:
+        recorder = recorder_factory(persistence) if recorder_factory is not None else None
+        system = EnhancedRealtimeTrainingSystem(persistence, seed=seed, speed=speed, recorder=recorder)
+        try:
+            system.start()
+            if not stop.is_set():
+                view = ProgressView(system, steps) if progress else None
+                if view is not None:
+                    with view:
+                        system.run(steps=steps, minutes=minutes, stop=stop, on_step=view.update)
+                else:
+                    system.run(steps=steps, minutes=minutes, stop=stop)
+        finally:
+            close = getattr(recorder, "close", None)
+            if callable(close):
+                close()
+        elapsed = time.monotonic() - started
+        log.info("trained %d steps in %.1fs (%.1f steps/s)%s; saving final checkpoints", system.steps_done, elapsed,
+                 system.steps_done / elapsed if elapsed > 0 else 0.0,
+                 f" after {signal.Signals(signals.received).name}" if signals.received else "")
+    return 0

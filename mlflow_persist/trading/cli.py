@@ -1,0 +1,38 @@
+"""The `run` command: `mlflow-persist run [--steps N] [--minutes M] [--tracking-uri URI] [--config FILE] [--seed S]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `run` command to the mlflow-persist CLI."""
+
+    @app.command("run")
+    def run_command(
+        steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many bars (default: no limit)."),
+        minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes."),
+        tracking_uri: Optional[str] = typer.Option(
+            None, "--tracking-uri", envvar=None,
+            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
+        ),
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML configuration file."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the models, the simulated order book and the draws."),
+        speed: float = typer.Option(0.0, "--speed", help="Bars per second to replay (0: as fast as possible)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
+    ) -> None:
+        """Train the reference trading system (DQN, CNN, COB RL, Extrema) continuously with persistence."""
+        from mlflow_persist.config import PersistConfig, resolve_tracking_uri
+
+        from .app import run_trading
+
+        overrides = {"tracking_uri": resolve_tracking_uri(tracking_uri)} if tracking_uri or config is None else {}
+        if config is not None:
+            settings = PersistConfig.load(config, **overrides)
+        else:
+            settings = PersistConfig(**overrides)
+        code = run_trading(settings, steps=steps, minutes=minutes, seed=seed, progress=progress, speed=speed)
+        raise typer.Exit(code)
