@@ -37,7 +37,7 @@ from mlflow_persist.policy import (
     disk_pressure_order,
     retention_deletions,
 )
-from mlflow_persist.store import HEALTH_TAG, MlflowStore, VersionInfo, tag
+from mlflow_persist.store import HEALTH_TAG, MlflowStore, VersionInfo, redact_credentials, tag
 from mlflow_persist.sysmetrics import disk_space, system_metrics
 from mlflow_persist.writer import CheckpointWriter, SaveJob
 
@@ -91,6 +91,17 @@ class GracefulExit(SystemExit):
 
 def _run_is_gone(exc: BaseException) -> bool:
     return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" and "run" in str(exc).lower()
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes held by the tensors of a (nested) payload: about the size its checkpoint file needs."""
+    if isinstance(value, torch.Tensor):
+        return value.nelement() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def _format_change(monitor: str, previous: float | None, value: float | None) -> str:
@@ -375,14 +386,16 @@ class ModelHandle:
             source, written = store.write_checkpoint(self.run_id, self.name, job.step, job.payload)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                persistence.free_disk(self, reason="disk full while writing")
+                persistence.free_disk(self, reason="disk full while writing", need_mb=_tensor_bytes(job.payload) / 2**20)
             raise
         registration = Registration(job.category, job.step, job.value, job.improvement, list(job.also),
                                     str(job.payload.get("created_at", "")), written.sha256, written.size_bytes,
                                     retried=job.attempts > 1)
         return self._register(source, registration, started)
 
-    def _register(self, source: str, reg: "Registration", started: float) -> VersionInfo:
+    def _register(self, source: str, reg: "Registration", started: float, run_id: str | None = None) -> VersionInfo:
+        """Register a written checkpoint; `run_id` is the run that holds its artifacts (default: this handle's)."""
+        run_id = run_id or self.run_id
         store = self._persistence.store
         tags = {
             tag("category"): reg.category, tag("step"): reg.step, tag("monitor"): self.tracker.monitor,
@@ -390,9 +403,9 @@ class ModelHandle:
             tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
         }
         with self._registry_lock, store.lock(f"model-{self.registered_name}"):
-            info = store.register_version(self.registered_name, source, self.run_id, tags, retried=reg.retried)
+            info = store.register_version(self.registered_name, source, run_id, tags, retried=reg.retried)
             for category in reg.also:
-                store.register_version(self.registered_name, source, self.run_id, {**tags, tag("category"): category},
+                store.register_version(self.registered_name, source, run_id, {**tags, tag("category"): category},
                                        retried=reg.retried)
             versions = store.list_versions(self.registered_name)
             best = store.reconcile_best(self.registered_name, self.settings.mode, versions,
@@ -419,14 +432,19 @@ class ModelHandle:
             self._drain_lock.release()
 
     def _drain_locked(self, outbox: Outbox) -> int:
-        entries = outbox.entries(self.registered_name)
+        entries = outbox.entries(self.registered_name, sweep=True)
         for position, entry in enumerate(entries):
             started = time.monotonic()
+            if not outbox.is_intact(entry):  # damaged on disk: it would block every later entry forever
+                moved = outbox.quarantine(entry)
+                log.error("%s: outbox checkpoint of step %d is incomplete or damaged; moved it to %s and went on "
+                          "with the next one", self.name, entry.step, moved)
+                continue
             try:
                 source = self._persistence.store.upload_checkpoint_files(entry.run_id, entry.directory, entry.dirname)
                 registration = Registration(entry.category, entry.step, entry.value, entry.improvement, entry.also,
                                             entry.created_at, entry.sha256, entry.size_bytes, retried=True)
-                self._register(source, registration, started)
+                self._register(source, registration, started, run_id=entry.run_id)
             except Exception as exc:  # noqa: BLE001 - the entry stays on disk for the next drain
                 if _run_is_gone(exc):
                     moved = outbox.quarantine(entry)
@@ -491,7 +509,7 @@ class ModelHandle:
         attempt = f"attempt {attempts}" if attempts is not None else "registration from the outbox"
         outcome = "giving up" if final else "will retry"
         log.error("%s: saving the %s checkpoint of step %d failed (%s, %s): %s", self.name, category, step, attempt,
-                  outcome, exc, extra={"model": self.name, "category": category, "step": step, "outcome": "failed"})
+                  outcome, redact_credentials(str(exc)), extra={"model": self.name, "category": category, "step": step, "outcome": "failed"})
         self._metrics.append((self.current_step, int(time.time() * 1000),
                               {"checkpoint/failures": float(self.failures)}))
         threshold = self._persistence.config.failure_alert_threshold
@@ -500,8 +518,9 @@ class ModelHandle:
             self.degraded = True
             self._persistence.safe_set_run_tags(self.run_id, {HEALTH_TAG: "degraded"})
             self._persistence.alerts.fire(Alert(
-                "save_failures", self.name, f"{self.consecutive_failures} consecutive checkpoint saves failed: {exc}",
-                {"step": step, "category": category, "error": str(exc)[:500]},
+                "save_failures", self.name,
+                f"{self.consecutive_failures} consecutive checkpoint saves failed: {redact_credentials(str(exc))}",
+                {"step": step, "category": category, "error": redact_credentials(str(exc))[:500]},
             ))
 
     def drain_metrics(self) -> list[tuple[str, float, int, int]]:
@@ -559,6 +578,7 @@ class Persistence:
     def track(self, name: str, model: torch.nn.Module, optimizer: Stateful | None = None,
               scheduler: Stateful | None = None, extra: Stateful | None = None) -> ModelHandle:
         validate_model_name(name)
+        validate_model_name(self.config.registered_name(name))  # a bad prefix fails here, not at every save
         if name in self.handles:
             raise PersistError(f"Model {name!r} is already tracked in this process; call track() once per model.")
         handle = ModelHandle(self, name, model, optimizer, scheduler, extra, self.config.for_model(name))
@@ -685,8 +705,9 @@ class Persistence:
                 f"and {self.config.min_free_disk_percent}%); free disk space or lower min_free_disk_mb."
             )
 
-    def free_disk(self, handle: ModelHandle, reason: str) -> int:
-        """Delete checkpoints in disk-pressure order (never `best`, never the newest) until space suffices."""
+    def free_disk(self, handle: ModelHandle, reason: str, need_mb: float = 0.0) -> int:
+        """Delete checkpoints in disk-pressure order (never `best`, never the newest) until space suffices:
+        the configured reserve plus `need_mb` (the size of a checkpoint that just failed for lack of space)."""
         deleted = 0
         path = self.store.checkpoint_disk_path(handle.run_id)
         for candidate in [handle, *[h for h in list(self.handles.values()) if h is not handle]]:
@@ -697,7 +718,8 @@ class Persistence:
                                             best.version if best else None)
                 by_number = {v.version: v for v in versions}
                 for number in order:
-                    if not disk_space(path).is_short(self.config.min_free_disk_mb, self.config.min_free_disk_percent):
+                    if not disk_space(path).is_short(self.config.min_free_disk_mb + need_mb,
+                                                     self.config.min_free_disk_percent):
                         break
                     self.store.delete_version(by_number[number])
                     deleted += 1

@@ -43,7 +43,13 @@ BEST_ALIAS = "best"
 CHECKPOINTS_DIR = "checkpoints"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 UNREGISTERED_SWEEP_AGE_SECONDS = 600.0
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:@/\s]*):[^@/\s]+@")
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` URI in it replaced by `***`."""
+    return _URI_PASSWORD.sub(r"\g<head>:***@", text)
 
 
 def tag(name: str) -> str:
@@ -152,7 +158,7 @@ class MlflowStore:
             experiment = self.client.get_experiment_by_name(name)
         except MlflowException as exc:
             raise StoreUnavailableError(
-                f"The MLflow store at {self.tracking_uri} cannot be used ({_first_line(exc)}); "
+                f"The MLflow store at {redact_credentials(self.tracking_uri)} cannot be used ({_first_line(exc)}); "
                 "check the tracking URI and that the server is running."
             ) from None
         if experiment is not None:
@@ -174,15 +180,23 @@ class MlflowStore:
                 raise
             return experiment.experiment_id
 
-    def find_run(self, key: str) -> str | None:
+    def _runs_for_key(self, key: str) -> list[Any]:
         runs = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
-            order_by=["attributes.start_time ASC"], max_results=1,
+            order_by=["attributes.start_time ASC"], max_results=50,
         )
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def find_run(self, key: str) -> str | None:
+        runs = self._runs_for_key(key)
         return runs[0].info.run_id if runs else None
 
     def ensure_run(self, key: str, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
-        """The one run for `key`, resumed (status RUNNING again) if it exists, created otherwise."""
+        """The one run for `key`, resumed (status RUNNING again) if it exists, created otherwise.
+
+        Processes on other machines do not share our file lock, so two of them may both create a run for a
+        new key. After creating one, each settles on the oldest run with the key and deletes its own if it
+        lost, so every process ends up logging to the same run."""
         with self.lock(f"run-{key}"):
             run_id = self.find_run(key)
             if run_id is None:
@@ -191,6 +205,11 @@ class MlflowStore:
                     tags={RUN_KEY_TAG: key, "mlflow.runName": run_name or key, **(tags or {})},
                 )
                 run_id = run.info.run_id
+                oldest = self.find_run(key)
+                if oldest is not None and oldest != run_id:
+                    self.client.delete_run(run_id)
+                    run_id = oldest
+                    self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             else:
                 self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run_id
@@ -236,7 +255,11 @@ class MlflowStore:
             parent = local_root / CHECKPOINTS_DIR
             parent.mkdir(parents=True, exist_ok=True)
             staging = parent / f".tmp-{dirname}"
-            written = write_checkpoint_dir(payload, staging)
+            try:
+                written = write_checkpoint_dir(payload, staging)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)  # a failed write must not keep eating a full disk
+                raise
             final = parent / dirname
             os.rename(staging, final)
             fsync_directory(parent)
@@ -453,7 +476,9 @@ class MlflowStore:
             root = self.artifact_uri(info.run_id)
             if info.source.startswith(root + "/"):
                 relative = info.source[len(root) + 1:]
-                get_artifact_repository(root).delete_artifacts(relative)
+                repository = get_artifact_repository(root, tracking_uri=self.tracking_uri,
+                                                     registry_uri=self.tracking_uri)
+                repository.delete_artifacts(relative)
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -531,8 +556,13 @@ def chosen_info(versions: list[VersionInfo], number: int) -> VersionInfo:
 
 
 def _first_line(exc: BaseException) -> str:
-    raw = str(exc)
+    raw = redact_credentials(str(exc))
     if "Max retries exceeded" in raw or "Connection refused" in raw or "NewConnectionError" in raw:
         return "connection refused or timed out"
+    if "error code 403" in raw or "PERMISSION_DENIED" in raw:
+        return ("the tracking server denied permission (HTTP 403): ask its administrator for EDIT permission on "
+                "the experiment and the registered models")
+    if "error code 401" in raw or "UNAUTHENTICATED" in raw:
+        return "the tracking server wants a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     text = raw.strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

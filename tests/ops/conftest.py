@@ -1,0 +1,92 @@
+"""Fixtures for the operations tests: real mlflow servers, PostgreSQL and headless chromium.
+
+A helper whose binary is missing skips its tests with the reason, unless
+MLFLOW_PERSIST_REQUIRE_SERVICES=1 (set by .ci/run), where a missing service is a failure.
+Every process a fixture starts is stopped at teardown, also when the test failed, and
+its log tail is printed then (pytest shows it for failing tests).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+_TESTS_DIR = str(Path(__file__).resolve().parents[1])
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from servers import Chromium, HelperUnavailable, MlflowServer, PostgresServer  # noqa: E402
+
+T = TypeVar("T")
+
+
+def _make(factory: Callable[[], T]) -> T:
+    try:
+        return factory()
+    except HelperUnavailable as exc:
+        if os.environ.get("MLFLOW_PERSIST_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"required service unavailable: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _ops_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telemetry off, and a dead server fails a client call in seconds instead of ~4 minutes."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    pg = _make(PostgresServer)
+    with pg:
+        try:
+            yield pg
+        finally:
+            print(f"--- postgres log tail ({pg.log_path}):\n{pg.log_tail()}")
+
+
+def _server(backend_uri: str, tmp_path: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(backend_uri, tmp_path / "artifacts", log_path=tmp_path / "mlflow-server.log")
+    with server:
+        try:
+            yield server
+        finally:
+            print(f"--- mlflow server log tail ({server.log_path}):\n{server.log_tail()}")
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MlflowServer]:
+    """`mlflow server` on a fresh sqlite store with proxied artifacts under tmp_path.
+
+    Starts from the session's pre-migrated template database (tests/conftest.py) when
+    there is one: migrating a new sqlite store costs ~9 s of the server's start."""
+    db = tmp_path / "mlflow.db"
+    try:
+        shutil.copy(request.getfixturevalue("template_db"), db)
+    except pytest.FixtureLookupError:
+        pass
+    yield from _server(f"sqlite:///{db}", tmp_path)
+
+
+@pytest.fixture
+def postgres_server(postgres: PostgresServer, tmp_path: Path) -> Iterator[MlflowServer]:
+    """`mlflow server` on a private PostgreSQL database with proxied artifacts under tmp_path."""
+    yield from _server(postgres.uri, tmp_path)
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Chromium]:
+    browser = _make(lambda: Chromium(log_path=tmp_path / "chromium.log"))
+    with browser:
+        yield browser

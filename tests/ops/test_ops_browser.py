@@ -1,0 +1,97 @@
+"""The MLflow UI served by a real `mlflow server`, opened in headless chromium: the registered
+model page shows the versions and the `@ best` alias, the run page draws the loss chart.
+Screenshots stay in the test's tmp_path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from ops_support import check_model_page, check_run_chart, populate_plain
+
+from servers import Chromium, MlflowServer, subprocess_env
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.browser
+def test_ui_shows_versions_best_alias_and_loss_chart(
+    sqlite_server: MlflowServer, chromium: Chromium, tmp_path: Path
+) -> None:
+    data = populate_plain(MlflowClient(sqlite_server.uri), tmp_path / "work", model="dqn", n_versions=3)
+
+    text = check_model_page(chromium, sqlite_server.uri, "dqn", data.versions, tmp_path / "model-page.png")
+    assert "Aliases" in text
+    # The alias sits on the row of the best version: its line comes before the next version's.
+    best_row = text.index("@ best")
+    rows = sorted((text.index(f"Version {v}"), v) for v in data.versions)
+    owner = max((pos, v) for pos, v in rows if pos < best_row)[1]
+    assert owner == data.best_version
+
+    points = check_run_chart(chromium, sqlite_server.uri, data.experiment_id, data.run_id, "loss",
+                             tmp_path / "run-chart.png")  # fmt: skip
+    assert points >= 10
+    for shot in ("model-page.png", "run-chart.png"):
+        png = (tmp_path / shot).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+TRADING_MODELS = ("dqn", "cnn", "cob_rl", "extrema")
+TRADING_STEPS = 300
+
+
+def _trading_available() -> bool:
+    try:
+        import mlflow_persist
+        import mlflow_persist.trading.app  # noqa: F401
+
+        return hasattr(mlflow_persist, "Persistence")
+    except ImportError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.browser
+@pytest.mark.skipif(not _trading_available(), reason="the core and the trading system are not built yet")
+def test_ui_after_trading_run(sqlite_server: MlflowServer, chromium: Chromium, tmp_path: Path) -> None:
+    """`mlflow-persist run --steps 300` against the server; then the UI shows the four registered
+    models, each model page the versions and `@ best`, and the dqn run page its loss chart."""
+    work = tmp_path / "trading"
+    work.mkdir()
+    cli = Path(sys.executable).with_name("mlflow-persist")
+    proc = subprocess.run(
+        [str(cli), "run", "--steps", str(TRADING_STEPS), "--tracking-uri", sqlite_server.uri, "--no-progress"],
+        capture_output=True, text=True, cwd=work, timeout=480, env=subprocess_env(),
+    )  # fmt: skip
+    (tmp_path / "trading.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    client = MlflowClient(sqlite_server.uri)
+    chromium.navigate(f"{sqlite_server.uri}/#/models")
+    chromium.wait_for_text("Registered Models", *TRADING_MODELS, timeout_s=90)
+    chromium.screenshot(tmp_path / "models.png")
+    for model in TRADING_MODELS:
+        versions = [v.version for v in client.search_model_versions(f"name = '{model}'")]
+        best = client.get_model_version_by_alias(model, "best").version
+        assert versions and best in versions, model
+        check_model_page(chromium, sqlite_server.uri, model, versions, tmp_path / f"model-{model}.png")
+
+    experiment = client.get_experiment_by_name("mlflow-persist")
+    assert experiment is not None
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`mlflow_persist.run_key` = 'dqn'")
+    assert len(runs) == 1
+    history = client.get_metric_history(runs[0].info.run_id, "loss")
+    assert len(history) >= 10
+    points = check_run_chart(chromium, sqlite_server.uri, experiment.experiment_id, runs[0].info.run_id, "loss",
+                             tmp_path / "dqn-loss-chart.png")  # fmt: skip
+    assert points >= 10
+
+    # Retention deleted versions over HTTP: their artifact directories must be gone from the server's disk too.
+    sources = {v.source.rsplit("/", 1)[-1] for m in TRADING_MODELS for v in client.search_model_versions(f"name = '{m}'")}
+    on_disk = {p.name for p in (tmp_path / "artifacts").glob("*/*/artifacts/checkpoints/*") if p.is_dir()}
+    assert on_disk - sources == set(), f"artifacts of deleted versions left on the server: {sorted(on_disk - sources)}"
