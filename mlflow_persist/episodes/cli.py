@@ -61,7 +61,7 @@ def run_replay(*, episode: list[str], sample: int | None, seed: int | None, run_
     ids = select_ids(store, episode, sample, seed, start, end)
     if target is None:
         target = importlib.import_module(TARGET_MODULE)
-    report = replay(store.load(ids), target, tracking_uri=uri)
+    report = replay(store.load(ids), target, tracking_uri=uri, weights=store.weights)
     out = report.to_dict()
     out["run_id"] = run
     return out

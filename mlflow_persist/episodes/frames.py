@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlflow_persist.episodes import frame_fastpath
 from mlflow_persist.episodes import values as value_codec
 from mlflow_persist.episodes.errors import EpisodeEncodingError
 
@@ -162,15 +163,21 @@ def _float_fields(table: pa.Table) -> list[str]:
     return [f.name for f in table.schema if pa.types.is_floating(f.type)]
 
 
-def frame_to_parquet_bytes(df: pd.DataFrame, *, name: str = "frame", compression: str = "none") -> bytes:
-    """Serialize one frame to a standalone Parquet file (readable by pandas.read_parquet too)."""
-    table = frame_to_table(df, name=name)
+def _table_to_parquet_bytes(table: pa.Table, compression: str) -> bytes:
     floats = set(_float_fields(table))
     dictionary_cols = [n for n in table.schema.names if n not in floats]
     sink = io.BytesIO()
     pq.write_table(table, sink, compression=compression, use_dictionary=dictionary_cols or False,
                    write_statistics=False)
     return sink.getvalue()
+
+
+def frame_to_parquet_bytes(df: pd.DataFrame, *, name: str = "frame", compression: str = "none") -> bytes:
+    """Serialize one frame to a standalone Parquet file (readable by pandas.read_parquet too).
+
+    Frames of a shape seen before take `frame_fastpath` (identical bytes, verified per shape)."""
+    return frame_fastpath.parquet_bytes(df, column_arrays(df), lambda: frame_to_table(df, name=name),
+                                        lambda table: _table_to_parquet_bytes(table, compression))
 
 
 def _restore_object(values: list[Any], kinds: dict[str, list[int]]) -> np.ndarray:

@@ -16,6 +16,7 @@ import mlflow
 
 from mlflow_persist.episodes.model import Episode, as_episode
 from mlflow_persist.episodes.upload import FlushResult, next_seq, write_flush
+from mlflow_persist.episodes.weights import StateDict, upload_weights
 from mlflow_persist.errors import PersistError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class RecorderStats:
     failed_flushes: int
     bytes_written: int
     last_error: str | None
+    weights_stored: int = 0
+    weights_bytes: int = 0
 
 
 class EpisodeRecorder:
@@ -72,6 +75,9 @@ class EpisodeRecorder:
         self._write_lock = threading.Lock()
         self.results: list[FlushResult] = []
         self._stored = self._dropped = self._rejected = self._bytes = 0
+        self._weights: deque[tuple[str, str, StateDict]] = deque()
+        self._weights_seen: set[tuple[str, str]] = set()
+        self._weights_stored = self._weights_bytes = 0
         self._last_error: str | None = None
         self._thread: threading.Thread | None = None
         if background:
@@ -98,6 +104,16 @@ class EpisodeRecorder:
                                 self.max_buffer_rows, lost.episode_id, self._dropped, self._last_error)
             if len(self._buffer) >= self.flush_rows:
                 self._cond.notify_all()
+
+    def record_weights(self, name: str, fingerprint: str, state: StateDict) -> None:
+        """Keep the weights that make decisions (a CPU state_dict nobody changes later, fingerprinted with
+        `state_fingerprint`): stored once per fingerprint with the next flush, before the episodes, so
+        replay works after the registry deleted their version. O(1); never touches MLflow."""
+        with self._cond:
+            if (name, fingerprint) in self._weights_seen:
+                return
+            self._weights_seen.add((name, fingerprint))
+            self._weights.append((name, fingerprint, state))
 
     # ------------------------------------------------------------------ flushing
     def request_flush(self) -> None:
@@ -146,7 +162,8 @@ class EpisodeRecorder:
     def stats(self) -> RecorderStats:
         with self._cond:
             return RecorderStats(self._recorded, self._stored, len(self._buffer), self._dropped, self._rejected,
-                                 self._errors, self._bytes, self._last_error)
+                                 self._errors, self._bytes, self._last_error, self._weights_stored,
+                                 self._weights_bytes)
 
     # ------------------------------------------------------------------ internals
     def _alive(self) -> bool:
@@ -164,8 +181,20 @@ class EpisodeRecorder:
         self._buffer.clear()
         return batch
 
+    def _write_weights(self) -> None:
+        """Store the queued weights in order; one that fails stays queued (with those after it) for the retry."""
+        with self._cond:
+            pending = list(self._weights)
+        for name, fingerprint, state in pending:
+            size = upload_weights(self.client, self.run_id, name, fingerprint, state)
+            with self._cond:
+                self._weights.popleft()
+                self._weights_stored += 1
+                self._weights_bytes += size
+
     def _write(self, batch: list[Episode]) -> None:
         with self._write_lock:
+            self._write_weights()
             if self._seq is None:
                 self._seq = next_seq(self.client, self.run_id)
             result = write_flush(self.client, self.run_id, batch, seq=self._seq, token=self._token,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mlflow_persist.episodes import values
-from mlflow_persist.episodes.checkpoints import Loader, ModelCache
+from mlflow_persist.episodes.checkpoints import Loader, ModelCache, WeightsSource
 from mlflow_persist.episodes.frames import frame_fingerprint
 from mlflow_persist.episodes.model import Episode
 from mlflow_persist.episodes.store import EpisodeFailure, EpisodeStore
@@ -129,8 +129,8 @@ def replay_one(episode: Episode, target: Any, models: ModelCache) -> None:
     tensors = rebuild_tensors(episode, target)
     loaded: dict[str, nn.Module] = {}
     for name, version in episode.checkpoint_versions.items():
-        loaded[name] = models.get(name, version, episode.rng.get("model_seed"))
         expected = episode.model_fingerprints.get(name)
+        loaded[name] = models.get(name, version, episode.rng.get("model_seed"), expected)
         if expected is not None and state_fingerprint(loaded[name]) != expected:
             source = f"checkpoint version {version}" if version is not None else "the initial weights"
             raise Mismatch(f"model '{name}' at {source} does not hold the weights that made the decision")
@@ -143,10 +143,11 @@ def replay_one(episode: Episode, target: Any, models: ModelCache) -> None:
 
 
 def replay(episodes: Iterable[Episode | EpisodeFailure], target: Any, *, tracking_uri: str | None = None,
-           loader: Loader | None = None) -> ReplayReport:
-    """Replay each episode (EpisodeFailure entries, e.g. from EpisodeStore.load, count as failed)."""
+           loader: Loader | None = None, weights: WeightsSource | None = None) -> ReplayReport:
+    """Replay each episode (EpisodeFailure entries, e.g. from EpisodeStore.load, count as failed).
+    weights: where to find the recorded weights of a version the registry no longer has (EpisodeStore.weights)."""
     report = ReplayReport()
-    models = ModelCache(target.build_model, tracking_uri=tracking_uri, loader=loader)
+    models = ModelCache(target.build_model, tracking_uri=tracking_uri, loader=loader, weights=weights)
     for item in episodes:
         report.replayed += 1
         if isinstance(item, EpisodeFailure):
@@ -164,8 +165,8 @@ def replay(episodes: Iterable[Episode | EpisodeFailure], target: Any, *, trackin
 
 def replay_ids(store: EpisodeStore, episode_ids: Iterable[str], target: Any, *, tracking_uri: str | None = None,
                loader: Loader | None = None) -> ReplayReport:
-    """Load the episodes by id from `store` and replay them."""
-    return replay(store.load(episode_ids), target, tracking_uri=tracking_uri, loader=loader)
+    """Load the episodes by id from `store` and replay them (with the weights kept in its run as fallback)."""
+    return replay(store.load(episode_ids), target, tracking_uri=tracking_uri, loader=loader, weights=store.weights)
 
 
 @dataclass

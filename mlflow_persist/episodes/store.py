@@ -19,6 +19,7 @@ from mlflow_persist.episodes.index import empty_index, read_index
 from mlflow_persist.episodes.model import Episode, to_utc_timestamp
 from mlflow_persist.episodes.schema import read_rows
 from mlflow_persist.episodes.upload import sha256_file
+from mlflow_persist.episodes.weights import StateDict, read_weights, weights_path
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,16 @@ class EpisodeStore:
             raise CheckpointCorruptError(f"episode file {file} (episode {first}) cannot be decoded ({exc}); "
                                          "the file is damaged, delete or restore it.") from exc
         return {rows[r]: ep for r, ep in decoded.items()}
+
+    def weights(self, name: str, fingerprint: str) -> StateDict:
+        """The weights of `name` with this state_fingerprint that the recorder kept in the run."""
+        path = weights_path(name, fingerprint)
+        try:
+            local = self._download(path)
+        except (MlflowException, OSError) as exc:
+            raise NotFoundError(f"episode weights {path} are missing from run {self.run_id}; they were recorded "
+                                "by an older recorder or deleted.") from exc
+        return read_weights(local, name, fingerprint)
 
     # ------------------------------------------------------------------ episodes
     def get(self, episode_id: str) -> Episode:

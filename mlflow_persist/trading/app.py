@@ -56,6 +56,21 @@ def with_trading_defaults(config: PersistConfig) -> PersistConfig:
     return config
 
 
+def _step_hook(recorder: Any, view: ProgressView | None) -> Callable[[Any], None] | None:
+    """What runs after each bar: the recorder's ``after_bar`` (it fingerprints newly serving weights), then the view."""
+    after_bar = getattr(recorder, "after_bar", None)
+    if not callable(after_bar) and view is None:
+        return None
+
+    def on_step(decision: Any) -> None:
+        if callable(after_bar):
+            after_bar()
+        if view is not None:
+            view.update(decision)
+
+    return on_step
+
+
 def run_trading(
     config: PersistConfig,
     steps: int | None,
@@ -91,13 +106,17 @@ def run_trading(
         system = EnhancedRealtimeTrainingSystem(persistence, seed=seed, speed=speed, recorder=recorder)
         try:
             system.start()
+            attach = getattr(recorder, "attach", None)
+            if callable(attach) and system.orchestrator is not None:
+                attach(system.orchestrator.serving)
             if not stop.is_set():
                 view = ProgressView(system, steps) if progress else None
+                on_step = _step_hook(recorder, view)
                 if view is not None:
                     with view:
-                        system.run(steps=steps, minutes=minutes, stop=stop, on_step=view.update)
+                        system.run(steps=steps, minutes=minutes, stop=stop, on_step=on_step)
                 else:
-                    system.run(steps=steps, minutes=minutes, stop=stop)
+                    system.run(steps=steps, minutes=minutes, stop=stop, on_step=on_step)
         finally:
             close = getattr(recorder, "close", None)
             if callable(close):

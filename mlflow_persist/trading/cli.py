@@ -1,4 +1,5 @@
-"""The `run` command: `mlflow-persist run [--steps N] [--minutes M] [--tracking-uri URI] [--config FILE] [--seed S]`."""
+"""The `run` command: `mlflow-persist run [--steps N] [--minutes M] [--tracking-uri URI] [--config FILE] [--seed S]
+[--no-episodes]`. Every decision is recorded as an episode in the `trading-system` run unless --no-episodes."""
 
 from __future__ import annotations
 
@@ -23,16 +24,22 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the models, the simulated order book and the draws."),
         speed: float = typer.Option(0.0, "--speed", help="Bars per second to replay (0: as fast as possible)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
+        episodes: bool = typer.Option(
+            True, "--episodes/--no-episodes",
+            help="Record every decision as a replayable episode in the `trading-system` run (default: on).",
+        ),
     ) -> None:
         """Train the reference trading system (DQN, CNN, COB RL, Extrema) continuously with persistence."""
         from mlflow_persist.config import PersistConfig, resolve_tracking_uri
 
         from .app import run_trading
+        from .recording import open_recorder
 
         overrides = {"tracking_uri": resolve_tracking_uri(tracking_uri)} if tracking_uri or config is None else {}
         if config is not None:
             settings = PersistConfig.load(config, **overrides)
         else:
             settings = PersistConfig(**overrides)
-        code = run_trading(settings, steps=steps, minutes=minutes, seed=seed, progress=progress, speed=speed)
+        code = run_trading(settings, steps=steps, minutes=minutes, seed=seed, progress=progress, speed=speed,
+                           recorder_factory=open_recorder if episodes else None)
         raise typer.Exit(code)
