@@ -26,15 +26,38 @@ JsonOutput = typer.Option(False, "--json", help="Print the result as JSON.")
 SPARK = "▁▂▃▄▅▆▇█"
 
 
+#: The global --log-level/--log-format as given (None: not given), for commands that read a config file.
+LOG_OPTIONS: dict[str, str | None] = {"level": None, "format": None}
+
+
 @app.callback()
-def _global(log_level: str = typer.Option("WARNING", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
-            log_format: str = typer.Option("text", "--log-format", help="text or json.")) -> None:
+def _global(log_level: Optional[str] = typer.Option(None, "--log-level",
+                                                    help="DEBUG, INFO, WARNING or ERROR (default: WARNING; "
+                                                         "`run` uses the config's log_level)."),
+            log_format: Optional[str] = typer.Option(None, "--log-format", help="text or json (default: text).")
+            ) -> None:
+    LOG_OPTIONS.update(level=log_level, format=log_format)
+    apply_logging(log_level or "WARNING", log_format or "text")
+
+
+def apply_logging(level: str, fmt: str) -> None:
     from mlflow_persist.logging_setup import configure_logging
 
     try:
-        configure_logging(log_level, log_format)  # type: ignore[arg-type]
+        configure_logging(level, fmt)  # type: ignore[arg-type]
     except ValueError as exc:
         raise PersistError(f"{exc}.") from None
+
+
+def apply_config_logging(config: PersistConfig) -> None:
+    """Log as the config says, unless --log-level/--log-format were given on the command line."""
+    apply_logging(LOG_OPTIONS["level"] or config.log_level, LOG_OPTIONS["format"] or config.log_format)
+
+
+def redact_credentials(text: str) -> str:
+    from mlflow_persist.store import redact_credentials as redact
+
+    return redact(text)
 
 
 def load_config(tracking_uri: str | None, config_file: str | None) -> PersistConfig:
@@ -61,7 +84,7 @@ def managed_models(store: Any, prefix: str = "") -> list[str]:
 def require_model(store: Any, name: str) -> list[Any]:
     versions = store.list_versions(name)
     if not versions:
-        raise NotFoundError(f"Model {name!r} has no checkpoints in {store.tracking_uri}; "
+        raise NotFoundError(f"Model {name!r} has no checkpoints in {redact_credentials(store.tracking_uri)}; "
                             "run `mlflow-persist status` to list the models there.")
     return versions
 
@@ -134,9 +157,9 @@ def status(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = Co
     except Exception:  # noqa: BLE001 - remote stores have no local disk to report
         pass
     if as_json:
-        emit({"tracking_uri": cfg.tracking_uri, "models": rows, "disk": disk}, True)
+        emit({"tracking_uri": redact_credentials(cfg.tracking_uri), "models": rows, "disk": disk}, True)
         return
-    table = Table(title=f"mlflow-persist status — {cfg.tracking_uri}")
+    table = Table(title=f"mlflow-persist status — {redact_credentials(cfg.tracking_uri)}")
     for column in ("model", "best", "latest", "versions", "saves", "health"):
         table.add_column(column)
     for row in rows:
@@ -317,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, standalone_mode=False)
     except PersistError as exc:
-        typer.echo(f"mlflow-persist: {exc}", err=True)
+        typer.echo(f"mlflow-persist: {redact_credentials(str(exc))}", err=True)
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - one line for the operator; details with --log-level DEBUG
         kinds = {cls.__name__ for cls in type(exc).__mro__}  # typer vendors its own click: match by name

@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
             settings = PersistConfig.load(config, **overrides)
         else:
             settings = PersistConfig(**overrides)
+        from mlflow_persist.cli import apply_config_logging
+
+        apply_config_logging(settings)
         code = run_trading(settings, steps=steps, minutes=minutes, seed=seed, progress=progress, speed=speed,
                            recorder_factory=open_recorder if episodes else None)
         raise typer.Exit(code)
