@@ -72,22 +72,31 @@ def utc_now_iso() -> str:
 
 # ---------------------------------------------------------------------------------------------- snapshot
 
-def copy_to_cpu(value: Any) -> Any:
-    """A deep copy where every tensor is detached and copied to CPU memory (the one blocking cost of a save)."""
+def copy_to_cpu(value: Any, reuse: Any = None) -> Any:
+    """A deep copy where every tensor is detached and copied to CPU memory (the one blocking cost of a save).
+
+    `reuse` is an earlier copy of the same structure whose writer is done with it: a tensor of the same shape
+    and dtype at the same place is overwritten in place, which spares fresh allocations and their page
+    faults (the dominant cost of copying a state dict into new memory).
+    """
     if isinstance(value, torch.Tensor):
+        if (isinstance(reuse, torch.Tensor) and reuse.shape == value.shape and reuse.dtype == value.dtype
+                and reuse.device.type == "cpu" and reuse.layout == value.layout == torch.strided):
+            return reuse.copy_(value.detach())
         return value.detach().to("cpu", copy=True)
     if isinstance(value, np.ndarray):
         return _encode_ndarray(value)
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, OrderedDict):
-        return OrderedDict((k, copy_to_cpu(v)) for k, v in value.items())
     if isinstance(value, dict):
-        return {k: copy_to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [copy_to_cpu(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(copy_to_cpu(v) for v in value)
+        spare = reuse if isinstance(reuse, dict) else {}
+        copied = ((k, copy_to_cpu(v, spare.get(k))) for k, v in value.items())
+        return OrderedDict(copied) if isinstance(value, OrderedDict) else dict(copied)
+    if isinstance(value, (list, tuple)):
+        spare_items = list(reuse) if isinstance(reuse, (list, tuple)) and len(reuse) == len(value) else \
+            [None] * len(value)
+        items = [copy_to_cpu(v, r) for v, r in zip(value, spare_items)]
+        return items if isinstance(value, list) else tuple(items)
     if value is None or isinstance(value, (bool, int, float, str, bytes, torch.dtype, torch.device)):
         return value
     raise TypeError(
@@ -149,15 +158,18 @@ def _to_tuples(value: Any) -> Any:
 
 def build_payload(*, model_name: str, model_state: Mapping[str, Any], optimizer_state: Any = None,
                   scheduler_state: Any = None, extra_state: Any = None, step: int, metrics: Mapping[str, float],
-                  category: str, rng_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The payload dict of the current format, every tensor already copied to CPU memory."""
+                  category: str, rng_state: Mapping[str, Any] | None = None,
+                  reuse: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The payload dict of the current format, every tensor already copied to CPU memory (into the tensors
+    of `reuse`, a released earlier payload, where they fit)."""
+    spare = reuse or {}
     return {
         "format_version": FORMAT_VERSION,
         "model_name": model_name,
-        "model_state": copy_to_cpu(model_state),
-        "optimizer_state": copy_to_cpu(optimizer_state),
-        "scheduler_state": copy_to_cpu(scheduler_state),
-        "extra_state": copy_to_cpu(extra_state),
+        "model_state": copy_to_cpu(model_state, spare.get("model_state")),
+        "optimizer_state": copy_to_cpu(optimizer_state, spare.get("optimizer_state")),
+        "scheduler_state": copy_to_cpu(scheduler_state, spare.get("scheduler_state")),
+        "extra_state": copy_to_cpu(extra_state, spare.get("extra_state")),
         "rng_state": dict(rng_state) if rng_state is not None else capture_rng_state(),
         "step": int(step),
         "metrics": {k: float(v) for k, v in metrics.items()},
@@ -208,16 +220,23 @@ class _HashingWriter:
         self._handle = handle
         self._digest = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None  # torch reports a failed write as a RuntimeError without the errno
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        if view.nbytes >= 1 << 20:
-            hashing = _hash_pool.submit(self._digest.update, view)
-            self._handle.write(view)
-            hashing.result()
-        else:
-            self._digest.update(view)
-            self._handle.write(view)
+        try:
+            if view.nbytes >= 1 << 20:
+                hashing = _hash_pool.submit(self._digest.update, view)
+                try:
+                    self._handle.write(view)
+                finally:
+                    hashing.result()
+            else:
+                self._digest.update(view)
+                self._handle.write(view)
+        except OSError as exc:
+            self.error = exc
+            raise
         self.size += view.nbytes
         return view.nbytes
 
@@ -233,7 +252,12 @@ def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> Written
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / CHECKPOINT_FILE, "wb") as handle:
         writer = _HashingWriter(handle)
-        torch.save(dict(payload), writer)
+        try:
+            torch.save(dict(payload), writer)
+        except Exception:
+            if writer.error is not None:
+                raise writer.error from None  # the real cause (e.g. ENOSPC), so callers can react to its errno
+            raise
         handle.flush()
         os.fsync(handle.fileno())
     digest, size = writer.hexdigest(), writer.size

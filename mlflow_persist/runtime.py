@@ -153,6 +153,8 @@ class ModelHandle:
         self._alerted_failures = False
         self._last_saved_value: float | None = None
         self._last_reported: dict[str, float] = {}
+        # One written snapshot kept for reuse: the next snapshot copies into its tensors (no page faults).
+        self._spare_payloads: deque[dict[str, Any]] = deque(maxlen=1)
         self._metrics: deque[tuple[int, int, dict[str, float]]] = deque()
         self._registry_lock = threading.RLock()
         self._drain_lock = threading.Lock()
@@ -210,7 +212,12 @@ class ModelHandle:
         return self._persistence.writer.flush(self.name, timeout)
 
     def _submit(self, category: str, step: int, value: float | None, gained: float | None, forced: bool) -> SaveJob:
+        try:
+            spare = self._spare_payloads.pop()
+        except IndexError:
+            spare = None
         payload = build_payload(
+            reuse=spare,
             model_name=self.name,
             model_state=self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict() if self.optimizer is not None else None,
@@ -220,7 +227,8 @@ class ModelHandle:
             metrics=self._latest_metrics(),
             category=category,
         )
-        job = SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced)
+        job = SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced,
+                      release=self._spare_payloads.append)
         return self._persistence.writer.submit(job)
 
     def _latest_metrics(self) -> dict[str, float]:
@@ -386,7 +394,8 @@ class ModelHandle:
             source, written = store.write_checkpoint(self.run_id, self.name, job.step, job.payload)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                persistence.free_disk(self, reason="disk full while writing", need_mb=_tensor_bytes(job.payload) / 2**20)
+                persistence.free_disk(self, reason="disk full while writing",
+                                      need_mb=_tensor_bytes(job.payload) / 2**20)
             raise
         registration = Registration(job.category, job.step, job.value, job.improvement, list(job.also),
                                     str(job.payload.get("created_at", "")), written.sha256, written.size_bytes,
@@ -465,8 +474,9 @@ class ModelHandle:
         doomed = retention_deletions([v.summary() for v in versions], self.settings.mode, self.settings.keep_best,
                                      self.settings.keep_periodic, self.settings.keep_final, best_version)
         by_number = {v.version: v for v in versions}
+        in_use = {v.source for v in versions if v.version not in doomed}
         for number in doomed:
-            store.delete_version(by_number[number])
+            store.delete_version(by_number[number], sources_in_use=in_use)
             log.debug("%s: retention removed v%d (%s)", self.name, number, by_number[number].category)
 
     def _after_save(self, reg: "Registration", info: VersionInfo, best: VersionInfo | None, duration: float) -> None:

@@ -455,13 +455,23 @@ class MlflowStore:
         except MlflowException as exc:
             log.warning("could not tag %s v%s as corrupt: %s", name, version, _first_line(exc))
 
-    def delete_version(self, info: VersionInfo, delete_artifacts: bool = True) -> None:
-        """Delete a version and (when no other version shares it) its artifact directory."""
-        self.client.delete_model_version(info.name, str(info.version))
+    def delete_version(self, info: VersionInfo, delete_artifacts: bool = True,
+                       sources_in_use: set[str] | None = None) -> None:
+        """Delete a version and (when no other version shares it) its artifact directory.
+
+        `sources_in_use`: the sources of the versions that stay, when the caller has just listed them (saves a
+        listing per deletion). A version another process deleted first counts as deleted."""
+        try:
+            self.client.delete_model_version(info.name, str(info.version))
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
         if not delete_artifacts:
             return
-        if any(v.source == info.source for v in self.list_versions(info.name)):
-            return  # a rollback version reuses the same artifacts
+        if sources_in_use is None:
+            sources_in_use = {v.source for v in self.list_versions(info.name)}
+        if info.source in sources_in_use:
+            return  # a rollback or periodic version reuses the same artifacts
         try:
             self._delete_artifact_dir(info)
         except Exception as exc:  # the version is gone; a leftover directory is swept later

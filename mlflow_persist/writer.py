@@ -36,10 +36,13 @@ class SaveJob:
     result: Any = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    release: Callable[[dict[str, Any]], None] | None = None  # takes the snapshot back for reuse
 
     def finish(self, outcome: str, result: Any = None, error: BaseException | None = None) -> None:
         self.outcome, self.result, self.error = outcome, result, error
-        self.payload = {}  # release the snapshot memory as soon as it is no longer needed
+        payload, self.payload = self.payload, {}  # no reference kept: the memory is released or reused
+        if payload and self.release is not None:
+            self.release(payload)
         self.done.set()
 
 
@@ -172,10 +175,10 @@ class CheckpointWriter:
             except BaseException as exc:  # noqa: BLE001 - a failed save must never kill the writer
                 self._handle_failure(job, exc)
             else:
+                job.finish("saved", result=result)  # before flush() can see the model idle
                 with self._cond:
                     self._running.pop(job.model, None)
                     self._cond.notify_all()
-                job.finish("saved", result=result)
                 if self._on_success:
                     self._safe(self._on_success, job)
 
