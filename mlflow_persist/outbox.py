@@ -89,25 +89,40 @@ class Outbox:
             fsync_directory(model_dir)
         return entry
 
-    def entries(self, registered_name: str) -> list[OutboxEntry]:
-        """Complete entries of one model, oldest first; half-written ones (no entry.json) are removed."""
+    def entries(self, registered_name: str, sweep: bool = False) -> list[OutboxEntry]:
+        """Complete entries of one model, oldest first. Half-written ones (staging, no entry.json) are skipped;
+        with `sweep` they are removed, which only a caller holding `lock(registered_name)` may ask for: without
+        the lock, a `put()` in progress would lose its staging directory."""
         model_dir = self.root / registered_name
         if not model_dir.is_dir():
             return []
         found = []
         for path in sorted(model_dir.iterdir()):
             if path.name.startswith(".tmp-"):
-                shutil.rmtree(path, ignore_errors=True)
+                if sweep:
+                    shutil.rmtree(path, ignore_errors=True)
                 continue
             if not path.is_dir():
                 continue
             try:
                 data = json.loads((path / ENTRY_FILE).read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
-                shutil.rmtree(path, ignore_errors=True)
+                if sweep:
+                    shutil.rmtree(path, ignore_errors=True)
                 continue
             found.append(OutboxEntry(**data, path=str(path)))
         return sorted(found, key=lambda e: e.sequence)
+
+    @staticmethod
+    def is_intact(entry: OutboxEntry) -> bool:
+        """Whether the entry still holds its manifest and a checkpoint file of the recorded size."""
+        from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE
+
+        try:
+            return (entry.directory / MANIFEST_FILE).is_file() and \
+                (entry.directory / CHECKPOINT_FILE).stat().st_size == entry.size_bytes
+        except OSError:
+            return False
 
     def quarantine(self, entry: OutboxEntry) -> Path:
         """Move an entry that can never be registered (its run is gone) aside, keeping its bytes."""
