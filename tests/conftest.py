@@ -3,6 +3,7 @@ and a real `mlflow server` on a free loopback port for the server variants."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -18,6 +19,18 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
+
+
+@pytest.fixture(autouse=True)
+def restore_package_logger() -> Iterator[None]:
+    """`cli.main()` run in-process installs a handler bound to the captured stderr and stops propagation;
+    undo that after each test so later tests neither write to a closed stream nor lose their log records."""
+    logger = logging.getLogger("mlflow_persist")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
 
 
 @pytest.fixture(autouse=True)

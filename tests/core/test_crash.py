@@ -51,11 +51,12 @@ def expected_digests(uri: str, name: str, version: int) -> dict[str, str]:
             "rng": hashlib.sha256(state.rng_state["torch"].numpy().tobytes()).hexdigest(), "step": state.step}
 
 
-def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(sqlite_uri: str) -> None:
+def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(tracking_uri: str) -> None:
+    uri = tracking_uri  # both deployments: the embedded store and a real `mlflow server`
     rng = random.Random(7)
     run_id = None
-    for trial in range(3):
-        proc = start_trainer(sqlite_uri, "dqn", steps=10_000)
+    for trial in range(2):  # tests/reliability kills 50 times; here both deployments, twice each
+        proc = start_trainer(uri, "dqn", steps=10_000)
         restored = json.loads(read_until(proc, "RESTORED"))
         current_run = read_until(proc, "RUN")
         run_id = run_id or current_run
@@ -66,12 +67,16 @@ def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(sqlite_
         time.sleep(rng.uniform(0.5, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        newest = MlflowStore(sqlite_uri).list_versions("dqn")[-1]
-        restart = start_trainer(sqlite_uri, "dqn", steps=2)
+        registered = MlflowStore(uri).list_versions("dqn")
+        newest_version, newest_step = (registered[-1].version, registered[-1].step or 0) if registered else (0, 0)
+        restart = start_trainer(uri, "dqn", steps=2)
         restored = json.loads(read_until(restart, "RESTORED"))
-        assert restored["version"] == newest.version
-        expected = expected_digests(sqlite_uri, "dqn", newest.version)
-        assert restored["step"] == expected["step"] == newest.step
+        if uri.startswith("sqlite"):
+            assert restored["version"] == newest_version
+        else:  # checkpoints the kill left in the durable outbox are registered before the restore
+            assert restored["version"] >= newest_version
+        expected = expected_digests(uri, "dqn", restored["version"])
+        assert restored["step"] == expected["step"] >= newest_step
         assert (restored["model"], restored["optimizer"], restored["rng"]) == (
             expected["model"], expected["optimizer"], expected["rng"])
         assert read_until(restart, "RUN") == run_id
@@ -79,8 +84,9 @@ def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(sqlite_
         assert restart.wait(timeout=60) == 0, restart.stderr.read() if restart.stderr else ""
 
 
-def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(sqlite_uri: str) -> None:
-    proc = start_trainer(sqlite_uri, "cnn", steps=100_000)
+def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tracking_uri: str) -> None:
+    uri = tracking_uri
+    proc = start_trainer(uri, "cnn", steps=100_000)
     read_until(proc, "RESTORED")
     for _ in range(20):
         last_step = int(read_until(proc, "STEP"))
@@ -89,7 +95,7 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(sqlite_uri: str) -> 
     steps = [int(line.split()[1]) for line in remaining.splitlines() if line.startswith("STEP")]
     final_step = steps[-1] if steps else last_step
     assert proc.returncode == 0
-    newest = MlflowStore(sqlite_uri).list_versions("cnn")[-1]
+    newest = MlflowStore(uri).list_versions("cnn")[-1]
     assert newest.category == "final" and newest.step == final_step
-    state = mp.load_checkpoint("models:/cnn/latest", tracking_uri=sqlite_uri)
+    state = mp.load_checkpoint("models:/cnn/latest", tracking_uri=uri)
     assert state.category == "final" and state.step == final_step

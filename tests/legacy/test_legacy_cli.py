@@ -1,4 +1,5 @@
-"""The legacy commands through the real command line (subprocess), error paths included."""
+"""The legacy commands through the real command line (subprocesses, and the `mlflow-persist` entry point
+in-process for the error paths), error paths included."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def _run(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_cli_import_rollback_and_errors(tmp_path: Path, sqlite_uri: str, subprocess_env: dict) -> None:
+def test_cli_import_rollback_and_errors(tmp_path: Path, sqlite_uri: str, subprocess_env: dict,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     script = str(REPO_ROOT / "scripts" / "import_legacy_checkpoints.py")
     before = snapshot(LEGACY_FULL)
     dry = _run([script, str(LEGACY_FULL), "--dry-run", "--json", "--tracking-uri", sqlite_uri], subprocess_env, tmp_path)
@@ -39,19 +41,23 @@ def test_cli_import_rollback_and_errors(tmp_path: Path, sqlite_uri: str, subproc
     assert table.returncode == 1 and "skipped 11" in " ".join(table.stdout.split()), table.stdout[-3000:]
     assert "refused (--strict)" in table.stderr
 
-    ok = _run(["-m", "mlflow_persist.legacy.cli", "rollback", "cnn", "--to", "1", "--best", "--reason", "test",
+    ok = _run(["-m", "mlflow_persist.cli", "rollback", "cnn", "--to", "1", "--best", "--reason", "test",
                "--json", "--tracking-uri", sqlite_uri], subprocess_env, tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)["rollback_of"] == 1
+
+    from mlflow_persist.cli import main
 
     for args, message in ((["rollback", "nosuchmodel", "--to", "1"], "no versions"),
                           (["rollback", "cnn", "--to", "99"], "no version 99"),
                           (["rollback", "cnn", "--back", "0"], "--back 0"),
                           (["rollback", "cnn", "--to", "1", "--back", "1"], "exactly one"),
                           (["import-legacy", str(tmp_path / "missing")], "does not exist")):
-        bad = _run(["-m", "mlflow_persist.legacy.cli", *args, "--tracking-uri", sqlite_uri], subprocess_env, tmp_path)
-        assert bad.returncode == 1 and message in bad.stderr, (args, bad.stderr[-2000:])
-        assert len(bad.stderr.strip().splitlines()) == 1
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--tracking-uri", sqlite_uri])
+        stderr = capsys.readouterr().err
+        assert exit_info.value.code == 1 and message in stderr, (args, stderr[-2000:])
+        assert len(stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
