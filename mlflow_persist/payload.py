@@ -278,7 +278,7 @@ def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> Written
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):

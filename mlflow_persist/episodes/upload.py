@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -17,6 +16,7 @@ from mlflow_persist.episodes.index import index_rows, write_index
 from mlflow_persist.episodes.lineage import log_index_dataset
 from mlflow_persist.episodes.model import Episode
 from mlflow_persist.episodes.schema import encode_episode, write_rows
+from mlflow_persist.payload import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,6 @@ class FlushResult:
     rows: int = 0
     bytes_written: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def next_seq(client: mlflow.MlflowClient, run_id: str) -> int:
