@@ -183,31 +183,33 @@ class CheckpointWriter:
                     self._safe(self._on_success, job)
 
     def _handle_failure(self, job: SaveJob, exc: BaseException) -> None:
-        final = job.attempts >= self._max_attempts or self._closed
+        with self._cond:
+            outcome = self._retry_or_give_up(job)
+        if outcome != "retry":
+            if outcome == "failed":
+                self.failed.append(job)
+            job.finish(outcome, error=exc)  # before flush() can see the model idle
         with self._cond:
             self._running.pop(job.model, None)
-            if not final:
-                waiting = self._waiting.get(job.model)
-                if waiting is None or _keeps_waiting(job, waiting):
-                    if waiting is not None:
-                        job.also = sorted(set(job.also) | set(waiting.also) - {job.category})
-                        waiting.finish("superseded")
-                        self.superseded += 1
-                    job.not_before = time.monotonic() + min(self._max_backoff, 0.5 * 2 ** (job.attempts - 1))
-                    self._waiting[job.model] = job
-                else:
-                    final = None  # type: ignore[assignment]  # a newer snapshot takes over
             self._cond.notify_all()
-        if final is None:
-            job.finish("superseded", error=exc)
-            if self._on_failure:
-                self._safe(self._on_failure, job, exc, False)
-            return
-        if final:
-            self.failed.append(job)
-            job.finish("failed", error=exc)
         if self._on_failure:
-            self._safe(self._on_failure, job, exc, bool(final))
+            self._safe(self._on_failure, job, exc, outcome == "failed")
+
+    def _retry_or_give_up(self, job: SaveJob) -> str:
+        """`retry` (queued again after a backoff), `superseded` (a newer snapshot of the model takes over) or
+        `failed` (attempts used up, or the writer is closing). Called with the lock held."""
+        if job.attempts >= self._max_attempts or self._closed:
+            return "failed"
+        waiting = self._waiting.get(job.model)
+        if waiting is not None and not _keeps_waiting(job, waiting):
+            return "superseded"
+        if waiting is not None:
+            job.also = sorted(set(job.also) | set(waiting.also) - {job.category})
+            waiting.finish("superseded")
+            self.superseded += 1
+        job.not_before = time.monotonic() + min(self._max_backoff, 0.5 * 2 ** (job.attempts - 1))
+        self._waiting[job.model] = job
+        return "retry"
 
     @staticmethod
     def _safe(callback: Callable[..., Any], *args: Any) -> None:
