@@ -90,7 +90,7 @@ def classify_bytes(data: bytes, trusted: bool = False) -> Classification:
 
 def _classify_trusted(data: bytes, unsafe: tuple[str, ...]) -> Classification:
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)  # operator-trusted file only (--trust)
     except (ImportError, AttributeError) as exc:
         return Classification(
             None,
