@@ -20,6 +20,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+from store_support import copy_template_store  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def restore_package_logger() -> Iterator[None]:
@@ -57,12 +59,6 @@ def sqlite_uri(tmp_path: Path, template_db: Path) -> str:
     target.parent.mkdir()
     shutil.copy(template_db, target)
     return f"sqlite:///{target}"
-
-
-def copy_template_store(template_db: Path, directory: Path) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(template_db, directory / "mlflow.db")
-    return f"sqlite:///{directory / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="session")

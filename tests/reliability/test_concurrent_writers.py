@@ -102,7 +102,7 @@ def test_two_processes_200_saves_each_on_sqlite(sqlite_uri: str, tmp_path: Path,
 @pytest.mark.server
 def test_two_processes_against_a_real_mlflow_server(template_db: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import copy_template_store
+    from store_support import copy_template_store
 
     backend = copy_template_store(template_db, tmp_path / "backend")
     experiment = f"two-writers-{uuid.uuid4().hex[:6]}"

@@ -20,7 +20,7 @@ OUTAGE_S = 30.0
 @pytest.mark.slow
 @pytest.mark.server
 def test_checkpoints_made_during_a_30s_outage_are_registered_in_order(template_db: Path, tmp_path: Path) -> None:
-    from conftest import copy_template_store
+    from store_support import copy_template_store
 
     backend = copy_template_store(template_db, tmp_path / "backend")
     server = MlflowServer(backend_store_uri=backend, artifacts_destination=str(tmp_path / "artifacts")).start()
