@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import pandas as pd
@@ -214,20 +214,11 @@ class TradingOrchestrator:
 
     def _record(self, decision: PendingDecision, outcome: Any, results: dict[str, dict[str, float]]) -> None:
         cob_action = int(decision.outputs["cob_rl.action"].item())
+        reward = trade_reward(decision.action, outcome)
+        decided = {f.name: getattr(decision, f.name) for f in fields(decision)}  # shallow: no frame copies
         episode = TradingEpisode(
             episode_id=uuid.uuid4().hex,
-            step=decision.step,
-            position=decision.position,
-            bar_time=decision.bar_time,
-            wall_time=decision.wall_time,
-            frames=decision.frames,
-            tensors=decision.tensors,
-            outputs=decision.outputs,
-            action=decision.action,
-            reward=trade_reward(decision.action, outcome),
-            checkpoint_versions=decision.checkpoint_versions,
-            checkpoint_steps=decision.checkpoint_steps,
-            market=decision.market,
+            reward=reward,
             rng={
                 "seed": self.seed,
                 "step": decision.step,
@@ -236,6 +227,7 @@ class TradingOrchestrator:
                 "cob_rng": "numpy.random.default_rng([cob_seed, position])",
                 "model_seed": self.model_seed,
             },
-            rewards={"dqn": trade_reward(decision.action, outcome), "cob_rl": trade_reward(cob_action, outcome)},
+            rewards={"dqn": reward, "cob_rl": trade_reward(cob_action, outcome)},
+            **decided,
         )
         self.recorder.record(episode)  # type: ignore[union-attr]
