@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlflow_persist import inspection
 from mlflow_persist.config import PersistConfig, resolve_tracking_uri
-from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
+from mlflow_persist.errors import PersistError, describe_store_error, redact_credentials
+from mlflow_persist.process_effects import apply_http_retry_defaults
 
 app = typer.Typer(name="mlflow-persist", no_args_is_help=True, add_completion=True,
                   help="Durable, observable, reversible checkpoints for continuously-trained PyTorch models.")
@@ -54,12 +57,6 @@ def apply_config_logging(config: PersistConfig) -> None:
     apply_logging(LOG_OPTIONS["level"] or config.log_level, LOG_OPTIONS["format"] or config.log_format)
 
 
-def redact_credentials(text: str) -> str:
-    from mlflow_persist.store import redact_credentials as redact
-
-    return redact(text)
-
-
 def load_config(tracking_uri: str | None, config_file: str | None) -> PersistConfig:
     overrides = {"tracking_uri": resolve_tracking_uri(tracking_uri)} if tracking_uri or not config_file else {}
     if config_file:
@@ -71,22 +68,6 @@ def open_store(config: PersistConfig):  # noqa: ANN201 - MlflowStore, imported l
     from mlflow_persist.store import MlflowStore
 
     return MlflowStore(config.tracking_uri, config.experiment_name)
-
-
-def managed_models(store: Any, prefix: str = "") -> list[str]:
-    names = []
-    for model in store.client.search_registered_models(max_results=1000):
-        if model.name.startswith(prefix):
-            names.append(model.name)
-    return sorted(names)
-
-
-def require_model(store: Any, name: str) -> list[Any]:
-    versions = store.list_versions(name)
-    if not versions:
-        raise NotFoundError(f"Model {name!r} has no checkpoints in {redact_credentials(store.tracking_uri)}; "
-                            "run `mlflow-persist status` to list the models there.")
-    return versions
 
 
 def sparkline(values: list[float]) -> str:
@@ -104,115 +85,41 @@ def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
         console.print(table)
 
 
-def version_row(v: Any) -> dict[str, Any]:
-    return {"version": v.version, "category": v.category, "step": v.step, "monitor": v.monitor, "value": v.value,
-            "created_at": v.created_at, "sha256": v.sha256, "corrupt": v.corrupt, "aliases": v.aliases}
-
-
 # ------------------------------------------------------------------------------------------------ status
 
 @app.command()
 def status(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = ConfigFile,
            as_json: bool = JsonOutput) -> None:
     """Per model: best and newest version (value, step, age), save counts, health, free disk."""
-    from mlflow_persist.runtime import _age
-    from mlflow_persist.store import HEALTH_TAG
-    from mlflow_persist.sysmetrics import disk_space
-
     cfg = load_config(tracking_uri, config)
-    store = open_store(cfg)
-    rows = []
-    for name in managed_models(store, cfg.registered_model_prefix):
-        versions = store.list_versions(name)
-        if not versions:
-            continue
-        best = store.alias_version(name)
-        newest = versions[-1]
-        counts: dict[str, int] = {}
-        for v in versions:
-            counts[v.category] = counts.get(v.category, 0) + 1
-        run_id = newest.run_id
-        health, saves, run_status = "unknown", None, None
-        if run_id:
-            try:
-                run = store.client.get_run(run_id)
-                health = run.data.tags.get(HEALTH_TAG, "ok")
-                saves = run.data.metrics.get("checkpoint/saves")
-                run_status = run.info.status
-            except Exception:  # noqa: BLE001 - a deleted run leaves the versions readable
-                pass
-        rows.append({
-            "model": name,
-            "best": version_row(best) if best else None,
-            "latest": version_row(newest),
-            "versions": counts, "corrupt": sum(1 for v in versions if v.corrupt),
-            "saves": saves, "health": health, "run_id": run_id, "run_status": run_status,
-            "best_age": _age(best.created_at) if best else None, "latest_age": _age(newest.created_at),
-        })
-    disk = None
-    try:
-        disk_path = store.checkpoint_disk_path(rows[0]["run_id"] if rows and rows[0]["run_id"] else None)
-        space = disk_space(disk_path)
-        disk = {"path": str(disk_path), "free_mb": round(space.free_mb, 1), "free_percent": round(space.free_percent, 2)}
-    except Exception:  # noqa: BLE001 - remote stores have no local disk to report
-        pass
+    report = inspection.status(open_store(cfg), cfg.registered_model_prefix)
     if as_json:
-        emit({"tracking_uri": redact_credentials(cfg.tracking_uri), "models": rows, "disk": disk}, True)
+        emit(report.to_dict(), True)
         return
-    table = Table(title=f"mlflow-persist status — {redact_credentials(cfg.tracking_uri)}")
+    table = Table(title=f"mlflow-persist status — {report.tracking_uri}")
     for column in ("model", "best", "latest", "versions", "saves", "health"):
         table.add_column(column)
-    for row in rows:
-        best, latest = row["best"], row["latest"]
+    for row in report.models:
+        best, latest = row.best, row.latest
         table.add_row(
-            row["model"],
-            f"v{best['version']} {best['monitor']}={best['value']:.6g} step {best['step']} ({row['best_age']} ago)"
-            if best and best["value"] is not None else "-",
-            f"v{latest['version']} {latest['category']} step {latest['step']} ({row['latest_age']} ago)",
-            " ".join(f"{k}:{n}" for k, n in sorted(row["versions"].items())) + (
-                f" corrupt:{row['corrupt']}" if row["corrupt"] else ""),
-            f"{row['saves']:.0f}" if row["saves"] is not None else "-",
-            row["health"],
+            row.model,
+            f"v{best.version} {best.monitor}={best.value:.6g} step {best.step} ({row.best_age} ago)"
+            if best and best.value is not None else "-",
+            f"v{latest.version} {latest.category} step {latest.step} ({row.latest_age} ago)",
+            " ".join(f"{k}:{n}" for k, n in sorted(row.versions.items())) + (
+                f" corrupt:{row.corrupt}" if row.corrupt else ""),
+            f"{row.saves:.0f}" if row.saves is not None else "-",
+            row.health,
         )
     console.print(table)
-    if disk:
-        console.print(f"free disk: {disk['free_mb']:.0f} MB ({disk['free_percent']:.1f}%) at {disk['path']}")
-    if not rows:
+    if report.disk:
+        console.print(f"free disk: {report.disk.free_mb:.0f} MB ({report.disk.free_percent:.1f}%) at "
+                      f"{report.disk.path}")
+    if not report.models:
         console.print("no checkpoints yet: run `mlflow-persist run` to train with persistence")
 
 
 # ------------------------------------------------------------------------------------------------ history
-
-def alias_events(store: Any, name: str, versions: list[Any]) -> list[dict[str, Any]]:
-    """Alias moves: operator moves recorded as registered-model tags, plus `best` moves seen at each save
-    (the run metric checkpoint/best_version)."""
-    events: list[dict[str, Any]] = []
-    try:
-        from mlflow_persist.legacy.alias_log import alias_moves
-
-        for move in alias_moves(store.client, name):
-            events.append({"at": move.at, "alias": move.alias, "from": move.from_version, "to": move.to_version,
-                           "by": move.by, "reason": move.reason})
-    except ImportError:
-        pass
-    run_ids = sorted({v.run_id for v in versions if v.run_id})
-    for run_id in run_ids:
-        try:
-            history = store.client.get_metric_history(run_id, "checkpoint/best_version")
-        except Exception:  # noqa: BLE001
-            continue
-        previous = None
-        for metric in sorted(history, key=lambda m: (m.timestamp, m.step)):
-            current = int(metric.value)
-            if current != previous:
-                from datetime import datetime, timezone
-
-                at = datetime.fromtimestamp(metric.timestamp / 1000, timezone.utc).isoformat(timespec="seconds")
-                events.append({"at": at, "alias": "best", "from": previous, "to": current, "by": "training",
-                               "reason": f"better value at step {metric.step}"})
-                previous = current
-    return sorted(events, key=lambda e: str(e["at"]))
-
 
 @app.command()
 def history(model: str = typer.Argument(..., help="Registered model name."),
@@ -220,23 +127,24 @@ def history(model: str = typer.Argument(..., help="Registered model name."),
             as_json: bool = JsonOutput) -> None:
     """Checkpoints and alias moves of MODEL over time, with a sparkline of the monitored value."""
     cfg = load_config(tracking_uri, config)
-    store = open_store(cfg)
-    versions = require_model(store, model)
-    events = alias_events(store, model, versions)
-    values = [v.value for v in versions if v.value is not None]
+    report = inspection.history(open_store(cfg), model)
+    events = [{"at": e.at, "alias": e.alias, "from": e.from_version, "to": e.to_version, "by": e.by,
+               "reason": e.reason} for e in report.alias_moves]
+    values = report.values
     if as_json:
-        emit({"model": model, "versions": [version_row(v) for v in versions], "alias_moves": events,
+        emit({"model": model, "versions": [asdict(v) for v in report.versions], "alias_moves": events,
               "sparkline": sparkline(values)}, True)
         return
-    table = Table(title=f"{model}: {len(versions)} checkpoints")
+    table = Table(title=f"{model}: {len(report.versions)} checkpoints")
     for column in ("version", "category", "step", "value", "created_at", "aliases", "state"):
         table.add_column(column)
-    for v in versions:
+    for v in report.versions:
         table.add_row(f"v{v.version}", v.category, str(v.step), f"{v.value:.6g}" if v.value is not None else "-",
                       v.created_at or "-", ",".join(v.aliases), "CORRUPT" if v.corrupt else "ok")
     console.print(table)
     if values:
-        console.print(f"{versions[0].monitor or 'value'}: {sparkline(values)}  ({values[0]:.6g} -> {values[-1]:.6g})")
+        console.print(f"{report.versions[0].monitor or 'value'}: {sparkline(values)}  "
+                      f"({values[0]:.6g} -> {values[-1]:.6g})")
     if events:
         moves = Table(title="alias moves")
         for column in ("at", "alias", "from", "to", "by", "reason"):
@@ -255,26 +163,14 @@ def verify(model: Optional[str] = typer.Argument(None, help="Only this model (de
            as_json: bool = JsonOutput) -> None:
     """Check every version of every model (sha256, safe load); tag damaged ones corrupt=true; exit 1 if any."""
     cfg = load_config(tracking_uri, config)
-    store = open_store(cfg)
-    names = [model] if model else managed_models(store, cfg.registered_model_prefix)
-    if model:
-        require_model(store, model)
-    results = []
-    for name in names:
-        for info in store.list_versions(name):
-            try:
-                store.load_version(info)
-                results.append({"model": name, "version": info.version, "ok": True, "reason": None})
-            except CheckpointCorruptError as exc:
-                store.mark_corrupt(name, info.version, str(exc))
-                results.append({"model": name, "version": info.version, "ok": False, "reason": str(exc)})
-    bad = [r for r in results if not r["ok"]]
+    report = inspection.verify(open_store(cfg), model, cfg.registered_model_prefix)
+    bad = report.corrupt
     if as_json:
-        emit({"checked": len(results), "corrupt": bad}, True)
+        emit({"checked": len(report.results), "corrupt": [asdict(r) for r in bad]}, True)
     else:
         for r in bad:
-            typer.echo(f"CORRUPT {r['model']} v{r['version']}: {r['reason']}")
-        typer.echo(f"checked {len(results)} versions of {len(names)} models: {len(bad)} corrupt")
+            typer.echo(f"CORRUPT {r.model} v{r.version}: {r.reason}")
+        typer.echo(f"checked {len(report.results)} versions of {report.models} models: {len(bad)} corrupt")
     if bad:
         raise typer.Exit(1)
 
@@ -286,30 +182,14 @@ def gc(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = Config
        dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be deleted."),
        as_json: bool = JsonOutput) -> None:
     """Apply the retention windows now (keep_best, keep_periodic, keep_final; never `best` or the newest)."""
-    from mlflow_persist.policy import retention_deletions
-
     cfg = load_config(tracking_uri, config)
-    store = open_store(cfg)
-    prefix = cfg.registered_model_prefix
-    plan = []
-    for name in managed_models(store, prefix):
-        settings = cfg.for_model(name[len(prefix):])
-        with store.lock(f"model-{name}"):
-            versions = store.list_versions(name)
-            best = store.alias_version(name)
-            doomed = retention_deletions([v.summary() for v in versions], settings.mode, settings.keep_best,
-                                         settings.keep_periodic, settings.keep_final, best.version if best else None)
-            by_number = {v.version: v for v in versions}
-            for number in doomed:
-                plan.append({"model": name, "version": number, "category": by_number[number].category})
-                if not dry_run:
-                    store.delete_version(by_number[number])
+    report = inspection.gc(open_store(cfg), cfg, dry_run=dry_run)
     if as_json:
-        emit({"dry_run": dry_run, "deleted": plan}, True)
+        emit({"dry_run": dry_run, "deleted": [asdict(item) for item in report.deleted]}, True)
         return
-    for item in plan:
-        typer.echo(f"{'would delete' if dry_run else 'deleted'} {item['model']} v{item['version']} ({item['category']})")
-    typer.echo(f"{len(plan)} versions {'would be ' if dry_run else ''}deleted")
+    for item in report.deleted:
+        typer.echo(f"{'would delete' if dry_run else 'deleted'} {item.model} v{item.version} ({item.category})")
+    typer.echo(f"{len(report.deleted)} versions {'would be ' if dry_run else ''}deleted")
 
 
 # ------------------------------------------------------------------------------------------------ wiring
@@ -326,16 +206,9 @@ def _register_integrations() -> None:
             # an optional dependency of that integration is missing; its commands are not offered
 
 
-def _limit_http_retries() -> None:
-    # MLflow's defaults retry an unreachable server for ~4 minutes; an operator's command should answer sooner.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
-
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    _limit_http_retries()
+    apply_http_retry_defaults()
     _register_integrations()
     try:
         result = app(args=argv, standalone_mode=False)
@@ -350,9 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         if "ClickException" in kinds:
             exc.show()  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        from mlflow_persist.store import _first_line
-
-        typer.echo(f"mlflow-persist: {type(exc).__name__}: {_first_line(exc)}", err=True)
+        typer.echo(f"mlflow-persist: {type(exc).__name__}: {describe_store_error(exc)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("mlflow-persist: interrupted.", err=True)

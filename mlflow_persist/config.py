@@ -92,6 +92,10 @@ class PersistConfig(ModelSettings):
     metrics_flush_size: int = Field(
         1000, ge=1, description="Flush buffered metrics early once this many values are waiting."
     )
+    metrics_buffer_max_rows: int = Field(
+        100_000, ge=1, description="Most metric values buffered per model while the store is unreachable; "
+                                   "beyond it the oldest are dropped (with a warning)."
+    )
     log_system_metrics: bool = Field(True, description="Log psutil CPU %, RSS and free disk to each model's run.")
     save_retry_attempts: int = Field(5, ge=1, description="Attempts per checkpoint before the save counts as failed.")
     save_retry_max_wait_seconds: float = Field(30.0, gt=0, description="Longest backoff between save attempts.")

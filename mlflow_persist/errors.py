@@ -1,6 +1,15 @@
-"""Exceptions with one actionable sentence each; the CLI prints `str(error)` and exits non-zero."""
+"""The package's whole error hierarchy, plus the helpers that turn a foreign exception into one sentence.
+
+Every error a user can meet is a `PersistError` whose message says what failed and what to do. Store adapters
+translate their backend's exceptions (for MLflow: `MlflowException`, connection errors) into these at their
+boundary, so nothing of MLflow reaches the runtime or the user.
+"""
 
 from __future__ import annotations
+
+import re
+
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:@/\s]*):[^@/\s]+@")
 
 
 class PersistError(Exception):
@@ -12,12 +21,71 @@ class ConfigError(PersistError, ValueError):
 
 
 class CheckpointCorruptError(PersistError):
-    """A stored checkpoint failed verification (checksum, format or shape)."""
+    """A stored checkpoint's bytes failed verification (checksum, missing files, unreadable payload)."""
 
 
-class StoreUnavailableError(PersistError):
-    """The MLflow tracking store could not be reached."""
+class CheckpointMismatchError(PersistError):
+    """A stored checkpoint is intact but does not fit the tracked objects (a changed architecture)."""
+
+
+class StoreError(PersistError):
+    """The checkpoint store refused or failed an operation. `code` is the backend's error code, if any."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StoreUnavailableError(StoreError):
+    """The checkpoint store could not be reached (connection refused, timed out, login or permission missing)."""
 
 
 class NotFoundError(PersistError):
-    """A model, version or episode that was asked for does not exist."""
+    """A model, version, run, episode or data file that was asked for does not exist."""
+
+
+class DiskFullError(PersistError, OSError):
+    """The checkpoint disk stays short of the configured free space even after cleanup."""
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` URI in it replaced by `***`."""
+    return _URI_PASSWORD.sub(r"\g<head>:***@", text)
+
+
+_UNREACHABLE_MARKERS = ("Max retries exceeded", "Connection refused", "NewConnectionError", "ConnectionError",
+                        "Read timed out", "ConnectTimeout")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the store could not be reached at all (as opposed to refusing a request)."""
+    if isinstance(exc, StoreUnavailableError):
+        return True
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = str(exc)
+    return any(marker in text for marker in _UNREACHABLE_MARKERS) or \
+        any(cls.__name__ in ("ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout")
+            for cls in type(exc).__mro__)
+
+
+def describe_store_error(exc: BaseException) -> str:
+    """One redacted line that classifies a store failure: unreachable, login wanted, permission missing,
+    or else the first line of the backend's own message."""
+    raw = redact_credentials(str(exc))
+    if is_unreachable(exc) and not isinstance(exc, StoreUnavailableError):
+        return "connection refused or timed out"
+    if "error code 403" in raw or "PERMISSION_DENIED" in raw:
+        return ("the tracking server denied permission (HTTP 403): ask its administrator for EDIT permission on "
+                "the experiment and the registered models")
+    if "error code 401" in raw or "UNAUTHENTICATED" in raw:
+        return "the tracking server wants a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    text = raw.strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+__all__ = [
+    "CheckpointCorruptError", "CheckpointMismatchError", "ConfigError", "DiskFullError", "NotFoundError",
+    "PersistError", "StoreError", "StoreUnavailableError", "describe_store_error", "is_unreachable",
+    "redact_credentials",
+]

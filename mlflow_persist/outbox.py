@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 from filelock import FileLock
 
-from mlflow_persist.payload import WrittenCheckpoint, fsync_directory, write_checkpoint_dir
+from mlflow_persist.atomic import atomic_directory, is_staging
+from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE, WrittenCheckpoint, write_checkpoint_dir
 
 ENTRY_FILE = "entry.json"
 
@@ -73,20 +74,15 @@ class Outbox:
         model_dir = self._model_dir(registered_name)
         with self.lock(registered_name):
             sequence = self._next_sequence(model_dir)
-            final = model_dir / f"{sequence:012d}-{dirname}"
-            staging = model_dir / f".tmp-{sequence:012d}-{dirname}"
-            written: WrittenCheckpoint = write_checkpoint_dir(payload, staging)
-            entry = OutboxEntry(model, registered_name, run_id, dirname, category, step, value, improvement,
-                                str(payload.get("created_at", "")), written.sha256, written.size_bytes, list(also),
-                                sequence, str(final))
-            data = asdict(entry)
-            data.pop("path")
-            with open(staging / ENTRY_FILE, "w", encoding="utf-8") as handle:
-                json.dump(data, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(staging, final)
-            fsync_directory(model_dir)
+            name = f"{sequence:012d}-{dirname}"
+            with atomic_directory(model_dir, name) as staging:
+                written: WrittenCheckpoint = write_checkpoint_dir(payload, staging)
+                entry = OutboxEntry(model, registered_name, run_id, dirname, category, step, value, improvement,
+                                    str(payload.get("created_at", "")), written.sha256, written.size_bytes,
+                                    list(also), sequence, str(model_dir / name))
+                data = asdict(entry)
+                data.pop("path")
+                (staging / ENTRY_FILE).write_text(json.dumps(data), encoding="utf-8")
         return entry
 
     def entries(self, registered_name: str, sweep: bool = False) -> list[OutboxEntry]:
@@ -98,7 +94,7 @@ class Outbox:
             return []
         found = []
         for path in sorted(model_dir.iterdir()):
-            if path.name.startswith(".tmp-"):
+            if is_staging(path):
                 if sweep:
                     shutil.rmtree(path, ignore_errors=True)
                 continue
@@ -116,8 +112,6 @@ class Outbox:
     @staticmethod
     def is_intact(entry: OutboxEntry) -> bool:
         """Whether the entry still holds its manifest and a checkpoint file of the recorded size."""
-        from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE
-
         try:
             return (entry.directory / MANIFEST_FILE).is_file() and \
                 (entry.directory / CHECKPOINT_FILE).stat().st_size == entry.size_bytes

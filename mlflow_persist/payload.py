@@ -21,14 +21,15 @@ import random
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from mlflow_persist.atomic import fsync_directory  # noqa: F401 - re-exported for existing importers
 from mlflow_persist.errors import CheckpointCorruptError
+from mlflow_persist.timestamps import utc_now_iso
 
 FORMAT_VERSION = 2
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -64,10 +65,6 @@ class CheckpointState:
     category: str | None = None
     created_at: str | None = None
     sha256: str | None = None
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 # ---------------------------------------------------------------------------------------------- snapshot
@@ -193,21 +190,6 @@ def serialize(payload: Mapping[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _fsync_write(path: Path, data: bytes | memoryview) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _HashingWriter:
     """A write-only file object for torch.save that fsyncs at the end and computes the sha256 on the way.
 
@@ -248,7 +230,10 @@ class _HashingWriter:
 
 
 def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> WrittenCheckpoint:
-    """Serialize `payload` into `directory` durably: checkpoint.pt and manifest.json, both fsynced."""
+    """Serialize `payload` into `directory`: checkpoint.pt (hashed on the way) and manifest.json.
+
+    Durability is the caller's: write into the staging directory of `atomic.atomic_directory`, which fsyncs
+    the files and renames the directory into place."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / CHECKPOINT_FILE, "wb") as handle:
         writer = _HashingWriter(handle)
@@ -258,22 +243,22 @@ def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> Written
             if writer.error is not None:
                 raise writer.error from None  # the real cause (e.g. ENOSPC), so callers can react to its errno
             raise
-        handle.flush()
-        os.fsync(handle.fileno())
-    digest, size = writer.hexdigest(), writer.size
+    (directory / MANIFEST_FILE).write_bytes(manifest_bytes(payload, writer.hexdigest(), writer.size))
+    return WrittenCheckpoint(directory, writer.hexdigest(), writer.size)
+
+
+def manifest_bytes(payload: Mapping[str, Any], sha256: str, size_bytes: int) -> bytes:
     manifest = {
         "format_version": payload.get("format_version", FORMAT_VERSION),
-        "sha256": digest,
-        "size_bytes": size,
+        "sha256": sha256,
+        "size_bytes": size_bytes,
         "model_name": payload.get("model_name"),
         "step": payload.get("step"),
         "category": payload.get("category"),
         "metrics": payload.get("metrics", {}),
         "created_at": payload.get("created_at"),
     }
-    _fsync_write(directory / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
-    fsync_directory(directory)
-    return WrittenCheckpoint(directory, digest, size)
+    return json.dumps(manifest, indent=1).encode()
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -300,20 +285,26 @@ def read_checkpoint_dir(directory: Path, expected_sha256: str | None = None) -> 
     """Verify the sha256 (against `expected_sha256`, else the manifest) and load with weights_only=True."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    expected = expected_sha256 or manifest.get("sha256")
     checkpoint = directory / CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise CheckpointCorruptError(f"{checkpoint} is missing; the checkpoint is incomplete.")
-    data = checkpoint.read_bytes()
+    return read_checkpoint_bytes(checkpoint.read_bytes(), expected_sha256 or manifest.get("sha256"),
+                                 label=str(checkpoint))
+
+
+def read_checkpoint_bytes(data: bytes, expected_sha256: str | None, label: str = CHECKPOINT_FILE
+                          ) -> CheckpointState:
+    """Verify `data` (the bytes of a checkpoint.pt) against `expected_sha256` and load it with
+    weights_only=True; damaged or hostile bytes raise CheckpointCorruptError."""
     actual = hashlib.sha256(data).hexdigest()
-    if expected and actual != expected:
+    if expected_sha256 and actual != expected_sha256:
         raise CheckpointCorruptError(
-            f"{checkpoint} has sha256 {actual[:12]}… but {expected[:12]}… was recorded; the file is damaged."
+            f"{label} has sha256 {actual[:12]}… but {expected_sha256[:12]}… was recorded; the file is damaged."
         )
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or hostile files
-        raise CheckpointCorruptError(f"{checkpoint} cannot be loaded safely ({type(exc).__name__}: {exc}).") from None
+        raise CheckpointCorruptError(f"{label} cannot be loaded safely ({type(exc).__name__}: {exc}).") from None
     state = payload_to_state(raw)
     state.sha256 = actual
     return state

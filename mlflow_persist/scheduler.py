@@ -1,35 +1,33 @@
-"""The APScheduler job that drives the periodic background work of a `Persistence`."""
+"""The APScheduler job that drives the periodic background work (time-based saves due, metric flushes,
+system metrics, disk checks): it runs one callable at an interval on the scheduler's thread."""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
-
-if TYPE_CHECKING:
-    from mlflow_persist.runtime import Persistence
 
 log = logging.getLogger("mlflow_persist.scheduler")
 JOB_ID = "mlflow-persist-tick"
 
 
 class PeriodicJob:
-    """Runs `persistence.tick()` every `interval_seconds` on a BackgroundScheduler thread.
+    """Runs `tick()` every `interval_seconds` on a BackgroundScheduler thread.
 
     `wake()` runs it now (used when the metric buffer fills up early); overlapping runs are coalesced.
     """
 
-    def __init__(self, persistence: "Persistence", interval_seconds: float) -> None:
-        self._persistence = persistence
+    def __init__(self, tick: Callable[[], None], interval_seconds: float) -> None:
+        self._tick = tick
         self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
                                                                          "misfire_grace_time": None})
         self._scheduler.add_job(self._run, "interval", seconds=interval_seconds, id=JOB_ID)
 
     def _run(self) -> None:
         try:
-            self._persistence.tick()
+            self._tick()
         except Exception:  # noqa: BLE001 - the job must keep running
             log.exception("the mlflow-persist background job failed; it runs again at the next interval")
 

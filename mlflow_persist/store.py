@@ -1,22 +1,22 @@
-"""The only layer that talks to MLflow: runs, artifacts, registered versions, tags, aliases, metrics.
+"""The MLflow adapter of the `CheckpointStore` seam: runs, artifacts, registered versions, tags, aliases, metrics.
 
 Works the same against the embedded default (`sqlite:///mlflow.db` + local artifacts) and against an
-`mlflow server` over HTTP (proxied artifacts).
+`mlflow server` over HTTP (proxied artifacts). Every public method translates MLflow's exceptions into the
+package's own (`mlflow_persist.errors`), so nothing of MLflow reaches the runtime or a user.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import unquote, urlparse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -28,91 +28,66 @@ from mlflow.entities import Metric, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
 
-from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, StoreUnavailableError  # noqa: E402
+from mlflow_persist.atomic import STAGING_PREFIX, atomic_directory, copy_directory_atomically  # noqa: E402
+from mlflow_persist.errors import (  # noqa: E402
+    CheckpointCorruptError,
+    NotFoundError,
+    PersistError,
+    StoreError,
+    StoreUnavailableError,
+    describe_store_error,
+    is_unreachable,
+    redact_credentials,
+)
 from mlflow_persist.naming import validate_model_name  # noqa: E402
-from mlflow_persist.payload import CheckpointState, WrittenCheckpoint, fsync_directory, read_checkpoint_dir, \
-    write_checkpoint_dir  # noqa: E402
-from mlflow_persist.policy import VersionSummary, select_best  # noqa: E402
+from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE, CheckpointState, WrittenCheckpoint, \
+    read_checkpoint_dir, write_checkpoint_dir  # noqa: E402
+from mlflow_persist.versions import (  # noqa: E402,F401 - names re-exported for existing importers
+    BEST_ALIAS,
+    CHECKPOINTS_DIR,
+    HEALTH_TAG,
+    RUN_KEY_TAG,
+    TAG_PREFIX,
+    RunSummary,
+    VersionInfo,
+    checkpoint_dirname,
+    tag,
+)
 
 log = logging.getLogger("mlflow_persist.store")
 
-TAG_PREFIX = "mlflow_persist."
-RUN_KEY_TAG = TAG_PREFIX + "run_key"
-HEALTH_TAG = TAG_PREFIX + "health"
-BEST_ALIAS = "best"
-CHECKPOINTS_DIR = "checkpoints"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 UNREGISTERED_SWEEP_AGE_SECONDS = 600.0
-_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:@/\s]*):[^@/\s]+@")
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def redact_credentials(text: str) -> str:
-    """`text` with the password of every `scheme://user:password@host` URI in it replaced by `***`."""
-    return _URI_PASSWORD.sub(r"\g<head>:***@", text)
+def translate(exc: BaseException, doing: str) -> PersistError:
+    """The package's error for an exception MLflow (or its HTTP client) raised while `doing` something."""
+    if isinstance(exc, PersistError):
+        return exc
+    reason = describe_store_error(exc)
+    if is_unreachable(exc) or "error code 401" in str(exc) or "error code 403" in str(exc):
+        return StoreUnavailableError(f"Could not {doing}: {reason}; check the tracking URI and that the server "
+                                     "is running and accepts this login.")
+    code = str(getattr(exc, "error_code", "") or "")
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return NotFoundError(f"Could not {doing}: {reason}.")
+    return StoreError(f"Could not {doing}: {reason}; check the store, then retry.", code=code)
 
 
-def tag(name: str) -> str:
-    return TAG_PREFIX + name
-
-
-@dataclass
-class VersionInfo:
-    """A registered checkpoint version as recorded by its tags."""
-
-    name: str
-    version: int
-    source: str
-    run_id: str | None
-    tags: dict[str, str] = field(default_factory=dict)
-    aliases: list[str] = field(default_factory=list)
-    creation_timestamp_ms: int | None = None
-
-    @property
-    def category(self) -> str:
-        return self.tags.get(tag("category"), "unknown")
-
-    @property
-    def step(self) -> int | None:
-        raw = self.tags.get(tag("step"))
-        return int(raw) if raw not in (None, "") else None
-
-    @property
-    def value(self) -> float | None:
-        raw = self.tags.get(tag("value"))
-        try:
-            return float(raw) if raw not in (None, "", "None") else None
-        except ValueError:
-            return None
-
-    @property
-    def monitor(self) -> str | None:
-        return self.tags.get(tag("monitor"))
-
-    @property
-    def sha256(self) -> str | None:
-        return self.tags.get(tag("sha256"))
-
-    @property
-    def created_at(self) -> str | None:
-        return self.tags.get(tag("created_at"))
-
-    @property
-    def format_version(self) -> int | None:
-        raw = self.tags.get(tag("format_version"))
-        return int(raw) if raw else None
-
-    @property
-    def corrupt(self) -> bool:
-        return self.tags.get(tag("corrupt"), "").lower() == "true"
-
-    @property
-    def superseded(self) -> bool:
-        return bool(self.tags.get(tag("migrated_to")))
-
-    def summary(self) -> VersionSummary:
-        return VersionSummary(self.version, self.category, self.value, self.step, self.corrupt, self.monitor,
-                              self.superseded)
+def _translated(doing: str) -> Callable[[_F], _F]:
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except PersistError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - MLflow, requests and sqlalchemy errors alike
+                raise translate(exc, doing) from exc
+        return call  # type: ignore[return-value]
+    return wrap
 
 
 def _local_path(uri: str) -> Path | None:
@@ -137,6 +112,7 @@ class MlflowStore:
     def __init__(self, tracking_uri: str, experiment_name: str = "mlflow-persist",
                  artifact_location: str | None = None) -> None:
         self.tracking_uri = tracking_uri
+        self.description = redact_credentials(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.is_remote = self.is_remote_uri(tracking_uri)
         # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
@@ -156,9 +132,9 @@ class MlflowStore:
     def _ensure_experiment(self, name: str, artifact_location: str | None = None) -> str:
         try:
             experiment = self.client.get_experiment_by_name(name)
-        except MlflowException as exc:
+        except Exception as exc:  # noqa: BLE001 - MLflow, HTTP and database errors alike
             raise StoreUnavailableError(
-                f"The MLflow store at {redact_credentials(self.tracking_uri)} cannot be used ({_first_line(exc)}); "
+                f"The MLflow store at {self.description} cannot be used ({describe_store_error(exc)}); "
                 "check the tracking URI and that the server is running."
             ) from None
         if experiment is not None:
@@ -191,6 +167,7 @@ class MlflowStore:
         runs = self._runs_for_key(key)
         return runs[0].info.run_id if runs else None
 
+    @_translated("open the model's run")
     def ensure_run(self, key: str, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         """The one run for `key`, resumed (status RUNNING again) if it exists, created otherwise.
 
@@ -214,9 +191,11 @@ class MlflowStore:
                 self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run_id
 
+    @_translated("mark the run finished")
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    @_translated("read the run's artifact location")
     def artifact_uri(self, run_id: str) -> str:
         if run_id not in self._artifact_uris:
             self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
@@ -225,21 +204,22 @@ class MlflowStore:
     def local_artifact_dir(self, run_id: str) -> Path | None:
         return _local_path(self.artifact_uri(run_id))
 
+    @_translated("log metrics")
     def log_metrics(self, run_id: str, rows: Sequence[tuple[str, float, int, int]]) -> None:
         """rows: (key, value, timestamp_ms, step); sent in batches MLflow accepts (1000 metrics a call)."""
         metrics = [Metric(key, float(value), int(ts), int(step)) for key, value, ts, step in rows]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
 
+    @_translated("set run tags")
     def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
     # ------------------------------------------------------------------------------------- checkpoints
 
-    @staticmethod
-    def checkpoint_dirname(model_name: str, step: int) -> str:
-        return f"{model_name}-{step:010d}-{uuid.uuid4().hex[:8]}"
+    checkpoint_dirname = staticmethod(checkpoint_dirname)
 
+    @_translated("store the checkpoint")
     def write_checkpoint(self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
                          ) -> tuple[str, WrittenCheckpoint]:
         """Store the payload as a run artifact directory; returns (source URI, what was written).
@@ -248,49 +228,35 @@ class MlflowStore:
         fsynced, then renamed into place, so a crash never leaves a half-written directory under a real name.
         Remote stores: written to a local staging directory and uploaded with `log_artifacts`.
         """
-        dirname = self.checkpoint_dirname(model_name, step)
+        dirname = checkpoint_dirname(model_name, step)
         relative = f"{CHECKPOINTS_DIR}/{dirname}"
         local_root = self.local_artifact_dir(run_id)
         if local_root is not None:
-            parent = local_root / CHECKPOINTS_DIR
-            parent.mkdir(parents=True, exist_ok=True)
-            staging = parent / f".tmp-{dirname}"
-            try:
+            with atomic_directory(local_root / CHECKPOINTS_DIR, dirname) as staging:
                 written = write_checkpoint_dir(payload, staging)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)  # a failed write must not keep eating a full disk
-                raise
-            final = parent / dirname
-            os.rename(staging, final)
-            fsync_directory(parent)
-            return f"{self.artifact_uri(run_id)}/{relative}", WrittenCheckpoint(final, written.sha256,
-                                                                                written.size_bytes)
+            return f"{self.artifact_uri(run_id)}/{relative}", WrittenCheckpoint(
+                local_root / relative, written.sha256, written.size_bytes)
         with tempfile.TemporaryDirectory(prefix="mlflow-persist-") as tmp:
             staging = Path(tmp) / dirname
             written = write_checkpoint_dir(payload, staging)
             self.client.log_artifacts(run_id, str(staging), artifact_path=relative)
         return f"{self.artifact_uri(run_id)}/{relative}", written
 
+    @_translated("upload the checkpoint")
     def upload_checkpoint_files(self, run_id: str, directory: Path, dirname: str) -> str:
         """Upload checkpoint.pt and manifest.json of a local directory (an outbox entry); returns the source URI.
         Uploading the same entry twice writes the same artifact path again, so a retry is harmless."""
-        from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE
-
         relative = f"{CHECKPOINTS_DIR}/{dirname}"
         local_root = self.local_artifact_dir(run_id)
         if local_root is not None:
-            target = local_root / relative
-            if not target.exists():
-                staging = local_root / CHECKPOINTS_DIR / f".tmp-{dirname}"
-                staging.mkdir(parents=True, exist_ok=True)
-                for name in (CHECKPOINT_FILE, MANIFEST_FILE):
-                    shutil.copy2(directory / name, staging / name)
-                os.rename(staging, target)
+            copy_directory_atomically(directory, local_root / CHECKPOINTS_DIR, dirname,
+                                      (CHECKPOINT_FILE, MANIFEST_FILE))
         else:
             for name in (CHECKPOINT_FILE, MANIFEST_FILE):
                 self.client.log_artifact(run_id, str(directory / name), artifact_path=relative)
         return f"{self.artifact_uri(run_id)}/{relative}"
 
+    @_translated("sweep leftovers of interrupted saves")
     def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 60.0) -> list[str]:
         """Delete leftovers of interrupted saves: temporary directories, and directories no version uses.
 
@@ -310,7 +276,7 @@ class MlflowStore:
         removed = []
         now = time.time()
         for entry in (local_root / CHECKPOINTS_DIR).iterdir():
-            limit = max_age_seconds if entry.name.startswith(".tmp-") else max(max_age_seconds,
+            limit = max_age_seconds if entry.name.startswith(STAGING_PREFIX) else max(max_age_seconds,
                                                                                 UNREGISTERED_SWEEP_AGE_SECONDS)
             if entry.name in used or now - _newest_mtime(entry) < limit:
                 continue
@@ -340,6 +306,7 @@ class MlflowStore:
                 self.client.get_registered_model(name)  # created concurrently: fine if it exists now
         self._known_models.add(name)
 
+    @_translated("register the checkpoint version")
     def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
                          retried: bool = True) -> VersionInfo:
         """Register `source` as a new version with all its tags in the creating call.
@@ -370,6 +337,7 @@ class MlflowStore:
             self.client.delete_model_version(name, str(extra.version))
         return duplicates[0] if duplicates else self._to_info(created)
 
+    @_translated("list the model's versions")
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of a registered model, oldest first (empty when the model does not exist)."""
         versions: list[VersionInfo] = []
@@ -385,7 +353,9 @@ class MlflowStore:
     def get_version(self, name: str, version: int | str) -> VersionInfo:
         try:
             return self._to_info(self.client.get_model_version(name, str(version)))
-        except MlflowException:
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise translate(exc, f"read {name} v{version}") from exc
             raise NotFoundError(
                 f"Model {name!r} has no version {version}; run `mlflow-persist history {name}` to see its versions."
             ) from None
@@ -393,8 +363,12 @@ class MlflowStore:
     def alias_version(self, name: str, alias: str = BEST_ALIAS) -> VersionInfo | None:
         try:
             return self._to_info(self.client.get_model_version_by_alias(name, alias))
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise translate(exc, f"read the alias {alias!r} of {name}") from exc
+        except Exception as exc:  # noqa: BLE001 - connection errors
+            raise translate(exc, f"read the alias {alias!r} of {name}") from exc
 
     def resolve(self, uri: str) -> VersionInfo:
         """A version from `models:/name@alias`, `models:/name/latest` or `models:/name/<version>`."""
@@ -418,77 +392,84 @@ class MlflowStore:
             raise NotFoundError(f"{ref!r} is not a version number; use a number, `latest` or @<alias>.")
         return self.get_version(name, int(ref))
 
+    @_translated("move the alias")
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
     def set_best(self, name: str, version: int) -> None:
-        self.client.set_registered_model_alias(name, BEST_ALIAS, str(version))
-
-    def reconcile_best(self, name: str, mode: str, versions: list[VersionInfo] | None = None,
-                       converge: bool = True, monitor: str | None = None) -> VersionInfo | None:
-        """Point `best` at the best valid version without compare-and-set support from MLflow.
-
-        Versions are append-only. Each writer lists all versions, sets `best` to the best of them, then lists
-        again; if a version appeared meanwhile it repeats. The last writer to set the alias therefore computed
-        it from a listing that contained every version registered before its set, so `best` ends right even
-        when processes race (and against an `mlflow server`, where no file lock is shared). With
-        `converge=False` (callers that hold the store's file lock) one pass over `versions` suffices.
-        """
-        for _ in range(20):
-            versions = versions if versions is not None else self.list_versions(name)
-            chosen = select_best([v.summary() for v in versions], mode, monitor)  # type: ignore[arg-type]
-            current = self.alias_version(name)
-            if chosen is None:
-                return current
-            if current is None or current.version != chosen.version:
-                self.set_best(name, chosen.version)
-                log.info("%s: best -> v%d (%s)", name, chosen.version, chosen.value)
-            if not converge:
-                return chosen_info(versions, chosen.version)
-            after = self.list_versions(name)
-            if [v.version for v in after] == [v.version for v in versions]:
-                return chosen_info(versions, chosen.version)
-            versions = after
-        return self.alias_version(name)
+        self.set_alias(name, BEST_ALIAS, version)
 
     def mark_corrupt(self, name: str, version: int, reason: str) -> None:
         try:
             self.client.set_model_version_tag(name, str(version), tag("corrupt"), "true")
             self.client.set_model_version_tag(name, str(version), tag("corrupt_reason"), reason[:4000])
-        except MlflowException as exc:
-            log.warning("could not tag %s v%s as corrupt: %s", name, version, _first_line(exc))
+        except Exception as exc:  # noqa: BLE001 - the caller goes on with the next version either way
+            log.warning("could not tag %s v%s as corrupt: %s", name, version, describe_store_error(exc))
 
-    def delete_version(self, info: VersionInfo, delete_artifacts: bool = True,
-                       sources_in_use: set[str] | None = None) -> None:
-        """Delete a version and (when no other version shares it) its artifact directory.
-
-        `sources_in_use`: the sources of the versions that stay, when the caller has just listed them (saves a
-        listing per deletion). A version another process deleted first counts as deleted."""
+    @_translated("delete the version")
+    def delete_version(self, info: VersionInfo) -> None:
+        """Delete the registry entry of a version (its artifacts stay: see `delete_artifacts`). A version
+        another process deleted first counts as deleted."""
         try:
             self.client.delete_model_version(info.name, str(info.version))
         except MlflowException as exc:
             if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                 raise
-        if not delete_artifacts:
-            return
-        if sources_in_use is None:
-            sources_in_use = {v.source for v in self.list_versions(info.name)}
-        if info.source in sources_in_use:
-            return  # a rollback or periodic version reuses the same artifacts
-        try:
-            self._delete_artifact_dir(info)
-        except Exception as exc:  # the version is gone; a leftover directory is swept later
-            log.warning("deleted %s v%s but not its artifacts: %s", info.name, info.version, _first_line(exc))
 
-    def _delete_artifact_dir(self, info: VersionInfo) -> None:
-        path = _local_path(info.source)
-        if path is not None:
-            shutil.rmtree(path, ignore_errors=True)
+    @_translated("delete the checkpoint's artifacts")
+    def delete_artifacts(self, info: VersionInfo) -> None:
+        """Delete a version's artifact directory. Only a directory under the checkpoints folder of the
+        version's own run is ever removed; any other source is refused and left alone."""
+        if not info.run_id:
+            raise StoreError(f"{info.name} v{info.version} names no run, so its artifacts {info.source} are not "
+                             "ours to delete; remove them by hand if they are unused.")
+        root = self.artifact_uri(info.run_id)
+        if not info.source.startswith(f"{root}/{CHECKPOINTS_DIR}/") or ".." in info.source[len(root):].split("/"):
+            raise StoreError(f"{info.name} v{info.version} has its artifacts at {info.source}, outside the "
+                             f"checkpoints of run {info.run_id}; they are left alone.")
+        relative = info.source[len(root) + 1:]
+        local_root = _local_path(root)
+        if local_root is not None:
+            shutil.rmtree(local_root / relative, ignore_errors=True)
             return
-        if info.run_id:
-            root = self.artifact_uri(info.run_id)
-            if info.source.startswith(root + "/"):
-                relative = info.source[len(root) + 1:]
-                repository = get_artifact_repository(root, tracking_uri=self.tracking_uri,
-                                                     registry_uri=self.tracking_uri)
-                repository.delete_artifacts(relative)
+        repository = get_artifact_repository(root, tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        repository.delete_artifacts(relative)
+
+    @_translated("read the run")
+    def run_summary(self, run_id: str) -> RunSummary | None:
+        """Status, tags and latest metrics of a run (None when it was deleted)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return RunSummary(run.info.status, dict(run.data.tags), dict(run.data.metrics))
+
+    @_translated("read the metric history")
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
+        """(step, value, timestamp_ms) of every value of `key` logged to the run."""
+        return [(m.step, m.value, m.timestamp) for m in self.client.get_metric_history(run_id, key)]
+
+    @_translated("read the alias moves")
+    def alias_moves(self, name: str) -> list[Any]:
+        """Operator alias moves recorded as registered-model tags (legacy.alias_log), oldest first."""
+        from mlflow_persist.legacy.alias_log import alias_moves
+
+        return alias_moves(self.client, name)
+
+    @_translated("list the registered models")
+    def managed_models(self, prefix: str = "") -> list[str]:
+        """Every registered model whose name starts with `prefix`, sorted (every page of the listing)."""
+        names: list[str] = []
+        token = None
+        while True:
+            page = self.client.search_registered_models(max_results=1000, page_token=token)
+            names.extend(m.name for m in page if m.name.startswith(prefix))
+            token = page.token
+            if not token:
+                break
+        return sorted(names)
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -505,12 +486,15 @@ class MlflowStore:
             try:
                 local = mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=tmp,
                                                             tracking_uri=self.tracking_uri)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
+                if is_unreachable(exc):  # transient: the bytes may be fine, so nothing is tagged
+                    raise translate(exc, f"download {info.name} v{info.version}") from None
                 raise CheckpointCorruptError(
-                    f"The artifacts of {info.name} v{info.version} cannot be downloaded ({_first_line(exc)})."
+                    f"The artifacts of {info.name} v{info.version} cannot be downloaded ({describe_store_error(exc)})."
                 ) from None
             yield Path(local)
 
+    @_translated("load the checkpoint")
     def load_version(self, info: VersionInfo) -> CheckpointState:
         """Download, verify against the sha256 recorded at registration, and load with weights_only=True."""
         with self.checkpoint_dir(info) as directory:
@@ -532,14 +516,17 @@ class MlflowStore:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
         return FileLock(str(self._lock_dir / f"{safe}.lock"), timeout=timeout)
 
-    def checkpoint_disk_path(self, run_id: str | None = None) -> Path:
-        """A path on the disk that receives checkpoints (for free-space checks)."""
+    def checkpoint_disk_path(self, run_id: str | None = None) -> Path | None:
+        """The local disk that receives checkpoints (for free-space checks): the run's artifact directory,
+        else the directory of an sqlite store; None when checkpoints leave this machine."""
         if run_id is not None:
             local = self.local_artifact_dir(run_id)
             if local is not None:
                 local.mkdir(parents=True, exist_ok=True)
                 return local
-        return self._lock_dir.parent if self._lock_dir.parent.exists() else Path(tempfile.gettempdir())
+            return None
+        db_dir = _sqlite_dir(self.tracking_uri)
+        return db_dir if db_dir is not None and db_dir.exists() else None
 
     @staticmethod
     def _to_info(mv: Any) -> VersionInfo:
@@ -559,20 +546,3 @@ def _newest_mtime(path: Path) -> float:
     except OSError:
         return 0.0
     return max(times)
-
-
-def chosen_info(versions: list[VersionInfo], number: int) -> VersionInfo:
-    return next(v for v in versions if v.version == number)
-
-
-def _first_line(exc: BaseException) -> str:
-    raw = redact_credentials(str(exc))
-    if "Max retries exceeded" in raw or "Connection refused" in raw or "NewConnectionError" in raw:
-        return "connection refused or timed out"
-    if "error code 403" in raw or "PERMISSION_DENIED" in raw:
-        return ("the tracking server denied permission (HTTP 403): ask its administrator for EDIT permission on "
-                "the experiment and the registered models")
-    if "error code 401" in raw or "UNAUTHENTICATED" in raw:
-        return "the tracking server wants a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-    text = raw.strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

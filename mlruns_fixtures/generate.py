@@ -330,7 +330,7 @@ def write_format1_store(out: Path) -> Path:
     """Write `format1_store/` under `out` with checkpoint format-1 versions; return its directory."""
     import tempfile
 
-    from mlflow_persist.legacy.format1_writer import write_format1_store as _write
+    from mlruns_fixtures.format1_writer import write_format1_store as _write
 
     target = out / FORMAT1_STORE
     if target.exists():

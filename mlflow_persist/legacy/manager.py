@@ -13,7 +13,7 @@ import threading
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -25,9 +25,25 @@ from mlflow_persist.legacy.convert import LEGACY, METRIC_TAG_PREFIX
 from mlflow_persist.legacy.importer import model_run
 from mlflow_persist.legacy.score import SCORE_FIELD, as_number, numeric_metrics, performance_score
 from mlflow_persist.payload import FORMAT_VERSION, CheckpointState, build_payload
+from mlflow_persist.policy import VersionSummary
+from mlflow_persist.prune import prune
 from mlflow_persist.store import BEST_ALIAS, MlflowStore, VersionInfo, tag
 
 LEGACY_API_TAG = tag("legacy_api")
+
+
+def legacy_rotation(versions: Sequence[VersionInfo], limit: int, best_version: int | None) -> list[int]:
+    """The old manager's keep-the-best-N rotation as a prune policy: beyond `limit` scored legacy versions,
+    the lowest-scoring ones this API saved go first; never `best`, the newest, or imported versions."""
+    scored = [v for v in versions
+              if v.category == LEGACY and v.monitor == SCORE_FIELD and v.value is not None and not v.corrupt]
+    excess = len(scored) - limit
+    if excess <= 0 or not versions:
+        return []
+    newest = max(v.version for v in versions)
+    deletable = sorted((v for v in scored if v.tags.get(LEGACY_API_TAG) == "true"
+                        and v.version not in (newest, best_version)), key=lambda v: (v.value, v.version))
+    return [v.version for v in deletable[:excess]]
 
 
 @dataclass
@@ -151,18 +167,17 @@ class CheckpointManager:
 
     def _rotate(self, name: str) -> None:
         """Keep the best `max_checkpoints_per_model` by score: delete the lowest-scoring versions this API
-        saved, never the `best` one, never the newest, never imported ones."""
-        versions = self._scored_versions(name)
-        excess = len(versions) - self.max_checkpoints_per_model
-        if excess <= 0:
-            return
+        saved, never the `best` one, never the newest, never imported ones (called under the model's lock)."""
+        versions = self.store.list_versions(name)
         best = self.store.alias_version(name, BEST_ALIAS)
-        newest = max(v.version for v in self.store.list_versions(name))
-        deletable = sorted((v for v in versions if v.tags.get(LEGACY_API_TAG) == "true"
-                            and v.version not in (newest, best.version if best else None)),
-                           key=lambda v: (v.value, v.version))
-        for info in deletable[:excess]:
-            self.store.delete_version(info)
+        by_number = {v.version: v for v in versions}
+        limit = self.max_checkpoints_per_model
+
+        def rotation(summaries: Sequence[VersionSummary], best_version: int | None) -> list[int]:
+            return legacy_rotation([by_number[s.version] for s in summaries], limit, best_version)
+
+        prune(self.store, name, rotation, versions=versions, best_version=best.version if best else None,
+              reason="legacy rotation")
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -221,10 +236,8 @@ class CheckpointManager:
 
     def get_checkpoint_stats(self) -> dict[str, Any]:
         """{'total_models', 'total_checkpoints', 'total_size_mb', 'models': {name: {...}}} like the old API."""
-        from mlflow_persist.legacy.migrate import managed_models
-
         stats: dict[str, Any] = {"total_models": 0, "total_checkpoints": 0, "total_size_mb": 0.0, "models": {}}
-        for name in managed_models(self.store):
+        for name in self.store.managed_models():
             versions = [v for v in self.store.list_versions(name) if not v.corrupt]
             if not versions:
                 continue

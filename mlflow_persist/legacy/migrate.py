@@ -50,22 +50,9 @@ class MigrationReport:
                 "steps": [s.to_json() for s in self.steps]}
 
 
-def managed_models(store: MlflowStore) -> list[str]:
-    """Registered models that hold mlflow-persist versions."""
-    names: list[str] = []
-    token = None
-    while True:
-        page = store.client.search_registered_models(max_results=1000, page_token=token)
-        names.extend(m.name for m in page)
-        token = page.token
-        if not token:
-            break
-    return sorted(names)
-
-
 def plan_migration(store: MlflowStore, models: list[str] | None = None) -> list[MigrationStep]:
     steps: list[MigrationStep] = []
-    for name in models or managed_models(store):
+    for name in models or store.managed_models():
         for info in store.list_versions(name):
             if needs_migration(info) and not info.corrupt:
                 steps.append(MigrationStep(name, info.version, info.format_version, aliases=list(info.aliases)))

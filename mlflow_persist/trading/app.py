@@ -91,7 +91,7 @@ def run_trading(
         raise ConfigError(f"--minutes must be more than 0, got {minutes}.")
     import torch
 
-    from mlflow_persist.runtime import Persistence
+    from mlflow_persist.persistence import Persistence
 
     from .system import EnhancedRealtimeTrainingSystem
 

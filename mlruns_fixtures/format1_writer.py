@@ -17,7 +17,7 @@ FORMAT1_VERSIONS = (
 
 
 def _model(name: str, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    from mlruns_fixtures.legacy_models import TinyCNN, TinyQNet  # the fixture's tiny models
+    from mlruns_fixtures.legacy_models import TinyCNN, TinyQNet
 
     torch.manual_seed(seed)
     model = TinyCNN() if name == "cnn" else TinyQNet()

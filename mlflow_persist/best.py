@@ -1,0 +1,40 @@
+"""Keeping the `best` alias right on any `CheckpointStore`, without compare-and-set support from the store."""
+
+from __future__ import annotations
+
+import logging
+
+from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist.policy import Mode, select_best
+from mlflow_persist.versions import BEST_ALIAS, VersionInfo, find_version
+
+log = logging.getLogger("mlflow_persist.best")
+
+
+def reconcile_best(store: CheckpointStore, name: str, mode: Mode, versions: list[VersionInfo] | None = None,
+                   converge: bool = True, monitor: str | None = None) -> VersionInfo | None:
+    """Point `best` at the best valid version; returns that version (or the alias as it stands when no
+    version qualifies).
+
+    Versions are append-only. Each writer lists all versions, sets `best` to the best of them, then lists
+    again; if a version appeared meanwhile it repeats. The last writer to set the alias therefore computed it
+    from a listing that contained every version registered before its set, so `best` ends right even when
+    processes race (and against an `mlflow server`, where no file lock is shared). With `converge=False`
+    (callers that hold a lock every writer shares) one pass over `versions` suffices.
+    """
+    for _ in range(20):
+        versions = versions if versions is not None else store.list_versions(name)
+        chosen = select_best([v.summary() for v in versions], mode, monitor)
+        current = store.alias_version(name)
+        if chosen is None:
+            return current
+        if current is None or current.version != chosen.version:
+            store.set_alias(name, BEST_ALIAS, chosen.version)
+            log.info("%s: best -> v%d (%s)", name, chosen.version, chosen.value)
+        if not converge:
+            return find_version(versions, chosen.version)
+        after = store.list_versions(name)
+        if [v.version for v in after] == [v.version for v in versions]:
+            return find_version(versions, chosen.version)
+        versions = after
+    return store.alias_version(name)

@@ -1,0 +1,319 @@
+"""`ModelHandle`: what the training thread calls for one model: `step()`, `save()`, `restore()`,
+`revert_to_best()`. A step without a save costs microseconds and does no I/O; a save costs one in-memory
+copy of the state, handed to the writer (see pipeline.py for what happens next)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from mlflow_persist.alerts import Alert, AlertDispatcher
+from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist.config import ModelSettings
+from mlflow_persist.errors import CheckpointCorruptError, PersistError
+from mlflow_persist.health import ModelHealth
+from mlflow_persist.metrics_buffer import MetricsBuffer
+from mlflow_persist.payload import CheckpointState, build_payload, read_checkpoint_dir, restore_rng_state
+from mlflow_persist.pipeline import SavePipeline
+from mlflow_persist.policy import CATEGORIES, FINAL, PERFORMANCE, PERIODIC, PeriodicSchedule, PerformanceTracker, \
+    SaveDecision, decide_save
+from mlflow_persist.timestamps import format_age
+from mlflow_persist.versions import VersionInfo
+from mlflow_persist.writer import CheckpointWriter, SaveJob
+
+log = logging.getLogger("mlflow_persist")
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RestoreInfo:
+    """What `restore()` loaded."""
+
+    version: int | None  # None: resumed from the outbox, not registered yet
+    category: str
+    step: int
+    value: float | None
+    run_id: str | None
+    skipped_corrupt: tuple[int, ...] = ()
+
+
+class ModelHandle:
+    """One tracked model: its objects, its performance tracker and periodic schedule, and the training-thread
+    API. The save pipeline, health and metric buffer it owns run on the writer and scheduler threads."""
+
+    def __init__(self, *, name: str, registered_name: str, model: torch.nn.Module, optimizer: Stateful | None,
+                 scheduler: Stateful | None, extra: Stateful | None, settings: ModelSettings,
+                 store: CheckpointStore, writer: CheckpointWriter, alerts: AlertDispatcher, pipeline: SavePipeline,
+                 health: ModelHealth, metrics: MetricsBuffer) -> None:
+        self.name = name
+        self.registered_name = registered_name
+        self.model, self.optimizer, self.scheduler, self.extra = model, optimizer, scheduler, extra
+        self.settings = settings
+        self.tracker = PerformanceTracker(settings.monitor, settings.mode, settings.min_delta, settings.min_delta_mode)
+        self.schedule = PeriodicSchedule(
+            settings.periodic_every_steps,
+            settings.periodic_every_minutes * 60 if settings.periodic_every_minutes else None,
+        )
+        self.current_step = 0
+        self.reverts = 0
+        self.run_id = pipeline.run_id
+        self.pipeline = pipeline
+        self.health = health
+        self.metrics = metrics
+        self._store = store
+        self._writer = writer
+        self._alerts = alerts
+        self._last_reported: dict[str, float] = {}
+        # One written snapshot kept for reuse: the next snapshot copies into its tensors (no page faults).
+        self._spare_payloads: deque[dict[str, Any]] = deque(maxlen=1)
+        self.schedule.start(0, time.monotonic())
+
+    # ------------------------------------------------------------------------------------- read-only views
+
+    @property
+    def best_value(self) -> float | None:
+        return self.tracker.best_value
+
+    @property
+    def saves(self) -> int:
+        return self.pipeline.saves
+
+    @property
+    def failures(self) -> int:
+        return self.health.failures
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self.health.consecutive_failures
+
+    @property
+    def degraded(self) -> bool:
+        return self.health.degraded
+
+    @property
+    def last_saved(self) -> tuple[int, int] | None:
+        return self.pipeline.last_saved
+
+    @property
+    def last_version(self) -> int | None:
+        return self.pipeline.last_version
+
+    @property
+    def last_save_time(self) -> float | None:
+        return self.pipeline.last_save_time
+
+    def pending_outbox(self) -> int:
+        return self.pipeline.pending_outbox()
+
+    def history(self, limit: int = 10) -> list[VersionInfo]:
+        return self._store.list_versions(self.registered_name)[-limit:]
+
+    # ------------------------------------------------------------------------------------- training thread
+
+    def step(self, step: int | None = None, **metrics: float) -> SaveDecision:
+        """Report this step's metrics; saves (asynchronously) when the monitored value improved or a periodic
+        save is due. Costs microseconds when nothing is saved."""
+        self.current_step = step = self.current_step + 1 if step is None else int(step)
+        self._last_reported = metrics
+        self.metrics.add(step, metrics)
+        value = metrics.get(self.tracker.monitor)
+        if value is not None:
+            value = float(value)
+            self.tracker.observe(step, value)
+        decision = decide_save(self.tracker, self.schedule, step, value)
+        if decision.save:
+            if decision.category == PERIODIC:
+                self.schedule.taken(step, time.monotonic())
+                if self._writer.attach_to_waiting(self.name, PERIODIC):
+                    return SaveDecision(True, PERIODIC, value, None, "periodic version shares the waiting checkpoint")
+            try:
+                self._submit(decision.category or PERFORMANCE, step, value, decision.improvement, forced=False)
+            except Exception as exc:  # noqa: BLE001 - a failed snapshot must never stop training
+                self.health.record_failure(decision.category or PERFORMANCE, step, exc, attempts=1, final=True)
+        elif value is not None and self.settings.degradation_margin is not None:
+            self._check_degradation(value)
+        return decision
+
+    def save(self, category: str = FINAL, wait: bool = False, timeout: float | None = None) -> SaveJob | None:
+        """Force a checkpoint of the current state (asynchronous unless `wait`); None if no snapshot could be
+        taken (the reason is logged and counted)."""
+        if category not in CATEGORIES:
+            raise PersistError(f"Checkpoint category {category!r} is not one of {', '.join(CATEGORIES)}; use one.")
+        value = self.tracker.last_value
+        try:
+            job = self._submit(category, self.current_step, value, None, forced=True)
+        except Exception as exc:  # noqa: BLE001
+            self.health.record_failure(category, self.current_step, exc, attempts=1, final=True)
+            return None
+        if wait:
+            job.done.wait(timeout)
+        return job
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self._writer.flush(self.name, timeout)
+
+    def _submit(self, category: str, step: int, value: float | None, gained: float | None, forced: bool) -> SaveJob:
+        try:
+            spare = self._spare_payloads.pop()
+        except IndexError:
+            spare = None
+        payload = build_payload(
+            reuse=spare,
+            model_name=self.name,
+            model_state=self.model.state_dict(),
+            optimizer_state=self.optimizer.state_dict() if self.optimizer is not None else None,
+            scheduler_state=self.scheduler.state_dict() if self.scheduler is not None else None,
+            extra_state=self.extra.state_dict() if self.extra is not None else None,
+            step=step,
+            metrics=self._latest_metrics(),
+            category=category,
+        )
+        job = SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced,
+                      release=self._spare_payloads.append)
+        return self._writer.submit(job)
+
+    def _latest_metrics(self) -> dict[str, float]:
+        metrics = {}
+        for key, value in self._last_reported.items():
+            try:
+                metrics[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        return metrics
+
+    # ------------------------------------------------------------------------------------- degradation
+
+    def _check_degradation(self, value: float) -> None:
+        streak = self.tracker.update_degradation(value, self.settings.degradation_margin,
+                                                 self.settings.degradation_margin_mode)
+        if streak != self.settings.degradation_patience:
+            return
+        self._alerts.fire(Alert(
+            "degradation", self.name,
+            f"{self.tracker.monitor} has been worse than the best ({self.tracker.best_value:.6g}) by more than "
+            f"{self.settings.degradation_margin} for {streak} steps (now {value:.6g})",
+            {"best": self.tracker.best_value, "value": value, "steps": streak},
+        ))
+        if self.settings.revert_on_degradation:
+            self.revert_to_best()
+
+    def revert_to_best(self) -> RestoreInfo | None:
+        """Load the `best` checkpoint into the live model (on the training thread, a safe point)."""
+        info = self._store.alias_version(self.registered_name)
+        if info is None:
+            log.warning("%s: degradation revert skipped, no `best` checkpoint exists", self.name)
+            return None
+        state = self._store.load_version(info)
+        self._apply(state, restore_rng=False, restore_step=False)
+        self.reverts += 1
+        self.tracker.degraded_steps = 0
+        self.metrics.add(self.current_step, {"reverts": float(self.reverts)})
+        log.warning("%s: reverted the live model to best v%d (%s=%s)", self.name, info.version,
+                    info.monitor, info.value, extra={"model": self.name, "version": info.version,
+                                                     "outcome": "reverted"})
+        return RestoreInfo(info.version, info.category, info.step or 0, info.value, self.run_id)
+
+    # ------------------------------------------------------------------------------------- restore
+
+    def restore(self) -> RestoreInfo | None:
+        """Load the most recent valid checkpoint (or `best`, per `resume_from`) into every tracked object.
+
+        A damaged version (checksum, format, shapes) is tagged `corrupt=true` and the next older one is tried.
+        Returns None when the store holds no usable checkpoint of this model.
+        """
+        store = self._store
+        if self.pipeline.outbox is not None and self.pipeline.drain_outbox(blocking=True) > 0:
+            from_outbox = self._restore_from_outbox()
+            if from_outbox is not None:
+                return from_outbox
+        versions = store.list_versions(self.registered_name)
+        best = store.alias_version(self.registered_name)
+        if best is not None and best.value is not None and best.monitor in (None, self.tracker.monitor):
+            self.tracker.best_value, self.tracker.best_step = best.value, best.step
+        candidates = [v for v in reversed(versions) if not v.corrupt]
+        if self.settings.resume_from == "best" and best is not None and not best.corrupt:
+            candidates = [best] + [v for v in candidates if v.version != best.version]
+        skipped: list[int] = []
+        for info in candidates:
+            try:
+                state = store.load_version(info)
+                self._apply(state, restore_rng=True, restore_step=True)
+            except CheckpointCorruptError as exc:
+                skipped.append(info.version)
+                log.error("%s v%d is damaged (%s); falling back to the previous version", self.name, info.version,
+                          exc, extra={"model": self.name, "version": info.version, "outcome": "corrupt"})
+                store.mark_corrupt(info.name, info.version, str(exc))
+                continue
+            self.pipeline.last_version = info.version
+            self.pipeline.last_saved = (info.version, state.step)
+            self.schedule.start(self.current_step, time.monotonic())
+            self._log_history(versions, info)
+            return RestoreInfo(info.version, info.category, state.step, info.value, self.run_id, tuple(skipped))
+        if versions:
+            log.error("%s: none of the %d stored checkpoints could be restored; starting fresh", self.name,
+                      len(versions))
+        return None
+
+    def _restore_from_outbox(self) -> RestoreInfo | None:
+        """The server is unreachable and newer checkpoints wait in the outbox: resume from the newest of them."""
+        outbox = self.pipeline.outbox
+        assert outbox is not None
+        for entry in reversed(outbox.entries(self.registered_name)):
+            try:
+                state = read_checkpoint_dir(entry.directory, expected_sha256=entry.sha256)
+                self._apply(state, restore_rng=True, restore_step=True)
+            except CheckpointCorruptError as exc:
+                log.error("%s: outbox checkpoint %s is damaged (%s); trying an older one", self.name, entry.directory,
+                          exc)
+                continue
+            self.schedule.start(self.current_step, time.monotonic())
+            log.warning("%s: restored step %d from the outbox %s (not registered yet: the server is unreachable)",
+                        self.name, entry.step, entry.directory)
+            return RestoreInfo(None, entry.category, entry.step, entry.value, self.run_id)
+        return None
+
+    def _apply(self, state: CheckpointState, restore_rng: bool, restore_step: bool) -> None:
+        targets: list[tuple[str, Stateful, Any]] = [("model", self.model, state.model_state)]
+        if self.optimizer is not None and state.optimizer_state is not None:
+            targets.append(("optimizer", self.optimizer, state.optimizer_state))
+        if self.scheduler is not None and state.scheduler_state is not None:
+            targets.append(("scheduler", self.scheduler, state.scheduler_state))
+        if self.extra is not None and state.extra_state is not None:
+            targets.append(("extra", self.extra, state.extra_state))
+        backups = [(obj, copy.deepcopy(obj.state_dict())) for _, obj, _ in targets]
+        try:
+            for _, obj, saved in targets:
+                obj.load_state_dict(saved)
+        except Exception as exc:  # noqa: BLE001 - shapes or keys that do not fit this model
+            for obj, backup in backups:
+                try:
+                    obj.load_state_dict(backup)
+                except Exception:  # noqa: BLE001
+                    log.exception("%s: could not roll back a partial load", self.name)
+            raise CheckpointCorruptError(
+                f"checkpoint v{state.version} of {self.name} does not fit the tracked objects ({str(exc)[:300]})"
+            ) from None
+        if restore_rng:
+            restore_rng_state(state.rng_state)
+        if restore_step:
+            self.current_step = state.step
+
+    def _log_history(self, versions: list[VersionInfo], restored: VersionInfo) -> None:
+        lines = [f"{self.name}: restored v{restored.version} ({restored.category}, step {restored.step}, "
+                 f"{self.tracker.monitor}={restored.value}); best={self.tracker.best_value}; last checkpoints:"]
+        for v in versions[-8:][::-1]:
+            mark = " <- restored" if v.version == restored.version else ""
+            flag = " CORRUPT" if v.corrupt else ""
+            lines.append(f"  v{v.version:<4} {v.category:<11} step {v.step!s:<8} {v.monitor or ''}={v.value!s:<12}"
+                         f" age {format_age(v.created_at)}{flag}{mark}")
+        log.info("\n".join(lines))

@@ -1,0 +1,232 @@
+"""`Persistence`, the composition root: it opens the store (or takes one), wires the per-model handle, save
+pipeline, health and metric buffer together, and runs the threads:
+
+- training thread: `ModelHandle.step/save/restore/revert_to_best` (handle.py);
+- writer thread: `SavePipeline.execute` for each snapshot (writer.py, pipeline.py);
+- scheduler thread: `tick()` (time-based saves due, outbox drain, system metrics, metric flush, disk guard);
+- alert thread: the alert sinks (alerts.py).
+
+Process-wide side effects are switched in process_effects.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlflow_persist.alerts import AlertDispatcher, AlertSink, command_sink, webhook_sink
+from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.disk_guard import DiskGuard
+from mlflow_persist.errors import DiskFullError, PersistError, describe_store_error
+from mlflow_persist.handle import ModelHandle, Stateful
+from mlflow_persist.health import ModelHealth
+from mlflow_persist.metrics_buffer import MetricsBuffer
+from mlflow_persist.naming import validate_model_name
+from mlflow_persist.outbox import Outbox, default_outbox_root
+from mlflow_persist.pipeline import SavePipeline
+from mlflow_persist.policy import FINAL
+from mlflow_persist.process_effects import ProcessEffects, SignalHandlers, apply_http_retry_defaults, \
+    register_atexit, turn_off_torch_crc32
+from mlflow_persist.scheduler import PeriodicJob
+from mlflow_persist.sysmetrics import system_metrics
+from mlflow_persist.versions import HEALTH_TAG, tag
+from mlflow_persist.writer import CheckpointWriter, SaveJob
+
+log = logging.getLogger("mlflow_persist")
+
+
+def open_mlflow_store(config: PersistConfig) -> CheckpointStore:
+    """The MLflow store of `config` (imported here: `import mlflow` costs over a second)."""
+    from mlflow_persist.store import MlflowStore
+
+    return MlflowStore(config.tracking_uri, config.experiment_name, config.artifact_location)
+
+
+class Persistence:
+    """Opens the store, starts the background writer and the scheduler job; `close()` saves final checkpoints.
+
+    `store`: any `CheckpointStore` (default: the MLflow store of `config.tracking_uri`); tests pass
+    `mlflow_persist.testing.MemoryStore()`. `alert_sinks`: callables that receive each `Alert` on the alert
+    thread. `effects`: which process-wide side effects to have (process_effects.py).
+    """
+
+    def __init__(self, config: PersistConfig | None = None, *, store: CheckpointStore | None = None,
+                 alert_sinks: list[AlertSink] | None = None, install_signal_handlers: bool = True,
+                 effects: ProcessEffects | None = None) -> None:
+        self.config = config or PersistConfig()
+        self.effects = effects or ProcessEffects(crc32_off=self.config.fast_serialization,
+                                                 signal_handlers=install_signal_handlers)
+        if self.effects.crc32_off:
+            turn_off_torch_crc32()
+        if store is None and self.effects.http_retry_defaults and \
+                self.config.tracking_uri.startswith(("http://", "https://")):
+            apply_http_retry_defaults()
+        self.store: CheckpointStore = store if store is not None else open_mlflow_store(self.config)
+        self.outbox: Outbox | None = None
+        if self.store.is_remote:
+            root = Path(self.config.outbox_dir) if self.config.outbox_dir else default_outbox_root(self.config.tracking_uri)
+            self.outbox = Outbox(root)
+        sinks = list(alert_sinks or [])
+        if self.config.alert_command:
+            sinks.append(command_sink(self.config.alert_command))
+        if self.config.alert_webhook:
+            sinks.append(webhook_sink(self.config.alert_webhook))
+        self.alerts = AlertDispatcher(sinks)
+        self.handles: dict[str, ModelHandle] = {}
+        self.guard = DiskGuard(self.store, self.config.min_free_disk_mb, self.config.min_free_disk_percent,
+                               lambda: [h.pipeline.guarded() for h in list(self.handles.values())])
+        self.writer = CheckpointWriter(
+            self._execute, queue_size=self.config.writer_queue_size, max_attempts=self.config.save_retry_attempts,
+            max_backoff_seconds=self.config.save_retry_max_wait_seconds, on_failure=self._on_failure,
+        )
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self.job = PeriodicJob(self.tick, self.config.scheduler_interval_seconds)
+        self.job.start()
+        self._signals = SignalHandlers()
+        if self.effects.signal_handlers:
+            self._signals.install()
+        self._unregister_atexit = register_atexit(self._close_at_exit) if self.effects.atexit_close else None
+
+    # ------------------------------------------------------------------------------------- API
+
+    def track(self, name: str, model: torch.nn.Module, optimizer: Stateful | None = None,
+              scheduler: Stateful | None = None, extra: Stateful | None = None) -> ModelHandle:
+        validate_model_name(name)
+        registered_name = self.config.registered_name(name)
+        validate_model_name(registered_name)  # a bad prefix fails here, not at every save
+        if name in self.handles:
+            raise PersistError(f"Model {name!r} is already tracked in this process; call track() once per model.")
+        settings = self.config.for_model(name)
+        run_id = self.store.ensure_run(name, tags={tag("registered_model"): registered_name})
+        metrics = MetricsBuffer(name, max_rows=self.config.metrics_buffer_max_rows,
+                                flush_size=self.config.metrics_flush_size, on_full=self.request_flush)
+        health = ModelHealth(name, self.alerts, self.config.failure_alert_threshold,
+                             lambda tags: self.store.set_run_tags(run_id, tags),
+                             lambda key, value: metrics.add(handle.current_step, {key: value}), HEALTH_TAG)
+        pipeline = SavePipeline(name=name, registered_name=registered_name, run_id=run_id, settings=settings,
+                                store=self.store, outbox=self.outbox, guard=self.guard, health=health,
+                                metrics=metrics)
+        handle = ModelHandle(name=name, registered_name=registered_name, model=model, optimizer=optimizer,
+                             scheduler=scheduler, extra=extra, settings=settings, store=self.store,
+                             writer=self.writer, alerts=self.alerts, pipeline=pipeline, health=health,
+                             metrics=metrics)
+        self.handles[name] = handle
+        try:
+            self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds)
+        except Exception as exc:  # noqa: BLE001 - sweeping leftovers is housekeeping
+            log.warning("could not sweep leftovers of interrupted saves for %s: %s", name, exc)
+        return handle
+
+    def flush(self, timeout: float | None = None) -> bool:
+        done = self.writer.flush(timeout=timeout)
+        self.flush_metrics()
+        return done
+
+    def __enter__(self) -> "Persistence":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self, final_checkpoints: bool = True, timeout: float | None = 600.0) -> None:
+        """Flush everything, save a `final` checkpoint per model, finish the runs."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if final_checkpoints:
+                for handle in list(self.handles.values()):
+                    try:
+                        handle.save(FINAL)
+                    except Exception as exc:  # noqa: BLE001
+                        log.error("%s: the final checkpoint could not be taken: %s", handle.name, exc)
+            self.writer.close(timeout=timeout)
+            for handle in list(self.handles.values()):
+                waiting = handle.pipeline.drain_outbox(blocking=True)
+                if waiting > 0 and self.outbox is not None:
+                    log.warning("%s: %d checkpoint(s) wait in the outbox %s; they are registered at the next start",
+                                handle.name, waiting, self.outbox.root / handle.registered_name)
+        finally:
+            self.job.stop()
+            self.flush_metrics()
+            for handle in list(self.handles.values()):
+                try:
+                    self.store.finish_run(handle.run_id)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not mark the run of %s finished: %s", handle.name, exc)
+            self.alerts.close()
+            self._signals.uninstall()
+            if self._unregister_atexit is not None:
+                self._unregister_atexit()
+        lost = list(self.writer.failed)
+        if lost:
+            summary = ", ".join(f"{j.model} step {j.step} ({j.category}): {j.error}" for j in lost[:5])
+            raise PersistError(
+                f"{len(lost)} checkpoint(s) could never be written ({summary}); check the store and disk, then "
+                "restart to resume from the last saved checkpoint."
+            )
+
+    # ------------------------------------------------------------------------------------- background
+
+    def _execute(self, job: SaveJob) -> Any:
+        return self.handles[job.model].pipeline.execute(job)
+
+    def _on_failure(self, job: SaveJob, exc: BaseException, final: bool) -> None:
+        self.handles[job.model].pipeline.on_failure(job, exc, final)
+
+    def request_flush(self) -> None:
+        self.job.wake()
+
+    def flush_metrics(self) -> None:
+        with self._flush_lock:
+            for handle in list(self.handles.values()):
+                try:
+                    handle.metrics.flush(lambda rows, run_id=handle.run_id: self.store.log_metrics(run_id, rows))
+                except Exception as exc:  # noqa: BLE001 - metrics are retried at the next flush
+                    log.warning("could not log %d metrics of %s (%s); will retry", len(handle.metrics), handle.name,
+                                describe_store_error(exc))
+                    break
+
+    def tick(self, now: float | None = None) -> None:
+        """The scheduler job: marks time-based saves due, drains outboxes, logs system metrics, flushes
+        metrics, checks disk."""
+        now = time.monotonic() if now is None else now
+        handles = list(self.handles.values())
+        for handle in handles:
+            handle.schedule.check_time(now)
+        if self.outbox is not None:
+            for handle in handles:
+                handle.pipeline.drain_outbox()
+        if self.config.log_system_metrics and handles:
+            try:
+                metrics = system_metrics(self.store.checkpoint_disk_path(handles[0].run_id))
+            except Exception as exc:  # noqa: BLE001
+                log.debug("system metrics unavailable: %s", exc)
+            else:
+                ts = int(time.time() * 1000)
+                for handle in handles:
+                    handle.metrics.add(handle.current_step, metrics, ts)
+        self.flush_metrics()
+        for handle in handles:
+            try:
+                self.guard.ensure_space(handle.pipeline.guarded())
+            except DiskFullError as exc:
+                log.warning("%s", exc)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("disk check failed for %s: %s", handle.name, exc)
+
+    def _close_at_exit(self) -> None:
+        if not self._closed:
+            try:
+                self.close()
+            except Exception as exc:  # noqa: BLE001
+                log.error("%s", exc)

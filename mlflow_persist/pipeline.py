@@ -1,0 +1,230 @@
+"""One model's save pipeline, run on the writer thread: disk check, write (or the durable outbox for a remote
+store), register, move `best`, prune by the retention windows, record what happened.
+
+Remote stores go through the outbox: the checkpoint is complete on local disk before any network call, and a
+registration failure leaves it there, in order, for the next drain (the scheduler tick, the next save, or the
+next start).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mlflow_persist.best import reconcile_best
+from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist.config import ModelSettings
+from mlflow_persist.disk_guard import DiskGuard, GuardedModel
+from mlflow_persist.errors import NotFoundError
+from mlflow_persist.health import ModelHealth
+from mlflow_persist.metrics_buffer import MetricsBuffer
+from mlflow_persist.outbox import Outbox, OutboxEntry
+from mlflow_persist.payload import FORMAT_VERSION
+from mlflow_persist.policy import BEST_ELIGIBLE, PERFORMANCE, retention_deletions
+from mlflow_persist.prune import prune
+from mlflow_persist.versions import VersionInfo, checkpoint_dirname, tag
+from mlflow_persist.writer import SaveJob
+
+log = logging.getLogger("mlflow_persist")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A completely written checkpoint waiting to become a registered version."""
+
+    category: str
+    step: int
+    value: float | None
+    improvement: float | None
+    also: list[str]
+    created_at: str
+    sha256: str
+    size_bytes: int
+    retried: bool = False
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes held by the tensors of a (nested) payload: about the size its checkpoint file needs."""
+    if isinstance(value, torch.Tensor):
+        return value.nelement() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def format_change(monitor: str, previous: float | None, value: float | None) -> str:
+    if value is None:
+        return f"{monitor} n/a"
+    if previous is None:
+        return f"{monitor} {value:.6g}"
+    pct = f" ({(value - previous) / abs(previous) * 100:+.1f}%)" if previous else ""
+    return f"{monitor} {previous:.6g} -> {value:.6g}{pct}"
+
+
+class SavePipeline:
+    """Everything that happens to one model's snapshot after the training thread hands it over."""
+
+    def __init__(self, *, name: str, registered_name: str, run_id: str, settings: ModelSettings,
+                 store: CheckpointStore, outbox: Outbox | None, guard: DiskGuard, health: ModelHealth,
+                 metrics: MetricsBuffer) -> None:
+        self.name = name
+        self.registered_name = registered_name
+        self.run_id = run_id
+        self.settings = settings
+        self.store = store
+        self.outbox = outbox
+        self.guard = guard
+        self.health = health
+        self.metrics = metrics
+        self.saves = 0
+        self.last_version: int | None = None
+        self.last_saved: tuple[int, int] | None = None  # (version, step) of the newest registered save
+        self.last_save_time: float | None = None
+        self.best: VersionInfo | None = None
+        self._last_saved_value: float | None = None
+        self.registry_lock = threading.RLock()
+        self._drain_lock = threading.Lock()
+
+    @property
+    def monitor(self) -> str:
+        return self.settings.monitor
+
+    def guarded(self) -> GuardedModel:
+        return GuardedModel(self.name, self.registered_name, self.run_id, self.settings.mode, self.registry_lock)
+
+    # ------------------------------------------------------------------------------------- writer thread
+
+    def execute(self, job: SaveJob) -> Any:
+        started = time.monotonic()
+        self.guard.ensure_space(self.guarded())
+        if self.outbox is not None:
+            entry = self.outbox.put(
+                model=self.name, registered_name=self.registered_name, run_id=self.run_id,
+                dirname=checkpoint_dirname(self.name, job.step), payload=job.payload, category=job.category,
+                step=job.step, value=job.value, improvement=job.improvement, also=list(job.also),
+            )
+            job.payload = {}
+            self.drain_outbox()
+            return entry
+        try:
+            source, written = self.store.write_checkpoint(self.run_id, self.name, job.step, job.payload)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self.guard.free(self.guarded(), reason="disk full while writing",
+                                need_mb=tensor_bytes(job.payload) / 2**20)
+            raise
+        registration = Registration(job.category, job.step, job.value, job.improvement, list(job.also),
+                                    str(job.payload.get("created_at", "")), written.sha256, written.size_bytes,
+                                    retried=job.attempts > 1)
+        return self.register(source, registration, started)
+
+    def on_failure(self, job: SaveJob, exc: BaseException, final: bool) -> None:
+        self.health.record_failure(job.category, job.step, exc, job.attempts, final)
+
+    def register(self, source: str, reg: Registration, started: float, run_id: str | None = None) -> VersionInfo:
+        """Register a written checkpoint; `run_id` is the run that holds its artifacts (default: this model's)."""
+        run_id = run_id or self.run_id
+        store = self.store
+        tags = {
+            tag("category"): reg.category, tag("step"): reg.step, tag("monitor"): self.monitor,
+            tag("value"): reg.value if reg.value is not None else "", tag("sha256"): reg.sha256,
+            tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
+        }
+        with self.registry_lock, store.lock(f"model-{self.registered_name}"):
+            info = store.register_version(self.registered_name, source, run_id, tags, retried=reg.retried)
+            for category in reg.also:
+                store.register_version(self.registered_name, source, run_id, {**tags, tag("category"): category},
+                                       retried=reg.retried)
+            versions = store.list_versions(self.registered_name)
+            best = reconcile_best(store, self.registered_name, self.settings.mode, versions,
+                                  converge=not store.lock_is_shared, monitor=self.monitor) \
+                if reg.category in BEST_ELIGIBLE else store.alias_version(self.registered_name)
+            settings = self.settings
+            prune(store, self.registered_name,
+                  lambda summaries, best_version: retention_deletions(
+                      summaries, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final,
+                      best_version),
+                  versions=versions, best_version=best.version if best else None)
+        self._after_save(reg, info, best, time.monotonic() - started)
+        return info
+
+    def _after_save(self, reg: Registration, info: VersionInfo, best: VersionInfo | None, duration: float) -> None:
+        self.saves += 1
+        self.last_saved = (info.version, reg.step)  # one assignment: readers never see a torn pair
+        self.last_version = info.version
+        self.last_save_time = time.time()
+        self.best = best
+        previous = self._last_saved_value if reg.category == PERFORMANCE else None
+        if reg.category == PERFORMANCE:
+            self._last_saved_value = reg.value
+        metrics = {"checkpoint/saves": float(self.saves), "checkpoint/version": float(info.version),
+                   "checkpoint/failures": float(self.health.failures)}
+        if best is not None and best.value is not None:
+            metrics[f"best_{self.monitor}"] = best.value
+            metrics["checkpoint/best_version"] = float(best.version)
+        if reg.improvement is not None:
+            metrics["checkpoint/improvement"] = float(reg.improvement)
+        self.metrics.add(reg.step, metrics)
+        change = format_change(self.monitor, previous, reg.value) if reg.category == PERFORMANCE else \
+            f"{self.monitor} {reg.value:.6g}" if reg.value is not None else self.monitor
+        log.info("%s: %s, saved v%d (%s, step %d, %.1f MB, %.0f ms)", self.name, change, info.version, reg.category,
+                 reg.step, reg.size_bytes / 2**20, duration * 1000,
+                 extra={"model": self.name, "category": reg.category, "version": info.version, "step": reg.step,
+                        "value": reg.value, "improvement": reg.improvement, "bytes": reg.size_bytes,
+                        "duration_s": round(duration, 4), "outcome": "saved"})
+        self.health.record_success()
+
+    # ------------------------------------------------------------------------------------- outbox
+
+    def drain_outbox(self, blocking: bool = False) -> int:
+        """Upload and register this model's outbox entries in order; stops at the first failure (the rest
+        wait for the next drain). Returns how many are still waiting (-1: another thread is draining and
+        `blocking` is False). Never raises."""
+        if self.outbox is None:
+            return 0
+        if not self._drain_lock.acquire(blocking=blocking):
+            return -1
+        try:
+            with self.outbox.lock(self.registered_name):
+                return self._drain_locked(self.outbox)
+        finally:
+            self._drain_lock.release()
+
+    def _drain_locked(self, outbox: Outbox) -> int:
+        entries = outbox.entries(self.registered_name, sweep=True)
+        for position, entry in enumerate(entries):
+            started = time.monotonic()
+            if not outbox.is_intact(entry):  # damaged on disk: it would block every later entry forever
+                moved = outbox.quarantine(entry)
+                log.error("%s: outbox checkpoint of step %d is incomplete or damaged; moved it to %s and went on "
+                          "with the next one", self.name, entry.step, moved)
+                continue
+            try:
+                self._register_entry(entry, started)
+            except Exception as exc:  # noqa: BLE001 - the entry stays on disk for the next drain
+                if isinstance(exc, NotFoundError) and "run" in str(exc).lower():
+                    moved = outbox.quarantine(entry)
+                    log.error("%s: outbox checkpoint of step %d belongs to run %s, which the server no longer has; "
+                              "moved it to %s for the operator", self.name, entry.step, entry.run_id, moved)
+                    continue
+                self.health.record_failure(entry.category, entry.step, exc, attempts=None, final=False)
+                return len(entries) - position
+            outbox.remove(entry)
+        return 0
+
+    def _register_entry(self, entry: OutboxEntry, started: float) -> None:
+        source = self.store.upload_checkpoint_files(entry.run_id, entry.directory, entry.dirname)
+        registration = Registration(entry.category, entry.step, entry.value, entry.improvement, entry.also,
+                                    entry.created_at, entry.sha256, entry.size_bytes, retried=True)
+        self.register(source, registration, started, run_id=entry.run_id)
+
+    def pending_outbox(self) -> int:
+        return len(self.outbox.entries(self.registered_name)) if self.outbox is not None else 0

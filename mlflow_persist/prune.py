@@ -1,0 +1,66 @@
+"""The one deletion path: every version that is ever deleted (retention after a save, disk-pressure cleanup,
+`mlflow-persist gc`, the legacy manager's rotation) is deleted here.
+
+`prune` lists the versions once (or takes the listing its caller just made under the same lock), asks a pure
+policy which ones go, deletes them in that order, and deletes a version's artifacts only when no remaining
+version shares them (a periodic or rollback version may reuse another version's bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist.errors import describe_store_error
+from mlflow_persist.policy import VersionSummary
+from mlflow_persist.versions import VersionInfo
+
+log = logging.getLogger("mlflow_persist.prune")
+
+#: (versions, the version `best` points at) -> version numbers to delete, in deletion order.
+PrunePolicy = Callable[[Sequence[VersionSummary], "int | None"], list[int]]
+
+
+@dataclass
+class PruneResult:
+    deleted: list[VersionInfo] = field(default_factory=list)
+    planned: list[VersionInfo] = field(default_factory=list)  # what the policy chose (all of it on a dry run)
+    artifacts_kept: list[VersionInfo] = field(default_factory=list)  # shared with a remaining version
+
+
+def prune(store: CheckpointStore, name: str, policy: PrunePolicy, *, versions: list[VersionInfo] | None = None,
+          best_version: int | None = None, enough: Callable[[], bool] | None = None, dry_run: bool = False,
+          reason: str = "retention") -> PruneResult:
+    """Delete what `policy` chooses among the versions of `name`.
+
+    `versions`/`best_version`: a listing the caller made under the same lock (else listed here).
+    `enough`: checked before each deletion; once it returns True the rest are kept (disk-pressure cleanup).
+    Callers hold `store.lock(f"model-{name}")` so no registration interleaves with the listing.
+    """
+    if versions is None:
+        versions = store.list_versions(name)
+        best = store.alias_version(name)
+        best_version = best.version if best is not None else None
+    by_number = {v.version: v for v in versions}
+    chosen = [by_number[n] for n in policy([v.summary() for v in versions], best_version) if n in by_number]
+    result = PruneResult(planned=chosen)
+    if dry_run:
+        return result
+    remaining = {v.version: v for v in versions}
+    for info in chosen:
+        if enough is not None and enough():
+            break
+        store.delete_version(info)
+        del remaining[info.version]
+        result.deleted.append(info)
+        if any(v.source == info.source for v in remaining.values()):
+            result.artifacts_kept.append(info)
+        else:
+            try:
+                store.delete_artifacts(info)
+            except Exception as exc:  # noqa: BLE001 - the version is gone; a leftover directory is swept later
+                log.warning("deleted %s v%s but not its artifacts: %s", name, info.version, describe_store_error(exc))
+        log.debug("%s: %s removed v%d (%s)", name, reason, info.version, info.category)
+    return result

@@ -1,0 +1,330 @@
+"""Test helpers for users of mlflow-persist: `MemoryStore`, an in-memory `CheckpointStore`.
+
+    from mlflow_persist import Persistence, PersistConfig
+    from mlflow_persist.testing import MemoryStore
+
+    store = MemoryStore()
+    store.fail("register", times=2)            # the next two registrations raise
+    with Persistence(PersistConfig(), store=store) as persist:
+        handle = persist.track("net", model, optimizer)
+        ...
+    assert store.versions("net")[-1].category == "final"
+
+No MLflow, no disk, deterministic: checkpoints are serialized exactly as on disk (torch.save, sha256) and
+verified and loaded with `weights_only=True` as on disk, so restore behaves as it does against MLflow.
+
+Fault injection, per stage (`write`, `register`, `alias`, `delete`, `load`, `metrics`):
+- `fail(stage, times=1, error=None)`: the next `times` calls raise `error` (default: a StoreUnavailableError);
+  `times=None` fails every call until `heal()`.
+- `hang(stage, seconds, times=1)`: the next `times` calls block for `seconds` before running.
+- `calls[stage]` counts the calls of each stage, failed ones included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, StoreError, StoreUnavailableError
+from mlflow_persist.naming import validate_model_name
+from mlflow_persist.payload import (
+    CHECKPOINT_FILE,
+    MANIFEST_FILE,
+    CheckpointState,
+    WrittenCheckpoint,
+    read_checkpoint_bytes,
+    serialize,
+)
+from mlflow_persist.versions import BEST_ALIAS, CHECKPOINTS_DIR, RUN_KEY_TAG, RunSummary, VersionInfo, checkpoint_dirname, \
+    tag
+
+STAGES = ("write", "register", "alias", "delete", "load", "metrics")
+
+
+@dataclass
+class _Fault:
+    remaining: int | None  # None: every call
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class MemoryRun:
+    run_id: str
+    key: str
+    status: str = "RUNNING"
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, list[tuple[int, float, int]]] = field(default_factory=dict)  # key -> [(step, value, ts)]
+
+
+class MemoryStore:
+    """An in-memory `CheckpointStore` for tests, with fault injection (see the module docstring)."""
+
+    description = "memory://"
+    is_remote = False
+    lock_is_shared = True
+
+    def __init__(self) -> None:
+        self._guard = threading.RLock()
+        self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
+        self._faults: dict[str, list[_Fault]] = defaultdict(list)
+        self.calls: dict[str, int] = {stage: 0 for stage in STAGES}
+        self.runs: dict[str, MemoryRun] = {}
+        self._artifacts: dict[str, bytes] = {}  # source -> checkpoint.pt bytes
+        self._models: dict[str, dict[int, VersionInfo]] = {}
+        self._next_version: dict[str, int] = {}
+        self._aliases: dict[str, dict[str, int]] = {}
+        self._clock = 1_700_000_000_000
+
+    # fault injection -----------------------------------------------------------------------------------
+    def fail(self, stage: str, times: int | None = 1, error: BaseException | None = None) -> None:
+        """The next `times` calls of `stage` raise `error` (None: a StoreUnavailableError); `times=None`:
+        every call until `heal()`."""
+        self._check_stage(stage)
+        with self._guard:
+            self._faults[stage].append(_Fault(times, error or StoreUnavailableError(
+                f"MemoryStore: injected {stage} failure; the store is unreachable")))
+
+    def hang(self, stage: str, seconds: float, times: int | None = 1) -> None:
+        """The next `times` calls of `stage` block for `seconds` first (`times=None`: every call)."""
+        self._check_stage(stage)
+        with self._guard:
+            self._faults[stage].append(_Fault(times, None, seconds))
+
+    def heal(self, stage: str | None = None) -> None:
+        """Remove the faults of `stage` (every stage when None)."""
+        with self._guard:
+            for name in [stage] if stage else list(self._faults):
+                self._faults.pop(name, None)
+
+    @staticmethod
+    def _check_stage(stage: str) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"MemoryStore has no stage {stage!r}; use one of {', '.join(STAGES)}.")
+
+    def _enter(self, stage: str) -> None:
+        with self._guard:
+            self.calls[stage] += 1
+            fault = None
+            for candidate in self._faults.get(stage, []):
+                if candidate.remaining is None or candidate.remaining > 0:
+                    fault = candidate
+                    if candidate.remaining is not None:
+                        candidate.remaining -= 1
+                    break
+            self._faults[stage] = [f for f in self._faults.get(stage, []) if f.remaining is None or f.remaining > 0]
+        if fault is None:
+            return
+        if fault.seconds:
+            time.sleep(fault.seconds)
+        if fault.error is not None:
+            raise copy.copy(fault.error)
+
+    def _now_ms(self) -> int:
+        self._clock += 1  # deterministic and strictly increasing
+        return self._clock
+
+    # runs and metrics ----------------------------------------------------------------------------------
+    def ensure_run(self, key: str, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        with self._guard:
+            for run in self.runs.values():
+                if run.key == key:
+                    run.status = "RUNNING"
+                    return run.run_id
+            run_id = f"run{len(self.runs) + 1:04d}"
+            self.runs[run_id] = MemoryRun(run_id, key, tags={RUN_KEY_TAG: key, **(tags or {})})
+            return run_id
+
+    def _run(self, run_id: str) -> MemoryRun:
+        try:
+            return self.runs[run_id]
+        except KeyError:
+            raise NotFoundError(f"MemoryStore has no run {run_id!r}; open it with ensure_run() first.") from None
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        with self._guard:
+            self._run(run_id).status = status
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        with self._guard:
+            self._run(run_id).tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_metrics(self, run_id: str, rows: Sequence[tuple[str, float, int, int]]) -> None:
+        self._enter("metrics")
+        with self._guard:
+            run = self._run(run_id)
+            for key, value, ts, step in rows:
+                run.metrics.setdefault(key, []).append((int(step), float(value), int(ts)))
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
+        """(step, value, timestamp_ms) of every logged value of `key`, in logging order."""
+        with self._guard:
+            return list(self._run(run_id).metrics.get(key, []))
+
+    def run_summary(self, run_id: str) -> RunSummary | None:
+        with self._guard:
+            run = self.runs.get(run_id)
+            if run is None:
+                return None
+            latest = {key: values[-1][1] for key, values in run.metrics.items() if values}
+            return RunSummary(run.status, dict(run.tags), latest)
+
+    def alias_moves(self, name: str) -> list[Any]:
+        return []  # operator alias moves are an MLflow registered-model tag log
+
+    # checkpoint bytes ----------------------------------------------------------------------------------
+    def write_checkpoint(self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
+                         ) -> tuple[str, WrittenCheckpoint]:
+        self._enter("write")
+        data = serialize(payload)
+        self._run(run_id)
+        source = f"memory://{run_id}/{CHECKPOINTS_DIR}/{checkpoint_dirname(model_name, step)}"
+        with self._guard:
+            self._artifacts[source] = data
+        return source, WrittenCheckpoint(Path(source), hashlib.sha256(data).hexdigest(), len(data))
+
+    def upload_checkpoint_files(self, run_id: str, directory: Path, dirname: str) -> str:
+        self._enter("write")
+        data = (Path(directory) / CHECKPOINT_FILE).read_bytes()
+        (Path(directory) / MANIFEST_FILE).read_bytes()  # a directory without its manifest is incomplete
+        source = f"memory://{run_id}/{CHECKPOINTS_DIR}/{dirname}"
+        with self._guard:
+            self._artifacts[source] = data
+        return source
+
+    def load_version(self, info: VersionInfo) -> CheckpointState:
+        self._enter("load")
+        with self._guard:
+            data = self._artifacts.get(info.source)
+        if data is None:
+            raise CheckpointCorruptError(f"The artifacts of {info.name} v{info.version} are missing; they were deleted.")
+        state = read_checkpoint_bytes(data, info.sha256, label=f"{info.name} v{info.version}")
+        state.name, state.version = info.name, info.version
+        state.category = info.category if info.category != "unknown" else state.category
+        return state
+
+    def delete_artifacts(self, info: VersionInfo) -> None:
+        self._enter("delete")
+        with self._guard:
+            self._artifacts.pop(info.source, None)
+
+    def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 60.0) -> list[str]:
+        return []  # writes are atomic in memory: nothing is ever left half-written
+
+    def artifact_sources(self) -> set[str]:
+        """The sources whose bytes are stored (for tests of what deletion removed)."""
+        with self._guard:
+            return set(self._artifacts)
+
+    def corrupt_artifact(self, source: str, data: bytes = b"garbage") -> None:
+        """Replace the stored bytes of `source` (a test of damaged checkpoints)."""
+        with self._guard:
+            if source not in self._artifacts:
+                raise NotFoundError(f"MemoryStore holds no artifacts at {source!r}.")
+            self._artifacts[source] = data
+
+    # registry ------------------------------------------------------------------------------------------
+    def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
+                         retried: bool = True) -> VersionInfo:
+        self._enter("register")
+        validate_model_name(name)
+        category = str(tags.get(tag("category"), "")) or "unknown"
+        with self._guard:
+            if source not in self._artifacts:
+                raise StoreError(f"MemoryStore: cannot register {name} from {source!r}, which holds no bytes.")
+            versions = self._models.setdefault(name, {})
+            for existing in sorted(versions.values(), key=lambda v: v.version):
+                if existing.source == source and existing.category == category:
+                    return copy.deepcopy(existing)
+            number = self._next_version.get(name, 0) + 1
+            self._next_version[name] = number
+            info = VersionInfo(name, number, source, run_id, {k: str(v) for k, v in tags.items()}, [],
+                               self._now_ms())
+            versions[number] = info
+            return copy.deepcopy(info)
+
+    def list_versions(self, name: str) -> list[VersionInfo]:
+        with self._guard:
+            return [self._with_aliases(v) for v in sorted(self._models.get(name, {}).values(),
+                                                          key=lambda v: v.version)]
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Alias of `list_versions`, for tests."""
+        return self.list_versions(name)
+
+    def _with_aliases(self, info: VersionInfo) -> VersionInfo:
+        result = copy.deepcopy(info)
+        result.aliases = sorted(a for a, n in self._aliases.get(info.name, {}).items() if n == info.version)
+        return result
+
+    def get_version(self, name: str, version: int | str) -> VersionInfo:
+        with self._guard:
+            try:
+                return self._with_aliases(self._models[name][int(version)])
+            except (KeyError, ValueError):
+                raise NotFoundError(f"Model {name!r} has no version {version}.") from None
+
+    def alias_version(self, name: str, alias: str = BEST_ALIAS) -> VersionInfo | None:
+        with self._guard:
+            number = self._aliases.get(name, {}).get(alias)
+            if number is None or number not in self._models.get(name, {}):
+                return None
+            return self._with_aliases(self._models[name][number])
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self._enter("alias")
+        if alias.lower() == "latest":
+            raise StoreError("The alias name 'latest' is reserved (models:/<name>/latest); choose another.")
+        with self._guard:
+            if int(version) not in self._models.get(name, {}):
+                raise NotFoundError(f"Model {name!r} has no version {version} to point {alias!r} at.")
+            self._aliases.setdefault(name, {})[alias] = int(version)
+
+    def mark_corrupt(self, name: str, version: int, reason: str) -> None:
+        with self._guard:
+            info = self._models.get(name, {}).get(int(version))
+            if info is not None:
+                info.tags[tag("corrupt")] = "true"
+                info.tags[tag("corrupt_reason")] = reason[:4000]
+
+    def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        with self._guard:
+            self.get_version(name, version)
+            self._models[name][int(version)].tags[key] = str(value)
+
+    def delete_version(self, info: VersionInfo) -> None:
+        self._enter("delete")
+        with self._guard:
+            self._models.get(info.name, {}).pop(info.version, None)
+            aliases = self._aliases.get(info.name, {})
+            for alias in [a for a, n in aliases.items() if n == info.version]:
+                del aliases[alias]  # as in MLflow: deleting a version removes its aliases
+
+    def managed_models(self, prefix: str = "") -> list[str]:
+        with self._guard:
+            return sorted(name for name in self._models if name.startswith(prefix))
+
+    # coordination and disk -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float = 120.0) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks[key]
+        if not lock.acquire(timeout=timeout):
+            raise StoreError(f"MemoryStore: lock {key!r} was not released within {timeout:.0f} s.")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def checkpoint_disk_path(self, run_id: str | None = None) -> Path | None:
+        return None
+
+
+__all__ = ["STAGES", "MemoryRun", "MemoryStore"]
