@@ -16,7 +16,7 @@ import torch
 from mlflow_persist.alerts import Alert, AlertDispatcher
 from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.config import ModelSettings
-from mlflow_persist.errors import CheckpointCorruptError, PersistError
+from mlflow_persist.errors import CheckpointCorruptError, PersistError, StoreError
 from mlflow_persist.health import ModelHealth
 from mlflow_persist.metrics_buffer import MetricsBuffer
 from mlflow_persist.payload import CheckpointState, build_payload, read_checkpoint_dir, restore_rng_state
@@ -28,6 +28,8 @@ from mlflow_persist.versions import VersionInfo
 from mlflow_persist.writer import CheckpointWriter, SaveJob
 
 log = logging.getLogger("mlflow_persist")
+
+RESTORE_LOAD_ATTEMPTS = 4  # a transient store error is retried with 0.2, 0.4, 0.8 s pauses, then raised
 
 
 class Stateful(Protocol):
@@ -246,7 +248,7 @@ class ModelHandle:
         skipped: list[int] = []
         for info in candidates:
             try:
-                state = store.load_version(info)
+                state = self._load_with_retries(info)
                 self._apply(state, restore_rng=True, restore_step=True)
             except CheckpointCorruptError as exc:
                 skipped.append(info.version)
@@ -263,6 +265,19 @@ class ModelHandle:
             log.error("%s: none of the %d stored checkpoints could be restored; starting fresh", self.name,
                       len(versions))
         return None
+
+    def _load_with_retries(self, info: VersionInfo) -> CheckpointState:
+        """Load a version; a store error (unreachable, refused) is transient, so it is retried and finally
+        raised, never taken for damaged bytes."""
+        for attempt in range(RESTORE_LOAD_ATTEMPTS):
+            try:
+                return self._store.load_version(info)
+            except StoreError as exc:
+                if attempt == RESTORE_LOAD_ATTEMPTS - 1:
+                    raise
+                log.warning("%s: loading v%d failed (%s); retrying", self.name, info.version, exc)
+                time.sleep(0.2 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def _restore_from_outbox(self) -> RestoreInfo | None:
         """The server is unreachable and newer checkpoints wait in the outbox: resume from the newest of them."""

@@ -157,7 +157,7 @@ class Persistence:
                                 handle.name, waiting, self.outbox.root / handle.registered_name)
         finally:
             self.job.stop()
-            self.flush_metrics()
+            self._final_metrics_flush()
             for handle in list(self.handles.values()):
                 try:
                     self.store.finish_run(handle.run_id)
@@ -186,7 +186,8 @@ class Persistence:
     def request_flush(self) -> None:
         self.job.wake()
 
-    def flush_metrics(self) -> None:
+    def flush_metrics(self) -> bool:
+        """Send every buffered metric; False when the store refused (they stay buffered for the next flush)."""
         with self._flush_lock:
             for handle in list(self.handles.values()):
                 try:
@@ -194,7 +195,17 @@ class Persistence:
                 except Exception as exc:  # noqa: BLE001 - metrics are retried at the next flush
                     log.warning("could not log %d metrics of %s (%s); will retry", len(handle.metrics), handle.name,
                                 describe_store_error(exc))
-                    break
+                    return False
+        return True
+
+    def _final_metrics_flush(self, attempts: int = 6) -> None:
+        for attempt in range(attempts):
+            if self.flush_metrics():
+                return
+            time.sleep(min(5.0, 0.25 * 2 ** attempt))
+        waiting = sum(len(h.metrics) for h in self.handles.values())
+        log.error("%d buffered metric values could not be logged before exit; the store kept refusing them",
+                  waiting)
 
     def tick(self, now: float | None = None) -> None:
         """The scheduler job: marks time-based saves due, drains outboxes, logs system metrics, flushes

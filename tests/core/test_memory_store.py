@@ -1,0 +1,229 @@
+"""`Persistence` on `mlflow_persist.testing.MemoryStore`: no MLflow, no files, and a fault injected at each
+stage never stops training nor loses an acknowledged checkpoint. The expected values are the test's own
+record of what it reported and snapshotted, never read back through the code under test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import mlflow_persist as mp
+from mlflow_persist.errors import StoreUnavailableError
+from mlflow_persist.testing import STAGES, MemoryStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config(**overrides: Any) -> mp.PersistConfig:
+    values: dict[str, Any] = dict(min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
+                                  scheduler_interval_seconds=0.05, save_retry_attempts=6,
+                                  save_retry_max_wait_seconds=0.02, failure_alert_threshold=3,
+                                  keep_best=1000, keep_periodic=1000, keep_final=1000)
+    values.update(overrides)
+    return mp.PersistConfig(**values)
+
+
+def _wait(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def test_memory_store_training_touches_no_disk_and_imports_no_mlflow(tmp_path: Path) -> None:
+    """Runs in a fresh interpreter in an empty directory: afterwards the directory is still empty (no sqlite
+    file, no artifacts, no lock directory) and MLflow was never imported."""
+    script = textwrap.dedent("""
+        import os, sys, torch
+        import mlflow_persist as mp
+        from mlflow_persist.testing import MemoryStore
+        store = MemoryStore()
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        cfg = mp.PersistConfig(periodic_every_steps=5, keep_best=2, keep_periodic=2, scheduler_interval_seconds=0.05)
+        with mp.Persistence(cfg, store=store) as persist:
+            handle = persist.track("net", model, opt)
+            assert handle.restore() is None
+            for i in range(40):
+                handle.step(loss=1.0 / (i + 1) if i % 3 == 0 else 5.0)
+            assert persist.flush(timeout=30)
+        fresh = torch.nn.Linear(4, 2)
+        with mp.Persistence(cfg, store=store) as persist:
+            info = persist.track("net", fresh).restore()
+        assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+        cats = [v.category for v in store.list_versions("net")]
+        print("categories", sorted(set(cats)), "restored", info.category, info.step)
+        print("mlflow imported:", "mlflow" in sys.modules)
+        print("files:", sorted(os.listdir(".")))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_PERSIST_OUTBOX_DIR", None)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "categories ['final', 'performance', 'periodic'] restored final 40" in out.stdout
+    assert "mlflow imported: False" in out.stdout
+    assert "files: []" in out.stdout
+    assert sorted(os.listdir(work)) == []
+    assert not (tmp_path / "home").exists()  # no outbox, no cache
+
+
+def _train(persist: mp.Persistence, steps: int, losses: list[float]) -> tuple[mp.ModelHandle, list[Any]]:
+    torch.manual_seed(1)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    handle = persist.track("net", model, optimizer=opt)
+    jobs = []
+    for step in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).pow(2).mean().backward()
+        opt.step()
+        handle.step(loss=losses[step])
+        if step % 5 == 4:
+            job = handle.save("periodic")
+            jobs.append((job, {k: v.clone() for k, v in model.state_dict().items()}))
+    return handle, jobs
+
+
+@pytest.mark.parametrize("fault", ["fail_once", "fail_for_a_while", "hang"])
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != "load"])
+def test_a_fault_at_any_save_stage_never_stops_training_nor_loses_an_acknowledged_checkpoint(
+        stage: str, fault: str) -> None:
+    store = MemoryStore()
+    alerts: list[mp.Alert] = []
+    if fault == "fail_once":
+        store.fail(stage, times=1)
+    elif fault == "fail_for_a_while":
+        store.fail(stage, times=4)
+    else:
+        store.hang(stage, seconds=0.3, times=2)
+    losses = [1.0 - 0.01 * i for i in range(30)]  # every step an improvement
+    config = _config(keep_best=2) if stage == "delete" else _config()  # retention must delete something
+    with mp.Persistence(config, store=store, alert_sinks=[alerts.append], install_signal_handlers=False) as persist:
+        started = time.monotonic()
+        handle, jobs = _train(persist, 30, losses)
+        training_time = time.monotonic() - started
+        assert handle.current_step == 30  # training went on through the fault
+        assert persist.flush(timeout=60)
+        if fault != "hang" and stage != "metrics":
+            assert handle.failures >= 1
+        if fault == "fail_for_a_while" and stage in ("write", "register"):
+            assert _wait(lambda: any(a.kind == "save_failures" for a in alerts))  # threshold 3 < 4 failures
+    assert training_time < 5.0, f"training waited {training_time:.1f}s on a {fault} at {stage}"
+    versions = store.list_versions("net")
+    saved = [(job, state) for job, state in jobs if job is not None and job.outcome == "saved"]
+    assert saved, "no save was acknowledged"
+    by_step = {}
+    for v in versions:
+        by_step.setdefault(v.step, []).append(v)
+    for job, state in saved:
+        candidates = [v for v in by_step.get(job.step, []) if v.category == "periodic"]
+        assert candidates, f"acknowledged periodic save of step {job.step} is not in the store"
+        loaded = store.load_version(candidates[-1])
+        assert all(torch.equal(loaded.model_state[k], t) for k, t in state.items())
+    newest = versions[-1]
+    assert store.load_version(newest).step == 30
+    if stage == "metrics":
+        history = [value for _, value, _ in store.metric_history(handle.run_id, "loss")]
+        assert sorted(history, reverse=True) == losses  # every reported value arrived exactly once
+
+
+def test_repeated_failures_alert_once_mark_degraded_and_recover() -> None:
+    store = MemoryStore()
+    alerts: list[mp.Alert] = []
+    store.fail("register", times=None)
+    persist = mp.Persistence(_config(save_retry_attempts=2), store=store, alert_sinks=[alerts.append],
+                             install_signal_handlers=False)
+    torch.manual_seed(2)
+    handle = persist.track("net", torch.nn.Linear(2, 1))
+    for i in range(6):
+        handle.step(loss=1.0 / (i + 1))
+        persist.flush(timeout=10)
+    assert _wait(lambda: len(alerts) == 1)
+    assert handle.degraded and handle.failures >= 3
+    assert store.runs[handle.run_id].tags["mlflow_persist.health"] == "degraded"
+    store.heal()
+    handle.step(loss=0.01)
+    assert persist.flush(timeout=10)
+    assert not handle.degraded
+    assert store.runs[handle.run_id].tags["mlflow_persist.health"] == "ok"
+    with pytest.raises(mp.PersistError, match="6 checkpoint"):  # the six that gave up are reported at close
+        persist.close()
+    assert [a.kind for a in alerts] == ["save_failures"]
+    assert [v.category for v in store.list_versions("net")] == ["performance", "final"]
+
+
+def test_a_slow_alert_sink_never_stalls_training() -> None:
+    store = MemoryStore()
+    store.fail("write", times=None)
+    delivered: list[str] = []
+
+    def slow_sink(alert: mp.Alert) -> None:
+        time.sleep(2.0)
+        delivered.append(alert.kind)
+
+    persist = mp.Persistence(_config(save_retry_attempts=1), store=store, alert_sinks=[slow_sink],
+                             install_signal_handlers=False)
+    try:
+        handle = persist.track("net", torch.nn.Linear(2, 1))
+        slowest = 0.0
+        for i in range(8):
+            started = time.perf_counter()
+            handle.step(loss=1.0 / (i + 1))
+            slowest = max(slowest, time.perf_counter() - started)
+            persist.flush(timeout=10)
+        assert slowest < 0.5, f"a step took {slowest:.2f}s while a 2 s alert sink ran"
+        assert persist.alerts.wait_delivered(timeout=10)
+        assert delivered == ["save_failures"]
+    finally:
+        store.heal()
+        with pytest.raises(mp.PersistError, match="could never be written"):  # save_retry_attempts=1 gave up
+            persist.close()
+
+
+def test_restore_through_a_transient_load_fault_retries_and_leaves_the_registry_untouched() -> None:
+    store = MemoryStore()
+    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
+        torch.manual_seed(3)
+        model = torch.nn.Linear(2, 2)
+        handle = persist.track("net", model)
+        handle.step(loss=1.0)
+        expected = {k: v.clone() for k, v in model.state_dict().items()}
+    store.fail("load", times=2)
+    fresh = torch.nn.Linear(2, 2)
+    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
+        info = persist.track("net", fresh).restore()
+    assert info is not None and info.skipped_corrupt == ()
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in expected.items())
+    assert not any(v.corrupt for v in store.list_versions("net"))
+
+
+def test_restore_raises_store_unavailable_when_loads_keep_failing() -> None:
+    store = MemoryStore()
+    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
+        persist.track("net", torch.nn.Linear(2, 2)).step(loss=1.0)
+    store.fail("load", times=None)
+    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
+        handle = persist.track("net", torch.nn.Linear(2, 2))
+        with pytest.raises(StoreUnavailableError):
+            handle.restore()
+        store.heal()
+    assert not any(v.corrupt for v in store.list_versions("net"))
+
+
+def test_fault_injection_rejects_unknown_stages() -> None:
+    with pytest.raises(ValueError, match="no stage"):
+        MemoryStore().fail("upload")
