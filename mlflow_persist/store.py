@@ -84,6 +84,10 @@ def _translated(doing: str) -> Callable[[_F], _F]:
                 return method(*args, **kwargs)
             except PersistError:
                 raise
+            except OSError as exc:
+                if exc.errno is not None and not is_unreachable(exc):
+                    raise  # the local disk's own error (ENOSPC, EACCES): callers react to its errno
+                raise translate(exc, doing) from exc
             except Exception as exc:  # noqa: BLE001 - MLflow, requests and sqlalchemy errors alike
                 raise translate(exc, doing) from exc
         return call  # type: ignore[return-value]
