@@ -12,10 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import mlflow_persist as mp
 from mlflow_persist.store import MlflowStore
+
+pytestmark = pytest.mark.slow  # subprocesses killed at random moments, several trials
 
 TRAINER = Path(__file__).with_name("trainer_proc.py")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 import textwrap
@@ -39,6 +41,7 @@ OLD_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_old_script_runs_unchanged(tmp_path: Path, sqlite_uri: str, subprocess_env: dict) -> None:
     shim = tmp_path / "utils"
     shim.mkdir()

@@ -102,6 +102,7 @@ def test_disk_pressure_cleans_oldest_periodic_first_and_best_survives(small_disk
           f"(periodic={len(periodic_deleted)}) failures={failures} best=v{best.version}")
 
 
+@pytest.mark.slow
 def test_real_enospc_is_logged_retried_and_recovers(small_disk: Path, sqlite_uri: str,
                                                     persist_logs: ListHandler) -> None:
     cfg = _config(sqlite_uri, small_disk, min_free_disk_mb=0)
