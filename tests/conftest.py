@@ -20,7 +20,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from store_support import copy_template_store  # noqa: E402
+from store_support import copy_template_store, reset_server_store  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -84,15 +84,3 @@ def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path, template_db: Pa
     server = request.getfixturevalue("mlflow_server")
     reset_server_store(server.uri)  # type: ignore[attr-defined]
     return server.uri  # type: ignore[attr-defined]
-
-
-def reset_server_store(uri: str) -> None:
-    """Give each test an empty registry and experiment on the shared session server."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    for model in client.search_registered_models(max_results=1000):
-        client.delete_registered_model(model.name)
-    for experiment in client.search_experiments():
-        for run in client.search_runs([experiment.experiment_id], max_results=5000):
-            client.delete_run(run.info.run_id)

@@ -17,7 +17,7 @@ from mlflow_persist.payload import build_payload
 from mlflow_persist.prune import prune
 from mlflow_persist.testing import MemoryStore
 from mlflow_persist.versions import tag
-from store_support import copy_template_store
+from store_support import copy_template_store, reset_server_store
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("server", marks=[pytest.mark.server, pytest.mark.slow])])
@@ -30,8 +30,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, template_db: Path) -> 
     if request.param == "sqlite":
         uri = copy_template_store(template_db, tmp_path / "store")
     else:
-        from conftest import reset_server_store
-
         server = request.getfixturevalue("mlflow_server")
         reset_server_store(server.uri)
         uri = server.uri
