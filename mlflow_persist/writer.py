@@ -1,9 +1,12 @@
 """The background checkpoint writer: one thread, a bounded set of snapshots, retries with backoff.
 
 Memory stays bounded: per model at most one snapshot being written and one waiting. A newer snapshot of
-the same model replaces a waiting one that has not started (the newest state wins), except that a waiting
-performance snapshot is never replaced by a non-performance one: a periodic snapshot is dropped instead,
-and a forced one (final, manual) waits for the slot.
+the same model replaces a waiting one that has not started (the newest state wins) and carries its
+categories, so nothing the replaced snapshot was to be registered as is lost. Two exceptions:
+- a waiting forced snapshot (final, manual) is never replaced: a newer forced one waits for the slot, a newer
+  periodic one is registered on the waiting snapshot's bytes, any other newer one is dropped;
+- a waiting performance snapshot is never replaced by a non-performance one: a periodic one is dropped
+  (the handle attaches its category to the waiting snapshot first) and a forced one waits for the slot.
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ class SaveJob:
 
 def _keeps_waiting(waiting: SaveJob, newcomer: SaveJob) -> bool:
     """Whether a waiting snapshot must not be replaced by a newer one of the same model."""
-    return waiting.category == PERFORMANCE and newcomer.category != PERFORMANCE
+    return waiting.forced or (waiting.category == PERFORMANCE and newcomer.category != PERFORMANCE)
+
+
+def _carry(into: SaveJob, replaced: SaveJob) -> None:
+    """`into` takes over every category `replaced` was to be registered under (and its forcedness)."""
+    into.also = sorted((set(into.also) | set(replaced.also) | {replaced.category}) - {into.category})
+    into.forced = into.forced or replaced.forced
 
 
 class CheckpointWriter:
@@ -65,6 +74,7 @@ class CheckpointWriter:
         self._on_success = on_success
         self._cond = threading.Condition()
         self._waiting: dict[str, SaveJob] = {}
+        self._retrying: dict[str, SaveJob] = {}  # failed performance snapshots due again, ahead of _waiting
         self._running: dict[str, SaveJob] = {}
         self._closed = False
         self.dropped = 0
@@ -83,9 +93,12 @@ class CheckpointWriter:
                 waiting = self._waiting.get(job.model)
                 if waiting is not None and _keeps_waiting(waiting, job):
                     if not job.forced:
+                        if job.category == PERIODIC and job.category != waiting.category \
+                                and PERIODIC not in waiting.also:
+                            waiting.also.append(PERIODIC)
                         self.dropped += 1
-                        log.debug("%s: periodic snapshot at step %d dropped; a performance save is still waiting",
-                                  job.model, job.step)
+                        log.debug("%s: %s snapshot at step %d dropped; a %s save is still waiting", job.model,
+                                  job.category, job.step, waiting.category)
                         job.finish("dropped")
                         return job
                     self._cond.wait(0.5)
@@ -96,7 +109,7 @@ class CheckpointWriter:
                 break
             if waiting is not None:
                 self.superseded += 1
-                job.also = sorted(set(job.also) | set(waiting.also) - {job.category})
+                _carry(job, waiting)
                 waiting.finish("superseded")
             self._waiting[job.model] = job
             self._cond.notify_all()
@@ -119,14 +132,14 @@ class CheckpointWriter:
 
     def pending(self, model: str | None = None) -> int:
         with self._cond:
-            jobs = [*self._waiting.values(), *self._running.values()]
+            jobs = self._all_jobs()
             return sum(1 for j in jobs if model is None or j.model == model)
 
     def flush(self, model: str | None = None, timeout: float | None = None) -> bool:
         """Wait until nothing of `model` (or of any model) waits or runs; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while any(model is None or j.model == model for j in (*self._waiting.values(), *self._running.values())):
+            while any(model is None or j.model == model for j in self._all_jobs()):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -137,8 +150,9 @@ class CheckpointWriter:
         flushed = self.flush(timeout=timeout)
         with self._cond:
             self._closed = True
-            leftovers = [*self._waiting.values()]
+            leftovers = [*self._retrying.values(), *self._waiting.values()]
             self._waiting.clear()
+            self._retrying.clear()
             self._cond.notify_all()
         for job in leftovers:
             job.finish("failed", error=TimeoutError("writer closed before the save could be written"))
@@ -151,17 +165,20 @@ class CheckpointWriter:
     def _next_job(self) -> SaveJob | None:
         with self._cond:
             while True:
-                if self._closed and not self._waiting:
+                if self._closed and not self._waiting and not self._retrying:
                     return None
                 now = time.monotonic()
-                ready = [j for j in self._waiting.values() if j.not_before <= now and j.model not in self._running]
+                queued = [*self._retrying.values(),
+                          *(j for j in self._waiting.values() if j.model not in self._retrying)]
+                ready = [j for j in queued if j.not_before <= now and j.model not in self._running]
                 if ready:
                     job = min(ready, key=lambda j: (j.not_before, j.submitted_at))
-                    del self._waiting[job.model]
+                    source = self._retrying if self._retrying.get(job.model) is job else self._waiting
+                    del source[job.model]
                     self._running[job.model] = job
                     self._cond.notify_all()
                     return job
-                delays = [j.not_before - now for j in self._waiting.values() if j.not_before > now]
+                delays = [j.not_before - now for j in queued if j.not_before > now]
                 self._cond.wait(min(delays) if delays else 1.0)
 
     def _loop(self) -> None:
@@ -196,20 +213,27 @@ class CheckpointWriter:
             self._safe(self._on_failure, job, exc, outcome == "failed")
 
     def _retry_or_give_up(self, job: SaveJob) -> str:
-        """`retry` (queued again after a backoff), `superseded` (a newer snapshot of the model takes over) or
-        `failed` (attempts used up, or the writer is closing). Called with the lock held."""
+        """`retry` (queued again after a backoff), `superseded` (a newer snapshot of the model takes over its
+        categories) or `failed` (attempts used up, or the writer is closing). Called with the lock held.
+
+        A failed non-performance snapshot hands its categories to a newer waiting one (a newer state is
+        still a right `final` or `periodic`); a failed performance snapshot is retried in its own slot, since
+        its value belongs to its own bytes, and is written before the waiting one."""
         if job.attempts >= self._max_attempts or self._closed:
             return "failed"
-        waiting = self._waiting.get(job.model)
-        if waiting is not None and not _keeps_waiting(job, waiting):
-            return "superseded"
-        if waiting is not None:
-            job.also = sorted(set(job.also) | set(waiting.also) - {job.category})
-            waiting.finish("superseded")
-            self.superseded += 1
         job.not_before = time.monotonic() + min(self._max_backoff, 0.5 * 2 ** (job.attempts - 1))
-        self._waiting[job.model] = job
+        waiting = self._waiting.get(job.model)
+        if waiting is None:
+            self._waiting[job.model] = job
+        elif job.category == PERFORMANCE:
+            self._retrying[job.model] = job
+        else:
+            _carry(waiting, job)
+            return "superseded"
         return "retry"
+
+    def _all_jobs(self) -> list[SaveJob]:
+        return [*self._retrying.values(), *self._waiting.values(), *self._running.values()]
 
     @staticmethod
     def _safe(callback: Callable[..., Any], *args: Any) -> None:

@@ -103,3 +103,59 @@ def test_queue_bound_applies_back_pressure() -> None:
     assert writer.flush(timeout=10)
     assert sorted(m for m, _, _ in executor.written) == ["a", "b", "c"]
     writer.close()
+
+
+def test_a_replacing_snapshot_carries_the_categories_of_the_one_it_replaces() -> None:
+    executor = GatedExecutor()
+    writer = CheckpointWriter(executor, queue_size=8)
+    writer.submit(_job("a", "performance", 1))
+    assert executor.started.wait(5)
+    periodic = writer.submit(_job("a", "periodic", 2))
+    perf = writer.submit(_job("a", "performance", 3))  # replaces the waiting periodic snapshot
+    assert periodic.outcome == "superseded" and perf.also == ["periodic"]
+    executor.gate.set()
+    assert writer.flush(timeout=10)
+    writer.close()
+
+
+def test_a_waiting_forced_save_is_never_replaced() -> None:
+    executor = GatedExecutor()
+    writer = CheckpointWriter(executor, queue_size=8)
+    writer.submit(_job("a", "performance", 1))
+    assert executor.started.wait(5)
+    final = writer.submit(_job("a", "final", 2, forced=True))
+    periodic = writer.submit(_job("a", "periodic", 3))
+    perf = writer.submit(_job("a", "performance", 4))
+    assert periodic.outcome == "dropped" and perf.outcome == "dropped"
+    assert final.also == ["periodic"]  # the periodic version shares the final snapshot's bytes
+    executor.gate.set()
+    assert writer.flush(timeout=10)
+    assert final.outcome == "saved"
+    assert ("a", "final", 2) in executor.written
+    writer.close()
+
+
+def test_a_failed_forced_save_hands_its_categories_to_the_newer_snapshot() -> None:
+    executor = GatedExecutor(failures=1)
+    writer = CheckpointWriter(executor, queue_size=8, max_backoff_seconds=0.01)
+    final = writer.submit(_job("a", "final", 1, forced=True))
+    assert executor.started.wait(5)
+    perf = writer.submit(_job("a", "performance", 2))
+    executor.gate.set()
+    assert writer.flush(timeout=10)
+    assert final.outcome == "superseded" and perf.outcome == "saved"
+    assert perf.also == ["final"] and perf.forced
+    writer.close()
+
+
+def test_a_failed_performance_save_is_retried_before_the_newer_snapshot_and_both_are_written() -> None:
+    executor = GatedExecutor(failures=1)
+    writer = CheckpointWriter(executor, queue_size=8, max_backoff_seconds=0.01)
+    perf = writer.submit(_job("a", "performance", 1))
+    assert executor.started.wait(5)
+    final = writer.submit(_job("a", "final", 2, forced=True))
+    executor.gate.set()
+    assert writer.flush(timeout=10)
+    assert perf.outcome == "saved" and final.outcome == "saved"
+    assert executor.written == [("a", "performance", 1), ("a", "final", 2)]
+    writer.close()
