@@ -76,6 +76,7 @@ class ModelHandle:
         self._writer = writer
         self._alerts = alerts
         self._last_reported: dict[str, float] = {}
+        self._claims: list[tuple[int, SaveJob]] = []  # performance saves in flight, settled at step()
         # One written snapshot kept for reuse: the next snapshot copies into its tensors (no page faults).
         self._spare_payloads: deque[dict[str, Any]] = deque(maxlen=1)
         self.schedule.start(0, time.monotonic())
@@ -126,6 +127,8 @@ class ModelHandle:
         """Report this step's metrics; saves (asynchronously) when the monitored value improved or a periodic
         save is due. Costs microseconds when nothing is saved."""
         self.current_step = step = self.current_step + 1 if step is None else int(step)
+        if self._claims:
+            self._settle_claims()
         self._last_reported = metrics
         self.metrics.add(step, metrics)
         value = metrics.get(self.tracker.monitor)
@@ -139,9 +142,15 @@ class ModelHandle:
                 if self._writer.attach_to_waiting(self.name, PERIODIC):
                     return SaveDecision(True, PERIODIC, value, None, "periodic version shares the waiting checkpoint")
             try:
-                self._submit(decision.category or PERFORMANCE, step, value, decision.improvement, forced=False)
+                job = self._submit(decision.category or PERFORMANCE, step, value, decision.improvement,
+                                   forced=False)
             except Exception as exc:  # noqa: BLE001 - a failed snapshot must never stop training
                 self.health.record_failure(decision.category or PERFORMANCE, step, exc, attempts=1, final=True)
+                if decision.category == PERFORMANCE:
+                    self.tracker.settle(step, stored=False)
+            else:
+                if decision.category == PERFORMANCE:
+                    self._claims.append((step, job))
         elif value is not None and self.settings.degradation_margin is not None:
             self._check_degradation(value)
         return decision
@@ -183,6 +192,16 @@ class ModelHandle:
         job = SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced,
                       release=self._spare_payloads.append)
         return self._writer.submit(job)
+
+    def _settle_claims(self) -> None:
+        """End the claims of performance saves whose outcome is known (cheap: done events only)."""
+        waiting = []
+        for step, job in self._claims:
+            if job.done.is_set():  # superseded: the newer save that took over holds a claim of its own
+                self.tracker.settle(step, stored=job.outcome == "saved")
+            else:
+                waiting.append((step, job))
+        self._claims = waiting
 
     def _latest_metrics(self) -> dict[str, float]:
         metrics = {}
@@ -240,8 +259,9 @@ class ModelHandle:
                 return from_outbox
         versions = store.list_versions(self.registered_name)
         best = store.alias_version(self.registered_name)
-        if best is not None and best.value is not None and best.monitor in (None, self.tracker.monitor):
-            self.tracker.best_value, self.tracker.best_step = best.value, best.step
+        if best is not None and best.value is not None and best.monitor in (None, self.tracker.monitor) \
+                and not best.corrupt:
+            self.tracker.reset_best(best.value, best.step)
         candidates = [v for v in reversed(versions) if not v.corrupt]
         if self.settings.resume_from == "best" and best is not None and not best.corrupt:
             candidates = [best] + [v for v in candidates if v.version != best.version]

@@ -48,7 +48,12 @@ def improvement(value: float, reference: float | None, mode: Mode) -> float | No
 
 @dataclass
 class PerformanceTracker:
-    """Per-model performance state: best value, recent history and the degradation streak."""
+    """Per-model performance state: best value, recent history and the degradation streak.
+
+    `best_value` is the best of what is stored (`stored_best`) and of the performance saves still in flight
+    (`claims`, by step). A save that fails or is dropped withdraws its claim (`settle(step, stored=False)`),
+    so the best never rests on a value no version holds.
+    """
 
     monitor: str
     mode: Mode = "min"
@@ -60,6 +65,9 @@ class PerformanceTracker:
     last_value: float | None = None
     degraded_steps: int = 0
     history: deque[tuple[int, float]] = field(default_factory=deque)
+    stored_best: float | None = None
+    stored_best_step: int | None = None
+    claims: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.history = deque(self.history, maxlen=self.history_size)
@@ -72,11 +80,36 @@ class PerformanceTracker:
         return is_better(value, self.best_value, self.mode, self.min_delta, self.min_delta_mode)
 
     def accept_best(self, step: int, value: float) -> float | None:
-        """Record a new best and return the improvement over the previous one."""
+        """Record a new best, claimed by the save decided at `step`; returns the improvement over the
+        previous best."""
         gained = improvement(value, self.best_value, self.mode)
         self.best_value, self.best_step = value, step
+        self.claims[step] = value
         self.degraded_steps = 0
         return gained
+
+    def reset_best(self, value: float | None, step: int | None) -> None:
+        """The best as the store holds it (at restore): no claims in flight."""
+        self.stored_best, self.stored_best_step = value, step
+        self.claims.clear()
+        self.best_value, self.best_step = value, step
+
+    def settle(self, step: int, stored: bool) -> None:
+        """The performance save decided at `step` is stored (its value may become the stored best) or is
+        not (failed, dropped): its claim ends and the best is recomputed from what remains."""
+        value = self.claims.pop(step, None)
+        if value is None:
+            return
+        if stored and (self.stored_best is None or is_better(value, self.stored_best, self.mode)):
+            self.stored_best, self.stored_best_step = value, step
+        candidates = [(v, s) for s, v in self.claims.items()]
+        if self.stored_best is not None:
+            candidates.append((self.stored_best, self.stored_best_step or 0))
+        if not candidates:
+            self.best_value, self.best_step = None, None
+            return
+        sign = 1.0 if self.mode == "min" else -1.0
+        self.best_value, self.best_step = min(candidates, key=lambda c: (sign * c[0], -c[1]))
 
     def update_degradation(self, value: float, margin: float | None, margin_mode: DeltaMode) -> int:
         """Count consecutive steps worse than best by more than `margin`; returns the current streak."""

@@ -227,3 +227,20 @@ def test_restore_raises_store_unavailable_when_loads_keep_failing() -> None:
 def test_fault_injection_rejects_unknown_stages() -> None:
     with pytest.raises(ValueError, match="no stage"):
         MemoryStore().fail("upload")
+
+
+def test_an_improvement_whose_save_failed_leaves_no_phantom_best() -> None:
+    store = MemoryStore()
+    persist = mp.Persistence(_config(save_retry_attempts=1), store=store, install_signal_handlers=False)
+    handle = persist.track("net", torch.nn.Linear(2, 1))
+    assert handle.step(loss=1.0).category == "performance"
+    assert persist.flush(timeout=10)
+    store.fail("write", times=1)
+    assert handle.step(loss=0.5).category == "performance"  # this save fails: 0.5 is in no version
+    assert persist.flush(timeout=10)
+    decision = handle.step(loss=0.8)  # better than every stored version, so it must be saved
+    assert decision.category == "performance"
+    assert persist.flush(timeout=10)
+    assert store.alias_version("net").value == 0.8 and handle.best_value == 0.8
+    with pytest.raises(mp.PersistError, match="1 checkpoint"):
+        persist.close()

@@ -166,3 +166,44 @@ def test_best_compares_only_values_of_the_same_monitor_and_skips_superseded() ->
     assert select_best(versions[:1], "min", "loss") is None
     assert 3 not in retention_deletions(versions, "min", keep_best=1, keep_periodic=1, keep_final=1, best_version=4)
     assert 3 not in disk_pressure_order(versions, "min", best_version=4)
+
+
+outcomes = st.lists(st.tuples(finite, st.sampled_from(["saved", "failed", "dropped", "later"])), max_size=60)
+
+
+@given(outcomes, st.sampled_from(["min", "max"]), st.randoms(use_true_random=False))
+@settings(max_examples=200, deadline=None)
+def test_best_rests_only_on_stored_or_in_flight_values(sequence: list[tuple[float, str]], mode: str,
+                                                       rng: object) -> None:
+    """No phantom best: after every settlement, the tracker's best is the best of the values whose save was
+    stored plus those still in flight; a failed or dropped save leaves no trace."""
+    tracker = PerformanceTracker("loss", mode)  # type: ignore[arg-type]
+    schedule = PeriodicSchedule()
+    stored: list[float] = []
+    in_flight: dict[int, float] = {}
+    pending: list[tuple[int, str]] = []
+    for step, (value, outcome) in enumerate(sequence):
+        decision = decide_save(tracker, schedule, step, value)
+        if decision.category == PERFORMANCE:
+            in_flight[step] = value
+            pending.append((step, outcome if outcome != "later" else rng.choice(["saved", "failed"])))  # type: ignore[attr-defined]
+        if pending and (outcome != "later" or rng.random() < 0.3):  # type: ignore[attr-defined]
+            settled_step, result = pending.pop(rng.randrange(len(pending)))  # type: ignore[attr-defined]
+            tracker.settle(settled_step, stored=result == "saved")
+            value_of = in_flight.pop(settled_step)
+            if result == "saved":
+                stored.append(value_of)
+        held = stored + list(in_flight.values())
+        expected = (min(held) if mode == "min" else max(held)) if held else None
+        assert tracker.best_value == expected
+
+
+def test_a_failed_improvement_does_not_block_a_smaller_later_one() -> None:
+    tracker = PerformanceTracker("loss", "min")
+    schedule = PeriodicSchedule()
+    assert decide_save(tracker, schedule, 1, 1.0).category == PERFORMANCE
+    tracker.settle(1, stored=True)
+    assert decide_save(tracker, schedule, 2, 0.5).category == PERFORMANCE
+    tracker.settle(2, stored=False)  # that save failed: 0.5 is in no version
+    assert tracker.best_value == 1.0
+    assert decide_save(tracker, schedule, 3, 0.8).category == PERFORMANCE  # was skipped before (phantom 0.5)
