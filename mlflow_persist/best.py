@@ -38,3 +38,24 @@ def reconcile_best(store: CheckpointStore, name: str, mode: Mode, versions: list
             return find_version(versions, chosen.version)
         versions = after
     return store.alias_version(name)
+
+
+def mark_corrupt(store: CheckpointStore, info: VersionInfo, reason: str, fallback_mode: Mode = "min",
+                 monitor: str | None = None) -> VersionInfo | None:
+    """Tag a version whose bytes are damaged `corrupt=true` and move `best` off it (to the best valid
+    version, or nowhere) in the same breath, so `best` never points at a corrupt version."""
+    with store.lock(f"model-{info.name}"):
+        store.mark_corrupt(info.name, info.version, reason)
+        return reconcile_best_or_clear(store, info.name, fallback_mode, monitor)
+
+
+def reconcile_best_or_clear(store: CheckpointStore, name: str, fallback_mode: Mode = "min",
+                            monitor: str | None = None) -> VersionInfo | None:
+    """`reconcile_best`, and when no valid version qualifies, remove a `best` that points at a corrupt one."""
+    best = reconcile_best(store, name, fallback_mode, monitor=monitor)
+    if best is not None and best.corrupt:
+        store.delete_alias(name, BEST_ALIAS)
+        log.warning("%s: `best` pointed at v%d, which is corrupt, and no valid version can take it; removed",
+                    name, best.version)
+        return None
+    return best

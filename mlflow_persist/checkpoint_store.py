@@ -75,7 +75,13 @@ class CheckpointStore(Protocol):
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Stage `alias`: point `alias` at `version` (last writer wins)."""
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Stage `alias`: remove `alias` (a missing alias counts as removed)."""
+
     def mark_corrupt(self, name: str, version: int, reason: str) -> None: ...
+
+    def clear_corrupt(self, name: str, version: int) -> None:
+        """Remove the `corrupt` tag of a version whose bytes verified after all."""
 
     def delete_version(self, info: VersionInfo) -> None:
         """Stage `delete`: remove the registry entry (not the bytes); a version already gone counts as deleted."""

@@ -160,17 +160,27 @@ def history(model: str = typer.Argument(..., help="Registered model name."),
 @app.command()
 def verify(model: Optional[str] = typer.Argument(None, help="Only this model (default: all)."),
            tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = ConfigFile,
+           clear_false_corrupt: bool = typer.Option(
+               False, "--clear-false-corrupt",
+               help="Re-check versions tagged corrupt and clear the tag where the bytes verify."),
            as_json: bool = JsonOutput) -> None:
     """Check every version of every model (sha256, safe load); tag damaged ones corrupt=true; exit 1 if any."""
     cfg = load_config(tracking_uri, config)
-    report = inspection.verify(open_store(cfg), model, cfg.registered_model_prefix)
-    bad = report.corrupt
+    report = inspection.verify(open_store(cfg), model, cfg.registered_model_prefix,
+                               clear_false_corrupt=clear_false_corrupt, fallback_mode=cfg.mode)
+    bad, false_alarms = report.corrupt, report.false_corrupt
     if as_json:
-        emit({"checked": len(report.results), "corrupt": [asdict(r) for r in bad]}, True)
+        emit({"checked": len(report.results), "corrupt": [asdict(r) for r in bad],
+              "false_corrupt": [asdict(r) for r in false_alarms]}, True)
     else:
         for r in bad:
             typer.echo(f"CORRUPT {r.model} v{r.version}: {r.reason}")
+        for r in false_alarms:
+            typer.echo(f"{'CLEARED' if r.cleared else 'TAGGED CORRUPT BUT VERIFIES'} {r.model} v{r.version}")
         typer.echo(f"checked {len(report.results)} versions of {report.models} models: {len(bad)} corrupt")
+        if false_alarms and not clear_false_corrupt:
+            typer.echo(f"{len(false_alarms)} versions are tagged corrupt but verify; clear the tags with "
+                       "`mlflow-persist verify --clear-false-corrupt`")
     if bad:
         raise typer.Exit(1)
 

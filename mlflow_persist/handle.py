@@ -16,13 +16,15 @@ import torch
 from mlflow_persist.alerts import Alert, AlertDispatcher
 from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.config import ModelSettings
-from mlflow_persist.errors import CheckpointCorruptError, PersistError, StoreError
+from mlflow_persist.best import mark_corrupt
+from mlflow_persist.errors import CheckpointCorruptError, CheckpointMismatchError, PersistError, StoreError
+from mlflow_persist.fitting import fitting_part, model_state_fit
 from mlflow_persist.health import ModelHealth
 from mlflow_persist.metrics_buffer import MetricsBuffer
 from mlflow_persist.payload import CheckpointState, build_payload, read_checkpoint_dir, restore_rng_state
 from mlflow_persist.pipeline import SavePipeline
 from mlflow_persist.policy import CATEGORIES, FINAL, PERFORMANCE, PERIODIC, PeriodicSchedule, PerformanceTracker, \
-    SaveDecision, decide_save
+    SaveDecision, decide_save, select_best
 from mlflow_persist.timestamps import format_age
 from mlflow_persist.versions import VersionInfo
 from mlflow_persist.writer import CheckpointWriter, SaveJob
@@ -68,6 +70,7 @@ class ModelHandle:
         )
         self.current_step = 0
         self.reverts = 0
+        self.revert_failures = 0
         self.run_id = pipeline.run_id
         self.pipeline = pipeline
         self.health = health
@@ -226,30 +229,59 @@ class ModelHandle:
             {"best": self.tracker.best_value, "value": value, "steps": streak},
         ))
         if self.settings.revert_on_degradation:
-            self.revert_to_best()
+            try:
+                self.revert_to_best()
+            except Exception as exc:  # noqa: BLE001 - a failed revert must never stop training
+                self.revert_failures += 1
+                self.metrics.add(self.current_step, {"checkpoint/revert_failures": float(self.revert_failures)})
+                log.error("%s: reverting to `best` failed (%s); training goes on with the live model", self.name,
+                          exc, extra={"model": self.name, "outcome": "revert_failed"})
+                self._alerts.fire(Alert("revert_failed", self.name, f"reverting to `best` failed: {exc}",
+                                        {"step": self.current_step}))
 
     def revert_to_best(self) -> RestoreInfo | None:
-        """Load the `best` checkpoint into the live model (on the training thread, a safe point)."""
+        """Load the best valid checkpoint into the live model (on the training thread, a safe point); never a
+        version tagged corrupt. A damaged one is tagged, `best` moves off it, and the next best is tried."""
+        for _ in range(5):
+            info = self._best_valid_version()
+            if info is None:
+                log.warning("%s: degradation revert skipped, no valid `best` checkpoint exists", self.name)
+                return None
+            try:
+                state = self._load_with_retries(info)
+            except CheckpointCorruptError as exc:
+                mark_corrupt(self._store, info, str(exc), self.settings.mode, self.tracker.monitor)
+                continue
+            self._apply(state, restore_rng=False, restore_step=False, strict=True)
+            self.reverts += 1
+            self.tracker.degraded_steps = 0
+            self.metrics.add(self.current_step, {"reverts": float(self.reverts)})
+            log.warning("%s: reverted the live model to best v%d (%s=%s)", self.name, info.version,
+                        info.monitor, info.value, extra={"model": self.name, "version": info.version,
+                                                         "outcome": "reverted"})
+            return RestoreInfo(info.version, info.category, info.step or 0, info.value, self.run_id)
+        return None
+
+    def _best_valid_version(self) -> VersionInfo | None:
         info = self._store.alias_version(self.registered_name)
-        if info is None:
-            log.warning("%s: degradation revert skipped, no `best` checkpoint exists", self.name)
-            return None
-        state = self._store.load_version(info)
-        self._apply(state, restore_rng=False, restore_step=False)
-        self.reverts += 1
-        self.tracker.degraded_steps = 0
-        self.metrics.add(self.current_step, {"reverts": float(self.reverts)})
-        log.warning("%s: reverted the live model to best v%d (%s=%s)", self.name, info.version,
-                    info.monitor, info.value, extra={"model": self.name, "version": info.version,
-                                                     "outcome": "reverted"})
-        return RestoreInfo(info.version, info.category, info.step or 0, info.value, self.run_id)
+        if info is not None and not info.corrupt:
+            return info
+        versions = self._store.list_versions(self.registered_name)
+        chosen = select_best([v.summary() for v in versions], self.settings.mode, self.tracker.monitor)
+        return next((v for v in versions if chosen is not None and v.version == chosen.version), None)
 
     # ------------------------------------------------------------------------------------- restore
 
-    def restore(self) -> RestoreInfo | None:
+    def restore(self, strict: bool = True) -> RestoreInfo | None:
         """Load the most recent valid checkpoint (or `best`, per `resume_from`) into every tracked object.
 
-        A damaged version (checksum, format, shapes) is tagged `corrupt=true` and the next older one is tried.
+        - Damaged bytes (checksum, missing files, unreadable or refused payload): the version is tagged
+          `corrupt=true`, `best` moves off it, and the next older version is tried.
+        - An intact checkpoint that does not fit the tracked objects (a changed architecture) raises
+          CheckpointMismatchError naming the keys and shapes, and leaves the registry untouched. With
+          `strict=False` the tensors that fit are loaded and the rest keep their live values.
+        - A store that stays unreachable raises StoreUnavailableError after retries; nothing is tagged.
+
         Returns None when the store holds no usable checkpoint of this model.
         """
         store = self._store
@@ -269,13 +301,13 @@ class ModelHandle:
         for info in candidates:
             try:
                 state = self._load_with_retries(info)
-                self._apply(state, restore_rng=True, restore_step=True)
             except CheckpointCorruptError as exc:
                 skipped.append(info.version)
                 log.error("%s v%d is damaged (%s); falling back to the previous version", self.name, info.version,
                           exc, extra={"model": self.name, "version": info.version, "outcome": "corrupt"})
-                store.mark_corrupt(info.name, info.version, str(exc))
+                mark_corrupt(store, info, str(exc), self.settings.mode, self.tracker.monitor)
                 continue
+            self._apply(state, restore_rng=True, restore_step=True, strict=strict)
             self.pipeline.last_version = info.version
             self.pipeline.last_saved = (info.version, state.step)
             self.schedule.start(self.current_step, time.monotonic())
@@ -306,7 +338,7 @@ class ModelHandle:
         for entry in reversed(outbox.entries(self.registered_name)):
             try:
                 state = read_checkpoint_dir(entry.directory, expected_sha256=entry.sha256)
-                self._apply(state, restore_rng=True, restore_step=True)
+                self._apply(state, restore_rng=True, restore_step=True, strict=True)
             except CheckpointCorruptError as exc:
                 log.error("%s: outbox checkpoint %s is damaged (%s); trying an older one", self.name, entry.directory,
                           exc)
@@ -317,26 +349,43 @@ class ModelHandle:
             return RestoreInfo(None, entry.category, entry.step, entry.value, self.run_id)
         return None
 
-    def _apply(self, state: CheckpointState, restore_rng: bool, restore_step: bool) -> None:
-        targets: list[tuple[str, Stateful, Any]] = [("model", self.model, state.model_state)]
-        if self.optimizer is not None and state.optimizer_state is not None:
+    def _apply(self, state: CheckpointState, restore_rng: bool, restore_step: bool, strict: bool) -> None:
+        """Load `state` into the tracked objects, all or nothing: on any failure every object gets its
+        previous state back and CheckpointMismatchError says what does not fit."""
+        live_model = self.model.state_dict()
+        fit = model_state_fit(live_model, state.model_state)
+        if not fit.fits and strict:
+            raise CheckpointMismatchError(
+                f"Checkpoint v{state.version} of {self.name} does not fit the tracked model ({fit.describe()}); "
+                f"call restore(strict=False) to load only the tensors that fit, or track the changed model under "
+                f"a new name. The registry was left as it is."
+            )
+        model_state = state.model_state if fit.fits else {**live_model, **fitting_part(live_model, state.model_state)}
+        targets: list[tuple[str, Stateful, Any]] = [("model", self.model, model_state)]
+        if self.optimizer is not None and state.optimizer_state is not None and fit.fits:
             targets.append(("optimizer", self.optimizer, state.optimizer_state))
         if self.scheduler is not None and state.scheduler_state is not None:
             targets.append(("scheduler", self.scheduler, state.scheduler_state))
         if self.extra is not None and state.extra_state is not None:
             targets.append(("extra", self.extra, state.extra_state))
+        if not fit.fits:
+            log.warning("%s: loaded only the tensors of v%s that fit (%s); the optimizer state was not loaded",
+                        self.name, state.version, fit.describe())
         backups = [(obj, copy.deepcopy(obj.state_dict())) for _, obj, _ in targets]
+        failed = "model"
         try:
-            for _, obj, saved in targets:
+            for failed, obj, saved in targets:
                 obj.load_state_dict(saved)
-        except Exception as exc:  # noqa: BLE001 - shapes or keys that do not fit this model
+        except Exception as exc:  # noqa: BLE001 - an optimizer, scheduler or extra state that does not fit
             for obj, backup in backups:
                 try:
                     obj.load_state_dict(backup)
                 except Exception:  # noqa: BLE001
                     log.exception("%s: could not roll back a partial load", self.name)
-            raise CheckpointCorruptError(
-                f"checkpoint v{state.version} of {self.name} does not fit the tracked objects ({str(exc)[:300]})"
+            raise CheckpointMismatchError(
+                f"Checkpoint v{state.version} of {self.name} does not fit the tracked {failed} "
+                f"({type(exc).__name__}: {str(exc)[:300]}); track the objects the checkpoint was saved with, "
+                "or a new model name. The registry was left as it is."
             ) from None
         if restore_rng:
             restore_rng_state(state.rng_state)

@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlflow_persist.best import mark_corrupt, reconcile_best_or_clear
 from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError
-from mlflow_persist.policy import retention_deletions
+from mlflow_persist.policy import Mode, retention_deletions
 from mlflow_persist.prune import prune
 from mlflow_persist.sysmetrics import disk_space
 from mlflow_persist.timestamps import format_age
@@ -160,6 +161,8 @@ class VerifyResult:
     version: int
     ok: bool
     reason: str | None
+    was_tagged_corrupt: bool = False  # it verified although tagged corrupt (a false alarm of an older release)
+    cleared: bool = False  # ... and its tag was cleared (--clear-false-corrupt)
 
 
 @dataclass(frozen=True)
@@ -171,21 +174,39 @@ class VerifyReport:
     def corrupt(self) -> list[VerifyResult]:
         return [r for r in self.results if not r.ok]
 
+    @property
+    def false_corrupt(self) -> list[VerifyResult]:
+        return [r for r in self.results if r.ok and r.was_tagged_corrupt]
 
-def verify(store: CheckpointStore, model: str | None = None, prefix: str = "") -> VerifyReport:
-    """Check every version (sha256, safe load); damaged ones are tagged corrupt=true."""
+
+def verify(store: CheckpointStore, model: str | None = None, prefix: str = "", clear_false_corrupt: bool = False,
+           fallback_mode: Mode = "min") -> VerifyReport:
+    """Check every version (sha256, safe load). Damaged ones are tagged corrupt=true and `best` moves off
+    them. A version tagged corrupt whose bytes verify is reported; with `clear_false_corrupt` its tag is
+    removed and `best` reconciled. A store error (unreachable) is raised: nothing is tagged on a guess."""
     names = [model] if model else store.managed_models(prefix)
     if model:
         require_versions(store, model)
     results = []
     for name in names:
+        retagged = False
         for info in store.list_versions(name):
             try:
                 store.load_version(info)
-                results.append(VerifyResult(name, info.version, True, None))
             except CheckpointCorruptError as exc:
-                store.mark_corrupt(name, info.version, str(exc))
+                if not info.corrupt:
+                    mark_corrupt(store, info, str(exc), fallback_mode, info.monitor)
                 results.append(VerifyResult(name, info.version, False, str(exc)))
+                continue
+            cleared = info.corrupt and clear_false_corrupt
+            if cleared:
+                store.clear_corrupt(name, info.version)
+                retagged = True
+            results.append(VerifyResult(name, info.version, True, None, info.corrupt, cleared))
+        if retagged:
+            with store.lock(f"model-{name}"):
+                versions = store.list_versions(name)
+                reconcile_best_or_clear(store, name, fallback_mode, versions[-1].monitor if versions else None)
     return VerifyReport(results, len(names))
 
 

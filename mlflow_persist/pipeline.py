@@ -135,6 +135,7 @@ class SavePipeline:
         store = self.store
         tags = {
             tag("category"): reg.category, tag("step"): reg.step, tag("monitor"): self.monitor,
+            tag("mode"): self.settings.mode,
             tag("value"): reg.value if reg.value is not None else "", tag("sha256"): reg.sha256,
             tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
         }

@@ -203,6 +203,16 @@ class VersionSummary:
     corrupt: bool = False
     monitor: str | None = None
     superseded: bool = False  # an old-format version kept after `migrate` rewrote it
+    mode: str | None = None  # the mode its trainer ranked with (tag `mlflow_persist.mode`), when recorded
+
+
+def recorded_mode(versions: Iterable[VersionSummary], fallback: Mode) -> Mode:
+    """The mode to rank by: the one the newest version recorded (what its trainer used), else `fallback`.
+    A tool run without the trainer's config must not rank a `max` monitor as `min`."""
+    for v in sorted(versions, key=lambda v: v.version, reverse=True):
+        if v.mode in ("min", "max"):
+            return v.mode  # type: ignore[return-value]
+    return fallback
 
 
 def _sort_key_best(mode: Mode):
@@ -218,6 +228,8 @@ def select_best(versions: Iterable[VersionSummary], mode: Mode, monitor: str | N
 
     With `monitor`, only versions measured by that metric (or by an unrecorded one) are compared: a legacy
     `performance_score` and a training `loss` are not comparable."""
+    versions = list(versions)
+    mode = recorded_mode(versions, mode)
     candidates = [v for v in versions if v.category in BEST_ELIGIBLE and not v.corrupt and not v.superseded
                   and v.value is not None and not math.isnan(v.value)
                   and (monitor is None or v.monitor in (None, monitor))]
@@ -233,6 +245,7 @@ def retention_deletions(versions: Sequence[VersionSummary], mode: Mode, keep_bes
     version; legacy, rollback and corrupt versions are left to the operator."""
     if not versions:
         return []
+    mode = recorded_mode(versions, mode)
     newest = max(v.version for v in versions)
     protected = {newest}
     if best_version is not None:
@@ -253,6 +266,7 @@ def disk_pressure_order(versions: Sequence[VersionSummary], mode: Mode, best_ver
     performance worst first. Never the `best` version or the newest version."""
     if not versions:
         return []
+    mode = recorded_mode(versions, mode)
     protected = {max(v.version for v in versions)}
     if best_version is not None:
         protected.add(best_version)

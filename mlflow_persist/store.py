@@ -400,6 +400,23 @@ class MlflowStore:
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self.client.set_registered_model_alias(name, alias, str(version))
 
+    @_translated("remove the alias")
+    def delete_alias(self, name: str, alias: str) -> None:
+        try:
+            self.client.delete_registered_model_alias(name, alias)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+
+    @_translated("clear the corrupt tag")
+    def clear_corrupt(self, name: str, version: int) -> None:
+        for key in (tag("corrupt"), tag("corrupt_reason")):
+            try:
+                self.client.delete_model_version_tag(name, str(version), key)
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+
     def set_best(self, name: str, version: int) -> None:
         self.set_alias(name, BEST_ALIAS, version)
 

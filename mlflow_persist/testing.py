@@ -287,6 +287,18 @@ class MemoryStore:
                 raise NotFoundError(f"Model {name!r} has no version {version} to point {alias!r} at.")
             self._aliases.setdefault(name, {})[alias] = int(version)
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._enter("alias")
+        with self._guard:
+            self._aliases.get(name, {}).pop(alias, None)
+
+    def clear_corrupt(self, name: str, version: int) -> None:
+        with self._guard:
+            info = self._models.get(name, {}).get(int(version))
+            if info is not None:
+                info.tags.pop(tag("corrupt"), None)
+                info.tags.pop(tag("corrupt_reason"), None)
+
     def mark_corrupt(self, name: str, version: int, reason: str) -> None:
         with self._guard:
             info = self._models.get(name, {}).get(int(version))

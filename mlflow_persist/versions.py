@@ -77,9 +77,13 @@ class VersionInfo:
     def superseded(self) -> bool:
         return bool(self.tags.get(tag("migrated_to")))
 
+    @property
+    def mode(self) -> str | None:
+        return self.tags.get(tag("mode")) or None
+
     def summary(self) -> VersionSummary:
         return VersionSummary(self.version, self.category, self.value, self.step, self.corrupt, self.monitor,
-                              self.superseded)
+                              self.superseded, self.mode)
 
 
 @dataclass(frozen=True)

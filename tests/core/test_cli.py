@@ -82,6 +82,27 @@ def test_verify_names_corrupt_versions_and_fails(populated: str, capsys: pytest.
     assert store.get_version("cnn", victim.version).corrupt
 
 
+def test_damaged_best_moves_best_and_false_corrupt_tags_are_cleared(populated: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    store = MlflowStore(populated)
+    best = store.alias_version("dqn")
+    assert best is not None and best.value == 2.0
+    with store.checkpoint_dir(best) as directory:
+        (directory / "checkpoint.pt").write_bytes(b"garbage")
+    code, out, _ = run_cli(capsys, "verify", "dqn", "--tracking-uri", populated)
+    assert code == 1 and f"CORRUPT dqn v{best.version}" in out
+    moved = store.alias_version("dqn")
+    assert moved is not None and not moved.corrupt and moved.value == 3.0  # the next best valid version
+    healthy = store.list_versions("cnn")[0]  # what an older release did: a healthy version tagged corrupt
+    store.mark_corrupt("cnn", healthy.version, "checkpoint does not fit the tracked objects")
+    code, out, _ = run_cli(capsys, "verify", "cnn", "--tracking-uri", populated)
+    assert code == 0 and f"TAGGED CORRUPT BUT VERIFIES cnn v{healthy.version}" in out
+    assert "--clear-false-corrupt" in out and store.get_version("cnn", healthy.version).corrupt
+    code, out, _ = run_cli(capsys, "verify", "cnn", "--clear-false-corrupt", "--json", "--tracking-uri", populated)
+    assert code == 0 and [r["version"] for r in json.loads(out)["false_corrupt"]] == [healthy.version]
+    assert not store.get_version("cnn", healthy.version).corrupt
+
+
 def test_error_paths_print_one_line_and_exit_non_zero(populated: str, capsys: pytest.CaptureFixture[str],
                                                       tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "history", "nope", "--tracking-uri", populated)

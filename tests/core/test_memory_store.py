@@ -244,3 +244,45 @@ def test_an_improvement_whose_save_failed_leaves_no_phantom_best() -> None:
     assert store.alias_version("net").value == 0.8 and handle.best_value == 0.8
     with pytest.raises(mp.PersistError, match="1 checkpoint"):
         persist.close()
+
+
+def _degrading_run(store: MemoryStore, alerts: list[mp.Alert]) -> tuple[mp.Persistence, mp.ModelHandle,
+                                                                        torch.nn.Module]:
+    cfg = _config(degradation_margin=0.5, degradation_margin_mode="abs", degradation_patience=3,
+                  revert_on_degradation=True, save_retry_attempts=1)
+    persist = mp.Persistence(cfg, store=store, alert_sinks=[alerts.append], install_signal_handlers=False)
+    torch.manual_seed(4)
+    model = torch.nn.Linear(2, 2)
+    handle = persist.track("net", model)
+    for loss in (1.0, 0.5):
+        handle.step(loss=loss)
+        assert persist.flush(timeout=10)
+    return persist, handle, model
+
+
+def test_a_failing_revert_is_counted_and_never_raised_out_of_step() -> None:
+    store, alerts = MemoryStore(), []
+    persist, handle, _ = _degrading_run(store, alerts)
+    store.fail("load", times=None)
+    for _ in range(4):
+        handle.step(loss=5.0)  # degraded: the revert fails every time, step() must not raise
+    assert handle.revert_failures == 1 and handle.reverts == 0
+    assert _wait(lambda: [a.kind for a in alerts] == ["degradation", "revert_failed"])
+    store.heal()
+    persist.close()
+
+
+def test_a_revert_never_loads_a_version_tagged_corrupt() -> None:
+    store, alerts = MemoryStore(), []
+    persist, handle, model = _degrading_run(store, alerts)
+    first, best = store.list_versions("net")
+    expected = {k: v.clone() for k, v in store.load_version(first).model_state.items()}
+    store.mark_corrupt("net", best.version, "damaged (test)")  # `best` still points at it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(100.0)
+    for _ in range(4):
+        handle.step(loss=5.0)
+    assert handle.reverts == 1
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())  # the valid v1, not v2
+    persist.close()

@@ -151,16 +151,38 @@ def test_restore_skips_damaged_versions_and_tags_them(sqlite_uri: str) -> None:
     assert MlflowStore(sqlite_uri).get_version("dqn", newest.version).corrupt
 
 
-def test_shapes_that_do_not_fit_fall_back_and_leave_the_model_untouched(sqlite_uri: str) -> None:
-    cfg = _config(sqlite_uri)
+def test_a_changed_architecture_raises_a_mismatch_and_marks_nothing_corrupt(sqlite_uri: str) -> None:
+    """Regression (issue 11 #1): a widened layer used to tag every healthy version corrupt, one by one."""
+    cfg = _config(sqlite_uri, min_delta=0.0)
+    torch.manual_seed(5)
+    old = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
     with mp.Persistence(cfg) as persist:
-        handle = persist.track("cnn", torch.nn.Linear(3, 3))
-        handle.step(loss=1.0)
-    other = torch.nn.Linear(4, 3)
-    before = {k: v.clone() for k, v in other.state_dict().items()}
-    with mp.Persistence(cfg) as persist:
-        assert persist.track("cnn", other).restore() is None
-    assert all(torch.equal(other.state_dict()[k], v) for k, v in before.items())
+        handle = persist.track("cnn", old)
+        for loss in (1.0, 0.9, 0.8, 0.7):
+            handle.step(loss=loss)
+            assert persist.flush(timeout=60)
+        saved_first_layer = {k: v.clone() for k, v in old.state_dict().items() if k.startswith("0.")}
+    store = MlflowStore(sqlite_uri)
+    best_before = store.alias_version("cnn").version
+    tags_before = {v.version: dict(v.tags) for v in store.list_versions("cnn")}
+    wider = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 6))
+    live_second_layer = {k: v.clone() for k, v in wider.state_dict().items() if k.startswith("1.")}
+    persist = mp.Persistence(cfg)
+    try:
+        handle = persist.track("cnn", wider)
+        with pytest.raises(mp.CheckpointMismatchError) as raised:
+            handle.restore()
+        message = str(raised.value)
+        assert "cnn" in message and "1.weight [4, 8] (model has [6, 8])" in message and "strict=False" in message
+        assert {v.version: dict(v.tags) for v in store.list_versions("cnn")} == tags_before  # registry untouched
+        assert store.alias_version("cnn").version == best_before
+        assert all(torch.equal(wider.state_dict()[k], v) for k, v in live_second_layer.items())
+        info = handle.restore(strict=False)
+        assert info is not None and info.category == "final"
+        assert all(torch.equal(wider.state_dict()[k], v) for k, v in saved_first_layer.items())
+        assert all(torch.equal(wider.state_dict()[k], v) for k, v in live_second_layer.items())
+    finally:
+        persist.close(final_checkpoints=False)
 
 
 def test_invalid_model_names_are_refused(sqlite_uri: str) -> None:
