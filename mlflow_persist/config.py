@@ -92,6 +92,10 @@ class PersistConfig(ModelSettings):
     metrics_flush_size: int = Field(
         1000, ge=1, description="Flush buffered metrics early once this many values are waiting."
     )
+    shutdown_grace_seconds: float = Field(
+        30.0, gt=0, description="After SIGTERM/SIGINT, how long to wait for the next step() to take consistent "
+                                "final checkpoints before exiting without them."
+    )
     metrics_buffer_max_rows: int = Field(
         100_000, ge=1, description="Most metric values buffered per model while the store is unreachable; "
                                    "beyond it the oldest are dropped (with a warning)."

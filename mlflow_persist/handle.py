@@ -9,7 +9,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -58,7 +58,7 @@ class ModelHandle:
     def __init__(self, *, name: str, registered_name: str, model: torch.nn.Module, optimizer: Stateful | None,
                  scheduler: Stateful | None, extra: Stateful | None, settings: ModelSettings,
                  store: CheckpointStore, writer: CheckpointWriter, alerts: AlertDispatcher, pipeline: SavePipeline,
-                 health: ModelHealth, metrics: MetricsBuffer) -> None:
+                 health: ModelHealth, metrics: MetricsBuffer, stop: Callable[[], None] = lambda: None) -> None:
         self.name = name
         self.registered_name = registered_name
         self.model, self.optimizer, self.scheduler, self.extra = model, optimizer, scheduler, extra
@@ -78,6 +78,7 @@ class ModelHandle:
         self._store = store
         self._writer = writer
         self._alerts = alerts
+        self._stop = stop
         self._last_reported: dict[str, float] = {}
         self._claims: list[tuple[int, SaveJob]] = []  # performance saves in flight, settled at step()
         # One written snapshot kept for reuse: the next snapshot copies into its tensors (no page faults).
@@ -139,11 +140,13 @@ class ModelHandle:
             value = float(value)
             self.tracker.observe(step, value)
         decision = decide_save(self.tracker, self.schedule, step, value)
-        if decision.save:
-            if decision.category == PERIODIC:
-                self.schedule.taken(step, time.monotonic())
-                if self._writer.attach_to_waiting(self.name, PERIODIC):
-                    return SaveDecision(True, PERIODIC, value, None, "periodic version shares the waiting checkpoint")
+        attached = False
+        if decision.category == PERIODIC:
+            self.schedule.taken(step, time.monotonic())
+            attached = self._writer.attach_to_waiting(self.name, PERIODIC)
+            if attached:
+                decision = SaveDecision(True, PERIODIC, value, None, "periodic version shares the waiting checkpoint")
+        if decision.save and not attached:
             try:
                 job = self._submit(decision.category or PERFORMANCE, step, value, decision.improvement,
                                    forced=False)
@@ -154,8 +157,9 @@ class ModelHandle:
             else:
                 if decision.category == PERFORMANCE:
                     self._claims.append((step, job))
-        elif value is not None and self.settings.degradation_margin is not None:
+        elif not decision.save and value is not None and self.settings.degradation_margin is not None:
             self._check_degradation(value)
+        self._stop()  # a pending SIGTERM/SIGINT raises GracefulExit here, at a step boundary
         return decision
 
     def save(self, category: str = FINAL, wait: bool = False, timeout: float | None = None) -> SaveJob | None:

@@ -48,6 +48,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_hash_pool_after_fork)
 
 
+def _submit_hash(update: Any, view: memoryview) -> Any:
+    """Hash `view` on the pool's thread; None when the pool refuses work (at interpreter exit, after
+    `concurrent.futures` shut its pools down: the final checkpoints of an atexit close are then hashed on the
+    writing thread instead)."""
+    try:
+        return _hash_pool.submit(update, view)
+    except RuntimeError:
+        update(view)
+        return _DONE
+
+
+class _Done:
+    @staticmethod
+    def result() -> None:
+        return None
+
+
+_DONE = _Done()
+
+
 @dataclass
 class CheckpointState:
     """A verified, loaded checkpoint: plain state dicts ready for `load_state_dict`."""
@@ -207,8 +227,8 @@ class _HashingWriter:
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         try:
-            if view.nbytes >= 1 << 20:
-                hashing = _hash_pool.submit(self._digest.update, view)
+            hashing = _submit_hash(self._digest.update, view) if view.nbytes >= 1 << 20 else None
+            if hashing is not None:
                 try:
                     self._handle.write(view)
                 finally:

@@ -12,6 +12,7 @@ Process-wide side effects are switched in process_effects.py.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -31,8 +32,8 @@ from mlflow_persist.naming import validate_model_name
 from mlflow_persist.outbox import Outbox, default_outbox_root
 from mlflow_persist.pipeline import SavePipeline
 from mlflow_persist.policy import FINAL
-from mlflow_persist.process_effects import ProcessEffects, SignalHandlers, apply_http_retry_defaults, \
-    register_atexit, turn_off_torch_crc32
+from mlflow_persist.process_effects import GracefulExit, ProcessEffects, SignalHandlers, \
+    apply_http_retry_defaults, register_atexit, turn_off_torch_crc32
 from mlflow_persist.scheduler import PeriodicJob
 from mlflow_persist.sysmetrics import system_metrics
 from mlflow_persist.versions import HEALTH_TAG, tag
@@ -86,11 +87,12 @@ class Persistence:
             max_backoff_seconds=self.config.save_retry_max_wait_seconds, on_failure=self._on_failure,
         )
         self._closed = False
+        self._stopping = False
         self._close_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self.job = PeriodicJob(self.tick, self.config.scheduler_interval_seconds)
         self.job.start()
-        self._signals = SignalHandlers()
+        self._signals = SignalHandlers(self.config.shutdown_grace_seconds, self._exit_without_final)
         if self.effects.signal_handlers:
             self._signals.install()
         self._unregister_atexit = register_atexit(self._close_at_exit) if self.effects.atexit_close else None
@@ -117,7 +119,7 @@ class Persistence:
         handle = ModelHandle(name=name, registered_name=registered_name, model=model, optimizer=optimizer,
                              scheduler=scheduler, extra=extra, settings=settings, store=self.store,
                              writer=self.writer, alerts=self.alerts, pipeline=pipeline, health=health,
-                             metrics=metrics)
+                             metrics=metrics, stop=self._stop_at_boundary)
         self.handles[name] = handle
         try:
             self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds)
@@ -234,6 +236,30 @@ class Persistence:
                 log.warning("%s", exc)
             except Exception as exc:  # noqa: BLE001
                 log.debug("disk check failed for %s: %s", handle.name, exc)
+
+    def _stop_at_boundary(self) -> None:
+        """Called by a handle's step() when a stop signal is pending: raise GracefulExit here, between two
+        updates, once; `close()` then takes the final checkpoints."""
+        if not self._signals.stop.is_set() or self._stopping:
+            return
+        self._stopping = True
+        self._signals.reached_boundary()
+        raise GracefulExit(self._signals.exit_code())
+
+    def _exit_without_final(self, signum: int) -> None:
+        """No step() boundary came in time (or a second signal): let the saves already taken finish briefly,
+        mark the runs KILLED (never FINISHED: their final checkpoint is missing) and exit."""
+        try:
+            self.writer.close(timeout=5.0)
+            self._final_metrics_flush(attempts=1)
+            for handle in list(self.handles.values()):
+                try:
+                    self.store.finish_run(handle.run_id, status="KILLED")
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not mark the run of %s killed: %s", handle.name, exc)
+        finally:
+            logging.shutdown()
+            os._exit(128 + signum)
 
     def _close_at_exit(self) -> None:
         if not self._closed:

@@ -4,7 +4,7 @@
 |---|---|---|
 | `crc32_off` | `torch.serialization.set_crc32_options(False)`: torch's zip CRC32 off for every torch.save of the process (sha256 still covers our checkpoints) | on only with `fast_serialization=true` |
 | `http_retry_defaults` | `MLFLOW_HTTP_REQUEST_*` environment variables (shorter client retries against a tracking server; a user's own settings win) | on for `http(s)://` stores |
-| `signal_handlers` | a SIGTERM handler that unwinds the main thread so final checkpoints are saved (restored on close) | on in the main thread |
+| `signal_handlers` | SIGTERM and SIGINT handlers: a stop request honoured at the next `step()` boundary, so final checkpoints are consistent (restored on close) | on in the main thread |
 | `atexit_close` | an `atexit` hook that closes a `Persistence` the script never closed | on |
 """
 
@@ -53,15 +53,29 @@ def turn_off_torch_crc32() -> None:
 
 
 class SignalHandlers:
-    """Install a SIGTERM handler (main thread only) that logs and raises GracefulExit; restore on uninstall."""
+    """SIGTERM and SIGINT (main thread only) become a stop request, never an exception in the middle of
+    whatever the training thread is doing, so no final checkpoint can hold a half-applied update.
 
-    def __init__(self) -> None:
+    - The first signal sets `stop`. The next `step()` boundary raises GracefulExit there (`with Persistence`
+      blocks unwind and `close()` takes the final checkpoints from a consistent state).
+    - If no step boundary comes within `grace_seconds`, `on_timeout()` runs on a timer thread: the process
+      exits without a new final checkpoint (the previous ones stay valid).
+    - A second signal calls `on_timeout()` at once.
+    Handlers are restored on uninstall.
+    """
+
+    def __init__(self, grace_seconds: float, on_timeout: Callable[[int], None]) -> None:
+        self.stop = threading.Event()
+        self.signum: int | None = None
+        self._grace = grace_seconds
+        self._on_timeout = on_timeout
+        self._boundary = threading.Event()
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGTERM,):
+        for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def uninstall(self) -> None:
@@ -71,10 +85,31 @@ class SignalHandlers:
             signal.signal(signum, previous)
         self._previous.clear()
 
-    @staticmethod
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        log.warning("received %s: saving final checkpoints", signal.Signals(signum).name)
-        raise GracefulExit(0)
+    def exit_code(self) -> int:
+        return 0 if self.signum in (None, signal.SIGTERM) else 128 + int(self.signum)
+
+    def reached_boundary(self) -> None:
+        """Called by `step()` when it acts on the stop request: the grace timer stands down."""
+        self._boundary.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.is_set():
+            log.warning("received %s again: exiting now without a new final checkpoint", name)
+            self._on_timeout(signum)
+            return
+        self.signum = signum
+        self.stop.set()
+        log.warning("received %s: saving final checkpoints at the next step() (within %.0f s)", name, self._grace)
+        timer = threading.Timer(self._grace, self._expire, args=(signum,))
+        timer.daemon = True
+        timer.start()
+
+    def _expire(self, signum: int) -> None:
+        if not self._boundary.is_set():
+            log.error("no step() boundary within %.0f s of %s: exiting without a new final checkpoint; the "
+                      "previous checkpoints stay valid", self._grace, signal.Signals(signum).name)
+            self._on_timeout(signum)
 
 
 def register_atexit(close: Callable[[], None]) -> Callable[[], None]:

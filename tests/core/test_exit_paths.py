@@ -1,0 +1,115 @@
+"""How a training process ends: a script without close(), SIGTERM/SIGINT in the middle of an update, no
+step() boundary within the grace period, a second signal. Each is checked against the record the trainer
+itself wrote of every completed update (never against what the package read back for itself)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import mlflow_persist as mp
+from mlflow_persist.store import MlflowStore
+
+pytestmark = pytest.mark.slow  # real subprocesses: 5-7 s of imports each
+PROC = Path(__file__).with_name("exit_proc.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(uri: str, record: Path, mode: str, grace: float = 30.0) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.Popen([sys.executable, str(PROC), uri, str(record), mode, str(grace)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"process ended before printing {prefix!r} (rc={proc.poll()})")
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no {prefix!r} within {timeout}s")
+
+
+def _records(path: Path) -> dict[int, str]:
+    return {r["step"]: r["digest"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def _digest(state: mp.CheckpointState) -> str:
+    return hashlib.sha256(state.model_state["w"].numpy().tobytes()).hexdigest()
+
+
+def test_a_script_that_never_calls_close_still_saves_its_final_checkpoint(sqlite_uri: str, tmp_path: Path) -> None:
+    """Regression (issue 11 #2): the atexit save hashed through a pool already shut down, for >= 1 MiB."""
+    record = tmp_path / "record.jsonl"
+    proc = _start(sqlite_uri, record, "no-close")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    newest = MlflowStore(sqlite_uri).list_versions("big")[-1]
+    assert newest.category == "final" and newest.step == 2, out
+    state = mp.load_checkpoint("models:/big/latest", tracking_uri=sqlite_uri)
+    assert _digest(state) == _records(record)[2]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_update_gives_a_final_checkpoint_of_a_completed_step(sqlite_uri: str, tmp_path: Path,
+                                                                          signum: int) -> None:
+    """Regression (issue 11 #3): the signal raised inside the update, so `final` held a half-applied one."""
+    record = tmp_path / "record.jsonl"
+    proc = _start(sqlite_uri, record, "slow-update")
+    _read_until(proc, "READY")
+    _read_until(proc, "STEP 2")
+    time.sleep(0.05)  # well inside the next element-by-element update
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == (0 if signum == signal.SIGTERM else 128 + signum), out
+    newest = MlflowStore(sqlite_uri).list_versions("flat")[-1]
+    assert newest.category == "final"
+    state = mp.load_checkpoint("models:/flat/latest", tracking_uri=sqlite_uri)
+    weights = state.model_state["w"]
+    assert bool((weights == weights[0]).all()), "the final checkpoint holds a half-applied update"
+    assert _records(record)[state.step] == _digest(state)  # exactly the state recorded at that step boundary
+    run = MlflowStore(sqlite_uri).client.get_run(newest.run_id)
+    assert run.info.status == "FINISHED"
+
+
+def test_no_step_boundary_within_the_grace_period_exits_without_a_new_final(sqlite_uri: str, tmp_path: Path) -> None:
+    record = tmp_path / "record.jsonl"
+    proc = _start(sqlite_uri, record, "stuck", grace=2.0)
+    _read_until(proc, "STUCK")
+    store = MlflowStore(sqlite_uri)
+    before = [v.version for v in store.list_versions("flat")]
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert time.monotonic() - started < 20
+    assert [v.version for v in store.list_versions("flat")] == before  # no new (torn) final checkpoint
+    assert mp.load_checkpoint("models:/flat/latest", tracking_uri=sqlite_uri).category == "performance"
+    run_id = store.list_versions("flat")[-1].run_id
+    assert store.client.get_run(run_id).info.status == "KILLED"  # never FINISHED with its final missing
+
+
+def test_a_second_signal_exits_promptly(sqlite_uri: str, tmp_path: Path) -> None:
+    record = tmp_path / "record.jsonl"
+    proc = _start(sqlite_uri, record, "stuck", grace=300.0)
+    _read_until(proc, "STUCK")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert time.monotonic() - started < 20
+    store = MlflowStore(sqlite_uri)
+    assert store.client.get_run(store.list_versions("flat")[-1].run_id).info.status == "KILLED"
