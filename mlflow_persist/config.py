@@ -117,6 +117,11 @@ class PersistConfig(ModelSettings):
         None, description="Durable local outbox of checkpoints bound for a tracking server (default: "
                           "~/.cache/mlflow-persist/outbox/<hash of the tracking URI>)."
     )
+    outbox_max_mb: float = Field(
+        10240.0, gt=0, description="Most disk the outbox may use per model while the server is unreachable; beyond "
+                                   "it (or below the free-disk limits) the oldest periodic entries are dropped first, "
+                                   "never a performance or final one."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Level of mlflow-persist's log lines (applied by `mlflow-persist run`)."
     )

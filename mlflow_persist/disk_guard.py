@@ -40,6 +40,10 @@ class DiskGuard:
     def path(self, run_id: str) -> Path | None:
         return self._store.checkpoint_disk_path(run_id)
 
+    def short_at(self, path: Path, need_mb: float = 0.0) -> bool:
+        """Whether the disk holding `path` is short of the reserve plus `need_mb`."""
+        return self._short(path, need_mb)
+
     def _short(self, path: Path, need_mb: float = 0.0) -> bool:
         return disk_space(path).is_short(self._min_free_mb + need_mb, self._min_free_percent)
 

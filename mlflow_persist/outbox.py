@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
@@ -124,6 +124,27 @@ class Outbox:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(entry.directory), target)
         return target
+
+    def size_bytes(self, registered_name: str) -> int:
+        """Bytes of the complete entries of one model."""
+        return sum(e.size_bytes for e in self.entries(registered_name))
+
+    def make_room(self, registered_name: str, need_bytes: int, max_bytes: float,
+                  disk_short: Callable[[float], bool]) -> list[OutboxEntry]:
+        """Before a `put` of `need_bytes`: drop the oldest periodic entries while the outbox would exceed
+        `max_bytes` or `disk_short(need_mb)` says the disk is short. Performance and final entries are never
+        dropped. Returns what was dropped (callers hold `lock(registered_name)`)."""
+        dropped = []
+        entries = self.entries(registered_name)
+        total = sum(e.size_bytes for e in entries)
+        need_bytes = max([need_bytes, *(e.size_bytes for e in entries[-3:])])  # tensors alone underestimate it
+        periodic = [e for e in entries if e.category == "periodic" and not set(e.also) - {"periodic"}]
+        while periodic and (total + need_bytes > max_bytes or disk_short(need_bytes / 2**20)):
+            victim = periodic.pop(0)
+            self.remove(victim)
+            total -= victim.size_bytes
+            dropped.append(victim)
+        return dropped
 
     def remove(self, entry: OutboxEntry) -> None:
         shutil.rmtree(entry.directory, ignore_errors=True)

@@ -115,7 +115,7 @@ class Persistence:
                              lambda key, value: metrics.add(handle.current_step, {key: value}), HEALTH_TAG)
         pipeline = SavePipeline(name=name, registered_name=registered_name, run_id=run_id, settings=settings,
                                 store=self.store, outbox=self.outbox, guard=self.guard, health=health,
-                                metrics=metrics)
+                                metrics=metrics, outbox_max_mb=self.config.outbox_max_mb)
         handle = ModelHandle(name=name, registered_name=registered_name, model=model, optimizer=optimizer,
                              scheduler=scheduler, extra=extra, settings=settings, store=self.store,
                              writer=self.writer, alerts=self.alerts, pipeline=pipeline, health=health,

@@ -74,7 +74,7 @@ class SavePipeline:
 
     def __init__(self, *, name: str, registered_name: str, run_id: str, settings: ModelSettings,
                  store: CheckpointStore, outbox: Outbox | None, guard: DiskGuard, health: ModelHealth,
-                 metrics: MetricsBuffer) -> None:
+                 metrics: MetricsBuffer, outbox_max_mb: float = 10240.0) -> None:
         self.name = name
         self.registered_name = registered_name
         self.run_id = run_id
@@ -84,6 +84,7 @@ class SavePipeline:
         self.guard = guard
         self.health = health
         self.metrics = metrics
+        self.outbox_max_mb = outbox_max_mb
         self.saves = 0
         self.last_version: int | None = None
         self.last_saved: tuple[int, int] | None = None  # (version, step) of the newest registered save
@@ -106,6 +107,7 @@ class SavePipeline:
         started = time.monotonic()
         self.guard.ensure_space(self.guarded())
         if self.outbox is not None:
+            self._bound_outbox(job)
             entry = self.outbox.put(
                 model=self.name, registered_name=self.registered_name, run_id=self.run_id,
                 dirname=checkpoint_dirname(self.name, job.step), payload=job.payload, category=job.category,
@@ -125,6 +127,18 @@ class SavePipeline:
                                     str(job.payload.get("created_at", "")), written.sha256, written.size_bytes,
                                     retried=job.attempts > 1)
         return self.register(source, registration, started)
+
+    def _bound_outbox(self, job: SaveJob) -> None:
+        """Keep the outbox within `outbox_max_mb` and the free-disk limits during a long outage."""
+        assert self.outbox is not None
+        with self.outbox.lock(self.registered_name):
+            dropped = self.outbox.make_room(
+                self.registered_name, tensor_bytes(job.payload), self.outbox_max_mb * 2**20,
+                lambda need_mb: self.guard.short_at(self.outbox.root, need_mb) if self.outbox else False)
+        if dropped:
+            log.warning("%s: the outbox is full (server unreachable for long?); dropped the %d oldest periodic "
+                        "checkpoint(s) waiting there (steps %s); performance and final ones are kept", self.name,
+                        len(dropped), ", ".join(str(e.step) for e in dropped))
 
     def on_failure(self, job: SaveJob, exc: BaseException, final: bool) -> None:
         self.health.record_failure(job.category, job.step, exc, job.attempts, final)

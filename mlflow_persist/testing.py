@@ -13,6 +13,9 @@
 No MLflow, no disk, deterministic: checkpoints are serialized exactly as on disk (torch.save, sha256) and
 verified and loaded with `weights_only=True` as on disk, so restore behaves as it does against MLflow.
 
+`MemoryStore(remote=True)` behaves like a tracking server: checkpoints go through the durable local outbox
+(the config's `outbox_dir`) first, so `fail("write", times=None)` simulates a server outage.
+
 Fault injection, per stage (`write`, `register`, `alias`, `delete`, `load`, `metrics`):
 - `fail(stage, times=1, error=None)`: the next `times` calls raise `error` (default: a StoreUnavailableError);
   `times=None` fails every call until `heal()`.
@@ -71,7 +74,10 @@ class MemoryStore:
     is_remote = False
     lock_is_shared = True
 
-    def __init__(self) -> None:
+    def __init__(self, remote: bool = False) -> None:
+        """`remote=True`: behave like a tracking server, so checkpoints wait in the durable local outbox
+        (`outbox_dir`) until the store accepts them; a `write` fault then is an outage."""
+        self.is_remote = remote
         self._guard = threading.RLock()
         self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
         self._faults: dict[str, list[_Fault]] = defaultdict(list)

@@ -286,3 +286,37 @@ def test_a_revert_never_loads_a_version_tagged_corrupt() -> None:
     assert handle.reverts == 1
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())  # the valid v1, not v2
     persist.close()
+
+
+def test_a_long_outage_keeps_the_outbox_and_the_metric_buffer_bounded(isolated_outbox: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (issue 11 #7): neither the outbox nor the metric buffer had a bound during an outage."""
+    store = MemoryStore(remote=True)
+    store.fail("write", times=None)  # the server is down: nothing can be uploaded
+    store.fail("metrics", times=None)
+    cfg = _config(periodic_every_steps=1, outbox_max_mb=0.15, metrics_buffer_max_rows=100,
+                  outbox_dir=str(isolated_outbox))
+    persist = mp.Persistence(cfg, store=store, install_signal_handlers=False)
+    torch.manual_seed(6)
+    handle = persist.track("net", torch.nn.Linear(4, 4))
+    improvements = {0, 70, 140}
+    largest_outbox, largest_buffer = 0, 0
+    for step in range(200):
+        handle.step(loss=1.0 / (step + 1) if step in improvements else 10.0)
+        persist.flush(timeout=30)
+        largest_outbox = max(largest_outbox, persist.outbox.size_bytes("net"))  # type: ignore[union-attr]
+        largest_buffer = max(largest_buffer, len(handle.metrics))
+    entries = persist.outbox.entries("net")  # type: ignore[union-attr]
+    entry_size = max(e.size_bytes for e in entries)
+    assert largest_outbox <= 0.15 * 2**20 + entry_size  # bounded (one entry of slack: the one being written)
+    assert sorted(e.step for e in entries if e.category == "performance") == [s + 1 for s in sorted(improvements)]
+    periodic_steps = [e.step for e in entries if e.category == "periodic"]
+    assert periodic_steps == sorted(periodic_steps) and periodic_steps[-1] == 200  # the oldest went first
+    assert "dropped the" in caplog.text and "oldest periodic" in caplog.text
+    assert largest_buffer <= 100 and handle.metrics.dropped > 0
+    store.heal()  # the server is back: everything still in the outbox is registered, in order
+    persist.close()
+    registered = [v.step for v in store.list_versions("net") if v.category in ("performance", "periodic")]
+    assert [s + 1 for s in sorted(improvements)] == sorted(
+        v.step for v in store.list_versions("net") if v.category == "performance")
+    assert registered == sorted(registered)
