@@ -2,8 +2,9 @@
 `mlflow-persist gc`, the legacy manager's rotation) is deleted here.
 
 `prune` lists the versions once (or takes the listing its caller just made under the same lock), asks a pure
-policy which ones go, deletes them in that order, and deletes a version's artifacts only when no remaining
-version shares them (a periodic or rollback version may reuse another version's bytes).
+policy which ones go and deletes them in that order. A version's artifacts are deleted only when no version
+in a fresh listing, taken after the deletions, uses them (a periodic or rollback version may reuse another
+version's bytes, and a rollback may have registered them again meanwhile).
 """
 
 from __future__ import annotations
@@ -48,19 +49,23 @@ def prune(store: CheckpointStore, name: str, policy: PrunePolicy, *, versions: l
     result = PruneResult(planned=chosen)
     if dry_run:
         return result
-    remaining = {v.version: v for v in versions}
     for info in chosen:
         if enough is not None and enough():
             break
         store.delete_version(info)
-        del remaining[info.version]
         result.deleted.append(info)
-        if any(v.source == info.source for v in remaining.values()):
-            result.artifacts_kept.append(info)
-        else:
-            try:
-                store.delete_artifacts(info)
-            except Exception as exc:  # noqa: BLE001 - the version is gone; a leftover directory is swept later
-                log.warning("deleted %s v%s but not its artifacts: %s", name, info.version, describe_store_error(exc))
         log.debug("%s: %s removed v%d (%s)", name, reason, info.version, info.category)
+    if not result.deleted:
+        return result
+    # A fresh listing, not the one the policy saw: a rollback or another trainer may have registered a new
+    # version of the same bytes meanwhile (on a server no lock is shared between machines).
+    in_use = {v.source for v in store.list_versions(name)}
+    for info in result.deleted:
+        if info.source in in_use:
+            result.artifacts_kept.append(info)
+            continue
+        try:
+            store.delete_artifacts(info)
+        except Exception as exc:  # noqa: BLE001 - the version is gone; a leftover directory is swept later
+            log.warning("deleted %s v%s but not its artifacts: %s", name, info.version, describe_store_error(exc))
     return result

@@ -55,28 +55,40 @@ def rollback(store: MlflowStore, name: str, to: int | None = None, back: int | N
     rollback_of / who / when / why; with `move_best`, point `best` at it too. The training system resumes
     from it at its next start because it is now the newest version."""
     versions = store.list_versions(name)
-    target = choose_target(versions, name, to, back)
-    if target.corrupt:
-        raise CheckpointCorruptError(f"{name} v{target.version} is marked corrupt; roll back to another version.")
-    if verify:
-        store.load_version(target)  # sha256 + weights_only load: never roll back onto a damaged checkpoint
+    chosen = choose_target(versions, name, to, back)
     rollback_id = uuid.uuid4().hex
+    with store.lock(f"model-{name}"):
+        # Read and verify the target under the lock retention takes too: between a check made outside it
+        # and the registration, a trainer's retention could delete the very bytes the rollback points at.
+        try:
+            target = store.get_version(name, chosen.version)
+        except NotFoundError:
+            raise NotFoundError(f"{name} v{chosen.version} was deleted by retention just now; roll back to a version "
+                                "that is kept (see `mlflow-persist history`), or raise keep_best.") from None
+        if target.corrupt:
+            raise CheckpointCorruptError(f"{name} v{target.version} is marked corrupt; roll back to another version.")
+        if verify:
+            store.load_version(target)  # sha256 + weights_only load: never roll back onto a damaged checkpoint
+        return _register_rollback(store, name, target, rollback_id, move_best, reason)
+
+
+def _register_rollback(store: MlflowStore, name: str, target: VersionInfo, rollback_id: str, move_best: bool,
+                       reason: str | None) -> RollbackResult:
     tags = {tag(k): target.tags[tag(k)] for k in _CARRIED if tag(k) in target.tags}
     tags.update({
         tag("category"): ROLLBACK, tag("rollback_of"): str(target.version), tag("rollback_id"): rollback_id,
         tag("rollback_by"): operator(), tag("rollback_at"): datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         tag("rollback_reason"): reason or "",
     })
-    with store.lock(f"model-{name}"):
-        store.client.create_model_version(name, source=target.source, run_id=target.run_id, tags=tags,
-                                          await_creation_for=0)
-        mine = sorted((v for v in store.list_versions(name) if v.tags.get(tag("rollback_id")) == rollback_id),
-                      key=lambda v: v.version)
-        for duplicate in mine[1:]:  # a POST the HTTP client retried
-            store.client.delete_model_version(name, str(duplicate.version))
-        new_version = mine[0].version
-        best_move = None
-        if move_best:
-            best_move = move_alias(store.client, name, BEST_ALIAS, new_version,
-                                   reason or f"rollback to v{target.version}", "rollback")
+    store.client.create_model_version(name, source=target.source, run_id=target.run_id, tags=tags,
+                                      await_creation_for=0)
+    mine = sorted((v for v in store.list_versions(name) if v.tags.get(tag("rollback_id")) == rollback_id),
+                  key=lambda v: v.version)
+    for duplicate in mine[1:]:  # a POST the HTTP client retried
+        store.client.delete_model_version(name, str(duplicate.version))
+    new_version = mine[0].version
+    best_move = None
+    if move_best:
+        best_move = move_alias(store.client, name, BEST_ALIAS, new_version,
+                               reason or f"rollback to v{target.version}", "rollback")
     return RollbackResult(name, target.version, new_version, best_move)
