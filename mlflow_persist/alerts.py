@@ -8,7 +8,6 @@ dropped with a warning (the log line was already written).
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import subprocess
 import threading
@@ -18,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from mlflow_persist.timestamps import utc_now_iso
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.alerts")
+log = package_logger("mlflow_persist.alerts")
 
 
 @dataclass(frozen=True)

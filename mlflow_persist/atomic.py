@@ -53,6 +53,24 @@ def atomic_directory(parent: Path, name: str) -> Iterator[Path]:
     fsync_directory(parent)
 
 
+def private_directory(path: Path) -> Path:
+    """`path` as a directory only this user can enter (0700), created if missing; refused when another user
+    owns it or others may write into it (a planted cache or lock file must never be trusted)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to another user; point the cache elsewhere (cache_dir=...).")
+    if info.st_mode & 0o022:
+        os.chmod(path, 0o700)
+    return path
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """The per-user cache directory of mlflow-persist (`$XDG_CACHE_HOME` or `~/.cache`), private."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return private_directory(base.joinpath("mlflow-persist", *parts))
+
+
 def copy_directory_atomically(source: Path, parent: Path, name: str, files: tuple[str, ...]) -> Path:
     """Copy `files` of `source` into `parent/name` through `atomic_directory`; an existing complete target is
     kept as it is (a retried upload of the same entry is harmless)."""

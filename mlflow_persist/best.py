@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 
 from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.policy import Mode, select_best
 from mlflow_persist.versions import BEST_ALIAS, VersionInfo, find_version
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.best")
+log = package_logger("mlflow_persist.best")
 
 
 def reconcile_best(store: CheckpointStore, name: str, mode: Mode, versions: list[VersionInfo] | None = None,

@@ -3,7 +3,6 @@ configured free space, deleting checkpoints in disk-pressure order (through `pru
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,9 @@ from mlflow_persist.errors import DiskFullError
 from mlflow_persist.policy import Mode, disk_pressure_order
 from mlflow_persist.prune import prune
 from mlflow_persist.sysmetrics import disk_space
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist")
+log = package_logger("mlflow_persist")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ copy of the state, handed to the writer (see pipeline.py for what happens next).
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ from mlflow_persist.policy import CATEGORIES, FINAL, PERFORMANCE, PERIODIC, Peri
 from mlflow_persist.timestamps import format_age
 from mlflow_persist.versions import VersionInfo
 from mlflow_persist.writer import CheckpointWriter, SaveJob
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist")
+log = package_logger("mlflow_persist")
 
 RESTORE_LOAD_ATTEMPTS = 4  # a transient store error is retried with 0.2, 0.4, 0.8 s pauses, then raised
 

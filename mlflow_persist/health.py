@@ -4,14 +4,14 @@ alert sinks run on the alert thread."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Callable, Mapping
 
 from mlflow_persist.alerts import Alert, AlertDispatcher
 from mlflow_persist.errors import redact_credentials
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist")
+log = package_logger("mlflow_persist")
 
 
 class ModelHealth:

@@ -52,6 +52,33 @@ _AUTH_HEADER = re.compile(r"(?P<key>\bAuthorization\s*[:=]\s*(?:Basic|Bearer|Tok
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
+class RedactingFilter(logging.Filter):
+    """Redacts each record at the package's own loggers, before any handler (ours or an application's) sees
+    it: the message with its arguments, and the text of an attached exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record whose arguments do not fit its format: leave it be
+            return True
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+_REDACTING_FILTER = RedactingFilter()
+
+
+def package_logger(name: str) -> logging.Logger:
+    """The logger `name` of this package, with credential redaction on it (a filter on the parent logger would
+    not see the records of its children)."""
+    logger = logging.getLogger(name)
+    if _REDACTING_FILTER not in logger.filters:
+        logger.addFilter(_REDACTING_FILTER)
+    return logger
+
+
 def event_fields(**fields: Any) -> dict[str, Any]:
     """`extra=` mapping for a checkpoint event; unknown field names raise `ValueError`, None values are dropped."""
     unknown = set(fields) - set(EVENT_FIELDS)

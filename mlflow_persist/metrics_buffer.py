@@ -4,15 +4,15 @@ had to drop."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
 from typing import Callable, Mapping, Sequence
 
 from mlflow_persist.checkpoint_store import MetricRow
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.metrics")
+log = package_logger("mlflow_persist.metrics")
 
 
 class MetricsBuffer:

@@ -38,8 +38,9 @@ from mlflow_persist.scheduler import PeriodicJob
 from mlflow_persist.sysmetrics import system_metrics
 from mlflow_persist.versions import HEALTH_TAG, tag
 from mlflow_persist.writer import CheckpointWriter, SaveJob
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist")
+log = package_logger("mlflow_persist")
 
 
 def open_mlflow_store(config: PersistConfig) -> CheckpointStore:

@@ -9,7 +9,6 @@ next start).
 from __future__ import annotations
 
 import errno
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ from mlflow_persist.policy import BEST_ELIGIBLE, PERFORMANCE, retention_deletion
 from mlflow_persist.prune import prune
 from mlflow_persist.versions import VersionInfo, checkpoint_dirname, tag
 from mlflow_persist.writer import SaveJob
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist")
+log = package_logger("mlflow_persist")
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,15 @@
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import signal
 import threading
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist")
+log = package_logger("mlflow_persist")
 
 # MLflow's own defaults retry an unreachable server for about 4 minutes per request. The outbox retries
 # registration itself and operators want an answer, so both the library and the CLI use these shorter ones.

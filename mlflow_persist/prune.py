@@ -9,7 +9,6 @@ version's bytes, and a rollback may have registered them again meanwhile).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -17,8 +16,9 @@ from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.errors import describe_store_error
 from mlflow_persist.policy import VersionSummary
 from mlflow_persist.versions import VersionInfo
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.prune")
+log = package_logger("mlflow_persist.prune")
 
 #: (versions, the version `best` points at) -> version numbers to delete, in deletion order.
 PrunePolicy = Callable[[Sequence[VersionSummary], "int | None"], list[int]]

@@ -3,13 +3,13 @@ system metrics, disk checks): it runs one callable at an interval on the schedul
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.scheduler")
+log = package_logger("mlflow_persist.scheduler")
 JOB_ID = "mlflow-persist-tick"
 
 

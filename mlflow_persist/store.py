@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
+import hashlib
 import os
 import re
 import shutil
@@ -28,7 +28,8 @@ from mlflow.entities import Metric, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
 
-from mlflow_persist.atomic import STAGING_PREFIX, atomic_directory, copy_directory_atomically  # noqa: E402
+from mlflow_persist.atomic import STAGING_PREFIX, atomic_directory, copy_directory_atomically, \
+    user_cache_dir  # noqa: E402
 from mlflow_persist.errors import (  # noqa: E402
     CheckpointCorruptError,
     NotFoundError,
@@ -42,6 +43,7 @@ from mlflow_persist.errors import (  # noqa: E402
 from mlflow_persist.naming import validate_model_name  # noqa: E402
 from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE, CheckpointState, WrittenCheckpoint, \
     read_checkpoint_dir, write_checkpoint_dir  # noqa: E402
+from mlflow_persist.logging_setup import package_logger  # noqa: E402
 from mlflow_persist.versions import (  # noqa: E402,F401 - names re-exported for existing importers
     BEST_ALIAS,
     CHECKPOINTS_DIR,
@@ -54,7 +56,7 @@ from mlflow_persist.versions import (  # noqa: E402,F401 - names re-exported for
     tag,
 )
 
-log = logging.getLogger("mlflow_persist.store")
+log = package_logger("mlflow_persist.store")
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 UNREGISTERED_SWEEP_AGE_SECONDS = 600.0
@@ -527,9 +529,13 @@ class MlflowStore:
     # ------------------------------------------------------------------------------------- misc
 
     def _choose_lock_dir(self) -> Path:
+        """Beside an sqlite store (every process using it shares the lock); for a server, a private per-user
+        directory (machine-local: there `best` is kept by the convergent protocol, not by this lock)."""
         db_dir = _sqlite_dir(self.tracking_uri)
-        base = db_dir if db_dir is not None else Path(tempfile.gettempdir())
-        return base / ".mlflow_persist_locks"
+        if db_dir is not None:
+            return db_dir / ".mlflow_persist_locks"
+        digest = hashlib.sha256(self.tracking_uri.encode()).hexdigest()[:16]
+        return user_cache_dir("locks", digest)
 
     def lock(self, key: str, timeout: float = 120.0) -> FileLock:
         """A cross-process lock for `key` (a file lock next to a local store; machine-local for a server)."""

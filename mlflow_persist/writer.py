@@ -11,15 +11,15 @@ categories, so nothing the replaced snapshot was to be registered as is lost. Tw
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mlflow_persist.policy import PERFORMANCE, PERIODIC
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.writer")
+log = package_logger("mlflow_persist.writer")
 
 
 @dataclass

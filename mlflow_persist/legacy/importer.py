@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,8 +15,9 @@ from mlflow_persist.legacy.convert import METRICS_LOGGED_TAG, to_current_payload
 from mlflow_persist.legacy.plan import LEGACY_SHA_TAG, ExistingModel, ImportPlan, PlanItem, build_plan
 from mlflow_persist.legacy.scan import LegacyFile, load_legacy_payload, scan_legacy_dir
 from mlflow_persist.store import BEST_ALIAS, MlflowStore, VersionInfo, tag
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.legacy")
+log = package_logger("mlflow_persist.legacy")
 
 Status = Literal["imported", "skipped", "refused", "failed", "planned"]
 

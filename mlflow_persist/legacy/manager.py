@@ -24,7 +24,8 @@ from mlflow_persist.legacy.classify import to_plain
 from mlflow_persist.legacy.convert import LEGACY, METRIC_TAG_PREFIX
 from mlflow_persist.legacy.importer import model_run
 from mlflow_persist.legacy.score import SCORE_FIELD, as_number, numeric_metrics, performance_score
-from mlflow_persist.payload import FORMAT_VERSION, CheckpointState, build_payload
+from mlflow_persist.atomic import private_directory, user_cache_dir
+from mlflow_persist.payload import FORMAT_VERSION, CheckpointState, build_payload, sha256_file
 from mlflow_persist.policy import VersionSummary
 from mlflow_persist.prune import prune
 from mlflow_persist.store import BEST_ALIAS, MlflowStore, VersionInfo, tag
@@ -97,7 +98,7 @@ class CheckpointManager:
         self.enable_wandb = False  # W&B is replaced by MLflow; the argument is accepted for compatibility
         uri = resolve_tracking_uri(tracking_uri or (config.tracking_uri if config else None))
         self.config = config or PersistConfig(tracking_uri=uri)
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "mlflow_persist_legacy_cache"
+        self._cache_dir = Path(cache_dir) if cache_dir else None
         self._store: MlflowStore | None = None
         self._lock = threading.Lock()
         self._tracking_uri = uri
@@ -205,15 +206,28 @@ class CheckpointManager:
                                              score, metrics, state.step, None, None, path=str(path))
         return None
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where verified checkpoints are written in the legacy layout: a private (0700) per-user directory."""
+        if self._cache_dir is None:
+            self._cache_dir = user_cache_dir("legacy")
+        return private_directory(self._cache_dir)
+
     def _materialize(self, info: VersionInfo, state: CheckpointState) -> Path:
-        """Write the checkpoint in the legacy layout to the cache directory (atomically, once per version)."""
-        target = self.cache_dir / info.name / f"{info.name}_v{info.version}_{(info.sha256 or 'x')[:12]}.pt"
-        if target.is_file():
+        """Write the checkpoint in the legacy layout to the cache directory, atomically. A file already there is
+        reused only when its sha256 matches the digest recorded when it was written; else it is rewritten."""
+        folder = private_directory(self.cache_dir / info.name)
+        target = folder / f"{info.name}_v{info.version}_{(info.sha256 or 'x')[:12]}.pt"
+        digest_file = target.with_name(target.name + ".sha256")
+        if target.is_file() and digest_file.is_file() and \
+                digest_file.read_text(encoding="utf-8").strip() == sha256_file(target):
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
         os.close(fd)
         torch.save(legacy_layout(state), tmp)
+        digest_tmp = Path(tmp + ".sha256")
+        digest_tmp.write_text(sha256_file(tmp), encoding="utf-8")
+        os.replace(digest_tmp, digest_file)
         os.replace(tmp, target)
         return target
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
@@ -15,8 +14,9 @@ from mlflow_persist.errors import ConfigError
 
 from .episode import EpisodeRecorder
 from .progress import ProgressView
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.trading")
+log = package_logger("mlflow_persist.trading")
 
 #: Periodic checkpoint interval used when the configuration sets neither steps nor minutes.
 DEFAULT_PERIODIC_EVERY_STEPS = 100

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import uuid
@@ -21,8 +20,9 @@ from .replay import decide
 from .rewards import trade_reward
 from .serving import ServingModel, VersionStep
 from .trainers import Trainer, TrainingCase
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.trading.orchestrator")
+log = package_logger("mlflow_persist.trading.orchestrator")
 
 
 class Handle(Protocol):

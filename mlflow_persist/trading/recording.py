@@ -16,7 +16,6 @@ versions, and replay then loads the kept copy instead.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,11 +23,12 @@ from mlflow_persist.episodes import EpisodeRecorder, RecorderStats, state_finger
 
 from .episode import TradingEpisode
 from .serving import ServingModel
+from mlflow_persist.logging_setup import package_logger
 
 #: A serving version seen for the first time: (model, version, fingerprint, CPU copy of its weights).
 NewWeights = tuple[str, int | None, str, dict[str, Any]]
 
-log = logging.getLogger("mlflow_persist.trading.recording")
+log = package_logger("mlflow_persist.trading.recording")
 
 #: Run key (tag ``mlflow_persist.run_key``) and run name of the run that holds the episodes.
 RUN_KEY = "trading-system"

@@ -10,7 +10,6 @@ shutdown the core's ``Persistence.close()`` saves the final checkpoints.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -27,8 +26,9 @@ from .models import MODEL_NAMES, build_model
 from .orchestrator import PendingDecision, TradingOrchestrator
 from .serving import VersionStep
 from .trainers import Trainer, build_trainers
+from mlflow_persist.logging_setup import package_logger
 
-log = logging.getLogger("mlflow_persist.trading.system")
+log = package_logger("mlflow_persist.trading.system")
 
 #: Per model, the metric an episode is evaluated on and whether higher is better.
 EPISODE_SCORES: dict[str, tuple[str, bool]] = {

@@ -128,3 +128,57 @@ def test_credentials_in_the_tracking_uri_are_never_logged(monkeypatch: pytest.Mo
     assert "127.0.0.1" in captured.err  # the failure is reported...
     for where, text in texts.items():
         assert SECRET not in text, f"the password leaked into {where}: {text[-500:]}"
+
+
+def test_library_log_lines_are_redacted_for_any_handler(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (issue 11 #10): redaction lived only in the CLI formatter; an application's own handler got
+    `user:password@` from the library's log lines."""
+    from mlflow_persist.testing import MemoryStore
+
+    store = MemoryStore()
+    cfg = mp.PersistConfig(min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False)
+    with mp.Persistence(cfg, store=store, install_signal_handlers=False) as persist:
+        persist.track("net", torch.nn.Linear(2, 1)).step(loss=1.0)
+    store.fail("load", times=1, error=mp.StoreError("GET http://alice:s3cr3t@127.0.0.1:5000/get-artifact failed"))
+    with caplog.at_level(logging.INFO, logger="mlflow_persist"):
+        with mp.Persistence(cfg, store=store, install_signal_handlers=False) as persist:
+            assert persist.track("net", torch.nn.Linear(2, 1)).restore() is not None  # retried, then loaded
+    assert "loading v" in caplog.text  # the retry warning carries the store's error text
+    assert "alice:***@127.0.0.1" in caplog.text and "s3cr3t" not in caplog.text
+
+
+def test_the_legacy_cache_is_private_and_a_tampered_file_is_never_reused(sqlite_uri: str, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 11 #10): a predictable shared /tmp cache whose files were reused unchecked."""
+    from mlflow_persist.legacy import CheckpointManager
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    manager = CheckpointManager(tracking_uri=sqlite_uri)
+    torch.manual_seed(8)
+    model = torch.nn.Linear(3, 2)
+    assert manager.save_checkpoint(model, "cnn", "cnn", {"accuracy": 0.5}) is not None
+    path, _ = manager.load_best_checkpoint("cnn")
+    cache = Path(path).parent.parent
+    assert cache == tmp_path / "xdg" / "mlflow-persist" / "legacy"
+    assert (cache.stat().st_mode & 0o777) == 0o700 and (Path(path).parent.stat().st_mode & 0o077) == 0
+    planted = {"model_state_dict": {"weight": torch.full((2, 3), 666.0), "bias": torch.zeros(2)}}
+    torch.save(planted, path)  # someone replaces the cached file
+    again, _ = manager.load_best_checkpoint("cnn")
+    loaded = torch.load(again, weights_only=True)["model_state_dict"]
+    assert torch.equal(loaded["weight"], model.state_dict()["weight"])  # rewritten from the verified version
+
+
+def test_deletions_never_leave_the_runs_checkpoint_folder(sqlite_uri: str, tmp_path: Path) -> None:
+    """Regression (issue 11 #10): a version source outside the artifact root was removed with rmtree."""
+    from mlflow_persist.prune import prune
+    from mlflow_persist.store import MlflowStore
+
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data.bin").write_bytes(b"keep me")
+    store = MlflowStore(sqlite_uri)
+    run_id = store.ensure_run("net")
+    info = store.register_version("net", outside.as_uri(), run_id, {"mlflow_persist.category": "periodic"})
+    result = prune(store, "net", lambda versions, best: [info.version])
+    assert [v.version for v in result.deleted] == [info.version]
+    assert (outside / "data.bin").read_bytes() == b"keep me"
