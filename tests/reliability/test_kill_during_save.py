@@ -61,6 +61,9 @@ def _trainer(events: LineLog, uri: str, seed: int, check_only: bool) -> None:
     while True:
         train_step(model, opt)
         handle.step(loss=1.0 / (handle.current_step + 2))
+        # The independent record: the live state at the moment step() took its snapshot.
+        events.emit("STATE", {"step": handle.current_step, "model": digest(model.state_dict()),
+                              "optimizer": digest(opt.state_dict()["state"])})
         if handle.last_version != saved:
             saved = handle.last_version
             events.emit("SAVED", {"version": saved})
@@ -90,10 +93,13 @@ def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoin
         acknowledged = [e["version"] for e in logs[trial - 1].all("SAVED") if e["version"] is not None]
         newest = before["newest"]
         assert newest is not None and restored is not None, f"trial {trial}: nothing to restore"
-        # The newest registered version is the one restored, with exactly its content.
+        # The newest registered version is the one restored, with exactly its content...
         assert restored["version"] == newest["version"], f"trial {trial}: {restored} vs {newest}"
         assert (restored["step"], restored["model"], restored["optimizer"]) == (
             newest["step"], newest["model"], newest["optimizer"]), f"trial {trial}"
+        # ... and that content is what the killed trainer itself recorded of its live state at that step.
+        live = {e["step"]: e for e in logs[trial - 1].all("STATE")}[restored["step"]]
+        assert (restored["model"], restored["optimizer"]) == (live["model"], live["optimizer"]), f"trial {trial}"
         # No save the killed trainer had completed was lost.
         assert not acknowledged or newest["version"] >= acknowledged[-1], f"trial {trial}"
         # Partial directories of the interrupted save are gone after the restart.
