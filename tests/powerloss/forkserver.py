@@ -1,0 +1,310 @@
+"""A fork server for the power-loss trials: imports torch, MLflow and mlflow_persist once (5-7 s here), starts
+no threads, and forks one child per trainer or checker, so each trial costs a fork instead of an interpreter.
+
+Protocol: one JSON object per line on stdin, one JSON reply per line on the original stdout.
+- {"op": "train", "uri", "acks", "progress", "log", "seed", "trial", "mode"} -> {"pid"}: fork a trainer
+  (trainer()); mode "train" (default) trains and saves until killed, "ack_then_die" saves once and SIGKILLs
+  itself as soon as the save is acknowledged.
+- {"op": "kill", "pid"} -> {"status"}: SIGKILL the child and reap it; returns once it is gone.
+- {"op": "wait", "pid"} -> {"status"}: reap a child that ends by itself.
+- {"op": "verify", "uri", "acks", "out", "log"} -> {"status", "result"}: fork a checker, wait, read its JSON.
+- {"op": "exit"}: leave.
+The first reply is {"ready": true, "threads": n, "import_s": s} once the imports are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+MODEL = "net"
+TRAINER_MAX_SECONDS = 60.0  # a trainer the test forgot to kill ends itself
+STEP_SLEEP_SECONDS = 0.03  # paces training: a few versions per trial keep the all-versions check affordable
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+
+def state_digest(model_state: Any, optimizer_state: Any) -> str:
+    """sha256 over the tensors and values of the model and optimizer state (key order independent)."""
+    import torch
+
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().to("cpu").contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed({"model": model_state, "optimizer": optimizer_state})
+    return digest.hexdigest()
+
+
+def append_durably(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def make_model() -> tuple[Any, Any]:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 1))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def config(uri: str) -> Any:
+    import mlflow_persist as mp
+
+    return mp.PersistConfig(tracking_uri=uri, min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
+                            keep_best=1000, keep_periodic=1000, keep_final=1000, periodic_every_steps=3,
+                            scheduler_interval_seconds=1.0, partial_sweep_age_seconds=0)
+
+
+# ---------------------------------------------------------------------------------------------- children
+
+
+def trainer(cmd: dict[str, Any]) -> None:
+    """Restore from the store, then train and save until killed; every save known to be registered is
+    appended (fsynced) to the acknowledgement file outside the mount, with the digest of the state this
+    process handed to save()."""
+    import torch
+
+    import mlflow_persist as mp
+
+    started = time.monotonic()
+    torch.manual_seed(cmd["seed"])
+    model, optimizer = make_model()
+    persist = mp.Persistence(config(cmd["uri"]), install_signal_handlers=False)
+    handle = persist.track(MODEL, model, optimizer=optimizer)
+    info = handle.restore()
+    if cmd.get("mode") == "ack_then_die":
+        # The most adversarial moment: power goes right after the trainer saw its save acknowledged.
+        digest = state_digest(model.state_dict(), optimizer.state_dict())
+        job = handle.save("periodic")
+        assert job is not None and job.done.wait(60), "the save did not finish"
+        if job.outcome == "saved":
+            append_durably(cmd["acks"], {"trial": cmd["trial"], "version": job.result.version,
+                                         "step": handle.current_step, "digest": digest, "category": job.category})
+        os.kill(os.getpid(), signal.SIGKILL)
+    append_durably(cmd["progress"], {"trial": cmd["trial"], "event": "ready",
+                                     "restored": info.version if info else None,
+                                     "restored_step": info.step if info else None,
+                                     "restored_digest": state_digest(model.state_dict(), optimizer.state_dict())
+                                     if info else None,
+                                     "startup_s": round(time.monotonic() - started, 3)})
+    pending: list[tuple[Any, str, int]] = []
+
+    def acknowledge() -> None:
+        for item in list(pending):
+            job, digest, step = item
+            if not job.done.is_set():
+                continue
+            pending.remove(item)
+            if job.outcome == "saved" and job.result is not None:
+                append_durably(cmd["acks"], {"trial": cmd["trial"], "version": job.result.version,
+                                             "step": step, "digest": digest, "category": job.category})
+
+    generator = torch.Generator().manual_seed(cmd["seed"])
+    while time.monotonic() - started < TRAINER_MAX_SECONDS:
+        x = torch.randn(64, 32, generator=generator)
+        loss = (model(x) - x[:, :4].sum(dim=1, keepdim=True)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        handle.step(loss=loss.item())
+        if handle.current_step % 2 == 0:
+            digest = state_digest(model.state_dict(), optimizer.state_dict())  # what save() snapshots now
+            job = handle.save("periodic")
+            if job is not None:
+                pending.append((job, digest, handle.current_step))
+        acknowledge()
+        time.sleep(STEP_SLEEP_SECONDS)
+    persist.flush(timeout=60)
+    acknowledge()
+
+
+def checkpoint_dirs(uri: str, step: int) -> list[str]:
+    """Checkpoint directories of `step` that exist under the store's artifact root (diagnosis of a loss)."""
+    from mlflow_persist.versions import checkpoint_dirname
+
+    root = Path(uri[len("sqlite:///"):]).parent
+    prefix = checkpoint_dirname(MODEL, step).rsplit("-", 1)[0]
+    return sorted(str(p.relative_to(root)) for p in root.glob(f"mlruns/*/artifacts/checkpoints/*{prefix}-*"))
+
+
+def checker(cmd: dict[str, Any]) -> dict[str, Any]:
+    """After the cut ("reboot"): every registered version verifies and loads; every acknowledged version is
+    registered with the recorded step and digest; no staging directory is a version's source; latest loads."""
+    import mlflow_persist as mp
+    from mlflow_persist.store import MlflowStore
+
+    uri = cmd["uri"]
+    store = MlflowStore(uri)
+    versions = store.list_versions(MODEL)
+    failing: list[dict[str, Any]] = []
+    staging: list[dict[str, Any]] = []
+    digests: dict[int, str] = {}
+    steps: dict[int, int | None] = {}
+    for info in versions:
+        if any(part.startswith(".tmp-") for part in info.source.split("/")):
+            staging.append({"version": info.version, "source": info.source})
+        try:
+            state = store.load_version(info)
+        except Exception as exc:  # noqa: BLE001 - reported, the test asserts on it
+            failing.append({"version": info.version, "source": info.source, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        digests[info.version] = state_digest(state.model_state, state.optimizer_state)
+        steps[info.version] = state.step
+    lost: list[dict[str, Any]] = []
+    skip = {(a["trial"], a["version"]) for a in cmd.get("already_lost", [])}
+    acks = [a for a in read_records(cmd["acks"]) if (a["trial"], a["version"]) not in skip]
+    for ack in acks:
+        version = ack["version"]
+        if version not in digests:
+            reason = "not registered" if all(v.version != version for v in versions) else "does not load"
+        elif digests[version] != ack["digest"]:
+            reason = "digest differs from the acknowledged state"
+        elif steps[version] != ack["step"]:
+            reason = f"step {steps[version]} instead of {ack['step']}"
+        else:
+            continue
+        lost.append({**ack, "reason": reason, "artifact_dirs_on_disk": checkpoint_dirs(uri, ack["step"])})
+    latest: dict[str, Any] = {}
+    if versions:
+        try:
+            state = mp.load_checkpoint(f"models:/{MODEL}/latest", tracking_uri=uri)
+            latest = {"version": state.version, "step": state.step}
+        except Exception as exc:  # noqa: BLE001
+            latest = {"error": f"{type(exc).__name__}: {exc}"}
+    newest_ack = max(acks, key=lambda a: a["version"], default=None)
+    return {"versions": len(versions), "max_version": versions[-1].version if versions else None,
+            "failing": failing, "staging_sources": staging, "lost": lost, "acks": len(acks),
+            "newest_ack": newest_ack, "latest": latest}
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+def _child(log: str, body: Any) -> None:
+    """In the forked child: stdio away from the protocol pipes, run, and leave without cleanup handlers."""
+    code = 0
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        import torch
+
+        torch.set_num_threads(1)
+        body()
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def warm_up() -> None:
+    """The first model, backward pass, optimizer step and torch.save of a process cost ~1.5 s here: pay them
+    once, before forking. One intra-op thread, so no OpenMP pool exists to be broken by fork."""
+    import io
+
+    import torch
+
+    torch.set_num_threads(1)
+    model, optimizer = make_model()
+    loss = model(torch.randn(4, 32)).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    state_digest(model.state_dict(), optimizer.state_dict())
+
+
+def main() -> None:
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints of libraries go to stderr, never into the protocol
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    started = time.monotonic()
+    import torch  # noqa: F401
+
+    import mlflow  # noqa: F401
+    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import mlflow_persist  # noqa: F401
+    import mlflow_persist.store  # noqa: F401
+
+    warm_up()
+    replies.write(json.dumps({"ready": True, "threads": threading.active_count(),
+                              "import_s": round(time.monotonic() - started, 2)}) + "\n")
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "exit":
+            break
+        if op == "train":
+            pid = os.fork()
+            if pid == 0:
+                _child(cmd["log"], lambda: trainer(cmd))
+            replies.write(json.dumps({"pid": pid}) + "\n")
+        elif op == "kill":
+            try:
+                os.kill(cmd["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _, status = os.waitpid(cmd["pid"], 0)
+            replies.write(json.dumps({"status": status}) + "\n")
+        elif op == "wait":
+            _, status = os.waitpid(cmd["pid"], 0)
+            replies.write(json.dumps({"status": status}) + "\n")
+        elif op == "verify":
+            pid = os.fork()
+            if pid == 0:
+                _child(cmd["log"], lambda: Path(cmd["out"]).write_text(json.dumps(checker(cmd))))
+            _, status = os.waitpid(pid, 0)
+            result = json.loads(Path(cmd["out"]).read_text()) if os.path.exists(cmd["out"]) else None
+            replies.write(json.dumps({"status": status, "result": result}) + "\n")
+        else:
+            replies.write(json.dumps({"error": f"unknown op {op!r}"}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
