@@ -25,6 +25,29 @@ def fsync_path(path: Path) -> None:
 fsync_directory = fsync_path
 
 
+_durable_dirs: set[Path] = set()
+
+
+def durable_directory(path: Path) -> Path:
+    """Create `path` (and missing ancestors) so that it survives a power cut: each directory's entry in its
+    parent is fsynced. Existing ancestors are made durable too (another program, MLflow for one, may have
+    created them without an fsync). Done once per directory per process."""
+    path = Path(os.path.abspath(path))
+    chain = []
+    current = path
+    while current not in _durable_dirs and current.parent != current:
+        chain.append(current)
+        current = current.parent
+    for directory in reversed(chain):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            pass
+        fsync_path(directory.parent)
+        _durable_dirs.add(directory)
+    return path
+
+
 def is_staging(path: Path) -> bool:
     return path.name.startswith(STAGING_PREFIX)
 
@@ -34,7 +57,7 @@ def atomic_directory(parent: Path, name: str) -> Iterator[Path]:
     """Yield an empty staging directory; once the block returns, its files are fsynced and it is renamed to
     `parent/name` durably. If the block raises, the staging directory is removed (a failed write must not
     keep eating a full disk) and nothing appears under `name`."""
-    parent.mkdir(parents=True, exist_ok=True)
+    durable_directory(parent)
     staging = parent / f"{STAGING_PREFIX}{name}"
     final = parent / name
     if staging.exists():

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
-from mlflow_persist.atomic import atomic_directory, is_staging
+from mlflow_persist.atomic import atomic_directory, durable_directory, is_staging
 from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE, WrittenCheckpoint, write_checkpoint_dir
 
 ENTRY_FILE = "entry.json"
@@ -56,13 +56,10 @@ def default_outbox_root(tracking_uri: str) -> Path:
 
 class Outbox:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = durable_directory(Path(root))
 
     def _model_dir(self, registered_name: str) -> Path:
-        path = self.root / registered_name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return durable_directory(self.root / registered_name)
 
     def lock(self, registered_name: str) -> FileLock:
         return FileLock(str(self._model_dir(registered_name) / ".lock"), timeout=300)

@@ -6,6 +6,7 @@
 | `http_retry_defaults` | `MLFLOW_HTTP_REQUEST_*` environment variables (shorter client retries against a tracking server; a user's own settings win) | on for `http(s)://` stores |
 | `signal_handlers` | SIGTERM and SIGINT handlers: a stop request honoured at the next `step()` boundary, so final checkpoints are consistent (restored on close) | on in the main thread |
 | `atexit_close` | an `atexit` hook that closes a `Persistence` the script never closed | on |
+| durable sqlite commits | `PRAGMA synchronous=EXTRA` on the SQLAlchemy connections to an embedded store's own `mlflow.db` (a listener that touches no other database): in SQLite's default `FULL` a commit ends by deleting its journal without syncing the directory, so a power cut could roll back a registered version | always, for `sqlite:///` stores |
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 from mlflow_persist.logging_setup import package_logger
@@ -110,6 +112,36 @@ class SignalHandlers:
             log.error("no step() boundary within %.0f s of %s: exiting without a new final checkpoint; the "
                       "previous checkpoints stay valid", self._grace, signal.Signals(signum).name)
             self._on_timeout(signum)
+
+
+_durable_sqlite_files: set[str] = set()
+_listening = False
+_listen_lock = threading.Lock()
+
+
+def make_sqlite_commits_durable(db_file: Path) -> None:
+    """Every SQLAlchemy connection this process opens to `db_file` runs with `synchronous=EXTRA`."""
+    global _listening
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    with _listen_lock:
+        _durable_sqlite_files.add(os.path.realpath(db_file))
+        if not _listening:
+            event.listen(Engine, "connect", _on_connect)
+            _listening = True
+
+
+def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    if type(dbapi_connection).__module__ != "sqlite3":
+        return
+    try:
+        rows = dbapi_connection.execute("PRAGMA database_list").fetchall()
+        main = next((row[2] for row in rows if row[1] == "main"), "")
+        if main and os.path.realpath(main) in _durable_sqlite_files:
+            dbapi_connection.execute("PRAGMA synchronous=EXTRA")
+    except Exception as exc:  # noqa: BLE001 - never break a connection over durability tuning
+        log.warning("could not set synchronous=EXTRA on the sqlite store: %s", exc)
 
 
 def register_atexit(close: Callable[[], None]) -> Callable[[], None]:

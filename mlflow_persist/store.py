@@ -28,7 +28,7 @@ from mlflow.entities import Metric, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
 
-from mlflow_persist.atomic import STAGING_PREFIX, atomic_directory, copy_directory_atomically, \
+from mlflow_persist.atomic import STAGING_PREFIX, atomic_directory, copy_directory_atomically, durable_directory, \
     user_cache_dir  # noqa: E402
 from mlflow_persist.errors import (  # noqa: E402
     CheckpointCorruptError,
@@ -41,6 +41,7 @@ from mlflow_persist.errors import (  # noqa: E402
     redact_credentials,
 )
 from mlflow_persist.naming import validate_model_name  # noqa: E402
+from mlflow_persist.process_effects import make_sqlite_commits_durable  # noqa: E402
 from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE, CheckpointState, WrittenCheckpoint, \
     read_checkpoint_dir, write_checkpoint_dir  # noqa: E402
 from mlflow_persist.logging_setup import package_logger  # noqa: E402
@@ -119,6 +120,9 @@ class MlflowStore:
                  artifact_location: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.description = redact_credentials(tracking_uri)
+        db_dir = _sqlite_dir(tracking_uri)
+        if db_dir is not None:
+            make_sqlite_commits_durable(db_dir / Path(tracking_uri[len("sqlite:///"):]).name)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.is_remote = self.is_remote_uri(tracking_uri)
         # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
@@ -549,8 +553,7 @@ class MlflowStore:
         if run_id is not None:
             local = self.local_artifact_dir(run_id)
             if local is not None:
-                local.mkdir(parents=True, exist_ok=True)
-                return local
+                return durable_directory(local)
             return None
         db_dir = _sqlite_dir(self.tracking_uri)
         return db_dir if db_dir is not None and db_dir.exists() else None
