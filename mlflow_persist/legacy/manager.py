@@ -25,6 +25,7 @@ from mlflow_persist.legacy.convert import LEGACY, METRIC_TAG_PREFIX
 from mlflow_persist.legacy.importer import model_run
 from mlflow_persist.legacy.score import SCORE_FIELD, as_number, numeric_metrics, performance_score
 from mlflow_persist.atomic import private_directory, user_cache_dir
+from mlflow_persist.best import mark_corrupt
 from mlflow_persist.payload import FORMAT_VERSION, CheckpointState, build_payload, sha256_file
 from mlflow_persist.policy import VersionSummary
 from mlflow_persist.prune import prune
@@ -195,7 +196,7 @@ class CheckpointManager:
             try:
                 state = store.load_version(info)
             except CheckpointCorruptError as exc:
-                store.mark_corrupt(info.name, info.version, str(exc))
+                mark_corrupt(store, info, str(exc), "max", SCORE_FIELD)  # legacy scores: higher is better
                 continue
             path = self._materialize(info, state)
             metrics = {k[len(METRIC_TAG_PREFIX):]: float(v) for k, v in info.tags.items()
