@@ -325,15 +325,13 @@ class ModelHandle:
     def _load_with_retries(self, info: VersionInfo) -> CheckpointState:
         """Load a version; a store error (unreachable, refused) is transient, so it is retried and finally
         raised, never taken for damaged bytes."""
-        for attempt in range(RESTORE_LOAD_ATTEMPTS):
+        for attempt in range(RESTORE_LOAD_ATTEMPTS - 1):
             try:
                 return self._store.load_version(info)
             except StoreError as exc:
-                if attempt == RESTORE_LOAD_ATTEMPTS - 1:
-                    raise
                 log.warning("%s: loading v%d failed (%s); retrying", self.name, info.version, exc)
                 time.sleep(0.2 * 2 ** attempt)
-        raise AssertionError("unreachable")
+        return self._store.load_version(info)  # the last attempt: its error is raised
 
     def _restore_from_outbox(self) -> RestoreInfo | None:
         """The server is unreachable and newer checkpoints wait in the outbox: resume from the newest of them."""

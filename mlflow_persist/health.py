@@ -16,8 +16,8 @@ log = package_logger("mlflow_persist")
 
 class ModelHealth:
     def __init__(self, name: str, alerts: AlertDispatcher, threshold: int,
-                 set_run_tags: Callable[[Mapping[str, str]], None], record_metric: Callable[[str, float], None],
-                 health_tag: str) -> None:
+                 set_run_tags: Callable[[Mapping[str, str]], None],
+                 record_metric: Callable[[int, str, float], None], health_tag: str) -> None:
         self.name = name
         self.failures = 0
         self.consecutive_failures = 0
@@ -43,7 +43,7 @@ class ModelHealth:
         outcome = "giving up" if final else "will retry"
         log.error("%s: saving the %s checkpoint of step %d failed (%s, %s): %s", self.name, category, step, attempt,
                   outcome, text, extra={"model": self.name, "category": category, "step": step, "outcome": "failed"})
-        self._record_metric("checkpoint/failures", float(failures))
+        self._record_metric(step, "checkpoint/failures", float(failures))
         if alert_now:
             self._safe_tag("degraded")
             self._alerts.fire(Alert(

@@ -113,7 +113,7 @@ class Persistence:
                                 flush_size=self.config.metrics_flush_size, on_full=self.request_flush)
         health = ModelHealth(name, self.alerts, self.config.failure_alert_threshold,
                              lambda tags: self.store.set_run_tags(run_id, tags),
-                             lambda key, value: metrics.add(handle.current_step, {key: value}), HEALTH_TAG)
+                             lambda step, key, value: metrics.add(step, {key: value}), HEALTH_TAG)
         pipeline = SavePipeline(name=name, registered_name=registered_name, run_id=run_id, settings=settings,
                                 store=self.store, outbox=self.outbox, guard=self.guard, health=health,
                                 metrics=metrics, outbox_max_mb=self.config.outbox_max_mb)

@@ -154,10 +154,10 @@ class SavePipeline:
             tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
         }
         with self.registry_lock, store.lock(f"model-{self.registered_name}"):
-            info = store.register_version(self.registered_name, source, run_id, tags, retried=reg.retried)
-            for category in reg.also:
+            for category in reg.also:  # first: the job's own category is the newest version (`latest`)
                 store.register_version(self.registered_name, source, run_id, {**tags, tag("category"): category},
                                        retried=reg.retried)
+            info = store.register_version(self.registered_name, source, run_id, tags, retried=reg.retried)
             versions = store.list_versions(self.registered_name)
             best = reconcile_best(store, self.registered_name, self.settings.mode, versions,
                                   converge=not store.lock_is_shared, monitor=self.monitor) \

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -23,3 +25,17 @@ def reset_server_store(uri: str) -> None:
     for experiment in client.search_experiments():
         for run in client.search_runs([experiment.experiment_id], max_results=5000):
             client.delete_run(run.info.run_id)
+
+
+def read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 120.0) -> str:
+    """Read the process's stdout until a line starting with `prefix`; returns the rest of that line."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            stderr = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"process ended (rc={proc.poll()}) before printing {prefix!r}: {stderr[-2000:]}")
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+    raise AssertionError(f"no {prefix!r} line within {timeout}s")

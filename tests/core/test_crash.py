@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -13,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import mlflow_persist as mp
 from mlflow_persist.store import MlflowStore
+from store_support import read_until
 
 pytestmark = pytest.mark.slow  # subprocesses killed at random moments, several trials
 
@@ -31,16 +30,14 @@ def start_trainer(uri: str, name: str, steps: int, sleep: float = 0.01, record: 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 120.0) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"trainer exited before {prefix!r}: {proc.stderr.read() if proc.stderr else ''}")
-        if line.startswith(prefix):
-            return line[len(prefix):].strip()
-    raise AssertionError(f"no {prefix!r} line within {timeout}s")
+def trainer_digest(tensors: dict) -> str:
+    """The trainer's own digest function (sha256 over sorted keys and tensor bytes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trainer_proc", TRAINER)
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)  # type: ignore[union-attr]
+    return trainer.digest(tensors)
 
 
 def recorded_states(record: Path) -> dict[int, dict[str, str]]:
@@ -83,18 +80,24 @@ def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(trackin
         assert restart.wait(timeout=60) == 0, restart.stderr.read() if restart.stderr else ""
 
 
-def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tracking_uri: str) -> None:
+def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tracking_uri: str, tmp_path: Path) -> None:
     uri = tracking_uri
-    proc = start_trainer(uri, "cnn", steps=100_000)
+    record = tmp_path / "record.jsonl"
+    proc = start_trainer(uri, "cnn", steps=100_000, record=record)
     read_until(proc, "RESTORED")
     for _ in range(20):
         last_step = int(read_until(proc, "STEP"))
     proc.send_signal(signal.SIGTERM)
     remaining = proc.communicate(timeout=120)[0]
     steps = [int(line.split()[1]) for line in remaining.splitlines() if line.startswith("STEP")]
-    final_step = steps[-1] if steps else last_step
+    printed = steps[-1] if steps else last_step
     assert proc.returncode == 0
     newest = MlflowStore(uri).list_versions("cnn")[-1]
-    assert newest.category == "final" and newest.step == final_step
+    # The step() that honoured the signal raised before printing its STEP line: the final holds that step.
+    assert newest.category == "final" and newest.step == printed + 1
     state = mp.load_checkpoint("models:/cnn/latest", tracking_uri=uri)
-    assert state.category == "final" and state.step == final_step
+    assert state.category == "final" and state.step == newest.step
+    opt_tensors = {f"{i}.{k}": v for i, s in state.optimizer_state["state"].items() for k, v in s.items()}
+    expected = recorded_states(record)[newest.step]
+    assert (trainer_digest(dict(state.model_state)), trainer_digest(opt_tensors)) == (
+        expected["model"], expected["optimizer"])

@@ -2,9 +2,9 @@
 
 Usage: python trainer_proc.py URI NAME STEPS [SLEEP_S] [RECORD]
 Prints `RESTORED {json}` (or `RESTORED null`), then `STEP n` after each step, then `DONE`.
-With RECORD, after every step() it appends (and fsyncs) one JSON line {"step", "model", "optimizer", "rng"}: the
-digests of its live state at the moment step() took any snapshot, the independent record the crash tests
-compare restores against.
+With RECORD, right before every step() it appends (and fsyncs) one JSON line {"step", "model", "optimizer",
+"rng"}: the digests of the live state that step() snapshots if it saves, the independent record the crash
+tests compare restores against.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if record_path:  # the state step() snapshots; recorded first, since step() may raise GracefulExit
+                record(record_path, handle.current_step + 1, model, opt)
             handle.step(loss=float(loss))
-            if record_path:
-                record(record_path, handle.current_step, model, opt)
             print("STEP", handle.current_step, flush=True)
             time.sleep(sleep)
         assert handle.current_step == start + steps

@@ -108,7 +108,8 @@ def _trainer(events: LineLog, uri: str, stage: str, fault: str, restart: bool) -
         report_acks()
         if i < SAVE_EVERY:
             persist.flush(timeout=30)
-    armed["on"] = False  # "always" heals here, before close(), so the final checkpoint can be written
+    if fault == "always":
+        armed["on"] = False  # heals here, before close(), so the final checkpoint can be written
     persist.flush(timeout=60)
     report_acks()
     try:

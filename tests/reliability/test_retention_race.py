@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 
 import mlflow_persist as mp
@@ -15,6 +16,7 @@ from mlflow_persist.legacy.rollback import rollback
 from mlflow_persist.store import MlflowStore
 
 
+@pytest.mark.slow
 def test_rollbacks_racing_retention_never_leave_a_version_without_its_bytes(sqlite_uri: str) -> None:
     cfg = mp.PersistConfig(tracking_uri=sqlite_uri, keep_best=2, keep_periodic=2, keep_final=1,
                            periodic_every_steps=2, min_free_disk_mb=0, min_free_disk_percent=0,
