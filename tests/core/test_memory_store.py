@@ -320,3 +320,17 @@ def test_a_long_outage_keeps_the_outbox_and_the_metric_buffer_bounded(isolated_o
     assert [s + 1 for s in sorted(improvements)] == sorted(
         v.step for v in store.list_versions("net") if v.category == "performance")
     assert registered == sorted(registered)
+
+
+def test_a_final_that_takes_over_a_waiting_periodic_snapshot_is_the_newest_version() -> None:
+    store = MemoryStore()
+    store.hang("write", seconds=0.5, times=1)  # the first save is still being written
+    persist = mp.Persistence(_config(periodic_every_steps=2), store=store, install_signal_handlers=False)
+    handle = persist.track("net", torch.nn.Linear(2, 1))
+    handle.step(loss=1.0)  # performance save, hanging in the writer
+    assert _wait(lambda: store.calls["write"] >= 1)  # the writer took it: nothing waits to attach to
+    handle.step(loss=2.0)  # periodic due: its snapshot waits for the slot
+    persist.close()  # the final snapshot replaces the waiting periodic one and carries its category
+    versions = store.list_versions("net")
+    assert versions[-1].category == "final" and versions[-1].step == 2
+    assert [(v.category, v.step) for v in versions[-2:]] == [("periodic", 2), ("final", 2)]
