@@ -22,9 +22,6 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-fsync_directory = fsync_path
-
-
 _durable_dirs: set[Path] = set()
 
 
@@ -68,12 +65,12 @@ def atomic_directory(parent: Path, name: str) -> Iterator[Path]:
         for child in staging.iterdir():
             if child.is_file():
                 fsync_path(child)
-        fsync_directory(staging)
+        fsync_path(staging)
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    fsync_directory(parent)
+    fsync_path(parent)
 
 
 def private_directory(path: Path) -> Path:

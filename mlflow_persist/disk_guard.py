@@ -42,16 +42,13 @@ class DiskGuard:
 
     def short_at(self, path: Path, need_mb: float = 0.0) -> bool:
         """Whether the disk holding `path` is short of the reserve plus `need_mb`."""
-        return self._short(path, need_mb)
-
-    def _short(self, path: Path, need_mb: float = 0.0) -> bool:
         return disk_space(path).is_short(self._min_free_mb + need_mb, self._min_free_percent)
 
     def ensure_space(self, model: GuardedModel) -> None:
         """Clean up when short of space; raise DiskFullError when still short afterwards. A store whose
         checkpoints do not land on a local disk is never short."""
         path = self.path(model.run_id)
-        if path is None or not self._short(path):
+        if path is None or not self.short_at(path):
             return
         space = disk_space(path)
         self.free(model, reason=f"only {space.free_mb:.0f} MB ({space.free_percent:.1f}%) free")
@@ -75,14 +72,14 @@ class DiskGuard:
                 result = prune(
                     self._store, candidate.registered_name,
                     lambda versions, best, mode=candidate.mode: disk_pressure_order(versions, mode, best),
-                    enough=lambda: not self._short(path, need_mb), reason="disk-pressure cleanup",
+                    enough=lambda: not self.short_at(path, need_mb), reason="disk-pressure cleanup",
                 )
             for info in result.deleted:
                 log.warning("%s: deleted v%d (%s) to free disk space: %s", candidate.name, info.version,
                             info.category, reason,
                             extra={"model": candidate.name, "version": info.version, "outcome": "deleted"})
             deleted += len(result.deleted)
-            if not self._short(path, need_mb):
+            if not self.short_at(path, need_mb):
                 break
         return deleted
 

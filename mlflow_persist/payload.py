@@ -27,7 +27,6 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from mlflow_persist.atomic import fsync_directory  # noqa: F401 - re-exported for existing importers
 from mlflow_persist.errors import CheckpointCorruptError
 from mlflow_persist.timestamps import utc_now_iso
 
@@ -46,27 +45,6 @@ def _new_hash_pool_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_hash_pool_after_fork)
-
-
-def _submit_hash(update: Any, view: memoryview) -> Any:
-    """Hash `view` on the pool's thread; None when the pool refuses work (at interpreter exit, after
-    `concurrent.futures` shut its pools down: the final checkpoints of an atexit close are then hashed on the
-    writing thread instead)."""
-    try:
-        return _hash_pool.submit(update, view)
-    except RuntimeError:
-        update(view)
-        return _DONE
-
-
-class _Done:
-    @staticmethod
-    def result() -> None:
-        return None
-
-
-_DONE = _Done()
-
 
 @dataclass
 class CheckpointState:
@@ -227,7 +205,7 @@ class _HashingWriter:
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         try:
-            hashing = _submit_hash(self._digest.update, view) if view.nbytes >= 1 << 20 else None
+            hashing = self._hash_in_background(view) if view.nbytes >= 1 << 20 else None
             if hashing is not None:
                 try:
                     self._handle.write(view)
@@ -241,6 +219,14 @@ class _HashingWriter:
             raise
         self.size += view.nbytes
         return view.nbytes
+
+    def _hash_in_background(self, view: memoryview) -> Any:
+        """A future hashing `view` on the pool's thread; None when the pool refuses work (at interpreter exit,
+        once `concurrent.futures` shut its pools down: an atexit close then hashes on the writing thread)."""
+        try:
+            return _hash_pool.submit(self._digest.update, view)
+        except RuntimeError:
+            return None
 
     def flush(self) -> None:
         self._handle.flush()

@@ -130,11 +130,11 @@ class SavePipeline:
 
     def _bound_outbox(self, job: SaveJob) -> None:
         """Keep the outbox within `outbox_max_mb` and the free-disk limits during a long outage."""
-        assert self.outbox is not None
-        with self.outbox.lock(self.registered_name):
-            dropped = self.outbox.make_room(
-                self.registered_name, tensor_bytes(job.payload), self.outbox_max_mb * 2**20,
-                lambda need_mb: self.guard.short_at(self.outbox.root, need_mb) if self.outbox else False)
+        outbox = self.outbox
+        assert outbox is not None
+        with outbox.lock(self.registered_name):
+            dropped = outbox.make_room(self.registered_name, tensor_bytes(job.payload), self.outbox_max_mb * 2**20,
+                                       lambda need_mb: self.guard.short_at(outbox.root, need_mb))
         if dropped:
             log.warning("%s: the outbox is full (server unreachable for long?); dropped the %d oldest periodic "
                         "checkpoint(s) waiting there (steps %s); performance and final ones are kept", self.name,

@@ -8,7 +8,7 @@
     with Persistence(PersistConfig(), store=store) as persist:
         handle = persist.track("net", model, optimizer)
         ...
-    assert store.versions("net")[-1].category == "final"
+    assert store.list_versions("net")[-1].category == "final"
 
 No MLflow, no disk, deterministic: checkpoints are serialized exactly as on disk (torch.save, sha256) and
 verified and loaded with `weights_only=True` as on disk, so restore behaves as it does against MLflow.
@@ -260,10 +260,6 @@ class MemoryStore:
         with self._guard:
             return [self._with_aliases(v) for v in sorted(self._models.get(name, {}).values(),
                                                           key=lambda v: v.version)]
-
-    def versions(self, name: str) -> list[VersionInfo]:
-        """Alias of `list_versions`, for tests."""
-        return self.list_versions(name)
 
     def _with_aliases(self, info: VersionInfo) -> VersionInfo:
         result = copy.deepcopy(info)

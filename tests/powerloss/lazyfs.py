@@ -593,6 +593,14 @@ def fuse_problem() -> str | None:
     return None
 
 
+def log_tail(path: Path, chars: int = 3000) -> str:
+    """The end of a helper process's log file ('' when it cannot be read)."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
 class LazyMount:
     """A LazyFS process mounted on `mountpoint`; `cut()` simulates a power loss."""
 
@@ -631,10 +639,7 @@ class LazyMount:
             return json.loads(handle.read() or b"{}")
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path, chars)
 
     def stop(self) -> None:
         if self.process is None:

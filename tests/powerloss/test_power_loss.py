@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from powerloss.lazyfs import LazyMount
+from powerloss.lazyfs import LazyMount, log_tail
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
 TRIALS = int(os.environ.get("MLFLOW_PERSIST_POWERLOSS_TRIALS", "32"))
@@ -76,10 +76,7 @@ class ForkServer:
         return self._reply()
 
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path, chars)
 
     def stop(self) -> None:
         if self.process is None:
