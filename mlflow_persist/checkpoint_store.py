@@ -52,7 +52,7 @@ class CheckpointStore(Protocol):
         Uploading the same entry twice is harmless."""
 
     def load_version(self, info: VersionInfo) -> CheckpointState:
-        """Stage `load`: fetch, verify against the recorded sha256, and load with weights_only=True."""
+        """Stage `load`: fetch, verify against the recorded checksum, and load with weights_only=True."""
 
     def delete_artifacts(self, info: VersionInfo) -> None:
         """Stage `delete`: remove the bytes of a version (the caller knows no remaining version shares them)."""

@@ -164,7 +164,7 @@ def verify(model: Optional[str] = typer.Argument(None, help="Only this model (de
                False, "--clear-false-corrupt",
                help="Re-check versions tagged corrupt and clear the tag where the bytes verify."),
            as_json: bool = JsonOutput) -> None:
-    """Check every version of every model (sha256, safe load); tag damaged ones corrupt=true; exit 1 if any."""
+    """Check every version of every model (checksum, safe load); tag damaged ones corrupt=true; exit 1 if any."""
     cfg = load_config(tracking_uri, config)
     report = inspection.verify(open_store(cfg), model, cfg.registered_model_prefix,
                                clear_false_corrupt=clear_false_corrupt, fallback_mode=cfg.mode)

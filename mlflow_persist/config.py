@@ -130,7 +130,8 @@ class PersistConfig(ModelSettings):
     )
     fast_serialization: bool = Field(
         False,
-        description="Turn off torch's zip CRC32 (process-wide) to write checkpoints faster; sha256 still covers them.",
+        description="Deprecated, no effect: checkpoints are always written without torch's zip CRC32 (their digest "
+                    "covers every byte), and torch's own setting for the rest of the process is left alone.",
     )
     models: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-model overrides: `[models.<name>]` tables of ModelSettings fields."

@@ -17,6 +17,7 @@ from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.config import ModelSettings
 from mlflow_persist.best import mark_corrupt
 from mlflow_persist.errors import CheckpointCorruptError, CheckpointMismatchError, PersistError, StoreError
+from mlflow_persist.device_copy import CopyBackend, DeviceCopies, default_backend
 from mlflow_persist.fitting import fitting_part, model_state_fit
 from mlflow_persist.health import ModelHealth
 from mlflow_persist.metrics_buffer import MetricsBuffer
@@ -83,6 +84,7 @@ class ModelHandle:
         self._claims: list[tuple[int, SaveJob]] = []  # performance saves in flight, settled at step()
         # One written snapshot kept for reuse: the next snapshot copies into its tensors (no page faults).
         self._spare_payloads: deque[dict[str, Any]] = deque(maxlen=1)
+        self.copy_backend: CopyBackend | None = None  # None: CUDA's when CUDA is in use (device_copy.py)
         self.schedule.start(0, time.monotonic())
 
     # ------------------------------------------------------------------------------------- read-only views
@@ -185,8 +187,11 @@ class ModelHandle:
             spare = self._spare_payloads.pop()
         except IndexError:
             spare = None
+        backend = self.copy_backend or default_backend()
+        device_copies = DeviceCopies(backend) if backend is not None else None
         payload = build_payload(
             reuse=spare,
+            device_copies=device_copies,
             model_name=self.name,
             model_state=self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict() if self.optimizer is not None else None,
@@ -197,7 +202,8 @@ class ModelHandle:
             category=category,
         )
         job = SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced,
-                      release=self._spare_payloads.append)
+                      release=self._spare_payloads.append,
+                      ready=device_copies.finish() if device_copies is not None else None)
         return self._writer.submit(job)
 
     def _settle_claims(self) -> None:
@@ -339,7 +345,7 @@ class ModelHandle:
         assert outbox is not None
         for entry in reversed(outbox.entries(self.registered_name)):
             try:
-                state = read_checkpoint_dir(entry.directory, expected_sha256=entry.sha256)
+                state = read_checkpoint_dir(entry.directory, expected=entry.checksum)
                 self._apply(state, restore_rng=True, restore_step=True, strict=True)
             except CheckpointCorruptError as exc:
                 log.error("%s: outbox checkpoint %s is damaged (%s); trying an older one", self.name, entry.directory,
@@ -363,17 +369,20 @@ class ModelHandle:
                 f"a new name. The registry was left as it is."
             )
         model_state = state.model_state if fit.fits else {**live_model, **fitting_part(live_model, state.model_state)}
-        targets: list[tuple[str, Stateful, Any]] = [("model", self.model, model_state)]
+        # The model goes last: its fit is checked above, so it is the one load that cannot fail for a mismatch,
+        # and it needs no backup copy (a restore then costs one copy of the weights, not three).
+        targets: list[tuple[str, Stateful, Any]] = []
         if self.optimizer is not None and state.optimizer_state is not None and fit.fits:
             targets.append(("optimizer", self.optimizer, state.optimizer_state))
         if self.scheduler is not None and state.scheduler_state is not None:
             targets.append(("scheduler", self.scheduler, state.scheduler_state))
         if self.extra is not None and state.extra_state is not None:
             targets.append(("extra", self.extra, state.extra_state))
+        targets.append(("model", self.model, model_state))
         if not fit.fits:
             log.warning("%s: loaded only the tensors of v%s that fit (%s); the optimizer state was not loaded",
                         self.name, state.version, fit.describe())
-        backups = [(obj, copy.deepcopy(obj.state_dict())) for _, obj, _ in targets]
+        backups = [(obj, _backup(obj)) for _, obj, _ in targets[:-1]]
         failed = "model"
         try:
             for failed, obj, saved in targets:
@@ -403,3 +412,11 @@ class ModelHandle:
             lines.append(f"  v{v.version:<4} {v.category:<11} step {v.step!s:<8} {v.monitor or ''}={v.value!s:<12}"
                          f" age {format_age(v.created_at)}{flag}{mark}")
         log.info("\n".join(lines))
+
+
+def _backup(obj: Stateful) -> Any:
+    """A state to roll `obj` back to. An optimizer's own state dict suffices: `Optimizer.load_state_dict`
+    replaces its state tensors instead of writing into them. Anything else gets a deep copy."""
+    if isinstance(obj, torch.optim.Optimizer):
+        return obj.state_dict()
+    return copy.deepcopy(obj.state_dict())

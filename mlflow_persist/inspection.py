@@ -34,13 +34,14 @@ class VersionRow:
     monitor: str | None
     value: float | None
     created_at: str | None
-    sha256: str | None
+    digest: str | None  # "<algorithm>:<hex>"
     corrupt: bool
     aliases: list[str]
 
     @classmethod
     def of(cls, v: VersionInfo) -> "VersionRow":
-        return cls(v.version, v.category, v.step, v.monitor, v.value, v.created_at, v.sha256, v.corrupt,
+        return cls(v.version, v.category, v.step, v.monitor, v.value, v.created_at,
+                   str(v.digest) if v.digest else None, v.corrupt,
                    list(v.aliases))
 
 
@@ -181,7 +182,7 @@ class VerifyReport:
 
 def verify(store: CheckpointStore, model: str | None = None, prefix: str = "", clear_false_corrupt: bool = False,
            fallback_mode: Mode = "min") -> VerifyReport:
-    """Check every version (sha256, safe load). Damaged ones are tagged corrupt=true and `best` moves off
+    """Check every version (checksum, safe load). Damaged ones are tagged corrupt=true and `best` moves off
     them. A version tagged corrupt whose bytes verify is reported; with `clear_false_corrupt` its tag is
     removed and `best` reconciled. A store error (unreachable) is raised: nothing is tagged on a guess."""
     names = [model] if model else store.managed_models(prefix)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
+from mlflow_persist.digest import SHA256, Digest
 from mlflow_persist.atomic import atomic_directory, durable_directory, is_staging
 from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE, WrittenCheckpoint, write_checkpoint_dir
 
@@ -37,7 +38,8 @@ class OutboxEntry:
     value: float | None
     improvement: float | None
     created_at: str
-    sha256: str
+    digest_algorithm: str
+    digest: str
     size_bytes: int
     also: list[str] = field(default_factory=list)
     sequence: int = 0
@@ -46,6 +48,16 @@ class OutboxEntry:
     @property
     def directory(self) -> Path:
         return Path(self.path)
+
+    @property
+    def checksum(self) -> Digest:
+        return Digest(self.digest_algorithm, self.digest)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> "OutboxEntry":
+        if "sha256" in data:  # written by a version before checksums named their algorithm
+            data = {**data, "digest_algorithm": SHA256, "digest": data.pop("sha256")}
+        return cls(**data, path=str(path))
 
 
 def default_outbox_root(tracking_uri: str) -> Path:
@@ -75,7 +87,8 @@ class Outbox:
             with atomic_directory(model_dir, name) as staging:
                 written: WrittenCheckpoint = write_checkpoint_dir(payload, staging)
                 entry = OutboxEntry(model, registered_name, run_id, dirname, category, step, value, improvement,
-                                    str(payload.get("created_at", "")), written.sha256, written.size_bytes,
+                                    str(payload.get("created_at", "")), written.digest.algorithm,
+                                    written.digest.hexdigest, written.size_bytes,
                                     list(also), sequence, str(model_dir / name))
                 data = asdict(entry)
                 data.pop("path")
@@ -103,7 +116,7 @@ class Outbox:
                 if sweep:
                     shutil.rmtree(path, ignore_errors=True)
                 continue
-            found.append(OutboxEntry(**data, path=str(path)))
+            found.append(OutboxEntry.from_json(data, path))
         return sorted(found, key=lambda e: e.sequence)
 
     @staticmethod

@@ -4,7 +4,8 @@ A checkpoint is a directory with two files:
 
 - `checkpoint.pt`: `torch.save` of a plain dict (tensors, numbers, strings, lists, dicts), so it loads with
   `torch.load(weights_only=True)` and can never execute code;
-- `manifest.json`: format version, sha256 of `checkpoint.pt`, step, category, metrics, created_at.
+- `manifest.json`: format version, the digest of `checkpoint.pt` and its algorithm (digest.py), step,
+  category, metrics, created_at.
 
 Format history (every loader reads every older version, filling new fields with defaults):
 - 1: model_state, optimizer_state, step, metrics.
@@ -13,20 +14,22 @@ Format history (every loader reads every older version, filling new fields with 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
+import pickle
 import random
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
+from mlflow_persist.device_copy import DeviceCopies
+from mlflow_persist.digest import DEFAULT_ALGORITHM, SHA256, Digest, digest_bytes, digest_file, new_hasher, \
+    recorded_digest
 from mlflow_persist.errors import CheckpointCorruptError
 from mlflow_persist.timestamps import utc_now_iso
 
@@ -34,17 +37,6 @@ FORMAT_VERSION = 2
 CHECKPOINT_FILE = "checkpoint.pt"
 MANIFEST_FILE = "manifest.json"
 _NDARRAY_KEY = "__mlflow_persist_ndarray__"
-_hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-persist-sha256")
-
-
-def _new_hash_pool_after_fork() -> None:
-    # A forked child inherits the pool object but not its worker thread: work submitted there would never run.
-    global _hash_pool
-    _hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-persist-sha256")
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_hash_pool_after_fork)
 
 @dataclass
 class CheckpointState:
@@ -62,19 +54,22 @@ class CheckpointState:
     version: int | None = None
     category: str | None = None
     created_at: str | None = None
-    sha256: str | None = None
+    digest: Digest | None = None
 
 
 # ---------------------------------------------------------------------------------------------- snapshot
 
-def copy_to_cpu(value: Any, reuse: Any = None) -> Any:
+def copy_to_cpu(value: Any, reuse: Any = None, device_copies: DeviceCopies | None = None) -> Any:
     """A deep copy where every tensor is detached and copied to CPU memory (the one blocking cost of a save).
 
     `reuse` is an earlier copy of the same structure whose writer is done with it: a tensor of the same shape
     and dtype at the same place is overwritten in place, which spares fresh allocations and their page
-    faults (the dominant cost of copying a state dict into new memory).
+    faults (the dominant cost of copying a state dict into new memory). Accelerator tensors go through
+    `device_copies` (device_copy.py): launched asynchronously, complete once its `finish()` wait returns.
     """
     if isinstance(value, torch.Tensor):
+        if device_copies is not None and device_copies.handles(value):
+            return device_copies.copy(value, reuse)
         if (isinstance(reuse, torch.Tensor) and reuse.shape == value.shape and reuse.dtype == value.dtype
                 and reuse.device.type == "cpu" and reuse.layout == value.layout == torch.strided):
             return reuse.copy_(value.detach())
@@ -85,12 +80,12 @@ def copy_to_cpu(value: Any, reuse: Any = None) -> Any:
         return value.item()
     if isinstance(value, dict):
         spare = reuse if isinstance(reuse, dict) else {}
-        copied = ((k, copy_to_cpu(v, spare.get(k))) for k, v in value.items())
+        copied = ((k, copy_to_cpu(v, spare.get(k), device_copies)) for k, v in value.items())
         return OrderedDict(copied) if isinstance(value, OrderedDict) else dict(copied)
     if isinstance(value, (list, tuple)):
         spare_items = list(reuse) if isinstance(reuse, (list, tuple)) and len(reuse) == len(value) else \
             [None] * len(value)
-        items = [copy_to_cpu(v, r) for v, r in zip(value, spare_items)]
+        items = [copy_to_cpu(v, r, device_copies) for v, r in zip(value, spare_items)]
         return items if isinstance(value, list) else tuple(items)
     if value is None or isinstance(value, (bool, int, float, str, bytes, torch.dtype, torch.device)):
         return value
@@ -154,17 +149,20 @@ def _to_tuples(value: Any) -> Any:
 def build_payload(*, model_name: str, model_state: Mapping[str, Any], optimizer_state: Any = None,
                   scheduler_state: Any = None, extra_state: Any = None, step: int, metrics: Mapping[str, float],
                   category: str, rng_state: Mapping[str, Any] | None = None,
-                  reuse: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The payload dict of the current format, every tensor already copied to CPU memory (into the tensors
-    of `reuse`, a released earlier payload, where they fit)."""
+                  reuse: Mapping[str, Any] | None = None, device_copies: DeviceCopies | None = None
+                  ) -> dict[str, Any]:
+    """The payload dict of the current format, every tensor copied to CPU memory (into the tensors of
+    `reuse`, a released earlier payload, where they fit). With `device_copies`, accelerator tensors are
+    still being copied when this returns: wait for `device_copies.finish()` before reading them."""
     spare = reuse or {}
+    copies = device_copies
     return {
         "format_version": FORMAT_VERSION,
         "model_name": model_name,
-        "model_state": copy_to_cpu(model_state, spare.get("model_state")),
-        "optimizer_state": copy_to_cpu(optimizer_state, spare.get("optimizer_state")),
-        "scheduler_state": copy_to_cpu(scheduler_state, spare.get("scheduler_state")),
-        "extra_state": copy_to_cpu(extra_state, spare.get("extra_state")),
+        "model_state": copy_to_cpu(model_state, spare.get("model_state"), copies),
+        "optimizer_state": copy_to_cpu(optimizer_state, spare.get("optimizer_state"), copies),
+        "scheduler_state": copy_to_cpu(scheduler_state, spare.get("scheduler_state"), copies),
+        "extra_state": copy_to_cpu(extra_state, spare.get("extra_state"), copies),
         "rng_state": dict(rng_state) if rng_state is not None else capture_rng_state(),
         "step": int(step),
         "metrics": {k: float(v) for k, v in metrics.items()},
@@ -178,85 +176,84 @@ def build_payload(*, model_name: str, model_state: Mapping[str, Any], optimizer_
 @dataclass(frozen=True)
 class WrittenCheckpoint:
     directory: Path
-    sha256: str
+    digest: Digest
     size_bytes: int
+
+
+def _save_zip(payload: Mapping[str, Any], file_like: Any) -> None:
+    """`torch.save` without torch's per-record CRC32, for this call only (the checkpoint's own digest covers
+    every byte, and `torch.serialization.set_crc32_options` would change every other torch.save of the
+    process). Falls back to a plain torch.save when this torch lacks the private writer API."""
+    try:
+        writer = torch._C.PyTorchFileWriter(file_like, False, torch.serialization._get_storage_alignment())
+        save = torch.serialization._save
+    except (AttributeError, TypeError):
+        torch.save(dict(payload), file_like)
+        return
+    save(dict(payload), writer, pickle, torch.serialization.DEFAULT_PROTOCOL, False)
+    writer.write_end_of_file()
+    file_like.flush()
 
 
 def serialize(payload: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
-    torch.save(dict(payload), buffer)
+    _save_zip(payload, buffer)
     return buffer.getvalue()
 
 
-class _HashingWriter:
-    """A write-only file object for torch.save that fsyncs at the end and computes the sha256 on the way.
+class _DigestingWriter:
+    """A write-only file object for the serializer that computes the digest of every byte on the way, so the
+    bytes are written once, straight from the snapshot's tensors, with no in-memory copy of the checkpoint."""
 
-    Large chunks are hashed on a second thread while this one writes them (hashlib and file writes both
-    release the GIL), so the checksum costs almost nothing on top of the write, and the bytes are written
-    once, straight from torch's serializer, without an in-memory copy of the whole checkpoint.
-    """
-
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, algorithm: str = DEFAULT_ALGORITHM) -> None:
         self._handle = handle
-        self._digest = hashlib.sha256()
+        self._algorithm = algorithm
+        self._hasher = new_hasher(algorithm)
         self.size = 0
         self.error: OSError | None = None  # torch reports a failed write as a RuntimeError without the errno
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
+        self._hasher.update(view)
         try:
-            hashing = self._hash_in_background(view) if view.nbytes >= 1 << 20 else None
-            if hashing is not None:
-                try:
-                    self._handle.write(view)
-                finally:
-                    hashing.result()
-            else:
-                self._digest.update(view)
-                self._handle.write(view)
+            self._handle.write(view)
         except OSError as exc:
             self.error = exc
             raise
         self.size += view.nbytes
         return view.nbytes
 
-    def _hash_in_background(self, view: memoryview) -> Any:
-        """A future hashing `view` on the pool's thread; None when the pool refuses work (at interpreter exit,
-        once `concurrent.futures` shut its pools down: an atexit close then hashes on the writing thread)."""
-        try:
-            return _hash_pool.submit(self._digest.update, view)
-        except RuntimeError:
-            return None
-
     def flush(self) -> None:
         self._handle.flush()
 
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
+    def digest(self) -> Digest:
+        return Digest(self._algorithm, self._hasher.hexdigest())
 
 
 def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> WrittenCheckpoint:
-    """Serialize `payload` into `directory`: checkpoint.pt (hashed on the way) and manifest.json.
+    """Serialize `payload` into `directory`: checkpoint.pt (digested on the way) and manifest.json.
 
     Durability is the caller's: write into the staging directory of `atomic.atomic_directory`, which fsyncs
     the files and renames the directory into place."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / CHECKPOINT_FILE, "wb") as handle:
-        writer = _HashingWriter(handle)
+        writer = _DigestingWriter(handle)
         try:
-            torch.save(dict(payload), writer)
+            _save_zip(payload, writer)
         except Exception:
             if writer.error is not None:
                 raise writer.error from None  # the real cause (e.g. ENOSPC), so callers can react to its errno
             raise
-    (directory / MANIFEST_FILE).write_bytes(manifest_bytes(payload, writer.hexdigest(), writer.size))
-    return WrittenCheckpoint(directory, writer.hexdigest(), writer.size)
+    digest = writer.digest()
+    (directory / MANIFEST_FILE).write_bytes(manifest_bytes(payload, digest, writer.size))
+    return WrittenCheckpoint(directory, digest, writer.size)
 
 
-def manifest_bytes(payload: Mapping[str, Any], sha256: str, size_bytes: int) -> bytes:
+def manifest_bytes(payload: Mapping[str, Any], digest: Digest, size_bytes: int) -> bytes:
     manifest = {
         "format_version": payload.get("format_version", FORMAT_VERSION),
-        "sha256": sha256,
+        "digest_algorithm": digest.algorithm,
+        "digest": digest.hexdigest,
         "size_bytes": size_bytes,
         "model_name": payload.get("model_name"),
         "step": payload.get("step"),
@@ -270,11 +267,7 @@ def manifest_bytes(payload: Mapping[str, Any], sha256: str, size_bytes: int) -> 
 # ---------------------------------------------------------------------------------------------- reading
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return digest_file(path, SHA256).hexdigest
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -287,32 +280,63 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointCorruptError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged.") from None
 
 
-def read_checkpoint_dir(directory: Path, expected_sha256: str | None = None) -> CheckpointState:
-    """Verify the sha256 (against `expected_sha256`, else the manifest) and load with weights_only=True."""
+def manifest_digest(manifest: Mapping[str, Any]) -> Digest | None:
+    return recorded_digest(manifest.get("digest_algorithm"), manifest.get("digest"), manifest.get("sha256"))
+
+
+def _check_digest(actual: Digest, expected: Digest | None, label: str) -> None:
+    if expected is not None and actual.hexdigest != expected.hexdigest:
+        raise CheckpointCorruptError(
+            f"{label} has {actual.algorithm} {actual.hexdigest[:12]}… but {expected.hexdigest[:12]}… was recorded; "
+            "the file is damaged."
+        )
+
+
+def _digest_or_corrupt(compute: Callable[[str], Digest], expected: Digest | None, label: str) -> Digest:
+    try:
+        return compute(expected.algorithm if expected is not None else DEFAULT_ALGORITHM)
+    except ValueError as exc:  # an algorithm this version does not know
+        raise CheckpointCorruptError(f"{label} cannot be verified: {exc}.") from None
+
+
+def read_checkpoint_dir(directory: Path, expected: Digest | None = None) -> CheckpointState:
+    """Verify the digest (against `expected`, else the manifest's) and load with weights_only=True.
+
+    The file is hashed through a memory map and loaded with `torch.load(mmap=True)`: its pages are read
+    once, from the page cache, and the tensors are copied only where the caller copies them (load_state_dict).
+    """
     directory = Path(directory)
     manifest = read_manifest(directory)
     checkpoint = directory / CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise CheckpointCorruptError(f"{checkpoint} is missing; the checkpoint is incomplete.")
-    return read_checkpoint_bytes(checkpoint.read_bytes(), expected_sha256 or manifest.get("sha256"),
-                                 label=str(checkpoint))
-
-
-def read_checkpoint_bytes(data: bytes, expected_sha256: str | None, label: str = CHECKPOINT_FILE
-                          ) -> CheckpointState:
-    """Verify `data` (the bytes of a checkpoint.pt) against `expected_sha256` and load it with
-    weights_only=True; damaged or hostile bytes raise CheckpointCorruptError."""
-    actual = hashlib.sha256(data).hexdigest()
-    if expected_sha256 and actual != expected_sha256:
-        raise CheckpointCorruptError(
-            f"{label} has sha256 {actual[:12]}… but {expected_sha256[:12]}… was recorded; the file is damaged."
-        )
+    expected = expected or manifest_digest(manifest)
+    actual = _digest_or_corrupt(lambda algorithm: digest_file(checkpoint, algorithm), expected, str(checkpoint))
+    _check_digest(actual, expected, str(checkpoint))
     try:
-        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not mappable (an old non-zip file); a plain load decides
+        raw = _load_or_corrupt(lambda: torch.load(checkpoint, map_location="cpu", weights_only=True), str(checkpoint))
+    state = payload_to_state(raw)
+    state.digest = actual
+    return state
+
+
+def _load_or_corrupt(load: Callable[[], Any], label: str) -> Any:
+    try:
+        return load()
     except Exception as exc:  # torch raises many types for damaged or hostile files
         raise CheckpointCorruptError(f"{label} cannot be loaded safely ({type(exc).__name__}: {exc}).") from None
+
+
+def read_checkpoint_bytes(data: bytes, expected: Digest | None, label: str = CHECKPOINT_FILE) -> CheckpointState:
+    """Verify `data` (the bytes of a checkpoint.pt) against `expected` and load it with weights_only=True;
+    damaged or hostile bytes raise CheckpointCorruptError."""
+    actual = _digest_or_corrupt(lambda algorithm: digest_bytes(data, algorithm), expected, label)
+    _check_digest(actual, expected, label)
+    raw = _load_or_corrupt(lambda: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), label)
     state = payload_to_state(raw)
-    state.sha256 = actual
+    state.digest = actual
     return state
 
 

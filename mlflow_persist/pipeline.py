@@ -19,6 +19,7 @@ import torch
 from mlflow_persist.best import reconcile_best
 from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.config import ModelSettings
+from mlflow_persist.digest import Digest
 from mlflow_persist.disk_guard import DiskGuard, GuardedModel
 from mlflow_persist.errors import NotFoundError
 from mlflow_persist.health import ModelHealth
@@ -27,7 +28,7 @@ from mlflow_persist.outbox import Outbox, OutboxEntry
 from mlflow_persist.payload import FORMAT_VERSION
 from mlflow_persist.policy import BEST_ELIGIBLE, PERFORMANCE, retention_deletions
 from mlflow_persist.prune import prune
-from mlflow_persist.versions import VersionInfo, checkpoint_dirname, tag
+from mlflow_persist.versions import VersionInfo, checkpoint_dirname, digest_tags, tag
 from mlflow_persist.writer import SaveJob
 from mlflow_persist.logging_setup import package_logger
 
@@ -44,7 +45,7 @@ class Registration:
     improvement: float | None
     also: list[str]
     created_at: str
-    sha256: str
+    digest: Digest
     size_bytes: int
     retried: bool = False
 
@@ -105,6 +106,8 @@ class SavePipeline:
 
     def execute(self, job: SaveJob) -> Any:
         started = time.monotonic()
+        if job.ready is not None:
+            job.ready()  # GPU snapshots: the host buffers are complete only after their copies ran
         self.guard.ensure_space(self.guarded())
         if self.outbox is not None:
             self._bound_outbox(job)
@@ -124,7 +127,7 @@ class SavePipeline:
                                 need_mb=tensor_bytes(job.payload) / 2**20)
             raise
         registration = Registration(job.category, job.step, job.value, job.improvement, list(job.also),
-                                    str(job.payload.get("created_at", "")), written.sha256, written.size_bytes,
+                                    str(job.payload.get("created_at", "")), written.digest, written.size_bytes,
                                     retried=job.attempts > 1)
         return self.register(source, registration, started)
 
@@ -150,7 +153,7 @@ class SavePipeline:
         tags = {
             tag("category"): reg.category, tag("step"): reg.step, tag("monitor"): self.monitor,
             tag("mode"): self.settings.mode,
-            tag("value"): reg.value if reg.value is not None else "", tag("sha256"): reg.sha256,
+            tag("value"): reg.value if reg.value is not None else "", **digest_tags(reg.digest),
             tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
         }
         with self.registry_lock, store.lock(f"model-{self.registered_name}"):
@@ -167,7 +170,8 @@ class SavePipeline:
                   lambda summaries, best_version: retention_deletions(
                       summaries, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final,
                       best_version),
-                  versions=versions, best_version=best.version if best else None)
+                  versions=versions, best_version=best.version if best else None,
+                  listing_is_current=store.lock_is_shared)
         self._after_save(reg, info, best, time.monotonic() - started)
         return info
 
@@ -238,7 +242,7 @@ class SavePipeline:
     def _register_entry(self, entry: OutboxEntry, started: float) -> None:
         source = self.store.upload_checkpoint_files(entry.run_id, entry.directory, entry.dirname)
         registration = Registration(entry.category, entry.step, entry.value, entry.improvement, entry.also,
-                                    entry.created_at, entry.sha256, entry.size_bytes, retried=True)
+                                    entry.created_at, entry.checksum, entry.size_bytes, retried=True)
         self.register(source, registration, started, run_id=entry.run_id)
 
     def pending_outbox(self) -> int:

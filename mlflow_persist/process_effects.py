@@ -2,7 +2,6 @@
 
 | effect | what it changes | default |
 |---|---|---|
-| `crc32_off` | `torch.serialization.set_crc32_options(False)`: torch's zip CRC32 off for every torch.save of the process (sha256 still covers our checkpoints) | on only with `fast_serialization=true` |
 | `http_retry_defaults` | `MLFLOW_HTTP_REQUEST_*` environment variables (shorter client retries against a tracking server; a user's own settings win) | on for `http(s)://` stores |
 | `signal_handlers` | SIGTERM and SIGINT handlers: a stop request honoured at the next `step()` boundary, so final checkpoints are consistent (restored on close) | on in the main thread |
 | `atexit_close` | an `atexit` hook that closes a `Persistence` the script never closed | on |
@@ -37,7 +36,6 @@ class GracefulExit(SystemExit):
 class ProcessEffects:
     """Which process-wide side effects a `Persistence` may have (see the module docstring)."""
 
-    crc32_off: bool = False
     http_retry_defaults: bool = True
     signal_handlers: bool = True
     atexit_close: bool = True
@@ -46,12 +44,6 @@ class ProcessEffects:
 def apply_http_retry_defaults() -> None:
     for key, value in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
-
-
-def turn_off_torch_crc32() -> None:
-    import torch
-
-    torch.serialization.set_crc32_options(False)
 
 
 class SignalHandlers:

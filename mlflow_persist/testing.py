@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from mlflow_persist.digest import digest_bytes
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, StoreError, StoreUnavailableError
 from mlflow_persist.naming import validate_model_name
 from mlflow_persist.payload import (
@@ -194,7 +195,7 @@ class MemoryStore:
         source = f"memory://{run_id}/{CHECKPOINTS_DIR}/{checkpoint_dirname(model_name, step)}"
         with self._guard:
             self._artifacts[source] = data
-        return source, WrittenCheckpoint(Path(source), hashlib.sha256(data).hexdigest(), len(data))
+        return source, WrittenCheckpoint(Path(source), digest_bytes(data), len(data))
 
     def upload_checkpoint_files(self, run_id: str, directory: Path, dirname: str) -> str:
         self._enter("write")
@@ -211,7 +212,7 @@ class MemoryStore:
             data = self._artifacts.get(info.source)
         if data is None:
             raise CheckpointCorruptError(f"The artifacts of {info.name} v{info.version} are missing; they were deleted.")
-        state = read_checkpoint_bytes(data, info.sha256, label=f"{info.name} v{info.version}")
+        state = read_checkpoint_bytes(data, info.digest, label=f"{info.name} v{info.version}")
         state.name, state.version = info.name, info.version
         state.category = info.category if info.category != "unknown" else state.category
         return state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from mlflow_persist.digest import Digest, recorded_digest
 from mlflow_persist.policy import VersionSummary
 
 TAG_PREFIX = "mlflow_persist."
@@ -16,6 +17,11 @@ CHECKPOINTS_DIR = "checkpoints"
 
 def tag(name: str) -> str:
     return TAG_PREFIX + name
+
+
+def digest_tags(digest: Digest) -> dict[str, str]:
+    """The registry tags that record a checkpoint's checksum."""
+    return {tag("digest_algorithm"): digest.algorithm, tag("digest"): digest.hexdigest}
 
 
 def checkpoint_dirname(model_name: str, step: int) -> str:
@@ -57,8 +63,10 @@ class VersionInfo:
         return self.tags.get(tag("monitor"))
 
     @property
-    def sha256(self) -> str | None:
-        return self.tags.get(tag("sha256"))
+    def digest(self) -> Digest | None:
+        """The checksum recorded at registration (older versions carry only `mlflow_persist.sha256`)."""
+        return recorded_digest(self.tags.get(tag("digest_algorithm")), self.tags.get(tag("digest")),
+                               self.tags.get(tag("sha256")))
 
     @property
     def created_at(self) -> str | None:

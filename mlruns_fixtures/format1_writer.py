@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from mlflow_persist.legacy.formats import FORMAT_1, format1_payload
+from mlflow_persist.payload import CHECKPOINT_FILE, sha256_file
 from mlflow_persist.store import BEST_ALIAS, MlflowStore, tag
 
 # (model, step, category, loss): cnn's best is step 20, dqn's best is step 5.
@@ -42,7 +43,7 @@ def write_format1_store(tracking_uri: str, artifact_dir: Path, experiment: str) 
         store.log_metrics(run_id, [("loss", loss, 1_735_689_600_000 + index * 60_000, step)])
         info = store.register_version(name, source, run_id, {
             tag("category"): category, tag("step"): step, tag("monitor"): "loss", tag("value"): loss,
-            tag("sha256"): written.sha256, tag("format_version"): FORMAT_1,
+            tag("sha256"): sha256_file(written.directory / CHECKPOINT_FILE), tag("format_version"): FORMAT_1,
             tag("created_at"): f"2025-01-01T00:{index:02d}:00+00:00",
         })
         if category == "performance" and (name not in best or loss < best[name][0]):

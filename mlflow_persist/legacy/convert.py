@@ -8,7 +8,9 @@ from mlflow_persist.legacy.classify import LegacyPayload, to_plain
 from mlflow_persist.legacy.plan import LEGACY_SHA_TAG
 from mlflow_persist.legacy.scan import LegacyFile
 from mlflow_persist.payload import FORMAT_VERSION, build_payload
+from mlflow_persist.digest import Digest
 from mlflow_persist.store import tag
+from mlflow_persist.versions import digest_tags
 
 LEGACY = "legacy"
 METRIC_TAG_PREFIX = "mlflow_persist.metric."
@@ -34,7 +36,7 @@ def to_current_payload(file: LegacyFile, payload: LegacyPayload, model_name: str
     return built
 
 
-def version_tags(file: LegacyFile, sha256: str, size_bytes: int, metric: str) -> dict[str, str]:
+def version_tags(file: LegacyFile, digest: Digest, size_bytes: int, metric: str) -> dict[str, str]:
     """Tags of a legacy version: the contract tags plus where it came from and its legacy metrics."""
     value = file.metrics.get(metric)
     tags: dict[str, Any] = {
@@ -42,7 +44,7 @@ def version_tags(file: LegacyFile, sha256: str, size_bytes: int, metric: str) ->
         tag("step"): file.step,
         tag("monitor"): metric,
         tag("value"): value if value is not None else "",
-        tag("sha256"): sha256,
+        **digest_tags(digest),
         tag("format_version"): FORMAT_VERSION,
         tag("created_at"): legacy_created_at(file),
         tag("size_bytes"): size_bytes,

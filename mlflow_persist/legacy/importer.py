@@ -163,7 +163,7 @@ def import_file(store: MlflowStore, item: PlanItem, metric: str) -> VersionInfo:
     run_id = model_run(store, item.model)
     current = to_current_payload(file, payload, item.model)
     source, written = store.write_checkpoint(run_id, item.model, file.step, current)
-    tags = version_tags(file, written.sha256, written.size_bytes, metric)
+    tags = version_tags(file, written.digest, written.size_bytes, metric)
     with store.lock(f"model-{item.model}"):
         already = [v for v in store.list_versions(item.model) if v.tags.get(LEGACY_SHA_TAG) == file.sha256]
         if already:  # another import registered it meanwhile; the unused directory is swept later

@@ -30,6 +30,7 @@ from mlflow_persist.payload import FORMAT_VERSION, CheckpointState, build_payloa
 from mlflow_persist.policy import VersionSummary
 from mlflow_persist.prune import prune
 from mlflow_persist.store import BEST_ALIAS, MlflowStore, VersionInfo, tag
+from mlflow_persist.versions import digest_tags
 
 LEGACY_API_TAG = tag("legacy_api")
 
@@ -145,7 +146,7 @@ class CheckpointManager:
         source, written = store.write_checkpoint(run_id, name, step, payload)
         tags: dict[str, Any] = {
             tag("category"): LEGACY, tag("step"): step, tag("monitor"): SCORE_FIELD, tag("value"): score,
-            tag("sha256"): written.sha256, tag("format_version"): FORMAT_VERSION,
+            **digest_tags(written.digest), tag("format_version"): FORMAT_VERSION,
             tag("created_at"): payload["created_at"], tag("size_bytes"): written.size_bytes,
             tag("legacy_checkpoint_id"): checkpoint_id, tag("legacy_model_type"): model_type, LEGACY_API_TAG: "true",
         }
@@ -218,7 +219,7 @@ class CheckpointManager:
         """Write the checkpoint in the legacy layout to the cache directory, atomically. A file already there is
         reused only when its sha256 matches the digest recorded when it was written; else it is rewritten."""
         folder = private_directory(self.cache_dir / info.name)
-        target = folder / f"{info.name}_v{info.version}_{(info.sha256 or 'x')[:12]}.pt"
+        target = folder / f"{info.name}_v{info.version}_{(info.digest.hexdigest if info.digest else 'x')[:12]}.pt"
         digest_file = target.with_name(target.name + ".sha256")
         if target.is_file() and digest_file.is_file() and \
                 digest_file.read_text(encoding="utf-8").strip() == sha256_file(target):

@@ -15,10 +15,10 @@ from mlflow_persist.legacy.alias_log import move_alias
 from mlflow_persist.legacy.formats import needs_migration
 from mlflow_persist.payload import FORMAT_VERSION, build_payload
 from mlflow_persist.store import MlflowStore, VersionInfo, tag
+from mlflow_persist.versions import digest_tags
 
 MIGRATED_FROM = tag("migrated_from")
 MIGRATED_TO = tag("migrated_to")
-_NEW_TAGS = ("sha256", "format_version", "size_bytes")
 
 
 @dataclass
@@ -88,8 +88,8 @@ def migrate_version(store: MlflowStore, old: VersionInfo) -> int:
         run_id = old.run_id or store.ensure_run(old.name)
         source, written = store.write_checkpoint(run_id, old.name, state.step, payload)
         tags = {k: v for k, v in old.tags.items() if k.startswith("mlflow_persist.")
-                and k not in (tag("corrupt"), tag("corrupt_reason"), MIGRATED_TO)}
-        tags.update({tag("sha256"): written.sha256, tag("format_version"): str(FORMAT_VERSION),
+                and k not in (tag("corrupt"), tag("corrupt_reason"), tag("sha256"), MIGRATED_TO)}
+        tags.update({**digest_tags(written.digest), tag("format_version"): str(FORMAT_VERSION),
                      tag("size_bytes"): str(written.size_bytes), MIGRATED_FROM: str(old.version)})
         with store.lock(f"model-{old.name}"):
             new = store.register_version(old.name, source, run_id, tags)

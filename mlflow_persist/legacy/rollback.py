@@ -13,7 +13,7 @@ from mlflow_persist.store import BEST_ALIAS, MlflowStore, VersionInfo, tag
 
 ROLLBACK = "rollback"
 # Tags of the chosen version that describe the checkpoint itself and carry over to the rollback version.
-_CARRIED = ("step", "monitor", "value", "sha256", "format_version", "created_at", "size_bytes",
+_CARRIED = ("step", "monitor", "value", "sha256", "digest", "digest_algorithm", "format_version", "created_at", "size_bytes",
             "legacy_path", "legacy_checkpoint_id")
 
 

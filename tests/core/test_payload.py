@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import random
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mlflow_persist import CheckpointCorruptError
+from mlflow_persist.digest import Digest
 from mlflow_persist.payload import (
     CHECKPOINT_FILE,
     build_payload,
@@ -44,7 +46,7 @@ def test_round_trip_preserves_every_field(tmp_path: Path) -> None:
     payload = _payload()
     written = write_checkpoint_dir(payload, tmp_path / "ck")
     state = read_checkpoint_dir(tmp_path / "ck")
-    assert state.sha256 == written.sha256 and state.step == 17 and state.metrics == {"loss": 0.5}
+    assert state.digest == written.digest and state.digest.algorithm == "xxh3-128" and state.step == 17 and state.metrics == {"loss": 0.5}
     for key, tensor in payload["model_state"].items():
         assert torch.equal(state.model_state[key], tensor)
     assert state.optimizer_state["state"][0]["exp_avg"].equal(payload["optimizer_state"]["state"][0]["exp_avg"])
@@ -102,7 +104,7 @@ def test_checkpoint_cannot_execute_code(tmp_path: Path) -> None:
     hostile = pickle.dumps({"model_state": Exploit()}, protocol=2)
     (directory / CHECKPOINT_FILE).write_bytes(hostile)
     with pytest.raises(CheckpointCorruptError, match="cannot be loaded safely"):
-        read_checkpoint_dir(directory, expected_sha256=hashlib.sha256(hostile).hexdigest())
+        read_checkpoint_dir(directory, expected=Digest("sha256", hashlib.sha256(hostile).hexdigest()))
     assert not marker.exists()
 
 
@@ -119,3 +121,34 @@ def test_format_1_payload_is_upgraded(tmp_path: Path) -> None:
     state = read_checkpoint_dir(directory)
     assert state.format_version == 1 and state.step == 3 and state.rng_state is None and state.extra_state is None
     assert torch.equal(state.model_state["weight"], model.weight)
+
+
+def test_checkpoints_are_written_without_zip_crc_and_leave_torch_settings_alone(tmp_path: Path) -> None:
+    import zipfile
+
+    before = torch.serialization.get_crc32_options()
+    written = write_checkpoint_dir(_payload(), tmp_path / "ck")
+    assert torch.serialization.get_crc32_options() is before  # other torch.save calls of the process keep theirs
+    with zipfile.ZipFile(written.directory / CHECKPOINT_FILE) as archive:
+        assert all(info.CRC == 0 for info in archive.infolist() if info.file_size)  # the digest covers the bytes
+    plain = torch.load(written.directory / CHECKPOINT_FILE, weights_only=True)  # still a normal torch file
+    assert plain["step"] == 17
+
+
+def test_a_sha256_recorded_by_older_versions_is_still_verified(tmp_path: Path) -> None:
+    import json
+
+    directory = tmp_path / "old"
+    write_checkpoint_dir(_payload(), directory)
+    recorded = hashlib.sha256((directory / CHECKPOINT_FILE).read_bytes()).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps({"format_version": 2, "sha256": recorded}))
+    assert read_checkpoint_dir(directory).digest == Digest("sha256", recorded)
+    with open(directory / CHECKPOINT_FILE, "r+b") as handle:  # one flipped byte in the middle of the file
+        handle.seek(os.path.getsize(directory / CHECKPOINT_FILE) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(CheckpointCorruptError, match="sha256"):
+        read_checkpoint_dir(directory)
+    with pytest.raises(CheckpointCorruptError, match="xxh3-128"):
+        read_checkpoint_dir(directory, expected=Digest("xxh3-128", "0" * 32))

@@ -64,7 +64,7 @@ def test_two_models_independent_best_and_exact_performance_saves(tracking_uri: s
     for name in ("dqn", "cnn"):
         latest = store.resolve(f"models:/{name}/latest")
         assert latest.category == "final" and latest.step == 10
-        assert latest.tags["mlflow_persist.sha256"] and latest.tags["mlflow_persist.format_version"] == "2"
+        assert len(latest.tags["mlflow_persist.digest"]) == 32 and latest.tags["mlflow_persist.digest_algorithm"] == "xxh3-128" and latest.tags["mlflow_persist.format_version"] == "2"
         assert latest.created_at.endswith("+00:00")
     metrics = store.client.get_metric_history(next(iter(run_ids)), "loss")
     assert sorted(m.step for m in metrics) == list(range(1, 11))

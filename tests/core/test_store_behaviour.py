@@ -16,7 +16,8 @@ from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, Persist
 from mlflow_persist.payload import build_payload
 from mlflow_persist.prune import prune
 from mlflow_persist.testing import MemoryStore
-from mlflow_persist.versions import tag
+from mlflow_persist.digest import Digest
+from mlflow_persist.versions import digest_tags, tag
 from store_support import copy_template_store, reset_server_store
 
 
@@ -44,16 +45,16 @@ def _payload(seed: int, step: int) -> tuple[dict[str, Any], dict[str, torch.Tens
                          category="performance"), expected
 
 
-def _tags(category: str, step: int, value: float, sha256: str) -> dict[str, Any]:
+def _tags(category: str, step: int, value: float, digest: Digest) -> dict[str, Any]:
     return {tag("category"): category, tag("step"): step, tag("monitor"): "loss", tag("value"): value,
-            tag("sha256"): sha256}
+            **digest_tags(digest)}
 
 
 def _save(store: CheckpointStore, run_id: str, seed: int, step: int, category: str = "performance",
           value: float = 1.0) -> tuple[mp.VersionInfo, dict[str, torch.Tensor]]:
     payload, expected = _payload(seed, step)
     source, written = store.write_checkpoint(run_id, "net", step, payload)
-    return store.register_version("net", source, run_id, _tags(category, step, value, written.sha256)), expected
+    return store.register_version("net", source, run_id, _tags(category, step, value, written.digest)), expected
 
 
 def test_runs_are_one_per_key_and_resumed(store: CheckpointStore) -> None:
@@ -80,9 +81,9 @@ def test_registration_is_idempotent_per_source_and_category(store: CheckpointSto
     run_id = store.ensure_run("net")
     payload, _ = _payload(2, 3)
     source, written = store.write_checkpoint(run_id, "net", 3, payload)
-    one = store.register_version("net", source, run_id, _tags("performance", 3, 1.0, written.sha256))
-    again = store.register_version("net", source, run_id, _tags("performance", 3, 1.0, written.sha256))
-    periodic = store.register_version("net", source, run_id, _tags("periodic", 3, 1.0, written.sha256))
+    one = store.register_version("net", source, run_id, _tags("performance", 3, 1.0, written.digest))
+    again = store.register_version("net", source, run_id, _tags("performance", 3, 1.0, written.digest))
+    periodic = store.register_version("net", source, run_id, _tags("periodic", 3, 1.0, written.digest))
     assert again.version == one.version
     assert periodic.version != one.version
     assert [v.category for v in store.list_versions("net")] == ["performance", "periodic"]
@@ -103,7 +104,7 @@ def test_a_wrong_checksum_or_missing_bytes_read_as_corrupt(store: CheckpointStor
     run_id = store.ensure_run("net")
     payload, _ = _payload(3, 1)
     source, _ = store.write_checkpoint(run_id, "net", 1, payload)
-    wrong = store.register_version("net", source, run_id, _tags("performance", 1, 1.0, "0" * 64))
+    wrong = store.register_version("net", source, run_id, _tags("performance", 1, 1.0, Digest("xxh3-128", "0" * 32)))
     with pytest.raises(CheckpointCorruptError):
         store.load_version(wrong)
     gone, _ = _save(store, run_id, seed=4, step=2)
@@ -139,8 +140,8 @@ def test_prune_never_deletes_bytes_a_remaining_version_shares(store: CheckpointS
     run_id = store.ensure_run("net")
     payload, expected = _payload(8, 5)
     source, written = store.write_checkpoint(run_id, "net", 5, payload)
-    shared_a = store.register_version("net", source, run_id, _tags("performance", 5, 1.0, written.sha256))
-    shared_b = store.register_version("net", source, run_id, _tags("periodic", 5, 1.0, written.sha256))
+    shared_a = store.register_version("net", source, run_id, _tags("performance", 5, 1.0, written.digest))
+    shared_b = store.register_version("net", source, run_id, _tags("periodic", 5, 1.0, written.digest))
     own, _ = _save(store, run_id, seed=9, step=6, category="periodic")
     result = prune(store, "net", lambda versions, best: [shared_a.version])
     assert [v.version for v in result.deleted] == [shared_a.version]
@@ -165,7 +166,7 @@ def test_managed_models_filter_by_prefix(store: CheckpointStore) -> None:
     for name in ("team-a", "team-b", "other"):
         payload, _ = _payload(1, 1)
         source, written = store.write_checkpoint(run_id, name, 1, payload)
-        store.register_version(name, source, run_id, _tags("performance", 1, 1.0, written.sha256))
+        store.register_version(name, source, run_id, _tags("performance", 1, 1.0, written.digest))
     assert store.managed_models("team-") == ["team-a", "team-b"]
     assert store.managed_models() == ["other", "team-a", "team-b"]
 

@@ -11,6 +11,7 @@ from legacy_support import LEGACY_FULL, WHOLE_MODULE, snapshot
 from mlflow_persist.legacy.alias_log import alias_moves
 from mlflow_persist.legacy.importer import execute_plan, plan_import
 from mlflow_persist.store import tag
+from mlflow_persist.versions import digest_tags
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -93,7 +94,7 @@ def test_dry_run_writes_nothing_and_best_is_kept(store) -> None:
 
     source, written = store.write_checkpoint(run_id, "cnn", 1, build_payload(
         model_name="cnn", model_state=model.state_dict(), step=1, metrics={"loss": 0.1}, category="performance"))
-    info = store.register_version("cnn", source, run_id, {tag("category"): "performance", tag("sha256"): written.sha256,
+    info = store.register_version("cnn", source, run_id, {tag("category"): "performance", **digest_tags(written.digest),
                                                           tag("monitor"): "loss", tag("value"): 0.1})
     store.set_best("cnn", info.version)
     execute_plan(store, plan_import(store, LEGACY_FULL))

@@ -100,7 +100,7 @@ def test_three_trainers_share_one_postgres_server(postgres_server: MlflowServer,
             assert int(tags["mlflow_persist.step"]) == event["step"]
             if event["category"] == "performance":
                 assert math.isclose(float(tags["mlflow_persist.value"]), event["value"], rel_tol=1e-9)
-            assert len(tags["mlflow_persist.sha256"]) == 64
+            assert len(tags["mlflow_persist.digest"]) == 32 and tags["mlflow_persist.digest_algorithm"] == "xxh3-128"
         finals = [e for e in by_version.values() if e["category"] == "final"]
         assert len(finals) == (N_TRAINERS if model == "shared" else 1), model
         performance = {n: e["value"] for n, e in by_version.items() if e["category"] == "performance"}

@@ -1,0 +1,70 @@
+"""The checksum a checkpoint is verified against: which algorithm, and the hex digest.
+
+New checkpoints use XXH3-128 (xxhash): about 30 GB/s here against sha256's 1.7 GB/s, and the digest exists
+to catch damaged bytes (torn writes, bit rot, truncated uploads), not a forger: a checkpoint is loaded with
+`weights_only=True`, which is what keeps hostile bytes from running code. Versions written before carry
+only a sha256, which is still verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import xxhash
+
+SHA256 = "sha256"
+XXH3_128 = "xxh3-128"
+DEFAULT_ALGORITHM = XXH3_128
+
+_HASHERS: dict[str, Callable[[], Any]] = {SHA256: hashlib.sha256, XXH3_128: xxhash.xxh3_128}
+
+
+def new_hasher(algorithm: str = DEFAULT_ALGORITHM) -> Any:
+    try:
+        return _HASHERS[algorithm]()
+    except KeyError:
+        raise ValueError(f"unknown checksum algorithm {algorithm!r}; this mlflow-persist knows "
+                         f"{', '.join(sorted(_HASHERS))}; upgrade the package to read this checkpoint") from None
+
+
+@dataclass(frozen=True)
+class Digest:
+    algorithm: str
+    hexdigest: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    @property
+    def short(self) -> str:
+        return f"{self.algorithm}:{self.hexdigest[:12]}…"
+
+
+def digest_bytes(data: Any, algorithm: str = DEFAULT_ALGORITHM) -> Digest:
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    return Digest(algorithm, hasher.hexdigest())
+
+
+def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM) -> Digest:
+    """The digest of a file, read through one memory map (no copy into Python buffers)."""
+    hasher = new_hasher(algorithm)
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size:
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                hasher.update(mapped)
+    return Digest(algorithm, hasher.hexdigest())
+
+
+def recorded_digest(algorithm: str | None, hexdigest: str | None, sha256: str | None = None) -> Digest | None:
+    """The digest a manifest or a version's tags recorded: the algorithm-tagged one, else a bare sha256."""
+    if hexdigest:
+        return Digest(algorithm or SHA256, hexdigest)
+    if sha256:
+        return Digest(SHA256, sha256)
+    return None
