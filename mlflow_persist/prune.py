@@ -2,9 +2,10 @@
 `mlflow-persist gc`, the legacy manager's rotation) is deleted here.
 
 `prune` lists the versions once (or takes the listing its caller just made under the same lock), asks a pure
-policy which ones go and deletes them in that order. A version's artifacts are deleted only when no version
-in a fresh listing, taken after the deletions, uses them (a periodic or rollback version may reuse another
-version's bytes, and a rollback may have registered them again meanwhile).
+policy which ones go and deletes them in that order. A version's artifacts are deleted only when no remaining
+version uses them (a periodic or rollback version may reuse another version's bytes). Where the caller's lock
+is not shared by every writer (a server), the remaining versions come from a fresh listing taken after the
+deletions, since another machine may have registered the same bytes again meanwhile.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ class PruneResult:
 
 def prune(store: CheckpointStore, name: str, policy: PrunePolicy, *, versions: list[VersionInfo] | None = None,
           best_version: int | None = None, enough: Callable[[], bool] | None = None, dry_run: bool = False,
-          reason: str = "retention") -> PruneResult:
+          reason: str = "retention", listing_is_current: bool = False) -> PruneResult:
     """Delete what `policy` chooses among the versions of `name`.
 
     `versions`/`best_version`: a listing the caller made under the same lock (else listed here).
     `enough`: checked before each deletion; once it returns True the rest are kept (disk-pressure cleanup).
     Callers hold `store.lock(f"model-{name}")` so no registration interleaves with the listing.
+    `listing_is_current`: that lock is one every writer shares (`store.lock_is_shared`), so `versions` minus
+    the deletions is what the store holds afterwards and no second listing is needed.
     """
     if versions is None:
         versions = store.list_versions(name)
@@ -59,7 +62,8 @@ def prune(store: CheckpointStore, name: str, policy: PrunePolicy, *, versions: l
         return result
     # A fresh listing, not the one the policy saw: a rollback or another trainer may have registered a new
     # version of the same bytes meanwhile (on a server no lock is shared between machines).
-    in_use = {v.source for v in store.list_versions(name)}
+    remaining = [v for v in versions if v not in result.deleted] if listing_is_current else store.list_versions(name)
+    in_use = {v.source for v in remaining}
     for info in result.deleted:
         if info.source in in_use:
             result.artifacts_kept.append(info)

@@ -124,6 +124,7 @@ class MlflowStore:
         if db_dir is not None:
             make_sqlite_commits_durable(db_dir / Path(tracking_uri[len("sqlite:///"):]).name)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.registry = _registry_client(self.client)
         self.is_remote = self.is_remote_uri(tracking_uri)
         # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
         # every writer; elsewhere registration and `best` use the lock-free convergent strategy.
@@ -245,7 +246,7 @@ class MlflowStore:
             with atomic_directory(local_root / CHECKPOINTS_DIR, dirname) as staging:
                 written = write_checkpoint_dir(payload, staging)
             return f"{self.artifact_uri(run_id)}/{relative}", WrittenCheckpoint(
-                local_root / relative, written.sha256, written.size_bytes)
+                local_root / relative, written.digest, written.size_bytes)
         with tempfile.TemporaryDirectory(prefix="mlflow-persist-") as tmp:
             staging = Path(tmp) / dirname
             written = write_checkpoint_dir(payload, staging)
@@ -331,11 +332,11 @@ class MlflowStore:
         def same(v: VersionInfo) -> bool:
             return v.source == source and v.category == (category or "unknown")
 
-        if retried or not self.lock_is_shared:
+        if retried:
             existing = [v for v in self.list_versions(name) if same(v)]
             if existing:
                 return min(existing, key=lambda v: v.version)
-        created = self.client.create_model_version(
+        created = self.registry.create_model_version(
             name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, await_creation_for=0,
         )
         if self.lock_is_shared:
@@ -344,7 +345,7 @@ class MlflowStore:
         for extra in duplicates[1:]:
             log.warning("removing duplicate registration v%s of %s (same source as v%s)", extra.version, name,
                         duplicates[0].version)
-            self.client.delete_model_version(name, str(extra.version))
+            self.registry.delete_model_version(name, str(extra.version))
         return duplicates[0] if duplicates else self._to_info(created)
 
     @_translated("list the model's versions")
@@ -353,7 +354,7 @@ class MlflowStore:
         versions: list[VersionInfo] = []
         token = None
         while True:
-            page = self.client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+            page = self.registry.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
             versions.extend(self._to_info(mv) for mv in page)
             token = page.token
             if not token:
@@ -362,7 +363,7 @@ class MlflowStore:
 
     def get_version(self, name: str, version: int | str) -> VersionInfo:
         try:
-            return self._to_info(self.client.get_model_version(name, str(version)))
+            return self._to_info(self.registry.get_model_version(name, str(version)))
         except MlflowException as exc:
             if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                 raise translate(exc, f"read {name} v{version}") from exc
@@ -372,7 +373,7 @@ class MlflowStore:
 
     def alias_version(self, name: str, alias: str = BEST_ALIAS) -> VersionInfo | None:
         try:
-            return self._to_info(self.client.get_model_version_by_alias(name, alias))
+            return self._to_info(self.registry.get_model_version_by_alias(name, alias))
         except MlflowException as exc:
             if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
@@ -404,12 +405,12 @@ class MlflowStore:
 
     @_translated("move the alias")
     def set_alias(self, name: str, alias: str, version: int) -> None:
-        self.client.set_registered_model_alias(name, alias, str(version))
+        self.registry.set_registered_model_alias(name, alias, str(version))
 
     @_translated("remove the alias")
     def delete_alias(self, name: str, alias: str) -> None:
         try:
-            self.client.delete_registered_model_alias(name, alias)
+            self.registry.delete_registered_model_alias(name, alias)
         except MlflowException as exc:
             if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise
@@ -418,7 +419,7 @@ class MlflowStore:
     def clear_corrupt(self, name: str, version: int) -> None:
         for key in (tag("corrupt"), tag("corrupt_reason")):
             try:
-                self.client.delete_model_version_tag(name, str(version), key)
+                self.registry.delete_model_version_tag(name, str(version), key)
             except MlflowException as exc:
                 if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                     raise
@@ -428,8 +429,8 @@ class MlflowStore:
 
     def mark_corrupt(self, name: str, version: int, reason: str) -> None:
         try:
-            self.client.set_model_version_tag(name, str(version), tag("corrupt"), "true")
-            self.client.set_model_version_tag(name, str(version), tag("corrupt_reason"), reason[:4000])
+            self.registry.set_model_version_tag(name, str(version), tag("corrupt"), "true")
+            self.registry.set_model_version_tag(name, str(version), tag("corrupt_reason"), reason[:4000])
         except Exception as exc:  # noqa: BLE001 - the caller goes on with the next version either way
             log.warning("could not tag %s v%s as corrupt: %s", name, version, describe_store_error(exc))
 
@@ -438,7 +439,7 @@ class MlflowStore:
         """Delete the registry entry of a version (its artifacts stay: see `delete_artifacts`). A version
         another process deleted first counts as deleted."""
         try:
-            self.client.delete_model_version(info.name, str(info.version))
+            self.registry.delete_model_version(info.name, str(info.version))
         except MlflowException as exc:
             if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                 raise
@@ -523,9 +524,9 @@ class MlflowStore:
 
     @_translated("load the checkpoint")
     def load_version(self, info: VersionInfo) -> CheckpointState:
-        """Download, verify against the sha256 recorded at registration, and load with weights_only=True."""
+        """Download, verify against the checksum recorded at registration, and load with weights_only=True."""
         with self.checkpoint_dir(info) as directory:
-            state = read_checkpoint_dir(directory, expected_sha256=info.sha256)
+            state = read_checkpoint_dir(directory, expected=info.digest)
         state.name, state.version = info.name, info.version
         state.category = info.category if info.category != "unknown" else state.category
         return state
@@ -565,6 +566,16 @@ class MlflowStore:
             tags=dict(mv.tags or {}), aliases=list(getattr(mv, "aliases", []) or []),
             creation_timestamp_ms=mv.creation_timestamp,
         )
+
+
+def _registry_client(client: MlflowClient) -> Any:
+    """MLflow's model-registry client under `MlflowClient`. `MlflowClient` checks before every registry
+    write that the model is not a prompt, one more round trip each time; the models written here are ours
+    (created with the `managed` tag). Falls back to `MlflowClient` where this MLflow lacks the inner client."""
+    try:
+        return client._get_registry_client()
+    except Exception:  # noqa: BLE001 - a private API: any change means the public client
+        return client
 
 
 def _newest_mtime(path: Path) -> float:
