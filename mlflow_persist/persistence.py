@@ -27,13 +27,13 @@ from mlflow_persist.disk_guard import DiskGuard
 from mlflow_persist.errors import DiskFullError, PersistError, describe_store_error
 from mlflow_persist.handle import ModelHandle, Stateful
 from mlflow_persist.health import ModelHealth
-from mlflow_persist.metrics_buffer import MetricsBuffer
+from mlflow_persist.metrics_buffer import MetricsBuffer, Pace
 from mlflow_persist.naming import validate_model_name
 from mlflow_persist.outbox import Outbox, default_outbox_root
 from mlflow_persist.pipeline import SavePipeline
 from mlflow_persist.policy import FINAL
 from mlflow_persist.process_effects import GracefulExit, ProcessEffects, SignalHandlers, \
-    apply_http_retry_defaults, register_atexit, turn_off_torch_crc32
+    apply_http_retry_defaults, register_atexit
 from mlflow_persist.scheduler import PeriodicJob
 from mlflow_persist.sysmetrics import system_metrics
 from mlflow_persist.versions import HEALTH_TAG, tag
@@ -62,10 +62,10 @@ class Persistence:
                  alert_sinks: list[AlertSink] | None = None, install_signal_handlers: bool = True,
                  effects: ProcessEffects | None = None) -> None:
         self.config = config or PersistConfig()
-        self.effects = effects or ProcessEffects(crc32_off=self.config.fast_serialization,
-                                                 signal_handlers=install_signal_handlers)
-        if self.effects.crc32_off:
-            turn_off_torch_crc32()
+        self.effects = effects or ProcessEffects(signal_handlers=install_signal_handlers)
+        if self.config.fast_serialization:
+            log.warning("fast_serialization has no effect any more (checkpoints are always written without torch's "
+                        "zip CRC32); remove it from the configuration")
         if store is None and self.effects.http_retry_defaults and \
                 self.config.tracking_uri.startswith(("http://", "https://")):
             apply_http_retry_defaults()
@@ -189,12 +189,14 @@ class Persistence:
     def request_flush(self) -> None:
         self.job.wake()
 
-    def flush_metrics(self) -> bool:
-        """Send every buffered metric; False when the store refused (they stay buffered for the next flush)."""
+    def flush_metrics(self, pace: Pace | None = None) -> bool:
+        """Send every buffered metric (paced by `pace`, see metrics_buffer.py); False when the store refused
+        (they stay buffered for the next flush)."""
         with self._flush_lock:
             for handle in list(self.handles.values()):
                 try:
-                    handle.metrics.flush(lambda rows, run_id=handle.run_id: self.store.log_metrics(run_id, rows))
+                    handle.metrics.flush(lambda rows, run_id=handle.run_id: self.store.log_metrics(run_id, rows),
+                                         pace)
                 except Exception as exc:  # noqa: BLE001 - metrics are retried at the next flush
                     log.warning("could not log %d metrics of %s (%s); will retry", len(handle.metrics), handle.name,
                                 describe_store_error(exc))
@@ -229,7 +231,8 @@ class Persistence:
                 ts = int(time.time() * 1000)
                 for handle in handles:
                     handle.metrics.add(handle.current_step, metrics, ts)
-        self.flush_metrics()
+        # Paced, and done by the next interval: what is left waits for the next tick.
+        self.flush_metrics(Pace(budget_seconds=0.8 * self.config.scheduler_interval_seconds))
         for handle in handles:
             try:
                 self.guard.ensure_space(handle.pipeline.guarded())
