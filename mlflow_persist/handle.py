@@ -183,10 +183,27 @@ class ModelHandle:
         return self._writer.flush(self.name, timeout)
 
     def _submit(self, category: str, step: int, value: float | None, gained: float | None, forced: bool) -> SaveJob:
+        """Snapshot the tracked objects and hand the snapshot to the writer. The copy goes into the tensors of
+        the waiting snapshot it replaces, else of the spare one: at most two copies of the state exist (the
+        one being written and one more)."""
+        replacing = self._writer.take_waiting(self.name, category)
+        spare: dict[str, Any] | None = replacing.payload if replacing is not None else None
+        if spare is None:
+            try:
+                spare = self._spare_payloads.pop()
+            except IndexError:
+                spare = None
         try:
-            spare = self._spare_payloads.pop()
-        except IndexError:
-            spare = None
+            job = self._snapshot(category, step, value, gained, forced, spare)
+        except BaseException as exc:
+            if replacing is not None:  # its tensors may be half overwritten: it cannot be written any more
+                replacing.payload = {}
+                replacing.finish("failed", error=exc)
+            raise
+        return self._writer.submit(job, replacing=replacing)
+
+    def _snapshot(self, category: str, step: int, value: float | None, gained: float | None, forced: bool,
+                  spare: dict[str, Any] | None) -> SaveJob:
         backend = self.copy_backend or default_backend()
         device_copies = DeviceCopies(backend) if backend is not None else None
         payload = build_payload(
@@ -201,10 +218,9 @@ class ModelHandle:
             metrics=self._latest_metrics(),
             category=category,
         )
-        job = SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced,
-                      release=self._spare_payloads.append,
-                      ready=device_copies.finish() if device_copies is not None else None)
-        return self._writer.submit(job)
+        return SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced,
+                       release=self._spare_payloads.append,
+                       ready=device_copies.finish() if device_copies is not None else None)
 
     def _settle_claims(self) -> None:
         """End the claims of performance saves whose outcome is known (cheap: done events only)."""

@@ -50,9 +50,9 @@ class SaveJob:
         self.done.set()
 
 
-def _keeps_waiting(waiting: SaveJob, newcomer: SaveJob) -> bool:
+def _keeps_waiting(waiting: SaveJob, newcomer_category: str) -> bool:
     """Whether a waiting snapshot must not be replaced by a newer one of the same model."""
-    return waiting.forced or (waiting.category == PERFORMANCE and newcomer.category != PERFORMANCE)
+    return waiting.forced or (waiting.category == PERFORMANCE and newcomer_category != PERFORMANCE)
 
 
 def _carry(into: SaveJob, replaced: SaveJob) -> None:
@@ -86,13 +86,31 @@ class CheckpointWriter:
 
     # ------------------------------------------------------------------------------------- training side
 
-    def submit(self, job: SaveJob) -> SaveJob:
+    def take_waiting(self, model: str, category: str) -> SaveJob | None:
+        """The waiting snapshot of `model` that a new `category` snapshot would replace, taken out of the queue
+        so that the new snapshot can be copied into its tensors (a third copy of the state never exists).
+        None when nothing waits or what waits must stay. Pass it to `submit(job, replacing=...)`."""
         with self._cond:
+            waiting = self._waiting.get(model)
+            if waiting is None or _keeps_waiting(waiting, category):
+                return None
+            del self._waiting[model]
+            return waiting
+
+    def submit(self, job: SaveJob, replacing: SaveJob | None = None) -> SaveJob:
+        """Queue `job`; `replacing` is a snapshot `take_waiting` handed out, whose tensors `job` now holds."""
+        with self._cond:
+            if replacing is not None:
+                replacing.payload = {}  # its tensors belong to `job` now: never released for reuse
+                self.superseded += 1
+                _carry(job, replacing)
+                replacing.finish("superseded")
+                self._cond.notify_all()
             if self._closed:
                 raise RuntimeError("the checkpoint writer is closed; no more saves are accepted")
             while True:
                 waiting = self._waiting.get(job.model)
-                if waiting is not None and _keeps_waiting(waiting, job):
+                if waiting is not None and _keeps_waiting(waiting, job.category):
                     if not job.forced:
                         if job.category == PERIODIC and job.category != waiting.category \
                                 and PERIODIC not in waiting.also:

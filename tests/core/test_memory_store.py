@@ -334,3 +334,32 @@ def test_a_final_that_takes_over_a_waiting_periodic_snapshot_is_the_newest_versi
     versions = store.list_versions("net")
     assert versions[-1].category == "final" and versions[-1].step == 2
     assert [(v.category, v.step) for v in versions[-2:]] == [("periodic", 2), ("final", 2)]
+
+
+def test_a_slow_writer_never_makes_a_third_copy_of_the_state() -> None:
+    """While one snapshot is being written, every newer one is copied into the tensors of the snapshot it
+    replaces (or the spare one): the state exists at most twice besides the live model, however many
+    improvements arrive. Checked on the data pointers of every snapshot handed to the writer."""
+    store = MemoryStore()
+    store.hang("write", seconds=0.3, times=None)
+    model = torch.nn.Linear(32, 32)
+    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
+        handle = persist.track("net", model)
+        buffers: set[int] = set()
+        submit = handle._writer.submit
+
+        def recording_submit(job: Any, replacing: Any = None) -> Any:
+            buffers.add(job.payload["model_state"]["weight"].data_ptr())
+            return submit(job, replacing=replacing)
+
+        handle._writer.submit = recording_submit  # type: ignore[method-assign]
+        for step in range(1, 41):
+            with torch.no_grad():
+                model.weight.add_(0.01)
+            handle.step(loss=100.0 - step)  # an improvement every step, far faster than the writer
+            time.sleep(0.02)
+        assert handle.flush(timeout=60)
+        last = {k: v.clone() for k, v in model.state_dict().items()}
+    assert len(buffers) <= 2, f"{len(buffers)} distinct snapshot buffers"
+    newest = store.list_versions("net")[-1]
+    assert newest.step == 40 and torch.equal(store.load_version(newest).model_state["weight"], last["weight"])
