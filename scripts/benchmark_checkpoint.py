@@ -1,32 +1,43 @@
-"""Checkpoint cost benchmark: ratios against baselines measured in the same process, on the same disk.
+"""Checkpoint cost benchmark: every figure is a ratio against a baseline measured in the same process, on the
+same disk, just before it.
 
-(a) time the training thread is blocked per checkpoint vs copying the state dict to CPU memory alone;
-(b) time from step() until the checkpoint is durable, checksummed and registered vs torch.save + fsync;
-(c) cost of step() when nothing is saved, with synchronous mlflow.log_metric per step and
-    mlflow.pytorch.log_model per checkpoint for comparison.
+- step(): the training thread's cost of a step() that saves nothing, under the DEFAULT config (the scheduler
+  and the paced metric flush running), against the same loop with the flush deferred and the scheduler idle.
+- durable: step() until the checkpoint is written, fsynced, digested and registered (flush()), against
+  torch.save + fsync of the same state dict.
+- restore: a verified restore() into a fresh model, and load_checkpoint(), against torch.load(weights_only=True)
+  of the same file.
+- small: a 100 KB checkpoint (the trading models' size) from step() until registered, and the registry round
+  trips per save in the steady state (calls into MLflow's sqlite stores, counted at their entry points).
 
-Usage: python scripts/benchmark_checkpoint.py [--repeats N] [--sizes 2,100] [--dir DIR]
+Usage: python scripts/benchmark_checkpoint.py [--repeats N] [--size-mb 100] [--dir DIR]
+The last line is `BENCH_JSON {...}` with every figure (read by scripts/bench_report.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
+import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
 import mlflow_persist as mp  # noqa: E402
-from mlflow_persist.payload import copy_to_cpu  # noqa: E402
 
 
-def make_model(megabytes: float) -> torch.nn.Module:
-    width = int((megabytes * 2**20 / 4) ** 0.5)
+def make_model(megabytes: float, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    width = max(1, int((megabytes * 2**20 / 4) ** 0.5))
     return torch.nn.Sequential(torch.nn.Linear(width, width, bias=False))
 
 
@@ -34,28 +45,32 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-def baseline_copy(model: torch.nn.Module, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
+def config(uri: str, **overrides: Any) -> mp.PersistConfig:
+    values: dict[str, Any] = dict(tracking_uri=uri, keep_best=2, keep_periodic=2, min_free_disk_mb=1,
+                                  min_free_disk_percent=0)
+    values.update(overrides)
+    return mp.PersistConfig(**values)
+
+
+# ------------------------------------------------------------------------------------------------ step()
+
+def step_cost_us(uri: str, calls: int, default_config: bool) -> float:
+    """Mean µs of step() without a save; `default_config=False` defers the flush and idles the scheduler."""
+    overrides = {} if default_config else dict(scheduler_interval_seconds=3600, metrics_flush_size=10**9,
+                                               log_system_metrics=False)
+    with mp.Persistence(config(uri, **overrides), install_signal_handlers=False) as persist:
+        handle = persist.track(f"step-{'default' if default_config else 'quiet'}", torch.nn.Linear(2, 2))
+        handle.step(loss=0.0)
+        persist.flush(timeout=60)
         start = time.perf_counter()
-        copy_to_cpu(model.state_dict())
-        samples.append(time.perf_counter() - start)
-    return median_ms(samples)
+        for _ in range(calls):
+            handle.step(loss=1.0, accuracy=0.5)  # never better than 0.0: no save
+        return (time.perf_counter() - start) / calls * 1e6
 
 
-def baseline_copy_into_buffers(model: torch.nn.Module, repeats: int) -> float:
-    """The floor: copying into tensors allocated once (no page faults)."""
-    buffers = copy_to_cpu(model.state_dict())
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for name, tensor in model.state_dict().items():
-            buffers[name].copy_(tensor.detach())
-        samples.append(time.perf_counter() - start)
-    return median_ms(samples)
+# ------------------------------------------------------------------------------------------------ durable
 
-
-def baseline_save_fsync(model: torch.nn.Module, directory: Path, repeats: int) -> float:
+def save_fsync_ms(model: torch.nn.Module, directory: Path, repeats: int) -> float:
     samples = []
     for i in range(repeats):
         path = directory / f"baseline-{i}.pt"
@@ -69,15 +84,14 @@ def baseline_save_fsync(model: torch.nn.Module, directory: Path, repeats: int) -
     return median_ms(samples)
 
 
-def measure_persist(model: torch.nn.Module, uri: str, name: str, repeats: int) -> tuple[float, float]:
+def durable_ms(model: torch.nn.Module, uri: str, name: str, repeats: int) -> tuple[float, float]:
     """(blocked ms, step-to-registered ms) medians over `repeats` performance saves."""
-    cfg = mp.PersistConfig(tracking_uri=uri, keep_best=2, keep_periodic=2, min_free_disk_mb=1,
-                           min_free_disk_percent=0, log_system_metrics=False)
     blocked, durable = [], []
-    with mp.Persistence(cfg, install_signal_handlers=False) as persist:
+    with mp.Persistence(config(uri, log_system_metrics=False), install_signal_handlers=False) as persist:
         handle = persist.track(name, model)
-        handle.step(loss=1e9)  # warm-up: registered model creation, first artifact dir
-        persist.flush(timeout=600)
+        for i in range(2):  # warm-up: registered model creation, first artifact directory, spare buffers
+            handle.step(loss=1e9 - i)
+            persist.flush(timeout=600)
         for i in range(repeats):
             start = time.perf_counter()
             handle.step(loss=1000.0 - i)  # always an improvement: a performance save
@@ -87,80 +101,145 @@ def measure_persist(model: torch.nn.Module, uri: str, name: str, repeats: int) -
     return median_ms(blocked), median_ms(durable)
 
 
-def measure_step_no_save(uri: str, calls: int) -> tuple[float, float]:
-    """(training-thread µs per step() without a save, background µs per buffered metric flushed to MLflow).
+# ------------------------------------------------------------------------------------------------ restore
 
-    The metric flush is deferred during the timed loop so that the first figure is the training thread's own
-    cost, not GIL contention with the background flush, which is timed on its own as the second figure.
-    """
-    cfg = mp.PersistConfig(tracking_uri=uri, log_system_metrics=False, min_free_disk_mb=1, min_free_disk_percent=0,
-                           scheduler_interval_seconds=3600, metrics_flush_size=10**9)
-    with mp.Persistence(cfg, install_signal_handlers=False) as persist:
-        handle = persist.track("step-cost", torch.nn.Linear(2, 2))
-        handle.step(loss=0.0)
-        persist.flush(timeout=60)
-        start = time.perf_counter()
-        for _ in range(calls):
-            handle.step(loss=1.0, accuracy=0.5)  # never better than 0.0: no save
-        step_us = (time.perf_counter() - start) / calls * 1e6
-        start = time.perf_counter()
-        persist.flush_metrics()
-        flush_us = (time.perf_counter() - start) / (2 * calls) * 1e6
-    return step_us, flush_us
+def restore_ms(size_mb: float, uri: str, name: str, repeats: int) -> dict[str, float]:
+    """Medians of torch.load(weights_only=True) of the checkpoint file, restore() into a fresh model, and
+    load_checkpoint() of models:/name@best, interleaved so that each sees the same page cache."""
+    with mp.Persistence(config(uri, log_system_metrics=False), install_signal_handlers=False) as persist:
+        handle = persist.track(name, make_model(size_mb))
+        handle.step(loss=1.0)
+        persist.flush(timeout=600)
+        info = persist.store.alias_version(persist.config.registered_name(name))
+    assert info is not None
+    path = Path(info.source.removeprefix("file://")) / "checkpoint.pt"
+    loads, restores, loaded = [], [], []
+    with mp.Persistence(config(uri, log_system_metrics=False), install_signal_handlers=False) as persist:
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            torch.load(path, map_location="cpu", weights_only=True)
+            loads.append(time.perf_counter() - start)
+            fresh = make_model(size_mb, seed=1)
+            handle = persist.handles.get(name) or persist.track(name, fresh)
+            handle.model = fresh
+            start = time.perf_counter()
+            assert handle.restore() is not None
+            restores.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            mp.load_checkpoint(f"models:/{persist.config.registered_name(name)}@best", tracking_uri=uri)
+            loaded.append(time.perf_counter() - start)
+    # the first round warms the page cache and the registry connection
+    return {"torch_load_ms": median_ms(loads[1:]), "restore_ms": median_ms(restores[1:]),
+            "load_checkpoint_ms": median_ms(loaded[1:])}
 
 
-def measure_mlflow_sync(uri: str, model: torch.nn.Module, metric_calls: int) -> tuple[float, float]:
-    import mlflow
-    import mlflow.pytorch
+# ------------------------------------------------------------------------------------------------ small
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("benchmark-baseline")
-    with mlflow.start_run():
-        start = time.perf_counter()
-        for i in range(metric_calls):
-            mlflow.log_metric("loss", 1.0, step=i)
-        per_metric = (time.perf_counter() - start) / metric_calls * 1e6
-        start = time.perf_counter()
-        mlflow.pytorch.log_model(model, name="model", pip_requirements=["torch"], serialization_format="pickle")
-        log_model = time.perf_counter() - start
-    return per_metric, log_model * 1000
+class StoreCallCounter:
+    """Counts the calls into MLflow's sqlite tracking and registry stores (outermost calls only: one per
+    transaction the client asks for), while `counting` is set."""
+
+    def __init__(self) -> None:
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.counting = False
+        self._depth = threading.local()
+        for cls in (RegistryStore, TrackingStore):
+            for name, method in list(vars(cls).items()):
+                if not name.startswith("_") and callable(method):
+                    setattr(cls, name, self._wrap(method, name))
+
+    def _wrap(self, method: Callable[..., Any], name: str) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            depth = getattr(self._depth, "value", 0)
+            if self.counting and depth == 0 and threading.current_thread().name == "mlflow-persist-writer":
+                self.counts[name] += 1
+            self._depth.value = depth + 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._depth.value = depth
+        return counted
+
+
+def small_checkpoint(uri: str, repeats: int, counter: StoreCallCounter) -> dict[str, Any]:
+    """A 100 KB model saved on every step (each an improvement), in the steady state: retention deletes one
+    old version per save and `best` moves each time."""
+    model = make_model(0.1)
+    samples = []
+    with mp.Persistence(config(uri, log_system_metrics=False), install_signal_handlers=False) as persist:
+        handle = persist.track("small", model)
+        for i in range(8):  # fill the retention windows
+            handle.step(loss=1e6 - i)
+            persist.flush(timeout=60)
+        counter.counting = True
+        for i in range(repeats):
+            start = time.perf_counter()
+            handle.step(loss=1000.0 - i)
+            assert handle.flush(timeout=60)
+            samples.append(time.perf_counter() - start)
+        counter.counting = False
+    per_save = {name: count / repeats for name, count in sorted(counter.counts.items())}
+    return {"small_ms": median_ms(samples), "round_trips_per_save": sum(per_save.values()),
+            "round_trips": per_save}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+@functools.cache
+def machine() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores"
+
+
+def rows(figures: dict[str, Any]) -> Iterator[str]:
+    yield f"step() without a save, default config: {figures['step_default_us']:.1f} us per call " \
+          f"(flush deferred, scheduler idle: {figures['step_quiet_us']:.1f} us)"
+    yield f"{figures['size_mb']:.0f} MB durable: step() blocked {figures['blocked_ms']:.1f} ms; until registered " \
+          f"{figures['durable_ms']:.1f} ms vs torch.save+fsync {figures['save_fsync_ms']:.1f} ms = " \
+          f"{figures['durable_ratio']:.2f}x"
+    yield f"{figures['size_mb']:.0f} MB restore: {figures['restore_ms']:.1f} ms vs torch.load {figures['torch_load_ms']:.1f} " \
+          f"ms = {figures['restore_ratio']:.2f}x; load_checkpoint {figures['load_checkpoint_ms']:.1f} ms = " \
+          f"{figures['load_checkpoint_ratio']:.2f}x"
+    yield f"100 KB: step() until registered {figures['small_ms']:.1f} ms; {figures['round_trips_per_save']:.1f} " \
+          f"registry round trips per save ({', '.join(f'{k} {v:g}' for k, v in figures['round_trips'].items())})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sizes", default="2,100", help="model sizes in MB, comma separated")
-    parser.add_argument("--dir", default=None, help="directory for the store (default: a temp dir)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--size-mb", type=float, default=100.0)
+    parser.add_argument("--step-calls", type=int, default=50_000)
+    parser.add_argument("--dir", default=None, help="directory for the stores (default: a temp dir)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    counter = StoreCallCounter()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="mlflow-persist-bench-") as tmp:
         root = Path(tmp)
         uri = f"sqlite:///{root / 'mlflow.db'}"
-        rows = []
-        for size in [float(s) for s in args.sizes.split(",")]:
-            model = make_model(size)
-            actual_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-            copy_ms = baseline_copy(model, args.repeats)
-            buffer_ms = baseline_copy_into_buffers(model, args.repeats)
-            save_ms = baseline_save_fsync(model, root, args.repeats)
-            blocked_ms, durable_ms = measure_persist(model, uri, f"bench-{int(size)}mb", args.repeats)
-            rows.append((actual_mb, copy_ms, buffer_ms, blocked_ms, save_ms, durable_ms))
-        step_us, flush_us = measure_step_no_save(uri, 20_000)
-        metric_us, log_model_ms = measure_mlflow_sync(uri, make_model(rows[0][0]), 200)
-    print("(a) blocked: time step() holds the training thread when it saves, against copying the state dict to CPU "
-          "into new tensors and into tensors allocated once")
-    print("(b) durable: step() until the checkpoint is written, fsynced, checksummed and registered, against "
-          "torch.save + fsync of the same state dict")
-    print(f"{'model':>8} | {'copy (new)':>10} | {'copy (reused)':>13} | {'blocked':>8} | {'(a) vs new':>10} | "
-          f"{'(a) vs reused':>13} | {'save+fsync':>10} | {'durable':>9} | {'(b) ratio':>9}")
-    for mb, copy_ms, buffer_ms, blocked_ms, save_ms, durable_ms in rows:
-        print(f"{mb:>6.1f}MB | {copy_ms:>8.1f}ms | {buffer_ms:>11.1f}ms | {blocked_ms:>6.1f}ms | "
-              f"{blocked_ms / copy_ms:>9.2f}x | {blocked_ms / buffer_ms:>12.2f}x | {save_ms:>8.1f}ms | "
-              f"{durable_ms:>7.1f}ms | {durable_ms / save_ms:>8.2f}x")
-    print(f"(c) step() without a save: {step_us:.1f} us per call on the training thread (background flush: "
-          f"{flush_us:.0f} us per metric, batched); synchronous mlflow.log_metric: {metric_us:.0f} us per call "
-          f"({metric_us / step_us:.0f}x); mlflow.pytorch.log_model of the {rows[0][0]:.0f} MB model: "
-          f"{log_model_ms:.0f} ms per checkpoint")
+        figures: dict[str, Any] = {"size_mb": args.size_mb, "machine": machine(),
+                                   "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
+        figures["step_quiet_us"] = step_cost_us(uri, args.step_calls, default_config=False)
+        figures["step_default_us"] = step_cost_us(uri, args.step_calls, default_config=True)
+        model = make_model(args.size_mb)
+        figures["save_fsync_ms"] = save_fsync_ms(model, root, args.repeats)
+        figures["blocked_ms"], figures["durable_ms"] = durable_ms(model, uri, "durable", args.repeats)
+        figures["durable_ratio"] = figures["durable_ms"] / figures["save_fsync_ms"]
+        del model
+        figures.update(restore_ms(args.size_mb, uri, "restore", args.repeats))
+        figures["restore_ratio"] = figures["restore_ms"] / figures["torch_load_ms"]
+        figures["load_checkpoint_ratio"] = figures["load_checkpoint_ms"] / figures["torch_load_ms"]
+        figures.update(small_checkpoint(uri, max(10, args.repeats * 3), counter))
+    for row in rows(figures):
+        print(row)
+    print("BENCH_JSON " + json.dumps(figures))
 
 
 if __name__ == "__main__":
