@@ -51,13 +51,21 @@ def digest_bytes(data: Any, algorithm: str = DEFAULT_ALGORITHM) -> Digest:
 
 
 def digest_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM) -> Digest:
-    """The digest of a file, read through one memory map (no copy into Python buffers)."""
+    """The digest of a file, read through one memory map (no copy into Python buffers), or in chunks where
+    the filesystem cannot map files (FUSE mounts with direct I/O answer ENODEV)."""
     hasher = new_hasher(algorithm)
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size:
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                hasher.update(mapped)
+    with open(path, "rb", buffering=0) as handle:
+        if os.fstat(handle.fileno()).st_size:
+            try:
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    hasher.update(mapped)
+            except OSError:
+                hasher = new_hasher(algorithm)
+                handle.seek(0)
+                chunk = bytearray(8 << 20)
+                view = memoryview(chunk)
+                while read := handle.readinto(chunk):
+                    hasher.update(view[:read])
     return Digest(algorithm, hasher.hexdigest())
 
 

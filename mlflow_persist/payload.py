@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mlflow_persist.device_copy import DeviceCopies
+from mlflow_persist.direct_io import DirectFile
 from mlflow_persist.digest import DEFAULT_ALGORITHM, SHA256, Digest, digest_bytes, digest_file, new_hasher, \
     recorded_digest
 from mlflow_persist.errors import CheckpointCorruptError
@@ -236,7 +237,7 @@ def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> Written
     Durability is the caller's: write into the staging directory of `atomic.atomic_directory`, which fsyncs
     the files and renames the directory into place."""
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / CHECKPOINT_FILE, "wb") as handle:
+    with DirectFile(directory / CHECKPOINT_FILE) as handle:
         writer = _DigestingWriter(handle)
         try:
             _save_zip(payload, writer)

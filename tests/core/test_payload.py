@@ -152,3 +152,20 @@ def test_a_sha256_recorded_by_older_versions_is_still_verified(tmp_path: Path) -
         read_checkpoint_dir(directory)
     with pytest.raises(CheckpointCorruptError, match="xxh3-128"):
         read_checkpoint_dir(directory, expected=Digest("xxh3-128", "0" * 32))
+
+
+def test_a_filesystem_that_cannot_map_files_is_read_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import mmap
+
+    from mlflow_persist import digest
+
+    written = write_checkpoint_dir(_payload(), tmp_path / "ck")
+
+    def no_mmap(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENODEV, "No such device")  # what a FUSE mount with direct_io answers
+
+    monkeypatch.setattr(digest.mmap, "mmap", no_mmap)
+    assert mmap.mmap is no_mmap
+    state = read_checkpoint_dir(tmp_path / "ck")
+    assert state.digest == written.digest and state.step == 17
