@@ -11,8 +11,12 @@ from mlflow_persist.logging_setup import package_logger
 log = package_logger("mlflow_persist.best")
 
 
+_UNKNOWN: object = object()
+
+
 def reconcile_best(store: CheckpointStore, name: str, mode: Mode, versions: list[VersionInfo] | None = None,
-                   converge: bool = True, monitor: str | None = None) -> VersionInfo | None:
+                   converge: bool = True, monitor: str | None = None,
+                   current: VersionInfo | None | object = _UNKNOWN) -> VersionInfo | None:
     """Point `best` at the best valid version; returns that version (or the alias as it stands when no
     version qualifies).
 
@@ -20,12 +24,15 @@ def reconcile_best(store: CheckpointStore, name: str, mode: Mode, versions: list
     again; if a version appeared meanwhile it repeats. The last writer to set the alias therefore computed it
     from a listing that contained every version registered before its set, so `best` ends right even when
     processes race (and against an `mlflow server`, where no file lock is shared). With `converge=False`
-    (callers that hold a lock every writer shares) one pass over `versions` suffices.
+    (callers that hold a lock every writer shares) one pass over `versions` suffices, and `current` (where
+    `best` points, when the caller knows it) spares reading the alias.
     """
     for _ in range(20):
         versions = versions if versions is not None else store.list_versions(name)
         chosen = select_best([v.summary() for v in versions], mode, monitor)
-        current = store.alias_version(name)
+        if converge or current is _UNKNOWN:
+            current = store.alias_version(name)
+        assert current is None or isinstance(current, VersionInfo)
         if chosen is None:
             return current
         if current is None or current.version != chosen.version:

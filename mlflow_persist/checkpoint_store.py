@@ -86,6 +86,11 @@ class CheckpointStore(Protocol):
     def delete_version(self, info: VersionInfo) -> None:
         """Stage `delete`: remove the registry entry (not the bytes); a version already gone counts as deleted."""
 
+    def registry_generation(self, name: str) -> int:
+        """A counter of the changes made to model `name` through this store object (registrations, aliases,
+        tags, deletions): a caller that remembers it can tell whether anything else in this process touched
+        the model since its own last change."""
+
     def managed_models(self, prefix: str = "") -> list[str]:
         """Every registered model whose name starts with `prefix`, sorted (all pages)."""
 

@@ -27,7 +27,8 @@ from mlflow_persist.metrics_buffer import MetricsBuffer
 from mlflow_persist.outbox import Outbox, OutboxEntry
 from mlflow_persist.payload import FORMAT_VERSION
 from mlflow_persist.policy import BEST_ELIGIBLE, PERFORMANCE, retention_deletions
-from mlflow_persist.prune import prune
+from mlflow_persist.prune import PruneResult, prune
+from mlflow_persist.registry_view import RegistryView
 from mlflow_persist.versions import VersionInfo, checkpoint_dirname, digest_tags, tag
 from mlflow_persist.writer import SaveJob
 from mlflow_persist.logging_setup import package_logger
@@ -59,6 +60,10 @@ def tensor_bytes(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return sum(tensor_bytes(v) for v in value)
     return 0
+
+
+def _number(info: VersionInfo | None) -> int | None:
+    return info.version if info is not None else None
 
 
 def format_change(monitor: str, previous: float | None, value: float | None) -> str:
@@ -93,6 +98,7 @@ class SavePipeline:
         self.best: VersionInfo | None = None
         self._last_saved_value: float | None = None
         self.registry_lock = threading.RLock()
+        self.view = RegistryView()
         self._drain_lock = threading.Lock()
 
     @property
@@ -156,24 +162,62 @@ class SavePipeline:
             tag("value"): reg.value if reg.value is not None else "", **digest_tags(reg.digest),
             tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
         }
-        with self.registry_lock, store.lock(f"model-{self.registered_name}"):
-            for category in reg.also:  # first: the job's own category is the newest version (`latest`)
-                store.register_version(self.registered_name, source, run_id, {**tags, tag("category"): category},
-                                       retried=reg.retried)
-            info = store.register_version(self.registered_name, source, run_id, tags, retried=reg.retried)
-            versions = store.list_versions(self.registered_name)
-            best = reconcile_best(store, self.registered_name, self.settings.mode, versions,
-                                  converge=not store.lock_is_shared, monitor=self.monitor) \
-                if reg.category in BEST_ELIGIBLE else store.alias_version(self.registered_name)
-            settings = self.settings
-            prune(store, self.registered_name,
-                  lambda summaries, best_version: retention_deletions(
-                      summaries, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final,
-                      best_version),
-                  versions=versions, best_version=best.version if best else None,
-                  listing_is_current=store.lock_is_shared)
+        name = self.registered_name
+        with self.registry_lock, store.lock(f"model-{name}"):
+            generation = store.registry_generation(name)
+            try:
+                created = [store.register_version(name, source, run_id, {**tags, tag("category"): category},
+                                                  retried=reg.retried)
+                           for category in reg.also]  # first: the job's own category is the newest (`latest`)
+                info = store.register_version(name, source, run_id, tags, retried=reg.retried)
+                best = self._reconcile_and_prune(reg, generation, [*created, info])
+            except BaseException:
+                self.view.forget()  # whatever happened, the next save reads the registry again
+                raise
         self._after_save(reg, info, best, time.monotonic() - started)
         return info
+
+    def _reconcile_and_prune(self, reg: Registration, generation: int, created: list[VersionInfo]
+                             ) -> VersionInfo | None:
+        """Move `best` and apply retention, from what the view knows where it may (registry_view.py), else
+        from a fresh listing; returns the version `best` points at.
+
+        From memory, nothing is deleted on a stale idea of `best`: unless this save just moved the alias
+        itself, the alias is read before retention deletes anything, and any surprise means a full read."""
+        store, name = self.store, self.registered_name
+        known = self.view.known(generation, created) if store.lock_is_shared else None
+        if known is not None:
+            best = self._reconcile(reg, known.versions, known.best)
+            moved = _number(best) != _number(known.best)
+            if moved or not self._prune(known.versions, best, dry_run=True).planned or \
+                    _number(store.alias_version(name)) == _number(known.best):
+                return self._prune_and_remember(known.versions, best)
+        self.view.read()
+        versions = store.list_versions(name)
+        best = self._reconcile(reg, versions, store.alias_version(name))
+        return self._prune_and_remember(versions, best)
+
+    def _reconcile(self, reg: Registration, versions: list[VersionInfo], current: VersionInfo | None
+                   ) -> VersionInfo | None:
+        if reg.category not in BEST_ELIGIBLE:
+            return current
+        return reconcile_best(self.store, self.registered_name, self.settings.mode, versions,
+                              converge=not self.store.lock_is_shared, monitor=self.monitor, current=current)
+
+    def _prune(self, versions: list[VersionInfo], best: VersionInfo | None, dry_run: bool = False) -> PruneResult:
+        settings = self.settings
+        return prune(self.store, self.registered_name,
+                     lambda summaries, best_version: retention_deletions(
+                         summaries, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final,
+                         best_version),
+                     versions=versions, best_version=_number(best), dry_run=dry_run,
+                     listing_is_current=self.store.lock_is_shared)
+
+    def _prune_and_remember(self, versions: list[VersionInfo], best: VersionInfo | None) -> VersionInfo | None:
+        deleted = {v.version for v in self._prune(versions, best).deleted}
+        self.view.remember([v for v in versions if v.version not in deleted], best,
+                           self.store.registry_generation(self.registered_name))
+        return best
 
     def _after_save(self, reg: Registration, info: VersionInfo, best: VersionInfo | None, duration: float) -> None:
         self.saves += 1

@@ -132,6 +132,7 @@ class MlflowStore:
         self._lock_dir = self._choose_lock_dir()
         self._artifact_uris: dict[str, str] = {}
         self._known_models: set[str] = set()
+        self._generations: dict[str, int] = {}
         self.experiment_id = self._ensure_experiment(experiment_name, artifact_location)
 
     @staticmethod
@@ -326,6 +327,7 @@ class MlflowStore:
         POST the HTTP client sent twice) returns the existing version, and duplicates of a retried POST are
         removed. One source may carry several categories (a periodic version sharing a performance checkpoint).
         """
+        self._changed(name)
         self.ensure_registered_model(name)
         category = str(tags.get(tag("category"), ""))
 
@@ -347,6 +349,12 @@ class MlflowStore:
                         duplicates[0].version)
             self.registry.delete_model_version(name, str(extra.version))
         return duplicates[0] if duplicates else self._to_info(created)
+
+    def registry_generation(self, name: str) -> int:
+        return self._generations.get(name, 0)
+
+    def _changed(self, name: str) -> None:
+        self._generations[name] = self._generations.get(name, 0) + 1
 
     @_translated("list the model's versions")
     def list_versions(self, name: str) -> list[VersionInfo]:
@@ -405,10 +413,12 @@ class MlflowStore:
 
     @_translated("move the alias")
     def set_alias(self, name: str, alias: str, version: int) -> None:
+        self._changed(name)
         self.registry.set_registered_model_alias(name, alias, str(version))
 
     @_translated("remove the alias")
     def delete_alias(self, name: str, alias: str) -> None:
+        self._changed(name)
         try:
             self.registry.delete_registered_model_alias(name, alias)
         except MlflowException as exc:
@@ -417,6 +427,7 @@ class MlflowStore:
 
     @_translated("clear the corrupt tag")
     def clear_corrupt(self, name: str, version: int) -> None:
+        self._changed(name)
         for key in (tag("corrupt"), tag("corrupt_reason")):
             try:
                 self.registry.delete_model_version_tag(name, str(version), key)
@@ -428,6 +439,7 @@ class MlflowStore:
         self.set_alias(name, BEST_ALIAS, version)
 
     def mark_corrupt(self, name: str, version: int, reason: str) -> None:
+        self._changed(name)
         try:
             self.registry.set_model_version_tag(name, str(version), tag("corrupt"), "true")
             self.registry.set_model_version_tag(name, str(version), tag("corrupt_reason"), reason[:4000])
@@ -438,6 +450,7 @@ class MlflowStore:
     def delete_version(self, info: VersionInfo) -> None:
         """Delete the registry entry of a version (its artifacts stay: see `delete_artifacts`). A version
         another process deleted first counts as deleted."""
+        self._changed(info.name)
         try:
             self.registry.delete_model_version(info.name, str(info.version))
         except MlflowException as exc:

@@ -87,6 +87,7 @@ class MemoryStore:
         self._artifacts: dict[str, bytes] = {}  # source -> checkpoint.pt bytes
         self._models: dict[str, dict[int, VersionInfo]] = {}
         self._next_version: dict[str, int] = {}
+        self._generations: dict[str, int] = {}
         self._aliases: dict[str, dict[str, int]] = {}
         self._clock = 1_700_000_000_000
 
@@ -240,6 +241,7 @@ class MemoryStore:
     # registry ------------------------------------------------------------------------------------------
     def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
                          retried: bool = True) -> VersionInfo:
+        self._changed(name)
         self._enter("register")
         validate_model_name(name)
         category = str(tags.get(tag("category"), "")) or "unknown"
@@ -282,6 +284,7 @@ class MemoryStore:
             return self._with_aliases(self._models[name][number])
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
+        self._changed(name)
         self._enter("alias")
         if alias.lower() == "latest":
             raise StoreError("The alias name 'latest' is reserved (models:/<name>/latest); choose another.")
@@ -291,11 +294,13 @@ class MemoryStore:
             self._aliases.setdefault(name, {})[alias] = int(version)
 
     def delete_alias(self, name: str, alias: str) -> None:
+        self._changed(name)
         self._enter("alias")
         with self._guard:
             self._aliases.get(name, {}).pop(alias, None)
 
     def clear_corrupt(self, name: str, version: int) -> None:
+        self._changed(name)
         with self._guard:
             info = self._models.get(name, {}).get(int(version))
             if info is not None:
@@ -303,6 +308,7 @@ class MemoryStore:
                 info.tags.pop(tag("corrupt_reason"), None)
 
     def mark_corrupt(self, name: str, version: int, reason: str) -> None:
+        self._changed(name)
         with self._guard:
             info = self._models.get(name, {}).get(int(version))
             if info is not None:
@@ -310,17 +316,26 @@ class MemoryStore:
                 info.tags[tag("corrupt_reason")] = reason[:4000]
 
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        self._changed(name)
         with self._guard:
             self.get_version(name, version)
             self._models[name][int(version)].tags[key] = str(value)
 
     def delete_version(self, info: VersionInfo) -> None:
+        self._changed(info.name)
         self._enter("delete")
         with self._guard:
             self._models.get(info.name, {}).pop(info.version, None)
             aliases = self._aliases.get(info.name, {})
             for alias in [a for a, n in aliases.items() if n == info.version]:
                 del aliases[alias]  # as in MLflow: deleting a version removes its aliases
+
+    def registry_generation(self, name: str) -> int:
+        return self._generations.get(name, 0)
+
+    def _changed(self, name: str) -> None:
+        with self._guard:
+            self._generations[name] = self._generations.get(name, 0) + 1
 
     def managed_models(self, prefix: str = "") -> list[str]:
         with self._guard:
