@@ -39,8 +39,8 @@ def _target(stage: str) -> tuple[Any, str]:
 
     return {
         "snapshot": (handle, "build_payload"),
-        "serialize": (torch, "save"),
-        "digest": (payload._HashingWriter, "hexdigest"),
+        "serialize": (payload, "_save_zip"),
+        "digest": (payload._DigestingWriter, "digest"),
         "write": (store_module, "write_checkpoint_dir"),
         "fsync": (atomic, "fsync_path"),
         "rename": (atomic.os, "rename"),
@@ -51,7 +51,7 @@ def _target(stage: str) -> tuple[Any, str]:
     }[stage]
 
 
-def _install(stage: str, fault: str, armed: dict[str, bool]) -> None:
+def _install(stage: str, fault: str, armed: dict[str, bool]) -> dict[str, int]:
     owner, name = _target(stage)
     original: Callable[..., Any] = getattr(owner, name)
     calls = {"n": 0}
@@ -68,12 +68,12 @@ def _install(stage: str, fault: str, armed: dict[str, bool]) -> None:
         return original(*args, **kwargs)
 
     setattr(owner, name, faulty)
+    return calls
 
 
 def _trainer(events: LineLog, uri: str, stage: str, fault: str, restart: bool) -> None:
     armed = {"on": False}
-    if not restart:
-        _install(stage, fault, armed)
+    calls = _install(stage, fault, armed) if not restart else {"n": 0}
     model, opt = make_model(11)
     cfg = mp.PersistConfig(tracking_uri=uri, keep_best=1000, keep_periodic=1000, keep_final=1000,
                            min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
@@ -116,7 +116,8 @@ def _trainer(events: LineLog, uri: str, stage: str, fault: str, restart: bool) -
         persist.close()
     except mp.PersistError as exc:
         events.emit("GAVE_UP", str(exc)[:200])
-    events.emit("DONE", {"steps": handle.current_step, "failures": handle.failures, "slowest_s": round(slowest, 3)})
+    events.emit("DONE", {"steps": handle.current_step, "failures": handle.failures, "slowest_s": round(slowest, 3),
+                         "fired": calls["n"]})
 
 
 def _checker(events: LineLog, uri: str) -> None:
@@ -157,6 +158,7 @@ def _cell(tmp_path: Path, template_db: Path, stage: str, fault: str) -> str:
         assert code == 0, train_log.all("ERROR")
         done = train_log.first("DONE")
         assert done["steps"] == STEPS, f"{stage}/{fault}: training stopped at {done['steps']}"
+        assert done["fired"] > 0, f"{stage}/{fault}: the fault never fired; the stage is no longer where it was"
     check_log = LineLog(tmp_path / f"{stage}-{fault}.check")
     assert _run(_checker, check_log, uri) == 0, check_log.all("ERROR")
     stored = check_log.first("STORE")
