@@ -17,16 +17,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 BLOCK = 4096  # a multiple of every logical block size in use (512 and 4096)
 STAGING_BYTES = 8 << 20
 
 _staging = threading.local()
 
 
-def _staging_buffer() -> memoryview:
-    buffer = getattr(_staging, "view", None)
-    if buffer is None:
-        _staging.view = buffer = memoryview(mmap.mmap(-1, STAGING_BYTES))  # anonymous maps are page aligned
+def _staging_buffer() -> np.ndarray:
+    buffer = getattr(_staging, "array", None)
+    if buffer is None:  # anonymous maps are page aligned
+        _staging.array = buffer = np.frombuffer(mmap.mmap(-1, STAGING_BYTES), dtype=np.uint8)
     return buffer
 
 
@@ -57,11 +59,13 @@ class DirectFile:
         view = memoryview(data).cast("B")
         if self._buffer is None:
             self._write_all(view)
-        else:
+        elif view.nbytes:
+            source = np.frombuffer(view, dtype=np.uint8)
             offset = 0
             while offset < view.nbytes:
                 take = min(view.nbytes - offset, STAGING_BYTES - self._filled)
-                self._buffer[self._filled:self._filled + take] = view[offset:offset + take]
+                # numpy copies without the GIL (a memoryview slice assignment holds it for the whole copy)
+                np.copyto(self._buffer[self._filled:self._filled + take], source[offset:offset + take])
                 self._filled += take
                 offset += take
                 if self._filled == STAGING_BYTES:
@@ -79,7 +83,7 @@ class DirectFile:
         try:
             if self._buffer is not None and self._filled:
                 padded = -(-self._filled // BLOCK) * BLOCK
-                self._buffer[self._filled:padded] = bytes(padded - self._filled)
+                self._buffer[self._filled:padded] = 0
                 self._drain(padded)
                 os.ftruncate(self._fd, self.size)
         finally:
@@ -94,7 +98,7 @@ class DirectFile:
 
     def _drain(self, length: int) -> None:
         assert self._buffer is not None
-        self._write_all(self._buffer[:length])
+        self._write_all(memoryview(self._buffer[:length]))
         self._filled = 0
 
     def _write_all(self, view: memoryview) -> None:

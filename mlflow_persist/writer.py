@@ -11,6 +11,8 @@ categories, so nothing the replaced snapshot was to be registered as is lost. Tw
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +50,22 @@ class SaveJob:
         if payload and self.release is not None:
             self.release(payload)
         self.done.set()
+
+
+WRITER_NICENESS = 10
+
+
+def lower_this_threads_priority(niceness: int = WRITER_NICENESS) -> None:
+    """Give the calling thread a lower CPU priority than the training threads (Linux only, where a thread
+    has its own nice value). On two cores the writer's serialization then runs in the gaps of training
+    instead of taking a core from torch's own threads; elsewhere this is a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+    except OSError as exc:  # a container without the capability: the writer keeps the normal priority
+        log.debug("could not lower the writer thread's priority: %s", exc)
 
 
 def _keeps_waiting(waiting: SaveJob, newcomer_category: str) -> bool:
@@ -201,6 +219,7 @@ class CheckpointWriter:
                 self._cond.wait(min(delays) if delays else 1.0)
 
     def _loop(self) -> None:
+        lower_this_threads_priority()
         while True:
             job = self._next_job()
             if job is None:
