@@ -107,7 +107,7 @@ class Pace:
     """How a background flush shares the interpreter with training: chunks of `chunk_rows`, a rest after each
     long enough that sending takes at most `max_share` of the time, and nothing new after `budget_seconds`."""
 
-    def __init__(self, budget_seconds: float, max_share: float = 0.2, chunk_rows: int = 200,
+    def __init__(self, budget_seconds: float, max_share: float = 0.2, chunk_rows: int = 1000,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.clock, self._sleep = clock, sleep
         self.deadline = clock() + budget_seconds

@@ -12,7 +12,7 @@ import errno
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -21,7 +21,7 @@ from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.config import ModelSettings
 from mlflow_persist.digest import Digest
 from mlflow_persist.disk_guard import DiskGuard, GuardedModel
-from mlflow_persist.errors import NotFoundError
+from mlflow_persist.errors import NotFoundError, describe_store_error
 from mlflow_persist.health import ModelHealth
 from mlflow_persist.metrics_buffer import MetricsBuffer
 from mlflow_persist.outbox import Outbox, OutboxEntry
@@ -135,7 +135,8 @@ class SavePipeline:
         registration = Registration(job.category, job.step, job.value, job.improvement, list(job.also),
                                     str(job.payload.get("created_at", "")), written.digest, written.size_bytes,
                                     retried=job.attempts > 1)
-        return self.register(source, registration, started)
+        return self.register(source, registration, started,
+                             acknowledge=lambda info: job.finish("saved", result=info))
 
     def _bound_outbox(self, job: SaveJob) -> None:
         """Keep the outbox within `outbox_max_mb` and the free-disk limits during a long outage."""
@@ -152,8 +153,14 @@ class SavePipeline:
     def on_failure(self, job: SaveJob, exc: BaseException, final: bool) -> None:
         self.health.record_failure(job.category, job.step, exc, job.attempts, final)
 
-    def register(self, source: str, reg: Registration, started: float, run_id: str | None = None) -> VersionInfo:
-        """Register a written checkpoint; `run_id` is the run that holds its artifacts (default: this model's)."""
+    def register(self, source: str, reg: Registration, started: float, run_id: str | None = None,
+                 acknowledge: Callable[[VersionInfo], None] | None = None) -> VersionInfo:
+        """Register a written checkpoint, move `best`, then apply retention; `run_id` is the run that holds
+        its artifacts (default: this model's).
+
+        With `acknowledge`, the save is acknowledged (called with the version) as soon as the version is
+        registered and `best` is right, and retention runs afterwards, still under the lock: a retention
+        failure is logged and retried at the next save instead of failing a checkpoint that is stored."""
         run_id = run_id or self.run_id
         store = self.store
         tags = {
@@ -170,20 +177,31 @@ class SavePipeline:
                                                   retried=reg.retried)
                            for category in reg.also]  # first: the job's own category is the newest (`latest`)
                 info = store.register_version(name, source, run_id, tags, retried=reg.retried)
-                best = self._reconcile_and_prune(reg, generation, [*created, info])
+                versions, best = self._versions_and_best(reg, generation, [*created, info])
             except BaseException:
                 self.view.forget()  # whatever happened, the next save reads the registry again
                 raise
-        self._after_save(reg, info, best, time.monotonic() - started)
+            self._after_save(reg, info, best, time.monotonic() - started)
+            if acknowledge is not None:
+                acknowledge(info)
+            try:
+                self._prune_and_remember(versions, best)
+            except Exception as exc:
+                self.view.forget()
+                if acknowledge is None:
+                    raise
+                log.error("%s: retention after v%d failed (%s); what it would have deleted stays until the next "
+                          "save", self.name, info.version, describe_store_error(exc),
+                          extra={"model": self.name, "version": info.version, "outcome": "retention_failed"})
         return info
 
-    def _reconcile_and_prune(self, reg: Registration, generation: int, created: list[VersionInfo]
-                             ) -> VersionInfo | None:
-        """Move `best` and apply retention, from what the view knows where it may (registry_view.py), else
-        from a fresh listing; returns the version `best` points at.
+    def _versions_and_best(self, reg: Registration, generation: int, created: list[VersionInfo]
+                           ) -> tuple[list[VersionInfo], VersionInfo | None]:
+        """The versions after this save's registrations and the version `best` points at once it is right:
+        from what the view knows where it may (registry_view.py), else from a fresh listing.
 
         From memory, nothing is deleted on a stale idea of `best`: unless this save just moved the alias
-        itself, the alias is read before retention deletes anything, and any surprise means a full read."""
+        itself, the alias is read before retention would delete anything, and any surprise means a full read."""
         store, name = self.store, self.registered_name
         known = self.view.known(generation, created) if store.lock_is_shared else None
         if known is not None:
@@ -191,11 +209,10 @@ class SavePipeline:
             moved = _number(best) != _number(known.best)
             if moved or not self._prune(known.versions, best, dry_run=True).planned or \
                     _number(store.alias_version(name)) == _number(known.best):
-                return self._prune_and_remember(known.versions, best)
+                return known.versions, best
         self.view.read()
         versions = store.list_versions(name)
-        best = self._reconcile(reg, versions, store.alias_version(name))
-        return self._prune_and_remember(versions, best)
+        return versions, self._reconcile(reg, versions, store.alias_version(name))
 
     def _reconcile(self, reg: Registration, versions: list[VersionInfo], current: VersionInfo | None
                    ) -> VersionInfo | None:

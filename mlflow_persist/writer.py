@@ -230,7 +230,8 @@ class CheckpointWriter:
             except BaseException as exc:  # noqa: BLE001 - a failed save must never kill the writer
                 self._handle_failure(job, exc)
             else:
-                job.finish("saved", result=result)  # before flush() can see the model idle
+                if not job.done.is_set():  # the pipeline acknowledges a save once it is registered
+                    job.finish("saved", result=result)  # before flush() can see the model idle
                 with self._cond:
                     self._running.pop(job.model, None)
                     self._cond.notify_all()

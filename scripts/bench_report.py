@@ -140,13 +140,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", help="regenerate from a results file instead of running")
     parser.add_argument("--out", default="bench-results.json", help="where the raw results go")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma list of " + ", ".join(BENCHMARKS))
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help="comma list of " + ", ".join(BENCHMARKS) + "; the others keep their figures from --out")
     parser.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
     args = parser.parse_args()
     if args.source:
         results = json.loads(Path(args.source).read_text(encoding="utf-8"))
     else:
-        results = {"date": time.strftime("%Y-%m-%d")}
+        out = Path(args.out)
+        previous = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+        results = {**previous, "date": time.strftime("%Y-%m-%d")}  # with --only, the other figures stay
         for name in args.only.split(","):
             results[name] = run_benchmark(name)
         Path(args.out).write_text(json.dumps(results, indent=1), encoding="utf-8")
