@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 CUT_FILE = ".lazyfs_cut"
 STATS_FILE = ".lazyfs_stats"
@@ -300,15 +300,19 @@ def _operations_class() -> type:
 
         # -------------------------------------------------------------- directories
 
-        def mkdir(self, path: str, mode: int) -> int:
+        def _create(self, path: str, make: Callable[[int], Node]) -> int:
+            """A new entry at `path`, made by `make(inode number)`; EEXIST when the name is taken."""
             with self._mutex:
                 parent, name = self._parent(path)
                 if name in parent.entries:
                     raise FuseOSError(errno.EEXIST)
-                parent.entries[name] = DirNode(self.tree.new_ino(), mode, self.uid, self.gid)
+                parent.entries[name] = make(self.tree.new_ino())
                 parent.touch()
                 self.tree.stats["creates"] += 1
                 return 0
+
+        def mkdir(self, path: str, mode: int) -> int:
+            return self._create(path, lambda ino: DirNode(ino, mode, self.uid, self.gid))
 
         def rmdir(self, path: str) -> int:
             with self._mutex:
@@ -376,14 +380,7 @@ def _operations_class() -> type:
         def mknod(self, path: str, mode: int, dev: int) -> int:
             if not stat.S_ISREG(mode):
                 raise FuseOSError(errno.EPERM)
-            with self._mutex:
-                parent, name = self._parent(path)
-                if name in parent.entries:
-                    raise FuseOSError(errno.EEXIST)
-                parent.entries[name] = FileNode(self.tree.new_ino(), mode, self.uid, self.gid)
-                parent.touch()
-                self.tree.stats["creates"] += 1
-                return 0
+            return self._create(path, lambda ino: FileNode(ino, mode, self.uid, self.gid))
 
         def unlink(self, path: str) -> int:
             with self._mutex:

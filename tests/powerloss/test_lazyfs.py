@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_persist.atomic import fsync_path
 from powerloss.lazyfs import DirNode, FileNode, LazyMount, LazyTree
-
-
-def fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write(path: Path, data: bytes, sync: bool = False) -> None:
@@ -31,7 +24,7 @@ def write(path: Path, data: bytes, sync: bool = False) -> None:
 def test_write_without_fsync_vanishes_after_cut(lazyfs: LazyMount) -> None:
     root = lazyfs.mountpoint
     write(root / "f", b"durable", sync=True)
-    fsync(root)
+    fsync_path(root)
     with open(root / "f", "r+b") as handle:
         handle.write(b"volatile-and-longer")
     assert (root / "f").read_bytes() == b"volatile-and-longer"
@@ -50,9 +43,9 @@ def test_fsynced_file_whose_create_was_never_durable_vanishes(lazyfs: LazyMount)
 def test_fsync_file_and_directory_survives(lazyfs: LazyMount) -> None:
     root = lazyfs.mountpoint
     (root / "sub").mkdir()
-    fsync(root)
+    fsync_path(root)
     write(root / "sub" / "f", b"data", sync=True)
-    fsync(root / "sub")
+    fsync_path(root / "sub")
     before = lazyfs.stats()
     lazyfs.cut()
     assert (root / "sub" / "f").read_bytes() == b"data"
@@ -63,8 +56,8 @@ def test_new_directory_not_made_durable_takes_its_durable_contents_along(lazyfs:
     root = lazyfs.mountpoint
     (root / "a" / "b").mkdir(parents=True)
     write(root / "a" / "b" / "f", b"data", sync=True)
-    fsync(root / "a" / "b")
-    fsync(root / "a")  # but never the root: `a` itself is not durable
+    fsync_path(root / "a" / "b")
+    fsync_path(root / "a")  # but never the root: `a` itself is not durable
     lazyfs.cut()
     assert os.listdir(root) == []
 
@@ -72,7 +65,7 @@ def test_new_directory_not_made_durable_takes_its_durable_contents_along(lazyfs:
 def test_rename_without_directory_fsync_reverts(lazyfs: LazyMount) -> None:
     root = lazyfs.mountpoint
     write(root / "old", b"v1", sync=True)
-    fsync(root)
+    fsync_path(root)
     os.rename(root / "old", root / "new")
     assert sorted(os.listdir(root)) == ["new"]
     lazyfs.cut()
@@ -84,7 +77,7 @@ def test_rename_over_existing_file_reverts_to_the_old_target(lazyfs: LazyMount) 
     root = lazyfs.mountpoint
     write(root / "target", b"old", sync=True)
     write(root / "tmp", b"new", sync=True)
-    fsync(root)
+    fsync_path(root)
     os.replace(root / "tmp", root / "target")
     assert (root / "target").read_bytes() == b"new"
     lazyfs.cut()
@@ -98,13 +91,13 @@ def test_rename_between_directories_needs_both_durable(lazyfs: LazyMount) -> Non
     (root / "dst").mkdir()
     write(root / "src" / "f", b"x", sync=True)
     for path in (root / "src", root / "dst", root):
-        fsync(path)
+        fsync_path(path)
     os.rename(root / "src" / "f", root / "dst" / "f")
-    fsync(root / "dst")  # only the target: the source still lists it after a cut
+    fsync_path(root / "dst")  # only the target: the source still lists it after a cut
     lazyfs.cut()
     assert os.listdir(root / "dst") == ["f"] and os.listdir(root / "src") == ["f"]
     os.unlink(root / "src" / "f")
-    fsync(root / "src")
+    fsync_path(root / "src")
     lazyfs.cut()
     assert os.listdir(root / "dst") == ["f"] and os.listdir(root / "src") == []
 
@@ -113,7 +106,7 @@ def test_unlink_without_directory_fsync_comes_back(lazyfs: LazyMount) -> None:
     root = lazyfs.mountpoint
     write(root / "f", b"keep", sync=True)
     (root / "d").mkdir()
-    fsync(root)
+    fsync_path(root)
     os.unlink(root / "f")
     shutil.rmtree(root / "d")
     assert os.listdir(root) == []
@@ -126,7 +119,7 @@ def test_cut_is_seen_by_a_process_that_already_read_the_file(lazyfs: LazyMount) 
     """The page cache must not serve pre-cut bytes: read, cut, read again in the same process."""
     root = lazyfs.mountpoint
     write(root / "f", b"A" * 10000, sync=True)
-    fsync(root)
+    fsync_path(root)
     write(root / "f", b"B" * 20000)
     assert (root / "f").read_bytes() == b"B" * 20000
     assert (root / "f").stat().st_size == 20000
@@ -174,7 +167,7 @@ def test_sqlite_full_sync_in_delete_mode_can_lose_the_last_commit(lazyfs: LazyMo
             connection.execute("INSERT INTO t VALUES (1)")
     finally:
         connection.close()
-    fsync(root)
+    fsync_path(root)
     connection = sqlite3.connect(db)
     try:
         connection.execute("PRAGMA synchronous=FULL")
@@ -190,7 +183,7 @@ def test_sqlite_full_sync_in_delete_mode_can_lose_the_last_commit(lazyfs: LazyMo
         assert connection.execute("SELECT count(*) FROM t").fetchone()[0] == 1
     finally:
         connection.close()
-    fsync(root)
+    fsync_path(root)
     lazyfs.cut()
     assert not (root / "t.db-journal").exists()
 

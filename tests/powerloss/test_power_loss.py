@@ -26,18 +26,11 @@ from typing import Any, Iterator
 
 import pytest
 
+from mlflow_persist.atomic import fsync_path
 from powerloss.lazyfs import LazyMount, log_tail
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
 TRIALS = int(os.environ.get("MLFLOW_PERSIST_POWERLOSS_TRIALS", "32"))
-
-
-def fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ForkServer:
@@ -124,8 +117,8 @@ def store_on_lazyfs(forkserver: ForkServer, lazyfs: LazyMount, request: pytest.F
     template = request.getfixturevalue("template_db")  # ~9 s once per session, made outside the mount
     db = lazyfs.mountpoint / "mlflow.db"
     shutil.copyfile(template, db)
-    fsync(db)
-    fsync(lazyfs.mountpoint)
+    fsync_path(db)
+    fsync_path(lazyfs.mountpoint)
     hello = forkserver.wait_ready()
     assert hello.get("threads") == 1, f"the fork server must not run threads before forking: {hello}"
     return f"sqlite:///{db}"
