@@ -72,15 +72,24 @@ def test_a_signal_mid_update_gives_a_final_checkpoint_of_a_completed_step(sqlite
     assert run.info.status == "FINISHED"
 
 
-def test_no_step_boundary_within_the_grace_period_exits_without_a_new_final(sqlite_uri: str, tmp_path: Path) -> None:
-    record = tmp_path / "record.jsonl"
-    proc = _start(sqlite_uri, record, "stuck", grace=2.0)
+def _sigterm_a_stuck_trainer(sqlite_uri: str, record: Path, grace: float, signals: int) -> None:
+    """Start a trainer stuck inside one update and send it SIGTERM `signals` times, 0.5 s apart: it must exit
+    with 143 within 20 s."""
+    proc = _start(sqlite_uri, record, "stuck", grace=grace)
     read_until(proc, "STUCK")
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    for index in range(signals):
+        if index:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert time.monotonic() - started < 20
+
+
+def test_no_step_boundary_within_the_grace_period_exits_without_a_new_final(sqlite_uri: str, tmp_path: Path) -> None:
+    record = tmp_path / "record.jsonl"
+    _sigterm_a_stuck_trainer(sqlite_uri, record, grace=2.0, signals=1)
     store = MlflowStore(sqlite_uri)
     versions = store.list_versions("flat")
     assert versions and all(v.category != "final" for v in versions)  # no new (possibly torn) final checkpoint
@@ -92,15 +101,6 @@ def test_no_step_boundary_within_the_grace_period_exits_without_a_new_final(sqli
 
 
 def test_a_second_signal_exits_promptly(sqlite_uri: str, tmp_path: Path) -> None:
-    record = tmp_path / "record.jsonl"
-    proc = _start(sqlite_uri, record, "stuck", grace=300.0)
-    read_until(proc, "STUCK")
-    started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, out
-    assert time.monotonic() - started < 20
+    _sigterm_a_stuck_trainer(sqlite_uri, tmp_path / "record.jsonl", grace=300.0, signals=2)
     store = MlflowStore(sqlite_uri)
     assert store.client.get_run(store.list_versions("flat")[-1].run_id).info.status == "KILLED"
