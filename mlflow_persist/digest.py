@@ -39,10 +39,6 @@ class Digest:
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hexdigest}"
 
-    @property
-    def short(self) -> str:
-        return f"{self.algorithm}:{self.hexdigest[:12]}…"
-
 
 def digest_bytes(data: Any, algorithm: str = DEFAULT_ALGORITHM) -> Digest:
     hasher = new_hasher(algorithm)

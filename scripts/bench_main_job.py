@@ -70,6 +70,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_common import cpu_model
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 DEFAULT_STEPS = 1500
@@ -371,12 +373,6 @@ def thread_cpu_medians(results: list[dict[str, Any]]) -> dict[str, float]:
             for name in names}
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def rounded(value: Any, digits: int = 4) -> Any:

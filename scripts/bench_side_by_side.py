@@ -54,6 +54,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from bench_common import cpu_model
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 VARIANTS = ("plain", "sync", "persist", "lightning")
@@ -376,15 +378,6 @@ def memory_bound(summary: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
             "persist_import_overhead_kb": import_overhead, "persist_vs_bound_plus_imports": with_imports,
             "formula": "(model_bytes + optimizer_bytes) * 3 * 1.1 + (plain peak RSS - plain model+optimizer bytes)"}
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def package_version(name: str) -> str | None:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
+from bench_common import cpu_model  # noqa: E402
 
 import mlflow_persist as mp  # noqa: E402
 
@@ -200,17 +201,6 @@ def small_checkpoint(uri: str, repeats: int, counter: StoreCallCounter) -> dict[
 
 # ------------------------------------------------------------------------------------------------ main
 
-@functools.cache
-def machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores"
-
-
 def rows(figures: dict[str, Any]) -> Iterator[str]:
     yield f"step() without a save, default config: {figures['step_default_us']:.1f} us per call " \
           f"(flush deferred, scheduler idle: {figures['step_quiet_us']:.1f} us)"
@@ -235,7 +225,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="mlflow-persist-bench-") as tmp:
         root = Path(tmp)
         uri = f"sqlite:///{root / 'mlflow.db'}"
-        figures: dict[str, Any] = {"size_mb": args.size_mb, "machine": machine(),
+        figures: dict[str, Any] = {"size_mb": args.size_mb, "machine": f"{cpu_model()}, {os.cpu_count()} cores",
                                    "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
         figures["step_quiet_us"] = step_cost_us(uri, args.step_seconds, default_config=False)
         figures["step_default_us"] = step_cost_us(uri, args.step_seconds, default_config=True)
