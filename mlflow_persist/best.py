@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import cast
 
 from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.policy import Mode, select_best
@@ -24,15 +25,15 @@ def reconcile_best(store: CheckpointStore, name: str, mode: Mode, versions: list
     again; if a version appeared meanwhile it repeats. The last writer to set the alias therefore computed it
     from a listing that contained every version registered before its set, so `best` ends right even when
     processes race (and against an `mlflow server`, where no file lock is shared). With `converge=False`
-    (callers that hold a lock every writer shares) one pass over `versions` suffices, and `current` (where
-    `best` points, when the caller knows it) spares reading the alias.
+    (callers that hold a lock every writer shares) one pass over `versions` suffices. `current` (where `best`
+    points, when the caller just read it or knows it) spares the first pass reading the alias.
     """
+    known = current
     for _ in range(20):
         versions = versions if versions is not None else store.list_versions(name)
         chosen = select_best([v.summary() for v in versions], mode, monitor)
-        if converge or current is _UNKNOWN:
-            current = store.alias_version(name)
-        assert current is None or isinstance(current, VersionInfo)
+        current = store.alias_version(name) if known is _UNKNOWN else cast("VersionInfo | None", known)
+        known = _UNKNOWN  # a later pass reads the alias again
         if chosen is None:
             return current
         if current is None or current.version != chosen.version:
