@@ -124,7 +124,6 @@ class MlflowStore:
         if db_dir is not None:
             make_sqlite_commits_durable(db_dir / Path(tracking_uri[len("sqlite:///"):]).name)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        self.registry = _registry_client(self.client)
         self.is_remote = self.is_remote_uri(tracking_uri)
         # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
         # every writer; elsewhere registration and `best` use the lock-free convergent strategy.
@@ -134,6 +133,11 @@ class MlflowStore:
         self._known_models: set[str] = set()
         self._generations: dict[str, int] = {}
         self.experiment_id = self._ensure_experiment(experiment_name, artifact_location)
+
+    @functools.cached_property
+    def registry(self) -> Any:
+        """The registry client, made at the first registry call (as MLflow makes it), not at start-up."""
+        return _registry_client(self.client)
 
     @staticmethod
     def is_remote_uri(tracking_uri: str) -> bool:
