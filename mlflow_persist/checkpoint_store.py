@@ -83,6 +83,9 @@ class CheckpointStore(Protocol):
     def clear_corrupt(self, name: str, version: int) -> None:
         """Remove the `corrupt` tag of a version whose bytes verified after all."""
 
+    def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        """Set one tag of an existing version (a cut's completion marker)."""
+
     def delete_version(self, info: VersionInfo) -> None:
         """Stage `delete`: remove the registry entry (not the bytes); a version already gone counts as deleted."""
 

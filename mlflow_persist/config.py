@@ -46,9 +46,21 @@ class ModelSettings(BaseModel):
     periodic_every_minutes: float | None = Field(
         None, gt=0, description="Save a `periodic` checkpoint every X minutes of wall time (None: off)."
     )
+    monitor_smoothing: Literal["none", "ema", "window", "window_median"] = Field(
+        "none", description="How the monitored value is smoothed before it decides improvement and `best`: `none`, "
+                            "`ema` (see monitor_ema_alpha), `window` (mean of the last monitor_window values) or "
+                            "`window_median`."
+    )
+    monitor_ema_alpha: float = Field(
+        0.1, gt=0, le=1, description="Weight of the newest value in the `ema` smoothing (1: no smoothing)."
+    )
+    monitor_window: int = Field(
+        20, ge=1, description="Values averaged by the `window` and `window_median` smoothings."
+    )
     keep_best: int = Field(3, ge=1, description="How many `performance` checkpoints to keep (the best ones).")
     keep_periodic: int = Field(3, ge=1, description="Rolling window of `periodic` checkpoints to keep (the newest).")
     keep_final: int = Field(3, ge=1, description="How many `final` (shutdown) checkpoints to keep (the newest).")
+    keep_episode: int = Field(3, ge=1, description="How many `episode` (episode-end) checkpoints to keep (the newest).")
     resume_from: Literal["latest", "best"] = Field(
         "latest", description="Which checkpoint `restore()` loads first: the newest valid one or `best`."
     )

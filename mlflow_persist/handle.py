@@ -5,6 +5,7 @@ copy of the state, handed to the writer (see pipeline.py for what happens next).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,14 +26,17 @@ from mlflow_persist.payload import CheckpointState, build_payload, read_checkpoi
 from mlflow_persist.pipeline import SavePipeline
 from mlflow_persist.policy import CATEGORIES, FINAL, PERFORMANCE, PERIODIC, PeriodicSchedule, PerformanceTracker, \
     SaveDecision, decide_save, select_best
+from mlflow_persist.smoothing import MonitorSmoother
 from mlflow_persist.timestamps import format_age
-from mlflow_persist.versions import VersionInfo
+from mlflow_persist.versions import VersionInfo, tag
 from mlflow_persist.writer import CheckpointWriter, SaveJob
 from mlflow_persist.logging_setup import package_logger
 
 log = package_logger("mlflow_persist")
 
 RESTORE_LOAD_ATTEMPTS = 4  # a transient store error is retried with 0.2, 0.4, 0.8 s pauses, then raised
+
+Evaluate = Callable[[], float]
 
 
 class Stateful(Protocol):
@@ -50,6 +54,7 @@ class RestoreInfo:
     value: float | None
     run_id: str | None
     skipped_corrupt: tuple[int, ...] = ()
+    cut: str | None = None  # the system checkpoint it came from (`Persistence.restore_all`)
 
 
 class ModelHandle:
@@ -59,12 +64,21 @@ class ModelHandle:
     def __init__(self, *, name: str, registered_name: str, model: torch.nn.Module, optimizer: Stateful | None,
                  scheduler: Stateful | None, extra: Stateful | None, settings: ModelSettings,
                  store: CheckpointStore, writer: CheckpointWriter, alerts: AlertDispatcher, pipeline: SavePipeline,
-                 health: ModelHealth, metrics: MetricsBuffer, stop: Callable[[], None] = lambda: None) -> None:
+                 health: ModelHealth, metrics: MetricsBuffer, stop: Callable[[], None] = lambda: None,
+                 evaluate: Evaluate | None = None, evaluate_every_steps: int | None = None) -> None:
         self.name = name
         self.registered_name = registered_name
         self.model, self.optimizer, self.scheduler, self.extra = model, optimizer, scheduler, extra
         self.settings = settings
         self.tracker = PerformanceTracker(settings.monitor, settings.mode, settings.min_delta, settings.min_delta_mode)
+        self.smoother = MonitorSmoother(settings.monitor_smoothing, settings.monitor_ema_alpha, settings.monitor_window)
+        if evaluate is not None and (evaluate_every_steps is None or evaluate_every_steps < 1):
+            raise PersistError(f"track({name!r}, evaluate=...) needs evaluate_every_steps of 1 or more.")
+        self.evaluate = evaluate
+        self.evaluate_every_steps = evaluate_every_steps
+        self.evaluations = 0
+        self.evaluation_failures = 0
+        self.last_raw_value: float | None = None
         self.schedule = PeriodicSchedule(
             settings.periodic_every_steps,
             settings.periodic_every_minutes * 60 if settings.periodic_every_minutes else None,
@@ -135,11 +149,25 @@ class ModelHandle:
         self.current_step = step = self.current_step + 1 if step is None else int(step)
         if self._claims:
             self._settle_claims()
+        monitor = self.tracker.monitor
+        decides = True
+        if self.evaluate is not None:
+            metrics, decides = self._with_evaluation(step, metrics)
+        raw = metrics.get(monitor) if decides else None
+        value = None
+        if raw is not None:
+            try:
+                raw = float(raw)
+            except (TypeError, ValueError):
+                raw = None
+        if raw is not None:
+            self.last_raw_value = raw
+            value = self.smoother.update(raw)
+            if self.smoother.kind != "none" and value is not None:
+                metrics = {**metrics, f"{monitor}_smoothed": value}
         self._last_reported = metrics
         self.metrics.add(step, metrics)
-        value = metrics.get(self.tracker.monitor)
         if value is not None:
-            value = float(value)
             self.tracker.observe(step, value)
         decision = decide_save(self.tracker, self.schedule, step, value)
         attached = False
@@ -164,14 +192,24 @@ class ModelHandle:
         self._stop()  # a pending SIGTERM/SIGINT raises GracefulExit here, at a step boundary
         return decision
 
-    def save(self, category: str = FINAL, wait: bool = False, timeout: float | None = None) -> SaveJob | None:
+    def save(self, category: str = FINAL, wait: bool = False, timeout: float | None = None, *,
+             value: float | None = None, monitor: str | None = None,
+             tags: dict[str, str] | None = None) -> SaveJob | None:
         """Force a checkpoint of the current state (asynchronous unless `wait`); None if no snapshot could be
-        taken (the reason is logged and counted)."""
+        taken (the reason is logged and counted).
+
+        `value` and `monitor` record another measure than the tracked monitor's latest (smoothed) value, such
+        as an episode score (`save("episode", value=score, monitor="episode/reward")`); `tags` are added to
+        the version."""
         if category not in CATEGORIES:
             raise PersistError(f"Checkpoint category {category!r} is not one of {', '.join(CATEGORIES)}; use one.")
-        value = self.tracker.last_value
+        extra_tags = dict(tags or {})
+        if monitor is not None:
+            extra_tags[tag("monitor")] = monitor
+        if value is None and monitor is None:
+            value = self.tracker.last_value
         try:
-            job = self._submit(category, self.current_step, value, None, forced=True)
+            job = self._submit(category, self.current_step, value, None, forced=True, tags=extra_tags)
         except Exception as exc:  # noqa: BLE001
             self.health.record_failure(category, self.current_step, exc, attempts=1, final=True)
             return None
@@ -182,7 +220,8 @@ class ModelHandle:
     def flush(self, timeout: float | None = None) -> bool:
         return self._writer.flush(self.name, timeout)
 
-    def _submit(self, category: str, step: int, value: float | None, gained: float | None, forced: bool) -> SaveJob:
+    def _submit(self, category: str, step: int, value: float | None, gained: float | None, forced: bool,
+                tags: dict[str, str] | None = None) -> SaveJob:
         """Snapshot the tracked objects and hand the snapshot to the writer. The copy goes into the tensors of
         the waiting snapshot it replaces, else of the spare one: at most two copies of the state exist (the
         one being written and one more)."""
@@ -194,7 +233,7 @@ class ModelHandle:
             except IndexError:
                 spare = None
         try:
-            job = self._snapshot(category, step, value, gained, forced, spare)
+            job = self._snapshot(category, step, value, gained, forced, spare, tags or {})
         except BaseException as exc:
             if replacing is not None:  # its tensors may be half overwritten: it cannot be written any more
                 replacing.payload = {}
@@ -203,7 +242,7 @@ class ModelHandle:
         return self._writer.submit(job, replacing=replacing)
 
     def _snapshot(self, category: str, step: int, value: float | None, gained: float | None, forced: bool,
-                  spare: dict[str, Any] | None) -> SaveJob:
+                  spare: dict[str, Any] | None, tags: dict[str, str]) -> SaveJob:
         backend = self.copy_backend or default_backend()
         device_copies = DeviceCopies(backend) if backend is not None else None
         payload = build_payload(
@@ -217,10 +256,46 @@ class ModelHandle:
             step=step,
             metrics=self._latest_metrics(),
             category=category,
+            monitor_state=self.monitor_state(),
         )
+        if tag("monitor") not in tags:
+            tags = {**tags, **self._value_tags()}
         return SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced,
                        release=self._spare_payloads.append,
-                       ready=device_copies.finish() if device_copies is not None else None)
+                       ready=device_copies.finish() if device_copies is not None else None, tags=tags)
+
+    def monitor_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the monitor: the smoothing state, so a restart continues its curve."""
+        return {"smoother": self.smoother.state_dict(), "last_raw_value": self.last_raw_value,
+                "evaluations": self.evaluations}
+
+    def _value_tags(self) -> dict[str, str]:
+        """The raw monitor value and the smoothing it was decided on (the `value` tag is the smoothed one)."""
+        tags = {tag("smoothing"): self.smoother.kind}
+        if self.last_raw_value is not None:
+            tags[tag("raw_value")] = repr(self.last_raw_value)
+        return tags
+
+    def _with_evaluation(self, step: int, metrics: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """On every `evaluate_every_steps`-th step, the evaluation's value becomes the monitor (True: it
+        decides); on the other steps a training metric of the monitor's name is only logged. Runs here, at
+        the step boundary on the training thread, so its value is the same in every run of the same steps."""
+        monitor = self.tracker.monitor
+        assert self.evaluate is not None and self.evaluate_every_steps is not None
+        if step % self.evaluate_every_steps != 0:
+            return metrics, False
+        try:
+            value = float(self.evaluate())
+        except Exception as exc:  # noqa: BLE001 - a failing evaluation must never stop training
+            self.evaluation_failures += 1
+            if self.evaluation_failures == 1 or self.evaluation_failures % 100 == 0:
+                log.error("%s: the evaluation at step %d failed (%s; %d so far); training goes on", self.name, step,
+                          exc, self.evaluation_failures)
+            return metrics, False
+        if not math.isfinite(value):  # nothing to evaluate on yet (an empty window): nothing decided
+            return metrics, False
+        self.evaluations += 1
+        return {**metrics, monitor: value}, True
 
     def _settle_claims(self) -> None:
         """End the claims of performance saves whose outcome is known (cheap: done events only)."""
@@ -316,10 +391,7 @@ class ModelHandle:
             if from_outbox is not None:
                 return from_outbox
         versions = store.list_versions(self.registered_name)
-        best = store.alias_version(self.registered_name)
-        if best is not None and best.value is not None and best.monitor in (None, self.tracker.monitor) \
-                and not best.corrupt:
-            self.tracker.reset_best(best.value, best.step)
+        best = self.adopt_stored_best()
         candidates = [v for v in reversed(versions) if not v.corrupt]
         if self.settings.resume_from == "best" and best is not None and not best.corrupt:
             candidates = [best] + [v for v in candidates if v.version != best.version]
@@ -333,16 +405,33 @@ class ModelHandle:
                           exc, extra={"model": self.name, "version": info.version, "outcome": "corrupt"})
                 mark_corrupt(store, info, str(exc), self.settings.mode, self.tracker.monitor)
                 continue
-            self._apply(state, restore_rng=True, restore_step=True, strict=strict)
-            self.pipeline.last_version = info.version
-            self.pipeline.last_saved = (info.version, state.step)
-            self.schedule.start(self.current_step, time.monotonic())
-            self._log_history(versions, info)
-            return RestoreInfo(info.version, info.category, state.step, info.value, self.run_id, tuple(skipped))
+            return self.apply_version(info, state, versions, strict, tuple(skipped))
         if versions:
             log.error("%s: none of the %d stored checkpoints could be restored; starting fresh", self.name,
                       len(versions))
         return None
+
+    def adopt_stored_best(self) -> VersionInfo | None:
+        """Take the store's `best` as the value to beat (at restore); returns that version."""
+        best = self._store.alias_version(self.registered_name)
+        if best is not None and best.value is not None and best.monitor in (None, self.tracker.monitor) \
+                and not best.corrupt:
+            self.tracker.reset_best(best.value, best.step)
+        return best
+
+    def apply_version(self, info: VersionInfo, state: CheckpointState, versions: list[VersionInfo],
+                      strict: bool = True, skipped: tuple[int, ...] = ()) -> RestoreInfo:
+        """Load a loaded and verified version into the tracked objects and continue from its step."""
+        self._apply(state, restore_rng=True, restore_step=True, strict=strict)
+        self.pipeline.last_version = info.version
+        self.pipeline.last_saved = (info.version, state.step)
+        self.schedule.start(self.current_step, time.monotonic())
+        self._log_history(versions, info)
+        return RestoreInfo(info.version, info.category, state.step, info.value, self.run_id, skipped, info.cut)
+
+    def load_version(self, info: VersionInfo) -> CheckpointState:
+        """Fetch and verify one version (transient store errors retried); CheckpointCorruptError when damaged."""
+        return self._load_with_retries(info)
 
     def _load_with_retries(self, info: VersionInfo) -> CheckpointState:
         """Load a version; a store error (unreachable, refused) is transient, so it is retried and finally
@@ -418,6 +507,11 @@ class ModelHandle:
             restore_rng_state(state.rng_state)
         if restore_step:
             self.current_step = state.step
+            monitor_state = state.monitor_state or {}
+            if isinstance(monitor_state.get("smoother"), dict):
+                self.smoother.load_state_dict(monitor_state["smoother"])
+            self.last_raw_value = monitor_state.get("last_raw_value")
+            self.evaluations = int(monitor_state.get("evaluations", 0) or 0)
 
     def _log_history(self, versions: list[VersionInfo], restored: VersionInfo) -> None:
         lines = [f"{self.name}: restored v{restored.version} ({restored.category}, step {restored.step}, "

@@ -232,7 +232,8 @@ def gc(store: CheckpointStore, config: PersistConfig, dry_run: bool = False) -> 
         settings = config.for_model(name[len(prefix):])
         with store.lock(f"model-{name}"):
             result = prune(store, name, lambda versions, best: retention_deletions(
-                versions, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final, best),
+                versions, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final, best,
+                settings.keep_episode),
                 dry_run=dry_run, reason="gc")
         report.deleted.extend(GcItem(name, v.version, v.category)
                               for v in (result.planned if dry_run else result.deleted))

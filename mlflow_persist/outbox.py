@@ -44,6 +44,7 @@ class OutboxEntry:
     also: list[str] = field(default_factory=list)
     sequence: int = 0
     path: str = ""
+    tags: dict[str, str] = field(default_factory=dict)  # more version tags (a cut's, an episode monitor's)
 
     @property
     def directory(self) -> Path:
@@ -77,8 +78,8 @@ class Outbox:
         return FileLock(str(self._model_dir(registered_name) / ".lock"), timeout=300)
 
     def put(self, *, model: str, registered_name: str, run_id: str, dirname: str, payload: Mapping[str, Any],
-            category: str, step: int, value: float | None, improvement: float | None, also: list[str]
-            ) -> OutboxEntry:
+            category: str, step: int, value: float | None, improvement: float | None, also: list[str],
+            tags: Mapping[str, str] | None = None) -> OutboxEntry:
         """Write the checkpoint durably into the outbox; returns the entry."""
         model_dir = self._model_dir(registered_name)
         with self.lock(registered_name):
@@ -89,7 +90,7 @@ class Outbox:
                 entry = OutboxEntry(model, registered_name, run_id, dirname, category, step, value, improvement,
                                     str(payload.get("created_at", "")), written.digest.algorithm,
                                     written.digest.hexdigest, written.size_bytes,
-                                    list(also), sequence, str(model_dir / name))
+                                    list(also), sequence, str(model_dir / name), dict(tags or {}))
                 data = asdict(entry)
                 data.pop("path")
                 (staging / ENTRY_FILE).write_text(json.dumps(data), encoding="utf-8")

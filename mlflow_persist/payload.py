@@ -56,6 +56,7 @@ class CheckpointState:
     category: str | None = None
     created_at: str | None = None
     digest: Digest | None = None
+    monitor_state: dict[str, Any] | None = None  # the handle's smoothing state (None in older checkpoints)
 
 
 # ---------------------------------------------------------------------------------------------- snapshot
@@ -150,8 +151,8 @@ def _to_tuples(value: Any) -> Any:
 def build_payload(*, model_name: str, model_state: Mapping[str, Any], optimizer_state: Any = None,
                   scheduler_state: Any = None, extra_state: Any = None, step: int, metrics: Mapping[str, float],
                   category: str, rng_state: Mapping[str, Any] | None = None,
-                  reuse: Mapping[str, Any] | None = None, device_copies: DeviceCopies | None = None
-                  ) -> dict[str, Any]:
+                  reuse: Mapping[str, Any] | None = None, device_copies: DeviceCopies | None = None,
+                  monitor_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The payload dict of the current format, every tensor copied to CPU memory (into the tensors of
     `reuse`, a released earlier payload, where they fit). With `device_copies`, accelerator tensors are
     still being copied when this returns: wait for `device_copies.finish()` before reading them."""
@@ -169,6 +170,7 @@ def build_payload(*, model_name: str, model_state: Mapping[str, Any], optimizer_
         "metrics": {k: float(v) for k, v in metrics.items()},
         "category": category,
         "created_at": utc_now_iso(),
+        "monitor_state": copy_to_cpu(dict(monitor_state)) if monitor_state is not None else None,
     }
 
 
@@ -380,4 +382,5 @@ def payload_to_state(raw: Mapping[str, Any]) -> CheckpointState:
         name=payload["model_name"],
         category=payload["category"],
         created_at=payload["created_at"],
+        monitor_state=payload.get("monitor_state"),
     )

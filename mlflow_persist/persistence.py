@@ -16,22 +16,25 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 
 from mlflow_persist.alerts import AlertDispatcher, AlertSink, command_sink, webhook_sink
 from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist.best import mark_corrupt
 from mlflow_persist.config import PersistConfig
+from mlflow_persist.cut_keeper import CutKeeper, PendingCut
+from mlflow_persist.cuts import complete_cuts, cut_tags, new_cut_id, next_cut_sequence
 from mlflow_persist.disk_guard import DiskGuard
-from mlflow_persist.errors import DiskFullError, PersistError, describe_store_error
-from mlflow_persist.handle import ModelHandle, Stateful
+from mlflow_persist.errors import CheckpointCorruptError, DiskFullError, PersistError, describe_store_error
+from mlflow_persist.handle import Evaluate, ModelHandle, RestoreInfo, Stateful
 from mlflow_persist.health import ModelHealth
 from mlflow_persist.metrics_buffer import MetricsBuffer, Pace
 from mlflow_persist.naming import validate_model_name
 from mlflow_persist.outbox import Outbox, default_outbox_root
 from mlflow_persist.pipeline import SavePipeline
-from mlflow_persist.policy import FINAL
+from mlflow_persist.policy import FINAL, PERIODIC
 from mlflow_persist.process_effects import GracefulExit, ProcessEffects, SignalHandlers, \
     apply_http_retry_defaults, register_atexit
 from mlflow_persist.scheduler import PeriodicJob
@@ -81,6 +84,9 @@ class Persistence:
             sinks.append(webhook_sink(self.config.alert_webhook))
         self.alerts = AlertDispatcher(sinks)
         self.handles: dict[str, ModelHandle] = {}
+        self._state_steps: dict[str, Callable[[], int] | None] = {}  # application-state members of the cuts
+        self._cut_sequence: int | None = None
+        self.cuts = CutKeeper(self.store)
         self.guard = DiskGuard(self.store, self.config.min_free_disk_mb, self.config.min_free_disk_percent,
                                lambda: [h.pipeline.guarded() for h in list(self.handles.values())])
         self.writer = CheckpointWriter(
@@ -101,7 +107,11 @@ class Persistence:
     # ------------------------------------------------------------------------------------- API
 
     def track(self, name: str, model: torch.nn.Module, optimizer: Stateful | None = None,
-              scheduler: Stateful | None = None, extra: Stateful | None = None) -> ModelHandle:
+              scheduler: Stateful | None = None, extra: Stateful | None = None, *,
+              evaluate: Evaluate | None = None, evaluate_every_steps: int | None = None) -> ModelHandle:
+        """Track one model. With `evaluate`, every `evaluate_every_steps` steps `step()` calls it at the step
+        boundary and its value becomes the monitor (a validation loss, a mean reward), smoothed as
+        configured; the training metric of the monitor's name is then only logged."""
         validate_model_name(name)
         registered_name = self.config.registered_name(name)
         validate_model_name(registered_name)  # a bad prefix fails here, not at every save
@@ -120,13 +130,123 @@ class Persistence:
         handle = ModelHandle(name=name, registered_name=registered_name, model=model, optimizer=optimizer,
                              scheduler=scheduler, extra=extra, settings=settings, store=self.store,
                              writer=self.writer, alerts=self.alerts, pipeline=pipeline, health=health,
-                             metrics=metrics, stop=self._stop_at_boundary)
+                             metrics=metrics, stop=self._stop_at_boundary, evaluate=evaluate,
+                             evaluate_every_steps=evaluate_every_steps)
         self.handles[name] = handle
         try:
             self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds)
         except Exception as exc:  # noqa: BLE001 - sweeping leftovers is housekeeping
             log.warning("could not sweep leftovers of interrupted saves for %s: %s", name, exc)
         return handle
+
+    def track_state(self, name: str, state: Stateful, step: Callable[[], int] | None = None) -> ModelHandle:
+        """Track the application's own state (anything with state_dict/load_state_dict: positions, pending
+        work, RNG streams, buffers) as a member of every system checkpoint. It is saved only by `save_all()`
+        and `close()`, restored by `restore_all()`. `step`: the application's step count recorded with it
+        (default: the highest step of the tracked models)."""
+        handle = self.track(name, torch.nn.Module(), extra=state)
+        self._state_steps[name] = step
+        return handle
+
+    def save_all(self, category: str = PERIODIC, *, wait_for: Iterable[Callable[[], bool]] = ()) -> str:
+        """Snapshot every tracked model and application state now, at this step boundary, as one system
+        checkpoint (a cut); returns its id. The snapshots are written in the background; the cut becomes
+        complete (restorable by `restore_all`) once every member is registered and every `wait_for`
+        condition holds. Performance saves stay per model."""
+        if category not in (PERIODIC, FINAL):
+            raise PersistError(f"A system checkpoint is `periodic` or `final`, not {category!r}.")
+        if not self.handles:
+            raise PersistError("save_all() found nothing tracked; call track() for each model first.")
+        sequence = self._next_cut_sequence()
+        cut_id = new_cut_id(sequence)
+        tags = cut_tags(cut_id, list(self.handles))
+        model_steps = [h.current_step for n, h in self.handles.items() if n not in self._state_steps]
+        jobs = {}
+        for name, handle in list(self.handles.items()):
+            if name in self._state_steps:
+                step = self._state_steps[name]
+                handle.current_step = int(step()) if step is not None else max(model_steps, default=0)
+            job = handle.save(category, tags=tags)
+            if job is None:  # the others are still saved: each is a good checkpoint of its own
+                log.error("cut %s: %s could not be snapshotted; this system checkpoint stays incomplete", cut_id,
+                          name)
+            else:
+                jobs[name] = job
+        if len(jobs) == len(self.handles):
+            self.cuts.add(PendingCut(cut_id, jobs, {n: h.registered_name for n, h in self.handles.items()},
+                                     list(wait_for)))
+        return cut_id
+
+    def restore_all(self, strict: bool = True) -> dict[str, RestoreInfo]:
+        """Restore the newest complete system checkpoint into every tracked model and application state.
+
+        Members are loaded and verified first, then applied: a damaged member is tagged corrupt and the next
+        older complete cut is tried. A tracked model that is not a member of the cut restores its own newest
+        checkpoint; with no complete cut at all, each model does. Returns what was restored, per name."""
+        names = list(self.handles)
+        for handle in self.handles.values():
+            if handle.pipeline.outbox is not None and handle.pipeline.drain_outbox(blocking=True) > 0:
+                log.warning("checkpoints still wait in the outbox (the server is unreachable); each model "
+                            "restores its own newest checkpoint instead of a system checkpoint")
+                return self._restore_each(names, strict)
+        versions = {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()}
+        self._cut_sequence = next_cut_sequence(versions)
+        for cut in complete_cuts(versions):
+            members = {name: info for name, info in cut.members.items() if name in self.handles}
+            if not members:
+                continue
+            states = {}
+            damaged = None
+            for name, info in members.items():
+                try:
+                    states[name] = self.handles[name].load_version(info)
+                except CheckpointCorruptError as exc:
+                    damaged = (name, info, exc)
+                    break
+            if damaged is not None:
+                name, info, exc = damaged
+                handle = self.handles[name]
+                log.error("cut %s: %s v%d is damaged (%s); trying an older system checkpoint", cut.id, name,
+                          info.version, exc)
+                mark_corrupt(self.store, info, str(exc), handle.settings.mode, handle.tracker.monitor)
+                continue
+            restored: dict[str, RestoreInfo] = {}
+            for name, state in states.items():
+                handle = self.handles[name]
+                handle.adopt_stored_best()
+                restored[name] = handle.apply_version(members[name], state, versions[name], strict)
+            log.info("restored system checkpoint %s (step %s): %s", cut.id, cut.step,
+                     ", ".join(f"{n} v{i.version}" for n, i in sorted(restored.items())))
+            others = [n for n in names if n not in restored]
+            restored.update(self._restore_each(others, strict))
+            return restored
+        if any(versions.values()):
+            log.warning("no complete system checkpoint found; each model restores its own newest checkpoint")
+        return self._restore_each(names, strict)
+
+    def _restore_each(self, names: list[str], strict: bool) -> dict[str, RestoreInfo]:
+        """Each model's own newest checkpoint; never an application state, which only a complete cut
+        restores (alone it would not match the models)."""
+        restored = {}
+        for name in names:
+            if name in self._state_steps:
+                continue
+            info = self.handles[name].restore(strict=strict)
+            if info is not None:
+                restored[name] = info
+        return restored
+
+    def cut(self, cut_id: str) -> PendingCut | None:
+        """A system checkpoint this process took recently: its member saves, outcome and versions."""
+        return self.cuts.find(cut_id)
+
+    def _next_cut_sequence(self) -> int:
+        if self._cut_sequence is None:
+            self._cut_sequence = next_cut_sequence(
+                {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()})
+        sequence = self._cut_sequence
+        self._cut_sequence += 1
+        return sequence
 
     def flush(self, timeout: float | None = None) -> bool:
         done = self.writer.flush(timeout=timeout)
@@ -146,18 +266,18 @@ class Persistence:
                 return
             self._closed = True
         try:
-            if final_checkpoints:
-                for handle in list(self.handles.values()):
-                    try:
-                        handle.save(FINAL)
-                    except Exception as exc:  # noqa: BLE001
-                        log.error("%s: the final checkpoint could not be taken: %s", handle.name, exc)
+            if final_checkpoints and self.handles:
+                try:
+                    self.save_all(FINAL)
+                except Exception as exc:  # noqa: BLE001
+                    log.error("the final checkpoints could not be taken: %s", exc)
             self.writer.close(timeout=timeout)
             for handle in list(self.handles.values()):
                 waiting = handle.pipeline.drain_outbox(blocking=True)
                 if waiting > 0 and self.outbox is not None:
                     log.warning("%s: %d checkpoint(s) wait in the outbox %s; they are registered at the next start",
                                 handle.name, waiting, self.outbox.root / handle.registered_name)
+            self.cuts.close(timeout=30.0 if self.outbox is None else 5.0)
         finally:
             self.job.stop()
             self._final_metrics_flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -26,7 +26,7 @@ from mlflow_persist.health import ModelHealth
 from mlflow_persist.metrics_buffer import MetricsBuffer
 from mlflow_persist.outbox import Outbox, OutboxEntry
 from mlflow_persist.payload import FORMAT_VERSION
-from mlflow_persist.policy import BEST_ELIGIBLE, PERFORMANCE, retention_deletions
+from mlflow_persist.policy import BEST_ELIGIBLE, PERFORMANCE, is_better, retention_deletions
 from mlflow_persist.prune import PruneResult, prune
 from mlflow_persist.registry_view import RegistryView
 from mlflow_persist.versions import VersionInfo, checkpoint_dirname, digest_tags, tag
@@ -49,6 +49,11 @@ class Registration:
     digest: Digest
     size_bytes: int
     retried: bool = False
+    tags: dict[str, str] = field(default_factory=dict)  # more version tags; may name another monitor
+
+    @property
+    def monitor(self) -> str | None:
+        return self.tags.get(tag("monitor"))
 
 
 def tensor_bytes(value: Any) -> int:
@@ -73,6 +78,18 @@ def format_change(monitor: str, previous: float | None, value: float | None) -> 
         return f"{monitor} {value:.6g}"
     pct = f" ({(value - previous) / abs(previous) * 100:+.1f}%)" if previous else ""
     return f"{monitor} {previous:.6g} -> {value:.6g}{pct}"
+
+
+def describe_saved_value(monitor: str, category: str, previous: float | None, value: float | None, mode: str) -> str:
+    """The value part of a save's log line. Only a performance save that beat the previous one shows an
+    arrow: a worse value is never presented as an improvement."""
+    if value is None:
+        return f"{monitor} n/a"
+    if category == PERFORMANCE and (previous is None or is_better(value, previous, mode)):  # type: ignore[arg-type]
+        return format_change(monitor, previous, value)
+    if category == PERFORMANCE:
+        return f"{monitor} {value:.6g} (not better than the previous performance save, {previous:.6g})"
+    return f"{monitor} {value:.6g}"
 
 
 class SavePipeline:
@@ -120,7 +137,7 @@ class SavePipeline:
             entry = self.outbox.put(
                 model=self.name, registered_name=self.registered_name, run_id=self.run_id,
                 dirname=checkpoint_dirname(self.name, job.step), payload=job.payload, category=job.category,
-                step=job.step, value=job.value, improvement=job.improvement, also=list(job.also),
+                step=job.step, value=job.value, improvement=job.improvement, also=list(job.also), tags=job.tags,
             )
             job.payload = {}
             self.drain_outbox()
@@ -134,7 +151,7 @@ class SavePipeline:
             raise
         registration = Registration(job.category, job.step, job.value, job.improvement, list(job.also),
                                     str(job.payload.get("created_at", "")), written.digest, written.size_bytes,
-                                    retried=job.attempts > 1)
+                                    retried=job.attempts > 1, tags=dict(job.tags))
         return self.register(source, registration, started,
                              acknowledge=lambda info: job.finish("saved", result=info))
 
@@ -168,6 +185,7 @@ class SavePipeline:
             tag("mode"): self.settings.mode,
             tag("value"): reg.value if reg.value is not None else "", **digest_tags(reg.digest),
             tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
+            **reg.tags,
         }
         name = self.registered_name
         with self.registry_lock, store.lock(f"model-{name}"):
@@ -226,7 +244,7 @@ class SavePipeline:
         return prune(self.store, self.registered_name,
                      lambda summaries, best_version: retention_deletions(
                          summaries, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final,
-                         best_version),
+                         best_version, settings.keep_episode),
                      versions=versions, best_version=_number(best), dry_run=dry_run,
                      listing_is_current=self.store.lock_is_shared)
 
@@ -253,8 +271,8 @@ class SavePipeline:
         if reg.improvement is not None:
             metrics["checkpoint/improvement"] = float(reg.improvement)
         self.metrics.add(reg.step, metrics)
-        change = format_change(self.monitor, previous, reg.value) if reg.category == PERFORMANCE else \
-            f"{self.monitor} {reg.value:.6g}" if reg.value is not None else self.monitor
+        change = describe_saved_value(reg.monitor or self.monitor, reg.category, previous, reg.value,
+                                      self.settings.mode)
         log.info("%s: %s, saved v%d (%s, step %d, %.1f MB, %.0f ms)", self.name, change, info.version, reg.category,
                  reg.step, reg.size_bytes / 2**20, duration * 1000,
                  extra={"model": self.name, "category": reg.category, "version": info.version, "step": reg.step,
@@ -303,7 +321,8 @@ class SavePipeline:
     def _register_entry(self, entry: OutboxEntry, started: float) -> None:
         source = self.store.upload_checkpoint_files(entry.run_id, entry.directory, entry.dirname)
         registration = Registration(entry.category, entry.step, entry.value, entry.improvement, entry.also,
-                                    entry.created_at, entry.checksum, entry.size_bytes, retried=True)
+                                    entry.created_at, entry.checksum, entry.size_bytes, retried=True,
+                                    tags=dict(entry.tags))
         self.register(source, registration, started, run_id=entry.run_id)
 
     def pending_outbox(self) -> int:

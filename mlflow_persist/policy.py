@@ -22,7 +22,8 @@ PERIODIC = "periodic"
 FINAL = "final"
 LEGACY = "legacy"
 ROLLBACK = "rollback"
-CATEGORIES = (PERFORMANCE, PERIODIC, FINAL, LEGACY, ROLLBACK)
+EPISODE = "episode"  # an episode-end save, ranked by its episode score under its own monitor, never `best`
+CATEGORIES = (PERFORMANCE, PERIODIC, FINAL, LEGACY, ROLLBACK, EPISODE)
 BEST_ELIGIBLE = frozenset({PERFORMANCE, LEGACY, ROLLBACK})
 
 
@@ -204,6 +205,7 @@ class VersionSummary:
     monitor: str | None = None
     superseded: bool = False  # an old-format version kept after `migrate` rewrote it
     mode: str | None = None  # the mode its trainer ranked with (tag `mlflow_persist.mode`), when recorded
+    cut_complete: bool = False  # a member of a complete system checkpoint (tag `mlflow_persist.cut_complete`)
 
 
 def recorded_mode(versions: Iterable[VersionSummary], fallback: Mode) -> Mode:
@@ -238,23 +240,33 @@ def select_best(versions: Iterable[VersionSummary], mode: Mode, monitor: str | N
     return min(candidates, key=_sort_key_best(mode))
 
 
+def _protected(versions: Sequence[VersionSummary], best_version: int | None) -> set[int]:
+    """Never deleted: the newest version, `best`, and this model's member of the newest complete system
+    checkpoint (the cut a restart resumes from)."""
+    protected = {max(v.version for v in versions)}
+    if best_version is not None:
+        protected.add(best_version)
+    in_cuts = [v.version for v in versions if v.cut_complete and not v.corrupt]
+    if in_cuts:
+        protected.add(max(in_cuts))
+    return protected
+
+
 def retention_deletions(versions: Sequence[VersionSummary], mode: Mode, keep_best: int, keep_periodic: int,
-                        keep_final: int, best_version: int | None) -> list[int]:
+                        keep_final: int, best_version: int | None, keep_episode: int = 3) -> list[int]:
     """Versions that fall out of the windows: performance beyond the top `keep_best`, periodic beyond the
-    newest `keep_periodic`, final beyond the newest `keep_final`. Never the `best` version, never the newest
-    version; legacy, rollback and corrupt versions are left to the operator."""
+    newest `keep_periodic`, final beyond the newest `keep_final`, episode beyond the newest `keep_episode`.
+    Never the `best` version, the newest version or the newest complete cut's member; legacy, rollback and
+    corrupt versions are left to the operator."""
     if not versions:
         return []
     mode = recorded_mode(versions, mode)
-    newest = max(v.version for v in versions)
-    protected = {newest}
-    if best_version is not None:
-        protected.add(best_version)
+    protected = _protected(versions, best_version)
     delete: list[int] = []
     performance = sorted((v for v in versions if v.category == PERFORMANCE and not v.corrupt and not v.superseded),
                          key=_sort_key_best(mode))
     delete += [v.version for v in performance[keep_best:]]
-    for category, keep in ((PERIODIC, keep_periodic), (FINAL, keep_final)):
+    for category, keep in ((PERIODIC, keep_periodic), (FINAL, keep_final), (EPISODE, keep_episode)):
         window = sorted((v for v in versions if v.category == category and not v.corrupt and not v.superseded),
                         key=lambda v: v.version, reverse=True)
         delete += [v.version for v in window[keep:]]
@@ -262,16 +274,15 @@ def retention_deletions(versions: Sequence[VersionSummary], mode: Mode, keep_bes
 
 
 def disk_pressure_order(versions: Sequence[VersionSummary], mode: Mode, best_version: int | None) -> list[int]:
-    """Deletion order when the disk runs short: periodic oldest first, then final oldest first, then
-    performance worst first. Never the `best` version or the newest version."""
+    """Deletion order when the disk runs short: episode and periodic oldest first, then final oldest first,
+    then performance worst first. Never the `best` version, the newest version or the newest complete cut's
+    member."""
     if not versions:
         return []
     mode = recorded_mode(versions, mode)
-    protected = {max(v.version for v in versions)}
-    if best_version is not None:
-        protected.add(best_version)
+    protected = _protected(versions, best_version)
     live = [v for v in versions if not v.superseded]
-    periodic = sorted((v for v in live if v.category == PERIODIC), key=lambda v: v.version)
+    periodic = sorted((v for v in live if v.category in (PERIODIC, EPISODE)), key=lambda v: v.version)
     final = sorted((v for v in live if v.category == FINAL), key=lambda v: v.version)
     performance = sorted((v for v in live if v.category == PERFORMANCE), key=_sort_key_best(mode), reverse=True)
     return [v.version for v in (*periodic, *final, *performance) if v.version not in protected]

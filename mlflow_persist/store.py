@@ -439,6 +439,11 @@ class MlflowStore:
                 if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                     raise
 
+    @_translated("tag the version")
+    def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        self._changed(name)
+        self.registry.set_model_version_tag(name, str(version), key, str(value))
+
     def set_best(self, name: str, version: int) -> None:
         self.set_alias(name, BEST_ALIAS, version)
 

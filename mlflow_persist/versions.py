@@ -89,9 +89,18 @@ class VersionInfo:
     def mode(self) -> str | None:
         return self.tags.get(tag("mode")) or None
 
+    @property
+    def cut(self) -> str | None:
+        """The id of the system checkpoint (cut) this version belongs to, if any."""
+        return self.tags.get(tag("cut")) or None
+
+    @property
+    def cut_complete(self) -> bool:
+        return self.tags.get(tag("cut_complete"), "").lower() == "true"
+
     def summary(self) -> VersionSummary:
         return VersionSummary(self.version, self.category, self.value, self.step, self.corrupt, self.monitor,
-                              self.superseded, self.mode)
+                              self.superseded, self.mode, self.cut_complete)
 
 
 @dataclass(frozen=True)

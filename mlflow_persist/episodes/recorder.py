@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,18 @@ class EpisodeRecorder:
         with self._cond:
             self._flush_target = max(self._flush_target, self._recorded)
             self._cond.notify_all()
+
+    def stored_marker(self) -> Callable[[], bool]:
+        """Ask for everything recorded so far to be stored (returns at once); the returned check is True
+        once it is. A system checkpoint waits for it, so that no episode before the checkpoint is lost."""
+        if self._thread is None:
+            ok = self._write_pending()
+            return lambda: ok
+        with self._cond:
+            target = self._recorded
+            self._flush_target = max(self._flush_target, target)
+            self._cond.notify_all()
+        return lambda: self._settled >= target
 
     def flush(self, timeout: float | None = None) -> bool:
         """Store everything recorded before this call; True when it is stored, False on a failed
