@@ -18,8 +18,17 @@ from mlflow_persist.logging_setup import package_logger
 
 log = package_logger("mlflow_persist.trading")
 
-#: Periodic checkpoint interval used when the configuration sets neither steps nor minutes.
+#: System checkpoint (cut) interval used when the configuration sets neither steps nor minutes.
 DEFAULT_PERIODIC_EVERY_STEPS = 100
+#: The trading models' monitors: each trainer's held-out score, smoothed (settings a config may override
+#: under [models.<name>]).
+MODEL_MONITORS: dict[str, dict[str, Any]] = {
+    "dqn": {"monitor": "mean_reward", "mode": "max"},
+    "cob_rl": {"monitor": "mean_reward", "mode": "max"},
+    "cnn": {"monitor": "heldout_loss", "mode": "min"},
+    "extrema": {"monitor": "heldout_loss", "mode": "min"},
+}
+MONITOR_SMOOTHING: dict[str, Any] = {"monitor_smoothing": "ema", "monitor_ema_alpha": 0.2}
 
 
 class StopSignals:
@@ -49,11 +58,24 @@ class StopSignals:
         self._previous.clear()
 
 
-def with_trading_defaults(config: PersistConfig) -> PersistConfig:
-    """The config, with a periodic interval for every model when none is configured anywhere."""
+def cut_schedule(config: PersistConfig) -> tuple[int | None, float | None]:
+    """Bars and minutes between the system checkpoints: the configured periodic interval (default every
+    DEFAULT_PERIODIC_EVERY_STEPS bars)."""
     if config.periodic_every_steps is None and config.periodic_every_minutes is None:
-        return config.model_copy(update={"periodic_every_steps": DEFAULT_PERIODIC_EVERY_STEPS})
-    return config
+        return DEFAULT_PERIODIC_EVERY_STEPS, None
+    return config.periodic_every_steps, config.periodic_every_minutes
+
+
+def with_trading_defaults(config: PersistConfig) -> PersistConfig:
+    """The config the trading models are tracked with: periodic saves are the system's cuts (so no model
+    saves periodically on its own), and each model's monitor is its trainer's held-out score, smoothed,
+    unless `[models.<name>]` says otherwise."""
+    models = {name: dict(overrides) for name, overrides in config.models.items()}
+    for name, monitor in MODEL_MONITORS.items():
+        smoothing = {} if "monitor_smoothing" in config.model_fields_set else MONITOR_SMOOTHING
+        models[name] = {**monitor, **smoothing, **models.get(name, {})}
+        models[name].update(periodic_every_steps=None, periodic_every_minutes=None)
+    return config.model_copy(update={"periodic_every_steps": None, "periodic_every_minutes": None, "models": models})
 
 
 def _step_hook(recorder: Any, view: ProgressView | None) -> Callable[[Any], None] | None:
@@ -80,13 +102,17 @@ def run_trading(
     speed: float = 0.0,
     recorder_factory: Callable[[Any], EpisodeRecorder | None] | None = None,
     persistence_factory: Callable[[PersistConfig], Any] | None = None,
+    until_step: int | None = None,
 ) -> int:
-    """Train the four models on the replayed EURUSD stream until ``steps``/``minutes`` or a signal; returns 0.
+    """Train the four models on the replayed EURUSD stream until ``steps``/``minutes``, the total bar count
+    ``until_step`` (counted across restarts) or a signal; returns 0.
 
-    The models restore from their checkpoints first and the core saves final checkpoints on exit.
+    The system restores its newest complete system checkpoint first and the core saves a final one on exit.
     """
     if steps is not None and steps < 0:
         raise ConfigError(f"--steps must be 0 or more, got {steps}.")
+    if until_step is not None and until_step < 0:
+        raise ConfigError(f"--until-step must be 0 or more, got {until_step}.")
     if minutes is not None and minutes <= 0:
         raise ConfigError(f"--minutes must be more than 0, got {minutes}.")
     import torch
@@ -96,6 +122,7 @@ def run_trading(
     from .system import EnhancedRealtimeTrainingSystem
 
     torch.set_num_threads(1)  # small models: one thread each for training and the writer beats oversubscription
+    cut_every_steps, cut_every_minutes = cut_schedule(config)
     config = with_trading_defaults(config)
     stop = threading.Event()
     make_persistence = persistence_factory or (lambda cfg: Persistence(cfg))
@@ -103,26 +130,30 @@ def run_trading(
     # Our handlers go in after Persistence's own, so a signal stops the loop at the next bar boundary.
     with make_persistence(config) as persistence, StopSignals(stop) as signals:
         recorder = recorder_factory(persistence) if recorder_factory is not None else None
-        system = EnhancedRealtimeTrainingSystem(persistence, seed=seed, speed=speed, recorder=recorder)
+        durable = getattr(recorder, "stored_marker", None)
+        system = EnhancedRealtimeTrainingSystem(persistence, seed=seed, speed=speed, recorder=recorder,
+                                                cut_every_steps=cut_every_steps, cut_every_minutes=cut_every_minutes,
+                                                durable=durable if callable(durable) else None)
         try:
             system.start()
             attach = getattr(recorder, "attach", None)
             if callable(attach) and system.orchestrator is not None:
                 attach(system.orchestrator.serving)
             if not stop.is_set():
-                view = ProgressView(system, steps) if progress else None
+                view = ProgressView(system, until_step if until_step is not None else steps) if progress else None
                 on_step = _step_hook(recorder, view)
                 if view is not None:
                     with view:
-                        system.run(steps=steps, minutes=minutes, stop=stop, on_step=on_step)
+                        system.run(steps=steps, minutes=minutes, stop=stop, on_step=on_step, until_step=until_step)
                 else:
-                    system.run(steps=steps, minutes=minutes, stop=stop, on_step=on_step)
+                    system.run(steps=steps, minutes=minutes, stop=stop, on_step=on_step, until_step=until_step)
         finally:
             close = getattr(recorder, "close", None)
             if callable(close):
                 close()
         elapsed = time.monotonic() - started
-        log.info("trained %d steps in %.1fs (%.1f steps/s)%s; saving final checkpoints", system.steps_done, elapsed,
-                 system.steps_done / elapsed if elapsed > 0 else 0.0,
+        log.info("trained %d steps in %.1fs (%.1f steps/s; %d in all)%s; saving final checkpoints",
+                 system.steps_this_run, elapsed, system.steps_this_run / elapsed if elapsed > 0 else 0.0,
+                 system.steps_done,
                  f" after {signal.Signals(signals.received).name}" if signals.received else "")
     return 0

@@ -1,5 +1,5 @@
-"""The `run` command: `mlflow-persist run [--steps N] [--minutes M] [--tracking-uri URI] [--config FILE] [--seed S]
-[--no-episodes]`. Every decision is recorded as an episode in the `trading-system` run unless --no-episodes."""
+"""The `run` command: `mlflow-persist run [--steps N] [--minutes M] [--until-step N] [--tracking-uri URI]
+[--config FILE] [--seed S] [--no-episodes]`. Every decision is recorded as an episode in the `trading-system` run unless --no-episodes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def register(app: typer.Typer) -> None:
     def run_command(
         steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many bars (default: no limit)."),
         minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes."),
+        until_step: Optional[int] = typer.Option(
+            None, "--until-step",
+            help="Stop once the system has processed this many bars in all, counted across restarts.",
+        ),
         tracking_uri: Optional[str] = typer.Option(
             None, "--tracking-uri", envvar=None,
             help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
@@ -44,5 +48,5 @@ def register(app: typer.Typer) -> None:
 
         apply_config_logging(settings)
         code = run_trading(settings, steps=steps, minutes=minutes, seed=seed, progress=progress, speed=speed,
-                           recorder_factory=open_recorder if episodes else None)
+                           recorder_factory=open_recorder if episodes else None, until_step=until_step)
         raise typer.Exit(code)

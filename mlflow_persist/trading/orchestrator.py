@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -18,7 +17,7 @@ from .features import dqn_state, features_from_frames
 from .market import HORIZON, Draws, MarketData
 from .replay import decide
 from .rewards import trade_reward
-from .serving import ServingModel, VersionStep
+from .serving import ServingModel
 from .trainers import Trainer, TrainingCase
 from mlflow_persist.logging_setup import package_logger
 
@@ -49,8 +48,10 @@ class PendingDecision:
     market: dict[str, Any]
 
 
-def _no_version_step(name: str, version: int) -> int | None:
-    return None
+def episode_id(seed: int, step: int) -> str:
+    """The id of the episode of decision ``step``: the same in every run of the same seed, so bars processed
+    again after a restart replace their earlier records instead of adding to them."""
+    return f"s{int(seed)}-{int(step):012d}"
 
 
 def new_model_state(steps: int = 0, version: int | None = None, best: float | None = None) -> dict[str, Any]:
@@ -75,7 +76,6 @@ class TradingOrchestrator:
         seed: int,
         handles: Mapping[str, Handle] | None = None,
         recorder: EpisodeRecorder | None = None,
-        version_step: VersionStep = _no_version_step,
         restored: Mapping[str, tuple[int | None, int | None]] | None = None,
         first_step: int = 0,
         model_seed: int | None = None,
@@ -88,7 +88,6 @@ class TradingOrchestrator:
         self.model_seed = self.seed if model_seed is None else model_seed
         self.handles = dict(handles or {})
         self.recorder = recorder
-        self.version_step = version_step
         self.clock = clock
         self.on_trained = on_trained
         restored = restored or {}
@@ -195,12 +194,12 @@ class TradingOrchestrator:
         elif math.isfinite(metrics["loss"]) and (state["best_loss"] is None or metrics["loss"] < state["best_loss"]):
             state["best_loss"] = metrics["loss"]
         if getattr(decision, "save", False):
-            self.serving[name].keep_candidate(step, trainer.model)
             state["last_save_category"] = getattr(decision, "category", None)
         self.refresh_saves(name)
 
     def refresh_saves(self, name: str) -> None:
-        """Pick up a newly registered version of ``name``: model_states and, when it matches, the serving weights."""
+        """Pick up a newly registered version of ``name`` for ``model_states`` (display only: the serving
+        weights switch at fixed bars, see serving.py)."""
         handle = self.handles.get(name)
         if handle is None:
             return
@@ -209,15 +208,54 @@ class TradingOrchestrator:
         state["last_save_time"] = handle.last_save_time
         if version is not None and version != state["last_checkpoint_version"]:
             state["last_checkpoint_version"] = version
-        if self.serving[name].observe(version, self.version_step):
-            log.debug("%s: decisions now use version %s (step %s)", name, version, self.serving[name].step)
+
+    # ---------------------------------------------------------------------------------- system checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the bar stream, the decisions not matured yet and the serving weights. A pending
+        decision keeps what cannot be recomputed (its outputs came from the serving weights of its time);
+        its frames and tensors are rebuilt from its position and draws at load."""
+        return {
+            "step_index": self.step_index,
+            "last_action": self.last_action,
+            "pending": [{
+                "step": d.step, "position": d.position, "wall_time": d.wall_time, "action": d.action,
+                "epsilon": float(d.frames["draws"]["epsilon"].iloc[0]),
+                "outputs": {k: v.detach().clone() for k, v in d.outputs.items()},
+                "checkpoint_versions": dict(d.checkpoint_versions), "checkpoint_steps": dict(d.checkpoint_steps),
+            } for d in self.pending],
+            "serving": {name: serving.state_dict() for name, serving in self.serving.items()},
+            "model_states": {name: {k: v for k, v in state.items() if isinstance(v, (int, float, str, type(None)))}
+                             for name, state in self.model_states.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_index = int(state["step_index"])
+        self.last_action = state["last_action"]
+        self.pending = deque(self._rebuild(saved) for saved in state["pending"])
+        self._states_by_position = {d.position: d.tensors["dqn.state"] for d in self.pending}
+        for name, saved in state["serving"].items():
+            self.serving[name].load_state_dict(saved)
+        for name, saved in state.get("model_states", {}).items():
+            self.model_states.setdefault(name, new_model_state()).update(saved)
+
+    def _rebuild(self, saved: dict[str, Any]) -> PendingDecision:
+        frames = self.market.frames(int(saved["position"]), Draws.generate(self.seed, int(saved["step"]),
+                                                                           float(saved["epsilon"])))
+        return PendingDecision(
+            step=int(saved["step"]), position=int(saved["position"]), bar_time=frames["bars"].index[-1],
+            wall_time=float(saved["wall_time"]), frames=frames, tensors=features_from_frames(frames),
+            outputs=dict(saved["outputs"]), action=int(saved["action"]),
+            checkpoint_versions=dict(saved["checkpoint_versions"]), checkpoint_steps=dict(saved["checkpoint_steps"]),
+            market=self.market.conditions(int(saved["position"]), frames["cob"]),
+        )
 
     def _record(self, decision: PendingDecision, outcome: Any, results: dict[str, dict[str, float]]) -> None:
         cob_action = int(decision.outputs["cob_rl.action"].item())
         reward = trade_reward(decision.action, outcome)
         decided = {f.name: getattr(decision, f.name) for f in fields(decision)}  # shallow: no frame copies
         episode = TradingEpisode(
-            episode_id=uuid.uuid4().hex,
+            episode_id=episode_id(self.seed, decision.step),
             reward=reward,
             rng={
                 "seed": self.seed,

@@ -45,7 +45,7 @@ class ProgressView:
     def steps_per_second(self) -> float:
         if len(self._window) < 2:
             elapsed = time.monotonic() - self.started
-            return self.system.steps_done / elapsed if elapsed > 0 else 0.0
+            return getattr(self.system, "steps_this_run", self.system.steps_done) / elapsed if elapsed > 0 else 0.0
         (t0, s0), (t1, s1) = self._window[0], self._window[-1]
         return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
 

@@ -16,7 +16,7 @@ versions, and replay then loads the kept copy instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlflow_persist.episodes import EpisodeRecorder, RecorderStats, state_fingerprint
@@ -106,6 +106,10 @@ class TradingRecorder:
             if self.failed == 1 or self.failed % 100 == 0:
                 log.error("episode %s (step %d) was not recorded (%d so far): %s", episode.episode_id, episode.step,
                           self.failed, exc)
+
+    def stored_marker(self) -> Callable[[], bool]:
+        """True once every episode recorded so far is stored (see `EpisodeRecorder.stored_marker`)."""
+        return self.recorder.stored_marker()
 
     def stats(self) -> RecorderStats:
         return self.recorder.stats()

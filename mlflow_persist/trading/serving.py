@@ -1,56 +1,70 @@
-"""Serving copies: the weights that make decisions are always a registered checkpoint's weights.
+"""Serving copies: the weights that make decisions, switched only at fixed bars to a system checkpoint's weights.
 
-Each model trains continuously, but its decisions are made by a frozen copy that only
-changes when a checkpoint of the training model has been registered. So every decision
-can name the exact version that made it, and replaying that version reproduces it bit for
-bit. When a save is decided, the training weights are kept aside (a CPU copy, keyed by
-step); once the handle reports a newer registered version, the copy whose step matches
-that version becomes the serving model.
+Each model trains continuously, but its decisions are made by a frozen copy. The copy changes at one place
+only: SERVING_LAG bars after a step-scheduled system checkpoint (a cut), to the weights that cut holds. Which
+bar that is depends on the bar count alone, never on when the background writer happens to finish, so two
+runs over the same bars decide alike, and a run resumed from a cut decides like one never interrupted.
+
+At the switch the cut's version must be known, so every decision can name the exact version that made it
+(replaying that version reproduces it bit for bit). The writer has had SERVING_LAG bars to register it;
+if it has not, the switch waits for it. A cut member whose save failed leaves that model's serving copy as
+it was (the only case in which serving depends on more than the bars: a store that refuses the save).
 """
 
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-#: ``(model name, version) -> the training step stored with that version``, or None when unknown.
-VersionStep = Callable[[str, int], int | None]
+#: Bars between a step-scheduled system checkpoint and the switch of the serving weights to it.
+SERVING_LAG = 10
+
+#: Resolves the registered version of a candidate (waiting for its registration); None when it failed.
+VersionResolver = Callable[[], int | None]
+
+
+@dataclass
+class Candidate:
+    """The weights of one model in a cut, waiting for the bar at which they start serving."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    resolve: VersionResolver
 
 
 class ServingModel:
-    """The frozen decision copy of one training model, plus the candidate snapshots waiting for registration."""
+    """The frozen decision copy of one training model."""
 
-    def __init__(self, name: str, model: nn.Module, version: int | None, step: int | None, max_candidates: int = 16) -> None:
+    def __init__(self, name: str, model: nn.Module, version: int | None, step: int | None) -> None:
         self.name = name
         self.module = copy.deepcopy(model).eval()
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.version = version
         self.step = step
-        self.known_version = version
-        self._candidates: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
-        self._max_candidates = max_candidates
 
-    def keep_candidate(self, step: int, model: nn.Module) -> None:
-        """Remember the training weights of a save decided at ``step``."""
-        self._candidates[step] = {key: value.detach().clone() for key, value in model.state_dict().items()}
-        while len(self._candidates) > self._max_candidates:
-            self._candidates.popitem(last=False)
-
-    def observe(self, version: int | None, version_step: VersionStep) -> bool:
-        """Switch to the weights of ``version`` once it is newer than the one known; True when switched."""
-        if version is None or version == self.known_version:
+    def promote(self, candidate: Candidate) -> bool:
+        """Serve the candidate's weights when its version registered; True when switched."""
+        version = candidate.resolve()
+        if version is None:
             return False
-        self.known_version = version
-        step = version_step(self.name, version)
-        if step is None or step not in self._candidates:
-            return False
-        self.module.load_state_dict(self._candidates[step])
-        self.version, self.step = version, step
-        for older in [s for s in self._candidates if s <= step]:
-            del self._candidates[older]
+        self.module.load_state_dict(candidate.weights)
+        self.version, self.step = version, candidate.step
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+                "version": self.version, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["weights"])
+        self.version, self.step = state["version"], state["step"]
+
+
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}

@@ -131,11 +131,13 @@ def test_restart_restores_saved_weights_and_continues_the_runs(store: Path) -> N
         system.start()
         for name in MODELS:
             live = system.models[name].state_dict()
-            serving = system.orchestrator.serving[name].module.state_dict()
             for key, value in saved[name].model_state.items():
                 assert torch.equal(live[key], value), (name, key)
-                assert torch.equal(serving[key], value), (name, key)  # the first decisions use the restored model
-            assert system.orchestrator.serving[name].version == saved[name].version
+            # The first decisions use the weights that served when the final cut was taken: a registered version's.
+            serving = system.orchestrator.serving[name]
+            assert serving.version is not None
+            registered = load_checkpoint(f"models:/{name}/{serving.version}", tracking_uri=uri).model_state
+            assert all(torch.equal(registered[k], v) for k, v in serving.module.state_dict().items()), name
         assert system.trainers["dqn"].epsilon == saved["dqn"].extra_state["epsilon"]
         system.run(steps=20)
     result = _run(store, "--steps", "40", "--seed", "1")
@@ -150,27 +152,33 @@ def test_restart_restores_saved_weights_and_continues_the_runs(store: Path) -> N
 def test_sigkill_at_a_random_moment_then_resume(store: Path) -> None:
     before = _summary(store)
     run = Background(store, "--minutes", "10", "--seed", "1")
-    run.wait_for("step 100 |")
+    run.wait_for("complete: cnn")  # a system checkpoint of this run is complete
     time.sleep(random.uniform(0.0, 4.0))
     run.proc.send_signal(signal.SIGKILL)
     run.finish()
     killed = _summary(store)
-    newest = {name: int(max(killed[name]["versions"].items())[1]["mlflow_persist.step"]) for name in MODELS}
+    def newest_cut_step(name: str) -> int:
+        marked = [t for t in killed[name]["versions"].values() if t.get("mlflow_persist.cut_complete") == "true"]
+        return max(int(t["mlflow_persist.step"]) for t in marked)
+
+    cut_steps = {name: newest_cut_step(name) for name in MODELS}
     result = _run(store, "--steps", "30", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     after = _summary(store)
     assert after["_runs"] == before["_runs"]
     for name in MODELS:
-        assert newest[name] >= before["_max_step"][name]
-        # resumed from the newest checkpoint the kill left: its step axis goes on from there
-        assert after["_max_step"][name] >= newest[name] + 30 - 4 - 1
+        assert cut_steps[name] >= before["_max_step"][name]
+        new = [int(t["mlflow_persist.step"]) for v, t in after[name]["versions"].items()
+               if v not in killed[name]["versions"]]
+        # resumed from the newest complete system checkpoint the kill left: the step axis goes on from there
+        assert max(new) == cut_steps[name] + 30, (name, cut_steps[name], new)
 
 
 def test_sigterm_saves_final_checkpoints_and_exits_zero(store: Path) -> None:
     before = _summary(store)
     run = Background(store, "--minutes", "10", "--seed", "1")
-    run.wait_for("step 100 |")
+    run.wait_for("complete: cnn")  # a system checkpoint of this run is complete
     run.proc.send_signal(signal.SIGTERM)
     code, stderr = run.finish()
     assert code == 0, stderr

@@ -1,26 +1,28 @@
-"""The orchestrator with fake handles: model_states, serving weights that follow registered versions, recording."""
+"""The orchestrator: model_states, serving weights that switch to a cut's registered weights at fixed bars,
+recording, and a state that continues bit for bit."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from mlflow_persist.trading.market import HORIZON, MarketData
 from mlflow_persist.trading.models import MODEL_NAMES, build_model
 from mlflow_persist.trading.orchestrator import TradingOrchestrator
+from mlflow_persist.trading.serving import SERVING_LAG
 from mlflow_persist.trading.trainers import build_trainers
 
-from .helpers import FakeHandle, ListRecorder
+from .helpers import FakeHandle, ListRecorder, memory_system
 
 
-def _orchestrator(steps: int, recorder: ListRecorder | None = None) -> tuple[TradingOrchestrator, dict[str, FakeHandle]]:
+def _orchestrator(steps: int, recorder: ListRecorder | None = None, seed: int = 0
+                  ) -> tuple[TradingOrchestrator, dict[str, FakeHandle]]:
     torch.set_num_threads(1)
-    market = MarketData(seed=0)
-    trainers = build_trainers({name: build_model(name) for name in MODEL_NAMES}, seed=0)
+    market = MarketData(seed=seed)
+    trainers = build_trainers({name: build_model(name, seed=seed) for name in MODEL_NAMES}, seed=seed)
     handles = {name: FakeHandle(name, trainer.model) for name, trainer in trainers.items()}
-    orchestrator = TradingOrchestrator(
-        market, trainers, seed=0, handles=handles, recorder=recorder,
-        version_step=lambda name, version: handles[name].version_step(version),
-    )
+    orchestrator = TradingOrchestrator(market, trainers, seed=seed, handles=handles, recorder=recorder)
     for i in range(steps):
         orchestrator.on_bar(market.first + i)
     return orchestrator, handles
@@ -29,6 +31,7 @@ def _orchestrator(steps: int, recorder: ListRecorder | None = None) -> tuple[Tra
 def test_model_states_follow_training_and_saves() -> None:
     orchestrator, handles = _orchestrator(40)
     for name in MODEL_NAMES:
+        orchestrator.refresh_saves(name)
         state = orchestrator.model_states[name]
         handle = handles[name]
         assert state["steps"] == handle.current_step == 40 - HORIZON
@@ -41,17 +44,24 @@ def test_model_states_follow_training_and_saves() -> None:
     assert orchestrator.model_states["extrema"]["accuracy"] is not None
 
 
-def test_decisions_use_the_registered_weights() -> None:
-    orchestrator, handles = _orchestrator(40)
-    for name in MODEL_NAMES:
-        serving = orchestrator.serving[name]
-        assert serving.version is not None
-        step, weights = handles[name].versions[serving.version]
-        assert serving.step == step
-        for key, value in serving.module.state_dict().items():
-            assert torch.equal(value, weights[key])
-        live = orchestrator.trainers[name].model.state_dict()
-        assert not all(torch.equal(live[k], v) for k, v in serving.module.state_dict().items())
+def test_serving_switches_to_the_cut_weights_lag_bars_after_the_cut() -> None:
+    persistence, system = memory_system(cut_every_steps=60)  # the classifiers train from case HOLDOUT + 1 on
+    try:
+        store = persistence.store
+        system.run(steps=60 + SERVING_LAG - 1)
+        for name in MODEL_NAMES:  # the switch is due at bar 70: until then the initial weights decide
+            assert system.orchestrator.serving[name].version is None
+        system.run(steps=1)
+        for name in MODEL_NAMES:
+            serving = system.orchestrator.serving[name]
+            cut_version = next(v for v in store.list_versions(name) if v.cut == system.cuts_taken[0])
+            assert serving.version == cut_version.version and serving.step == cut_version.step
+            stored = store.load_version(cut_version).model_state
+            assert all(torch.equal(stored[k], v) for k, v in serving.module.state_dict().items())
+            live = system.trainers[name].model.state_dict()
+            assert not all(torch.equal(live[k], v) for k, v in serving.module.state_dict().items())
+    finally:
+        persistence.close()
 
 
 def test_recorder_gets_one_complete_episode_per_trained_decision() -> None:
@@ -65,5 +75,37 @@ def test_recorder_gets_one_complete_episode_per_trained_decision() -> None:
     assert set(episode.checkpoint_versions) == set(MODEL_NAMES)
     assert episode.market["volatility_regime"] in {"low", "normal", "high"}
     assert episode.bar_time == episode.frames["bars"].index[-1]
-    assert len({e.episode_id for e in recorder.episodes}) == len(recorder.episodes)
+    assert [e.episode_id for e in recorder.episodes] == [f"s0-{step:012d}" for step in range(20 - HORIZON)]
     assert isinstance(episode.to_dict()["frames"], dict)
+
+
+def test_orchestrator_and_trainer_state_continue_bit_for_bit() -> None:
+    """Save the orchestrator and trainers mid-stream, load them into fresh objects, and both continue alike:
+    the same decisions (recorded independently) and bitwise the same weights after 30 more bars."""
+    original, _ = _orchestrator(37, seed=2)
+    snapshot = copy.deepcopy({
+        "orchestrator": original.state_dict(),
+        "trainers": {n: t.runtime_state() for n, t in original.trainers.items()},
+        "models": {n: t.model.state_dict() for n, t in original.trainers.items()},
+        "optimizers": {n: t.optimizer.state_dict() for n, t in original.trainers.items()},
+        "dqn": original.trainers["dqn"].state_dict(),
+    })
+    resumed, _ = _orchestrator(0, seed=2)
+    for name, trainer in resumed.trainers.items():
+        trainer.model.load_state_dict(snapshot["models"][name])
+        trainer.optimizer.load_state_dict(snapshot["optimizers"][name])
+        trainer.load_runtime_state(snapshot["trainers"][name])
+    resumed.trainers["dqn"].load_state_dict(snapshot["dqn"])
+    resumed.load_state_dict(snapshot["orchestrator"])
+    assert len(resumed.pending) == HORIZON
+    recorded: dict[str, list] = {"original": [], "resumed": []}
+    for label, orchestrator in (("original", original), ("resumed", resumed)):
+        orchestrator.recorder = ListRecorder()
+        for i in range(37, 67):
+            orchestrator.on_bar(orchestrator.market.first + i)
+        recorded[label] = [(e.episode_id, e.action, e.reward) for e in orchestrator.recorder.episodes]
+    assert recorded["original"] == recorded["resumed"] and len(recorded["original"]) == 30
+    for name in MODEL_NAMES:
+        a = original.trainers[name].model.state_dict()
+        b = resumed.trainers[name].model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -5,12 +5,9 @@ from __future__ import annotations
 import torch
 
 from mlflow_persist.trading import replay
-from mlflow_persist.trading.market import MarketData
 from mlflow_persist.trading.models import MODEL_NAMES, build_model
-from mlflow_persist.trading.orchestrator import TradingOrchestrator
-from mlflow_persist.trading.trainers import build_trainers
 
-from .helpers import FakeHandle, ListRecorder
+from .helpers import ListRecorder, memory_system
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -20,19 +17,20 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_replay_reproduces_recorded_decisions_bitwise() -> None:
     torch.set_num_threads(1)
-    market = MarketData(seed=3)
-    trainers = build_trainers({name: build_model(name, seed=3) for name in MODEL_NAMES}, seed=3)
-    handles = {name: FakeHandle(name, trainer.model, save_every=7, delay=3) for name, trainer in trainers.items()}
     recorder = ListRecorder()
-    orchestrator = TradingOrchestrator(
-        market, trainers, seed=3, handles=handles, recorder=recorder, model_seed=3,
-        version_step=lambda name, version: handles[name].version_step(version),
-    )
-    for i in range(60):
-        orchestrator.on_bar(market.first + 500 + i)
-    assert len(recorder.episodes) > 50
-    versions_seen = {e.checkpoint_versions["cnn"] for e in recorder.episodes}
-    assert None in versions_seen and len(versions_seen) > 2  # initial weights and several registered versions
+    persistence, system = memory_system(seed=3, cut_every_steps=15, recorder=recorder)
+    try:
+        system.run(steps=64)
+        persistence.flush(timeout=30)
+        store = persistence.store
+        assert len(recorder.episodes) > 50
+        versions_seen = {e.checkpoint_versions["cnn"] for e in recorder.episodes}
+        assert None in versions_seen and len(versions_seen) > 2  # initial weights and several registered versions
+        weights = {(name, v): store.load_version(store.get_version(name, v)).model_state
+                   for name in MODEL_NAMES for v in {e.checkpoint_versions[name] for e in recorder.episodes}
+                   if v is not None}
+    finally:
+        persistence.close()
 
     explored = greedy = 0
     for episode in recorder.episodes:
@@ -45,7 +43,7 @@ def test_replay_reproduces_recorded_decisions_bitwise() -> None:
             model = replay.build_model(name, seed=episode.rng["model_seed"])
             version = episode.checkpoint_versions[name]
             if version is not None:
-                model.load_state_dict(handles[name].versions[version][1])
+                model.load_state_dict(weights[(name, version)])
             models[name] = model.eval()
         action, outputs = replay.decide(models, tensors)
         assert action == episode.action

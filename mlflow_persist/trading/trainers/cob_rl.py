@@ -13,10 +13,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..rewards import trade_reward
-from .base import ReplayBuffer, TrainingCase
+from .base import RecentRewards, ReplayBuffer, RewardScored, TrainingCase
+
+#: Decisions whose mean reward is the COB policy's held-out score (its monitor, higher is better).
+REWARD_WINDOW = 100
 
 
-class COBActorCriticTrainer:
+class COBActorCriticTrainer(RewardScored):
     def __init__(
         self,
         model: nn.Module,
@@ -29,6 +32,7 @@ class COBActorCriticTrainer:
         reward_scale: float = 0.1,
     ) -> None:
         self.name = "cob_rl"
+        self.recent = RecentRewards(REWARD_WINDOW)
         self.model = model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
         self.batch_size = batch_size
@@ -44,6 +48,7 @@ class COBActorCriticTrainer:
     def train(self, case: TrainingCase) -> dict[str, float]:
         action = int(case.outputs["cob_rl.action"].item())
         reward = trade_reward(action, case.outcome)
+        self.recent.add(reward)
         self.buffer.add(
             state=case.tensors["cob_rl.state"][0],
             action=torch.tensor(action, dtype=torch.int64),

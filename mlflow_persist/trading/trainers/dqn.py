@@ -17,10 +17,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..rewards import trade_reward
-from .base import ReplayBuffer, TrainingCase
+from .base import RecentRewards, ReplayBuffer, RewardScored, TrainingCase
+
+#: Decisions whose mean reward is the DQN's held-out score (its monitor, higher is better).
+REWARD_WINDOW = 100
 
 
-class DQNAgent:
+class DQNAgent(RewardScored):
     def __init__(
         self,
         model: nn.Module,
@@ -36,6 +39,7 @@ class DQNAgent:
         reward_scale: float = 0.1,
     ) -> None:
         self.name = "dqn"
+        self.recent = RecentRewards(REWARD_WINDOW)
         self.model = model
         self.target = copy.deepcopy(model).eval()
         for parameter in self.target.parameters():
@@ -78,6 +82,7 @@ class DQNAgent:
     def train(self, case: TrainingCase) -> dict[str, float]:
         reward = trade_reward(case.action, case.outcome)
         self.total_reward += reward
+        self.recent.add(reward)
         self.buffer.add(
             state=case.tensors["dqn.state"][0],
             action=torch.tensor(case.action, dtype=torch.int64),
