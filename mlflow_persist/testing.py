@@ -16,7 +16,8 @@ verified and loaded with `weights_only=True` as on disk, so restore behaves as i
 `MemoryStore(remote=True)` behaves like a tracking server: checkpoints go through the durable local outbox
 (the config's `outbox_dir`) first, so `fail("write", times=None)` simulates a server outage.
 
-Fault injection, per stage (`write`, `register`, `alias`, `delete`, `load`, `metrics`):
+Fault injection, per stage (`write`, `register`, `alias`, `delete`, `load`, `metrics`, `tag`: the
+completion marker of a system checkpoint):
 - `fail(stage, times=1, error=None)`: the next `times` calls raise `error` (default: a StoreUnavailableError);
   `times=None` fails every call until `heal()`.
 - `hang(stage, seconds, times=1)`: the next `times` calls block for `seconds` before running.
@@ -49,7 +50,7 @@ from mlflow_persist.payload import (
 from mlflow_persist.versions import BEST_ALIAS, CHECKPOINTS_DIR, RUN_KEY_TAG, RunSummary, VersionInfo, checkpoint_dirname, \
     tag
 
-STAGES = ("write", "register", "alias", "delete", "load", "metrics")
+STAGES = ("write", "register", "alias", "delete", "load", "metrics", "tag")
 
 
 @dataclass
@@ -317,6 +318,7 @@ class MemoryStore:
 
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
         self._changed(name)
+        self._enter("tag")
         with self._guard:
             self.get_version(name, version)
             self._models[name][int(version)].tags[key] = str(value)

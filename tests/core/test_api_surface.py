@@ -28,7 +28,7 @@ def test_public_api_is_pinned() -> None:
     for name in mlflow_persist.__all__:
         assert hasattr(mlflow_persist, name), name
     assert sorted(mlflow_persist.testing.__all__) == ["MemoryRun", "MemoryStore", "STAGES"]
-    assert mlflow_persist.testing.STAGES == ("write", "register", "alias", "delete", "load", "metrics")
+    assert mlflow_persist.testing.STAGES == ("write", "register", "alias", "delete", "load", "metrics", "tag")
 
 
 def test_every_error_is_a_persist_error() -> None:
