@@ -135,7 +135,12 @@ def run_trading(
                                                 cut_every_steps=cut_every_steps, cut_every_minutes=cut_every_minutes,
                                                 durable=durable if callable(durable) else None)
         try:
-            system.start()
+            try:
+                system.start()
+            except BaseException:
+                # A restore that failed half-way leaves the objects in no state worth a final checkpoint.
+                persistence.close(final_checkpoints=False)
+                raise
             attach = getattr(recorder, "attach", None)
             if callable(attach) and system.orchestrator is not None:
                 attach(system.orchestrator.serving)
