@@ -77,6 +77,12 @@ def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]]) -> li
     return sorted(cuts, key=lambda c: (c.sequence, c.id), reverse=True)
 
 
+def declared_members(versions_by_member: Mapping[str, Sequence[VersionInfo]]) -> set[str]:
+    """Every member name the cuts among these versions declare."""
+    return {name for versions in versions_by_member.values() for info in versions
+            for name in info.tags.get(CUT_MEMBERS_TAG, "").split(",") if name}
+
+
 def next_cut_sequence(versions_by_member: Mapping[str, Sequence[VersionInfo]]) -> int:
     """One more than the highest cut sequence any member's versions carry (complete or not)."""
     sequences = [cut_sequence(v.cut) for versions in versions_by_member.values() for v in versions if v.cut]

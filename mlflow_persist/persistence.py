@@ -25,7 +25,7 @@ from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.best import mark_corrupt
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.cut_keeper import CutKeeper, PendingCut
-from mlflow_persist.cuts import complete_cuts, cut_tags, new_cut_id, next_cut_sequence
+from mlflow_persist.cuts import complete_cuts, cut_tags, declared_members, new_cut_id, next_cut_sequence
 from mlflow_persist.disk_guard import DiskGuard
 from mlflow_persist.errors import CheckpointCorruptError, DiskFullError, PersistError, describe_store_error
 from mlflow_persist.handle import Evaluate, ModelHandle, RestoreInfo, Stateful
@@ -164,8 +164,7 @@ class Persistence:
         jobs = {}
         for name, handle in list(self.handles.items()):
             if name in self._state_steps:
-                step = self._state_steps[name]
-                handle.current_step = int(step()) if step is not None else max(model_steps, default=0)
+                handle.current_step = self._state_step(name, max(model_steps, default=0))
             job = handle.save(category, tags=tags)
             if job is None:  # the others are still saved: each is a good checkpoint of its own
                 log.error("cut %s: %s could not be snapshotted; this system checkpoint stays incomplete", cut_id,
@@ -176,6 +175,16 @@ class Persistence:
             self.cuts.add(PendingCut(cut_id, jobs, {n: h.registered_name for n, h in self.handles.items()},
                                      list(wait_for)))
         return cut_id
+
+    def _state_step(self, name: str, fallback: int) -> int:
+        step = self._state_steps[name]
+        if step is None:
+            return fallback
+        try:
+            return int(step())
+        except Exception as exc:  # noqa: BLE001 - a broken step callback must not stop training
+            log.error("%s: its step callback failed (%s); the cut records step %d", name, exc, fallback)
+            return fallback
 
     def restore_all(self, strict: bool = True) -> dict[str, RestoreInfo]:
         """Restore the newest complete system checkpoint into every tracked model and application state.
@@ -190,6 +199,8 @@ class Persistence:
                             "restores its own newest checkpoint instead of a system checkpoint")
                 return self._restore_each(names, strict)
         versions = {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()}
+        for name in sorted(declared_members(versions) - set(versions)):  # members no longer tracked still count
+            versions[name] = self.store.list_versions(self.config.registered_name(name))
         self._cut_sequence = next_cut_sequence(versions)
         for cut in complete_cuts(versions):
             members = {name: info for name, info in cut.members.items() if name in self.handles}

@@ -39,9 +39,9 @@ Each run also records ``/proc/loadavg`` at its start: other jobs on the machine 
 Equal-work check: both variants must process the same bars and run the same number of optimizer
 steps per model (Adam ``step`` counters, DQN updates). The CNN and Extrema weights depend only on
 the bars (not on the actions), so their final weights must be bit-identical across all runs. DQN and
-COB RL learn from the actions chosen by the *serving* copies, which with persistence on switch to
-each newly registered checkpoint (asynchronously) and with persistence off never switch, so their
-weights are expected to differ between variants (the compute per step is the same shape).
+COB RL learn from the actions chosen by the *serving* copies, which with persistence on switch to each
+system checkpoint's weights 10 bars after it (at fixed bars) and with persistence off never switch, so
+their weights are expected to differ between variants (the compute per step is the same shape).
 
     MLFLOW_DISABLE_TELEMETRY=true .venv/bin/python scripts/bench_main_job.py [--steps N] [--rounds R] [--dir D]
 
@@ -425,8 +425,8 @@ def print_report(report: dict[str, Any]) -> None:
           f"{c['dqn_updates']} -> same bars {c['same_bars']}, same optimizer steps {c['same_optimizer_steps']}")
     print(f"  final weights identical on vs off: {c['weights_identical_on_vs_off']}; "
           f"off runs deterministic: {c['off_runs_deterministic']}  => {'PASS' if c['passed'] else 'FAIL'}")
-    print("  (dqn/cob_rl learn from actions of the serving copies, which switch to registered checkpoints only "
-          "with persistence on)")
+    print("  (dqn/cob_rl learn from actions of the serving copies, which switch to system checkpoints' weights "
+          "only with persistence on)")
 
 
 def run_parent(steps: int, rounds: int, base: Path | None) -> dict[str, Any]:

@@ -287,3 +287,23 @@ def test_complete_cuts_needs_the_marker_every_member_and_no_corruption() -> None
     assert [c.id for c in complete_cuts(versions)] == [c4, c1]
     assert complete_cuts(versions)[0].step == 4
     assert next_cut_sequence(versions) == 11 and cut_sequence(c4) == 10 and cut_sequence("foreign") == -1
+
+
+def test_a_model_no_longer_tracked_does_not_make_its_cuts_incomplete() -> None:
+    store = MemoryStore()
+    system = System(store)
+    system.train(3)
+    cut = system.persist.save_all()
+    at_cut = system.snapshot()
+    assert _wait(lambda: system.persist.cuts.completed == 1)
+    system.persist.close(final_checkpoints=False)
+    persist = mp.Persistence(_config(), store=store, install_signal_handlers=False)
+    model, state = torch.nn.Linear(3, 2), Counter()
+    persist.track("a", model)
+    persist.track_state("app", state)
+    try:
+        restored = persist.restore_all()
+        assert set(restored) == {"a", "app"} and {i.cut for i in restored.values()} == {cut}
+        assert _equal(model.state_dict(), at_cut["a"]) and state.state_dict() == at_cut["app"]
+    finally:
+        persist.close(final_checkpoints=False)
