@@ -59,7 +59,9 @@ def _store(workdir: Path) -> Any:
 def workdir(tmp_path_factory: pytest.TempPathFactory, template_db: Path) -> Path:
     path = tmp_path_factory.mktemp("episodes-e2e")
     shutil.copy(template_db, path / "mlflow.db")
-    result = _cli(path, "run", "--steps", "300", "--seed", "2", "--no-progress")
+    # Cuts every 50 bars and a periodic window of one: serving switches to versions that retention deletes later.
+    (path / "persist.toml").write_text("periodic_every_steps = 50\nkeep_periodic = 1\n", encoding="utf-8")
+    result = _cli(path, "run", "--steps", "300", "--seed", "2", "--no-progress", "--config", str(path / "persist.toml"))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return path
@@ -123,7 +125,7 @@ class _Background:
 def test_sigterm_stores_the_buffered_episodes_and_finishes_the_run(workdir: Path) -> None:
     before = len(_store(workdir))
     run = _Background(workdir, "--minutes", "10", "--seed", "2")
-    run.wait_for("step 100 |")
+    run.wait_for("step 400 |")  # 100 bars after the 300 the first run left off at
     run.proc.send_signal(signal.SIGTERM)
     code = run.proc.wait(timeout=300)
     run._reader.join(timeout=10)
