@@ -274,6 +274,8 @@ class ModelHandle:
         tags = {tag("smoothing"): self.smoother.kind}
         if self.last_raw_value is not None:
             tags[tag("raw_value")] = repr(self.last_raw_value)
+        if self.tracker.last_value is not None:
+            tags[tag("smoothed_value")] = repr(self.tracker.last_value)
         return tags
 
     def _with_evaluation(self, step: int, metrics: dict[str, Any]) -> tuple[dict[str, Any], bool]:

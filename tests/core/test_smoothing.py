@@ -110,6 +110,7 @@ def test_best_is_decided_on_the_window_median_not_on_one_lucky_minibatch() -> No
     assert best.value == pytest.approx(min(medians))
     assert best.value > 0.5  # the outlier never became `best`
     assert float(best.tags[tag("raw_value")]) == raw[best.step - 1] and best.tags[tag("smoothing")] == "window_median"
+    assert float(best.tags[tag("smoothed_value")]) == best.value
     run = next(iter(store.runs.values()))
     assert [v for _, v, _ in run.metrics["loss"]] == raw
     assert [v for _, v, _ in run.metrics["loss_smoothed"]] == pytest.approx(medians)
