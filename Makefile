@@ -19,7 +19,7 @@ $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[trading,test]'
+	$(PY) -m pip install -q -e '.[trading,test,lightning,transformers,sb3]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(TEST_ARGS)
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[trading,test,bench]'
+	$(PY) -m pip install -q -e '.[trading,test,lightning,transformers,sb3,bench]'
 	touch $(BENCH_STAMP)
 
 # Every benchmark (about 15 minutes on 2 cores), then the README's performance table regenerated from their output.

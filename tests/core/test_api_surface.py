@@ -12,7 +12,8 @@ import mlflow_persist.errors
 import mlflow_persist.testing
 
 PACKAGE = Path(mlflow_persist.__file__).resolve().parent
-INTEGRATIONS = ("trading", "episodes", "legacy")
+INTEGRATIONS = ("trading", "episodes", "legacy", "integrations")
+FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate", "stable_baselines3", "gymnasium")
 # Core modules allowed to import mlflow: the MLflow adapter itself.
 MLFLOW_ADAPTERS = {"mlflow_persist.store"}
 
@@ -107,4 +108,6 @@ def test_the_core_imports_no_integration_and_mlflow_only_in_its_adapter() -> Non
                 offenders.append(f"{name} imports {module}")
             if parts[0] == "mlflow" and name not in MLFLOW_ADAPTERS:
                 offenders.append(f"{name} imports {module}")
+            if parts[0] in FRAMEWORKS:
+                offenders.append(f"{name} imports the framework {module}")
     assert offenders == []

@@ -1,0 +1,109 @@
+"""`PersistCallback` for Lightning: the LightningModule as the tracked model, the trainer's optimizers and LR
+schedulers with it, the monitor read from `trainer.callback_metrics`.
+
+- Restore happens in `on_fit_start`, after the strategy set up the optimizers and before the first batch.
+- `step()` runs after every training batch; a validation monitor (one that changes during validation,
+  such as `val_loss`) is reported after each validation, at the same step, and only then.
+- A `final` checkpoint is saved at the end of fit, on teardown and on an exception (whichever comes first).
+- Under DDP only global rank 0 touches the store; restore gives every rank the same state
+  (`mlflow_persist.distributed`). Lightning owns the signals: its SIGTERM handling ends fit through
+  `on_exception`, where the final checkpoint is taken.
+
+Use it with `enable_checkpointing=False` (or alongside ModelCheckpoint: they do not interfere).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.distributed import DistributedHandle, DistributedPersistence
+from mlflow_persist.handle import RestoreInfo
+from mlflow_persist.integrations.common import numeric_metrics, one_or_list
+from mlflow_persist.logging_setup import package_logger
+from mlflow_persist.policy import NO_SAVE, SaveDecision
+
+log = package_logger("mlflow_persist.integrations.lightning")
+
+
+class PersistCallback(pl.Callback):
+    """Persist a LightningModule's training with mlflow-persist (see the module docstring)."""
+
+    def __init__(self, name: str, config: PersistConfig | None = None, *, store: Any = None,
+                 persistence_kwargs: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.config = config or PersistConfig()
+        self._store = store
+        self._persistence_kwargs = dict(persistence_kwargs or {})
+        self.persistence: DistributedPersistence | None = None
+        self.handle: DistributedHandle | None = None
+        self.restored: RestoreInfo | None = None
+        self._monitor_at_last_batch: float | None = None
+        self._validation_monitor = False
+
+    @property
+    def monitor(self) -> str:
+        return self.config.for_model(self.name).monitor
+
+    # ------------------------------------------------------------------------------------- fit start
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.persistence = DistributedPersistence(self.config, store=self._store, install_signal_handlers=False,
+                                                  **self._persistence_kwargs)
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        self.handle = self.persistence.track(self.name, pl_module, optimizer=one_or_list(trainer.optimizers),
+                                             scheduler=one_or_list(schedulers))
+        self.restored = self.handle.restore()
+        if self.restored is not None:
+            log.info("%s: resumed from v%s (%s, step %d)", self.name, self.restored.version, self.restored.category,
+                     self.restored.step)
+
+    # ------------------------------------------------------------------------------------- steps
+
+    def persist_step(self, step: int | None = None, **metrics: float) -> SaveDecision:
+        """Every report to the handle goes through here (a subclass may observe the decisions)."""
+        if self.handle is None:
+            return NO_SAVE
+        return self.handle.step(step, **metrics)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        metrics = numeric_metrics(trainer.callback_metrics)
+        self._monitor_at_last_batch = metrics.get(self.monitor)
+        if self._validation_monitor:
+            metrics.pop(self.monitor, None)  # a stale validation value decides nothing between validations
+        self.persist_step(**metrics)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.handle is None:
+            return
+        value = numeric_metrics(trainer.callback_metrics).get(self.monitor)
+        if value is None:
+            return
+        if self._monitor_at_last_batch is None or value != self._monitor_at_last_batch:
+            self._validation_monitor = True
+        if self._validation_monitor:
+            self.persist_step(step=self.handle.current_step, **{self.monitor: value})
+
+    # ------------------------------------------------------------------------------------- the end
+
+    def close(self) -> None:
+        """Save the final checkpoint and finish the run (once; later calls do nothing)."""
+        persistence, self.persistence = self.persistence, None
+        if persistence is not None:
+            persistence.close()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        log.warning("%s: fit ended with %s; saving the final checkpoint", self.name, type(exception).__name__)
+        self.close()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.close()
+
+
+__all__ = ["PersistCallback"]

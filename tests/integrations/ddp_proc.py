@@ -1,0 +1,80 @@
+"""A data-parallel trainer for `torchrun --nproc-per-node 2` on CPU (gloo), with DistributedPersistence.
+
+Usage: ddp_proc.py URI DIGEST_LOG STEPS [--fail-saves]
+Prints `RESTORED {...}` (per rank: restored step and a digest of the live state) and `DONE {...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mlflow_persist as mp  # noqa: E402
+from integrations.support import DigestLog, state_digest  # noqa: E402
+from mlflow_persist.distributed import DistributedPersistence  # noqa: E402
+
+
+def main() -> None:
+    uri, log_path, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    fail_saves = "--fail-saves" in sys.argv
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.Adam(ddp.parameters(), lr=0.01)
+    store = None
+    if fail_saves:
+        from mlflow_persist.testing import MemoryStore
+
+        store = MemoryStore()
+        store.fail("write", times=None)  # every save fails on rank 0
+    config = mp.PersistConfig(tracking_uri=uri, periodic_every_steps=4, keep_best=100, keep_periodic=100,
+                              log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0,
+                              save_retry_attempts=2, save_retry_max_wait_seconds=0.1)
+    persist = DistributedPersistence(config, store=store, install_signal_handlers=False)
+    handle = persist.track("ddp_net", model, optimizer)
+    info = handle.restore()
+    print("RESTORED " + json.dumps({"rank": rank, "step": info.step if info else None,
+                                    "version": info.version if info else None,
+                                    "digest": state_digest(model.state_dict(), optimizer.state_dict()),
+                                    "mlflow_imported": "mlflow" in sys.modules}), flush=True)
+    log = DigestLog(log_path)
+    generator = torch.Generator().manual_seed(1000 * rank + handle.current_step)
+    target_w = torch.arange(6, dtype=torch.float32) / 6
+    for _ in range(steps):
+        x = torch.randn(32, 6, generator=generator)
+        y = (x @ target_w).unsqueeze(1)
+        loss = torch.nn.functional.mse_loss(ddp(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        decision = handle.step(loss=float(mean_loss) / dist.get_world_size())
+        if decision.save and rank == 0:
+            log.append(event="saved", step=handle.current_step,
+                       digest=state_digest(model.state_dict(), optimizer.state_dict()))
+    if rank == 0:  # the final checkpoint close() takes holds this state
+        log.append(event="saved", step=handle.current_step,
+                   digest=state_digest(model.state_dict(), optimizer.state_dict()))
+    lost = None
+    try:
+        persist.close()
+    except mp.PersistError as exc:  # saves that never succeeded are reported here, after training finished
+        lost = str(exc)
+    print("DONE " + json.dumps({"rank": rank, "step": handle.current_step, "lost": lost,
+                                "digest": state_digest(model.state_dict(), optimizer.state_dict()),
+                                "mlflow_imported": "mlflow" in sys.modules}), flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

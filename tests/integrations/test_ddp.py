@@ -1,0 +1,72 @@
+"""Two processes under torchrun (CPU, gloo): rank 0 alone writes and registers, restore puts the same
+checkpoint into every rank, and a failing store or an unreachable server never leaves a rank waiting."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .support import DigestLog, env, lines_with, registry
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).with_name("ddp_proc.py")
+
+
+def _torchrun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(SCRIPT), *args], cwd=cwd, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _by_rank(output: str, marker: str) -> dict[int, dict]:
+    return {record["rank"]: record for record in lines_with(output, marker)}
+
+
+def test_rank_zero_writes_and_every_rank_restores_the_same_checkpoint(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log = DigestLog(tmp_path / "digests.jsonl")
+    first = _torchrun(uri, str(log.path), "14", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    done = _by_rank(first.stdout, "DONE")
+    assert set(done) == {0, 1} and done[0]["digest"] == done[1]["digest"]  # DDP kept the ranks equal
+    assert done[1]["mlflow_imported"] is False  # rank 1 never even imported MLflow, let alone the store
+    saved = registry(uri, "ddp_net")
+    assert len(saved["runs"]) == 1 and {t["mlflow_persist.category"] for t in saved["versions"].values()} >= \
+        {"periodic", "final"}
+
+    second = _torchrun(uri, str(log.path), "3", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    restored = _by_rank(second.stdout, "RESTORED")
+    newest = max(saved["versions"])
+    assert {r["version"] for r in restored.values()} == {newest}
+    step = restored[0]["step"]
+    assert step == 14 and restored[1]["step"] == step
+    # both ranks hold exactly the state rank 0 recorded when it saved that step (its own independent record)
+    assert restored[0]["digest"] == restored[1]["digest"] == log.digest_at(step)
+    assert restored[1]["mlflow_imported"] is False
+    assert len(registry(uri, "ddp_net")["runs"]) == 1
+
+
+def test_failing_saves_on_rank_zero_never_stop_or_block_the_other_rank(tmp_path: Path) -> None:
+    result = _torchrun(f"sqlite:///{tmp_path}/unused.db", str(tmp_path / "digests.jsonl"), "12", "--fail-saves",
+                       cwd=tmp_path, timeout=180)
+    done = _by_rank(result.stdout, "DONE")
+    assert set(done) == {0, 1}, result.stdout[-3000:] + result.stderr[-3000:]
+    assert done[0]["step"] == done[1]["step"] == 12
+    assert done[0]["digest"] == done[1]["digest"]
+    assert "could never be written" in done[0]["lost"] and done[1]["lost"] is None
+
+
+def test_an_unreachable_server_stops_every_rank_with_the_same_error(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _torchrun(f"http://127.0.0.1:{port}", str(tmp_path / "digests.jsonl"), "3", cwd=tmp_path, timeout=300)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "DONE" not in text
+    assert "Rank 0 could not" in text, text[-3000:]

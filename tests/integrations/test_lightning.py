@@ -1,0 +1,59 @@
+"""Lightning: real fits of a BoringModel-style module with PersistCallback, killed with SIGKILL and resumed.
+
+Every expectation is the trainer's own record (its digests of the state at each save, the monitor values it
+reported), never what mlflow-persist says about itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lightning")
+
+from .support import DigestLog, lines_with, metric_steps, registry, run, run_and_kill  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).with_name("lightning_proc.py")
+
+
+def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sigkill(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log = DigestLog(tmp_path / "digests.jsonl")
+    first = run(SCRIPT, uri, str(log.path), "40", cwd=tmp_path)
+    assert [r["step"] for r in lines_with(first.stdout, "RESTORED")] == [None]
+    saved = registry(uri, "boring")
+    categories = {t["mlflow_persist.category"] for t in saved["versions"].values()}
+    assert {"performance", "periodic", "final"} <= categories
+    monitors = [r["value"] for r in log.records() if r["event"] == "monitor"]
+    assert len(monitors) == 5  # one validation every 8 batches
+    best = saved["versions"][int(saved["aliases"]["best"])]
+    assert float(best["mlflow_persist.value"]) == min(monitors)
+
+    killed = run_and_kill(SCRIPT, uri, str(log.path), "1000", cwd=tmp_path, when="STEP 63", delay=0.3)
+    restarted_from = next(lines_with(killed, "RESTORED"))
+    assert restarted_from["step"] == 40 and restarted_from["digest"] == log.digest_at(40)
+
+    after_kill = registry(uri, "boring")
+    newest = max(after_kill["versions"])
+    newest_step = int(after_kill["versions"][newest]["mlflow_persist.step"])
+    assert newest_step > 40  # the killed fit saved checkpoints of its own before the kill
+    resumed = run(SCRIPT, uri, str(log.path), "5", cwd=tmp_path)
+    info = next(lines_with(resumed.stdout, "RESTORED"))
+    assert info["version"] == newest and info["step"] == newest_step
+    assert info["digest"] == log.digest_at(newest_step)  # weights, optimizer and scheduler as they were saved
+
+    final = registry(uri, "boring")
+    assert len(final["runs"]) == 1 and info["run_id"] == final["runs"][0].info.run_id
+    steps = metric_steps(uri, final["runs"][0].info.run_id, "train_loss")
+    assert steps == sorted(steps) and max(steps) == newest_step + 5  # the step axis continued
+
+
+def test_the_lightning_example_runs_and_resumes(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "examples" / "lightning_example.py"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path)
+    assert "started fresh - trained 20 steps; the model's step is now 20" in first.stdout
+    second = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path)
+    assert "resumed from step 20" in second.stdout and "the model's step is now 40" in second.stdout
