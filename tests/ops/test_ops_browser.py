@@ -92,6 +92,8 @@ def test_ui_after_trading_run(sqlite_server: MlflowServer, chromium: Chromium, t
     assert points >= 10
 
     # Retention deleted versions over HTTP: their artifact directories must be gone from the server's disk too.
-    sources = {v.source.rsplit("/", 1)[-1] for m in TRADING_MODELS for v in client.search_model_versions(f"name = '{m}'")}
+    registered = [m.name for m in client.search_registered_models()]  # the four models and the system state
+    assert set(TRADING_MODELS) | {"system"} == set(registered)
+    sources = {v.source.rsplit("/", 1)[-1] for m in registered for v in client.search_model_versions(f"name = '{m}'")}
     on_disk = {p.name for p in (tmp_path / "artifacts").glob("*/*/artifacts/checkpoints/*") if p.is_dir()}
     assert on_disk - sources == set(), f"artifacts of deleted versions left on the server: {sorted(on_disk - sources)}"
