@@ -13,6 +13,7 @@ Sharded state (FSDP, `torch.distributed.checkpoint`) is not handled: rank 0 must
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -21,7 +22,6 @@ import torch.distributed as dist
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import PersistError
 from mlflow_persist.handle import ModelHandle, RestoreInfo, Stateful
-from mlflow_persist.payload import copy_to_cpu
 from mlflow_persist.persistence import Persistence
 from mlflow_persist.policy import FINAL, NO_SAVE, SaveDecision
 
@@ -41,6 +41,19 @@ def broadcast_from_writer(value: Any) -> Any:
     box = [value if global_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_cpu(value: Any) -> Any:
+    """`value` with every tensor moved to the CPU (for pickling to the other ranks); anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        items = ((k, on_cpu(v)) for k, v in value.items())
+        return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
+    if isinstance(value, (list, tuple)):
+        items_list = [on_cpu(v) for v in value]
+        return items_list if isinstance(value, list) else tuple(items_list)
+    return value
 
 
 def _agree(outcome: tuple[str, Any], what: str) -> Any:
@@ -114,6 +127,13 @@ class DistributedHandle:
     def current_step(self) -> int:
         return self.handle.current_step if self.handle is not None else self._step
 
+    def __getattr__(self, name: str) -> Any:
+        """Everything else of `ModelHandle` (`best_value`, `saves`, `history()`, ...), on rank 0."""
+        handle = self.__dict__.get("handle")
+        if handle is None:
+            raise AttributeError(f"{name!r} is only available on rank 0, where the model's handle lives")
+        return getattr(handle, name)
+
     def step(self, step: int | None = None, **metrics: float) -> SaveDecision:
         """On rank 0 `ModelHandle.step`; elsewhere it only counts (report the same metrics on every rank,
         reduced across ranks where it matters: rank 0 decides on what it is given)."""
@@ -134,7 +154,7 @@ class DistributedHandle:
                 info = self.handle.restore(strict=strict)
                 states = None
                 if info is not None and is_distributed():
-                    states = {key: copy_to_cpu(obj.state_dict()) for key, obj in self._objects.items()
+                    states = {key: on_cpu(obj.state_dict()) for key, obj in self._objects.items()
                               if obj is not None}
                 outcome = ("ok", (info, states))
             except Exception as exc:  # noqa: BLE001

@@ -1,11 +1,36 @@
-"""What every framework callback shares: numeric metrics out of a framework's log dict, and several
-optimizers or schedulers tracked as one stateful object."""
+"""What every framework callback shares: the persistence it opens, numeric metrics out of a framework's log
+dict, and several optimizers or schedulers tracked as one stateful object."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.distributed import DistributedPersistence
+from mlflow_persist.errors import PersistError
+from mlflow_persist.logging_setup import package_logger
+
+log = package_logger("mlflow_persist.integrations")
+
+
+def open_persistence(config: PersistConfig | None, store: CheckpointStore | None,
+                     options: Mapping[str, Any]) -> DistributedPersistence:
+    """The persistence a callback writes through: one `Persistence`, on rank 0 only under torch.distributed."""
+    return DistributedPersistence(config, store=store, **options)
+
+
+def close_persistence(persistence: DistributedPersistence | None, name: str, final_checkpoints: bool = True) -> None:
+    """Take the final checkpoints and finish the run. A checkpoint that could never be written is logged, not
+    raised: training is over and the model in memory is intact."""
+    if persistence is None:
+        return
+    try:
+        persistence.close(final_checkpoints=final_checkpoints)
+    except PersistError as exc:
+        log.error("%s: %s", name, exc)
 
 
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:

@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.distributed import DistributedHandle, DistributedPersistence
 from mlflow_persist.handle import RestoreInfo
-from mlflow_persist.integrations.common import numeric_metrics, one_or_list
+from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
 from mlflow_persist.logging_setup import package_logger
 from mlflow_persist.policy import NO_SAVE, SaveDecision
 
@@ -50,8 +50,8 @@ class PersistCallback(pl.Callback):
     # ------------------------------------------------------------------------------------- fit start
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.persistence = DistributedPersistence(self.config, store=self._store, install_signal_handlers=False,
-                                                  **self._persistence_kwargs)
+        self.persistence = open_persistence(self.config, self._store,
+                                            {"install_signal_handlers": False, **self._persistence_kwargs})
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         self.handle = self.persistence.track(self.name, pl_module, optimizer=one_or_list(trainer.optimizers),
                                              scheduler=one_or_list(schedulers))
@@ -90,10 +90,10 @@ class PersistCallback(pl.Callback):
     # ------------------------------------------------------------------------------------- the end
 
     def close(self) -> None:
-        """Save the final checkpoint and finish the run (once; later calls do nothing)."""
+        """Save the final checkpoint and finish the run (once; later calls do nothing). A checkpoint that
+        could never be written is logged, not raised: training is over and the model in memory is intact."""
         persistence, self.persistence = self.persistence, None
-        if persistence is not None:
-            persistence.close()
+        close_persistence(persistence, self.name)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.close()

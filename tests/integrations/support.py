@@ -80,9 +80,10 @@ def run(script: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess
     return result
 
 
-def run_and_kill(script: Path, *args: str, cwd: Path, when: str, delay: float = 0.0,
-                 timeout: float = 600) -> str:
-    """Start `script`, wait for a stdout line containing `when`, wait `delay` s more, SIGKILL it."""
+def _start_and_wait(script: Path, args: tuple[str, ...], cwd: Path, when: str, timeout: float
+                    ) -> tuple[subprocess.Popen[str], list[str], threading.Thread, float]:
+    """Start `script` and wait for a stdout line containing `when`; returns the process, its lines so far
+    (still growing), the reader thread and the deadline."""
     proc = subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -93,6 +94,13 @@ def run_and_kill(script: Path, *args: str, cwd: Path, when: str, delay: float = 
         assert proc.poll() is None, f"{script.name} ended before {when!r}:\n{''.join(lines)[-5000:]}"
         assert time.monotonic() < deadline, f"{when!r} never appeared"
         time.sleep(0.02)
+    return proc, lines, reader, deadline
+
+
+def run_and_kill(script: Path, *args: str, cwd: Path, when: str, delay: float = 0.0,
+                 timeout: float = 600) -> str:
+    """Start `script`, wait for a stdout line containing `when`, wait `delay` s more, SIGKILL it."""
+    proc, lines, reader, _ = _start_and_wait(script, args, cwd, when, timeout)
     time.sleep(delay)
     assert proc.poll() is None, f"{script.name} ended before the kill:\n{''.join(lines)[-5000:]}"
     proc.send_signal(signal.SIGKILL)
@@ -131,16 +139,7 @@ def run_and_signal(script: Path, *args: str, cwd: Path, when: str, signum: int =
                    timeout: float = 600) -> tuple[int, str]:
     """Start `script`, send `signum` once a stdout line contains `when`, let it exit on its own; returns its
     exit code and output."""
-    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while not any(when in line for line in list(lines)):
-        assert proc.poll() is None, f"{script.name} ended before {when!r}:\n{''.join(lines)[-5000:]}"
-        assert time.monotonic() < deadline, f"{when!r} never appeared"
-        time.sleep(0.02)
+    proc, lines, reader, deadline = _start_and_wait(script, args, cwd, when, timeout)
     proc.send_signal(signum)
     code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     reader.join(timeout=10)

@@ -1,0 +1,210 @@
+"""Stable-Baselines3 DQN on CartPole with PersistCallback, in real subprocesses against an sqlite MLflow store:
+`best` is the best mean reward the trainer saw, restarts continue one run and its step axis, a `kill -9`
+resumes from the newest checkpoint with the exact weights, optimizer state, counters and replay buffer the
+trainer recorded, and `learn(total_timesteps=T)` ends at T. Every expectation comes from the trainer's own
+records (sb3_proc.py), never from what the callback reports about itself."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("stable_baselines3")
+
+import gymnasium  # noqa: E402
+import numpy as np  # noqa: E402
+from stable_baselines3 import DQN, PPO  # noqa: E402
+
+import mlflow_persist as mp  # noqa: E402
+from mlflow_persist.integrations.sb3 import PersistCallback  # noqa: E402
+from mlflow_persist.testing import MemoryStore  # noqa: E402
+
+from .support import DigestLog, lines_with, registry, run, run_and_kill, run_and_signal  # noqa: E402
+
+SCRIPT = Path(__file__).with_name("sb3_proc.py")
+EXAMPLE = Path(__file__).resolve().parents[2] / "scripts" / "examples" / "sb3_example.py"
+NAME = "cartpole_dqn"
+TRAIN_FREQ = 4  # sb3_proc.py's DQN(train_freq=...)
+CATEGORY, STEP, VALUE = "mlflow_persist.category", "mlflow_persist.step", "mlflow_persist.value"
+
+
+def _one(output: str, marker: str) -> dict[str, Any]:
+    records = list(lines_with(output, marker))
+    assert len(records) == 1, f"expected one {marker} line:\n{output[-3000:]}"
+    return records[0]
+
+
+def _learn_end(restored_step: int, total: int) -> int:
+    """Where `learn(total)` stops after a restore at `restored_step`: SB3 ends learn() only at the end of a
+    rollout of TRAIN_FREQ steps, and a restore between two updates starts a fresh rollout there, so it is
+    `total` itself only when the restored step lies on the rollout grid (as SB3 does for any total)."""
+    return restored_step + math.ceil((total - restored_step) / TRAIN_FREQ) * TRAIN_FREQ
+
+
+def _one_record(log: DigestLog, event: str) -> dict[str, Any]:
+    records = [r for r in log.records() if r["event"] == event]
+    assert len(records) == 1, f"the trainer recorded {len(records)} {event!r} events"
+    return records[0]
+
+
+def _metric_steps_since(uri: str, run_id: str, key: str, since_ms: int) -> list[int]:
+    import mlflow
+
+    history = mlflow.MlflowClient(uri).get_metric_history(run_id, key)
+    return [m.step for m in history if m.timestamp >= since_ms]
+
+
+# ------------------------------------------------------------------------------------- in-process, fast
+
+def _config(**overrides: Any) -> mp.PersistConfig:
+    values = dict(tracking_uri="memory://", monitor="rollout/ep_rew_mean", mode="max", periodic_every_steps=200,
+                  log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0)
+    return mp.PersistConfig(**{**values, **overrides})
+
+
+def _dqn(seed: int = 0) -> DQN:
+    return DQN("MlpPolicy", gymnasium.make("CartPole-v1"), learning_starts=100, train_freq=4, buffer_size=2000,
+               seed=seed, device="cpu")
+
+
+def _callback(store: MemoryStore, **kwargs: Any) -> PersistCallback:
+    return PersistCallback(NAME, _config(), store=store, persistence_kwargs={"install_signal_handlers": False},
+                           **kwargs)
+
+
+def test_the_episode_mean_is_reported_once_per_episode_and_learn_again_resumes() -> None:
+    store = MemoryStore()
+    model = _dqn()
+    reported: list[tuple[int, float]] = []
+    expected: list[tuple[int, float]] = []
+    returns: list[float] = []
+    ended_at: list[int] = []
+
+    class Recording(PersistCallback):
+        def persist_step(self, **metrics: float) -> mp.SaveDecision:
+            step = self.model.num_timesteps
+            ended = [i["episode"]["r"] for i in self.locals["infos"] if "episode" in i]
+            if returns and step - 1 in ended_at:  # SB3 adds an episode to ep_info_buffer after on_step
+                expected.append((step, float(np.mean(returns[-100:]))))
+            returns.extend(ended)
+            ended_at.extend([step] if ended else [])
+            if "rollout/ep_rew_mean" in metrics:
+                reported.append((step, metrics["rollout/ep_rew_mean"]))
+            return super().persist_step(**metrics)
+
+    callback = Recording(NAME, _config(), store=store, persistence_kwargs={"install_signal_handlers": False})
+    model.learn(total_timesteps=600, callback=callback)
+    assert callback.restored is None and model.num_timesteps == 600
+    assert len(expected) > 10 and reported == expected
+    callback.close()  # idempotent: learn() already closed it
+    assert [v.category for v in store.list_versions(NAME)][-1] == "final"
+
+    model.learn(total_timesteps=600, callback=callback)  # the same total: nothing left to train
+    assert callback.restored is not None and callback.restored.category == "final"
+    assert callback.restored.step == 600 and model.num_timesteps == 600
+
+
+def test_save_replay_buffer_needs_an_off_policy_algorithm() -> None:
+    model = PPO("MlpPolicy", gymnasium.make("CartPole-v1"), n_steps=64, batch_size=64, device="cpu")
+    with pytest.raises(mp.PersistError, match="save_replay_buffer=True needs an off-policy algorithm"):
+        model.learn(total_timesteps=64, callback=_callback(MemoryStore(), save_replay_buffer=True))
+
+
+# ------------------------------------------------------------------------------------- real subprocesses
+
+@pytest.mark.slow
+def test_best_is_the_best_mean_reward_the_trainer_saw(tmp_path: Path, sqlite_uri: str) -> None:
+    log = DigestLog(tmp_path / "digests.jsonl")
+    output = run(SCRIPT, sqlite_uri, str(log.path), "1500", cwd=tmp_path).stdout
+    assert _one(output, "DONE")["num_timesteps"] == 1500
+    records = log.records()
+    means = {r["step"]: r["value"] for r in records if r["event"] == "mean"}
+    saved_steps = {r["step"] for r in records if r["event"] == "saved"}
+    saved = registry(sqlite_uri, NAME)
+
+    versions = saved["versions"]
+    assert {t[CATEGORY] for t in versions.values()} == {"performance", "periodic", "final"}
+    for number, tags in versions.items():
+        step = int(tags[STEP])
+        if tags[CATEGORY] == "final":
+            assert step == 1500
+            continue
+        assert step in saved_steps, f"v{number} holds step {step}, where the trainer decided no save"
+        if tags[CATEGORY] == "performance":
+            assert float(tags[VALUE]) == means[step]
+
+    best_value = max(means.values())
+    best = versions[int(saved["aliases"]["best"])]
+    assert best[CATEGORY] == "performance" and float(best[VALUE]) == best_value
+    assert int(best[STEP]) == min(step for step, value in means.items() if value == best_value)
+    assert len(saved["runs"]) == 1 and saved["runs"][0].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_kill_mid_training_resumes_from_the_newest_checkpoint_with_its_replay_buffer(
+        tmp_path: Path, sqlite_uri: str) -> None:
+    log = DigestLog(tmp_path / "digests.jsonl")
+    args = (sqlite_uri, str(log.path), "2400", "--replay-buffer", "--periodic", "100")
+    first = run_and_kill(SCRIPT, *args, "--slow-after", "800", cwd=tmp_path, when="PROGRESS 1000", delay=0.3)
+    assert "DONE" not in first
+    before = registry(sqlite_uri, NAME)
+    newest = max(before["versions"])
+    assert before["versions"][newest][CATEGORY] != "final"  # killed: no final checkpoint was taken
+
+    second = run(SCRIPT, *args, cwd=tmp_path).stdout
+    restored = _one(second, "RESTORED")
+    step = int(before["versions"][newest][STEP])
+    assert restored["version"] == newest and restored["step"] == step >= 500
+    # the live policy, optimizer and counters are exactly what the trainer had when it saved that step
+    assert restored["digest"] == log.digest_at(step)
+    assert restored["counters"]["num_timesteps"] == step
+    recorded = [r for r in log.records() if r["event"] == "saved" and r["step"] == step][0]
+    assert {k: restored[k] for k in ("buffer_pos", "buffer_full", "buffer_size", "buffer_digest")} == \
+        {k: recorded[k] for k in ("buffer_pos", "buffer_full", "buffer_size", "buffer_digest")}
+    assert 0 < restored["buffer_size"] < step  # filled, and not a fresh buffer
+    assert _one(second, "DONE")["num_timesteps"] == _learn_end(step, 2400)  # never at step + 2400
+
+    after = registry(sqlite_uri, NAME)
+    assert len(after["runs"]) == 1 and after["runs"][0].info.run_id == restored["run_id"]
+    assert after["runs"][0].info.status == "FINISHED"
+    steps = _metric_steps_since(sqlite_uri, restored["run_id"], "train/loss", restored["time_ms"])
+    assert steps and min(steps) > step and max(steps) <= _learn_end(step, 2400)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_learn_with_a_final_checkpoint_and_the_restart_continues_the_same_run(
+        tmp_path: Path, sqlite_uri: str) -> None:
+    log = DigestLog(tmp_path / "digests.jsonl")
+    args = (sqlite_uri, str(log.path), "1600", "--monitor", "train/loss", "--mode", "min")
+    code, first = run_and_signal(SCRIPT, *args, "--slow-after", "500", cwd=tmp_path, when="PROGRESS 750")
+    assert code == 0 and "DONE" not in first, first[-3000:]  # stopped at a step boundary, not at the end
+    final = _one_record(log, "final")
+    saved = registry(sqlite_uri, NAME)
+    newest = saved["versions"][max(saved["versions"])]
+    assert newest[CATEGORY] == "final" and int(newest[STEP]) == final["step"] > 750
+    run_id = saved["runs"][0].info.run_id
+
+    second = run(SCRIPT, *args, cwd=tmp_path).stdout
+    restored = _one(second, "RESTORED")
+    assert restored["category"] == "final" and restored["step"] == final["step"]
+    assert restored["digest"] == final["digest"]  # the state learn() stopped with, counters included
+    assert _one(second, "DONE")["num_timesteps"] == _learn_end(final["step"], 1600)
+
+    saved = registry(sqlite_uri, NAME)
+    assert [r.info.run_id for r in saved["runs"]] == [run_id] == [restored["run_id"]]
+    assert saved["runs"][0].info.status == "FINISHED"
+    steps = _metric_steps_since(sqlite_uri, run_id, "train/loss", restored["time_ms"])
+    assert steps and min(steps) > final["step"] and max(steps) <= _learn_end(final["step"], 1600)
+
+
+@pytest.mark.slow
+def test_the_example_trains_and_resumes(tmp_path: Path, sqlite_uri: str) -> None:
+    args = ("--tracking-uri", sqlite_uri, "--timesteps")
+    first = run(EXAMPLE, *args, "600", cwd=tmp_path).stdout
+    assert "started fresh" in first and "trained to timestep 600" in first
+    second = run(EXAMPLE, *args, "900", cwd=tmp_path).stdout
+    assert "at timestep 600" in second and "trained to timestep 900" in second
+    assert len(registry(sqlite_uri, "cartpole_dqn")["runs"]) == 1

@@ -1,0 +1,192 @@
+"""PersistCallback in a real Hugging Face Trainer (a tiny BERT and GPT-2 built from configs, CPU). Every check
+compares the store against what the trainer recorded itself: its state digests at each save decision, the
+evaluations it was given, the steps it reached."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it (transformers[torch])
+
+from transformers import Trainer  # noqa: E402
+
+import mlflow_persist as mp  # noqa: E402
+from mlflow_persist.integrations.transformers import PersistCallback  # noqa: E402
+from mlflow_persist.testing import MemoryStore  # noqa: E402
+
+from .support import DigestLog, lines_with, metric_steps, registry, run, run_and_kill, run_and_signal  # noqa: E402
+from .transformers_proc import MODEL_NAME, ToyDataset, tiny_bert, training_args  # noqa: E402
+
+SCRIPT = Path(__file__).with_name("transformers_proc.py")
+EXAMPLE = Path(__file__).resolve().parents[2] / "scripts" / "examples" / "transformers_example.py"
+CATEGORY, STEP, VALUE = "mlflow_persist.category", "mlflow_persist.step", "mlflow_persist.value"
+
+
+def _one(output: str, marker: str) -> dict[str, Any]:
+    found = list(lines_with(output, marker))
+    assert len(found) == 1, f"expected one {marker} line:\n{output[-3000:]}"
+    return found[0]
+
+
+def _evaluations(*logs: DigestLog) -> list[dict[str, Any]]:
+    return [r for log in logs for r in log.records() if r["event"] == "eval"]
+
+
+# ----------------------------------------------------------------------------------- in-process, MemoryStore
+
+class LossRecordingTrainer(Trainer):
+    """A Trainer that keeps the loss of every optimizer step (what the Trainer sums into its `loss` log)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.step_losses: list[float] = []
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        loss = super().training_step(*args, **kwargs)
+        self.step_losses.append(float(loss))
+        return loss
+
+
+def _trainer(tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str = "eval_loss") \
+        -> tuple[LossRecordingTrainer, PersistCallback]:
+    config = mp.PersistConfig(monitor=monitor, keep_best=100, keep_final=100, log_system_metrics=False,
+                              min_free_disk_mb=0, min_free_disk_percent=0)
+    callback = PersistCallback(MODEL_NAME, config, store=store,
+                               persistence_kwargs={"install_signal_handlers": False})
+    trainer = LossRecordingTrainer(
+        model=tiny_bert(), args=training_args(str(tmp_path / "out"), max_steps), train_dataset=ToyDataset(128, 1),
+        eval_dataset=ToyDataset(32, 2), callbacks=[callback])
+    return trainer, callback
+
+
+def _train(tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str = "eval_loss") \
+        -> tuple[LossRecordingTrainer, PersistCallback]:
+    trainer, callback = _trainer(tmp_path, store, max_steps, monitor)
+    trainer.train()
+    return trainer, callback
+
+
+def test_logs_and_evaluations_land_once_on_the_trainers_step(tmp_path: Path) -> None:
+    store = MemoryStore()
+    trainer, callback = _train(tmp_path, store, max_steps=6)
+    assert callback.persistence is None  # train end closed it
+    callback.close()  # and closing again does nothing
+    run_id = callback.handle.handle.run_id
+
+    def steps(key: str) -> list[int]:
+        return [step for step, _, _ in store.metric_history(run_id, key)]
+
+    # logging_steps=2, eval_steps=3; the Trainer hands each evaluation to on_log and on_evaluate: logged once
+    assert steps("loss") == steps("learning_rate") == steps("grad_norm") == [2, 4, 6]
+    assert steps("eval_loss") == [3, 6]
+    assert steps("epoch") == []
+    evaluations = {r["step"]: r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r}
+    assert [value for _, value, _ in store.metric_history(run_id, "eval_loss")] == [evaluations[3], evaluations[6]]
+    versions = store.list_versions(MODEL_NAME)
+    assert [(v.category, v.step) for v in versions if v.category == "final"] == [("final", 6)]
+    assert {v.step for v in versions if v.category == "performance"} <= {3, 6}
+
+
+def test_a_restart_continues_global_step_and_its_first_loss_covers_only_the_steps_it_trained(tmp_path: Path) -> None:
+    store = MemoryStore()
+    _train(tmp_path, store, max_steps=6, monitor="loss")
+    trainer, callback = _train(tmp_path, store, max_steps=10, monitor="loss")
+    assert callback.restored is not None and callback.restored.step == 6
+    assert trainer.state.global_step == 10 and len(trainer.step_losses) == 4  # steps 7..10, to the same total
+    logged = dict((step, value) for step, value, _ in store.metric_history(callback.handle.handle.run_id, "loss"))
+    assert sorted(logged) == [2, 4, 6, 8, 10]
+    true_mean = statistics.fmean(trainer.step_losses[:2])  # steps 7 and 8
+    assert logged[8] == pytest.approx(true_mean, rel=1e-5)
+    assert logged[10] == pytest.approx(statistics.fmean(trainer.step_losses[2:]), rel=1e-5)
+    # The Trainer itself divides by the steps since its start (8), not the 2 it trained: what the correction undoes.
+    hf_first = next(r["loss"] for r in trainer.state.log_history if r.get("step") == 8 and "loss" in r)
+    assert hf_first == pytest.approx(true_mean * 2 / 8, rel=1e-5)
+
+
+def test_a_restore_that_fails_stops_train_and_leaves_no_final_checkpoint_of_the_fresh_model(tmp_path: Path) -> None:
+    store = MemoryStore()
+    _train(tmp_path, store, max_steps=3)
+    saved = [(v.version, v.category, v.step) for v in store.list_versions(MODEL_NAME)]
+    trainer, callback = _trainer(tmp_path, store, max_steps=6)
+    store.fail("load", times=None)  # the store stays unreachable for every retry
+    with pytest.raises(mp.StoreUnavailableError):
+        trainer.train()
+    store.heal()
+    callback.close()  # what the exit hook would do: nothing is left open to save the unrestored model
+    assert [(v.version, v.category, v.step) for v in store.list_versions(MODEL_NAME)] == saved
+    assert trainer.state.global_step == 0
+
+
+# ----------------------------------------------------------------------------------- subprocesses, MLflow
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_in_its_run_and_best_is_the_best_evaluation(tmp_path: Path, sqlite_uri: str) -> None:
+    first, second = DigestLog(tmp_path / "first.jsonl"), DigestLog(tmp_path / "second.jsonl")
+    code, output = run_and_signal(SCRIPT, sqlite_uri, str(first.path), "--max-steps", "24", "--step-sleep", "0.1",
+                                  cwd=tmp_path, when="STEP 8")
+    assert code == 0, output[-3000:]  # SIGTERM: final checkpoints, then a clean exit
+    stopped = _one(output, "END")["step"]
+    assert 8 <= stopped < 24
+    before = registry(sqlite_uri, MODEL_NAME)
+    newest = max(before["versions"])
+    assert before["versions"][newest][CATEGORY] == "final" and int(before["versions"][newest][STEP]) == stopped
+
+    result = run(SCRIPT, sqlite_uri, str(second.path), "--max-steps", "24", cwd=tmp_path)
+    restored = _one(result.stdout, "RESTORED")
+    assert (restored["version"], restored["step"], restored["global_step"]) == (newest, stopped, stopped)
+    assert restored["digest"] == first.digest_at(stopped)
+    assert _one(result.stdout, "END")["step"] == 24  # max_steps is the total over both runs
+
+    after = registry(sqlite_uri, MODEL_NAME)
+    assert [r.info.run_id for r in after["runs"]] == [restored["run_id"]]
+    evaluations = _evaluations(first, second)
+    eval_steps = [r["step"] for r in evaluations]
+    assert metric_steps(sqlite_uri, restored["run_id"], "eval_loss") == eval_steps == sorted(set(eval_steps))
+    assert all(r["step"] > stopped for r in _evaluations(second))
+    # `best` is the lowest eval_loss the trainer was given, at the step it was given
+    lowest = min(evaluations, key=lambda r: r["eval_loss"])
+    best = after["versions"][int(after["aliases"]["best"])]
+    assert (best[CATEGORY], int(best[STEP])) == ("performance", lowest["step"])
+    assert float(best[VALUE]) == pytest.approx(lowest["eval_loss"], rel=1e-12)
+    # every checkpoint was decided by the trainer at its step; the final ones are where each run ended
+    decided = {(r["category"], r["step"]) for log in (first, second) for r in log.records() if r["event"] == "saved"}
+    registered = {(tags[CATEGORY], int(tags[STEP])) for tags in after["versions"].values()}
+    assert registered <= decided
+    assert {step for category, step in registered if category == "final"} == {stopped, 24}
+
+
+@pytest.mark.slow
+def test_after_kill_9_training_resumes_from_the_newest_checkpoint(tmp_path: Path, sqlite_uri: str) -> None:
+    killed, resumed = DigestLog(tmp_path / "killed.jsonl"), DigestLog(tmp_path / "resumed.jsonl")
+    run_and_kill(SCRIPT, sqlite_uri, str(killed.path), "--max-steps", "40", "--step-sleep", "0.05", cwd=tmp_path,
+                 when="STEP 14", delay=0.2)
+    before = registry(sqlite_uri, MODEL_NAME)
+    newest = max(before["versions"])
+    newest_step = int(before["versions"][newest][STEP])
+    assert before["versions"][newest][CATEGORY] in ("performance", "periodic") and newest_step >= 8
+
+    result = run(SCRIPT, sqlite_uri, str(resumed.path), "--max-steps", "40", cwd=tmp_path)
+    restored = _one(result.stdout, "RESTORED")
+    assert (restored["version"], restored["step"], restored["global_step"]) == (newest, newest_step, newest_step)
+    # the live weights and optimizer state at restore are what the killed trainer held when it saved that step
+    assert restored["digest"] == killed.digest_at(newest_step)
+    assert _one(result.stdout, "END")["step"] == 40
+    assert [r.info.run_id for r in registry(sqlite_uri, MODEL_NAME)["runs"]] == \
+        [r.info.run_id for r in before["runs"]] == [restored["run_id"]]
+
+
+@pytest.mark.slow
+def test_the_example_trains_and_says_what_it_did(tmp_path: Path, sqlite_uri: str) -> None:
+    result = run(EXAMPLE, "--tracking-uri", sqlite_uri, "--steps", "10", "--name", "example_gpt2", cwd=tmp_path)
+    assert "started fresh and trained to step 10" in result.stdout, result.stdout[-2000:]
+    saved = registry(sqlite_uri, "example_gpt2")
+    best = saved["versions"][int(saved["aliases"]["best"])]
+    assert f"best: v{saved['aliases']['best']} at step {best[STEP]}" in result.stdout
+    assert {tags[CATEGORY] for tags in saved["versions"].values()} >= {"performance", "periodic", "final"}
+

@@ -1,0 +1,134 @@
+"""A Hugging Face Trainer run with PersistCallback: a tiny BERT (built from a config, nothing downloaded) learns
+a synthetic classification task, evaluated on `eval_loss` (the monitor).
+
+Usage: transformers_proc.py URI DIGEST_LOG [--max-steps N] [--step-sleep SECONDS]
+Records with DigestLog: `saved` (step, category, digest of the model and optimizer state) after every save
+decision and at train end (the state the final checkpoint holds), `eval` (step, eval_loss) as the Trainer
+delivers it. Prints `RESTORED {...}` right after the restore at train begin, `STEP n` after every optimizer
+step and `END {...}` at train end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mlflow_persist as mp  # noqa: E402
+from integrations.support import DigestLog, state_digest  # noqa: E402
+from mlflow_persist.integrations.transformers import PersistCallback  # noqa: E402
+
+MODEL_NAME = "tiny_bert"
+VOCAB = 64
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    """Random token sequences; the label is whether the first token is in the lower half of the vocabulary."""
+
+    def __init__(self, size: int, seed: int, length: int = 12) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.input_ids = torch.randint(1, VOCAB, (size, length), generator=generator)
+        self.labels = (self.input_ids[:, 0] < VOCAB // 2).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+
+
+def tiny_bert() -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    return BertForSequenceClassification(config)
+
+
+def training_args(output_dir: str, max_steps: int, **overrides: Any) -> TrainingArguments:
+    values: dict[str, Any] = dict(
+        output_dir=output_dir, save_strategy="no", report_to="none", logging_steps=2, eval_strategy="steps",
+        eval_steps=3, max_steps=max_steps, per_device_train_batch_size=16, per_device_eval_batch_size=64,
+        learning_rate=3e-3, use_cpu=True, seed=7, disable_tqdm=True, dataloader_pin_memory=False)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def persist_config(uri: str) -> mp.PersistConfig:
+    return mp.PersistConfig(tracking_uri=uri, monitor="eval_loss", mode="min", periodic_every_steps=4,
+                            keep_best=100, keep_periodic=100, keep_final=100, log_system_metrics=False,
+                            min_free_disk_mb=0, min_free_disk_percent=0)
+
+
+class RecordingCallback(PersistCallback):
+    """Records what the trainer itself saw: its state at each save decision and the evaluations it got."""
+
+    def __init__(self, config: mp.PersistConfig, log: DigestLog, step_sleep: float) -> None:
+        super().__init__(MODEL_NAME, config)
+        self.log = log
+        self.step_sleep = step_sleep
+        self.objects: tuple[Any, Any] | None = None
+
+    def digest(self) -> str:
+        assert self.objects is not None
+        model, optimizer = self.objects
+        return state_digest(model.state_dict(), optimizer.state_dict())
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        super().on_train_begin(args, state, control, **kwargs)
+        self.objects = (kwargs["model"], kwargs["optimizer"])
+        info = self.restored
+        print("RESTORED " + json.dumps({
+            "version": info.version if info else None, "category": info.category if info else None,
+            "step": info.step if info else None, "value": info.value if info else None,
+            "run_id": info.run_id if info else None, "global_step": state.global_step, "digest": self.digest(),
+        }), flush=True)
+
+    def persist_step(self, step: int | None = None, **metrics: float) -> mp.SaveDecision:
+        decision = super().persist_step(step, **metrics)
+        if decision.save:
+            assert self.handle is not None
+            self.log.append(event="saved", step=self.handle.current_step, category=decision.category,
+                            digest=self.digest())
+        return decision
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        super().on_step_end(args, state, control, **kwargs)
+        print(f"STEP {state.global_step}", flush=True)
+        time.sleep(self.step_sleep)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+        self.log.append(event="eval", step=state.global_step, eval_loss=float(metrics["eval_loss"]))
+        super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.log.append(event="saved", step=state.global_step, category="final", digest=self.digest())
+        print("END " + json.dumps({"step": state.global_step}), flush=True)
+        super().on_train_end(args, state, control, **kwargs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("uri")
+    parser.add_argument("digest_log", type=Path)
+    parser.add_argument("--max-steps", type=int, default=24)
+    parser.add_argument("--step-sleep", type=float, default=0.0)
+    options = parser.parse_args()
+    callback = RecordingCallback(persist_config(options.uri), DigestLog(options.digest_log), options.step_sleep)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = Trainer(model=tiny_bert(), args=training_args(output_dir, options.max_steps),
+                          train_dataset=ToyDataset(256, seed=1), eval_dataset=ToyDataset(64, seed=2),
+                          callbacks=[callback])
+        trainer.train()
+
+
+if __name__ == "__main__":
+    main()
