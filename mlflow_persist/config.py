@@ -46,10 +46,10 @@ class ModelSettings(BaseModel):
     periodic_every_minutes: float | None = Field(
         None, gt=0, description="Save a `periodic` checkpoint every X minutes of wall time (None: off)."
     )
-    monitor_smoothing: Literal["none", "ema", "window", "window_median"] = Field(
+    monitor_smoothing: Literal["none", "ema", "window", "window_mean", "window_median"] = Field(
         "none", description="How the monitored value is smoothed before it decides improvement and `best`: `none`, "
-                            "`ema` (see monitor_ema_alpha), `window` (mean of the last monitor_window values) or "
-                            "`window_median`."
+                            "`ema` (see monitor_ema_alpha), `window` or `window_mean` (mean of the last "
+                            "monitor_window values) or `window_median`."
     )
     monitor_ema_alpha: float = Field(
         0.1, gt=0, le=1, description="Weight of the newest value in the `ema` smoothing (1: no smoothing)."

@@ -2,7 +2,7 @@
 
 - `none`: the raw value.
 - `ema`: exponential moving average, `s = alpha * x + (1 - alpha) * s`, seeded by the first value.
-- `window` (the mean) and `window_median`: over the last `monitor_window` values; no smoothed value exists
+- `window` (the mean; `window_mean` is the same) and `window_median`: over the last `monitor_window` values; no smoothed value exists
   until the window is full, so the first few values cannot set `best` on their own.
 
 Non-finite values (NaN, inf) are skipped: they neither enter the average nor produce a smoothed value. The
@@ -16,8 +16,8 @@ import statistics
 from collections import deque
 from typing import Any, Literal
 
-Smoothing = Literal["none", "ema", "window", "window_median"]
-SMOOTHINGS: tuple[str, ...] = ("none", "ema", "window", "window_median")
+Smoothing = Literal["none", "ema", "window", "window_mean", "window_median"]
+SMOOTHINGS: tuple[str, ...] = ("none", "ema", "window", "window_mean", "window_median")
 
 
 class MonitorSmoother:
@@ -30,7 +30,7 @@ class MonitorSmoother:
             raise ValueError(f"monitor_ema_alpha={ema_alpha} must lie in (0, 1]")
         if window < 1:
             raise ValueError(f"monitor_window={window} must be at least 1")
-        self.kind = kind
+        self.kind = "window" if kind == "window_mean" else kind
         self.ema_alpha = float(ema_alpha)
         self.window = int(window)
         self.ema: float | None = None

@@ -36,8 +36,10 @@ def test_ema_matches_its_closed_form(values: list[float], alpha: float) -> None:
 @given(values_lists, st.integers(min_value=1, max_value=10))
 def test_window_mean_and_median_match_numpy_over_the_last_values(values: list[float], window: int) -> None:
     mean, median = MonitorSmoother("window", window=window), MonitorSmoother("window_median", window=window)
+    alias = MonitorSmoother("window_mean", window=window)
     for i, value in enumerate(values):
         m, d = mean.update(value), median.update(value)
+        assert alias.update(value) == m
         if i + 1 < window:
             assert m is None and d is None  # no decision on a partial window
             continue
