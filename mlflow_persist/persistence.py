@@ -191,7 +191,9 @@ class Persistence:
 
         Members are loaded and verified first, then applied: a damaged member is tagged corrupt and the next
         older complete cut is tried. A tracked model that is not a member of the cut restores its own newest
-        checkpoint; with no complete cut at all, each model does. Returns what was restored, per name."""
+        checkpoint. When cuts exist but none is complete, nothing is restored (the initial state is the newest
+        consistent one); only a store without any cut (checkpoints from before cuts) falls back to each model's
+        own newest checkpoint. Returns what was restored, per name."""
         names = list(self.handles)
         for handle in self.handles.values():
             if handle.pipeline.outbox is not None and handle.pipeline.drain_outbox(blocking=True) > 0:
@@ -231,8 +233,16 @@ class Persistence:
             others = [n for n in names if n not in restored]
             restored.update(self._restore_each(others, strict))
             return restored
+        if any(info.cut for member in versions.values() for info in member):
+            # Cuts were taken, but none completed (or every complete one is damaged): the newest consistent
+            # state is the initial one. Mixing each model's own newest checkpoint would not be consistent.
+            log.warning("no complete system checkpoint: the cuts found were interrupted before their completion "
+                        "marker; everything starts from its initial state (a model's own newest checkpoint is "
+                        "still there for handle.restore())")
+            return {}
         if any(versions.values()):
-            log.warning("no complete system checkpoint found; each model restores its own newest checkpoint")
+            log.warning("no system checkpoint found (checkpoints from before cuts); each model restores its own "
+                        "newest checkpoint")
         return self._restore_each(names, strict)
 
     def _restore_each(self, names: list[str], strict: bool) -> dict[str, RestoreInfo]:

@@ -307,3 +307,26 @@ def test_a_model_no_longer_tracked_does_not_make_its_cuts_incomplete() -> None:
         assert _equal(model.state_dict(), at_cut["a"]) and state.state_dict() == at_cut["app"]
     finally:
         persist.close(final_checkpoints=False)
+
+
+def test_with_only_interrupted_cuts_nothing_is_restored_not_each_models_newest() -> None:
+    """A process killed before its first cut completed: its per-model checkpoints are newer than the initial
+    state but not consistent with each other, so the restart starts from the initial state."""
+    store = MemoryStore()
+    system = System(store)
+    system.train(5)
+    system.ha.save("performance")
+    durable = {"episodes": False}
+    system.persist.save_all(wait_for=[lambda: durable["episodes"]])  # registered, not marked
+    assert system.persist.flush(timeout=10)
+    fresh, restored = _restore(store)
+    try:
+        assert restored == {}
+        assert fresh.state.position == 0 and fresh.ha.current_step == 0
+        initial = System(MemoryStore(), seed=99)
+        assert _equal(fresh.a.state_dict(), initial.a.state_dict())
+        initial.persist.close(final_checkpoints=False)
+    finally:
+        fresh.persist.close(final_checkpoints=False)
+    durable["episodes"] = True
+    system.persist.close(final_checkpoints=False)

@@ -109,3 +109,33 @@ def test_orchestrator_and_trainer_state_continue_bit_for_bit() -> None:
         a = original.trainers[name].model.state_dict()
         b = resumed.trainers[name].model.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_crash_before_the_first_cut_completed_resumes_from_the_start_and_ends_alike() -> None:
+    """The killed process registered its first cut's members and newer performance checkpoints, but the cut's
+    marker never came (its episodes were not stored yet). The restart must not mix those per-model checkpoints:
+    it starts from the initial state and ends bitwise where an uninterrupted run ends."""
+    from mlflow_persist.testing import MemoryStore
+
+    store = MemoryStore()
+    stored = {"episodes": False}
+    crashed, crashed_system = memory_system(seed=4, cut_every_steps=100, store=store,
+                                            durable=lambda: (lambda: stored["episodes"]))
+    crashed_system.run(steps=115)
+    assert crashed.flush(timeout=30)
+    assert any(v.cut for v in store.list_versions("dqn")) and not any(v.cut_complete for v in store.list_versions("dqn"))
+    try:
+        resumed, resumed_system = memory_system(seed=4, cut_every_steps=100, store=store)
+        assert resumed_system.restored == {} and resumed_system.steps_done == 0
+        resumed_system.run(steps=130)
+        reference, reference_system = memory_system(seed=4, cut_every_steps=100)
+        reference_system.run(steps=130)
+        for name in MODEL_NAMES:
+            a = resumed_system.trainers[name].model.state_dict()
+            b = reference_system.trainers[name].model.state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+        resumed.close(final_checkpoints=False)
+        reference.close(final_checkpoints=False)
+    finally:
+        stored["episodes"] = True
+        crashed.close(final_checkpoints=False)
