@@ -62,8 +62,9 @@ class CheckpointStore(Protocol):
 
     # registry -----------------------------------------------------------------------------------------
     def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
-                         retried: bool = True) -> VersionInfo:
-        """Stage `register`: a new version of `source` with all its tags, idempotent per (source, category)."""
+                         retried: bool = True, description: str | None = None) -> VersionInfo:
+        """Stage `register`: a new version of `source` with all its tags (and the one-line `description` the UI
+        shows), idempotent per (source, category)."""
 
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of a registered model, oldest first (empty when the model does not exist)."""

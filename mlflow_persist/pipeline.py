@@ -19,6 +19,7 @@ import torch
 from mlflow_persist.best import reconcile_best
 from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.config import ModelSettings
+from mlflow_persist.descriptions import version_description
 from mlflow_persist.digest import Digest
 from mlflow_persist.disk_guard import DiskGuard, GuardedModel
 from mlflow_persist.errors import NotFoundError, describe_store_error
@@ -114,6 +115,7 @@ class SavePipeline:
         self.last_save_time: float | None = None
         self.best: VersionInfo | None = None
         self._last_saved_value: float | None = None
+        self._previous_performance: tuple[float, int] | None = None  # (value, version), for the descriptions
         self.registry_lock = threading.RLock()
         self.view = RegistryView()
         self._drain_lock = threading.Lock()
@@ -192,9 +194,10 @@ class SavePipeline:
             generation = store.registry_generation(name)
             try:
                 created = [store.register_version(name, source, run_id, {**tags, tag("category"): category},
-                                                  retried=reg.retried)
+                                                  retried=reg.retried, description=self._describe(reg, category))
                            for category in reg.also]  # first: the job's own category is the newest (`latest`)
-                info = store.register_version(name, source, run_id, tags, retried=reg.retried)
+                info = store.register_version(name, source, run_id, tags, retried=reg.retried,
+                                              description=self._describe(reg, reg.category))
                 versions, best = self._versions_and_best(reg, generation, [*created, info])
             except BaseException:
                 self.view.forget()  # whatever happened, the next save reads the registry again
@@ -212,6 +215,11 @@ class SavePipeline:
                           "save", self.name, info.version, describe_store_error(exc),
                           extra={"model": self.name, "version": info.version, "outcome": "retention_failed"})
         return info
+
+    def _describe(self, reg: Registration, category: str) -> str:
+        previous = self._previous_performance if category == PERFORMANCE else None
+        return version_description(category, reg.step, reg.monitor or self.monitor, reg.value, reg.size_bytes,
+                                   previous, reg.tags.get(tag("cut")))
 
     def _versions_and_best(self, reg: Registration, generation: int, created: list[VersionInfo]
                            ) -> tuple[list[VersionInfo], VersionInfo | None]:
@@ -263,6 +271,8 @@ class SavePipeline:
         previous = self._last_saved_value if reg.category == PERFORMANCE else None
         if reg.category == PERFORMANCE:
             self._last_saved_value = reg.value
+            if reg.value is not None:
+                self._previous_performance = (reg.value, info.version)
         metrics = {"checkpoint/saves": float(self.saves), "checkpoint/version": float(info.version),
                    "checkpoint/failures": float(self.health.failures)}
         if best is not None and best.value is not None:

@@ -30,6 +30,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 
 from mlflow_persist.atomic import STAGING_PREFIX, atomic_directory, copy_directory_atomically, durable_directory, \
     user_cache_dir  # noqa: E402
+from mlflow_persist.descriptions import model_description
 from mlflow_persist.errors import (  # noqa: E402
     CheckpointCorruptError,
     NotFoundError,
@@ -314,17 +315,21 @@ class MlflowStore:
         if name in self._known_models:
             return
         try:
-            self.client.get_registered_model(name)
+            model = self.client.get_registered_model(name)
         except MlflowException:
             try:
-                self.client.create_registered_model(name, tags={tag("managed"): "true"})
+                self.client.create_registered_model(name, tags={tag("managed"): "true"},
+                                                    description=model_description(name))
             except MlflowException:
                 self.client.get_registered_model(name)  # created concurrently: fine if it exists now
+        else:
+            if not model.description and model.tags.get(tag("managed")) == "true":  # made by an earlier version
+                self.client.update_registered_model(name, description=model_description(name))
         self._known_models.add(name)
 
     @_translated("register the checkpoint version")
     def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
-                         retried: bool = True) -> VersionInfo:
+                         retried: bool = True, description: str | None = None) -> VersionInfo:
         """Register `source` as a new version with all its tags in the creating call.
 
         Idempotent per (source, category): a source already registered under that category (a retried call, a
@@ -344,6 +349,7 @@ class MlflowStore:
                 return min(existing, key=lambda v: v.version)
         created = self.registry.create_model_version(
             name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, await_creation_for=0,
+            description=description,
         )
         if self.lock_is_shared:
             return self._to_info(created)  # no HTTP retries locally, so no duplicate POSTs
@@ -586,7 +592,7 @@ class MlflowStore:
         return VersionInfo(
             name=mv.name, version=int(mv.version), source=mv.source, run_id=mv.run_id,
             tags=dict(mv.tags or {}), aliases=list(getattr(mv, "aliases", []) or []),
-            creation_timestamp_ms=mv.creation_timestamp,
+            creation_timestamp_ms=mv.creation_timestamp, description=getattr(mv, "description", None) or None,
         )
 
 

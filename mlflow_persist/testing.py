@@ -241,7 +241,7 @@ class MemoryStore:
 
     # registry ------------------------------------------------------------------------------------------
     def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
-                         retried: bool = True) -> VersionInfo:
+                         retried: bool = True, description: str | None = None) -> VersionInfo:
         self._changed(name)
         self._enter("register")
         validate_model_name(name)
@@ -256,7 +256,7 @@ class MemoryStore:
             number = self._next_version.get(name, 0) + 1
             self._next_version[name] = number
             info = VersionInfo(name, number, source, run_id, {k: str(v) for k, v in tags.items()}, [],
-                               self._now_ms())
+                               self._now_ms(), description)
             versions[number] = info
             return copy.deepcopy(info)
 

@@ -40,6 +40,7 @@ class VersionInfo:
     tags: dict[str, str] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
     creation_timestamp_ms: int | None = None
+    description: str | None = None
 
     @property
     def category(self) -> str:

@@ -207,3 +207,14 @@ def test_a_failed_improvement_does_not_block_a_smaller_later_one() -> None:
     tracker.settle(2, stored=False)  # that save failed: 0.5 is in no version
     assert tracker.best_value == 1.0
     assert decide_save(tracker, schedule, 3, 0.8).category == PERFORMANCE  # was skipped before (phantom 0.5)
+
+
+def test_version_and_model_descriptions_read_at_a_glance() -> None:
+    from mlflow_persist.descriptions import model_description, version_description
+
+    assert version_description("performance", 812, "loss", 0.398, int(2.4 * 2**20), previous=(0.412, 16)) == \
+        "performance \u00b7 step 812 \u00b7 loss 0.398 (\u22123.4% vs v16) \u00b7 2.4 MB"
+    assert version_description("periodic", 5, "reward", None, 2048, cut="00000003-ab") == \
+        "periodic \u00b7 step 5 \u00b7 2 KB \u00b7 system checkpoint 00000003-ab"
+    text = model_description("cnn")
+    assert 'load_checkpoint("models:/cnn@best")' in text and "mlflow-persist history cnn" in text

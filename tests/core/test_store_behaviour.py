@@ -194,6 +194,11 @@ def test_persistence_saves_keeps_windows_and_restores_the_newest_weights(store: 
         assert sorted(v.value for v in performance) == [0.5, 0.6]  # keep_best=2, the best two
         assert len([v for v in versions if v.category == "periodic"]) <= 2
         assert store.alias_version("net").value == 0.5
+        # The one-line summary the UI shows, against the losses this test reported: 0.5 after 0.6.
+        newer, older = sorted(performance, key=lambda v: v.version, reverse=True)
+        assert newer.description is not None and newer.description.endswith(" KB")
+        assert newer.description.startswith(
+            f"performance \u00b7 step 12 \u00b7 loss 0.5 (\u221216.7% vs v{older.version}) \u00b7 "), newer.description
     fresh = torch.nn.Linear(3, 2)
     with mp.Persistence(cfg, store=store, install_signal_handlers=False) as persist:
         info = persist.track("net", fresh).restore()

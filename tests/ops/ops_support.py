@@ -64,10 +64,11 @@ def populate_plain(client: MlflowClient, work: Path, model: str = "dqn", n_versi
 
 
 def check_model_page(browser: Chromium, server_uri: str, model: str, versions: list[str],
-                     screenshot: Path, timeout_s: float = 90.0) -> str:  # fmt: skip
-    """The registered model page lists every version and shows `@ best` in the Aliases column."""
+                     screenshot: Path, timeout_s: float = 90.0, texts: tuple[str, ...] = ()) -> str:  # fmt: skip
+    """The registered model page lists every version, shows `@ best` in the Aliases column, and every one of
+    `texts` (descriptions)."""
     browser.navigate(f"{server_uri}/#/models/{model}")
-    needles = ["@ best", *(f"Version {v}" for v in versions)]
+    needles = ["@ best", *(f"Version {v}" for v in versions), *texts]
     text = browser.wait_for_text(*needles, timeout_s=timeout_s)
     browser.screenshot(screenshot)
     return text
