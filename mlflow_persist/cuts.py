@@ -55,8 +55,10 @@ class Cut:
         return max(steps) if steps else None
 
 
-def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]]) -> list[Cut]:
-    """Every complete cut found among the members' versions, newest first."""
+def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]], require_marker: bool = True
+                  ) -> list[Cut]:
+    """Every complete cut found among the members' versions, newest first. Without `require_marker`: every
+    cut whose declared members are all registered and intact, marked or not."""
     found: dict[str, dict[str, VersionInfo]] = {}
     declared: dict[str, set[str]] = {}
     marked: set[str] = set()
@@ -72,7 +74,8 @@ def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]]) -> li
             declared.setdefault(cut_id, set()).update(names or {member})
             if info.cut_complete:
                 marked.add(cut_id)
-    cuts = [Cut(cut_id, found[cut_id]) for cut_id in marked
+    candidates = marked if require_marker else set(found)
+    cuts = [Cut(cut_id, found[cut_id]) for cut_id in candidates
             if declared[cut_id] <= set(found[cut_id]) and not any(v.corrupt for v in found[cut_id].values())]
     return sorted(cuts, key=lambda c: (c.sequence, c.id), reverse=True)
 

@@ -25,7 +25,7 @@ from mlflow_persist.checkpoint_store import CheckpointStore
 from mlflow_persist.best import mark_corrupt
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.cut_keeper import CutKeeper, PendingCut
-from mlflow_persist.cuts import complete_cuts, cut_tags, declared_members, new_cut_id, next_cut_sequence
+from mlflow_persist.cuts import Cut, complete_cuts, cut_tags, declared_members, new_cut_id, next_cut_sequence
 from mlflow_persist.disk_guard import DiskGuard
 from mlflow_persist.errors import CheckpointCorruptError, DiskFullError, PersistError, describe_store_error
 from mlflow_persist.handle import Evaluate, ModelHandle, RestoreInfo, Stateful
@@ -39,7 +39,7 @@ from mlflow_persist.process_effects import GracefulExit, ProcessEffects, SignalH
     apply_http_retry_defaults, register_atexit
 from mlflow_persist.scheduler import PeriodicJob
 from mlflow_persist.sysmetrics import system_metrics
-from mlflow_persist.versions import HEALTH_TAG, tag
+from mlflow_persist.versions import HEALTH_TAG, VersionInfo, tag
 from mlflow_persist.writer import CheckpointWriter, SaveJob
 from mlflow_persist.logging_setup import package_logger
 
@@ -191,9 +191,11 @@ class Persistence:
 
         Members are loaded and verified first, then applied: a damaged member is tagged corrupt and the next
         older complete cut is tried. A tracked model that is not a member of the cut restores its own newest
-        checkpoint. When cuts exist but none is complete, nothing is restored (the initial state is the newest
-        consistent one); only a store without any cut (checkpoints from before cuts) falls back to each model's
-        own newest checkpoint. Returns what was restored, per name."""
+        checkpoint. When cuts exist but none is complete, nothing is restored on a local store (the initial
+        state is the newest consistent one; a kill before the first cut completed). Behind a tracking server,
+        where an outage can keep every marker from being written, the newest cut whose members are all
+        registered is restored instead. Only a store without any cut (checkpoints from before cuts) falls back
+        to each model's own newest checkpoint. Returns what was restored, per name."""
         names = list(self.handles)
         for handle in self.handles.values():
             if handle.pipeline.outbox is not None and handle.pipeline.drain_outbox(blocking=True) > 0:
@@ -204,7 +206,31 @@ class Persistence:
         for name in sorted(declared_members(versions) - set(versions)):  # members no longer tracked still count
             versions[name] = self.store.list_versions(self.config.registered_name(name))
         self._cut_sequence = next_cut_sequence(versions)
-        for cut in complete_cuts(versions):
+        restored = self._restore_cut(complete_cuts(versions), versions, strict)
+        if restored is None and self.store.is_remote:
+            restored = self._restore_cut(complete_cuts(versions, require_marker=False), versions, strict)
+            if restored is not None:
+                log.warning("no system checkpoint behind the server is marked complete (an outage at the time?); "
+                            "restored the newest one whose members are all registered")
+        if restored is not None:
+            restored.update(self._restore_each([n for n in names if n not in restored], strict))
+            return restored
+        if any(info.cut for member in versions.values() for info in member):
+            # Cuts were taken, but none completed (or every complete one is damaged): the newest consistent
+            # state is the initial one. Mixing each model's own newest checkpoint would not be consistent.
+            log.warning("no complete system checkpoint: the cuts found were interrupted before their completion "
+                        "marker; everything starts from its initial state (a model's own newest checkpoint is "
+                        "still there for handle.restore())")
+            return {}
+        if any(versions.values()):
+            log.warning("no system checkpoint found (checkpoints from before cuts); each model restores its own "
+                        "newest checkpoint")
+        return self._restore_each(names, strict)
+
+    def _restore_cut(self, cuts: list[Cut], versions: dict[str, list[VersionInfo]], strict: bool
+                     ) -> dict[str, RestoreInfo] | None:
+        """The first of `cuts` whose tracked members all load intact, applied; None when none does."""
+        for cut in cuts:
             members = {name: info for name, info in cut.members.items() if name in self.handles}
             if not members:
                 continue
@@ -230,20 +256,8 @@ class Persistence:
                 restored[name] = handle.apply_version(members[name], state, versions[name], strict)
             log.info("restored system checkpoint %s (step %s): %s", cut.id, cut.step,
                      ", ".join(f"{n} v{i.version}" for n, i in sorted(restored.items())))
-            others = [n for n in names if n not in restored]
-            restored.update(self._restore_each(others, strict))
             return restored
-        if any(info.cut for member in versions.values() for info in member):
-            # Cuts were taken, but none completed (or every complete one is damaged): the newest consistent
-            # state is the initial one. Mixing each model's own newest checkpoint would not be consistent.
-            log.warning("no complete system checkpoint: the cuts found were interrupted before their completion "
-                        "marker; everything starts from its initial state (a model's own newest checkpoint is "
-                        "still there for handle.restore())")
-            return {}
-        if any(versions.values()):
-            log.warning("no system checkpoint found (checkpoints from before cuts); each model restores its own "
-                        "newest checkpoint")
-        return self._restore_each(names, strict)
+        return None
 
     def _restore_each(self, names: list[str], strict: bool) -> dict[str, RestoreInfo]:
         """Each model's own newest checkpoint; never an application state, which only a complete cut

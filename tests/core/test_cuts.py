@@ -330,3 +330,25 @@ def test_with_only_interrupted_cuts_nothing_is_restored_not_each_models_newest()
         fresh.persist.close(final_checkpoints=False)
     durable["episodes"] = True
     system.persist.close(final_checkpoints=False)
+
+
+def test_behind_a_server_an_unmarked_but_fully_registered_cut_is_restored(tmp_path: Any) -> None:
+    """An outage kept the marker from being written before the process ended; every member is registered.
+    Restoring nothing would lose all progress, so the newest fully registered cut is restored."""
+    store = MemoryStore(remote=True)
+    store.fail("tag", times=None)  # the marker never lands
+    system = System(store, outbox_dir=str(tmp_path / "outbox"))
+    system.train(4)
+    cut = system.persist.save_all()
+    at_cut = system.snapshot()
+    assert system.persist.flush(timeout=10)  # written to the outbox and registered from it
+    system.persist.close(final_checkpoints=False)
+    store.heal()
+    assert all(any(v.cut == cut and not v.cut_complete for v in store.list_versions(n)) for n in ("a", "b", "app"))
+    fresh = System(store, seed=99, outbox_dir=str(tmp_path / "outbox"))
+    try:
+        restored = fresh.persist.restore_all()
+        assert {info.cut for info in restored.values()} == {cut}
+        assert fresh.state.state_dict() == at_cut["app"] and _equal(fresh.a.state_dict(), at_cut["a"])
+    finally:
+        fresh.persist.close(final_checkpoints=False)
