@@ -6,9 +6,10 @@ code under test.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -93,6 +94,16 @@ def _restore(store: MemoryStore) -> tuple[System, dict[str, Any]]:
     return fresh, fresh.persist.restore_all()
 
 
+@contextlib.contextmanager
+def _restored(store: MemoryStore) -> Iterator[tuple[System, dict[str, Any]]]:
+    """A fresh system on `store` after `restore_all()`, closed without final checkpoints afterwards."""
+    fresh, restored = _restore(store)
+    try:
+        yield fresh, restored
+    finally:
+        fresh.persist.close(final_checkpoints=False)
+
+
 def test_restore_all_loads_the_newest_complete_cut_not_the_newest_versions() -> None:
     store = MemoryStore()
     system = System(store)
@@ -113,15 +124,12 @@ def test_restore_all_loads_the_newest_complete_cut_not_the_newest_versions() -> 
         version = next(v for v in store.list_versions(name) if v.cut == cut_id)
         assert version.cut_complete and version.tags[CUT_MEMBERS_TAG] == "a,app,b"
 
-    fresh, restored = _restore(store)
-    try:
+    with _restored(store) as (fresh, restored):
         assert {info.cut for info in restored.values()} == {cut_id}
         assert _equal(fresh.a.state_dict(), at_cut["a"]) and _equal(fresh.b.state_dict(), at_cut["b"])
         assert _equal(fresh.opt_a.state_dict(), at_cut["opt"])
         assert fresh.state.state_dict() == at_cut["app"] == {"position": 7, "pending": [5, 6, 7]}
         assert (fresh.ha.current_step, fresh.hb.current_step) == at_cut["steps"] and restored["app"].step == 7
-    finally:
-        fresh.persist.close(final_checkpoints=False)
 
 
 def test_a_cut_whose_member_never_registers_stays_incomplete_and_the_previous_one_is_restored() -> None:
@@ -140,13 +148,10 @@ def test_a_cut_whose_member_never_registers_stays_incomplete_and_the_previous_on
         system.persist.close(final_checkpoints=False)
     assert not any(v.cut == second and v.cut_complete for n in ("a", "b", "app") for v in store.list_versions(n))
 
-    fresh, restored = _restore(store)
-    try:
+    with _restored(store) as (fresh, restored):
         assert {info.cut for info in restored.values()} == {first}
         assert fresh.state.state_dict() == at_first["app"]
         assert _equal(fresh.a.state_dict(), at_first["a"])
-    finally:
-        fresh.persist.close(final_checkpoints=False)
 
 
 def test_a_cut_waits_for_its_conditions_and_an_unmarked_cut_is_never_restored() -> None:
@@ -165,19 +170,13 @@ def test_a_cut_waits_for_its_conditions_and_an_unmarked_cut_is_never_restored() 
     time.sleep(0.5)
     assert system.persist.cuts.completed == 1  # registered, but not complete
 
-    fresh, restored = _restore(store)  # a restart now (the first process is still waiting)
-    try:
+    with _restored(store) as (fresh, restored):  # a restart now (the first process is still waiting)
         assert {info.cut for info in restored.values()} == {first}
-    finally:
-        fresh.persist.close(final_checkpoints=False)
     durable["episodes"] = True
     assert _wait(lambda: system.persist.cuts.completed == 2)
     system.persist.close(final_checkpoints=False)
-    later, restored = _restore(store)
-    try:
+    with _restored(store) as (later, restored):
         assert {info.cut for info in restored.values()} == {second}
-    finally:
-        later.persist.close(final_checkpoints=False)
 
 
 def test_a_damaged_member_is_tagged_corrupt_and_the_older_cut_restores() -> None:
@@ -193,13 +192,10 @@ def test_a_damaged_member_is_tagged_corrupt_and_the_older_cut_restores() -> None
     damaged = next(v for v in store.list_versions("b") if v.cut == second)
     store.corrupt_artifact(damaged.source)
 
-    fresh, restored = _restore(store)
-    try:
+    with _restored(store) as (fresh, restored):
         assert {info.cut for info in restored.values()} == {first}
         assert _equal(fresh.b.state_dict(), at_first["b"]) and fresh.state.state_dict() == at_first["app"]
         assert store.get_version("b", damaged.version).corrupt
-    finally:
-        fresh.persist.close(final_checkpoints=False)
 
 
 def test_close_takes_a_final_cut_and_retention_keeps_the_newest_complete_cut() -> None:
@@ -227,13 +223,10 @@ def test_close_takes_a_final_cut_and_retention_keeps_the_newest_complete_cut() -
         at_close = fresh.snapshot()
     finally:
         fresh.persist.close()
-    final, restored = _restore(store)
-    try:
+    with _restored(store) as (final, restored):
         assert {info.category for info in restored.values()} == {"final"}
         assert len({info.cut for info in restored.values()}) == 1
         assert final.state.state_dict() == at_close["app"] and _equal(final.a.state_dict(), at_close["a"])
-    finally:
-        final.persist.close(final_checkpoints=False)
 
 
 def test_without_a_complete_cut_models_restore_their_own_newest_and_the_state_stays_fresh() -> None:
@@ -242,12 +235,9 @@ def test_without_a_complete_cut_models_restore_their_own_newest_and_the_state_st
     system.train(4)
     assert system.persist.flush(timeout=10)
     system.persist.close(final_checkpoints=False)  # performance saves only, no cut
-    fresh, restored = _restore(store)
-    try:
+    with _restored(store) as (fresh, restored):
         assert set(restored) == {"a", "b"} and all(info.cut is None for info in restored.values())
         assert fresh.state.position == 0
-    finally:
-        fresh.persist.close(final_checkpoints=False)
 
 
 def test_save_all_refuses_a_category_a_cut_cannot_have() -> None:
@@ -319,15 +309,12 @@ def test_with_only_interrupted_cuts_nothing_is_restored_not_each_models_newest()
     durable = {"episodes": False}
     system.persist.save_all(wait_for=[lambda: durable["episodes"]])  # registered, not marked
     assert system.persist.flush(timeout=10)
-    fresh, restored = _restore(store)
-    try:
+    with _restored(store) as (fresh, restored):
         assert restored == {}
         assert fresh.state.position == 0 and fresh.ha.current_step == 0
         initial = System(MemoryStore(), seed=99)
         assert _equal(fresh.a.state_dict(), initial.a.state_dict())
         initial.persist.close(final_checkpoints=False)
-    finally:
-        fresh.persist.close(final_checkpoints=False)
     durable["episodes"] = True
     system.persist.close(final_checkpoints=False)
 
