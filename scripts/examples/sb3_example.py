@@ -15,7 +15,9 @@ import gymnasium
 from stable_baselines3 import DQN
 
 import mlflow_persist as mp
+from mlflow_persist.inspection import history
 from mlflow_persist.integrations.sb3 import PersistCallback
+from mlflow_persist.store import MlflowStore
 
 
 def main() -> None:
@@ -38,15 +40,11 @@ def main() -> None:
           if restored else "started fresh; ", end="")
     print(f"trained to timestep {model.num_timesteps}")
 
-    import mlflow  # the registry as any MLflow user reads it
-
-    client = mlflow.MlflowClient(config.tracking_uri)
-    best = client.get_model_version_by_alias(args.name, "best")
-    print(f"best: v{best.version} at timestep {best.tags['mlflow_persist.step']}, "
-          f"rollout/ep_rew_mean={float(best.tags['mlflow_persist.value']):.2f}; checkpoints kept:")
-    for version in sorted(client.search_model_versions(f"name='{args.name}'"), key=lambda v: int(v.version)):
-        print(f"  v{version.version:<3} {version.tags['mlflow_persist.category']:<11} "
-              f"timestep {version.tags['mlflow_persist.step']}")
+    store = MlflowStore(config.tracking_uri, config.experiment_name)
+    best = store.alias_version(args.name)
+    print(f"best: v{best.version} at timestep {best.step}, rollout/ep_rew_mean={best.value:.2f}; checkpoints kept:")
+    for row in history(store, args.name).versions:  # what `mlflow-persist history` prints
+        print(f"  v{row.version:<3} {row.category:<11} timestep {row.step}")
     print(f"see them with: mlflow ui --backend-store-uri {config.tracking_uri}")
 
 if __name__ == "__main__":

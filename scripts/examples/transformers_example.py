@@ -15,7 +15,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from mlflow_persist import PersistConfig
+from mlflow_persist.inspection import history
 from mlflow_persist.integrations.transformers import PersistCallback
+from mlflow_persist.store import MlflowStore
 
 VOCAB, LENGTH = 32, 16
 
@@ -61,15 +63,12 @@ def main() -> None:
     else:
         print(f"resumed from v{restored.version} ({restored.category}, step {restored.step}) and trained to step "
               f"{trainer.state.global_step}")
-    import mlflow  # the registry as any MLflow user reads it
+    store = MlflowStore(config.tracking_uri, config.experiment_name)
+    best = store.alias_version(options.name)
+    print(f"best: v{best.version} at step {best.step}, eval_loss={best.value:.4f}; checkpoints kept:")
+    for row in history(store, options.name).versions:  # what `mlflow-persist history` prints
+        print(f"  v{row.version} {row.category:<11} step {row.step}")
 
-    client = mlflow.MlflowClient(config.tracking_uri)
-    best = client.get_model_version_by_alias(options.name, "best")
-    print(f"best: v{best.version} at step {best.tags['mlflow_persist.step']}, "
-          f"eval_loss={float(best.tags['mlflow_persist.value']):.4f}; checkpoints kept:")
-    for version in sorted(client.search_model_versions(f"name='{options.name}'"), key=lambda v: int(v.version)):
-        print(f"  v{version.version} {version.tags['mlflow_persist.category']:<11} "
-              f"step {version.tags['mlflow_persist.step']}")
 
 if __name__ == "__main__":
     main()
