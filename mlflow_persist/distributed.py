@@ -83,7 +83,6 @@ class DistributedPersistence:
             except Exception as exc:  # noqa: BLE001 - broadcast to the other ranks, then raised everywhere
                 outcome = ("error", exc)
         _agree(outcome, "open the store")
-        self.handles: dict[str, DistributedHandle] = {}
 
     @property
     def is_writer(self) -> bool:
@@ -99,9 +98,7 @@ class DistributedPersistence:
             except Exception as exc:  # noqa: BLE001
                 outcome = ("error", exc)
         _agree(outcome, f"track {name!r}")
-        tracked = DistributedHandle(handle, model, optimizer, scheduler, extra)
-        self.handles[name] = tracked
-        return tracked
+        return DistributedHandle(handle, model, optimizer, scheduler, extra)
 
     def close(self, final_checkpoints: bool = True, timeout: float | None = 600.0) -> None:
         if self.persistence is not None:

@@ -114,8 +114,7 @@ class SavePipeline:
         self.last_saved: tuple[int, int] | None = None  # (version, step) of the newest registered save
         self.last_save_time: float | None = None
         self.best: VersionInfo | None = None
-        self._last_saved_value: float | None = None
-        self._previous_performance: tuple[float, int] | None = None  # (value, version), for the descriptions
+        self._previous_performance: tuple[float, int] | None = None  # (value, version) of the last one saved
         self.registry_lock = threading.RLock()
         self.view = RegistryView()
         self._drain_lock = threading.Lock()
@@ -268,11 +267,10 @@ class SavePipeline:
         self.last_version = info.version
         self.last_save_time = time.time()
         self.best = best
-        previous = self._last_saved_value if reg.category == PERFORMANCE else None
+        previous = self._previous_performance[0] if reg.category == PERFORMANCE and self._previous_performance \
+            else None
         if reg.category == PERFORMANCE:
-            self._last_saved_value = reg.value
-            if reg.value is not None:
-                self._previous_performance = (reg.value, info.version)
+            self._previous_performance = (reg.value, info.version) if reg.value is not None else None
         metrics = {"checkpoint/saves": float(self.saves), "checkpoint/version": float(info.version),
                    "checkpoint/failures": float(self.health.failures)}
         if best is not None and best.value is not None:

@@ -40,12 +40,9 @@ class PersistCallback(pl.Callback):
         self.persistence: DistributedPersistence | None = None
         self.handle: DistributedHandle | None = None
         self.restored: RestoreInfo | None = None
+        self.monitor = self.config.for_model(name).monitor  # once: it is read after every batch
         self._monitor_at_last_batch: float | None = None
         self._validation_monitor = False
-
-    @property
-    def monitor(self) -> str:
-        return self.config.for_model(self.name).monitor
 
     # ------------------------------------------------------------------------------------- fit start
 
