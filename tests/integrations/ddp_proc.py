@@ -73,6 +73,7 @@ def main() -> None:
     print("DONE " + json.dumps({"rank": rank, "step": handle.current_step, "lost": lost,
                                 "digest": state_digest(model.state_dict(), optimizer.state_dict()),
                                 "mlflow_imported": "mlflow" in sys.modules}), flush=True)
+    dist.barrier()  # both ranks are done communicating before either tears gloo down (else: SIGABRT at exit)
     dist.destroy_process_group()
 
 
