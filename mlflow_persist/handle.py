@@ -218,7 +218,12 @@ class ModelHandle:
         return job
 
     def flush(self, timeout: float | None = None) -> bool:
-        return self._writer.flush(self.name, timeout)
+        """Wait until this model's saves are written (False on timeout); behind a server, also register what
+        its outbox holds (see `Persistence.flush`)."""
+        done = self._writer.flush(self.name, timeout)
+        if done:
+            self.pipeline.drain_outbox(blocking=True)
+        return done
 
     def _submit(self, category: str, step: int, value: float | None, gained: float | None, forced: bool,
                 tags: dict[str, str] | None = None) -> SaveJob:

@@ -284,7 +284,15 @@ class Persistence:
         return sequence
 
     def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every save is written (False on timeout), then register what waits in the outbox.
+
+        Behind a server a save ends in the outbox, and the scheduler may be registering it at that moment:
+        the blocking drain waits for that, so after `flush()` the registry shows every save the server could
+        take. What it could not take stays in the outbox (`handle.pending_outbox()`)."""
         done = self.writer.flush(timeout=timeout)
+        if done:
+            for handle in list(self.handles.values()):
+                handle.pipeline.drain_outbox(blocking=True)
         self.flush_metrics()
         return done
 
