@@ -1,22 +1,32 @@
-"""One typed configuration: defaults < TOML file < environment (`MLFLOW_PERSIST_<FIELD>`) < explicit arguments.
+"""One typed configuration on pydantic-settings: defaults < TOML file < environment < explicit arguments.
 
-Per-model overrides live under `[models.<name>]` in the TOML file (or `models={...}` in code) and may
-set any field of `ModelSettings`.
+Environment variables are `MLFLOW_PERSIST_<FIELD>`; `none`, `null` or an empty value mean None. Per-model
+overrides live under `[models.<name>]` in the TOML file (or `models={...}` in code) and may set any field of
+`ModelSettings`; one field of one model comes from `MLFLOW_PERSIST_MODELS__<NAME>__<FIELD>` (the name is
+matched without regard to case). TOML tables and environment overrides of one model are merged field by field.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from mlflow_persist.errors import ConfigError
 
 ENV_PREFIX = "MLFLOW_PERSIST_"
+ENV_NESTED_DELIMITER = "__"
 DEFAULT_TRACKING_URI_TEMPLATE = "sqlite:///{cwd}/mlflow.db"
+_NONE_WORDS = frozenset({"", "none", "null"})
+#: The TOML file's values while `PersistConfig.load` builds a config (the file source reads them).
+_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("mlflow_persist_config_file_values", default=None)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -76,8 +86,37 @@ class ModelSettings(BaseModel):
     )
 
 
-class PersistConfig(ModelSettings):
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, with `none`, `null` and an empty value (any case) meaning None,
+    as before pydantic-settings; MLflow's own variables (MLFLOW_TRACKING_URI) are read by the field defaults."""
+
+    def __call__(self) -> dict[str, Any]:
+        return _nones(super().__call__())
+
+
+def _nones(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: _nones(value) if isinstance(value, dict) else
+            None if isinstance(value, str) and value.strip().lower() in _NONE_WORDS else value
+            for key, value in values.items()}
+
+
+class _FileValues(PydanticBaseSettingsSource):
+    """The TOML file given to `PersistConfig.load`, already parsed (so its errors read as ours)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_FILE_VALUES.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get() or {})
+
+
+class PersistConfig(BaseSettings, ModelSettings):
     """Global settings; the `ModelSettings` fields here are the defaults for every model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False, extra="forbid", validate_assignment=True, validate_default=True,
+    )
 
     tracking_uri: str = Field(
         default_factory=resolve_tracking_uri,
@@ -159,20 +198,23 @@ class PersistConfig(ModelSettings):
                 raise ValueError(f"[models.{name}]: {_describe_validation_error(exc)}") from None
         return value
 
-    @model_validator(mode="before")
     @classmethod
-    def _fill_from_environment(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        merged = dict(_environment_values())
-        merged.update(data)
-        return merged
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _Environment(settings_cls), _FileValues(settings_cls)
 
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigError(f"Invalid mlflow-persist configuration: {_describe_validation_error(exc)}") from None
+        except SettingsError as exc:
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            raise ConfigError(f"Invalid mlflow-persist configuration in the environment: {exc}{cause}; fix or "
+                              f"unset that {ENV_PREFIX}* variable.") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> "PersistConfig":
@@ -185,30 +227,29 @@ class PersistConfig(ModelSettings):
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"Config file {file_path} is not valid TOML ({exc}); fix the syntax.") from None
         data.pop("mlflow_persist", None)
-        data.update(_environment_values())
-        data.update(overrides)
-        return cls(**data)
+        token = _FILE_VALUES.set(data)
+        try:
+            return cls(**overrides)
+        finally:
+            _FILE_VALUES.reset(token)
 
     def for_model(self, name: str) -> ModelSettings:
         """The effective settings of one model: these defaults with its `[models.<name>]` overrides applied."""
         base = {field: getattr(self, field) for field in ModelSettings.model_fields}
-        base.update(self.models.get(name, {}))
+        base.update(self._overrides_of(name))
         return ModelSettings(**base)
+
+    def _overrides_of(self, name: str) -> dict[str, Any]:
+        """`[models.<name>]`, merged with the overrides of the same name in another case (the environment's
+        names arrive lower-cased); the exact name wins a field both set."""
+        merged: dict[str, Any] = {}
+        for key in sorted(self.models, key=lambda k: k == name):
+            if key.lower() == name.lower():
+                merged.update(self.models[key])
+        return merged
 
     def registered_name(self, model_name: str) -> str:
         return f"{self.registered_model_prefix}{model_name}"
-
-
-def _environment_values() -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for field in PersistConfig.model_fields:
-        if field == "models":
-            continue
-        raw = os.environ.get(ENV_PREFIX + field.upper())
-        if raw is None:
-            continue
-        values[field] = None if raw.strip().lower() in {"", "none", "null"} else raw
-    return values
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
@@ -216,5 +257,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
     for error in exc.errors():
         field = ".".join(str(p) for p in error["loc"]) or "config"
         given = error.get("input")
-        parts.append(f"{field}={given!r} is not allowed ({error['msg']})")
+        variable = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in error["loc"]).upper()
+        source = f" (from {variable})" if variable in os.environ else ""
+        parts.append(f"{field}={given!r}{source} is not allowed ({error['msg']})")
     return "; ".join(parts) + "."

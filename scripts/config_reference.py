@@ -20,7 +20,7 @@ def default_text(name: str) -> str:
 def reference_rows() -> list[str]:
     rows = ["| field | default | environment variable | per model | meaning |", "|---|---|---|---|---|"]
     for name, field in PersistConfig.model_fields.items():
-        env = "-" if name == "models" else f"`{ENV_PREFIX}{name.upper()}`"
+        env = f"`{ENV_PREFIX}MODELS__<NAME>__<FIELD>`" if name == "models" else f"`{ENV_PREFIX}{name.upper()}`"
         per_model = "yes" if name in ModelSettings.model_fields else "no"
         description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{name}` | {default_text(name)} | {env} | {per_model} | {description} |")

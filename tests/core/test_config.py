@@ -55,3 +55,36 @@ def test_wrong_per_model_override_and_bad_files(tmp_path: Path) -> None:
     broken.write_text("keep_best = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         PersistConfig.load(broken)
+
+
+def test_one_field_of_one_model_comes_from_the_environment_merged_with_the_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = tmp_path / "mlflow_persist.toml"
+    toml.write_text('keep_best = 4\n[models.cnn]\nmonitor = "accuracy"\nmode = "max"\n[models.dqn]\nmonitor = "reward"\n')
+    monkeypatch.setenv("MLFLOW_PERSIST_MODELS__CNN__MONITOR", "heldout_loss")
+    monkeypatch.setenv("MLFLOW_PERSIST_MODELS__CNN__MIN_DELTA", "0.25")
+    monkeypatch.setenv("MLFLOW_PERSIST_MODELS__EXTREMA__PERIODIC_EVERY_STEPS", "none")
+    cfg = PersistConfig.load(toml)
+    cnn = cfg.for_model("cnn")
+    # The variable replaced the file's monitor, added min_delta, and left the file's mode alone.
+    assert (cnn.monitor, cnn.mode, cnn.min_delta, cnn.keep_best) == ("heldout_loss", "max", 0.25, 4)
+    assert cfg.for_model("dqn").monitor == "reward"
+    assert cfg.for_model("CNN").monitor == "heldout_loss"  # the environment's names arrive lower-cased
+    assert cfg.for_model("extrema").periodic_every_steps is None
+    # An explicit argument still beats the environment, field by field.
+    explicit = PersistConfig.load(toml, models={"cnn": {"monitor": "loss"}})
+    assert (explicit.for_model("cnn").monitor, explicit.for_model("cnn").min_delta) == ("loss", 0.25)
+
+
+def test_a_wrong_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_PERSIST_KEEP_BEST", "seven")
+    with pytest.raises(ConfigError, match=r"keep_best='seven' \(from MLFLOW_PERSIST_KEEP_BEST\)"):
+        PersistConfig()
+    monkeypatch.delenv("MLFLOW_PERSIST_KEEP_BEST")
+    monkeypatch.setenv("MLFLOW_PERSIST_MODELS__CNN__MODE", "sideways")
+    with pytest.raises(ConfigError, match=r"models\.cnn.*mode='sideways'"):
+        PersistConfig()
+    monkeypatch.delenv("MLFLOW_PERSIST_MODELS__CNN__MODE")
+    monkeypatch.setenv("MLFLOW_PERSIST_MODELS", "{not json")
+    with pytest.raises(ConfigError, match="environment"):
+        PersistConfig()
