@@ -32,6 +32,11 @@ def register(app: typer.Typer) -> None:
             True, "--episodes/--no-episodes",
             help="Record every decision as a replayable episode in the `trading-system` run (default: on).",
         ),
+        log_file: Path = typer.Option(
+            Path("mlflow-persist.log"), "--log-file",
+            help="Where the detailed log goes (appended; its path is printed at start). The console shows one "
+                 "short line per save and every warning; --log-level DEBUG puts the detail there too.",
+        ),
     ) -> None:
         """Train the reference trading system (DQN, CNN, COB RL, Extrema) continuously with persistence."""
         from mlflow_persist.config import PersistConfig, resolve_tracking_uri
@@ -44,9 +49,18 @@ def register(app: typer.Typer) -> None:
             settings = PersistConfig.load(config, **overrides)
         else:
             settings = PersistConfig(**overrides)
-        from mlflow_persist.cli import apply_config_logging
+        from mlflow_persist.cli import LOG_OPTIONS
+        from mlflow_persist.console_log import configure_run_logging
+        from mlflow_persist.errors import ConfigError
 
-        apply_config_logging(settings)
+        try:
+            path = configure_run_logging(log_file, LOG_OPTIONS["level"] or settings.log_level,
+                                         LOG_OPTIONS["format"] or settings.log_format)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigError(f"{exc}.") from None
+        except OSError as exc:
+            raise ConfigError(f"Cannot write the log file {log_file} ({exc.strerror}); pass another --log-file.") from None
+        typer.echo(f"mlflow-persist run: detailed log in {path}", err=True)
         code = run_trading(settings, steps=steps, minutes=minutes, seed=seed, progress=progress, speed=speed,
                            recorder_factory=open_recorder if episodes else None, until_step=until_step)
         raise typer.Exit(code)
