@@ -1,5 +1,10 @@
 """The `mlflow-persist` command line: status, history, verify, gc, plus the commands the integrations add
-(run, replay, import-legacy, migrate, rollback)."""
+(run, replay, import-legacy, migrate, rollback).
+
+The contract every command keeps (see `mlflow_persist.cli_schema` and the README's "Command line" section):
+`--tracking-uri` (env var MLFLOW_TRACKING_URI) and `--config` on every subcommand, one JSON style with a
+`schema_version`, and the exit codes 0 ok, 1 error, 2 usage, 3 corrupt versions found, 4 store unreachable.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +20,63 @@ from rich.table import Table
 
 from mlflow_persist import inspection
 from mlflow_persist.config import PersistConfig, resolve_tracking_uri
-from mlflow_persist.errors import PersistError, describe_store_error, redact_credentials
+from mlflow_persist.cli_schema import (
+    EXIT_CORRUPT,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    with_schema,
+)
+from mlflow_persist.errors import (
+    PersistError,
+    StoreUnavailableError,
+    describe_store_error,
+    is_unreachable,
+    redact_credentials,
+)
 from mlflow_persist.process_effects import apply_http_retry_defaults
 
 app = typer.Typer(name="mlflow-persist", no_args_is_help=True, add_completion=True,
                   help="Durable, observable, reversible checkpoints for continuously-trained PyTorch models.")
 console = Console()
 
-TrackingUri = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                                                       "else sqlite:///mlflow.db in the current directory).")
-ConfigFile = typer.Option(None, "--config", help="mlflow_persist TOML config file.")
-JsonOutput = typer.Option(False, "--json", help="Print the result as JSON.")
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+TRACKING_URI_HELP = ("MLflow tracking URI. Precedence: this option, then MLFLOW_PERSIST_TRACKING_URI, then "
+                     "tracking_uri in the --config file, then MLFLOW_TRACKING_URI, then sqlite:///mlflow.db in the "
+                     "current directory.")
+CONFIG_HELP = "mlflow_persist TOML config file (tracking_uri, experiment_name, registered_model_prefix, ...)."
+
+
+def _only_from_command_line(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
+    """--tracking-uri as typed on the command line, else None.
+
+    The option declares MLFLOW_TRACKING_URI (so --help shows it), but a value that came from that variable
+    must not outrank a --config file or MLFLOW_PERSIST_TRACKING_URI: the config resolves it at its own,
+    lower level (`PersistConfig.tracking_uri` defaults to MLFLOW_TRACKING_URI)."""
+    source = ctx.get_parameter_source(param.name or "tracking_uri")
+    return value if source is not None and source.name == "COMMANDLINE" else None
+
+
+def tracking_uri_option() -> Any:
+    """The --tracking-uri option every subcommand declares."""
+    return typer.Option(None, "--tracking-uri", envvar=TRACKING_URI_ENV, show_envvar=True,
+                        callback=_only_from_command_line, help=TRACKING_URI_HELP)
+
+
+def config_option() -> Any:
+    """The --config option every subcommand declares."""
+    return typer.Option(None, "--config", help=CONFIG_HELP)
+
+
+def json_option() -> Any:
+    """The --json option of every command that prints data."""
+    return typer.Option(False, "--json", help="Print the result as one JSON object (with schema_version).")
+
+
+TrackingUri = tracking_uri_option()
+ConfigFile = config_option()
+JsonOutput = json_option()
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -57,8 +108,11 @@ def apply_config_logging(config: PersistConfig) -> None:
     apply_logging(LOG_OPTIONS["level"] or config.log_level, LOG_OPTIONS["format"] or config.log_format)
 
 
-def load_config(tracking_uri: str | None, config_file: str | None) -> PersistConfig:
-    overrides = {"tracking_uri": resolve_tracking_uri(tracking_uri)} if tracking_uri or not config_file else {}
+def load_config(tracking_uri: str | None, config_file: str | os.PathLike[str] | None) -> PersistConfig:
+    """The configuration of one command. The tracking URI: `tracking_uri` (the --tracking-uri given on the
+    command line) > MLFLOW_PERSIST_TRACKING_URI > the config file's tracking_uri > MLFLOW_TRACKING_URI >
+    sqlite:///mlflow.db in the current directory."""
+    overrides = {"tracking_uri": resolve_tracking_uri(tracking_uri)} if tracking_uri else {}
     if config_file:
         return PersistConfig.load(config_file, **overrides)
     return PersistConfig(**overrides)
@@ -78,11 +132,9 @@ def sparkline(values: list[float]) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int((v - low) / span * (len(SPARK) - 1) + 0.5))] for v in values)
 
 
-def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
-    if as_json:
-        typer.echo(json.dumps(data, indent=1, default=str))
-    elif table is not None:
-        console.print(table)
+def emit_json(command: str, data: dict[str, Any]) -> None:
+    """Print `command`'s result in the one JSON style of the CLI: `schema_version` first, indented by one."""
+    typer.echo(json.dumps(with_schema(command, data), indent=1, default=str))
 
 
 # ------------------------------------------------------------------------------------------------ status
@@ -94,7 +146,7 @@ def status(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = Co
     cfg = load_config(tracking_uri, config)
     report = inspection.status(open_store(cfg), cfg.registered_model_prefix)
     if as_json:
-        emit(report.to_dict(), True)
+        emit_json("status", report.to_dict())
         return
     table = Table(title=f"mlflow-persist status — {report.tracking_uri}")
     for column in ("model", "best", "latest", "versions", "saves", "health"):
@@ -132,8 +184,8 @@ def history(model: str = typer.Argument(..., help="Registered model name."),
                "reason": e.reason} for e in report.alias_moves]
     values = report.values
     if as_json:
-        emit({"model": model, "versions": [asdict(v) for v in report.versions], "alias_moves": events,
-              "sparkline": sparkline(values)}, True)
+        emit_json("history", {"model": model, "versions": [asdict(v) for v in report.versions],
+                              "alias_moves": events, "sparkline": sparkline(values)})
         return
     table = Table(title=f"{model}: {len(report.versions)} checkpoints")
     for column in ("version", "category", "step", "value", "created_at", "aliases", "state"):
@@ -164,14 +216,14 @@ def verify(model: Optional[str] = typer.Argument(None, help="Only this model (de
                False, "--clear-false-corrupt",
                help="Re-check versions tagged corrupt and clear the tag where the bytes verify."),
            as_json: bool = JsonOutput) -> None:
-    """Check every version of every model (checksum, safe load); tag damaged ones corrupt=true; exit 1 if any."""
+    """Check every version of every model (checksum, safe load); tag damaged ones corrupt=true; exit 3 if any."""
     cfg = load_config(tracking_uri, config)
     report = inspection.verify(open_store(cfg), model, cfg.registered_model_prefix,
                                clear_false_corrupt=clear_false_corrupt, fallback_mode=cfg.mode)
     bad, false_alarms = report.corrupt, report.false_corrupt
     if as_json:
-        emit({"checked": len(report.results), "corrupt": [asdict(r) for r in bad],
-              "false_corrupt": [asdict(r) for r in false_alarms]}, True)
+        emit_json("verify", {"checked": len(report.results), "corrupt": [asdict(r) for r in bad],
+                             "false_corrupt": [asdict(r) for r in false_alarms]})
     else:
         for r in bad:
             typer.echo(f"CORRUPT {r.model} v{r.version}: {r.reason}")
@@ -182,7 +234,7 @@ def verify(model: Optional[str] = typer.Argument(None, help="Only this model (de
             typer.echo(f"{len(false_alarms)} versions are tagged corrupt but verify; clear the tags with "
                        "`mlflow-persist verify --clear-false-corrupt`")
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CORRUPT)
 
 
 # ------------------------------------------------------------------------------------------------ gc
@@ -195,7 +247,7 @@ def gc(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = Config
     cfg = load_config(tracking_uri, config)
     report = inspection.gc(open_store(cfg), cfg, dry_run=dry_run)
     if as_json:
-        emit({"dry_run": dry_run, "deleted": [asdict(item) for item in report.deleted]}, True)
+        emit_json("gc", {"dry_run": dry_run, "deleted": [asdict(item) for item in report.deleted]})
         return
     for item in report.deleted:
         typer.echo(f"{'would delete' if dry_run else 'deleted'} {item.model} v{item.version} ({item.category})")
@@ -204,9 +256,16 @@ def gc(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = Config
 
 # ------------------------------------------------------------------------------------------------ wiring
 
+_REGISTERED: list[str] = []
+
+
 def _register_integrations() -> None:
+    """Add the integrations' commands to `app`, once per process (main() may run several times in one)."""
     import importlib
 
+    if _REGISTERED:
+        return
+    _REGISTERED.append("done")
     for module in ("mlflow_persist.trading.cli", "mlflow_persist.episodes.cli", "mlflow_persist.legacy.cli"):
         try:
             importlib.import_module(module).register(app)
@@ -216,29 +275,53 @@ def _register_integrations() -> None:
             # an optional dependency of that integration is missing; its commands are not offered
 
 
+def _one_line(text: str) -> str:
+    return " ".join(redact_credentials(text).split())
+
+
+def run_app(app_: typer.Typer, argv: list[str] | None = None, prefix: str = "mlflow-persist") -> int:
+    """Run a typer app and turn every outcome into an exit code (see `mlflow_persist.cli_schema`), with failures
+    as one line on stderr: 1 error, 2 usage, 4 store unreachable, 130 interrupted; a command's own
+    `typer.Exit(code)` (verify: 3) passes through."""
+    try:
+        result = app_(args=argv, standalone_mode=False)
+    except PersistError as exc:
+        typer.echo(f"{prefix}: {_one_line(str(exc))}", err=True)
+        return EXIT_UNREACHABLE if isinstance(exc, StoreUnavailableError) else EXIT_ERROR
+    except SystemExit as exc:
+        if isinstance(exc.code, int) or exc.code is None:
+            return exc.code or EXIT_OK
+        typer.echo(f"{prefix}: {_one_line(str(exc.code))}", err=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        typer.echo(f"{prefix}: interrupted.", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - one line for the operator; details with --log-level DEBUG
+        # typer >= 0.2x vendors its own click (typer._click): match click's exceptions by name, whichever
+        # click raised them.
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "Exit" in kinds and isinstance(getattr(exc, "exit_code", None), int):  # a typer/click Exit let through
+            return int(exc.exit_code)  # type: ignore[attr-defined]
+        if "Abort" in kinds:
+            typer.echo(f"{prefix}: aborted.", err=True)
+            return EXIT_INTERRUPTED
+        if "ClickException" in kinds:
+            message = _one_line(exc.format_message())  # type: ignore[attr-defined]
+            ctx = getattr(exc, "ctx", None)
+            if "UsageError" in kinds and ctx is not None:
+                message = f"{message.rstrip('.')}; see '{ctx.command_path} --help'."
+            typer.echo(f"{prefix}: {message}", err=True)
+            return int(exc.exit_code)  # type: ignore[attr-defined]
+        typer.echo(f"{prefix}: {type(exc).__name__}: {describe_store_error(exc)}", err=True)
+        return EXIT_UNREACHABLE if is_unreachable(exc) else EXIT_ERROR
+    return result if isinstance(result, int) else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     apply_http_retry_defaults()
     _register_integrations()
-    try:
-        result = app(args=argv, standalone_mode=False)
-    except PersistError as exc:
-        typer.echo(f"mlflow-persist: {redact_credentials(str(exc))}", err=True)
-        sys.exit(1)
-    except Exception as exc:  # noqa: BLE001 - one line for the operator; details with --log-level DEBUG
-        kinds = {cls.__name__ for cls in type(exc).__mro__}  # typer vendors its own click: match by name
-        if "Abort" in kinds:
-            typer.echo("mlflow-persist: aborted.", err=True)
-            sys.exit(130)
-        if "ClickException" in kinds:
-            exc.show()  # type: ignore[attr-defined]
-            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        typer.echo(f"mlflow-persist: {type(exc).__name__}: {describe_store_error(exc)}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("mlflow-persist: interrupted.", err=True)
-        sys.exit(130)
-    sys.exit(result if isinstance(result, int) else 0)
+    sys.exit(run_app(app, argv))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import json
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
@@ -46,7 +46,7 @@ def select_ids(store: Any, episode: list[str], sample: int | None, seed: int | N
 
 def run_replay(*, episode: list[str], sample: int | None, seed: int | None, run_id: str | None,
                tracking_uri: str | None, start: str | None = None, end: str | None = None,
-               target: Any = None) -> dict[str, Any]:
+               target: Any = None, experiment_name: str = EXPERIMENT_NAME) -> dict[str, Any]:
     """Resolve the run, pick the episodes and replay them against the trading system's replay target."""
     from mlflow import MlflowClient
 
@@ -56,7 +56,7 @@ def run_replay(*, episode: list[str], sample: int | None, seed: int | None, run_
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    run = run_id or find_episodes_run(client)
+    run = run_id or find_episodes_run(client, experiment_name)
     store = EpisodeStore(client, run)
     ids = select_ids(store, episode, sample, seed, start, end)
     if target is None:
@@ -69,6 +69,7 @@ def run_replay(*, episode: list[str], sample: int | None, seed: int | None, run_
 
 def register(app: typer.Typer) -> None:
     """Add the `replay` command to the mlflow-persist CLI."""
+    from mlflow_persist.cli import config_option, emit_json, json_option, load_config, tracking_uri_option
 
     @app.command("replay")
     def replay_command(
@@ -79,16 +80,17 @@ def register(app: typer.Typer) -> None:
         end: str | None = typer.Option(None, "--end", help="... and bar_time < END (ISO)."),
         run_id: str | None = typer.Option(None, "--run-id", help="Run holding the episodes (default: the "
                                           "trading system's run, tag mlflow_persist.run_key=trading-system)."),
-        tracking_uri: str | None = typer.Option(None, "--tracking-uri", envvar=None,
-                                                help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then "
-                                                "sqlite:///./mlflow.db)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        tracking_uri: Optional[str] = tracking_uri_option(),
+        config: Optional[Path] = config_option(),
+        as_json: bool = json_option(),
     ) -> None:
         """Replay recorded episodes with the checkpoint versions that made them; exit 1 unless all reproduce."""
-        report = run_replay(episode=episode, sample=sample, seed=seed, run_id=run_id, tracking_uri=tracking_uri,
-                            start=start, end=end)
+        settings = load_config(tracking_uri, config)
+        report = run_replay(episode=episode, sample=sample, seed=seed, run_id=run_id,
+                            tracking_uri=settings.tracking_uri, start=start, end=end,
+                            experiment_name=settings.experiment_name)
         if as_json:
-            typer.echo(json.dumps({k: report[k] for k in ("replayed", "reproduced", "failed")}))
+            emit_json("replay", {k: report[k] for k in ("replayed", "reproduced", "failed")})
         else:
             typer.echo(f"replayed {report['replayed']} episodes of run {report['run_id']}: "
                        f"{report['reproduced']} reproduced exactly")

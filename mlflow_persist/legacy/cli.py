@@ -6,9 +6,7 @@ The project's `mlflow-persist` app adds them with `register(app)`; `main()` runs
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -17,18 +15,26 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from mlflow_persist.config import PersistConfig, resolve_tracking_uri  # noqa: E402
-from mlflow_persist.errors import ConfigError, NotFoundError, PersistError  # noqa: E402
+from mlflow_persist.cli import (  # noqa: E402
+    config_option,
+    emit_json,
+    json_option,
+    load_config,
+    run_app,
+    tracking_uri_option,
+)
+from mlflow_persist.errors import ConfigError, NotFoundError  # noqa: E402
+from mlflow_persist.process_effects import apply_http_retry_defaults  # noqa: E402
 
-TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                                                           "else sqlite:///mlflow.db in the current directory).")
-JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+TRACKING_URI = tracking_uri_option()
+CONFIG = config_option()
+JSON = json_option()
 
 
-def _open(tracking_uri: str | None):  # -> tuple[PersistConfig, MlflowStore]
+def _open(tracking_uri: str | None, config_file: Path | None = None):  # -> tuple[PersistConfig, MlflowStore]
     from mlflow_persist.store import MlflowStore
 
-    config = PersistConfig(tracking_uri=resolve_tracking_uri(tracking_uri))
+    config = load_config(tracking_uri, config_file)
     return config, MlflowStore(config.tracking_uri, config.experiment_name)
 
 
@@ -52,6 +58,7 @@ def import_legacy_command(
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any file was refused too."),
     as_json: bool = JSON,
     tracking_uri: Optional[str] = TRACKING_URI,
+    config_file: Optional[Path] = CONFIG,
 ) -> None:
     """Import a legacy CheckpointManager directory as registered `legacy` versions (idempotent)."""
     from mlflow_persist.legacy.importer import execute_plan, plan_import
@@ -63,14 +70,14 @@ def import_legacy_command(
                             "(for example NN/models/saved).")
     trusted = [str(t) for t in trust] + (_read_trust_list(trust_list) if trust_list else [])
     renames = parse_renames(rename)
-    config, store = _open(tracking_uri)
+    config, store = _open(tracking_uri, config_file)
     err = Console(stderr=True)
     with RichProgress(err) as progress:
         plan = plan_import(store, directory, trusted=trusted, metric=metric, mode=mode, renames=renames,
                            prefix=config.registered_model_prefix, progress=progress)
         report = execute_plan(store, plan, dry_run=dry_run, progress=progress)
     if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=1, sort_keys=True))
+        emit_json("import-legacy", report.to_json())
     else:
         out = Console(width=max(Console().width, 140))
         out.print(import_summary(report))
@@ -88,15 +95,16 @@ def migrate_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the versions that would be migrated."),
     as_json: bool = JSON,
     tracking_uri: Optional[str] = TRACKING_URI,
+    config_file: Optional[Path] = CONFIG,
 ) -> None:
     """Rewrite versions stored in an older checkpoint format as new versions; move aliases; keep the old ones."""
     from mlflow_persist.legacy.migrate import migrate
     from mlflow_persist.legacy.report import migration_summary
 
-    _, store = _open(tracking_uri)
+    _, store = _open(tracking_uri, config_file)
     report = migrate(store, dry_run=dry_run)
     if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=1, sort_keys=True))
+        emit_json("migrate", report.to_json())
     elif not report.steps:
         typer.echo(f"Nothing to migrate: every version is in checkpoint format {report.target_format}.")
     else:
@@ -114,14 +122,15 @@ def rollback_command(
     reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept as a tag)."),
     as_json: bool = JSON,
     tracking_uri: Optional[str] = TRACKING_URI,
+    config_file: Optional[Path] = CONFIG,
 ) -> None:
     """Register an earlier version again as the newest one (category rollback); training resumes from it."""
     from mlflow_persist.legacy.rollback import rollback
 
-    config, store = _open(tracking_uri)
+    config, store = _open(tracking_uri, config_file)
     result = rollback(store, config.registered_name(model), to=to, back=back, move_best=best, reason=reason)
     if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=1, sort_keys=True))
+        emit_json("rollback", result.to_json())
         return
     moved = f"; best -> v{result.new_version}" if result.best_move else ""
     typer.echo(f"{result.name}: v{result.new_version} registered as a rollback to v{result.target}{moved}; "
@@ -142,29 +151,21 @@ def build_app() -> typer.Typer:
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the legacy commands standalone; a PersistError becomes one line on stderr and exit status 1."""
-    app = build_app()
-    try:
-        # With standalone_mode=False click returns the code of a typer.Exit instead of raising it.
-        code = app(args=argv, standalone_mode=False)
-    except PersistError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except typer.Exit as exc:
-        return int(exc.exit_code or 0)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    except Exception as exc:  # click usage errors and the like
-        import click
+def build_single_command_app(name: str) -> typer.Typer:
+    """A typer app of one command, run without its name (`python scripts/import_legacy_checkpoints.py DIR`)."""
+    commands = {"import-legacy": import_legacy_command, "migrate": migrate_command, "rollback": rollback_command}
+    app = typer.Typer(add_completion=False)
+    app.command(name)(commands[name])
+    return app
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        raise
-    return code if isinstance(code, int) else 0
+
+def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
+    """Run the legacy commands standalone (or only `command`, without its name), with the exit codes of
+    `mlflow-persist` (1 error, 2 usage, 4 store unreachable): every failure is one line on stderr, never a
+    traceback."""
+    apply_http_retry_defaults()
+    app = build_single_command_app(command) if command else build_app()
+    return run_app(app, argv, prefix="error")
 
 
 if __name__ == "__main__":

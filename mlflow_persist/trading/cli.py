@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from mlflow_persist.cli import LOG_OPTIONS, config_option, load_config, tracking_uri_option
+
 
 def register(app: typer.Typer) -> None:
     """Add the `run` command to the mlflow-persist CLI."""
@@ -20,11 +22,8 @@ def register(app: typer.Typer) -> None:
             None, "--until-step",
             help="Stop once the system has processed this many bars in all, counted across restarts.",
         ),
-        tracking_uri: Optional[str] = typer.Option(
-            None, "--tracking-uri", envvar=None,
-            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
-        ),
-        config: Optional[Path] = typer.Option(None, "--config", help="TOML configuration file."),
+        tracking_uri: Optional[str] = tracking_uri_option(),
+        config: Optional[Path] = config_option(),
         seed: int = typer.Option(0, "--seed", help="Seed of the models, the simulated order book and the draws."),
         speed: float = typer.Option(0.0, "--speed", help="Bars per second to replay (0: as fast as possible)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
@@ -39,20 +38,13 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train the reference trading system (DQN, CNN, COB RL, Extrema) continuously with persistence."""
-        from mlflow_persist.config import PersistConfig, resolve_tracking_uri
+        from mlflow_persist.console_log import configure_run_logging
+        from mlflow_persist.errors import ConfigError
 
         from .app import run_trading
         from .recording import open_recorder
 
-        overrides = {"tracking_uri": resolve_tracking_uri(tracking_uri)} if tracking_uri or config is None else {}
-        if config is not None:
-            settings = PersistConfig.load(config, **overrides)
-        else:
-            settings = PersistConfig(**overrides)
-        from mlflow_persist.cli import LOG_OPTIONS
-        from mlflow_persist.console_log import configure_run_logging
-        from mlflow_persist.errors import ConfigError
-
+        settings = load_config(tracking_uri, config)
         try:
             path = configure_run_logging(log_file, LOG_OPTIONS["level"] or settings.log_level,
                                          LOG_OPTIONS["format"] or settings.log_format)  # type: ignore[arg-type]

@@ -78,7 +78,7 @@ def test_verify_names_corrupt_versions_and_fails(populated: str, capsys: pytest.
     with store.checkpoint_dir(victim) as directory:
         (directory / "checkpoint.pt").write_bytes(b"garbage")
     code, out, _ = run_cli(capsys, "verify", "--tracking-uri", populated)
-    assert code == 1 and f"CORRUPT cnn v{victim.version}" in out and "1 corrupt" in out
+    assert code == 3 and f"CORRUPT cnn v{victim.version}" in out and "1 corrupt" in out
     assert store.get_version("cnn", victim.version).corrupt
 
 
@@ -90,7 +90,7 @@ def test_damaged_best_moves_best_and_false_corrupt_tags_are_cleared(populated: s
     with store.checkpoint_dir(best) as directory:
         (directory / "checkpoint.pt").write_bytes(b"garbage")
     code, out, _ = run_cli(capsys, "verify", "dqn", "--tracking-uri", populated)
-    assert code == 1 and f"CORRUPT dqn v{best.version}" in out
+    assert code == 3 and f"CORRUPT dqn v{best.version}" in out
     moved = store.alias_version("dqn")
     assert moved is not None and not moved.corrupt and moved.value == 3.0  # the next best valid version
     healthy = store.list_versions("cnn")[0]  # what an older release did: a healthy version tagged corrupt
@@ -121,7 +121,7 @@ def test_unreachable_server_is_a_one_line_error() -> None:
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
     proc = subprocess.run([sys.executable, "-m", "mlflow_persist.cli", "status", "--tracking-uri",
                            "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == 4
     assert proc.stderr.strip().count("\n") == 0 and "cannot be used" in proc.stderr and "127.0.0.1:9" in proc.stderr
 
 

@@ -42,7 +42,9 @@ def _cli(workdir: Path, *args: str, timeout: float = 300) -> subprocess.Complete
 def _replay(workdir: Path, *args: str) -> tuple[int, dict[str, Any], str]:
     result = _cli(workdir, "replay", *args, "--json")
     assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout), result.stderr
+    report = json.loads(result.stdout)
+    assert report.pop("schema_version") == 1, report
+    return result.returncode, report, result.stderr
 
 
 def _store(workdir: Path) -> Any:

@@ -118,7 +118,7 @@ def test_cli_replay_json_and_exit_codes(recorded: dict[str, Any], monkeypatch: p
     result = runner.invoke(app, ["replay", "--sample", "4", "--seed", "1", "--episode", "ep-0000",
                                  "--tracking-uri", recorded["uri"], "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"replayed": 5, "reproduced": 5, "failed": []}
+    assert json.loads(result.stdout) == {"schema_version": 1, "replayed": 5, "reproduced": 5, "failed": []}
 
     module.decide = ToyTarget(perturb=True).decide
     result = runner.invoke(app, ["replay", "--episode", "ep-0001", "--tracking-uri", recorded["uri"], "--json"])

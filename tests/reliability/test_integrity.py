@@ -1,5 +1,5 @@
 """Damaged checkpoints (flipped bits, truncation, deleted artifacts): restore falls back to the next older
-valid version each time, and `mlflow-persist verify` names every damaged version and exits 1."""
+valid version each time, and `mlflow-persist verify` names every damaged version and exits 3."""
 
 from __future__ import annotations
 
@@ -77,15 +77,15 @@ def test_damaged_versions_fall_back_and_verify_names_them(sqlite_uri: str, capsy
     capsys.readouterr()
     with pytest.raises(SystemExit) as exited:
         cli_main(["verify", "--tracking-uri", sqlite_uri, "--json"])
-    assert exited.value.code == 1
+    assert exited.value.code == 3
     report = json.loads(capsys.readouterr().out)
     assert report["checked"] == 5
     assert sorted(r["version"] for r in report["corrupt"]) == [3, 4, 5]
     with pytest.raises(SystemExit) as exited:
         cli_main(["verify", "--tracking-uri", sqlite_uri])
     out = capsys.readouterr().out
-    assert exited.value.code == 1
+    assert exited.value.code == 3
     assert all(f"CORRUPT {NAME} v{v}:" in out for v in (3, 4, 5)) and "3 corrupt" in out
     # The newest valid version is intact and loadable.
     assert mp.load_checkpoint(f"models:/{NAME}/2", tracking_uri=sqlite_uri).step == 2
-    print(f"\nFAULT damaged-artifacts trials=3 fallbacks_ok=3 verify_named=3 verify_exit=1")
+    print(f"\nFAULT damaged-artifacts trials=3 fallbacks_ok=3 verify_named=3 verify_exit=3")

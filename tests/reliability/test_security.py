@@ -109,7 +109,7 @@ def test_credentials_in_the_tracking_uri_are_never_logged(monkeypatch: pytest.Mo
                 mp.Persistence(cfg, install_signal_handlers=False)
         with pytest.raises(SystemExit) as exited:
             cli_main(["status", "--tracking-uri", uri])
-        assert exited.value.code == 1
+        assert exited.value.code == 4  # store unreachable
         with pytest.raises(SystemExit):
             cli_main(["--log-level", "DEBUG", "status", "--tracking-uri", uri, "--json"])
     finally:
