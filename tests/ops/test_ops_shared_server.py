@@ -43,7 +43,9 @@ def _run_trainers(uri: str, tmp_path: Path) -> dict[int, list[dict[str, Any]]]:
             machine.mkdir()
             events = machine / "events.jsonl"
             # Per-"machine" TMPDIR (file locks) and XDG_CACHE_HOME (the outbox), as on separate hosts.
+            # tests/conftest.py sets MLFLOW_PERSIST_OUTBOX_DIR for this process; each "machine" needs its own.
             env = subprocess_env(TMPDIR=str(machine), XDG_CACHE_HOME=str(machine / "cache"),
+                                 MLFLOW_PERSIST_OUTBOX_DIR=str(machine / "outbox"),
                                  MLFLOW_HTTP_REQUEST_MAX_RETRIES="5",
                                  MLFLOW_HTTP_REQUEST_TIMEOUT="60")  # fmt: skip
             env.pop("MLFLOW_TRACKING_URI", None)
