@@ -42,6 +42,7 @@ from mlflow_persist.errors import (  # noqa: E402
     redact_credentials,
 )
 from mlflow_persist.naming import validate_model_name  # noqa: E402
+from mlflow_persist.version_create import create_version_once, rest_store_of  # noqa: E402
 from mlflow_persist.process_effects import make_sqlite_commits_durable  # noqa: E402
 from mlflow_persist.payload import CHECKPOINT_FILE, MANIFEST_FILE, CheckpointState, WrittenCheckpoint, \
     read_checkpoint_dir, write_checkpoint_dir  # noqa: E402
@@ -347,10 +348,20 @@ class MlflowStore:
             existing = [v for v in self.list_versions(name) if same(v)]
             if existing:
                 return min(existing, key=lambda v: v.version)
-        created = self.registry.create_model_version(
-            name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, await_creation_for=0,
-            description=description,
-        )
+        text_tags = {k: str(v) for k, v in tags.items()}
+        rest = None if self.lock_is_shared else rest_store_of(self.registry)
+        if rest is None:
+            created = self.registry.create_model_version(name, source=source, run_id=run_id, tags=text_tags,
+                                                         await_creation_for=0, description=description)
+        else:  # a lost reply is looked for in the registry before the request goes out again
+            created = create_version_once(
+                rest, name, source, run_id, text_tags, description,
+                find_existing=lambda: min((v for v in self.list_versions(name) if same(v)),
+                                          key=lambda v: v.version, default=None))
+            if isinstance(created, VersionInfo):
+                log.info("%s: the server had registered %s as v%d before its reply was lost; kept that version",
+                         name, source, created.version)
+                return created
         if self.lock_is_shared:
             return self._to_info(created)  # no HTTP retries locally, so no duplicate POSTs
         duplicates = sorted((v for v in self.list_versions(name) if same(v)), key=lambda v: v.version)
