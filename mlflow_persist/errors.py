@@ -57,6 +57,23 @@ _UNREACHABLE_MARKERS = ("Max retries exceeded", "Connection refused", "NewConnec
                         "Read timed out", "ConnectTimeout")
 
 
+_SERVER_ERROR_STATUS = re.compile(r"too many (?P<code>5\d\d) error responses")
+
+
+def from_object_store(exc: BaseException) -> bool:
+    """Whether `exc` came from the S3 client (boto3/botocore/s3transfer) uploading or downloading artifacts."""
+    return any(cls.__module__.split(".")[0] in ("botocore", "boto3", "s3transfer") for cls in type(exc).__mro__)
+
+
+def store_hint(exc: BaseException) -> str:
+    """What to check after a store failure: the S3 settings, the server's own log, or the tracking URI."""
+    if from_object_store(exc):
+        return "check MLFLOW_S3_ENDPOINT_URL and the AWS credentials on this machine, and that the object store is up"
+    if _SERVER_ERROR_STATUS.search(str(exc)):
+        return "check the tracking server's log (its database or artifact store may be down)"
+    return "check the tracking URI and that the server is running and accepts this login"
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """Whether `exc` says the store could not be reached at all (as opposed to refusing a request)."""
     if isinstance(exc, StoreUnavailableError):
@@ -73,6 +90,11 @@ def describe_store_error(exc: BaseException) -> str:
     """One redacted line that classifies a store failure: unreachable, login wanted, permission missing,
     or else the first line of the backend's own message."""
     raw = redact_credentials(str(exc))
+    if from_object_store(exc):
+        return f"the object store failed ({type(exc).__name__}: {raw.strip().splitlines()[0][:200] if raw.strip() else ''})"
+    status = _SERVER_ERROR_STATUS.search(raw)
+    if status:
+        return f"the tracking server kept answering HTTP {status['code']}"
     if is_unreachable(exc) and not isinstance(exc, StoreUnavailableError):
         return "connection refused or timed out"
     if "error code 403" in raw or "PERMISSION_DENIED" in raw:

@@ -40,6 +40,7 @@ from mlflow_persist.errors import (  # noqa: E402
     describe_store_error,
     is_unreachable,
     redact_credentials,
+    store_hint,
 )
 from mlflow_persist.naming import validate_model_name  # noqa: E402
 from mlflow_persist.version_create import create_version_once, rest_store_of  # noqa: E402
@@ -73,8 +74,7 @@ def translate(exc: BaseException, doing: str) -> PersistError:
         return exc
     reason = describe_store_error(exc)
     if is_unreachable(exc) or "error code 401" in str(exc) or "error code 403" in str(exc):
-        return StoreUnavailableError(f"Could not {doing}: {reason}; check the tracking URI and that the server "
-                                     "is running and accepts this login.")
+        return StoreUnavailableError(f"Could not {doing}: {reason}; {store_hint(exc)}.")
     code = str(getattr(exc, "error_code", "") or "")
     if code == "RESOURCE_DOES_NOT_EXIST":
         return NotFoundError(f"Could not {doing}: {reason}.")
