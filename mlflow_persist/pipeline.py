@@ -201,7 +201,7 @@ class SavePipeline:
             except BaseException:
                 self.view.forget()  # whatever happened, the next save reads the registry again
                 raise
-            self._after_save(reg, info, best, time.monotonic() - started)
+            self._after_save(reg, info, best, time.monotonic() - started, also=created)
             if acknowledge is not None:
                 acknowledge(info)
             try:
@@ -261,7 +261,8 @@ class SavePipeline:
                            self.store.registry_generation(self.registered_name))
         return best
 
-    def _after_save(self, reg: Registration, info: VersionInfo, best: VersionInfo | None, duration: float) -> None:
+    def _after_save(self, reg: Registration, info: VersionInfo, best: VersionInfo | None, duration: float,
+                    also: list[VersionInfo] | None = None) -> None:
         self.saves += 1
         self.last_saved = (info.version, reg.step)  # one assignment: readers never see a torn pair
         self.last_version = info.version
@@ -281,11 +282,14 @@ class SavePipeline:
         self.metrics.add(reg.step, metrics)
         change = describe_saved_value(reg.monitor or self.monitor, reg.category, previous, reg.value,
                                       self.settings.mode)
-        log.info("%s: %s, saved v%d (%s, step %d, %.1f MB, %.0f ms)", self.name, change, info.version, reg.category,
-                 reg.step, reg.size_bytes / 2**20, duration * 1000,
+        same_bytes = "".join(f", also v{v.version} {v.category}" for v in also or [])
+        log.info("%s: %s, saved v%d (%s, step %d, %.1f MB, %.0f ms%s)", self.name, change, info.version, reg.category,
+                 reg.step, reg.size_bytes / 2**20, duration * 1000, same_bytes,
                  extra={"model": self.name, "category": reg.category, "version": info.version, "step": reg.step,
                         "value": reg.value, "improvement": reg.improvement, "bytes": reg.size_bytes,
-                        "duration_s": round(duration, 4), "outcome": "saved"})
+                        "duration_s": round(duration, 4), "outcome": "saved",
+                        # the versions registered on the same bytes under the job's other categories
+                        **({"also_versions": {v.category: v.version for v in also}} if also else {})})
         self.health.record_success()
 
     # ------------------------------------------------------------------------------------- outbox
