@@ -1,4 +1,4 @@
-"""Fixtures for the operations tests: real mlflow servers, PostgreSQL and headless chromium.
+"""Fixtures for the operations tests: real mlflow servers, PostgreSQL, moto's S3 server and headless chromium.
 
 A helper whose binary is missing skips its tests with the reason, unless
 MLFLOW_PERSIST_REQUIRE_SERVICES=1 (set by .ci/run), where a missing service is a failure.
@@ -21,7 +21,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from servers import Chromium, HelperUnavailable, MlflowServer, PostgresServer  # noqa: E402
+from servers import Chromium, HelperUnavailable, MlflowServer, MotoServer, PostgresServer, TcpOutageProxy  # noqa: E402
 
 T = TypeVar("T")
 
@@ -46,14 +46,18 @@ def _ops_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
-@pytest.fixture
-def postgres() -> Iterator[PostgresServer]:
+def _postgres() -> Iterator[PostgresServer]:
     pg = _make(PostgresServer)
     with pg:
         try:
             yield pg
         finally:
             print(f"--- postgres log tail ({pg.log_path}):\n{pg.log_tail()}")
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    yield from _postgres()
 
 
 def _server(backend_uri: str, tmp_path: Path) -> Iterator[MlflowServer]:
@@ -90,3 +94,29 @@ def chromium(tmp_path: Path) -> Iterator[Chromium]:
     browser = _make(lambda: Chromium(log_path=tmp_path / "chromium.log"))
     with browser:
         yield browser
+
+
+@pytest.fixture(scope="module")
+def module_postgres() -> Iterator[PostgresServer]:
+    """`postgres` shared by the tests of one module (a server on it starts once for all of them)."""
+    yield from _postgres()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's standalone S3 server on loopback (in memory, dummy credentials), one per test module; skips
+    without `moto[server]` and `boto3`."""
+    server = _make(lambda: MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto.log"))
+    with server:
+        try:
+            yield server
+        finally:
+            print(f"--- moto log tail ({server.log_path}):\n{server.log_tail(2000)}")
+
+
+@pytest.fixture(scope="module")
+def moto_proxy(moto: MotoServer) -> Iterator[TcpOutageProxy]:
+    """A cuttable TCP proxy in front of `moto`: S3 clients pointed at `moto_proxy.uri` lose the object store
+    while it is cut (moto loses its buckets when it stops, so the store is cut off instead of restarted)."""
+    with TcpOutageProxy(moto.port) as proxy:
+        yield proxy

@@ -1,32 +1,31 @@
 """Runs a real `mlflow server` subprocess on loopback: `MlflowServer`.
 
-One worker, telemetry and jobs off, proxied artifacts. `stop()` / `__exit__` clean up the
+One worker by default, telemetry and jobs off, proxied artifacts unless `serve_artifacts=False`. `stop()` / `__exit__` clean up the
 server's process group, also when the body raised.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from .common import LOOPBACK, _kill_group_quietly, _port_open, _tail, _terminate_group, free_port, subprocess_env
+from .common import LOOPBACK, subprocess_env
+from .process import ServerProcess
 
 
-class MlflowServer:
+class MlflowServer(ServerProcess):
     """A real `mlflow server` on 127.0.0.1 with proxied artifacts.
 
     `backend_store_uri` is e.g. `sqlite:////tmp/x/mlflow.db` or a PostgreSQL URI;
     `artifacts_destination` a directory (or any URI `--artifacts-destination` takes).
     The server's stdout/stderr go to `log_path` (appended across restarts).
     """
+
+    label = "mlflow server"
 
     def __init__(
         self,
@@ -37,69 +36,33 @@ class MlflowServer:
         startup_timeout_s: float = 120.0,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        workers: int = 1,
+        serve_artifacts: bool = True,
     ) -> None:
+        super().__init__(port, log_path, startup_timeout_s)
         self.backend_store_uri = backend_store_uri
         self.artifacts_destination = str(artifacts_destination)
-        self.port = port or free_port()
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")[1])
-        self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args or [])
         self.extra_env = dict(env or {})
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        self.workers = workers
+        self.serve_artifacts = serve_artifacts
 
     def command(self) -> list[str]:
+        # Without proxying, clients upload to the artifact root themselves (e.g. s3:// with MLFLOW_S3_ENDPOINT_URL).
+        artifacts = ["--artifacts-destination", self.artifacts_destination] if self.serve_artifacts else \
+            ["--default-artifact-root", self.artifacts_destination, "--no-serve-artifacts"]
         return [
             sys.executable, "-m", "mlflow", "server",
             "--host", LOOPBACK,
             "--port", str(self.port),
-            "--workers", "1",
+            "--workers", str(self.workers),
             "--backend-store-uri", self.backend_store_uri,
-            "--artifacts-destination", self.artifacts_destination,
+            *artifacts,
             *self.extra_args,
         ]  # fmt: skip
 
-    def start(self) -> Self:
-        if self._proc is not None and self._proc.poll() is None:
-            return self
-        if _port_open(self.port):
-            raise RuntimeError(f"port {self.port} is already in use; cannot start mlflow server there")
-        env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.extra_env)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start {' '.join(self.command())}\n".encode())
-            self._proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        assert self._proc is not None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {self._proc.returncode} before it was healthy; "
-                    f"log tail:\n{self.log_tail()}"
-                )
-            if self.healthy():
-                return
-            time.sleep(0.25)
-        raise RuntimeError(
-            f"mlflow server not healthy after {self.startup_timeout_s:.0f} s; log tail:\n{self.log_tail()}"
-        )
+    def child_env(self) -> dict[str, str]:
+        return subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.extra_env)
 
     def healthy(self) -> bool:
         try:
@@ -108,39 +71,9 @@ class MlflowServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the server's process group, SIGKILL after `grace_s`."""
-        if self._proc is not None:
-            _terminate_group(self._proc, grace_s)
-        self._wait_port_closed()
-
-    def kill(self) -> None:
-        """SIGKILL the server's process group at once (a crash)."""
-        if self._proc is not None:
-            _kill_group_quietly(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(timeout=30)
-        self._wait_port_closed()
-
     def restart(self, down_s: float = 0.0) -> Self:
         """Stop, stay down for `down_s` seconds (an outage), start again on the same port."""
         self.stop()
         if down_s > 0:
             time.sleep(down_s)
         return self.start()
-
-    def _wait_port_closed(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _port_open(self.port):
-            time.sleep(0.1)
-
-    def log_tail(self, limit: int = 4000) -> str:
-        return _tail(self.log_path, limit)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
