@@ -1,4 +1,5 @@
-"""Creating a model version on a tracking server without ever creating it twice.
+"""Part of the MLflow adapter (store.py): creating a model version on a tracking server without ever creating
+it twice.
 
 MLflow's HTTP client retries a POST whose reply was lost (a dropped connection, a 502 from a proxy), and the
 server, having done the work the first time, creates a second version. MLflow's create has no idempotency
