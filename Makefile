@@ -39,4 +39,4 @@ bench: $(BENCH_STAMP)
 	$(PY) scripts/bench_report.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts mlflow-persist.log
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts mlflow-persist.log .mlflow_persist_locks
