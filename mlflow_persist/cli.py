@@ -103,9 +103,9 @@ def apply_logging(level: str, fmt: str) -> None:
         raise PersistError(f"{exc}.") from None
 
 
-def apply_config_logging(config: PersistConfig) -> None:
-    """Log as the config says, unless --log-level/--log-format were given on the command line."""
-    apply_logging(LOG_OPTIONS["level"] or config.log_level, LOG_OPTIONS["format"] or config.log_format)
+def log_options(config: PersistConfig) -> tuple[str, str]:
+    """(level, format) for a command that logs as its config says, unless --log-level/--log-format were given."""
+    return LOG_OPTIONS["level"] or config.log_level, LOG_OPTIONS["format"] or config.log_format
 
 
 def load_config(tracking_uri: str | None, config_file: str | os.PathLike[str] | None) -> PersistConfig:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from mlflow_persist.logging_setup import JsonFormatter, LogFormat, TextFormatter, redact
+from mlflow_persist.logging_setup import LogFormat, detail_formatter, install_handlers, level_number, redact
 
 CONSOLE_LINE_LIMIT = 160
 #: Outcomes of checkpoint events that the console shows at INFO (logging_setup.EVENT_FIELDS `outcome`).
@@ -23,7 +23,6 @@ CONSOLE_LOGGERS = ("mlflow_persist.trading",)
 #: Loggers of MLflow (and what it logs through) and Python warnings: their detail goes to the file, only their
 #: warnings to the console (Python warnings not even those, unless at DEBUG).
 THIRD_PARTY_LOGGERS = ("mlflow", "alembic", "py.warnings")
-_MARK = "_mlflow_persist_console"
 
 
 class ConsoleFilter(logging.Filter):
@@ -75,12 +74,10 @@ def configure_run_logging(log_file: Path, level: str | int = "INFO", fmt: LogFor
                           loggers: tuple[str, ...] = ("mlflow_persist",)) -> Path:
     """Detail (at `level`) to `log_file`, appended; short lines to the console, or the detail at DEBUG.
     Returns the log file's absolute path. Replaces what an earlier call (or logging_setup) installed."""
-    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    if not isinstance(numeric, int):
-        raise ValueError(f"log level {level!r} is not allowed; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    numeric = level_number(level)
+    detail = detail_formatter(fmt)
     path = log_file.expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    detail = JsonFormatter() if fmt == "json" else TextFormatter()
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(detail)
     console = StderrHandler()
@@ -89,19 +86,11 @@ def configure_run_logging(log_file: Path, level: str | int = "INFO", fmt: LogFor
     else:
         console.setFormatter(ConsoleFormatter())
         console.addFilter(ConsoleFilter())
-    for handler in (to_file, console):
-        setattr(handler, _MARK, True)
-        setattr(handler, "_mlflow_persist_handler", True)  # logging_setup.configure_logging replaces it too
     logging.captureWarnings(True)
-    for name in (*loggers, *THIRD_PARTY_LOGGERS):
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):
-            if name in THIRD_PARTY_LOGGERS or getattr(old, _MARK, False) or getattr(old, "_mlflow_persist_handler",
-                                                                                       False):
-                logger.removeHandler(old)
-        logger.addHandler(to_file)
-        if name != "py.warnings" or numeric <= logging.DEBUG:  # library deprecation notes: the file only
-            logger.addHandler(console)
-        logger.setLevel(numeric if name in loggers else min(numeric, logging.INFO))
-        logger.propagate = False
+    for name in loggers:
+        install_handlers(name, [to_file, console], numeric)
+    for name in THIRD_PARTY_LOGGERS:
+        quiet = name == "py.warnings" and numeric > logging.DEBUG  # library deprecation notes: the file only
+        install_handlers(name, [to_file] if quiet else [to_file, console], min(numeric, logging.INFO),
+                         replace_foreign=True)
     return path

@@ -175,23 +175,39 @@ def configure_logging(
     Idempotent: a second call swaps the handler it installed before, so lines are never
     doubled. `stream` defaults to stderr. Raises `ValueError` on an unknown level or format.
     """
-    if fmt not in ("text", "json"):
-        raise ValueError(f"log format {fmt!r} is not allowed; use 'text' or 'json'")
-    numeric = _level_number(level)
+    numeric = level_number(level)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    setattr(handler, _HANDLER_MARK, True)
+    handler.setFormatter(detail_formatter(fmt))
     for name in loggers:
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.setLevel(numeric)
-        logger.propagate = False
+        install_handlers(name, [handler], numeric)
     return handler
 
 
-def _level_number(level: str | int) -> int:
+def detail_formatter(fmt: LogFormat) -> logging.Formatter:
+    """The formatter of the detailed log: `text` (TextFormatter) or `json` (JsonFormatter)."""
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format {fmt!r} is not allowed; use 'text' or 'json'")
+    return JsonFormatter() if fmt == "json" else TextFormatter()
+
+
+def install_handlers(logger_name: str, handlers: Iterable[logging.Handler], level: int,
+                     replace_foreign: bool = False) -> None:
+    """Put `handlers` on `logger_name` in place of the ones an earlier call installed (with `replace_foreign`,
+    of all its handlers: a library's own stderr handler), at `level`, without propagation."""
+    handlers = list(handlers)
+    for handler in handlers:
+        setattr(handler, _HANDLER_MARK, True)
+    logger = logging.getLogger(logger_name)
+    for old in [h for h in logger.handlers if replace_foreign or getattr(h, _HANDLER_MARK, False)]:
+        logger.removeHandler(old)
+    for handler in handlers:
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def level_number(level: str | int) -> int:
+    """The numeric level of `level` (a name in any case, or a number); ValueError for an unknown name."""
     if isinstance(level, int):
         return level
     value = logging.getLevelName(level.strip().upper())

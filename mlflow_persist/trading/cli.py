@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from mlflow_persist.cli import LOG_OPTIONS, config_option, load_config, tracking_uri_option
+from mlflow_persist.cli import config_option, load_config, log_options, tracking_uri_option
 
 
 def register(app: typer.Typer) -> None:
@@ -46,8 +46,7 @@ def register(app: typer.Typer) -> None:
 
         settings = load_config(tracking_uri, config)
         try:
-            path = configure_run_logging(log_file, LOG_OPTIONS["level"] or settings.log_level,
-                                         LOG_OPTIONS["format"] or settings.log_format)  # type: ignore[arg-type]
+            path = configure_run_logging(log_file, *log_options(settings))  # type: ignore[arg-type]
         except ValueError as exc:
             raise ConfigError(f"{exc}.") from None
         except OSError as exc:
