@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from machines import finish, killed_at_exit, machine_env, start_on
 from servers import MlflowServer, subprocess_env
 
 TRAINER = Path(__file__).with_name("multi_trainer_proc.py")
@@ -36,35 +37,18 @@ def _events(path: Path) -> list[dict[str, Any]]:
 
 
 def _run_trainers(uri: str, tmp_path: Path) -> dict[int, list[dict[str, Any]]]:
-    procs: list[tuple[int, subprocess.Popen[str], Path]] = []
-    try:
+    with killed_at_exit() as procs:
         for i in range(N_TRAINERS):
             machine = tmp_path / f"machine{i}"
             machine.mkdir()
-            events = machine / "events.jsonl"
-            # Per-"machine" TMPDIR (file locks) and XDG_CACHE_HOME (the outbox), as on separate hosts.
-            # tests/conftest.py sets MLFLOW_PERSIST_OUTBOX_DIR for this process; each "machine" needs its own.
-            env = subprocess_env(TMPDIR=str(machine), XDG_CACHE_HOME=str(machine / "cache"),
-                                 MLFLOW_PERSIST_OUTBOX_DIR=str(machine / "outbox"),
-                                 MLFLOW_HTTP_REQUEST_MAX_RETRIES="5",
-                                 MLFLOW_HTTP_REQUEST_TIMEOUT="60")  # fmt: skip
-            env.pop("MLFLOW_TRACKING_URI", None)
-            proc = subprocess.Popen([sys.executable, str(TRAINER), uri, str(i), str(STEPS), str(events)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                    cwd=machine, start_new_session=True)  # fmt: skip
-            procs.append((i, proc, events))
+            env = machine_env(machine, MLFLOW_HTTP_REQUEST_MAX_RETRIES="5", MLFLOW_HTTP_REQUEST_TIMEOUT="60")
+            procs.append(start_on(machine, [sys.executable, str(TRAINER), uri, str(i), str(STEPS),
+                                            str(machine / "events.jsonl")], env))  # fmt: skip
         results: dict[int, list[dict[str, Any]]] = {}
-        for i, proc, events in procs:
-            out, _ = proc.communicate(timeout=420)
-            assert proc.returncode == 0, f"trainer {i} exited {proc.returncode}:\n{out[-4000:]}"
-            assert "DONE" in out, out[-4000:]
-            results[i] = _events(events)
+        for i, proc in enumerate(procs):
+            finish(str(i), proc)
+            results[i] = _events(tmp_path / f"machine{i}" / "events.jsonl")
         return results
-    finally:
-        for _, proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
 
 
 @pytest.mark.slow

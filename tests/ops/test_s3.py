@@ -35,6 +35,7 @@ import pytest
 import xxhash
 from mlflow import MlflowClient
 
+from machines import finish, killed_at_exit, machine_env, start_on
 from servers import LOOPBACK, MlflowServer, MotoServer, PostgresServer, TcpOutageProxy, s3_env, subprocess_env
 
 mp = pytest.importorskip("mlflow_persist", reason="the core (mlflow_persist.Persistence) is not built yet")
@@ -94,12 +95,12 @@ class Deployment:
         return f"{self.mode}/{found.experiment_id}/"
 
 
-def _client_env(**extra: str) -> dict[str, str]:
-    env = subprocess_env(**extra)
+def _client_env(machine: Path, **extra: str) -> dict[str, str]:
+    """A trainer's or the loader's environment on its own "machine", with only the S3 settings in `extra`."""
+    env = machine_env(machine, **extra)
     for var in S3_VARS:
         if var not in extra:
             env.pop(var, None)
-    env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
@@ -196,7 +197,7 @@ def _run_trainers(dep: Deployment, tmp_path: Path, experiment: str, spec: dict[s
     own locks and outbox) with its own model `<experiment>-<i>`; `during(trainers)` runs while they train.
     Returns them with their records."""
     trainers = [Trainer(i, f"{experiment}-{i}", tmp_path / f"machine{i}") for i in range(N_TRAINERS)]
-    try:
+    with killed_at_exit() as procs:
         for t in trainers:
             t.machine.mkdir()
             spec_path = t.machine / "spec.json"
@@ -205,27 +206,18 @@ def _run_trainers(dep: Deployment, tmp_path: Path, experiment: str, spec: dict[s
                 "events": str(t.machine / "events.jsonl"), "states": str(t.machine / "states.jsonl"),
                 "outbox": str(t.machine / "outbox.jsonl"),
             }))  # fmt: skip
-            proc_env = _client_env(TMPDIR=str(t.machine), XDG_CACHE_HOME=str(t.machine / "cache"),
-                                   **dep.client_env, **(env or {}))  # fmt: skip
-            t.proc = subprocess.Popen([sys.executable, str(SCRIPT), "train", str(spec_path)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, env=proc_env, cwd=t.machine,
-                                      start_new_session=True)  # fmt: skip
+            t.proc = start_on(t.machine, [sys.executable, str(SCRIPT), "train", str(spec_path)],
+                              _client_env(t.machine, **dep.client_env, **(env or {})))
+            procs.append(t.proc)
         if during is not None:
             during(trainers)
         for t in trainers:
             assert t.proc is not None
-            t.output, _ = t.proc.communicate(timeout=400)
-            assert t.proc.returncode == 0, f"trainer {t.index} exited {t.proc.returncode}:\n{t.output[-4000:]}"
-            assert "DONE" in t.output, t.output[-4000:]
+            t.output = finish(str(t.index), t.proc, timeout=400)
             t.events = _jsonl(t.machine / "events.jsonl")
             t.states = {s["step"]: s for s in _jsonl(t.machine / "states.jsonl")}
             t.outbox = _jsonl(t.machine / "outbox.jsonl")
         return trainers
-    finally:
-        for t in trainers:
-            if t.proc is not None and t.proc.poll() is None:
-                t.proc.kill()
-                t.proc.wait(timeout=30)
 
 
 class Loader:
@@ -236,7 +228,7 @@ class Loader:
         home = tmp_path / "loader"
         home.mkdir()
         self.request = home / "request.json"
-        env = _client_env(TMPDIR=str(home), XDG_CACHE_HOME=str(home / "cache"), **dep.client_env)
+        env = _client_env(home, **dep.client_env)
         self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "load", dep.uri, str(self.request)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=home,
                                      start_new_session=True)  # fmt: skip

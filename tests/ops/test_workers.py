@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from machines import finish, killed_at_exit, machine_env, start_on
 from servers import FaultProxy, MlflowServer, PostgresServer, subprocess_env
 from servers.fault_proxy import CREATE_MODEL_VERSION, DELETE_MODEL_VERSION
 
@@ -112,46 +113,32 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _run_trainers(uri: str, tmp_path: Path) -> dict[int, tuple[list[dict[str, Any]], dict[int, float]]]:
     """Start every trainer at once against `uri`; returns per process (log events, {step: reported loss})."""
-    procs: list[tuple[int, subprocess.Popen[str], Path]] = []
     go = tmp_path / "go"
-    try:
+    machines = {i: tmp_path / f"machine{i}" for i in MODELS}
+    with killed_at_exit() as procs:
         for i, model in MODELS.items():
-            machine = tmp_path / f"machine{i}"
+            machine = machines[i]
             machine.mkdir()
-            # Per-"machine" TMPDIR (file locks), XDG_CACHE_HOME and outbox. The outbox is named explicitly:
-            # tests/conftest.py's autouse fixture sets MLFLOW_PERSIST_OUTBOX_DIR for this process, and
-            # inherited it would give all four one outbox (one process then registers another's checkpoints).
-            env = subprocess_env(TMPDIR=str(machine), XDG_CACHE_HOME=str(machine / "cache"),
-                                 MLFLOW_PERSIST_OUTBOX_DIR=str(machine / "outbox"),
-                                 MLFLOW_HTTP_REQUEST_MAX_RETRIES="5", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
-                                 MLFLOW_HTTP_REQUEST_TIMEOUT="60")  # fmt: skip
-            env.pop("MLFLOW_TRACKING_URI", None)
-            command = [sys.executable, str(TRAINER), uri, model, str(i), str(STEPS),
-                       str(machine / "events.jsonl"), str(machine / "reported.jsonl"), str(go)]  # fmt: skip
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                    cwd=machine, start_new_session=True)  # fmt: skip
-            procs.append((i, proc, machine))
+            env = machine_env(machine, MLFLOW_HTTP_REQUEST_MAX_RETRIES="5", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+                              MLFLOW_HTTP_REQUEST_TIMEOUT="60")  # fmt: skip
+            procs.append(start_on(machine, [sys.executable, str(TRAINER), uri, model, str(i), str(STEPS),
+                                            str(machine / "events.jsonl"), str(machine / "reported.jsonl"),
+                                            str(go)], env))  # fmt: skip
         # Start training together, once every process has imported, connected and tracked its model.
         deadline = time.monotonic() + 300
-        while not all((machine / "ready").exists() for _, _, machine in procs) and time.monotonic() < deadline:
-            assert all(proc.poll() is None for _, proc, _ in procs), "a trainer exited before it was ready"
+        while not all((m / "ready").exists() for m in machines.values()) and time.monotonic() < deadline:
+            assert all(proc.poll() is None for proc in procs), "a trainer exited before it was ready"
             time.sleep(0.1)
         go.touch()
         results: dict[int, tuple[list[dict[str, Any]], dict[int, float]]] = {}
-        for i, proc, machine in procs:
-            out, _ = proc.communicate(timeout=420)
-            assert proc.returncode == 0, f"trainer {i} exited {proc.returncode}:\n{out[-4000:]}"
-            assert "DONE" in out, out[-4000:]
+        for i, proc in zip(MODELS, procs):
+            machine = machines[i]
+            finish(str(i), proc)
             assert (machine / "outbox" / MODELS[i]).is_dir(), f"trainer {i} did not use its own outbox"
             reported = {r["step"]: r["loss"] for r in _jsonl(machine / "reported.jsonl")}
             assert sorted(reported) == list(range(1, STEPS + 1)), f"trainer {i} did not report every step"
             results[i] = (_jsonl(machine / "events.jsonl"), reported)
         return results
-    finally:
-        for _, proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
 
 
 def _key(request: dict[str, Any]) -> tuple[str, str, str]:
