@@ -13,11 +13,11 @@ when it answered the search); `MlflowStore.register_version` removes such a late
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Callable, Mapping, TypeVar
 
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.model_registry_pb2 import CreateModelVersion
 from mlflow.store.model_registry.rest_store import RestStore
@@ -52,15 +52,15 @@ def create_version_once(store: RestStore, name: str, source: str, run_id: str | 
                         attempts: int | None = None, backoff_s: float | None = None) -> ModelVersion | T:
     """Create the version with HTTP retries off; after a failure that may have been carried out, return what
     `find_existing()` finds, else send the request again (`attempts` in all, MLflow's retry count plus one by
-    default, with exponential backoff). Raises the last failure."""
-    attempts = attempts if attempts is not None else _env_int("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 3) + 1
-    backoff_s = backoff_s if backoff_s is not None else _env_float("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1.0)
+    default, with its exponential backoff). Raises the last failure."""
+    attempts = max(1, attempts if attempts is not None else MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() + 1)
+    backoff_s = backoff_s if backoff_s is not None else float(MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get())
     body = json.loads(message_to_json(CreateModelVersion(
         name=name, source=source, run_id=run_id, description=description,
         tags=[ModelVersionTag(key, value).to_proto() for key, value in tags.items()],
     )))
     endpoint, method = store._get_endpoint_from_method(CreateModelVersion)
-    for attempt in range(max(1, attempts)):
+    for attempt in range(attempts):
         try:
             response = http_request(store.get_host_creds(), endpoint, method, max_retries=0, json=body)
             response = verify_rest_response(response, endpoint)
@@ -75,16 +75,3 @@ def create_version_once(store: RestStore, name: str, source: str, run_id: str | 
         time.sleep(backoff_s * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
-
-def _env_int(key: str, default: int) -> int:
-    try:
-        return max(0, int(os.environ.get(key, default)))
-    except ValueError:
-        return default
-
-
-def _env_float(key: str, default: float) -> float:
-    try:
-        return max(0.0, float(os.environ.get(key, default)))
-    except ValueError:
-        return default
