@@ -8,6 +8,7 @@ The contract every command keeps (see `mlflow_persist.cli_schema` and the README
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -256,16 +257,11 @@ def gc(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = Config
 
 # ------------------------------------------------------------------------------------------------ wiring
 
-_REGISTERED: list[str] = []
-
-
+@functools.cache
 def _register_integrations() -> None:
     """Add the integrations' commands to `app`, once per process (main() may run several times in one)."""
     import importlib
 
-    if _REGISTERED:
-        return
-    _REGISTERED.append("done")
     for module in ("mlflow_persist.trading.cli", "mlflow_persist.episodes.cli", "mlflow_persist.legacy.cli"):
         try:
             importlib.import_module(module).register(app)
