@@ -90,8 +90,10 @@ def describe_store_error(exc: BaseException) -> str:
     """One redacted line that classifies a store failure: unreachable, login wanted, permission missing,
     or else the first line of the backend's own message."""
     raw = redact_credentials(str(exc))
+    lines = raw.strip().splitlines()
+    first_line = lines[0][:300] if lines else type(exc).__name__
     if from_object_store(exc):
-        return f"the object store failed ({type(exc).__name__}: {raw.strip().splitlines()[0][:200] if raw.strip() else ''})"
+        return f"the object store failed ({type(exc).__name__}: {first_line})"
     status = _SERVER_ERROR_STATUS.search(raw)
     if status:
         return f"the tracking server kept answering HTTP {status['code']}"
@@ -102,12 +104,11 @@ def describe_store_error(exc: BaseException) -> str:
                 "the experiment and the registered models")
     if "error code 401" in raw or "UNAUTHENTICATED" in raw:
         return "the tracking server wants a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-    text = raw.strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return first_line
 
 
 __all__ = [
     "CheckpointCorruptError", "CheckpointMismatchError", "ConfigError", "DiskFullError", "NotFoundError",
-    "PersistError", "StoreError", "StoreUnavailableError", "describe_store_error", "is_unreachable",
-    "redact_credentials",
+    "PersistError", "StoreError", "StoreUnavailableError", "describe_store_error", "from_object_store",
+    "is_unreachable", "redact_credentials", "store_hint",
 ]
