@@ -10,8 +10,8 @@ import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mlflow_persist.alerts import Alert, AlertSink  # noqa: E402
-from mlflow_persist.checkpoint_store import CheckpointStore  # noqa: E402
+from mlflow_persist._observe.alerts import Alert, AlertSink  # noqa: E402
+from mlflow_persist._store.protocol import CheckpointStore  # noqa: E402
 from mlflow_persist.config import ModelSettings, PersistConfig, resolve_tracking_uri  # noqa: E402
 from mlflow_persist.errors import (  # noqa: E402
     CheckpointCorruptError,
@@ -23,13 +23,13 @@ from mlflow_persist.errors import (  # noqa: E402
     StoreError,
     StoreUnavailableError,
 )
-from mlflow_persist.handle import ModelHandle, RestoreInfo  # noqa: E402
+from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo  # noqa: E402
 from mlflow_persist.loading import load_checkpoint  # noqa: E402
-from mlflow_persist.payload import FORMAT_VERSION, CheckpointState  # noqa: E402
-from mlflow_persist.persistence import Persistence  # noqa: E402
-from mlflow_persist.policy import SaveDecision  # noqa: E402
-from mlflow_persist.process_effects import GracefulExit, ProcessEffects  # noqa: E402
-from mlflow_persist.versions import VersionInfo  # noqa: E402
+from mlflow_persist._format.payload import FORMAT_VERSION, CheckpointState  # noqa: E402
+from mlflow_persist._runtime.persistence import Persistence  # noqa: E402
+from mlflow_persist._policy.policy import SaveDecision  # noqa: E402
+from mlflow_persist._runtime.process_effects import GracefulExit, ProcessEffects  # noqa: E402
+from mlflow_persist._policy.versions import VersionInfo  # noqa: E402
 
 __all__ = [
     "FORMAT_VERSION", "Alert", "AlertSink", "CheckpointCorruptError", "CheckpointMismatchError", "CheckpointState",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlflow_persist.config import resolve_tracking_uri
-from mlflow_persist.payload import CheckpointState
+from mlflow_persist._format.payload import CheckpointState
 
 
 def load_checkpoint(uri: str, tracking_uri: str | None = None, experiment_name: str = "mlflow-persist"
@@ -13,7 +13,7 @@ def load_checkpoint(uri: str, tracking_uri: str | None = None, experiment_name: 
     The payload's sha256 is verified against the one recorded at registration and it is loaded with
     `torch.load(weights_only=True)`; a damaged checkpoint raises CheckpointCorruptError.
     """
-    from mlflow_persist.store import MlflowStore  # imported here: `import mlflow` costs over a second
+    from mlflow_persist._store.mlflow_store import MlflowStore  # imported here: `import mlflow` costs over a second
 
     store = MlflowStore(resolve_tracking_uri(tracking_uri), experiment_name)
     return store.load_version(store.resolve(uri))

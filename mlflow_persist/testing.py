@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from mlflow_persist.digest import digest_bytes
+from mlflow_persist._format.digest import digest_bytes
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, StoreError, StoreUnavailableError
-from mlflow_persist.naming import validate_model_name
-from mlflow_persist.payload import (
+from mlflow_persist._format.naming import validate_model_name
+from mlflow_persist._format.payload import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
     CheckpointState,
@@ -47,7 +47,7 @@ from mlflow_persist.payload import (
     read_checkpoint_bytes,
     serialize,
 )
-from mlflow_persist.versions import BEST_ALIAS, CHECKPOINTS_DIR, RUN_KEY_TAG, RunSummary, VersionInfo, checkpoint_dirname, \
+from mlflow_persist._policy.versions import BEST_ALIAS, CHECKPOINTS_DIR, RUN_KEY_TAG, RunSummary, VersionInfo, checkpoint_dirname, \
     tag
 
 STAGES = ("write", "register", "alias", "delete", "load", "metrics", "tag")

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from mlflow_persist.legacy.formats import FORMAT_1, format1_payload
-from mlflow_persist.payload import CHECKPOINT_FILE, sha256_file
-from mlflow_persist.store import BEST_ALIAS, MlflowStore, tag
+from mlflow_persist._format.payload import CHECKPOINT_FILE, sha256_file
+from mlflow_persist._store.mlflow_store import BEST_ALIAS, MlflowStore, tag
 
 # (model, step, category, loss): cnn's best is step 20, dqn's best is step 5.
 FORMAT1_VERSIONS = (

@@ -223,7 +223,7 @@ def run_child(variant: str, steps: int, workdir: Path) -> dict[str, Any]:
     import mlflow
     import torch
 
-    from mlflow_persist.cli import apply_config_logging
+    from mlflow_persist.cli.main import apply_config_logging
     from mlflow_persist.config import PersistConfig
     from mlflow_persist.trading.app import run_trading
     from mlflow_persist.trading.recording import open_recorder

@@ -97,7 +97,7 @@ def make_batches(model: Any, batch_size: int) -> list[tuple[Any, Any]]:
 
 def tensor_bytes(state: Any) -> int:
     """Bytes of every tensor in a (nested) state dict."""
-    from mlflow_persist.pipeline import tensor_bytes as nested_tensor_bytes
+    from mlflow_persist._runtime.pipeline import tensor_bytes as nested_tensor_bytes
 
     return nested_tensor_bytes(state)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -13,7 +12,6 @@ from mlflow_persist.errors import NotFoundError, PersistError
 EXPERIMENT_NAME = "mlflow-persist"
 RUN_KEY_TAG = "mlflow_persist.run_key"
 EPISODES_RUN_KEY = "trading-system"
-TARGET_MODULE = "mlflow_persist.trading.replay"
 
 
 def find_episodes_run(client: Any, experiment_name: str = EXPERIMENT_NAME, run_key: str = EPISODES_RUN_KEY) -> str:
@@ -46,8 +44,9 @@ def select_ids(store: Any, episode: list[str], sample: int | None, seed: int | N
 
 def run_replay(*, episode: list[str], sample: int | None, seed: int | None, run_id: str | None,
                tracking_uri: str | None, start: str | None = None, end: str | None = None,
-               target: Any = None, experiment_name: str = EXPERIMENT_NAME) -> dict[str, Any]:
-    """Resolve the run, pick the episodes and replay them against the trading system's replay target."""
+               target: Any, experiment_name: str = EXPERIMENT_NAME) -> dict[str, Any]:
+    """Resolve the run, pick the episodes and replay them against `target` (the application's replay module:
+    `features_from_frames`, `build_model`, `decide`)."""
     from mlflow import MlflowClient
 
     from mlflow_persist.config import resolve_tracking_uri
@@ -59,17 +58,16 @@ def run_replay(*, episode: list[str], sample: int | None, seed: int | None, run_
     run = run_id or find_episodes_run(client, experiment_name)
     store = EpisodeStore(client, run)
     ids = select_ids(store, episode, sample, seed, start, end)
-    if target is None:
-        target = importlib.import_module(TARGET_MODULE)
     report = replay(store.load(ids), target, tracking_uri=uri, weights=store.weights)
     out = report.to_dict()
     out["run_id"] = run
     return out
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `replay` command to the mlflow-persist CLI."""
-    from mlflow_persist.cli import config_option, emit_json, json_option, load_config, tracking_uri_option
+def register(app: typer.Typer, target: Callable[[], Any]) -> None:
+    """Add the `replay` command to the mlflow-persist CLI; `target()` gives the replay module when it runs (the
+    application that records episodes registers the command, so this package never imports it)."""
+    from mlflow_persist.cli.main import config_option, emit_json, json_option, load_config, tracking_uri_option
 
     @app.command("replay")
     def replay_command(
@@ -87,7 +85,7 @@ def register(app: typer.Typer) -> None:
         """Replay recorded episodes with the checkpoint versions that made them; exit 1 unless all reproduce."""
         settings = load_config(tracking_uri, config)
         report = run_replay(episode=episode, sample=sample, seed=seed, run_id=run_id,
-                            tracking_uri=settings.tracking_uri, start=start, end=end,
+                            tracking_uri=settings.tracking_uri, start=start, end=end, target=target(),
                             experiment_name=settings.experiment_name)
         if as_json:
             emit_json("replay", {k: report[k] for k in ("replayed", "reproduced", "failed")})

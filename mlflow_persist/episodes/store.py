@@ -18,7 +18,7 @@ from mlflow_persist.episodes import layout
 from mlflow_persist.episodes.index import empty_index, read_index
 from mlflow_persist.episodes.model import Episode, to_utc_timestamp
 from mlflow_persist.episodes.schema import read_rows
-from mlflow_persist.payload import sha256_file
+from mlflow_persist._format.payload import sha256_file
 from mlflow_persist.episodes.weights import StateDict, read_weights, weights_path
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
 

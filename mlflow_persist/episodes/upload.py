@@ -16,7 +16,7 @@ from mlflow_persist.episodes.index import index_rows, write_index
 from mlflow_persist.episodes.lineage import log_index_dataset
 from mlflow_persist.episodes.model import Episode
 from mlflow_persist.episodes.schema import encode_episode, write_rows
-from mlflow_persist.payload import sha256_file
+from mlflow_persist._format.payload import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.distributed import DistributedPersistence
+from mlflow_persist.integrations.distributed import DistributedPersistence
 from mlflow_persist.errors import PersistError
-from mlflow_persist.logging_setup import package_logger
+from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.integrations")
 

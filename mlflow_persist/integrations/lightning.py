@@ -6,7 +6,7 @@ schedulers with it, the monitor read from `trainer.callback_metrics`.
   such as `val_loss`) is reported after each validation, at the same step, and only then.
 - A `final` checkpoint is saved at the end of fit, on teardown and on an exception (whichever comes first).
 - Under DDP only global rank 0 touches the store; restore gives every rank the same state
-  (`mlflow_persist.distributed`). Lightning owns the signals: its SIGTERM handling ends fit through
+  (`mlflow_persist.integrations.distributed`). Lightning owns the signals: its SIGTERM handling ends fit through
   `on_exception`, where the final checkpoint is taken.
 
 Use it with `enable_checkpointing=False` (or alongside ModelCheckpoint: they do not interfere).
@@ -19,11 +19,11 @@ from typing import Any
 import lightning.pytorch as pl
 
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.distributed import DistributedHandle, DistributedPersistence
-from mlflow_persist.handle import RestoreInfo
+from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
+from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
-from mlflow_persist.logging_setup import package_logger
-from mlflow_persist.policy import NO_SAVE, SaveDecision
+from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.policy import NO_SAVE, SaveDecision
 
 log = package_logger("mlflow_persist.integrations.lightning")
 

@@ -15,7 +15,7 @@ the algorithm's counters into MLflow, and resumes from the newest checkpoint whe
   at every save); without it a restart resumes with an empty buffer.
 - A SIGTERM/SIGINT stops `learn()` at the next env step (SB3's own stop: `_on_step` returns False), takes
   the final checkpoints and then exits (`GracefulExit`).
-- Under `torch.distributed` only rank 0 touches the store (`mlflow_persist.distributed`).
+- Under `torch.distributed` only rank 0 touches the store (`mlflow_persist.integrations.distributed`).
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
-from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.distributed import DistributedHandle, DistributedPersistence
+from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 from mlflow_persist.errors import PersistError
-from mlflow_persist.handle import RestoreInfo
+from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence, one_or_list
-from mlflow_persist.logging_setup import package_logger
-from mlflow_persist.policy import SaveDecision
-from mlflow_persist.process_effects import GracefulExit
+from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.policy import SaveDecision
+from mlflow_persist._runtime.process_effects import GracefulExit
 
 log = package_logger("mlflow_persist.integrations.sb3")
 

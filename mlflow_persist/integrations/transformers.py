@@ -23,15 +23,15 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.distributed import DistributedHandle, DistributedPersistence
+from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 from mlflow_persist.errors import PersistError
-from mlflow_persist.handle import RestoreInfo
+from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence
-from mlflow_persist.logging_setup import package_logger
-from mlflow_persist.policy import SaveDecision
-from mlflow_persist.process_effects import GracefulExit
+from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.policy import SaveDecision
+from mlflow_persist._runtime.process_effects import GracefulExit
 
 log = package_logger("mlflow_persist")
 

@@ -15,7 +15,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from mlflow_persist.cli import (  # noqa: E402
+from mlflow_persist.cli.main import (  # noqa: E402
     config_option,
     emit_json,
     json_option,
@@ -24,7 +24,7 @@ from mlflow_persist.cli import (  # noqa: E402
     tracking_uri_option,
 )
 from mlflow_persist.errors import ConfigError, NotFoundError  # noqa: E402
-from mlflow_persist.process_effects import apply_http_retry_defaults  # noqa: E402
+from mlflow_persist._runtime.process_effects import apply_http_retry_defaults  # noqa: E402
 
 TRACKING_URI = tracking_uri_option()
 CONFIG = config_option()
@@ -32,7 +32,7 @@ JSON = json_option()
 
 
 def _open(tracking_uri: str | None, config_file: Path | None = None):  # -> tuple[PersistConfig, MlflowStore]
-    from mlflow_persist.store import MlflowStore
+    from mlflow_persist._store.mlflow_store import MlflowStore
 
     config = load_config(tracking_uri, config_file)
     return config, MlflowStore(config.tracking_uri, config.experiment_name)

@@ -7,10 +7,10 @@ from typing import Any
 from mlflow_persist.legacy.classify import LegacyPayload, to_plain
 from mlflow_persist.legacy.plan import LEGACY_SHA_TAG
 from mlflow_persist.legacy.scan import LegacyFile
-from mlflow_persist.payload import FORMAT_VERSION, build_payload
-from mlflow_persist.digest import Digest
-from mlflow_persist.store import tag
-from mlflow_persist.versions import digest_tags
+from mlflow_persist._format.payload import FORMAT_VERSION, build_payload
+from mlflow_persist._format.digest import Digest
+from mlflow_persist._store.mlflow_store import tag
+from mlflow_persist._policy.versions import digest_tags
 
 LEGACY = "legacy"
 METRIC_TAG_PREFIX = "mlflow_persist.metric."

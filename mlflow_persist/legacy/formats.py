@@ -1,6 +1,6 @@
 """Checkpoint format versions as far as migration is concerned.
 
-The payload layouts themselves are defined (and read, old ones included) by `mlflow_persist.payload`:
+The payload layouts themselves are defined (and read, old ones included) by `mlflow_persist._format.payload`:
 
 - format 1: `checkpoint.pt` = {"format_version": 1, "model_state", "optimizer_state", "step", "metrics"};
   `manifest.json` = {"format_version": 1, "sha256", "size_bytes", "step", "category", "metrics"}.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from mlflow_persist.payload import FORMAT_VERSION, copy_to_cpu
-from mlflow_persist.store import VersionInfo
+from mlflow_persist._format.payload import FORMAT_VERSION, copy_to_cpu
+from mlflow_persist._store.mlflow_store import VersionInfo
 
 FORMAT_1 = 1
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from mlflow_persist.errors import PersistError
-from mlflow_persist.legacy.alias_log import move_alias
+from mlflow_persist._store.alias_log import move_alias
 from mlflow_persist.legacy.convert import METRICS_LOGGED_TAG, to_current_payload, version_tags
 from mlflow_persist.legacy.plan import LEGACY_SHA_TAG, ExistingModel, ImportPlan, PlanItem, build_plan
 from mlflow_persist.legacy.scan import LegacyFile, load_legacy_payload, scan_legacy_dir
-from mlflow_persist.store import BEST_ALIAS, MlflowStore, VersionInfo, tag
-from mlflow_persist.logging_setup import package_logger
+from mlflow_persist._store.mlflow_store import BEST_ALIAS, MlflowStore, VersionInfo, tag
+from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.legacy")
 
@@ -200,7 +200,7 @@ def _finish_metrics(store: MlflowStore, model: str, version: int, file: LegacyFi
 
 def _valid(name: str) -> bool:
     from mlflow_persist.errors import ConfigError
-    from mlflow_persist.naming import validate_model_name
+    from mlflow_persist._format.naming import validate_model_name
 
     try:
         validate_model_name(name)

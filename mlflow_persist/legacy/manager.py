@@ -19,18 +19,18 @@ import torch
 
 from mlflow_persist.config import PersistConfig, resolve_tracking_uri
 from mlflow_persist.errors import CheckpointCorruptError, PersistError
-from mlflow_persist.legacy.alias_log import move_alias
+from mlflow_persist._store.alias_log import move_alias
 from mlflow_persist.legacy.classify import to_plain
 from mlflow_persist.legacy.convert import LEGACY, METRIC_TAG_PREFIX
 from mlflow_persist.legacy.importer import model_run
 from mlflow_persist.legacy.score import SCORE_FIELD, as_number, numeric_metrics, performance_score
-from mlflow_persist.atomic import private_directory, user_cache_dir
-from mlflow_persist.best import mark_corrupt
-from mlflow_persist.payload import FORMAT_VERSION, CheckpointState, build_payload, sha256_file
-from mlflow_persist.policy import VersionSummary
-from mlflow_persist.prune import prune
-from mlflow_persist.store import BEST_ALIAS, MlflowStore, VersionInfo, tag
-from mlflow_persist.versions import digest_tags
+from mlflow_persist._format.atomic import private_directory, user_cache_dir
+from mlflow_persist._store.best import mark_corrupt
+from mlflow_persist._format.payload import FORMAT_VERSION, CheckpointState, build_payload, sha256_file
+from mlflow_persist._policy.policy import VersionSummary
+from mlflow_persist._store.prune import prune
+from mlflow_persist._store.mlflow_store import BEST_ALIAS, MlflowStore, VersionInfo, tag
+from mlflow_persist._policy.versions import digest_tags
 
 LEGACY_API_TAG = tag("legacy_api")
 

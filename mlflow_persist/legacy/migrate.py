@@ -1,6 +1,6 @@
 """`migrate`: rewrite versions stored in an older checkpoint format as new versions of the current format.
 
-Each old version is loaded (verified, upgraded by `mlflow_persist.payload`), written again in the current
+Each old version is loaded (verified, upgraded by `mlflow_persist._format.payload`), written again in the current
 layout into the same run, and registered as a new version with the old one's category and tags plus
 `migrated_from`; the old version is kept, tagged `migrated_to`, until the operator removes it. Old versions are
 migrated oldest first, so the newest stays the newest; every alias on an old version moves to its copy.
@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_persist.legacy.alias_log import move_alias
+from mlflow_persist._store.alias_log import move_alias
 from mlflow_persist.legacy.formats import needs_migration
-from mlflow_persist.payload import FORMAT_VERSION, build_payload
-from mlflow_persist.store import MlflowStore, VersionInfo, tag
-from mlflow_persist.versions import digest_tags
+from mlflow_persist._format.payload import FORMAT_VERSION, build_payload
+from mlflow_persist._store.mlflow_store import MlflowStore, VersionInfo, tag
+from mlflow_persist._policy.versions import digest_tags
 
 MIGRATED_FROM = tag("migrated_from")
 MIGRATED_TO = tag("migrated_to")

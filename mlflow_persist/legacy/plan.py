@@ -12,7 +12,7 @@ from typing import Literal
 
 from mlflow_persist.errors import ConfigError
 from mlflow_persist.legacy.scan import LegacyFile, ScanResult, StaleEntry
-from mlflow_persist.naming import validate_model_name
+from mlflow_persist._format.naming import validate_model_name
 
 Action = Literal["import", "skip", "refuse"]
 LEGACY_SHA_TAG = "mlflow_persist.legacy_sha256"

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mlflow_persist.errors import CheckpointCorruptError, ConfigError, NotFoundError
-from mlflow_persist.legacy.alias_log import AliasMove, move_alias, operator
-from mlflow_persist.store import BEST_ALIAS, MlflowStore, VersionInfo, tag
+from mlflow_persist._store.alias_log import AliasMove, move_alias, operator
+from mlflow_persist._store.mlflow_store import BEST_ALIAS, MlflowStore, VersionInfo, tag
 
 ROLLBACK = "rollback"
 # Tags of the chosen version that describe the checkpoint itself and carry over to the rollback version.

@@ -14,7 +14,7 @@ from mlflow_persist.errors import ConfigError
 
 from .episode import EpisodeRecorder
 from .progress import ProgressView
-from mlflow_persist.logging_setup import package_logger
+from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.trading")
 
@@ -117,7 +117,7 @@ def run_trading(
         raise ConfigError(f"--minutes must be more than 0, got {minutes}.")
     import torch
 
-    from mlflow_persist.persistence import Persistence
+    from mlflow_persist._runtime.persistence import Persistence
 
     from .system import EnhancedRealtimeTrainingSystem
 

@@ -4,15 +4,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 import typer
 
-from mlflow_persist.cli import config_option, load_config, log_options, tracking_uri_option
+from mlflow_persist.cli.main import config_option, load_config, log_options, tracking_uri_option
+
+
+def replay_target() -> ModuleType:
+    """The module `mlflow-persist replay` replays recorded episodes against."""
+    from mlflow_persist.trading import replay
+
+    return replay
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `run` command to the mlflow-persist CLI."""
+    """Add `run` and `replay` (the trading system's episodes) to the mlflow-persist CLI."""
+    from mlflow_persist.episodes.cli import register as register_replay
+
+    register_replay(app, target=lambda: replay_target())
 
     @app.command("run")
     def run_command(
@@ -38,7 +49,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train the reference trading system (DQN, CNN, COB RL, Extrema) continuously with persistence."""
-        from mlflow_persist.console_log import configure_run_logging
+        from mlflow_persist._observe.console import configure_run_logging
         from mlflow_persist.errors import ConfigError
 
         from .app import run_trading

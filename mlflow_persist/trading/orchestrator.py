@@ -19,7 +19,7 @@ from .replay import decide
 from .rewards import trade_reward
 from .serving import ServingModel
 from .trainers import Trainer, TrainingCase
-from mlflow_persist.logging_setup import package_logger
+from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.trading.orchestrator")
 

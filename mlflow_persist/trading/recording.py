@@ -23,7 +23,7 @@ from mlflow_persist.episodes import EpisodeRecorder, RecorderStats, state_finger
 
 from .episode import TradingEpisode
 from .serving import ServingModel
-from mlflow_persist.logging_setup import package_logger
+from mlflow_persist._observe.logs import package_logger
 
 #: A serving version seen for the first time: (model, version, fingerprint, CPU copy of its weights).
 NewWeights = tuple[str, int | None, str, dict[str, Any]]

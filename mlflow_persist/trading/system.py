@@ -31,7 +31,7 @@ from .models import MODEL_NAMES, build_model
 from .orchestrator import PendingDecision, TradingOrchestrator
 from .serving import SERVING_LAG, Candidate, weights_of
 from .trainers import Trainer, build_trainers
-from mlflow_persist.logging_setup import package_logger
+from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.trading.system")
 

@@ -15,9 +15,9 @@ import gymnasium
 from stable_baselines3 import DQN
 
 import mlflow_persist as mp
-from mlflow_persist.inspection import history
+from mlflow_persist.cli.inspection import history
 from mlflow_persist.integrations.sb3 import PersistCallback
-from mlflow_persist.store import MlflowStore
+from mlflow_persist._store.mlflow_store import MlflowStore
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from mlflow_persist import PersistConfig
-from mlflow_persist.inspection import history
+from mlflow_persist.cli.inspection import history
 from mlflow_persist.integrations.transformers import PersistCallback
-from mlflow_persist.store import MlflowStore
+from mlflow_persist._store.mlflow_store import MlflowStore
 
 VOCAB, LENGTH = 32, 16
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.cli import main
-from mlflow_persist.store import MlflowStore
+from mlflow_persist.cli.main import main
+from mlflow_persist._store.mlflow_store import MlflowStore
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -21,9 +21,9 @@ import torch
 import typer
 
 import mlflow_persist as mp
-from mlflow_persist import cli_schema
-from mlflow_persist.cli import app, main
-from mlflow_persist.store import MlflowStore
+from mlflow_persist.cli import schema as cli_schema
+from mlflow_persist.cli.main import app, main
+from mlflow_persist._store.mlflow_store import MlflowStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("mlflow-persist")
@@ -115,7 +115,7 @@ def _recorded_episodes(template_db: Path, tmp_path: Path, monkeypatch: pytest.Mo
     target (as tests/episodes/test_replay.py does)."""
     from mlflow import MlflowClient
 
-    import mlflow_persist.episodes.cli as episodes_cli
+    import mlflow_persist.trading.cli as trading_cli
     from mlflow_persist.episodes import EpisodeRecorder
 
     monkeypatch.syspath_prepend(str(ROOT / "tests" / "episodes"))
@@ -136,7 +136,7 @@ def _recorded_episodes(template_db: Path, tmp_path: Path, monkeypatch: pytest.Mo
     for name in ("features_from_frames", "build_model", "decide"):
         setattr(module, name, getattr(target, name))
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(episodes_cli, "TARGET_MODULE", module.__name__)
+    monkeypatch.setattr(trading_cli, "replay_target", lambda: module)
     return uri
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import mlflow_persist as mp
-from mlflow_persist.store import MlflowStore
+from mlflow_persist._store.mlflow_store import MlflowStore
 from store_support import read_until
 
 pytestmark = pytest.mark.slow  # subprocesses killed at random moments, several trials

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.cuts import CUT_COMPLETE_TAG, CUT_MEMBERS_TAG, CUT_TAG, complete_cuts, cut_sequence, \
+from mlflow_persist._policy.cuts import CUT_COMPLETE_TAG, CUT_MEMBERS_TAG, CUT_TAG, complete_cuts, cut_sequence, \
     next_cut_sequence
 from mlflow_persist.testing import MemoryStore
-from mlflow_persist.versions import VersionInfo, tag
+from mlflow_persist._policy.versions import VersionInfo, tag
 
 
 class Counter:

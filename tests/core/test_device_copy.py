@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.device_copy import DeviceCopies
+from mlflow_persist._format.device_copy import DeviceCopies
 from mlflow_persist.testing import MemoryStore
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_persist import direct_io
-from mlflow_persist.direct_io import STAGING_BYTES, DirectFile
+from mlflow_persist._format import direct_io
+from mlflow_persist._format.direct_io import STAGING_BYTES, DirectFile
 
 
 def _chunks(total: int, sizes: list[int]) -> list[bytes]:

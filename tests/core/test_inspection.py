@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist import inspection
+from mlflow_persist.cli import inspection
 from mlflow_persist.testing import MemoryStore
 
 

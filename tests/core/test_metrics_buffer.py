@@ -6,7 +6,7 @@ from typing import Sequence
 
 import pytest
 
-from mlflow_persist.metrics_buffer import MetricsBuffer, Pace
+from mlflow_persist._runtime.metrics_buffer import MetricsBuffer, Pace
 
 
 class FakeClock:

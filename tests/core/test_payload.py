@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mlflow_persist import CheckpointCorruptError
-from mlflow_persist.digest import Digest
-from mlflow_persist.payload import (
+from mlflow_persist._format.digest import Digest
+from mlflow_persist._format.payload import (
     CHECKPOINT_FILE,
     build_payload,
     capture_rng_state,
@@ -158,7 +158,7 @@ def test_a_filesystem_that_cannot_map_files_is_read_in_chunks(tmp_path: Path, mo
     import errno
     import mmap
 
-    from mlflow_persist import digest
+    from mlflow_persist._format import digest
 
     written = write_checkpoint_dir(_payload(), tmp_path / "ck")
 

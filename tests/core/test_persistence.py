@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.store import MlflowStore
+from mlflow_persist._store.mlflow_store import MlflowStore
 
 
 def _model(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlflow_persist.policy import (
+from mlflow_persist._policy.policy import (
     PERFORMANCE,
     PERIODIC,
     PeriodicSchedule,
@@ -210,7 +210,7 @@ def test_a_failed_improvement_does_not_block_a_smaller_later_one() -> None:
 
 
 def test_version_and_model_descriptions_read_at_a_glance() -> None:
-    from mlflow_persist.descriptions import model_description, version_description
+    from mlflow_persist._store.descriptions import model_description, version_description
 
     assert version_description("performance", 812, "loss", 0.398, int(2.4 * 2**20), previous=(0.412, 16)) == \
         "performance \u00b7 step 812 \u00b7 loss 0.398 (\u22123.4% vs v16) \u00b7 2.4 MB"

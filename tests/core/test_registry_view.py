@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.best import mark_corrupt
-from mlflow_persist.policy import select_best
-from mlflow_persist.registry_view import REREAD_EVERY, RegistryView
-from mlflow_persist.store import MlflowStore
-from mlflow_persist.versions import VersionInfo
+from mlflow_persist._store.best import mark_corrupt
+from mlflow_persist._policy.policy import select_best
+from mlflow_persist._store.registry_view import REREAD_EVERY, RegistryView
+from mlflow_persist._store.mlflow_store import MlflowStore
+from mlflow_persist._policy.versions import VersionInfo
 
 
 def _config(uri: str) -> mp.PersistConfig:

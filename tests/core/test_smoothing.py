@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mlflow_persist as mp
-from mlflow_persist.smoothing import MonitorSmoother
+from mlflow_persist._policy.smoothing import MonitorSmoother
 from mlflow_persist.testing import MemoryStore
-from mlflow_persist.versions import tag
+from mlflow_persist._policy.versions import tag
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 values_lists = st.lists(finite, min_size=1, max_size=60)

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.checkpoint_store import CheckpointStore
+from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
-from mlflow_persist.payload import build_payload
-from mlflow_persist.prune import prune
+from mlflow_persist._format.payload import build_payload
+from mlflow_persist._store.prune import prune
 from mlflow_persist.testing import MemoryStore
-from mlflow_persist.digest import Digest
-from mlflow_persist.versions import digest_tags, tag
+from mlflow_persist._format.digest import Digest
+from mlflow_persist._policy.versions import digest_tags, tag
 from store_support import copy_template_store, reset_server_store
 
 
@@ -26,7 +26,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, template_db: Path) -> 
     if request.param == "memory":
         yield MemoryStore()
         return
-    from mlflow_persist.store import MlflowStore
+    from mlflow_persist._store.mlflow_store import MlflowStore
 
     if request.param == "sqlite":
         uri = copy_template_store(template_db, tmp_path / "store")

@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from mlflow_persist.errors import StoreError, StoreUnavailableError
-from mlflow_persist.store import translate
+from mlflow_persist._store.mlflow_store import translate
 
 
 class _AlwaysFailing(BaseHTTPRequestHandler):

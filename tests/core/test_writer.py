@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from mlflow_persist.writer import CheckpointWriter, SaveJob
+from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
 
 
 class GatedExecutor:

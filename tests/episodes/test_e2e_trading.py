@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-c", "from mlflow_persist.cli import main; main()"]
+CLI = [sys.executable, "-c", "from mlflow_persist.cli.main import main; main()"]
 RUN_KEY = "trading-system"
 
 

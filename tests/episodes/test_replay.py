@@ -96,20 +96,17 @@ def test_retrain_range_yields_rebuilt_inputs_in_time_order(recorded: dict[str, A
 
 
 def test_cli_replay_json_and_exit_codes(recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow_persist.episodes.cli as cli
+    import sys
+    import types
 
+    module = types.ModuleType("episode_fixtures_target")
     app = typer.Typer()
-    register(app)
+    register(app, target=lambda: module)
 
     @app.callback()
     def main() -> None:
         """test app"""
 
-    monkeypatch.setattr(cli, "TARGET_MODULE", "episode_fixtures_target")
-    import sys
-    import types
-
-    module = types.ModuleType("episode_fixtures_target")
     for name in ("features_from_frames", "build_model", "decide"):
         setattr(module, name, getattr(recorded["target"], name))
     monkeypatch.setitem(sys.modules, "episode_fixtures_target", module)

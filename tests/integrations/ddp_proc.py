@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlflow_persist as mp  # noqa: E402
 from integrations.support import DigestLog, state_digest  # noqa: E402
-from mlflow_persist.distributed import DistributedPersistence  # noqa: E402
+from mlflow_persist.integrations.distributed import DistributedPersistence  # noqa: E402
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlflow_persist as mp  # noqa: E402
 from integrations.support import DigestLog, state_digest  # noqa: E402
 from mlflow_persist.integrations.sb3 import PersistCallback  # noqa: E402
-from mlflow_persist.policy import SaveDecision  # noqa: E402
+from mlflow_persist._policy.policy import SaveDecision  # noqa: E402
 
 COUNTER_NAMES = ("num_timesteps", "_n_updates", "_episode_num", "_current_progress_remaining", "exploration_rate",
                  "_n_calls")

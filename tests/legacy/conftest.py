@@ -11,7 +11,7 @@ from legacy_support import REPO_ROOT
 
 @pytest.fixture
 def store(sqlite_uri: str):
-    from mlflow_persist.store import MlflowStore
+    from mlflow_persist._store.mlflow_store import MlflowStore
 
     return MlflowStore(sqlite_uri)
 

@@ -46,7 +46,7 @@ def test_cli_import_rollback_and_errors(tmp_path: Path, sqlite_uri: str, subproc
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)["rollback_of"] == 1
 
-    from mlflow_persist.cli import main
+    from mlflow_persist.cli.main import main
 
     for args, message in ((["rollback", "nosuchmodel", "--to", "1"], "no versions"),
                           (["rollback", "cnn", "--to", "99"], "no version 99"),

@@ -8,10 +8,10 @@ import torch
 
 import mlflow_persist as mp
 from legacy_support import LEGACY_FULL, WHOLE_MODULE, snapshot
-from mlflow_persist.legacy.alias_log import alias_moves
+from mlflow_persist._store.alias_log import alias_moves
 from mlflow_persist.legacy.importer import execute_plan, plan_import
-from mlflow_persist.store import tag
-from mlflow_persist.versions import digest_tags
+from mlflow_persist._store.mlflow_store import tag
+from mlflow_persist._policy.versions import digest_tags
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -90,7 +90,7 @@ def test_dry_run_writes_nothing_and_best_is_kept(store) -> None:
     # A model that already has `best` keeps it.
     run_id = store.ensure_run("cnn")
     model = torch.nn.Linear(2, 2)
-    from mlflow_persist.payload import build_payload
+    from mlflow_persist._format.payload import build_payload
 
     source, written = store.write_checkpoint(run_id, "cnn", 1, build_payload(
         model_name="cnn", model_state=model.state_dict(), step=1, metrics={"loss": 0.1}, category="performance"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mlflow_persist.legacy import CheckpointManager
-from mlflow_persist.store import MlflowStore, tag
+from mlflow_persist._store.mlflow_store import MlflowStore, tag
 
 OLD_SCRIPT = textwrap.dedent('''
     import torch

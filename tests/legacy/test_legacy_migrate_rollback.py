@@ -10,11 +10,11 @@ import torch
 import mlflow_persist as mp
 from legacy_support import FIXTURES  # noqa: F401  (puts mlruns_fixtures on sys.path)
 from mlflow_persist.errors import ConfigError, NotFoundError
-from mlflow_persist.legacy.alias_log import alias_moves
+from mlflow_persist._store.alias_log import alias_moves
 from mlflow_persist.legacy.migrate import migrate
 from mlflow_persist.legacy.rollback import rollback
-from mlflow_persist.payload import FORMAT_VERSION
-from mlflow_persist.store import MlflowStore, tag
+from mlflow_persist._format.payload import FORMAT_VERSION
+from mlflow_persist._store.mlflow_store import MlflowStore, tag
 from mlruns_fixtures.generate import materialize_format1_store
 
 

@@ -5,7 +5,7 @@ Usage: python multi_trainer_proc.py TRACKING_URI INDEX STEPS EVENTS_JSONL
 Tracks `own<INDEX>` and `shared` through the core API, reports a scripted, deterministic
 loss sequence (distinct values per process, so every checkpoint can be traced back to the
 process and step that made it), and writes the core's checkpoint log events as JSON lines
-(mlflow_persist.logging_setup) to EVENTS_JSONL. Exits 0 after `Persistence` closed, which
+(mlflow_persist._observe.logs) to EVENTS_JSONL. Exits 0 after `Persistence` closed, which
 flushes everything and saves one `final` checkpoint per model.
 """
 
@@ -18,7 +18,7 @@ import time
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.logging_setup import configure_logging
+from mlflow_persist._observe.logs import configure_logging
 
 
 def scripted_loss(rng: random.Random, step: int, index: int, salt: int) -> float:

@@ -5,7 +5,7 @@
 
 `train` tracks one model through the core API against the tracking server in the spec and writes three
 records of its own next to the spec (paths in the spec):
-- `events`: the core's log events as JSON lines (mlflow_persist.logging_setup), e.g. every saved version;
+- `events`: the core's log events as JSON lines (mlflow_persist._observe.logs), e.g. every saved version;
 - `states`: one JSON line per step, `{"step", "state", "outage"}`: `state` is state_digest() of the model
   right after that step's `handle.step()` (the state a checkpoint of that step holds), `outage` whether the
   test had announced an object-store outage (the file `<control>/outage` existed);
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.logging_setup import configure_logging
+from mlflow_persist._observe.logs import configure_logging
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -112,7 +112,7 @@ def train(spec: dict[str, Any]) -> None:
 def load(tracking_uri: str, request: Path) -> None:
     """Import everything first (started beside the trainers, the imports overlap their run), then wait for
     the REQUEST file (a JSON list of model URIs, written atomically) and load each."""
-    import mlflow_persist.store  # noqa: F401 - imports MLflow now, before the request comes
+    import mlflow_persist._store.mlflow_store  # noqa: F401 - imports MLflow now, before the request comes
 
     deadline = time.monotonic() + 900
     while not request.exists():

@@ -1,4 +1,4 @@
-"""Unit tests of mlflow_persist.logging_setup: JSON and text output, idempotence, redaction."""
+"""Unit tests of mlflow_persist._observe.logs: JSON and text output, idempotence, redaction."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mlflow_persist.logging_setup import EVENT_FIELDS, REDACTED, configure_logging, event_fields, redact
+from mlflow_persist._observe.logs import EVENT_FIELDS, REDACTED, configure_logging, event_fields, redact
 
 EVENT = dict(model="dqn", category="performance", version=17, step=1200, value=0.398,
              improvement=-0.014, bytes=2_097_152, duration_s=0.022, outcome="saved")  # fmt: skip
@@ -116,7 +116,7 @@ def test_redact_leaves_ordinary_text_alone() -> None:
 
 def test_configuring_does_not_touch_other_loggers() -> None:
     code = (
-        "import io, logging; from mlflow_persist.logging_setup import configure_logging;"
+        "import io, logging; from mlflow_persist._observe.logs import configure_logging;"
         "root_before = list(logging.getLogger().handlers);"
         "configure_logging('INFO', 'json', stream=io.StringIO());"
         "assert logging.getLogger().handlers == root_before;"

@@ -39,7 +39,7 @@ from machines import finish, killed_at_exit, machine_env, start_on
 from servers import LOOPBACK, MlflowServer, MotoServer, PostgresServer, TcpOutageProxy, s3_env, subprocess_env
 
 mp = pytest.importorskip("mlflow_persist", reason="the core (mlflow_persist.Persistence) is not built yet")
-from mlflow_persist.payload import read_checkpoint_dir  # noqa: E402 - after the skip: they import the core
+from mlflow_persist._format.payload import read_checkpoint_dir  # noqa: E402 - after the skip: they import the core
 from s3_trainer_proc import state_digest  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("s3_trainer_proc.py")

@@ -4,7 +4,7 @@ Usage: python workers_trainer_proc.py TRACKING_URI MODEL INDEX STEPS EVENTS_JSON
 
 Tracks MODEL, reports a scripted, deterministic loss sequence whose last digits encode INDEX (two processes
 may train the same MODEL; their values never collide), writes the core's log events as JSON lines
-(mlflow_persist.logging_setup) to EVENTS_JSONL, and, as the test's own record independent of the core, every
+(mlflow_persist._observe.logs) to EVENTS_JSONL, and, as the test's own record independent of the core, every
 (step, loss) it reported to REPORTED_JSONL. Exits 0 after `Persistence` closed, which flushes everything
 and saves one `final` checkpoint. Once its model is tracked it touches REPORTED_JSONL's sibling `ready`
 and waits for GO_FILE to exist, so that every process trains (and saves) at the same time.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.logging_setup import configure_logging
+from mlflow_persist._observe.logs import configure_logging
 
 PERIODIC_EVERY_STEPS = 15
 STEP_SLEEP_S = 0.2  # slow enough that most decisions become saves, not coalesced in the writer queue

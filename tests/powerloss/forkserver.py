@@ -157,7 +157,7 @@ def trainer(cmd: dict[str, Any]) -> None:
 
 def checkpoint_dirs(uri: str, step: int) -> list[str]:
     """Checkpoint directories of `step` that exist under the store's artifact root (diagnosis of a loss)."""
-    from mlflow_persist.versions import checkpoint_dirname
+    from mlflow_persist._policy.versions import checkpoint_dirname
 
     root = Path(uri[len("sqlite:///"):]).parent
     prefix = checkpoint_dirname(MODEL, step).rsplit("-", 1)[0]
@@ -168,7 +168,7 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
     """After the cut ("reboot"): every registered version verifies and loads; every acknowledged version is
     registered with the recorded step and digest; no staging directory is a version's source; latest loads."""
     import mlflow_persist as mp
-    from mlflow_persist.store import MlflowStore
+    from mlflow_persist._store.mlflow_store import MlflowStore
 
     uri = cmd["uri"]
     store = MlflowStore(uri)
@@ -270,7 +270,7 @@ def main() -> None:
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow_persist  # noqa: F401
-    import mlflow_persist.store  # noqa: F401
+    import mlflow_persist._store.mlflow_store  # noqa: F401
 
     warm_up()
     replies.write(json.dumps({"ready": True, "threads": threading.active_count(),

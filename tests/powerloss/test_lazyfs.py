@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_persist.atomic import fsync_path
+from mlflow_persist._format.atomic import fsync_path
 from powerloss.lazyfs import DirNode, FileNode, LazyMount, LazyTree
 
 

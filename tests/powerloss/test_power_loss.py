@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from mlflow_persist.atomic import fsync_path
+from mlflow_persist._format.atomic import fsync_path
 from powerloss.lazyfs import LazyMount, log_tail
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import pytest
 
 import mlflow_persist as mp
-from mlflow_persist.alerts import Alert
-from mlflow_persist.store import HEALTH_TAG
+from mlflow_persist._observe.alerts import Alert
+from mlflow_persist._store.mlflow_store import HEALTH_TAG
 from reliability.support import digest, make_model, train_step
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import mlflow_persist as mp
-from mlflow_persist.cli import main as cli_main
-from mlflow_persist.store import MlflowStore
+from mlflow_persist.cli.main import main as cli_main
+from mlflow_persist._store.mlflow_store import MlflowStore
 from reliability.support import LineLog, fork_child, make_model, train_step, warm_up_torch
 from servers import MlflowServer
 

@@ -15,8 +15,8 @@ from typing import Iterator
 import pytest
 
 import mlflow_persist as mp
-from mlflow_persist.store import MlflowStore
-from mlflow_persist.sysmetrics import disk_space
+from mlflow_persist._store.mlflow_store import MlflowStore
+from mlflow_persist._observe.system_metrics import disk_space
 from reliability.support import ListHandler, make_model, train_step
 
 WIDTH = 1536  # Adam + weights: a ~0.6 MB checkpoint, every tensor under 1 MB

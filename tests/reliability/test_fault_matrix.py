@@ -34,8 +34,11 @@ def _target(stage: str) -> tuple[Any, str]:
     """Where each stage lives: the object and attribute a fault replaces."""
     import torch
 
-    from mlflow_persist import atomic, handle, payload, pipeline
-    from mlflow_persist import store as store_module
+    from mlflow_persist._format import atomic
+    from mlflow_persist._runtime import handle
+    from mlflow_persist._format import payload
+    from mlflow_persist._runtime import pipeline
+    from mlflow_persist._store import mlflow_store as store_module
 
     return {
         "snapshot": (handle, "build_payload"),
@@ -122,7 +125,7 @@ def _trainer(events: LineLog, uri: str, stage: str, fault: str, restart: bool) -
 
 
 def _checker(events: LineLog, uri: str) -> None:
-    from mlflow_persist.store import MlflowStore
+    from mlflow_persist._store.mlflow_store import MlflowStore
 
     store = MlflowStore(uri)
     versions = store.list_versions("net")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import mlflow_persist as mp
-from mlflow_persist.store import CHECKPOINTS_DIR, MlflowStore
+from mlflow_persist._store.mlflow_store import CHECKPOINTS_DIR, MlflowStore
 from reliability.support import LineLog, digest, fork_child, make_model, train_step, warm_up_torch
 
 NAME = "dqn"

@@ -13,7 +13,7 @@ import torch
 import mlflow_persist as mp
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError
 from mlflow_persist.legacy.rollback import rollback
-from mlflow_persist.store import MlflowStore
+from mlflow_persist._store.mlflow_store import MlflowStore
 
 
 @pytest.mark.slow

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.cli import main as cli_main
-from mlflow_persist.logging_setup import configure_logging
-from mlflow_persist.payload import CHECKPOINT_FILE, FORMAT_VERSION, MANIFEST_FILE, sha256_file
-from mlflow_persist.store import MlflowStore, tag
+from mlflow_persist.cli.main import main as cli_main
+from mlflow_persist._observe.logs import configure_logging
+from mlflow_persist._format.payload import CHECKPOINT_FILE, FORMAT_VERSION, MANIFEST_FILE, sha256_file
+from mlflow_persist._store.mlflow_store import MlflowStore, tag
 from reliability.support import ListHandler, capture_logs, digest, make_model
 from servers import free_port
 
@@ -170,8 +170,8 @@ def test_the_legacy_cache_is_private_and_a_tampered_file_is_never_reused(sqlite_
 
 def test_deletions_never_leave_the_runs_checkpoint_folder(sqlite_uri: str, tmp_path: Path) -> None:
     """Regression (issue 11 #10): a version source outside the artifact root was removed with rmtree."""
-    from mlflow_persist.prune import prune
-    from mlflow_persist.store import MlflowStore
+    from mlflow_persist._store.prune import prune
+    from mlflow_persist._store.mlflow_store import MlflowStore
 
     outside = tmp_path / "precious"
     outside.mkdir()

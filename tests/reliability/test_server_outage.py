@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import mlflow_persist as mp
-from mlflow_persist.store import MlflowStore
+from mlflow_persist._store.mlflow_store import MlflowStore
 from reliability.support import make_model, train_step
 from servers import MlflowServer
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 MODELS = ("dqn", "cnn", "cob_rl", "extrema")
-CLI = [sys.executable, "-c", "from mlflow_persist.cli import main; main()"]
+CLI = [sys.executable, "-c", "from mlflow_persist.cli.main import main; main()"]
 pytestmark = pytest.mark.slow
 
 

@@ -73,7 +73,7 @@ def _run_and_kill(workdir: Path, target: int | None, delay: float) -> tuple[bool
 
 
 def _finals(workdir: Path) -> dict[str, Any]:
-    from mlflow_persist.store import MlflowStore
+    from mlflow_persist._store.mlflow_store import MlflowStore
 
     store = MlflowStore(f"sqlite:///{workdir}/mlflow.db", "mlflow-persist", None)
     out = {}

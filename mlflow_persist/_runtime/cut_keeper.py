@@ -1,0 +1,171 @@
+"""`CutKeeper`: records the completion marker of each system checkpoint (cut) once all of it is stored.
+
+One background thread ("mlflow-persist-cuts") takes the pending cuts oldest first. A cut is finished when
+every member's save is acknowledged as registered and every extra condition of the cut holds (the caller's
+own durability, such as episodes written up to the cut's step); the marker tag then goes onto every member
+version. A member whose save failed, was dropped or superseded abandons the cut: it is never marked, and a
+restart resumes from an older complete cut. Behind an outbox (a remote store) a member counts as registered
+only once its version with the cut's id is in the registry, so the keeper waits for the outbox drain.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist._policy.cuts import CUT_COMPLETE_TAG
+from mlflow_persist.errors import describe_store_error
+from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.versions import VersionInfo
+from mlflow_persist._runtime.writer import SaveJob
+
+log = package_logger("mlflow_persist.cuts")
+
+#: Pending cuts kept at most; beyond it the oldest is given up (a store that never accepts them).
+MAX_PENDING_CUTS = 16
+#: Cuts remembered by id after they ended (for `find`).
+RECENT_CUTS = 8
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class PendingCut:
+    id: str
+    jobs: dict[str, SaveJob]  # member name -> its save
+    registered_names: dict[str, str]  # member name -> registered model name
+    conditions: list[Callable[[], bool]] = field(default_factory=list)
+    versions: dict[str, VersionInfo] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: str = "pending"  # pending | complete | abandoned
+
+
+class CutKeeper:
+    def __init__(self, store: CheckpointStore) -> None:
+        self._store = store
+        self._pending: deque[PendingCut] = deque()
+        self._recent: OrderedDict[str, PendingCut] = OrderedDict()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.completed = 0
+        self.abandoned = 0
+        self.last_complete: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="mlflow-persist-cuts", daemon=True)
+        self._thread.start()
+
+    def add(self, cut: PendingCut) -> PendingCut:
+        with self._cond:
+            self._pending.append(cut)
+            self._recent[cut.id] = cut
+            while len(self._recent) > RECENT_CUTS:
+                self._recent.popitem(last=False)
+            while len(self._pending) > MAX_PENDING_CUTS:
+                self._abandon(self._pending.popleft(), "too many cuts wait for their members to be stored")
+            self._cond.notify_all()
+        return cut
+
+    def find(self, cut_id: str) -> PendingCut | None:
+        """A cut taken recently by this process, pending or ended (None when unknown or long past)."""
+        with self._cond:
+            return self._recent.get(cut_id)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until no cut is pending; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(POLL_SECONDS if remaining is None else min(POLL_SECONDS, remaining))
+        return True
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        finished = self.wait(timeout)
+        with self._cond:
+            self._closed = True
+            left = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        for cut in left:
+            self._abandon(cut, "the process is closing before all of it was stored")
+        self._thread.join(timeout=5 if finished else 1)
+
+    # ------------------------------------------------------------------------------------- keeper thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._pending:
+                    return
+                cut = self._pending[0]
+            state = self._advance(cut)
+            with self._cond:
+                if state != "pending" and self._pending and self._pending[0] is cut:
+                    self._pending.popleft()
+                self._cond.notify_all()
+            if state == "pending":
+                for job in cut.jobs.values():  # sleeps until the next save finishes, or a short poll
+                    if not job.done.is_set():
+                        job.done.wait(POLL_SECONDS)
+                        break
+                else:
+                    time.sleep(POLL_SECONDS)
+
+    def _advance(self, cut: PendingCut) -> str:
+        failed = [name for name, job in cut.jobs.items() if job.done.is_set() and job.outcome != "saved"]
+        if failed:
+            self._abandon(cut, f"the save of {', '.join(failed)} did not succeed")
+            return cut.outcome
+        if not all(job.done.is_set() for job in cut.jobs.values()):
+            return "pending"
+        try:
+            if not all(condition() for condition in cut.conditions):
+                return "pending"
+            if not self._resolve_versions(cut):
+                return "pending"
+            for name, info in cut.versions.items():
+                self._store.set_version_tag(info.name, info.version, CUT_COMPLETE_TAG, "true")
+        except Exception as exc:  # noqa: BLE001 - retried at the next pass; the cut stays incomplete meanwhile
+            log.warning("cut %s: could not record its completion yet (%s); retrying", cut.id, describe_store_error(exc))
+            time.sleep(1.0)
+            return "pending"
+        cut.outcome = "complete"
+        self.completed += 1
+        self.last_complete = cut.id
+        cut.done.set()
+        log.info("cut %s complete: %s", cut.id,
+                 ", ".join(f"{name} v{info.version}" for name, info in sorted(cut.versions.items())),
+                 extra={"cut": cut.id, "outcome": "cut_complete"})
+        return cut.outcome
+
+    def _resolve_versions(self, cut: PendingCut) -> bool:
+        """The registered version of each member (False while one waits in the outbox)."""
+        for name, job in cut.jobs.items():
+            if name in cut.versions:
+                continue
+            if isinstance(job.result, VersionInfo):
+                cut.versions[name] = job.result
+                continue
+            registered = cut.registered_names[name]
+            match = [v for v in self._store.list_versions(registered) if v.cut == cut.id]
+            if not match:
+                return False
+            cut.versions[name] = max(match, key=lambda v: v.version)
+        return True
+
+    def _abandon(self, cut: PendingCut, reason: str) -> None:
+        cut.outcome = "abandoned"
+        self.abandoned += 1
+        cut.done.set()
+        log.warning("cut %s is incomplete and will not be restored: %s", cut.id, reason,
+                    extra={"cut": cut.id, "outcome": "cut_abandoned"})

@@ -1,0 +1,436 @@
+"""`Persistence`, the composition root: it opens the store (or takes one), wires the per-model handle, save
+pipeline, health and metric buffer together, and runs the threads:
+
+- training thread: `ModelHandle.step/save/restore/revert_to_best` (handle.py);
+- writer thread: `SavePipeline.execute` for each snapshot (writer.py, pipeline.py);
+- scheduler thread: `tick()` (time-based saves due, outbox drain, system metrics, metric flush, disk guard);
+- alert thread: the alert sinks (alerts.py).
+
+Process-wide side effects are switched in process_effects.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from mlflow_persist._observe.alerts import AlertDispatcher, AlertSink, command_sink, webhook_sink
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist._store.best import mark_corrupt
+from mlflow_persist.config import PersistConfig
+from mlflow_persist._runtime.cut_keeper import CutKeeper, PendingCut
+from mlflow_persist._policy.cuts import Cut, complete_cuts, cut_tags, declared_members, new_cut_id, next_cut_sequence
+from mlflow_persist._runtime.disk_guard import DiskGuard
+from mlflow_persist.errors import CheckpointCorruptError, DiskFullError, PersistError, describe_store_error
+from mlflow_persist._runtime.handle import Evaluate, ModelHandle, RestoreInfo, Stateful
+from mlflow_persist._runtime.health import ModelHealth
+from mlflow_persist._runtime.metrics_buffer import MetricsBuffer, Pace
+from mlflow_persist._format.naming import validate_model_name
+from mlflow_persist._runtime.outbox import Outbox, default_outbox_root
+from mlflow_persist._runtime.pipeline import SavePipeline
+from mlflow_persist._policy.policy import FINAL, PERIODIC
+from mlflow_persist._runtime.process_effects import GracefulExit, ProcessEffects, SignalHandlers, \
+    apply_http_retry_defaults, register_atexit
+from mlflow_persist._runtime.scheduler import PeriodicJob
+from mlflow_persist._observe.system_metrics import system_metrics
+from mlflow_persist._policy.versions import HEALTH_TAG, VersionInfo, tag
+from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
+from mlflow_persist._observe.logs import package_logger
+
+log = package_logger("mlflow_persist")
+
+
+def open_mlflow_store(config: PersistConfig) -> CheckpointStore:
+    """The MLflow store of `config` (imported here: `import mlflow` costs over a second)."""
+    from mlflow_persist._store.mlflow_store import MlflowStore
+
+    return MlflowStore(config.tracking_uri, config.experiment_name, config.artifact_location)
+
+
+class Persistence:
+    """Opens the store, starts the background writer and the scheduler job; `close()` saves final checkpoints.
+
+    `store`: any `CheckpointStore` (default: the MLflow store of `config.tracking_uri`); tests pass
+    `mlflow_persist.testing.MemoryStore()`. `alert_sinks`: callables that receive each `Alert` on the alert
+    thread. `effects`: which process-wide side effects to have (process_effects.py).
+    """
+
+    def __init__(self, config: PersistConfig | None = None, *, store: CheckpointStore | None = None,
+                 alert_sinks: list[AlertSink] | None = None, install_signal_handlers: bool = True,
+                 effects: ProcessEffects | None = None) -> None:
+        self.config = config or PersistConfig()
+        self.effects = effects or ProcessEffects(signal_handlers=install_signal_handlers)
+        if self.config.fast_serialization:
+            log.warning("fast_serialization has no effect any more (checkpoints are always written without torch's "
+                        "zip CRC32); remove it from the configuration")
+        if store is None and self.effects.http_retry_defaults and \
+                self.config.tracking_uri.startswith(("http://", "https://")):
+            apply_http_retry_defaults()
+        self.store: CheckpointStore = store if store is not None else open_mlflow_store(self.config)
+        self.outbox: Outbox | None = None
+        if self.store.is_remote:
+            root = Path(self.config.outbox_dir) if self.config.outbox_dir else default_outbox_root(self.config.tracking_uri)
+            self.outbox = Outbox(root)
+        sinks = list(alert_sinks or [])
+        if self.config.alert_command:
+            sinks.append(command_sink(self.config.alert_command))
+        if self.config.alert_webhook:
+            sinks.append(webhook_sink(self.config.alert_webhook))
+        self.alerts = AlertDispatcher(sinks)
+        self.handles: dict[str, ModelHandle] = {}
+        self._state_steps: dict[str, Callable[[], int] | None] = {}  # application-state members of the cuts
+        self._cut_sequence: int | None = None
+        self.cuts = CutKeeper(self.store)
+        self.guard = DiskGuard(self.store, self.config.min_free_disk_mb, self.config.min_free_disk_percent,
+                               lambda: [h.pipeline.guarded() for h in list(self.handles.values())])
+        self.writer = CheckpointWriter(
+            self._execute, queue_size=self.config.writer_queue_size, max_attempts=self.config.save_retry_attempts,
+            max_backoff_seconds=self.config.save_retry_max_wait_seconds, on_failure=self._on_failure,
+        )
+        self._closed = False
+        self._stopping = False
+        self._close_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self.job = PeriodicJob(self.tick, self.config.scheduler_interval_seconds)
+        self.job.start()
+        self._signals = SignalHandlers(self.config.shutdown_grace_seconds, self._exit_without_final)
+        if self.effects.signal_handlers:
+            self._signals.install()
+        self._unregister_atexit = register_atexit(self._close_at_exit) if self.effects.atexit_close else None
+
+    # ------------------------------------------------------------------------------------- API
+
+    def track(self, name: str, model: torch.nn.Module, optimizer: Stateful | None = None,
+              scheduler: Stateful | None = None, extra: Stateful | None = None, *,
+              evaluate: Evaluate | None = None, evaluate_every_steps: int | None = None) -> ModelHandle:
+        """Track one model. With `evaluate`, every `evaluate_every_steps` steps `step()` calls it at the step
+        boundary and its value becomes the monitor (a validation loss, a mean reward), smoothed as
+        configured; the training metric of the monitor's name is then only logged."""
+        validate_model_name(name)
+        registered_name = self.config.registered_name(name)
+        validate_model_name(registered_name)  # a bad prefix fails here, not at every save
+        if name in self.handles:
+            raise PersistError(f"Model {name!r} is already tracked in this process; call track() once per model.")
+        settings = self.config.for_model(name)
+        run_id = self.store.ensure_run(name, tags={tag("registered_model"): registered_name})
+        metrics = MetricsBuffer(name, max_rows=self.config.metrics_buffer_max_rows,
+                                flush_size=self.config.metrics_flush_size, on_full=self.request_flush)
+        health = ModelHealth(name, self.alerts, self.config.failure_alert_threshold,
+                             lambda tags: self.store.set_run_tags(run_id, tags),
+                             lambda step, key, value: metrics.add(step, {key: value}), HEALTH_TAG)
+        pipeline = SavePipeline(name=name, registered_name=registered_name, run_id=run_id, settings=settings,
+                                store=self.store, outbox=self.outbox, guard=self.guard, health=health,
+                                metrics=metrics, outbox_max_mb=self.config.outbox_max_mb)
+        handle = ModelHandle(name=name, registered_name=registered_name, model=model, optimizer=optimizer,
+                             scheduler=scheduler, extra=extra, settings=settings, store=self.store,
+                             writer=self.writer, alerts=self.alerts, pipeline=pipeline, health=health,
+                             metrics=metrics, stop=self._stop_at_boundary, evaluate=evaluate,
+                             evaluate_every_steps=evaluate_every_steps)
+        self.handles[name] = handle
+        try:
+            self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds)
+        except Exception as exc:  # noqa: BLE001 - sweeping leftovers is housekeeping
+            log.warning("could not sweep leftovers of interrupted saves for %s: %s", name, exc)
+        return handle
+
+    def track_state(self, name: str, state: Stateful, step: Callable[[], int] | None = None) -> ModelHandle:
+        """Track the application's own state (anything with state_dict/load_state_dict: positions, pending
+        work, RNG streams, buffers) as a member of every system checkpoint. It is saved only by `save_all()`
+        and `close()`, restored by `restore_all()`. `step`: the application's step count recorded with it
+        (default: the highest step of the tracked models)."""
+        handle = self.track(name, torch.nn.Module(), extra=state)
+        self._state_steps[name] = step
+        return handle
+
+    def save_all(self, category: str = PERIODIC, *, wait_for: Iterable[Callable[[], bool]] = ()) -> str:
+        """Snapshot every tracked model and application state now, at this step boundary, as one system
+        checkpoint (a cut); returns its id. The snapshots are written in the background; the cut becomes
+        complete (restorable by `restore_all`) once every member is registered and every `wait_for`
+        condition holds. Performance saves stay per model."""
+        if category not in (PERIODIC, FINAL):
+            raise PersistError(f"A system checkpoint is `periodic` or `final`, not {category!r}.")
+        if not self.handles:
+            raise PersistError("save_all() found nothing tracked; call track() for each model first.")
+        sequence = self._next_cut_sequence()
+        cut_id = new_cut_id(sequence)
+        tags = cut_tags(cut_id, list(self.handles))
+        model_steps = [h.current_step for n, h in self.handles.items() if n not in self._state_steps]
+        jobs = {}
+        for name, handle in list(self.handles.items()):
+            if name in self._state_steps:
+                handle.current_step = self._state_step(name, max(model_steps, default=0))
+            job = handle.save(category, tags=tags)
+            if job is None:  # the others are still saved: each is a good checkpoint of its own
+                log.error("cut %s: %s could not be snapshotted; this system checkpoint stays incomplete", cut_id,
+                          name)
+            else:
+                jobs[name] = job
+        if len(jobs) == len(self.handles):
+            self.cuts.add(PendingCut(cut_id, jobs, {n: h.registered_name for n, h in self.handles.items()},
+                                     list(wait_for)))
+        return cut_id
+
+    def _state_step(self, name: str, fallback: int) -> int:
+        step = self._state_steps[name]
+        if step is None:
+            return fallback
+        try:
+            return int(step())
+        except Exception as exc:  # noqa: BLE001 - a broken step callback must not stop training
+            log.error("%s: its step callback failed (%s); the cut records step %d", name, exc, fallback)
+            return fallback
+
+    def restore_all(self, strict: bool = True) -> dict[str, RestoreInfo]:
+        """Restore the newest complete system checkpoint into every tracked model and application state.
+
+        Members are loaded and verified first, then applied: a damaged member is tagged corrupt and the next
+        older complete cut is tried. A tracked model that is not a member of the cut restores its own newest
+        checkpoint. When cuts exist but none is complete, nothing is restored on a local store (the initial
+        state is the newest consistent one; a kill before the first cut completed). Behind a tracking server,
+        where an outage can keep every marker from being written, the newest cut whose members are all
+        registered is restored instead. Only a store without any cut (checkpoints from before cuts) falls back
+        to each model's own newest checkpoint. Returns what was restored, per name."""
+        names = list(self.handles)
+        for handle in self.handles.values():
+            if handle.pipeline.outbox is not None and handle.pipeline.drain_outbox(blocking=True) > 0:
+                log.warning("checkpoints still wait in the outbox (the server is unreachable); each model "
+                            "restores its own newest checkpoint instead of a system checkpoint")
+                return self._restore_each(names, strict)
+        versions = {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()}
+        for name in sorted(declared_members(versions) - set(versions)):  # members no longer tracked still count
+            versions[name] = self.store.list_versions(self.config.registered_name(name))
+        self._cut_sequence = next_cut_sequence(versions)
+        restored = self._restore_cut(complete_cuts(versions), versions, strict)
+        if restored is None and self.store.is_remote:
+            restored = self._restore_cut(complete_cuts(versions, require_marker=False), versions, strict)
+            if restored is not None:
+                log.warning("no system checkpoint behind the server is marked complete (an outage at the time?); "
+                            "restored the newest one whose members are all registered")
+        if restored is not None:
+            restored.update(self._restore_each([n for n in names if n not in restored], strict))
+            return restored
+        if any(info.cut for member in versions.values() for info in member):
+            # Cuts were taken, but none completed (or every complete one is damaged): the newest consistent
+            # state is the initial one. Mixing each model's own newest checkpoint would not be consistent.
+            log.warning("no complete system checkpoint: the cuts found were interrupted before their completion "
+                        "marker; everything starts from its initial state (a model's own newest checkpoint is "
+                        "still there for handle.restore())")
+            return {}
+        if any(versions.values()):
+            log.warning("no system checkpoint found (checkpoints from before cuts); each model restores its own "
+                        "newest checkpoint")
+        return self._restore_each(names, strict)
+
+    def _restore_cut(self, cuts: list[Cut], versions: dict[str, list[VersionInfo]], strict: bool
+                     ) -> dict[str, RestoreInfo] | None:
+        """The first of `cuts` whose tracked members all load intact, applied; None when none does."""
+        for cut in cuts:
+            members = {name: info for name, info in cut.members.items() if name in self.handles}
+            if not members:
+                continue
+            states = {}
+            damaged = None
+            for name, info in members.items():
+                try:
+                    states[name] = self.handles[name].load_version(info)
+                except CheckpointCorruptError as exc:
+                    damaged = (name, info, exc)
+                    break
+            if damaged is not None:
+                name, info, exc = damaged
+                handle = self.handles[name]
+                log.error("cut %s: %s v%d is damaged (%s); trying an older system checkpoint", cut.id, name,
+                          info.version, exc)
+                mark_corrupt(self.store, info, str(exc), handle.settings.mode, handle.tracker.monitor)
+                continue
+            restored: dict[str, RestoreInfo] = {}
+            for name, state in states.items():
+                handle = self.handles[name]
+                handle.adopt_stored_best()
+                restored[name] = handle.apply_version(members[name], state, versions[name], strict)
+            log.info("restored system checkpoint %s (step %s): %s", cut.id, cut.step,
+                     ", ".join(f"{n} v{i.version}" for n, i in sorted(restored.items())))
+            return restored
+        return None
+
+    def _restore_each(self, names: list[str], strict: bool) -> dict[str, RestoreInfo]:
+        """Each model's own newest checkpoint; never an application state, which only a complete cut
+        restores (alone it would not match the models)."""
+        restored = {}
+        for name in names:
+            if name in self._state_steps:
+                continue
+            info = self.handles[name].restore(strict=strict)
+            if info is not None:
+                restored[name] = info
+        return restored
+
+    def cut(self, cut_id: str) -> PendingCut | None:
+        """A system checkpoint this process took recently: its member saves, outcome and versions."""
+        return self.cuts.find(cut_id)
+
+    def _next_cut_sequence(self) -> int:
+        if self._cut_sequence is None:
+            self._cut_sequence = next_cut_sequence(
+                {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()})
+        sequence = self._cut_sequence
+        self._cut_sequence += 1
+        return sequence
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every save is written (False on timeout), then register what waits in the outbox.
+
+        Behind a server a save ends in the outbox, and the scheduler may be registering it at that moment:
+        the blocking drain waits for that, so after `flush()` the registry shows every save the server could
+        take. What it could not take stays in the outbox (`handle.pending_outbox()`)."""
+        done = self.writer.flush(timeout=timeout)
+        if done:
+            for handle in list(self.handles.values()):
+                handle.pipeline.drain_outbox(blocking=True)
+        self.flush_metrics()
+        return done
+
+    def __enter__(self) -> "Persistence":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self, final_checkpoints: bool = True, timeout: float | None = 600.0) -> None:
+        """Flush everything, save a `final` checkpoint per model, finish the runs."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if final_checkpoints and self.handles:
+                try:
+                    self.save_all(FINAL)
+                except Exception as exc:  # noqa: BLE001
+                    log.error("the final checkpoints could not be taken: %s", exc)
+            self.writer.close(timeout=timeout)
+            for handle in list(self.handles.values()):
+                waiting = handle.pipeline.drain_outbox(blocking=True)
+                if waiting > 0 and self.outbox is not None:
+                    log.warning("%s: %d checkpoint(s) wait in the outbox %s; they are registered at the next start",
+                                handle.name, waiting, self.outbox.root / handle.registered_name)
+            self.cuts.close(timeout=30.0 if self.outbox is None else 5.0)
+        finally:
+            self.job.stop()
+            self._final_metrics_flush()
+            for handle in list(self.handles.values()):
+                try:
+                    self.store.finish_run(handle.run_id)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not mark the run of %s finished: %s", handle.name, exc)
+            self.alerts.close()
+            self._signals.uninstall()
+            if self._unregister_atexit is not None:
+                self._unregister_atexit()
+        lost = list(self.writer.failed)
+        if lost:
+            summary = ", ".join(f"{j.model} step {j.step} ({j.category}): {j.error}" for j in lost[:5])
+            raise PersistError(
+                f"{len(lost)} checkpoint(s) could never be written ({summary}); check the store and disk, then "
+                "restart to resume from the last saved checkpoint."
+            )
+
+    # ------------------------------------------------------------------------------------- background
+
+    def _execute(self, job: SaveJob) -> Any:
+        return self.handles[job.model].pipeline.execute(job)
+
+    def _on_failure(self, job: SaveJob, exc: BaseException, final: bool) -> None:
+        self.handles[job.model].pipeline.on_failure(job, exc, final)
+
+    def request_flush(self) -> None:
+        self.job.wake()
+
+    def flush_metrics(self, pace: Pace | None = None) -> bool:
+        """Send every buffered metric (paced by `pace`, see metrics_buffer.py); False when the store refused
+        (they stay buffered for the next flush)."""
+        with self._flush_lock:
+            for handle in list(self.handles.values()):
+                try:
+                    handle.metrics.flush(lambda rows, run_id=handle.run_id: self.store.log_metrics(run_id, rows),
+                                         pace)
+                except Exception as exc:  # noqa: BLE001 - metrics are retried at the next flush
+                    log.warning("could not log %d metrics of %s (%s); will retry", len(handle.metrics), handle.name,
+                                describe_store_error(exc))
+                    return False
+        return True
+
+    def _final_metrics_flush(self, attempts: int = 6) -> None:
+        for attempt in range(attempts):
+            if self.flush_metrics():
+                return
+            time.sleep(min(5.0, 0.25 * 2 ** attempt))
+        waiting = sum(len(h.metrics) for h in self.handles.values())
+        log.error("%d buffered metric values could not be logged before exit; the store kept refusing them",
+                  waiting)
+
+    def tick(self, now: float | None = None) -> None:
+        """The scheduler job: marks time-based saves due, drains outboxes, logs system metrics, flushes
+        metrics, checks disk."""
+        now = time.monotonic() if now is None else now
+        handles = list(self.handles.values())
+        for handle in handles:
+            handle.schedule.check_time(now)
+        if self.outbox is not None:
+            for handle in handles:
+                handle.pipeline.drain_outbox()
+        if self.config.log_system_metrics and handles:
+            try:
+                metrics = system_metrics(self.store.checkpoint_disk_path(handles[0].run_id))
+            except Exception as exc:  # noqa: BLE001
+                log.debug("system metrics unavailable: %s", exc)
+            else:
+                ts = int(time.time() * 1000)
+                for handle in handles:
+                    handle.metrics.add(handle.current_step, metrics, ts)
+        # Paced, and done by the next interval: what is left waits for the next tick.
+        self.flush_metrics(Pace(budget_seconds=0.8 * self.config.scheduler_interval_seconds))
+        for handle in handles:
+            try:
+                self.guard.ensure_space(handle.pipeline.guarded())
+            except DiskFullError as exc:
+                log.warning("%s", exc)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("disk check failed for %s: %s", handle.name, exc)
+
+    def _stop_at_boundary(self) -> None:
+        """Called by a handle's step() when a stop signal is pending: raise GracefulExit here, between two
+        updates, once; `close()` then takes the final checkpoints."""
+        if not self._signals.stop.is_set() or self._stopping:
+            return
+        self._stopping = True
+        self._signals.reached_boundary()
+        raise GracefulExit(self._signals.exit_code())
+
+    def _exit_without_final(self, signum: int) -> None:
+        """No step() boundary came in time (or a second signal): let the saves already taken finish briefly,
+        mark the runs KILLED (never FINISHED: their final checkpoint is missing) and exit."""
+        try:
+            self.writer.close(timeout=5.0)
+            self._final_metrics_flush(attempts=1)
+            for handle in list(self.handles.values()):
+                try:
+                    self.store.finish_run(handle.run_id, status="KILLED")
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not mark the run of %s killed: %s", handle.name, exc)
+        finally:
+            logging.shutdown()
+            os._exit(128 + signum)
+
+    def _close_at_exit(self) -> None:
+        if not self._closed:
+            try:
+                self.close()
+            except Exception as exc:  # noqa: BLE001
+                log.error("%s", exc)

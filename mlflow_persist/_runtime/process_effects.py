@@ -1,0 +1,142 @@
+"""Every process-wide side effect of a `Persistence`, in one place, each one switchable.
+
+| effect | what it changes | default |
+|---|---|---|
+| `http_retry_defaults` | `MLFLOW_HTTP_REQUEST_*` environment variables (shorter client retries against a tracking server; a user's own settings win) | on for `http(s)://` stores |
+| `signal_handlers` | SIGTERM and SIGINT handlers: a stop request honoured at the next `step()` boundary, so final checkpoints are consistent (restored on close) | on in the main thread |
+| `atexit_close` | an `atexit` hook that closes a `Persistence` the script never closed | on |
+| durable sqlite commits | `PRAGMA synchronous=EXTRA` on the SQLAlchemy connections to an embedded store's own `mlflow.db` (a listener that touches no other database): in SQLite's default `FULL` a commit ends by deleting its journal without syncing the directory, so a power cut could roll back a registered version | always, for `sqlite:///` stores |
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable
+from mlflow_persist._observe.logs import package_logger
+
+log = package_logger("mlflow_persist")
+
+# MLflow's own defaults retry an unreachable server for about 4 minutes per request. The outbox retries
+# registration itself and operators want an answer, so both the library and the CLI use these shorter ones.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+class GracefulExit(SystemExit):
+    """Raised in the main thread on SIGTERM so `with Persistence(...)` blocks unwind and save final checkpoints."""
+
+
+@dataclass(frozen=True)
+class ProcessEffects:
+    """Which process-wide side effects a `Persistence` may have (see the module docstring)."""
+
+    http_retry_defaults: bool = True
+    signal_handlers: bool = True
+    atexit_close: bool = True
+
+
+def apply_http_retry_defaults() -> None:
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+class SignalHandlers:
+    """SIGTERM and SIGINT (main thread only) become a stop request, never an exception in the middle of
+    whatever the training thread is doing, so no final checkpoint can hold a half-applied update.
+
+    - The first signal sets `stop`. The next `step()` boundary raises GracefulExit there (`with Persistence`
+      blocks unwind and `close()` takes the final checkpoints from a consistent state).
+    - If no step boundary comes within `grace_seconds`, `on_timeout()` runs on a timer thread: the process
+      exits without a new final checkpoint (the previous ones stay valid).
+    - A second signal calls `on_timeout()` at once.
+    Handlers are restored on uninstall.
+    """
+
+    def __init__(self, grace_seconds: float, on_timeout: Callable[[int], None]) -> None:
+        self.stop = threading.Event()
+        self.signum: int | None = None
+        self._grace = grace_seconds
+        self._on_timeout = on_timeout
+        self._boundary = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def uninstall(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def exit_code(self) -> int:
+        return 0 if self.signum in (None, signal.SIGTERM) else 128 + int(self.signum)
+
+    def reached_boundary(self) -> None:
+        """Called by `step()` when it acts on the stop request: the grace timer stands down."""
+        self._boundary.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.is_set():
+            log.warning("received %s again: exiting now without a new final checkpoint", name)
+            self._on_timeout(signum)
+            return
+        self.signum = signum
+        self.stop.set()
+        log.warning("received %s: saving final checkpoints at the next step() (within %.0f s)", name, self._grace)
+        timer = threading.Timer(self._grace, self._expire, args=(signum,))
+        timer.daemon = True
+        timer.start()
+
+    def _expire(self, signum: int) -> None:
+        if not self._boundary.is_set():
+            log.error("no step() boundary within %.0f s of %s: exiting without a new final checkpoint; the "
+                      "previous checkpoints stay valid", self._grace, signal.Signals(signum).name)
+            self._on_timeout(signum)
+
+
+_durable_sqlite_files: set[str] = set()
+_listening = False
+_listen_lock = threading.Lock()
+
+
+def make_sqlite_commits_durable(db_file: Path) -> None:
+    """Every SQLAlchemy connection this process opens to `db_file` runs with `synchronous=EXTRA`."""
+    global _listening
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    with _listen_lock:
+        _durable_sqlite_files.add(os.path.realpath(db_file))
+        if not _listening:
+            event.listen(Engine, "connect", _on_connect)
+            _listening = True
+
+
+def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    if type(dbapi_connection).__module__ != "sqlite3":
+        return
+    try:
+        rows = dbapi_connection.execute("PRAGMA database_list").fetchall()
+        main = next((row[2] for row in rows if row[1] == "main"), "")
+        if main and os.path.realpath(main) in _durable_sqlite_files:
+            dbapi_connection.execute("PRAGMA synchronous=EXTRA")
+    except Exception as exc:  # noqa: BLE001 - never break a connection over durability tuning
+        log.warning("could not set synchronous=EXTRA on the sqlite store: %s", exc)
+
+
+def register_atexit(close: Callable[[], None]) -> Callable[[], None]:
+    """Run `close` at interpreter exit; returns the function to unregister it."""
+    atexit.register(close)
+    return lambda: atexit.unregister(close)

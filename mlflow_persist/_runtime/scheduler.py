@@ -1,0 +1,62 @@
+"""The APScheduler job that drives the periodic background work (time-based saves due, metric flushes,
+system metrics, disk checks): it runs one callable at an interval on the scheduler's thread."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from mlflow_persist._observe.logs import package_logger
+
+log = package_logger("mlflow_persist.scheduler")
+JOB_ID = "mlflow-persist-tick"
+
+
+class _QuietOverlaps(logging.Filter):
+    """Drops APScheduler's warning that an interval run of our job was skipped because a woken run was still
+    busy (by design: the runs coalesce). Other jobs' warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith('Execution of job "PeriodicJob._run')
+                    and "maximum number of running instances" in record.getMessage())
+
+
+_quiet_overlaps = _QuietOverlaps()
+
+
+class PeriodicJob:
+    """Runs `tick()` every `interval_seconds` on a BackgroundScheduler thread.
+
+    `wake()` runs it now (used when the metric buffer fills up early); overlapping runs are coalesced.
+    """
+
+    def __init__(self, tick: Callable[[], None], interval_seconds: float) -> None:
+        self._tick = tick
+        self._running = False
+        self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
+                                                                         "misfire_grace_time": None})
+        self._scheduler.add_job(self._run, "interval", seconds=interval_seconds, id=JOB_ID)
+        logging.getLogger("apscheduler.executors.default").addFilter(_quiet_overlaps)  # idempotent: one object
+
+    def _run(self) -> None:
+        self._running = True
+        try:
+            self._tick()
+        except Exception:  # noqa: BLE001 - the job must keep running
+            log.exception("the mlflow-persist background job failed; it runs again at the next interval")
+        finally:
+            self._running = False
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def wake(self) -> None:
+        """Run the job now, unless it is running (it would be skipped, with a warning from APScheduler)."""
+        if self._scheduler.running and not self._running:
+            self._scheduler.modify_job(JOB_ID, next_run_time=datetime.now(self._scheduler.timezone))
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)

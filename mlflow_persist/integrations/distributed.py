@@ -1,0 +1,169 @@
+"""Persistence under `torch.distributed`: rank 0 writes and registers; the other ranks never touch the store.
+
+- **Saves** happen on rank 0 alone. Under data parallelism every rank holds the same weights and optimizer
+  state, so rank 0's snapshot is everyone's; no collective is involved, so a save that fails or hangs on
+  rank 0 never blocks another rank.
+- **Opening, tracking and restoring are collective**, and every one of them reaches its broadcast on rank 0
+  whatever happens: rank 0 does the store work, then broadcasts the outcome (the restored state dicts, or its
+  error). Every rank then loads the same state or raises the same error; no rank waits forever.
+- Without `torch.distributed` initialized (or with one process) it is exactly one `Persistence`.
+
+Sharded state (FSDP, `torch.distributed.checkpoint`) is not handled: rank 0 must hold the whole state.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.errors import PersistError
+from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo, Stateful
+from mlflow_persist._runtime.persistence import Persistence
+from mlflow_persist._policy.policy import FINAL, NO_SAVE, SaveDecision
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def broadcast_from_writer(value: Any) -> Any:
+    """Rank 0's `value` on every rank (pickled; tensors must be on the CPU)."""
+    if not is_distributed():
+        return value
+    box = [value if global_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_cpu(value: Any) -> Any:
+    """`value` with every tensor moved to the CPU (for pickling to the other ranks); anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        items = ((k, on_cpu(v)) for k, v in value.items())
+        return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
+    if isinstance(value, (list, tuple)):
+        items_list = [on_cpu(v) for v in value]
+        return items_list if isinstance(value, list) else tuple(items_list)
+    return value
+
+
+def _agree(outcome: tuple[str, Any], what: str) -> Any:
+    """Broadcast rank 0's (`ok`, value) or (`error`, exception); raise the error on every rank."""
+    kind, value = broadcast_from_writer(
+        outcome if outcome[0] == "ok" else ("error", f"{type(outcome[1]).__name__}: {outcome[1]}"))
+    if kind == "error":
+        if global_rank() == 0:
+            raise outcome[1]
+        raise PersistError(f"Rank 0 could not {what} ({value}); every rank stops with it. Fix the store, then "
+                           "relaunch all ranks.")
+    return value
+
+
+class DistributedPersistence:
+    """A `Persistence` on rank 0, nothing on the other ranks; collective `track` and `restore`."""
+
+    def __init__(self, config: PersistConfig | None = None, *, store: Any = None,
+                 install_signal_handlers: bool = True, **kwargs: Any) -> None:
+        self.rank = global_rank()
+        self.persistence: Persistence | None = None
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.is_writer:
+            try:
+                self.persistence = Persistence(config, store=store, install_signal_handlers=install_signal_handlers,
+                                               **kwargs)
+            except Exception as exc:  # noqa: BLE001 - broadcast to the other ranks, then raised everywhere
+                outcome = ("error", exc)
+        _agree(outcome, "open the store")
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    def track(self, name: str, model: torch.nn.Module, optimizer: Stateful | None = None,
+              scheduler: Stateful | None = None, extra: Stateful | None = None, **kwargs: Any) -> DistributedHandle:
+        handle: ModelHandle | None = None
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.persistence is not None:
+            try:
+                handle = self.persistence.track(name, model, optimizer, scheduler, extra, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                outcome = ("error", exc)
+        _agree(outcome, f"track {name!r}")
+        return DistributedHandle(handle, model, optimizer, scheduler, extra)
+
+    def close(self, final_checkpoints: bool = True, timeout: float | None = 600.0) -> None:
+        if self.persistence is not None:
+            self.persistence.close(final_checkpoints=final_checkpoints, timeout=timeout)
+
+    def __enter__(self) -> DistributedPersistence:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class DistributedHandle:
+    """One model on every rank: the real handle on rank 0, a step counter elsewhere."""
+
+    def __init__(self, handle: ModelHandle | None, model: torch.nn.Module, optimizer: Stateful | None,
+                 scheduler: Stateful | None, extra: Stateful | None) -> None:
+        self.handle = handle
+        self._objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "extra": extra}
+        self._step = 0
+
+    @property
+    def current_step(self) -> int:
+        return self.handle.current_step if self.handle is not None else self._step
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else of `ModelHandle` (`best_value`, `saves`, `history()`, ...), on rank 0."""
+        handle = self.__dict__.get("handle")
+        if handle is None:
+            raise AttributeError(f"{name!r} is only available on rank 0, where the model's handle lives")
+        return getattr(handle, name)
+
+    def step(self, step: int | None = None, **metrics: float) -> SaveDecision:
+        """On rank 0 `ModelHandle.step`; elsewhere it only counts (report the same metrics on every rank,
+        reduced across ranks where it matters: rank 0 decides on what it is given)."""
+        if self.handle is not None:
+            return self.handle.step(step, **metrics)
+        self._step = self._step + 1 if step is None else int(step)
+        return NO_SAVE
+
+    def save(self, category: str = FINAL, **kwargs: Any) -> Any:
+        return self.handle.save(category, **kwargs) if self.handle is not None else None
+
+    def restore(self, strict: bool = True) -> RestoreInfo | None:
+        """Collective: rank 0 restores from the store and sends what it loaded; every rank returns the same
+        RestoreInfo with the same state loaded, or raises rank 0's error."""
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.handle is not None:
+            try:
+                info = self.handle.restore(strict=strict)
+                states = None
+                if info is not None and is_distributed():
+                    states = {key: on_cpu(obj.state_dict()) for key, obj in self._objects.items()
+                              if obj is not None}
+                outcome = ("ok", (info, states))
+            except Exception as exc:  # noqa: BLE001
+                outcome = ("error", exc)
+        info, states = _agree(outcome, "restore the checkpoint")
+        if self.handle is None and info is not None:
+            for key, state in (states or {}).items():
+                target = self._objects[key]
+                if target is not None:
+                    target.load_state_dict(state)
+            self._step = info.step
+        return info
+
+
+__all__ = ["DistributedHandle", "DistributedPersistence", "broadcast_from_writer", "global_rank", "is_distributed"]
