@@ -6,14 +6,11 @@ without a `store=` is created, or `load_checkpoint` is called.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-from mlflow_persist._observe.alerts import Alert, AlertSink  # noqa: E402
-from mlflow_persist._store.protocol import CheckpointStore  # noqa: E402
-from mlflow_persist.config import ModelSettings, PersistConfig, resolve_tracking_uri  # noqa: E402
-from mlflow_persist.errors import (  # noqa: E402
+import mlflow_persist._store  # noqa: F401 - first: it sets MLflow's environment defaults (mlflow_env)
+from mlflow_persist._observe.alerts import Alert, AlertSink
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist.config import ModelSettings, PersistConfig, resolve_tracking_uri
+from mlflow_persist.errors import (
     CheckpointCorruptError,
     CheckpointMismatchError,
     ConfigError,
@@ -23,13 +20,13 @@ from mlflow_persist.errors import (  # noqa: E402
     StoreError,
     StoreUnavailableError,
 )
-from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo  # noqa: E402
-from mlflow_persist.loading import load_checkpoint  # noqa: E402
-from mlflow_persist._format.payload import FORMAT_VERSION, CheckpointState  # noqa: E402
-from mlflow_persist._runtime.persistence import Persistence  # noqa: E402
-from mlflow_persist._policy.policy import SaveDecision  # noqa: E402
-from mlflow_persist._runtime.process_effects import GracefulExit, ProcessEffects  # noqa: E402
-from mlflow_persist._policy.versions import VersionInfo  # noqa: E402
+from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo
+from mlflow_persist.loading import load_checkpoint
+from mlflow_persist._format.payload import FORMAT_VERSION, CheckpointState
+from mlflow_persist._runtime.persistence import Persistence
+from mlflow_persist._policy.policy import SaveDecision
+from mlflow_persist._runtime.process_effects import GracefulExit, ProcessEffects
+from mlflow_persist._policy.versions import VersionInfo
 
 __all__ = [
     "FORMAT_VERSION", "Alert", "AlertSink", "CheckpointCorruptError", "CheckpointMismatchError", "CheckpointState",

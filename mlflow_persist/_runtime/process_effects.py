@@ -11,21 +11,18 @@
 from __future__ import annotations
 
 import atexit
-import os
 import signal
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._store.mlflow_env import HTTP_RETRY_DEFAULTS, apply_http_retry_defaults, make_sqlite_commits_durable
+
+__all__ = ["HTTP_RETRY_DEFAULTS", "GracefulExit", "ProcessEffects", "SignalHandlers", "apply_http_retry_defaults",
+           "make_sqlite_commits_durable", "register_atexit"]
 
 log = package_logger("mlflow_persist")
-
-# MLflow's own defaults retry an unreachable server for about 4 minutes per request. The outbox retries
-# registration itself and operators want an answer, so both the library and the CLI use these shorter ones.
-HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 class GracefulExit(SystemExit):
@@ -39,11 +36,6 @@ class ProcessEffects:
     http_retry_defaults: bool = True
     signal_handlers: bool = True
     atexit_close: bool = True
-
-
-def apply_http_retry_defaults() -> None:
-    for key, value in HTTP_RETRY_DEFAULTS.items():
-        os.environ.setdefault(key, value)
 
 
 class SignalHandlers:
@@ -104,36 +96,6 @@ class SignalHandlers:
             log.error("no step() boundary within %.0f s of %s: exiting without a new final checkpoint; the "
                       "previous checkpoints stay valid", self._grace, signal.Signals(signum).name)
             self._on_timeout(signum)
-
-
-_durable_sqlite_files: set[str] = set()
-_listening = False
-_listen_lock = threading.Lock()
-
-
-def make_sqlite_commits_durable(db_file: Path) -> None:
-    """Every SQLAlchemy connection this process opens to `db_file` runs with `synchronous=EXTRA`."""
-    global _listening
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    with _listen_lock:
-        _durable_sqlite_files.add(os.path.realpath(db_file))
-        if not _listening:
-            event.listen(Engine, "connect", _on_connect)
-            _listening = True
-
-
-def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
-    if type(dbapi_connection).__module__ != "sqlite3":
-        return
-    try:
-        rows = dbapi_connection.execute("PRAGMA database_list").fetchall()
-        main = next((row[2] for row in rows if row[1] == "main"), "")
-        if main and os.path.realpath(main) in _durable_sqlite_files:
-            dbapi_connection.execute("PRAGMA synchronous=EXTRA")
-    except Exception as exc:  # noqa: BLE001 - never break a connection over durability tuning
-        log.warning("could not set synchronous=EXTRA on the sqlite store: %s", exc)
 
 
 def register_atexit(close: Callable[[], None]) -> Callable[[], None]:

@@ -319,7 +319,6 @@ def run_app(app_: typer.Typer, argv: list[str] | None = None, prefix: str = "mlf
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     apply_http_retry_defaults()
     _register_integrations()
     sys.exit(run_app(app, argv))

@@ -6,16 +6,14 @@ The project's `mlflow-persist` app adds them with `register(app)`; `main()` runs
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
+import typer
+from rich.console import Console
 
-from mlflow_persist.cli.main import (  # noqa: E402
+from mlflow_persist.cli.main import (
     config_option,
     emit_json,
     json_option,
@@ -23,8 +21,8 @@ from mlflow_persist.cli.main import (  # noqa: E402
     run_app,
     tracking_uri_option,
 )
-from mlflow_persist.errors import ConfigError, NotFoundError  # noqa: E402
-from mlflow_persist._runtime.process_effects import apply_http_retry_defaults  # noqa: E402
+from mlflow_persist.errors import ConfigError, NotFoundError
+from mlflow_persist._runtime.process_effects import apply_http_retry_defaults
 
 TRACKING_URI = tracking_uri_option()
 CONFIG = config_option()

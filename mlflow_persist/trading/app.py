@@ -117,7 +117,7 @@ def run_trading(
         raise ConfigError(f"--minutes must be more than 0, got {minutes}.")
     import torch
 
-    from mlflow_persist._runtime.persistence import Persistence
+    from mlflow_persist import Persistence
 
     from .system import EnhancedRealtimeTrainingSystem
 

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train the reference trading system (DQN, CNN, COB RL, Extrema) continuously with persistence."""
-        from mlflow_persist._observe.console import configure_run_logging
+        from mlflow_persist.cli.console import configure_run_logging
         from mlflow_persist.errors import ConfigError
 
         from .app import run_trading

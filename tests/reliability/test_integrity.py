@@ -12,7 +12,8 @@ import pytest
 import mlflow_persist as mp
 from mlflow_persist.cli.main import main as cli_main
 from mlflow_persist._format.payload import CHECKPOINT_FILE
-from mlflow_persist._store.mlflow_store import MlflowStore, _local_path
+from mlflow_persist._store.mlflow_store import MlflowStore
+from mlflow_persist._store.translate import local_path as _local_path
 from reliability.support import digest, make_model, train_step
 
 NAME = "cnn"

@@ -1,0 +1,120 @@
+"""The MLflow store's connection: clients, the experiment, cross-process locks and the registry's change counter."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlflow_persist._format.atomic import user_cache_dir
+from mlflow_persist._policy.versions import VersionInfo
+from mlflow_persist._store.mlflow_env import make_sqlite_commits_durable
+from mlflow_persist._store.sqlite import sqlite_dir
+from mlflow_persist.errors import StoreUnavailableError, describe_store_error, redact_credentials
+
+__all__ = ["EXPERIMENT_KIND_TAG", "MlflowConnection"]
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
+class MlflowConnection:
+    """MLflow access for one tracking URI and experiment: what every part of `MlflowStore` builds on."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str = "mlflow-persist",
+                 artifact_location: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.description = redact_credentials(tracking_uri)
+        db_dir = sqlite_dir(tracking_uri)
+        if db_dir is not None:
+            make_sqlite_commits_durable(db_dir / Path(tracking_uri[len("sqlite:///"):]).name)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.is_remote = self.is_remote_uri(tracking_uri)
+        # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
+        # every writer; elsewhere registration and `best` use the lock-free convergent strategy.
+        self.lock_is_shared = tracking_uri.startswith("sqlite:")
+        self._lock_dir = self._choose_lock_dir()
+        self._artifact_uris: dict[str, str] = {}
+        self._known_models: set[str] = set()
+        self._generations: dict[str, int] = {}
+        self.experiment_id = self._ensure_experiment(experiment_name, artifact_location)
+
+    @functools.cached_property
+    def registry(self) -> Any:
+        """The registry client, made at the first registry call (as MLflow makes it), not at start-up."""
+        return _registry_client(self.client)
+
+    @staticmethod
+    def is_remote_uri(tracking_uri: str) -> bool:
+        return tracking_uri.startswith(("http://", "https://"))
+
+    def _ensure_experiment(self, name: str, artifact_location: str | None = None) -> str:
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+        except Exception as exc:  # noqa: BLE001 - MLflow, HTTP and database errors alike
+            raise StoreUnavailableError(
+                f"The MLflow store at {self.description} cannot be used ({describe_store_error(exc)}); "
+                "check the tracking URI and that the server is running."
+            ) from None
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                self.client.restore_experiment(experiment.experiment_id)
+            return experiment.experiment_id
+        db_dir = sqlite_dir(self.tracking_uri)
+        if artifact_location is None and db_dir is not None:
+            artifact_location = (db_dir / "mlruns").as_uri()
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
+            )
+        except MlflowException:
+            # Another process created it between our lookup and our create.
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def registry_generation(self, name: str) -> int:
+        return self._generations.get(name, 0)
+
+    def _changed(self, name: str) -> None:
+        self._generations[name] = self._generations.get(name, 0) + 1
+
+    def _choose_lock_dir(self) -> Path:
+        """Beside an sqlite store (every process using it shares the lock); for a server, a private per-user
+        directory (machine-local: there `best` is kept by the convergent protocol, not by this lock)."""
+        db_dir = sqlite_dir(self.tracking_uri)
+        if db_dir is not None:
+            return db_dir / ".mlflow_persist_locks"
+        digest = hashlib.sha256(self.tracking_uri.encode()).hexdigest()[:16]
+        return user_cache_dir("locks", digest)
+
+    def lock(self, key: str, timeout: float = 120.0) -> FileLock:
+        """A cross-process lock for `key` (a file lock next to a local store; machine-local for a server)."""
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+        return FileLock(str(self._lock_dir / f"{safe}.lock"), timeout=timeout)
+
+    @staticmethod
+    def _to_info(mv: Any) -> VersionInfo:
+        return VersionInfo(
+            name=mv.name, version=int(mv.version), source=mv.source, run_id=mv.run_id,
+            tags=dict(mv.tags or {}), aliases=list(getattr(mv, "aliases", []) or []),
+            creation_timestamp_ms=mv.creation_timestamp, description=getattr(mv, "description", None) or None,
+        )
+
+
+def _registry_client(client: MlflowClient) -> Any:
+    """MLflow's model-registry client under `MlflowClient`. `MlflowClient` checks before every registry
+    write that the model is not a prompt, one more round trip each time; the models written here are ours
+    (created with the `managed` tag). Falls back to `MlflowClient` where this MLflow lacks the inner client."""
+    try:
+        return client._get_registry_client()
+    except Exception:  # noqa: BLE001 - a private API: any change means the public client
+        return client
