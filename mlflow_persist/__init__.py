@@ -7,7 +7,13 @@ without a `store=` is created, or `load_checkpoint` is called.
 from __future__ import annotations
 
 import mlflow_persist._store  # noqa: F401 - first: it sets MLflow's environment defaults (mlflow_env)
+from mlflow_persist._format.payload import FORMAT_VERSION, CheckpointState
 from mlflow_persist._observe.alerts import Alert, AlertSink
+from mlflow_persist._policy.policy import SaveDecision
+from mlflow_persist._policy.versions import VersionInfo
+from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo
+from mlflow_persist._runtime.persistence import Persistence
+from mlflow_persist._runtime.process_effects import GracefulExit, ProcessEffects
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import ModelSettings, PersistConfig, resolve_tracking_uri
 from mlflow_persist.errors import (
@@ -20,18 +26,32 @@ from mlflow_persist.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo
 from mlflow_persist.loading import load_checkpoint
-from mlflow_persist._format.payload import FORMAT_VERSION, CheckpointState
-from mlflow_persist._runtime.persistence import Persistence
-from mlflow_persist._policy.policy import SaveDecision
-from mlflow_persist._runtime.process_effects import GracefulExit, ProcessEffects
-from mlflow_persist._policy.versions import VersionInfo
 
 __all__ = [
-    "FORMAT_VERSION", "Alert", "AlertSink", "CheckpointCorruptError", "CheckpointMismatchError", "CheckpointState",
-    "CheckpointStore", "ConfigError", "DiskFullError", "GracefulExit", "ModelHandle", "ModelSettings",
-    "NotFoundError", "PersistConfig", "PersistError", "Persistence", "ProcessEffects", "RestoreInfo",
-    "SaveDecision", "StoreError", "StoreUnavailableError", "VersionInfo", "load_checkpoint", "resolve_tracking_uri",
+    "FORMAT_VERSION",
+    "Alert",
+    "AlertSink",
+    "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "CheckpointState",
+    "CheckpointStore",
+    "ConfigError",
+    "DiskFullError",
+    "GracefulExit",
+    "ModelHandle",
+    "ModelSettings",
+    "NotFoundError",
+    "PersistConfig",
+    "PersistError",
+    "Persistence",
+    "ProcessEffects",
+    "RestoreInfo",
+    "SaveDecision",
+    "StoreError",
+    "StoreUnavailableError",
+    "VersionInfo",
+    "load_checkpoint",
+    "resolve_tracking_uri",
 ]
 __version__ = "0.1.0"

@@ -57,16 +57,15 @@ class ModelSettings(BaseModel):
         None, gt=0, description="Save a `periodic` checkpoint every X minutes of wall time (None: off)."
     )
     monitor_smoothing: Literal["none", "ema", "window", "window_mean", "window_median"] = Field(
-        "none", description="How the monitored value is smoothed before it decides improvement and `best`: `none`, "
-                            "`ema` (see monitor_ema_alpha), `window` or `window_mean` (mean of the last "
-                            "monitor_window values) or `window_median`."
+        "none",
+        description="How the monitored value is smoothed before it decides improvement and `best`: `none`, "
+        "`ema` (see monitor_ema_alpha), `window` or `window_mean` (mean of the last "
+        "monitor_window values) or `window_median`.",
     )
     monitor_ema_alpha: float = Field(
         0.1, gt=0, le=1, description="Weight of the newest value in the `ema` smoothing (1: no smoothing)."
     )
-    monitor_window: int = Field(
-        20, ge=1, description="Values averaged by the `window` and `window_median` smoothings."
-    )
+    monitor_window: int = Field(20, ge=1, description="Values averaged by the `window` and `window_median` smoothings.")
     keep_best: int = Field(3, ge=1, description="How many `performance` checkpoints to keep (the best ones).")
     keep_periodic: int = Field(3, ge=1, description="Rolling window of `periodic` checkpoints to keep (the newest).")
     keep_final: int = Field(3, ge=1, description="How many `final` (shutdown) checkpoints to keep (the newest).")
@@ -95,9 +94,14 @@ class _Environment(EnvSettingsSource):
 
 
 def _nones(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: _nones(value) if isinstance(value, dict) else
-            None if isinstance(value, str) and value.strip().lower() in _NONE_WORDS else value
-            for key, value in values.items()}
+    return {
+        key: _nones(value)
+        if isinstance(value, dict)
+        else None
+        if isinstance(value, str) and value.strip().lower() in _NONE_WORDS
+        else value
+        for key, value in values.items()
+    }
 
 
 class _FileValues(PydanticBaseSettingsSource):
@@ -114,8 +118,12 @@ class PersistConfig(BaseSettings, ModelSettings):
     """Global settings; the `ModelSettings` fields here are the defaults for every model."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER,
-        case_sensitive=False, extra="forbid", validate_assignment=True, validate_default=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+        extra="forbid",
+        validate_assignment=True,
+        validate_default=True,
     )
 
     tracking_uri: str = Field(
@@ -125,8 +133,9 @@ class PersistConfig(BaseSettings, ModelSettings):
     experiment_name: str = Field("mlflow-persist", min_length=1, description="MLflow experiment holding the runs.")
     registered_model_prefix: str = Field("", description="Prefix of every registered model name.")
     artifact_location: str | None = Field(
-        None, description="Where a new experiment keeps its artifacts (default: mlruns/ beside an sqlite store, "
-                          "else the server's default)."
+        None,
+        description="Where a new experiment keeps its artifacts (default: mlruns/ beside an sqlite store, "
+        "else the server's default).",
     )
     min_free_disk_mb: float = Field(
         500.0, ge=0, description="Free space (MB) the checkpoint disk must keep; short of it, cleanup runs first."
@@ -144,12 +153,16 @@ class PersistConfig(BaseSettings, ModelSettings):
         1000, ge=1, description="Flush buffered metrics early once this many values are waiting."
     )
     shutdown_grace_seconds: float = Field(
-        30.0, gt=0, description="After SIGTERM/SIGINT, how long to wait for the next step() to take consistent "
-                                "final checkpoints before exiting without them."
+        30.0,
+        gt=0,
+        description="After SIGTERM/SIGINT, how long to wait for the next step() to take consistent "
+        "final checkpoints before exiting without them.",
     )
     metrics_buffer_max_rows: int = Field(
-        100_000, ge=1, description="Most metric values buffered per model while the store is unreachable; "
-                                   "beyond it the oldest are dropped (with a warning)."
+        100_000,
+        ge=1,
+        description="Most metric values buffered per model while the store is unreachable; "
+        "beyond it the oldest are dropped (with a warning).",
     )
     log_system_metrics: bool = Field(True, description="Log psutil CPU %, RSS and free disk to each model's run.")
     save_retry_attempts: int = Field(5, ge=1, description="Attempts per checkpoint before the save counts as failed.")
@@ -165,13 +178,16 @@ class PersistConfig(BaseSettings, ModelSettings):
         60.0, ge=0, description="At start, delete leftovers of interrupted saves untouched for this long (0: all)."
     )
     outbox_dir: str | None = Field(
-        None, description="Durable local outbox of checkpoints bound for a tracking server (default: "
-                          "~/.cache/mlflow-persist/outbox/<hash of the tracking URI>)."
+        None,
+        description="Durable local outbox of checkpoints bound for a tracking server (default: "
+        "~/.cache/mlflow-persist/outbox/<hash of the tracking URI>).",
     )
     outbox_max_mb: float = Field(
-        10240.0, gt=0, description="Most disk the outbox may use per model while the server is unreachable; beyond "
-                                   "it (or below the free-disk limits) the oldest periodic entries are dropped first, "
-                                   "never a performance or final one."
+        10240.0,
+        gt=0,
+        description="Most disk the outbox may use per model while the server is unreachable; beyond "
+        "it (or below the free-disk limits) the oldest periodic entries are dropped first, "
+        "never a performance or final one.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Level of mlflow-persist's log lines (applied by `mlflow-persist run`)."
@@ -182,7 +198,7 @@ class PersistConfig(BaseSettings, ModelSettings):
     fast_serialization: bool = Field(
         False,
         description="Deprecated, no effect: checkpoints are always written without torch's zip CRC32 (their digest "
-                    "covers every byte), and torch's own setting for the rest of the process is left alone.",
+        "covers every byte), and torch's own setting for the rest of the process is left alone.",
     )
     models: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-model overrides: `[models.<name>]` tables of ModelSettings fields."
@@ -199,11 +215,14 @@ class PersistConfig(BaseSettings, ModelSettings):
         return value
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, _Environment(settings_cls), _FileValues(settings_cls)
 
     def __init__(self, **values: Any) -> None:
@@ -213,11 +232,13 @@ class PersistConfig(BaseSettings, ModelSettings):
             raise ConfigError(f"Invalid mlflow-persist configuration: {_describe_validation_error(exc)}") from None
         except SettingsError as exc:
             cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-            raise ConfigError(f"Invalid mlflow-persist configuration in the environment: {exc}{cause}; fix or "
-                              f"unset that {ENV_PREFIX}* variable.") from None
+            raise ConfigError(
+                f"Invalid mlflow-persist configuration in the environment: {exc}{cause}; fix or "
+                f"unset that {ENV_PREFIX}* variable."
+            ) from None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], **overrides: Any) -> "PersistConfig":
+    def load(cls, path: str | os.PathLike[str], **overrides: Any) -> PersistConfig:
         """Read a TOML file; environment variables override it and keyword arguments override both."""
         file_path = Path(path)
         try:

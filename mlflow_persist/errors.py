@@ -53,8 +53,14 @@ def redact_credentials(text: str) -> str:
     return _URI_PASSWORD.sub(r"\g<head>:***@", text)
 
 
-_UNREACHABLE_MARKERS = ("Max retries exceeded", "Connection refused", "NewConnectionError", "ConnectionError",
-                        "Read timed out", "ConnectTimeout")
+_UNREACHABLE_MARKERS = (
+    "Max retries exceeded",
+    "Connection refused",
+    "NewConnectionError",
+    "ConnectionError",
+    "Read timed out",
+    "ConnectTimeout",
+)
 
 
 _SERVER_ERROR_STATUS = re.compile(r"too many (?P<code>5\d\d) error responses")
@@ -81,9 +87,9 @@ def is_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     text = str(exc)
-    return any(marker in text for marker in _UNREACHABLE_MARKERS) or \
-        any(cls.__name__ in ("ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout")
-            for cls in type(exc).__mro__)
+    return any(marker in text for marker in _UNREACHABLE_MARKERS) or any(
+        cls.__name__ in ("ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout") for cls in type(exc).__mro__
+    )
 
 
 def describe_store_error(exc: BaseException) -> str:
@@ -100,15 +106,27 @@ def describe_store_error(exc: BaseException) -> str:
     if is_unreachable(exc) and not isinstance(exc, StoreUnavailableError):
         return "connection refused or timed out"
     if "error code 403" in raw or "PERMISSION_DENIED" in raw:
-        return ("the tracking server denied permission (HTTP 403): ask its administrator for EDIT permission on "
-                "the experiment and the registered models")
+        return (
+            "the tracking server denied permission (HTTP 403): ask its administrator for EDIT permission on "
+            "the experiment and the registered models"
+        )
     if "error code 401" in raw or "UNAUTHENTICATED" in raw:
         return "the tracking server wants a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     return first_line
 
 
 __all__ = [
-    "CheckpointCorruptError", "CheckpointMismatchError", "ConfigError", "DiskFullError", "NotFoundError",
-    "PersistError", "StoreError", "StoreUnavailableError", "describe_store_error", "from_object_store",
-    "is_unreachable", "redact_credentials", "store_hint",
+    "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "ConfigError",
+    "DiskFullError",
+    "NotFoundError",
+    "PersistError",
+    "StoreError",
+    "StoreUnavailableError",
+    "describe_store_error",
+    "from_object_store",
+    "is_unreachable",
+    "redact_credentials",
+    "store_hint",
 ]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from mlflow_persist.config import resolve_tracking_uri
 from mlflow_persist._format.payload import CheckpointState
+from mlflow_persist.config import resolve_tracking_uri
 
 
-def load_checkpoint(uri: str, tracking_uri: str | None = None, experiment_name: str = "mlflow-persist"
-                    ) -> CheckpointState:
+def load_checkpoint(
+    uri: str, tracking_uri: str | None = None, experiment_name: str = "mlflow-persist"
+) -> CheckpointState:
     """Load `models:/<name>@<alias>`, `models:/<name>/latest` or `models:/<name>/<version>`.
 
     The payload's sha256 is verified against the one recorded at registration and it is loaded with

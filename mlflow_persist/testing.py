@@ -31,12 +31,12 @@ import copy
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from mlflow_persist._format.digest import digest_bytes
-from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, StoreError, StoreUnavailableError
 from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist._format.payload import (
     CHECKPOINT_FILE,
@@ -46,8 +46,16 @@ from mlflow_persist._format.payload import (
     read_checkpoint_bytes,
     serialize,
 )
-from mlflow_persist._policy.versions import BEST_ALIAS, CHECKPOINTS_DIR, RUN_KEY_TAG, RunSummary, VersionInfo, checkpoint_dirname, \
-    tag
+from mlflow_persist._policy.versions import (
+    BEST_ALIAS,
+    CHECKPOINTS_DIR,
+    RUN_KEY_TAG,
+    RunSummary,
+    VersionInfo,
+    checkpoint_dirname,
+    tag,
+)
+from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, StoreError, StoreUnavailableError
 
 STAGES = ("write", "register", "alias", "delete", "load", "metrics", "tag")
 
@@ -97,8 +105,12 @@ class MemoryStore:
         every call until `heal()`."""
         self._check_stage(stage)
         with self._guard:
-            self._faults[stage].append(_Fault(times, error or StoreUnavailableError(
-                f"MemoryStore: injected {stage} failure; the store is unreachable")))
+            self._faults[stage].append(
+                _Fault(
+                    times,
+                    error or StoreUnavailableError(f"MemoryStore: injected {stage} failure; the store is unreachable"),
+                )
+            )
 
     def hang(self, stage: str, seconds: float, times: int | None = 1) -> None:
         """The next `times` calls of `stage` block for `seconds` first (`times=None`: every call)."""
@@ -188,8 +200,9 @@ class MemoryStore:
         return []  # operator alias moves are an MLflow registered-model tag log
 
     # checkpoint bytes ----------------------------------------------------------------------------------
-    def write_checkpoint(self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
-                         ) -> tuple[str, WrittenCheckpoint]:
+    def write_checkpoint(
+        self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
+    ) -> tuple[str, WrittenCheckpoint]:
         self._enter("write")
         data = serialize(payload)
         self._run(run_id)
@@ -212,7 +225,9 @@ class MemoryStore:
         with self._guard:
             data = self._artifacts.get(info.source)
         if data is None:
-            raise CheckpointCorruptError(f"The artifacts of {info.name} v{info.version} are missing; they were deleted.")
+            raise CheckpointCorruptError(
+                f"The artifacts of {info.name} v{info.version} are missing; they were deleted."
+            )
         state = read_checkpoint_bytes(data, info.digest, label=f"{info.name} v{info.version}")
         state.name, state.version = info.name, info.version
         state.category = info.category if info.category != "unknown" else state.category
@@ -239,8 +254,15 @@ class MemoryStore:
             self._artifacts[source] = data
 
     # registry ------------------------------------------------------------------------------------------
-    def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
-                         retried: bool = True, description: str | None = None) -> VersionInfo:
+    def register_version(
+        self,
+        name: str,
+        source: str,
+        run_id: str | None,
+        tags: Mapping[str, Any],
+        retried: bool = True,
+        description: str | None = None,
+    ) -> VersionInfo:
         self._changed(name)
         self._enter("register")
         validate_model_name(name)
@@ -254,15 +276,15 @@ class MemoryStore:
                     return copy.deepcopy(existing)
             number = self._next_version.get(name, 0) + 1
             self._next_version[name] = number
-            info = VersionInfo(name, number, source, run_id, {k: str(v) for k, v in tags.items()}, [],
-                               self._now_ms(), description)
+            info = VersionInfo(
+                name, number, source, run_id, {k: str(v) for k, v in tags.items()}, [], self._now_ms(), description
+            )
             versions[number] = info
             return copy.deepcopy(info)
 
     def list_versions(self, name: str) -> list[VersionInfo]:
         with self._guard:
-            return [self._with_aliases(v) for v in sorted(self._models.get(name, {}).values(),
-                                                          key=lambda v: v.version)]
+            return [self._with_aliases(v) for v in sorted(self._models.get(name, {}).values(), key=lambda v: v.version)]
 
     def _with_aliases(self, info: VersionInfo) -> VersionInfo:
         result = copy.deepcopy(info)

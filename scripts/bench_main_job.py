@@ -107,15 +107,17 @@ class SaveCollector(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "outcome", None) != "saved" or getattr(record, "duration_s", None) is None:
             return
-        self.saves.append({
-            "t": time.perf_counter(),
-            "model": getattr(record, "model", None),
-            "category": getattr(record, "category", None),
-            "version": getattr(record, "version", None),
-            "step": getattr(record, "step", None),
-            "duration_s": float(record.duration_s),  # type: ignore[attr-defined]
-            "thread": record.threadName,
-        })
+        self.saves.append(
+            {
+                "t": time.perf_counter(),
+                "model": getattr(record, "model", None),
+                "category": getattr(record, "category", None),
+                "version": getattr(record, "version", None),
+                "step": getattr(record, "step", None),
+                "duration_s": float(record.duration_s),  # type: ignore[attr-defined]
+                "thread": record.threadName,
+            }
+        )
 
 
 def thread_cpu() -> dict[str, float]:
@@ -241,8 +243,14 @@ def run_child(variant: str, steps: int, workdir: Path) -> dict[str, Any]:
     if variant == "on":
         run_trading(config, steps=steps, minutes=None, seed=SEED, progress=False, recorder_factory=open_recorder)
     else:
-        run_trading(config, steps=steps, minutes=None, seed=SEED, progress=False,
-                    persistence_factory=lambda cfg: contextlib.nullcontext(None))
+        run_trading(
+            config,
+            steps=steps,
+            minutes=None,
+            seed=SEED,
+            progress=False,
+            persistence_factory=lambda cfg: contextlib.nullcontext(None),
+        )
     t_done = time.perf_counter()
     assert probe.t_enter is not None and probe.t_exit is not None and probe.system is not None
 
@@ -282,8 +290,18 @@ def spawn(variant: str, steps: int, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     result_file = workdir / "result.json"
     log_file = workdir / "child.log"
-    command = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--steps", str(steps),
-               "--dir", str(workdir), "--result-file", str(result_file)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--variant",
+        variant,
+        "--steps",
+        str(steps),
+        "--dir",
+        str(workdir),
+        "--result-file",
+        str(result_file),
+    ]
     with log_file.open("w") as log:
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=CHILD_TIMEOUT_S, check=False)
     if proc.returncode != 0 or not result_file.exists():
@@ -342,8 +360,11 @@ def equal_work_check(results: list[dict[str, Any]]) -> dict[str, Any]:
         "weights_identical_on_vs_off": identical,
         "off_runs_deterministic": off_deterministic,
         "fingerprints": fingerprints,
-        "passed": same_steps and same_optimizer_steps and same_dqn_updates
-        and identical.get("cnn", False) and identical.get("extrema", False),
+        "passed": same_steps
+        and same_optimizer_steps
+        and same_dqn_updates
+        and identical.get("cnn", False)
+        and identical.get("extrema", False),
     }
 
 
@@ -369,10 +390,7 @@ def save_stats(on_results: list[dict[str, Any]]) -> dict[str, Any]:
 def thread_cpu_medians(results: list[dict[str, Any]]) -> dict[str, float]:
     """Median over runs of each thread's loop CPU seconds (a thread missing from a run counts 0)."""
     names = sorted({name for r in results for name in r["cpu_by_thread_s"]})
-    return {name: round(statistics.median(r["cpu_by_thread_s"].get(name, 0.0) for r in results), 3)
-            for name in names}
-
-
+    return {name: round(statistics.median(r["cpu_by_thread_s"].get(name, 0.0) for r in results), 3) for name in names}
 
 
 def rounded(value: Any, digits: int = 4) -> Any:
@@ -395,38 +413,54 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"Main-job overhead: {report['steps']} bars per run, {report['rounds']} rounds, seed {SEED}")
     print(f"  {report['cpu_model']} x{report['cpu_count']}, torch {report['torch']}, mlflow {report['mlflow']}")
     print()
-    print(f"{'round':>5} {'variant':>7} {'steps/s':>9} {'steady':>9} {'loop s':>8} {'startup s':>9} "
-          f"{'shutdown s':>10} {'cpu proc s':>10} {'cpu main s':>10} {'saves':>5} {'load1':>5}")
+    print(
+        f"{'round':>5} {'variant':>7} {'steps/s':>9} {'steady':>9} {'loop s':>8} {'startup s':>9} "
+        f"{'shutdown s':>10} {'cpu proc s':>10} {'cpu main s':>10} {'saves':>5} {'load1':>5}"
+    )
     for r in report["runs"]:
-        print(f"{r['round']:>5} {r['variant']:>7} {fmt(r['steps_per_s']):>9} {fmt(r['steady_steps_per_s']):>9} "
-              f"{fmt(r['loop_s'], '.2f'):>8} {fmt(r['startup_s'], '.2f'):>9} {fmt(r['shutdown_s'], '.2f'):>10} "
-              f"{fmt(r['cpu_process_s'], '.2f'):>10} {fmt(r['cpu_main_thread_s'], '.2f'):>10} "
-              f"{len(r['save_durations_s']) if r['variant'] == 'on' else '':>5} "
-              f"{fmt((r['loadavg_before'] or [None])[0], '.2f'):>5}")
+        print(
+            f"{r['round']:>5} {r['variant']:>7} {fmt(r['steps_per_s']):>9} {fmt(r['steady_steps_per_s']):>9} "
+            f"{fmt(r['loop_s'], '.2f'):>8} {fmt(r['startup_s'], '.2f'):>9} {fmt(r['shutdown_s'], '.2f'):>10} "
+            f"{fmt(r['cpu_process_s'], '.2f'):>10} {fmt(r['cpu_main_thread_s'], '.2f'):>10} "
+            f"{len(r['save_durations_s']) if r['variant'] == 'on' else '':>5} "
+            f"{fmt((r['loadavg_before'] or [None])[0], '.2f'):>5}"
+        )
     m = report["medians"]
     print()
-    print(f"median steps/s   on {fmt(m['on_steps_per_s'])}   off {fmt(m['off_steps_per_s'])}   "
-          f"ratio on/off {fmt(100 * m['ratio'] if m['ratio'] else None)} %  (target >= {100 * TARGET_RATIO:.0f} %: "
-          f"{'PASS' if m['ratio'] and m['ratio'] >= TARGET_RATIO else 'FAIL'})")
-    print(f"median steady    on {fmt(m['on_steady_steps_per_s'])}   off {fmt(m['off_steady_steps_per_s'])}   "
-          f"ratio on/off {fmt(100 * m['steady_ratio'] if m['steady_ratio'] else None)} %  "
-          f"(first {report['runs'][0]['warmup_bars']} bars excluded)")
+    print(
+        f"median steps/s   on {fmt(m['on_steps_per_s'])}   off {fmt(m['off_steps_per_s'])}   "
+        f"ratio on/off {fmt(100 * m['ratio'] if m['ratio'] else None)} %  (target >= {100 * TARGET_RATIO:.0f} %: "
+        f"{'PASS' if m['ratio'] and m['ratio'] >= TARGET_RATIO else 'FAIL'})"
+    )
+    print(
+        f"median steady    on {fmt(m['on_steady_steps_per_s'])}   off {fmt(m['off_steady_steps_per_s'])}   "
+        f"ratio on/off {fmt(100 * m['steady_ratio'] if m['steady_ratio'] else None)} %  "
+        f"(first {report['runs'][0]['warmup_bars']} bars excluded)"
+    )
     print(f"per-round ratios {[round(x, 4) for x in report['per_round_ratio']]}")
     for variant in ("on", "off"):
         print(f"loop CPU by thread, {variant} (median s): {report['cpu_by_thread_median_s'][variant]}")
     s = report["saves"]
-    ms = (lambda v: fmt(v * 1000 if v is not None else None, ".0f"))
-    print(f"training saves (on): per round {s['saves_per_round']} {s['saves_by_category_all_rounds']}; "
-          f"duration median {ms(s['save_duration_median_s'])} ms, p90 {ms(s['save_duration_p90_s'])} ms, "
-          f"max {ms(s['save_duration_max_s'])} ms (n={s['save_duration_n']}); finished after the loop "
-          f"{s['saves_finished_after_loop_per_round']}; final saves {s['final_saves_per_round']}")
+    ms = lambda v: fmt(v * 1000 if v is not None else None, ".0f")  # noqa: E731
+    print(
+        f"training saves (on): per round {s['saves_per_round']} {s['saves_by_category_all_rounds']}; "
+        f"duration median {ms(s['save_duration_median_s'])} ms, p90 {ms(s['save_duration_p90_s'])} ms, "
+        f"max {ms(s['save_duration_max_s'])} ms (n={s['save_duration_n']}); finished after the loop "
+        f"{s['saves_finished_after_loop_per_round']}; final saves {s['final_saves_per_round']}"
+    )
     c = report["equal_work"]
-    print(f"equal work: bars {c['steps_done']}, optimizer steps {c['optimizer_steps']}, dqn updates "
-          f"{c['dqn_updates']} -> same bars {c['same_bars']}, same optimizer steps {c['same_optimizer_steps']}")
-    print(f"  final weights identical on vs off: {c['weights_identical_on_vs_off']}; "
-          f"off runs deterministic: {c['off_runs_deterministic']}  => {'PASS' if c['passed'] else 'FAIL'}")
-    print("  (dqn/cob_rl learn from actions of the serving copies, which switch to system checkpoints' weights "
-          "only with persistence on)")
+    print(
+        f"equal work: bars {c['steps_done']}, optimizer steps {c['optimizer_steps']}, dqn updates "
+        f"{c['dqn_updates']} -> same bars {c['same_bars']}, same optimizer steps {c['same_optimizer_steps']}"
+    )
+    print(
+        f"  final weights identical on vs off: {c['weights_identical_on_vs_off']}; "
+        f"off runs deterministic: {c['off_runs_deterministic']}  => {'PASS' if c['passed'] else 'FAIL'}"
+    )
+    print(
+        "  (dqn/cob_rl learn from actions of the serving copies, which switch to system checkpoints' weights "
+        "only with persistence on)"
+    )
 
 
 def run_parent(steps: int, rounds: int, base: Path | None) -> dict[str, Any]:
@@ -440,8 +474,10 @@ def run_parent(steps: int, rounds: int, base: Path | None) -> dict[str, Any]:
             result = spawn(variant, steps, workdir)
             result["round"] = index
             runs.append(result)
-            print(f"round {index} {variant}: {result['steps_per_s']:.1f} steps/s (loop {result['loop_s']:.1f} s)",
-                  flush=True)
+            print(
+                f"round {index} {variant}: {result['steps_per_s']:.1f} steps/s (loop {result['loop_s']:.1f} s)",
+                flush=True,
+            )
     finally:
         if base is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -491,8 +527,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"bars per run (default {DEFAULT_STEPS})")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"on/off pairs (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where the per-run stores and logs go (kept); default: a temp dir, removed at the end")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the per-run stores and logs go (kept); default: a temp dir, removed at the end",
+    )
     parser.add_argument("--variant", choices=("on", "off"), help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -20,8 +20,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -42,12 +43,13 @@ def run_benchmark(name: str) -> dict[str, Any]:
         if not line.startswith("BENCH_JSON "):
             print(line)
     if process.returncode != 0:
-        raise SystemExit(f"{BENCHMARKS[name][0]} failed (exit {process.returncode}); its last output:\n"
-                         + process.stderr[-3000:])
+        raise SystemExit(
+            f"{BENCHMARKS[name][0]} failed (exit {process.returncode}); its last output:\n" + process.stderr[-3000:]
+        )
     lines = [line for line in process.stdout.splitlines() if line.startswith("BENCH_JSON ")]
     if not lines:
         raise SystemExit(f"{BENCHMARKS[name][0]} printed no BENCH_JSON line; run it by hand to see why.")
-    return json.loads(lines[-1][len("BENCH_JSON "):])
+    return json.loads(lines[-1][len("BENCH_JSON ") :])
 
 
 Row = tuple[str, str, str, str, bool | None]  # figure, measured, baseline, target, met
@@ -60,22 +62,49 @@ def _ratio(value: float | None) -> str:
 def checkpoint_rows(c: dict[str, Any]) -> list[Row]:
     size = f"{c['size_mb']:.0f} MB"
     return [
-        ("`step()` with nothing to save, default config", f"{c['step_default_us']:.1f} µs",
-         f"{c['step_quiet_us']:.1f} µs with the flush deferred and the scheduler idle", "≤ 5 µs",
-         c["step_default_us"] <= 5),
-        (f"{size}: `step()` until durable and registered", _ratio(c["durable_ratio"]),
-         f"torch.save + fsync {c['save_fsync_ms']:.0f} ms (ours {c['durable_ms']:.0f} ms; step() blocked "
-         f"{c['blocked_ms']:.1f} ms)", "≤ 1.3x", c["durable_ratio"] <= 1.3),
-        (f"{size}: verified `restore()` into a fresh model", _ratio(c["restore_ratio"]),
-         f"torch.load(weights_only=True) {c['torch_load_ms']:.0f} ms (ours {c['restore_ms']:.0f} ms)", "≤ 2x",
-         c["restore_ratio"] <= 2),
-        (f"{size}: `load_checkpoint()`", _ratio(c["load_checkpoint_ratio"]),
-         f"the same torch.load (ours {c['load_checkpoint_ms']:.0f} ms; tensors memory-mapped)", "≤ 1.5x",
-         c["load_checkpoint_ratio"] <= 1.5),
-        ("100 KB checkpoint: `step()` until registered, alone", f"{c['small_ms']:.1f} ms", "-", "≤ 15 ms",
-         c["small_ms"] <= 15),
-        ("registry round trips per save, steady state", f"{c['round_trips_per_save']:.1f}",
-         ", ".join(f"{k} {v:g}" for k, v in c["round_trips"].items()), "≤ 3", c["round_trips_per_save"] <= 3),
+        (
+            "`step()` with nothing to save, default config",
+            f"{c['step_default_us']:.1f} µs",
+            f"{c['step_quiet_us']:.1f} µs with the flush deferred and the scheduler idle",
+            "≤ 5 µs",
+            c["step_default_us"] <= 5,
+        ),
+        (
+            f"{size}: `step()` until durable and registered",
+            _ratio(c["durable_ratio"]),
+            f"torch.save + fsync {c['save_fsync_ms']:.0f} ms (ours {c['durable_ms']:.0f} ms; step() blocked "
+            f"{c['blocked_ms']:.1f} ms)",
+            "≤ 1.3x",
+            c["durable_ratio"] <= 1.3,
+        ),
+        (
+            f"{size}: verified `restore()` into a fresh model",
+            _ratio(c["restore_ratio"]),
+            f"torch.load(weights_only=True) {c['torch_load_ms']:.0f} ms (ours {c['restore_ms']:.0f} ms)",
+            "≤ 2x",
+            c["restore_ratio"] <= 2,
+        ),
+        (
+            f"{size}: `load_checkpoint()`",
+            _ratio(c["load_checkpoint_ratio"]),
+            f"the same torch.load (ours {c['load_checkpoint_ms']:.0f} ms; tensors memory-mapped)",
+            "≤ 1.5x",
+            c["load_checkpoint_ratio"] <= 1.5,
+        ),
+        (
+            "100 KB checkpoint: `step()` until registered, alone",
+            f"{c['small_ms']:.1f} ms",
+            "-",
+            "≤ 15 ms",
+            c["small_ms"] <= 15,
+        ),
+        (
+            "registry round trips per save, steady state",
+            f"{c['round_trips_per_save']:.1f}",
+            ", ".join(f"{k} {v:g}" for k, v in c["round_trips"].items()),
+            "≤ 3",
+            c["round_trips_per_save"] <= 3,
+        ),
     ]
 
 
@@ -83,47 +112,79 @@ def side_by_side_rows(s: dict[str, Any]) -> list[Row]:
     lost = {v: s["medians"][v]["lost_per_checkpoint_seconds"] for v in s["medians"] if v != "plain"}
     ratios, bound = s["ratios"], s.get("memory_bound") or {}
     rows: list[Row] = [
-        ("training time lost per persisted 300 MB checkpoint (100 MB model + Adam), against torch.save + fsync",
-         _ratio(ratios.get("persist_vs_sync")),
-         f"sync {lost.get('sync', 0) * 1000:.0f} ms, ours {lost.get('persist', 0) * 1000:.0f} ms", "≤ 0.35x",
-         None if ratios.get("persist_vs_sync") is None else ratios["persist_vs_sync"] <= 0.35),
+        (
+            "training time lost per persisted 300 MB checkpoint (100 MB model + Adam), against torch.save + fsync",
+            _ratio(ratios.get("persist_vs_sync")),
+            f"sync {lost.get('sync', 0) * 1000:.0f} ms, ours {lost.get('persist', 0) * 1000:.0f} ms",
+            "≤ 0.35x",
+            None if ratios.get("persist_vs_sync") is None else ratios["persist_vs_sync"] <= 0.35,
+        ),
     ]
     if ratios.get("persist_vs_lightning") is not None:
-        rows.append(("the same, against Lightning ModelCheckpoint + MLFlowLogger(log_model=\"all\")",
-                     _ratio(ratios["persist_vs_lightning"]), f"Lightning {lost['lightning'] * 1000:.0f} ms",
-                     "≤ 0.15x", ratios["persist_vs_lightning"] <= 0.15))
+        rows.append(
+            (
+                'the same, against Lightning ModelCheckpoint + MLFlowLogger(log_model="all")',
+                _ratio(ratios["persist_vs_lightning"]),
+                f"Lightning {lost['lightning'] * 1000:.0f} ms",
+                "≤ 0.15x",
+                ratios["persist_vs_lightning"] <= 0.15,
+            )
+        )
     if bound:
-        rows.append(("peak RSS while saving 300 MB checkpoints", f"{bound['persist_peak_rss_kb'] / 1024:.0f} MB",
-                     f"model + optimizer + 2 snapshots + 10% + the plain run's own memory + MLflow's import: "
-                     f"{(bound['bound_kb'] + (bound.get('persist_import_overhead_kb') or 0)) / 1024:.0f} MB",
-                     "≤ 1.0x of that", (bound.get("persist_vs_bound_plus_imports") or 9) <= 1.0))
+        rows.append(
+            (
+                "peak RSS while saving 300 MB checkpoints",
+                f"{bound['persist_peak_rss_kb'] / 1024:.0f} MB",
+                f"model + optimizer + 2 snapshots + 10% + the plain run's own memory + MLflow's import: "
+                f"{(bound['bound_kb'] + (bound.get('persist_import_overhead_kb') or 0)) / 1024:.0f} MB",
+                "≤ 1.0x of that",
+                (bound.get("persist_vs_bound_plus_imports") or 9) <= 1.0,
+            )
+        )
     return rows
 
 
 def main_job_rows(m: dict[str, Any]) -> list[Row]:
     medians, saves = m["medians"], m["saves"]
     return [
-        ("main job steps/s with persistence (default config, episodes on)", f"{medians['ratio'] * 100:.0f}%",
-         f"persistence off {medians['off_steps_per_s']:.0f} steps/s, on {medians['on_steps_per_s']:.0f}", "≥ 95%",
-         medians["ratio"] >= 0.95),
-        ("100 KB checkpoints in the main job: save time, median", f"{saves['save_duration_median_s'] * 1000:.0f} ms",
-         f"p90 {saves['save_duration_p90_s'] * 1000:.0f} ms over {saves['save_duration_n']} saves", "≤ 30 ms",
-         saves["save_duration_median_s"] <= 0.030),
+        (
+            "main job steps/s with persistence (default config, episodes on)",
+            f"{medians['ratio'] * 100:.0f}%",
+            f"persistence off {medians['off_steps_per_s']:.0f} steps/s, on {medians['on_steps_per_s']:.0f}",
+            "≥ 95%",
+            medians["ratio"] >= 0.95,
+        ),
+        (
+            "100 KB checkpoints in the main job: save time, median",
+            f"{saves['save_duration_median_s'] * 1000:.0f} ms",
+            f"p90 {saves['save_duration_p90_s'] * 1000:.0f} ms over {saves['save_duration_n']} saves",
+            "≤ 30 ms",
+            saves["save_duration_median_s"] <= 0.030,
+        ),
     ]
 
 
 def table(results: dict[str, Any]) -> str:
     makers: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-        "side_by_side": side_by_side_rows, "checkpoint": checkpoint_rows, "main_job": main_job_rows}
+        "side_by_side": side_by_side_rows,
+        "checkpoint": checkpoint_rows,
+        "main_job": main_job_rows,
+    }
     rows = [row for name, make in makers.items() if name in results for row in make(results[name])]
     checkpoint = results.get("checkpoint", {})
-    lines = [f"Measured {results['date']} on {checkpoint.get('machine', 'this machine')}, torch "
-             f"{checkpoint.get('torch', '?')}, sqlite store; regenerated by `make bench` "
-             "(scripts/bench_report.py) from the benchmarks' own output.", "",
-             "| figure | measured | baseline (same run) | target | met |", "|---|---|---|---|---|"]
+    lines = [
+        f"Measured {results['date']} on {checkpoint.get('machine', 'this machine')}, torch "
+        f"{checkpoint.get('torch', '?')}, sqlite store; regenerated by `make bench` "
+        "(scripts/bench_report.py) from the benchmarks' own output.",
+        "",
+        "| figure | measured | baseline (same run) | target | met |",
+        "|---|---|---|---|---|",
+    ]
     for figure, measured, baseline, target, met in rows:
-        lines.append(f"| {figure} | **{measured}** | {baseline} | {target} | "
-                     f"{'yes' if met else 'no' if met is not None else 'n/a'} |")
+        lines.append(
+            f"| {figure} | **{measured}** | {baseline} | {target} | "
+            f"{'yes' if met else 'no' if met is not None else 'n/a'} |"
+        )
     return "\n".join(lines)
 
 
@@ -140,8 +201,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", help="regenerate from a results file instead of running")
     parser.add_argument("--out", default="bench-results.json", help="where the raw results go")
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help="comma list of " + ", ".join(BENCHMARKS) + "; the others keep their figures from --out")
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help="comma list of " + ", ".join(BENCHMARKS) + "; the others keep their figures from --out",
+    )
     parser.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
     args = parser.parse_args()
     if args.source:

@@ -51,8 +51,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench_common import cpu_model
 
@@ -91,8 +92,10 @@ def make_batches(model: Any, batch_size: int) -> list[tuple[Any, Any]]:
 
     width = model[0].in_features
     generator = torch.Generator().manual_seed(0)
-    return [(torch.randn(batch_size, width, generator=generator), torch.randn(batch_size, width, generator=generator))
-            for _ in range(DISTINCT_BATCHES)]
+    return [
+        (torch.randn(batch_size, width, generator=generator), torch.randn(batch_size, width, generator=generator))
+        for _ in range(DISTINCT_BATCHES)
+    ]
 
 
 def tensor_bytes(state: Any) -> int:
@@ -139,8 +142,10 @@ class TrainingLoop:
         self.step_index += 1
 
     def sizes(self) -> dict[str, int]:
-        return {"model_bytes": tensor_bytes(self.model.state_dict()),
-                "optimizer_bytes": tensor_bytes(self.optimizer.state_dict())}
+        return {
+            "model_bytes": tensor_bytes(self.model.state_dict()),
+            "optimizer_bytes": tensor_bytes(self.optimizer.state_dict()),
+        }
 
 
 def timed_loop(trainer: TrainingLoop, steps: int, after_step: Callable[[int], None]) -> float:
@@ -202,9 +207,15 @@ def run_persist(args: argparse.Namespace, store: Path) -> dict[str, Any]:
         if not persist.flush(timeout=CHILD_TIMEOUT_SECONDS):
             raise RuntimeError("the timed checkpoints were not registered in time")
         drain = time.perf_counter() - drain_start
-        result = {"loop_seconds": loop, "saves": handle.saves - saves_before, "drain_seconds": drain,
-                  "superseded": persist.writer.superseded - superseded_before, "failures": handle.failures,
-                  "peak_rss_before_close_kb": peak_rss_kb(), **trainer.sizes()}
+        result = {
+            "loop_seconds": loop,
+            "saves": handle.saves - saves_before,
+            "drain_seconds": drain,
+            "superseded": persist.writer.superseded - superseded_before,
+            "failures": handle.failures,
+            "peak_rss_before_close_kb": peak_rss_kb(),
+            **trainer.sizes(),
+        }
     return result  # close() (its final checkpoint included) is not timed
 
 
@@ -256,26 +267,47 @@ def run_lightning(args: argparse.Namespace, store: Path) -> dict[str, Any]:
     data = [batches[i % len(batches)] for i in range(warmup + steps)]  # one epoch of exactly the steps run
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False)
     artifacts = store / "mlartifacts"
-    logger = MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{store}/mlflow.db",
-                          artifact_location=artifacts.as_uri(), log_model="all")
-    checkpoint = ModelCheckpoint(dirpath=store / "checkpoints", monitor="loss", mode="min", save_top_k=2,
-                                 every_n_train_steps=1)
+    logger = MLFlowLogger(
+        experiment_name="bench",
+        tracking_uri=f"sqlite:///{store}/mlflow.db",
+        artifact_location=artifacts.as_uri(),
+        log_model="all",
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=store / "checkpoints", monitor="loss", mode="min", save_top_k=2, every_n_train_steps=1
+    )
     # log_every_n_steps=1: the loss goes to MLflow every step, as mlflow-persist logs it (buffered) every step.
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, max_epochs=1, logger=logger,
-                         callbacks=[checkpoint], enable_progress_bar=False, enable_model_summary=False,
-                         log_every_n_steps=1, num_sanity_val_steps=0, default_root_dir=store)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=warmup + steps,
+        max_epochs=1,
+        logger=logger,
+        callbacks=[checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        default_root_dir=store,
+    )
     trainer.fit(module, train_dataloaders=loader)
     fit_returned = time.perf_counter()
     optimizer = trainer.optimizers[0]
-    return {"loop_seconds": marks["end"] - marks["start"], "saves": saves_at["end"] - saves_at["start"],
-            "drain_seconds": fit_returned - marks["end"],
-            "artifacts_logged": sum(1 for _ in artifacts.rglob("*.ckpt")),
-            "model_bytes": tensor_bytes(module.model.state_dict()),
-            "optimizer_bytes": tensor_bytes(optimizer.state_dict())}
+    return {
+        "loop_seconds": marks["end"] - marks["start"],
+        "saves": saves_at["end"] - saves_at["start"],
+        "drain_seconds": fit_returned - marks["end"],
+        "artifacts_logged": sum(1 for _ in artifacts.rglob("*.ckpt")),
+        "model_bytes": tensor_bytes(module.model.state_dict()),
+        "optimizer_bytes": tensor_bytes(optimizer.state_dict()),
+    }
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
-    "plain": run_plain, "sync": run_sync, "persist": run_persist, "lightning": run_lightning,
+    "plain": run_plain,
+    "sync": run_sync,
+    "persist": run_persist,
+    "lightning": run_lightning,
 }
 
 
@@ -285,9 +317,15 @@ def child_main(args: argparse.Namespace) -> None:
         importlib.import_module("mlflow")  # counted in the import-time RSS, not in the checkpoint memory
     rss_after_imports = current_rss_kb()
     result = RUNNERS[args.variant](args, Path(args.store))
-    result.update(variant=args.variant, steps=args.steps, warmup=args.warmup, batch=args.batch,
-                  seconds_per_step=result["loop_seconds"] / args.steps,
-                  peak_rss_kb=peak_rss_kb(), rss_after_imports_kb=rss_after_imports)
+    result.update(
+        variant=args.variant,
+        steps=args.steps,
+        warmup=args.warmup,
+        batch=args.batch,
+        seconds_per_step=result["loop_seconds"] / args.steps,
+        peak_rss_kb=peak_rss_kb(),
+        rss_after_imports_kb=rss_after_imports,
+    )
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -295,31 +333,48 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def lightning_available() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import lightning.pytorch, lightning.pytorch.loggers"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import lightning.pytorch, lightning.pytorch.loggers"], capture_output=True, text=True
+    )
     return probe.returncode == 0
 
 
 def run_variant(args: argparse.Namespace, variant: str, base: Path, round_index: int) -> dict[str, Any]:
     """Run one variant in a fresh subprocess with a fresh store directory (removed afterwards)."""
     store = Path(tempfile.mkdtemp(prefix=f"{variant}-", dir=base))
-    command = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--store", str(store),
-               "--model-mb", str(args.model_mb), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--batch", str(args.batch)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--variant",
+        variant,
+        "--store",
+        str(store),
+        "--model-mb",
+        str(args.model_mb),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+    ]
     # No MLFLOW_PERSIST_* overrides from the caller's shell: the persist variant runs the default configuration.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_PERSIST_")}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     try:
-        done = subprocess.run(command, cwd=store, env=env, capture_output=True, text=True,
-                              timeout=CHILD_TIMEOUT_SECONDS)
+        done = subprocess.run(
+            command, cwd=store, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_SECONDS
+        )
     finally:
         shutil.rmtree(store, ignore_errors=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-25:])
-        sys.exit(f"bench_side_by_side: variant {variant!r} (round {round_index + 1}) failed with exit code "
-                 f"{done.returncode}{'' if lines else ' and printed no result'}; stderr tail:\n{tail}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+        sys.exit(
+            f"bench_side_by_side: variant {variant!r} (round {round_index + 1}) failed with exit code "
+            f"{done.returncode}{'' if lines else ' and printed no result'}; stderr tail:\n{tail}"
+        )
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
     result["round"] = round_index + 1
     return result
 
@@ -349,12 +404,18 @@ def summarize(variant: str, results: list[dict[str, Any]], plain_sps: float | No
     if variant != "plain" and plain_sps is not None and sps is not None and saves:
         lost = (sps - plain_sps) * steps / saves
         lost_with_drain = ((sps - plain_sps) * steps + (drain or 0.0)) / saves
-    return {"seconds_per_step": sps, "loop_seconds": median_of(results, "loop_seconds"), "saves": saves,
-            "drain_seconds": drain, "lost_per_checkpoint_seconds": lost,
-            "lost_per_checkpoint_with_drain_seconds": lost_with_drain,
-            "peak_rss_kb": median_of(results, "peak_rss_kb"),
-            "rss_after_imports_kb": median_of(results, "rss_after_imports_kb"),
-            "model_bytes": median_of(results, "model_bytes"), "optimizer_bytes": median_of(results, "optimizer_bytes")}
+    return {
+        "seconds_per_step": sps,
+        "loop_seconds": median_of(results, "loop_seconds"),
+        "saves": saves,
+        "drain_seconds": drain,
+        "lost_per_checkpoint_seconds": lost,
+        "lost_per_checkpoint_with_drain_seconds": lost_with_drain,
+        "peak_rss_kb": median_of(results, "peak_rss_kb"),
+        "rss_after_imports_kb": median_of(results, "rss_after_imports_kb"),
+        "model_bytes": median_of(results, "model_bytes"),
+        "optimizer_bytes": median_of(results, "optimizer_bytes"),
+    }
 
 
 def memory_bound(summary: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
@@ -373,11 +434,16 @@ def memory_bound(summary: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     if persist["rss_after_imports_kb"] is not None and plain["rss_after_imports_kb"] is not None:
         import_overhead = persist["rss_after_imports_kb"] - plain["rss_after_imports_kb"]
     with_imports = None if import_overhead is None else persist["peak_rss_kb"] / (bound_kb + import_overhead)
-    return {"state_kb": state_kb, "plain_baseline_overhead_kb": baseline_kb, "bound_kb": bound_kb,
-            "persist_peak_rss_kb": persist["peak_rss_kb"], "persist_vs_bound": persist["peak_rss_kb"] / bound_kb,
-            "persist_import_overhead_kb": import_overhead, "persist_vs_bound_plus_imports": with_imports,
-            "formula": "(model_bytes + optimizer_bytes) * 3 * 1.1 + (plain peak RSS - plain model+optimizer bytes)"}
-
+    return {
+        "state_kb": state_kb,
+        "plain_baseline_overhead_kb": baseline_kb,
+        "bound_kb": bound_kb,
+        "persist_peak_rss_kb": persist["peak_rss_kb"],
+        "persist_vs_bound": persist["peak_rss_kb"] / bound_kb,
+        "persist_import_overhead_kb": import_overhead,
+        "persist_vs_bound_plus_imports": with_imports,
+        "formula": "(model_bytes + optimizer_bytes) * 3 * 1.1 + (plain peak RSS - plain model+optimizer bytes)",
+    }
 
 
 def package_version(name: str) -> str | None:
@@ -394,34 +460,49 @@ def fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
-def print_table(summary: dict[str, dict[str, Any]], ratios: dict[str, float | None],
-                bound: dict[str, Any] | None, args: argparse.Namespace) -> None:
-    print(f"\nmedians over {args.rounds} round(s), {args.steps} timed steps after {args.warmup} warm-up, "
-          f"batch {args.batch}")
-    header = (f"{'variant':<10} {'s/step':>8} {'loop s':>8} {'saves':>6} {'drain s':>8} {'lost/ckpt s':>12} "
-              f"{'+drain s':>9} {'peak RSS MB':>12} {'import RSS MB':>14}")
+def print_table(
+    summary: dict[str, dict[str, Any]],
+    ratios: dict[str, float | None],
+    bound: dict[str, Any] | None,
+    args: argparse.Namespace,
+) -> None:
+    print(
+        f"\nmedians over {args.rounds} round(s), {args.steps} timed steps after {args.warmup} warm-up, "
+        f"batch {args.batch}"
+    )
+    header = (
+        f"{'variant':<10} {'s/step':>8} {'loop s':>8} {'saves':>6} {'drain s':>8} {'lost/ckpt s':>12} "
+        f"{'+drain s':>9} {'peak RSS MB':>12} {'import RSS MB':>14}"
+    )
     print(header)
     print("-" * len(header))
     for variant, s in summary.items():
-        print(f"{variant:<10} {fmt(s['seconds_per_step'], '8.3f')} {fmt(s['loop_seconds'], '8.2f')} "
-              f"{fmt(s['saves'], '6.0f')} {fmt(s['drain_seconds'], '8.2f')} "
-              f"{fmt(s['lost_per_checkpoint_seconds'], '12.3f')} "
-              f"{fmt(s['lost_per_checkpoint_with_drain_seconds'], '9.3f')} "
-              f"{fmt(s['peak_rss_kb'] / 1024 if s['peak_rss_kb'] else None, '12.0f')} "
-              f"{fmt(s['rss_after_imports_kb'] / 1024 if s['rss_after_imports_kb'] else None, '14.0f')}")
+        print(
+            f"{variant:<10} {fmt(s['seconds_per_step'], '8.3f')} {fmt(s['loop_seconds'], '8.2f')} "
+            f"{fmt(s['saves'], '6.0f')} {fmt(s['drain_seconds'], '8.2f')} "
+            f"{fmt(s['lost_per_checkpoint_seconds'], '12.3f')} "
+            f"{fmt(s['lost_per_checkpoint_with_drain_seconds'], '9.3f')} "
+            f"{fmt(s['peak_rss_kb'] / 1024 if s['peak_rss_kb'] else None, '12.0f')} "
+            f"{fmt(s['rss_after_imports_kb'] / 1024 if s['rss_after_imports_kb'] else None, '14.0f')}"
+        )
     print("\nlost/ckpt = (s/step - plain s/step) * steps / saves; +drain adds the post-loop wait for the last one")
     targets = {"persist_vs_sync": TARGET_PERSIST_VS_SYNC, "persist_vs_lightning": TARGET_PERSIST_VS_LIGHTNING}
     for name, value in ratios.items():
         target = targets.get(name)
-        verdict = "" if target is None or value is None else \
-            f"  (target <= {target}x: {'met' if value <= target else 'NOT met'})"
+        verdict = (
+            ""
+            if target is None or value is None
+            else f"  (target <= {target}x: {'met' if value <= target else 'NOT met'})"
+        )
         print(f"{name:<22} {fmt(value, '.3f', 'x')}{verdict}")
     if bound:
-        print(f"\npersist peak RSS {bound['persist_peak_rss_kb'] / 1024:.0f} MB vs bound {bound['bound_kb'] / 1024:.0f}"
-              f" MB = {bound['persist_vs_bound']:.2f}x; bound = {bound['formula']} = "
-              f"{bound['state_kb'] / 1024:.0f} MB * 3.3 + {bound['plain_baseline_overhead_kb'] / 1024:.0f} MB; "
-              f"mlflow import adds {fmt((bound['persist_import_overhead_kb'] or 0) / 1024, '.0f')} MB beyond plain "
-              f"(vs bound + that: {fmt(bound['persist_vs_bound_plus_imports'], '.2f', 'x')})")
+        print(
+            f"\npersist peak RSS {bound['persist_peak_rss_kb'] / 1024:.0f} MB vs bound {bound['bound_kb'] / 1024:.0f}"
+            f" MB = {bound['persist_vs_bound']:.2f}x; bound = {bound['formula']} = "
+            f"{bound['state_kb'] / 1024:.0f} MB * 3.3 + {bound['plain_baseline_overhead_kb'] / 1024:.0f} MB; "
+            f"mlflow import adds {fmt((bound['persist_import_overhead_kb'] or 0) / 1024, '.0f')} MB beyond plain "
+            f"(vs bound + that: {fmt(bound['persist_vs_bound_plus_imports'], '.2f', 'x')})"
+        )
 
 
 def parent_main(args: argparse.Namespace) -> None:
@@ -442,31 +523,55 @@ def parent_main(args: argparse.Namespace) -> None:
         for variant in rotated(variants, round_index):
             result = run_variant(args, variant, base, round_index)
             raw[variant].append(result)
-            print(f"round {round_index + 1}/{args.rounds} {variant:<10} {result['seconds_per_step']:.3f} s/step, "
-                  f"{result['saves']} saves, drain {result['drain_seconds']:.2f} s, "
-                  f"peak RSS {result['peak_rss_kb'] / 1024:.0f} MB", flush=True)
+            print(
+                f"round {round_index + 1}/{args.rounds} {variant:<10} {result['seconds_per_step']:.3f} s/step, "
+                f"{result['saves']} saves, drain {result['drain_seconds']:.2f} s, "
+                f"peak RSS {result['peak_rss_kb'] / 1024:.0f} MB",
+                flush=True,
+            )
     plain_sps = median_of(raw["plain"], "seconds_per_step") if "plain" in raw else None
     summary = {v: summarize(v, raw[v], plain_sps, args.steps) for v in variants}
     lost = {v: summary[v]["lost_per_checkpoint_seconds"] for v in variants}
-    ratios = {"persist_vs_sync": ratio(lost.get("persist"), lost.get("sync")),
-              "persist_vs_lightning": ratio(lost.get("persist"), lost.get("lightning")),
-              "lightning_vs_sync": ratio(lost.get("lightning"), lost.get("sync"))}
+    ratios = {
+        "persist_vs_sync": ratio(lost.get("persist"), lost.get("sync")),
+        "persist_vs_lightning": ratio(lost.get("persist"), lost.get("lightning")),
+        "lightning_vs_sync": ratio(lost.get("lightning"), lost.get("sync")),
+    }
     bound = memory_bound(summary)
     load_end = os.getloadavg()
     print_table(summary, ratios, bound, args)
-    print(f"load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load_start)}, "
-          f"at end {'/'.join(f'{x:.2f}' for x in load_end)} on {os.cpu_count()} CPUs")
+    print(
+        f"load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load_start)}, "
+        f"at end {'/'.join(f'{x:.2f}' for x in load_end)} on {os.cpu_count()} CPUs"
+    )
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "args": {"model_mb": args.model_mb, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-                 "batch": args.batch, "variants": variants},
-        "machine": {"processor": platform.processor(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "torch": package_version("torch"),
-                    "mlflow": package_version("mlflow"), "lightning": package_version("lightning"),
-                    "mlflow_persist": package_version("mlflow-persist"),
-                    "loadavg_start": load_start, "loadavg_end": load_end},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "args": {
+            "model_mb": args.model_mb,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "batch": args.batch,
+            "variants": variants,
+        },
+        "machine": {
+            "processor": platform.processor(),
+            "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": package_version("torch"),
+            "mlflow": package_version("mlflow"),
+            "lightning": package_version("lightning"),
+            "mlflow_persist": package_version("mlflow-persist"),
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
+        },
         "targets": {"persist_vs_sync": TARGET_PERSIST_VS_SYNC, "persist_vs_lightning": TARGET_PERSIST_VS_LIGHTNING},
-        "medians": summary, "ratios": ratios, "memory_bound": bound, "raw": raw, "notes": notes,
+        "medians": summary,
+        "ratios": ratios,
+        "memory_bound": bound,
+        "raw": raw,
+        "notes": notes,
     }
     print("BENCH_JSON " + json.dumps(report, sort_keys=True))
 

@@ -26,8 +26,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -48,21 +49,31 @@ def median_ms(samples: list[float]) -> float:
 
 
 def config(uri: str, **overrides: Any) -> mp.PersistConfig:
-    values: dict[str, Any] = dict(tracking_uri=uri, keep_best=2, keep_periodic=2, min_free_disk_mb=1,
-                                  min_free_disk_percent=0)
+    values: dict[str, Any] = dict(
+        tracking_uri=uri, keep_best=2, keep_periodic=2, min_free_disk_mb=1, min_free_disk_percent=0
+    )
     values.update(overrides)
     return mp.PersistConfig(**values)
 
 
 # ------------------------------------------------------------------------------------------------ step()
 
+
 def step_cost_us(uri: str, seconds: float, default_config: bool) -> float:
     """Mean µs of step() without a save, over `seconds` of back-to-back calls (longer than the scheduler
     interval, so the background flush runs during the measurement); `default_config=False` defers the flush
     and idles the scheduler. A loop this tight makes metrics far faster than any store takes them: the
     buffer stays at its bound and drops the oldest values, which is not what is measured here."""
-    overrides = {} if default_config else dict(scheduler_interval_seconds=3600, metrics_flush_size=10**9,
-                                               log_system_metrics=False, metrics_buffer_max_rows=1000)
+    overrides = (
+        {}
+        if default_config
+        else dict(
+            scheduler_interval_seconds=3600,
+            metrics_flush_size=10**9,
+            log_system_metrics=False,
+            metrics_buffer_max_rows=1000,
+        )
+    )
     with mp.Persistence(config(uri, **overrides), install_signal_handlers=False) as persist:
         handle = persist.track(f"step-{'default' if default_config else 'quiet'}", torch.nn.Linear(2, 2))
         handle.step(loss=0.0)
@@ -79,6 +90,7 @@ def step_cost_us(uri: str, seconds: float, default_config: bool) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ durable
+
 
 def save_fsync_ms(model: torch.nn.Module, directory: Path, repeats: int) -> float:
     samples = []
@@ -113,6 +125,7 @@ def durable_ms(model: torch.nn.Module, uri: str, name: str, repeats: int) -> tup
 
 # ------------------------------------------------------------------------------------------------ restore
 
+
 def restore_ms(size_mb: float, uri: str, name: str, repeats: int) -> dict[str, float]:
     """Medians of torch.load(weights_only=True) of the checkpoint file, restore() into a fresh model, and
     load_checkpoint() of models:/name@best, interleaved so that each sees the same page cache."""
@@ -139,11 +152,15 @@ def restore_ms(size_mb: float, uri: str, name: str, repeats: int) -> dict[str, f
             mp.load_checkpoint(f"models:/{persist.config.registered_name(name)}@best", tracking_uri=uri)
             loaded.append(time.perf_counter() - start)
     # the first round warms the page cache and the registry connection
-    return {"torch_load_ms": median_ms(loads[1:]), "restore_ms": median_ms(restores[1:]),
-            "load_checkpoint_ms": median_ms(loaded[1:])}
+    return {
+        "torch_load_ms": median_ms(loads[1:]),
+        "restore_ms": median_ms(restores[1:]),
+        "load_checkpoint_ms": median_ms(loaded[1:]),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ small
+
 
 class StoreCallCounter:
     """Counts the calls into MLflow's sqlite tracking and registry stores (outermost calls only: one per
@@ -172,6 +189,7 @@ class StoreCallCounter:
                 return method(*args, **kwargs)
             finally:
                 self._depth.value = depth
+
         return counted
 
 
@@ -195,23 +213,31 @@ def small_checkpoint(uri: str, repeats: int, counter: StoreCallCounter) -> dict[
             assert handle.flush(timeout=60)
         counter.counting = False
     per_save = {name: count / repeats for name, count in sorted(counter.counts.items())}
-    return {"small_ms": median_ms(samples), "round_trips_per_save": sum(per_save.values()),
-            "round_trips": per_save}
+    return {"small_ms": median_ms(samples), "round_trips_per_save": sum(per_save.values()), "round_trips": per_save}
 
 
 # ------------------------------------------------------------------------------------------------ main
 
+
 def rows(figures: dict[str, Any]) -> Iterator[str]:
-    yield f"step() without a save, default config: {figures['step_default_us']:.1f} us per call " \
-          f"(flush deferred, scheduler idle: {figures['step_quiet_us']:.1f} us)"
-    yield f"{figures['size_mb']:.0f} MB durable: step() blocked {figures['blocked_ms']:.1f} ms; until registered " \
-          f"{figures['durable_ms']:.1f} ms vs torch.save+fsync {figures['save_fsync_ms']:.1f} ms = " \
-          f"{figures['durable_ratio']:.2f}x"
-    yield f"{figures['size_mb']:.0f} MB restore: {figures['restore_ms']:.1f} ms vs torch.load {figures['torch_load_ms']:.1f} " \
-          f"ms = {figures['restore_ratio']:.2f}x; load_checkpoint {figures['load_checkpoint_ms']:.1f} ms = " \
-          f"{figures['load_checkpoint_ratio']:.2f}x"
-    yield f"100 KB: step() until registered {figures['small_ms']:.1f} ms; {figures['round_trips_per_save']:.1f} " \
-          f"registry round trips per save ({', '.join(f'{k} {v:g}' for k, v in figures['round_trips'].items())})"
+    yield (
+        f"step() without a save, default config: {figures['step_default_us']:.1f} us per call "
+        f"(flush deferred, scheduler idle: {figures['step_quiet_us']:.1f} us)"
+    )
+    yield (
+        f"{figures['size_mb']:.0f} MB durable: step() blocked {figures['blocked_ms']:.1f} ms; until registered "
+        f"{figures['durable_ms']:.1f} ms vs torch.save+fsync {figures['save_fsync_ms']:.1f} ms = "
+        f"{figures['durable_ratio']:.2f}x"
+    )
+    yield (
+        f"{figures['size_mb']:.0f} MB restore: {figures['restore_ms']:.1f} ms vs torch.load {figures['torch_load_ms']:.1f} "
+        f"ms = {figures['restore_ratio']:.2f}x; load_checkpoint {figures['load_checkpoint_ms']:.1f} ms = "
+        f"{figures['load_checkpoint_ratio']:.2f}x"
+    )
+    yield (
+        f"100 KB: step() until registered {figures['small_ms']:.1f} ms; {figures['round_trips_per_save']:.1f} "
+        f"registry round trips per save ({', '.join(f'{k} {v:g}' for k, v in figures['round_trips'].items())})"
+    )
 
 
 def main() -> None:
@@ -225,8 +251,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="mlflow-persist-bench-") as tmp:
         root = Path(tmp)
         uri = f"sqlite:///{root / 'mlflow.db'}"
-        figures: dict[str, Any] = {"size_mb": args.size_mb, "machine": f"{cpu_model()}, {os.cpu_count()} cores",
-                                   "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
+        figures: dict[str, Any] = {
+            "size_mb": args.size_mb,
+            "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d"),
+            "torch": torch.__version__,
+        }
         figures["step_quiet_us"] = step_cost_us(uri, args.step_seconds, default_config=False)
         figures["step_default_us"] = step_cost_us(uri, args.step_seconds, default_config=True)
         model = make_model(args.size_mb)

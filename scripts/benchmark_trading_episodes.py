@@ -46,7 +46,15 @@ def timed(store: list[float], fn: Any) -> Any:
 def run(steps: int, seed: int, record: bool, flush_rows: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="trading-episode-bench-"))
     config = with_trading_defaults(PersistConfig(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}"))
-    out: dict[str, Any] = {"decide": [], "bar": [], "record": [], "flush": [], "flush_cpu": [], "flush_rows": [], "backlog": 0}
+    out: dict[str, Any] = {
+        "decide": [],
+        "bar": [],
+        "record": [],
+        "flush": [],
+        "flush_cpu": [],
+        "flush_rows": [],
+        "backlog": 0,
+    }
     with Persistence(config, install_signal_handlers=False) as persistence:
         recorder = open_recorder(persistence, flush_rows=flush_rows) if record else None
         system = EnhancedRealtimeTrainingSystem(persistence, seed=seed, recorder=recorder)
@@ -102,23 +110,37 @@ def main() -> None:
     stats = res["stats"]
     per_ep_write = sum(res["flush"]) / max(sum(res["flush_rows"]), 1)
     per_ep_cpu = sum(res["flush_cpu"]) / max(sum(res["flush_rows"]), 1)
-    print(f"bars                          : {args.steps} in {res['run_s']:.1f} s ({args.steps / res['run_s']:.1f} bars/s)")
+    print(
+        f"bars                          : {args.steps} in {res['run_s']:.1f} s ({args.steps / res['run_s']:.1f} bars/s)"
+    )
     print(f"decision time (median)        : {dec * 1e3:.2f} ms; whole bar with training {bar * 1e3:.2f} ms")
-    print(f"record() on the decision path : {rec * 1e3:.3f} ms median, "
-          f"{statistics.quantiles(res['record'], n=100)[98] * 1e3:.3f} ms p99")
-    print(f"recording cost / decision     : {rec / dec * 100:.2f} % (target <= 5 %); / whole bar {rec / bar * 100:.2f} %")
-    print(f"bytes stored per episode      : {stats.bytes_written / max(stats.stored, 1):,.0f} "
-          f"({stats.stored} episodes, {stats.bytes_written:,} bytes, dropped {stats.dropped}); plus "
-          f"{stats.weights_stored} kept model weights, {stats.weights_bytes:,} bytes")
-    print(f"background flushes            : {len(res['flush'])} ({', '.join(f'{n} in {s:.2f}s' for n, s in zip(res['flush_rows'], res['flush']))})")
-    print(f"writer time per episode       : {per_ep_cpu * 1e3:.1f} ms CPU, {per_ep_write * 1e3:.1f} ms wall vs "
-          f"{bar * 1e3:.1f} ms per bar "
-          f"({'keeps up' if per_ep_write < bar else 'FALLS BEHIND'}); largest backlog {res['backlog']} episodes; "
-          f"close() {res['close_s']:.2f} s")
+    print(
+        f"record() on the decision path : {rec * 1e3:.3f} ms median, "
+        f"{statistics.quantiles(res['record'], n=100)[98] * 1e3:.3f} ms p99"
+    )
+    print(
+        f"recording cost / decision     : {rec / dec * 100:.2f} % (target <= 5 %); / whole bar {rec / bar * 100:.2f} %"
+    )
+    print(
+        f"bytes stored per episode      : {stats.bytes_written / max(stats.stored, 1):,.0f} "
+        f"({stats.stored} episodes, {stats.bytes_written:,} bytes, dropped {stats.dropped}); plus "
+        f"{stats.weights_stored} kept model weights, {stats.weights_bytes:,} bytes"
+    )
+    print(
+        f"background flushes            : {len(res['flush'])} ({', '.join(f'{n} in {s:.2f}s' for n, s in zip(res['flush_rows'], res['flush']))})"
+    )
+    print(
+        f"writer time per episode       : {per_ep_cpu * 1e3:.1f} ms CPU, {per_ep_write * 1e3:.1f} ms wall vs "
+        f"{bar * 1e3:.1f} ms per bar "
+        f"({'keeps up' if per_ep_write < bar else 'FALLS BEHIND'}); largest backlog {res['backlog']} episodes; "
+        f"close() {res['close_s']:.2f} s"
+    )
     if base is not None:
-        print(f"bars/s without recording      : {args.steps / base['run_s']:.1f} (with: {args.steps / res['run_s']:.1f}); "
-              f"bar median {med(base['bar']) * 1e3:.2f} ms vs {bar * 1e3:.2f} ms; process CPU per bar "
-              f"{base['run_cpu'] / args.steps * 1e3:.1f} ms vs {res['run_cpu'] / args.steps * 1e3:.1f} ms")
+        print(
+            f"bars/s without recording      : {args.steps / base['run_s']:.1f} (with: {args.steps / res['run_s']:.1f}); "
+            f"bar median {med(base['bar']) * 1e3:.2f} ms vs {bar * 1e3:.2f} ms; process CPU per bar "
+            f"{base['run_cpu'] / args.steps * 1e3:.1f} ms vs {res['run_cpu'] / args.steps * 1e3:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

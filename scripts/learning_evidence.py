@@ -94,11 +94,21 @@ def holdout_scores(system: EnhancedRealtimeTrainingSystem, seed: int, holdout: i
             majority_hits[name] += int(counts.most_common(1)[0][0] == label)
             prior_ce[name] += -math.log(max(counts[label], 1) / sum(counts.values()))
     n = len(positions)
-    scores = {name: {"accuracy": hits[name] / n, "cross_entropy": ce[name] / n,
-                     "baseline_accuracy": majority_hits[name] / n, "baseline_cross_entropy": prior_ce[name] / n}
-              for name in ("cnn", "extrema")}
-    scores.update({name: {"mean_reward": rewards[name] / n, "hold": rewards["hold"] / n,
-                          "random": rewards["random"] / n} for name in ("dqn", "cob_rl")})
+    scores = {
+        name: {
+            "accuracy": hits[name] / n,
+            "cross_entropy": ce[name] / n,
+            "baseline_accuracy": majority_hits[name] / n,
+            "baseline_cross_entropy": prior_ce[name] / n,
+        }
+        for name in ("cnn", "extrema")
+    }
+    scores.update(
+        {
+            name: {"mean_reward": rewards[name] / n, "hold": rewards["hold"] / n, "random": rewards["random"] / n}
+            for name in ("dqn", "cob_rl")
+        }
+    )
     scores["_bars"] = {"trained": float(system.steps_done), "holdout": float(n)}
     return scores
 
@@ -112,8 +122,9 @@ def smoothed_curve(uri: str, restart_bar: int) -> dict[str, tuple[list[float], l
     curves = {}
     for run in client.search_runs([experiment.experiment_id]):
         name = run.data.tags.get("mlflow_persist.run_key")
-        monitor = {"dqn": "mean_reward", "cob_rl": "mean_reward", "cnn": "heldout_loss",
-                   "extrema": "heldout_loss"}.get(name or "")
+        monitor = {"dqn": "mean_reward", "cob_rl": "mean_reward", "cnn": "heldout_loss", "extrema": "heldout_loss"}.get(
+            name or ""
+        )
         if monitor is None:
             continue
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"{monitor}_smoothed"))
@@ -124,13 +135,15 @@ def smoothed_curve(uri: str, restart_bar: int) -> dict[str, tuple[list[float], l
     return curves
 
 
-def table(scores: dict[str, dict[str, float]], curves: dict[str, tuple[list[float], list[float]]],
-          restart: int) -> str:
+def table(scores: dict[str, dict[str, float]], curves: dict[str, tuple[list[float], list[float]]], restart: int) -> str:
     bars = scores["_bars"]
-    lines = [f"Trained {bars['trained']:.0f} bars (restarted at bar {restart}), scored on the next "
-             f"{bars['holdout']:.0f} bars, which no model trained on.", "",
-             "| model | held-out score | trivial baseline | smoothed monitor before / after the restart |",
-             "|---|---|---|---|"]
+    lines = [
+        f"Trained {bars['trained']:.0f} bars (restarted at bar {restart}), scored on the next "
+        f"{bars['holdout']:.0f} bars, which no model trained on.",
+        "",
+        "| model | held-out score | trivial baseline | smoothed monitor before / after the restart |",
+        "|---|---|---|---|",
+    ]
 
     def curve(name: str) -> str:
         before, after = curves.get(name, ([], []))
@@ -138,13 +151,17 @@ def table(scores: dict[str, dict[str, float]], curves: dict[str, tuple[list[floa
 
     for name in ("cnn", "extrema"):
         s = scores[name]
-        lines.append(f"| {name} | accuracy {s['accuracy']:.3f}, cross-entropy {s['cross_entropy']:.3f} | majority class: "
-                     f"accuracy {s['baseline_accuracy']:.3f}, cross-entropy {s['baseline_cross_entropy']:.3f} | "
-                     f"{curve(name)} |")
+        lines.append(
+            f"| {name} | accuracy {s['accuracy']:.3f}, cross-entropy {s['cross_entropy']:.3f} | majority class: "
+            f"accuracy {s['baseline_accuracy']:.3f}, cross-entropy {s['baseline_cross_entropy']:.3f} | "
+            f"{curve(name)} |"
+        )
     for name in ("dqn", "cob_rl"):
         s = scores[name]
-        lines.append(f"| {name} | mean reward {s['mean_reward']:+.3f} bp/decision (greedy) | always hold "
-                     f"{s['hold']:+.3f}, random {s['random']:+.3f} | {curve(name)} |")
+        lines.append(
+            f"| {name} | mean reward {s['mean_reward']:+.3f} bp/decision (greedy) | always hold "
+            f"{s['hold']:+.3f}, random {s['random']:+.3f} | {curve(name)} |"
+        )
     return "\n".join(lines)
 
 
@@ -166,13 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         readme = ROOT / "README.md"
         content = readme.read_text(encoding="utf-8")
-        block = f"{START}\n{text}\n\nMade by `python scripts/learning_evidence.py --bars {args.bars} --holdout " \
-                f"{args.holdout} --seed {args.seed} --readme`.\n{END}"
+        block = (
+            f"{START}\n{text}\n\nMade by `python scripts/learning_evidence.py --bars {args.bars} --holdout "
+            f"{args.holdout} --seed {args.seed} --readme`.\n{END}"
+        )
         if START not in content:
             print("README.md has no learning-evidence markers", file=sys.stderr)
             return 1
-        readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, content, flags=re.S),
-                          encoding="utf-8")
+        readme.write_text(
+            re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, content, flags=re.S), encoding="utf-8"
+        )
     return 0
 
 

@@ -7,8 +7,8 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -105,8 +105,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _as_failure(report: pytest.CollectReport | pytest.TestReport) -> None:
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     report.outcome = "failed"
-    report.longrepr = (f"skipped, but MLFLOW_PERSIST_REQUIRE_SERVICES=1 (CI) allows no skip: {reason}; install "
-                       "what it needs (.ci/run does) or run without MLFLOW_PERSIST_REQUIRE_SERVICES")
+    report.longrepr = (
+        f"skipped, but MLFLOW_PERSIST_REQUIRE_SERVICES=1 (CI) allows no skip: {reason}; install "
+        "what it needs (.ci/run does) or run without MLFLOW_PERSIST_REQUIRE_SERVICES"
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -37,5 +37,5 @@ def read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 120.0)
             stderr = proc.stderr.read() if proc.stderr else ""
             raise AssertionError(f"process ended (rc={proc.poll()}) before printing {prefix!r}: {stderr[-2000:]}")
         if line.startswith(prefix):
-            return line[len(prefix):].strip()
+            return line[len(prefix) :].strip()
     raise AssertionError(f"no {prefix!r} line within {timeout}s")

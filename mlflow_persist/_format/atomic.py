@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 STAGING_PREFIX = ".tmp-"
 

@@ -13,7 +13,8 @@ exercised by CPU-only tests through a backend that treats CPU tensors as device 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 
@@ -86,8 +87,13 @@ class DeviceCopies:
         if stream is None:
             stream = self._streams[tensor.device] = self.backend.side_stream(tensor.device)
             self.backend.start_after_queued_work(stream, tensor.device)
-        fits = isinstance(reuse, torch.Tensor) and reuse.shape == tensor.shape and reuse.dtype == tensor.dtype \
-            and reuse.device.type == "cpu" and reuse.is_contiguous()
+        fits = (
+            isinstance(reuse, torch.Tensor)
+            and reuse.shape == tensor.shape
+            and reuse.dtype == tensor.dtype
+            and reuse.device.type == "cpu"
+            and reuse.is_contiguous()
+        )
         host = reuse if fits else self.backend.host_buffer(tensor)
         self.backend.copy_async(host, tensor, stream)
         self.launched += 1

@@ -11,14 +11,23 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import xxhash
 
 from mlflow_persist._policy.versions import DEFAULT_ALGORITHM, SHA256, XXH3_128, Digest, recorded_digest
 
-__all__ = ["DEFAULT_ALGORITHM", "SHA256", "XXH3_128", "Digest", "digest_bytes", "digest_file", "new_hasher",
-           "recorded_digest"]
+__all__ = [
+    "DEFAULT_ALGORITHM",
+    "SHA256",
+    "XXH3_128",
+    "Digest",
+    "digest_bytes",
+    "digest_file",
+    "new_hasher",
+    "recorded_digest",
+]
 
 
 _HASHERS: dict[str, Callable[[], Any]] = {SHA256: hashlib.sha256, XXH3_128: xxhash.xxh3_128}
@@ -28,8 +37,10 @@ def new_hasher(algorithm: str = DEFAULT_ALGORITHM) -> Any:
     try:
         return _HASHERS[algorithm]()
     except KeyError:
-        raise ValueError(f"unknown checksum algorithm {algorithm!r}; this mlflow-persist knows "
-                         f"{', '.join(sorted(_HASHERS))}; upgrade the package to read this checkpoint") from None
+        raise ValueError(
+            f"unknown checksum algorithm {algorithm!r}; this mlflow-persist knows "
+            f"{', '.join(sorted(_HASHERS))}; upgrade the package to read this checkpoint"
+        ) from None
 
 
 def digest_bytes(data: Any, algorithm: str = DEFAULT_ALGORITHM) -> Digest:

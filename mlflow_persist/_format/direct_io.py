@@ -65,7 +65,7 @@ class DirectFile:
             while offset < view.nbytes:
                 take = min(view.nbytes - offset, STAGING_BYTES - self._filled)
                 # numpy copies without the GIL (a memoryview slice assignment holds it for the whole copy)
-                np.copyto(self._buffer[self._filled:self._filled + take], source[offset:offset + take])
+                np.copyto(self._buffer[self._filled : self._filled + take], source[offset : offset + take])
                 self._filled += take
                 offset += take
                 if self._filled == STAGING_BYTES:
@@ -83,7 +83,7 @@ class DirectFile:
         try:
             if self._buffer is not None and self._filled:
                 padded = -(-self._filled // BLOCK) * BLOCK
-                self._buffer[self._filled:padded] = 0
+                self._buffer[self._filled : padded] = 0
                 self._drain(padded)
                 os.ftruncate(self._fd, self.size)
         finally:

@@ -3,8 +3,9 @@ differently, and the part of it that does fit (for `restore(strict=False)`). Pur
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,15 @@ class StateFit:
             shown = ", ".join(f"{k} {list(saved)} (model has {list(live)})" for k, saved, live in self.reshaped[:limit])
             parts.append(f"shapes differ: {shown}" + (" …" if len(self.reshaped) > limit else ""))
         if self.missing:
-            parts.append(f"missing from the checkpoint: {', '.join(self.missing[:limit])}"
-                         + (" …" if len(self.missing) > limit else ""))
+            parts.append(
+                f"missing from the checkpoint: {', '.join(self.missing[:limit])}"
+                + (" …" if len(self.missing) > limit else "")
+            )
         if self.unexpected:
-            parts.append(f"not in the model: {', '.join(self.unexpected[:limit])}"
-                         + (" …" if len(self.unexpected) > limit else ""))
+            parts.append(
+                f"not in the model: {', '.join(self.unexpected[:limit])}"
+                + (" …" if len(self.unexpected) > limit else "")
+            )
         return "; ".join(parts)
 
 
@@ -37,10 +42,14 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 
 def model_state_fit(live: Mapping[str, Any], saved: Mapping[str, Any]) -> StateFit:
-    reshaped = [(k, _shape(saved[k]) or (), _shape(live[k]) or ()) for k in live
-                if k in saved and _shape(live[k]) != _shape(saved[k])]
-    return StateFit(missing=[k for k in live if k not in saved], unexpected=[k for k in saved if k not in live],
-                    reshaped=reshaped)
+    reshaped = [
+        (k, _shape(saved[k]) or (), _shape(live[k]) or ())
+        for k in live
+        if k in saved and _shape(live[k]) != _shape(saved[k])
+    ]
+    return StateFit(
+        missing=[k for k in live if k not in saved], unexpected=[k for k in saved if k not in live], reshaped=reshaped
+    )
 
 
 def fitting_part(live: Mapping[str, Any], saved: Mapping[str, Any]) -> dict[str, Any]:

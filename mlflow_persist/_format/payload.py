@@ -20,24 +20,33 @@ import os
 import pickle
 import random
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from mlflow_persist._format.device_copy import DeviceCopies
+from mlflow_persist._format.digest import (
+    DEFAULT_ALGORITHM,
+    SHA256,
+    Digest,
+    digest_bytes,
+    digest_file,
+    new_hasher,
+    recorded_digest,
+)
 from mlflow_persist._format.direct_io import DirectFile
-from mlflow_persist._format.digest import DEFAULT_ALGORITHM, SHA256, Digest, digest_bytes, digest_file, new_hasher, \
-    recorded_digest
-from mlflow_persist.errors import CheckpointCorruptError
 from mlflow_persist._format.timestamps import utc_now_iso
+from mlflow_persist.errors import CheckpointCorruptError
 
 FORMAT_VERSION = 2
 CHECKPOINT_FILE = "checkpoint.pt"
 MANIFEST_FILE = "manifest.json"
 _NDARRAY_KEY = "__mlflow_persist_ndarray__"
+
 
 @dataclass
 class CheckpointState:
@@ -61,6 +70,7 @@ class CheckpointState:
 
 # ---------------------------------------------------------------------------------------------- snapshot
 
+
 def copy_to_cpu(value: Any, reuse: Any = None, device_copies: DeviceCopies | None = None) -> Any:
     """A deep copy where every tensor is detached and copied to CPU memory (the one blocking cost of a save).
 
@@ -72,8 +82,13 @@ def copy_to_cpu(value: Any, reuse: Any = None, device_copies: DeviceCopies | Non
     if isinstance(value, torch.Tensor):
         if device_copies is not None and device_copies.handles(value):
             return device_copies.copy(value, reuse)
-        if (isinstance(reuse, torch.Tensor) and reuse.shape == value.shape and reuse.dtype == value.dtype
-                and reuse.device.type == "cpu" and reuse.layout == value.layout == torch.strided):
+        if (
+            isinstance(reuse, torch.Tensor)
+            and reuse.shape == value.shape
+            and reuse.dtype == value.dtype
+            and reuse.device.type == "cpu"
+            and reuse.layout == value.layout == torch.strided
+        ):
             return reuse.copy_(value.detach())
         return value.detach().to("cpu", copy=True)
     if isinstance(value, np.ndarray):
@@ -85,8 +100,9 @@ def copy_to_cpu(value: Any, reuse: Any = None, device_copies: DeviceCopies | Non
         copied = ((k, copy_to_cpu(v, spare.get(k), device_copies)) for k, v in value.items())
         return OrderedDict(copied) if isinstance(value, OrderedDict) else dict(copied)
     if isinstance(value, (list, tuple)):
-        spare_items = list(reuse) if isinstance(reuse, (list, tuple)) and len(reuse) == len(value) else \
-            [None] * len(value)
+        spare_items = (
+            list(reuse) if isinstance(reuse, (list, tuple)) and len(reuse) == len(value) else [None] * len(value)
+        )
         items = [copy_to_cpu(v, r, device_copies) for v, r in zip(value, spare_items)]
         return items if isinstance(value, list) else tuple(items)
     if value is None or isinstance(value, (bool, int, float, str, bytes, torch.dtype, torch.device)):
@@ -99,8 +115,11 @@ def copy_to_cpu(value: Any, reuse: Any = None, device_copies: DeviceCopies | Non
 
 def _encode_ndarray(array: np.ndarray) -> dict[str, Any]:
     contiguous = np.ascontiguousarray(array)
-    raw = torch.frombuffer(bytearray(contiguous.tobytes()), dtype=torch.uint8) if contiguous.nbytes else \
-        torch.empty(0, dtype=torch.uint8)
+    raw = (
+        torch.frombuffer(bytearray(contiguous.tobytes()), dtype=torch.uint8)
+        if contiguous.nbytes
+        else torch.empty(0, dtype=torch.uint8)
+    )
     return {_NDARRAY_KEY: raw, "dtype": contiguous.dtype.str, "shape": list(contiguous.shape)}
 
 
@@ -148,11 +167,21 @@ def _to_tuples(value: Any) -> Any:
     return value
 
 
-def build_payload(*, model_name: str, model_state: Mapping[str, Any], optimizer_state: Any = None,
-                  scheduler_state: Any = None, extra_state: Any = None, step: int, metrics: Mapping[str, float],
-                  category: str, rng_state: Mapping[str, Any] | None = None,
-                  reuse: Mapping[str, Any] | None = None, device_copies: DeviceCopies | None = None,
-                  monitor_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_payload(
+    *,
+    model_name: str,
+    model_state: Mapping[str, Any],
+    optimizer_state: Any = None,
+    scheduler_state: Any = None,
+    extra_state: Any = None,
+    step: int,
+    metrics: Mapping[str, float],
+    category: str,
+    rng_state: Mapping[str, Any] | None = None,
+    reuse: Mapping[str, Any] | None = None,
+    device_copies: DeviceCopies | None = None,
+    monitor_state: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The payload dict of the current format, every tensor copied to CPU memory (into the tensors of
     `reuse`, a released earlier payload, where they fit). With `device_copies`, accelerator tensors are
     still being copied when this returns: wait for `device_copies.finish()` before reading them."""
@@ -175,6 +204,7 @@ def build_payload(*, model_name: str, model_state: Mapping[str, Any], optimizer_
 
 
 # ---------------------------------------------------------------------------------------------- writing
+
 
 @dataclass(frozen=True)
 class WrittenCheckpoint:
@@ -269,6 +299,7 @@ def manifest_bytes(payload: Mapping[str, Any], digest: Digest, size_bytes: int) 
 
 # ---------------------------------------------------------------------------------------------- reading
 
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest_file(path, SHA256).hexdigest
 
@@ -328,7 +359,7 @@ def read_checkpoint_dir(directory: Path, expected: Digest | None = None) -> Chec
 def _load_or_corrupt(load: Callable[[], Any], label: str) -> Any:
     try:
         return load()
-    except Exception as exc:  # torch raises many types for damaged or hostile files
+    except Exception as exc:  # torch raises many types for damaged or hostile files  # noqa: BLE001
         raise CheckpointCorruptError(f"{label} cannot be loaded safely ({type(exc).__name__}: {exc}).") from None
 
 

@@ -13,8 +13,9 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from mlflow_persist._format.timestamps import utc_now_iso
 from mlflow_persist._observe.logs import package_logger
@@ -36,18 +37,23 @@ AlertSink = Callable[[Alert], None]
 
 def command_sink(command: str, timeout: float = 30.0) -> AlertSink:
     """Run `command` in a shell with the alert as JSON on stdin."""
+
     def send(alert: Alert) -> None:
         subprocess.run(command, shell=True, input=json.dumps(asdict(alert)).encode(), timeout=timeout, check=True)
+
     return send
 
 
 def webhook_sink(url: str, timeout: float = 10.0) -> AlertSink:
     """POST the alert as JSON to `url`."""
+
     def send(alert: Alert) -> None:
-        request = urllib.request.Request(url, data=json.dumps(asdict(alert)).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            url, data=json.dumps(asdict(alert)).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-configured URL
             response.read()
+
     return send
 
 
@@ -66,8 +72,13 @@ class AlertDispatcher:
         self._start_lock = threading.Lock()
 
     def fire(self, alert: Alert) -> None:
-        log.critical("ALERT %s for %s: %s", alert.kind, alert.model, alert.message,
-                     extra={"model": alert.model, "outcome": "alert"})
+        log.critical(
+            "ALERT %s for %s: %s",
+            alert.kind,
+            alert.model,
+            alert.message,
+            extra={"model": alert.model, "outcome": "alert"},
+        )
         self.sent.append(alert)
         if not self.sinks:
             return
@@ -76,14 +87,17 @@ class AlertDispatcher:
             self._queue.put_nowait(alert)
         except queue.Full:
             self.dropped += 1
-            log.warning("alert queue full (%d waiting): %s for %s not delivered to the sinks",
-                        self._queue.qsize(), alert.kind, alert.model)
+            log.warning(
+                "alert queue full (%d waiting): %s for %s not delivered to the sinks",
+                self._queue.qsize(),
+                alert.kind,
+                alert.model,
+            )
 
     def _ensure_thread(self) -> None:
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._deliver_forever, name="mlflow-persist-alerts",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._deliver_forever, name="mlflow-persist-alerts", daemon=True)
                 self._thread.start()
 
     def _deliver_forever(self) -> None:

@@ -46,7 +46,9 @@ _SECRET_PARAM = re.compile(
     r"(?P<key>\b(?:password|passwd|pwd|token|access_token|secret|api_key|apikey)\b\s*[=:]\s*)(?P<val>[^\s&;,'\"]+)",
     re.IGNORECASE,
 )
-_AUTH_HEADER = re.compile(r"(?P<key>\bAuthorization\s*[:=]\s*(?:Basic|Bearer|Token)\s+)(?P<val>[A-Za-z0-9+/=._\-]+)", re.IGNORECASE)
+_AUTH_HEADER = re.compile(
+    r"(?P<key>\bAuthorization\s*[:=]\s*(?:Basic|Bearer|Token)\s+)(?P<val>[A-Za-z0-9+/=._\-]+)", re.IGNORECASE
+)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -190,8 +192,9 @@ def detail_formatter(fmt: LogFormat) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else TextFormatter()
 
 
-def install_handlers(logger_name: str, handlers: Iterable[logging.Handler], level: int,
-                     replace_foreign: bool = False) -> None:
+def install_handlers(
+    logger_name: str, handlers: Iterable[logging.Handler], level: int, replace_foreign: bool = False
+) -> None:
     """Put `handlers` on `logger_name` in place of the ones an earlier call installed (with `replace_foreign`,
     of all its handlers: a library's own stderr handler), at `level`, without propagation."""
     handlers = list(handlers)

@@ -16,8 +16,8 @@ intact version with the cut's id, and none of them is tagged corrupt.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from mlflow_persist._policy.versions import VersionInfo, tag
 
@@ -55,8 +55,7 @@ class Cut:
         return max(steps) if steps else None
 
 
-def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]], require_marker: bool = True
-                  ) -> list[Cut]:
+def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]], require_marker: bool = True) -> list[Cut]:
     """Every complete cut found among the members' versions, newest first. Without `require_marker`: every
     cut whose declared members are all registered and intact, marked or not."""
     found: dict[str, dict[str, VersionInfo]] = {}
@@ -75,15 +74,23 @@ def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]], requi
             if info.cut_complete:
                 marked.add(cut_id)
     candidates = marked if require_marker else set(found)
-    cuts = [Cut(cut_id, found[cut_id]) for cut_id in candidates
-            if declared[cut_id] <= set(found[cut_id]) and not any(v.corrupt for v in found[cut_id].values())]
+    cuts = [
+        Cut(cut_id, found[cut_id])
+        for cut_id in candidates
+        if declared[cut_id] <= set(found[cut_id]) and not any(v.corrupt for v in found[cut_id].values())
+    ]
     return sorted(cuts, key=lambda c: (c.sequence, c.id), reverse=True)
 
 
 def declared_members(versions_by_member: Mapping[str, Sequence[VersionInfo]]) -> set[str]:
     """Every member name the cuts among these versions declare."""
-    return {name for versions in versions_by_member.values() for info in versions
-            for name in info.tags.get(CUT_MEMBERS_TAG, "").split(",") if name}
+    return {
+        name
+        for versions in versions_by_member.values()
+        for info in versions
+        for name in info.tags.get(CUT_MEMBERS_TAG, "").split(",")
+        if name
+    }
 
 
 def next_cut_sequence(versions_by_member: Mapping[str, Sequence[VersionInfo]]) -> int:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 Mode = Literal["min", "max"]
 DeltaMode = Literal["abs", "rel"]
@@ -27,8 +28,9 @@ CATEGORIES = (PERFORMANCE, PERIODIC, FINAL, LEGACY, ROLLBACK, EPISODE)
 BEST_ELIGIBLE = frozenset({PERFORMANCE, LEGACY, ROLLBACK})
 
 
-def is_better(value: float, reference: float | None, mode: Mode, min_delta: float = 0.0,
-              delta_mode: DeltaMode = "abs") -> bool:
+def is_better(
+    value: float, reference: float | None, mode: Mode, min_delta: float = 0.0, delta_mode: DeltaMode = "abs"
+) -> bool:
     """True when `value` beats `reference` by more than `min_delta` (a missing reference is always beaten)."""
     if value is None or math.isnan(value):
         return False
@@ -175,7 +177,9 @@ class SaveDecision:
 NO_SAVE = SaveDecision(False, reason="no improvement and nothing due")
 
 
-def decide_save(tracker: PerformanceTracker, schedule: PeriodicSchedule, step: int, value: float | None) -> SaveDecision:
+def decide_save(
+    tracker: PerformanceTracker, schedule: PeriodicSchedule, step: int, value: float | None
+) -> SaveDecision:
     """Performance save when the monitored value beats the best by more than min_delta, else periodic when due.
 
     A performance save on a step where a periodic save is also due leaves the periodic save due, so it is
@@ -185,8 +189,11 @@ def decide_save(tracker: PerformanceTracker, schedule: PeriodicSchedule, step: i
     if value is not None and tracker.beats_best(value):
         previous = tracker.best_value
         gained = tracker.accept_best(step, value)
-        reason = f"{tracker.monitor} improved from {previous} to {value}" if previous is not None else \
-            f"first {tracker.monitor} value {value}"
+        reason = (
+            f"{tracker.monitor} improved from {previous} to {value}"
+            if previous is not None
+            else f"first {tracker.monitor} value {value}"
+        )
         return SaveDecision(True, PERFORMANCE, value, gained, reason)
     if schedule.due(step):
         return SaveDecision(True, PERIODIC, value, None, "periodic save due")
@@ -222,6 +229,7 @@ def _sort_key_best(mode: Mode):
         value = v.value if v.value is not None and not math.isnan(v.value) else math.inf
         ranked = value if mode == "min" else -value if value != math.inf else math.inf
         return (ranked, -v.version)  # ties: the newer version wins
+
     return key
 
 
@@ -232,9 +240,16 @@ def select_best(versions: Iterable[VersionSummary], mode: Mode, monitor: str | N
     `performance_score` and a training `loss` are not comparable."""
     versions = list(versions)
     mode = recorded_mode(versions, mode)
-    candidates = [v for v in versions if v.category in BEST_ELIGIBLE and not v.corrupt and not v.superseded
-                  and v.value is not None and not math.isnan(v.value)
-                  and (monitor is None or v.monitor in (None, monitor))]
+    candidates = [
+        v
+        for v in versions
+        if v.category in BEST_ELIGIBLE
+        and not v.corrupt
+        and not v.superseded
+        and v.value is not None
+        and not math.isnan(v.value)
+        and (monitor is None or v.monitor in (None, monitor))
+    ]
     if not candidates:
         return None
     return min(candidates, key=_sort_key_best(mode))
@@ -252,8 +267,15 @@ def _protected(versions: Sequence[VersionSummary], best_version: int | None) -> 
     return protected
 
 
-def retention_deletions(versions: Sequence[VersionSummary], mode: Mode, keep_best: int, keep_periodic: int,
-                        keep_final: int, best_version: int | None, keep_episode: int = 3) -> list[int]:
+def retention_deletions(
+    versions: Sequence[VersionSummary],
+    mode: Mode,
+    keep_best: int,
+    keep_periodic: int,
+    keep_final: int,
+    best_version: int | None,
+    keep_episode: int = 3,
+) -> list[int]:
     """Versions that fall out of the windows: performance beyond the top `keep_best`, periodic beyond the
     newest `keep_periodic`, final beyond the newest `keep_final`, episode beyond the newest `keep_episode`.
     Never the `best` version, the newest version or the newest complete cut's member; legacy, rollback and
@@ -263,12 +285,17 @@ def retention_deletions(versions: Sequence[VersionSummary], mode: Mode, keep_bes
     mode = recorded_mode(versions, mode)
     protected = _protected(versions, best_version)
     delete: list[int] = []
-    performance = sorted((v for v in versions if v.category == PERFORMANCE and not v.corrupt and not v.superseded),
-                         key=_sort_key_best(mode))
+    performance = sorted(
+        (v for v in versions if v.category == PERFORMANCE and not v.corrupt and not v.superseded),
+        key=_sort_key_best(mode),
+    )
     delete += [v.version for v in performance[keep_best:]]
     for category, keep in ((PERIODIC, keep_periodic), (FINAL, keep_final), (EPISODE, keep_episode)):
-        window = sorted((v for v in versions if v.category == category and not v.corrupt and not v.superseded),
-                        key=lambda v: v.version, reverse=True)
+        window = sorted(
+            (v for v in versions if v.category == category and not v.corrupt and not v.superseded),
+            key=lambda v: v.version,
+            reverse=True,
+        )
         delete += [v.version for v in window[keep:]]
     return sorted(v for v in delete if v not in protected)
 

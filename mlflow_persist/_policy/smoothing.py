@@ -50,18 +50,26 @@ class MonitorSmoother:
             self.values.append(raw)
             if len(self.values) < self.window:
                 return None
-            self.value = math.fsum(self.values) / len(self.values) if self.kind == "window" else \
-                float(statistics.median(self.values))
+            self.value = (
+                math.fsum(self.values) / len(self.values)
+                if self.kind == "window"
+                else float(statistics.median(self.values))
+            )
         return self.value
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ema_alpha": self.ema_alpha, "window": self.window, "ema": self.ema,
-                "values": list(self.values), "value": self.value}
+        return {
+            "kind": self.kind,
+            "ema_alpha": self.ema_alpha,
+            "window": self.window,
+            "ema": self.ema,
+            "values": list(self.values),
+            "value": self.value,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a saved curve; a state saved under other settings is ignored (the curve starts afresh)."""
-        if (state.get("kind"), state.get("ema_alpha"), state.get("window")) != \
-                (self.kind, self.ema_alpha, self.window):
+        if (state.get("kind"), state.get("ema_alpha"), state.get("window")) != (self.kind, self.ema_alpha, self.window):
             return
         self.ema = state.get("ema")
         self.values = deque((float(v) for v in state.get("values", [])), maxlen=self.window)

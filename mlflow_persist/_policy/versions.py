@@ -29,6 +29,7 @@ def recorded_digest(algorithm: str | None, hexdigest: str | None, sha256: str | 
         return Digest(SHA256, sha256)
     return None
 
+
 TAG_PREFIX = "mlflow_persist."
 RUN_KEY_TAG = TAG_PREFIX + "run_key"
 HEALTH_TAG = TAG_PREFIX + "health"
@@ -87,8 +88,9 @@ class VersionInfo:
     @property
     def digest(self) -> Digest | None:
         """The checksum recorded at registration (older versions carry only `mlflow_persist.sha256`)."""
-        return recorded_digest(self.tags.get(tag("digest_algorithm")), self.tags.get(tag("digest")),
-                               self.tags.get(tag("sha256")))
+        return recorded_digest(
+            self.tags.get(tag("digest_algorithm")), self.tags.get(tag("digest")), self.tags.get(tag("sha256"))
+        )
 
     @property
     def created_at(self) -> str | None:
@@ -121,8 +123,17 @@ class VersionInfo:
         return self.tags.get(tag("cut_complete"), "").lower() == "true"
 
     def summary(self) -> VersionSummary:
-        return VersionSummary(self.version, self.category, self.value, self.step, self.corrupt, self.monitor,
-                              self.superseded, self.mode, self.cut_complete)
+        return VersionSummary(
+            self.version,
+            self.category,
+            self.value,
+            self.step,
+            self.corrupt,
+            self.monitor,
+            self.superseded,
+            self.mode,
+            self.cut_complete,
+        )
 
 
 @dataclass(frozen=True)

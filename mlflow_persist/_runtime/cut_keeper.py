@@ -13,15 +13,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist._policy.cuts import CUT_COMPLETE_TAG
-from mlflow_persist.errors import describe_store_error
 from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.cuts import CUT_COMPLETE_TAG
 from mlflow_persist._policy.versions import VersionInfo
 from mlflow_persist._runtime.writer import SaveJob
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist.errors import describe_store_error
 
 log = package_logger("mlflow_persist.cuts")
 
@@ -133,7 +133,7 @@ class CutKeeper:
                 return "pending"
             if not self._resolve_versions(cut):
                 return "pending"
-            for name, info in cut.versions.items():
+            for _name, info in cut.versions.items():
                 self._store.set_version_tag(info.name, info.version, CUT_COMPLETE_TAG, "true")
         except Exception as exc:  # noqa: BLE001 - retried at the next pass; the cut stays incomplete meanwhile
             log.warning("cut %s: could not record its completion yet (%s); retrying", cut.id, describe_store_error(exc))
@@ -143,9 +143,12 @@ class CutKeeper:
         self.completed += 1
         self.last_complete = cut.id
         cut.done.set()
-        log.info("cut %s complete: %s", cut.id,
-                 ", ".join(f"{name} v{info.version}" for name, info in sorted(cut.versions.items())),
-                 extra={"cut": cut.id, "outcome": "cut_complete"})
+        log.info(
+            "cut %s complete: %s",
+            cut.id,
+            ", ".join(f"{name} v{info.version}" for name, info in sorted(cut.versions.items())),
+            extra={"cut": cut.id, "outcome": "cut_complete"},
+        )
         return cut.outcome
 
     def _resolve_versions(self, cut: PendingCut) -> bool:
@@ -167,5 +170,9 @@ class CutKeeper:
         cut.outcome = "abandoned"
         self.abandoned += 1
         cut.done.set()
-        log.warning("cut %s is incomplete and will not be restored: %s", cut.id, reason,
-                    extra={"cut": cut.id, "outcome": "cut_abandoned"})
+        log.warning(
+            "cut %s is incomplete and will not be restored: %s",
+            cut.id,
+            reason,
+            extra={"cut": cut.id, "outcome": "cut_abandoned"},
+        )

@@ -4,16 +4,16 @@ configured free space, deleting checkpoints in disk-pressure order (through `pru
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist.errors import DiskFullError
-from mlflow_persist._policy.policy import Mode, disk_pressure_order
-from mlflow_persist._store.prune import prune
-from mlflow_persist._observe.system_metrics import disk_space
 from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._observe.system_metrics import disk_space
+from mlflow_persist._policy.policy import Mode, disk_pressure_order
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist._store.prune import prune
+from mlflow_persist.errors import DiskFullError
 
 log = package_logger("mlflow_persist")
 
@@ -30,8 +30,13 @@ class GuardedModel:
 
 
 class DiskGuard:
-    def __init__(self, store: CheckpointStore, min_free_mb: float, min_free_percent: float,
-                 models: Callable[[], Iterable[GuardedModel]]) -> None:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        min_free_mb: float,
+        min_free_percent: float,
+        models: Callable[[], Iterable[GuardedModel]],
+    ) -> None:
         self._store = store
         self._min_free_mb = min_free_mb
         self._min_free_percent = min_free_percent
@@ -70,14 +75,21 @@ class DiskGuard:
         for candidate in [model, *others]:
             with candidate.registry_lock, self._store.lock(f"model-{candidate.registered_name}"):
                 result = prune(
-                    self._store, candidate.registered_name,
+                    self._store,
+                    candidate.registered_name,
                     lambda versions, best, mode=candidate.mode: disk_pressure_order(versions, mode, best),
-                    enough=lambda: not self.short_at(path, need_mb), reason="disk-pressure cleanup",
+                    enough=lambda: not self.short_at(path, need_mb),
+                    reason="disk-pressure cleanup",
                 )
             for info in result.deleted:
-                log.warning("%s: deleted v%d (%s) to free disk space: %s", candidate.name, info.version,
-                            info.category, reason,
-                            extra={"model": candidate.name, "version": info.version, "outcome": "deleted"})
+                log.warning(
+                    "%s: deleted v%d (%s) to free disk space: %s",
+                    candidate.name,
+                    info.version,
+                    info.category,
+                    reason,
+                    extra={"model": candidate.name, "version": info.version, "outcome": "deleted"},
+                )
             deleted += len(result.deleted)
             if not self.short_at(path, need_mb):
                 break

@@ -8,29 +8,39 @@ import copy
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
-from mlflow_persist._observe.alerts import Alert, AlertDispatcher
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist.config import ModelSettings
-from mlflow_persist._store.best import mark_corrupt
-from mlflow_persist.errors import CheckpointCorruptError, CheckpointMismatchError, PersistError, StoreError
 from mlflow_persist._format.device_copy import CopyBackend, DeviceCopies, default_backend
 from mlflow_persist._format.fitting import fitting_part, model_state_fit
+from mlflow_persist._format.payload import CheckpointState, build_payload, read_checkpoint_dir, restore_rng_state
+from mlflow_persist._format.timestamps import format_age
+from mlflow_persist._observe.alerts import Alert, AlertDispatcher
+from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.policy import (
+    CATEGORIES,
+    FINAL,
+    PERFORMANCE,
+    PERIODIC,
+    PerformanceTracker,
+    PeriodicSchedule,
+    SaveDecision,
+    decide_save,
+    select_best,
+)
+from mlflow_persist._policy.smoothing import MonitorSmoother
+from mlflow_persist._policy.versions import VersionInfo, tag
 from mlflow_persist._runtime.health import ModelHealth
 from mlflow_persist._runtime.metrics_buffer import MetricsBuffer
-from mlflow_persist._format.payload import CheckpointState, build_payload, read_checkpoint_dir, restore_rng_state
 from mlflow_persist._runtime.pipeline import SavePipeline
-from mlflow_persist._policy.policy import CATEGORIES, FINAL, PERFORMANCE, PERIODIC, PeriodicSchedule, PerformanceTracker, \
-    SaveDecision, decide_save, select_best
-from mlflow_persist._policy.smoothing import MonitorSmoother
-from mlflow_persist._format.timestamps import format_age
-from mlflow_persist._policy.versions import VersionInfo, tag
 from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
-from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._store.best import mark_corrupt
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist.config import ModelSettings
+from mlflow_persist.errors import CheckpointCorruptError, CheckpointMismatchError, PersistError, StoreError
 
 log = package_logger("mlflow_persist")
 
@@ -61,11 +71,26 @@ class ModelHandle:
     """One tracked model: its objects, its performance tracker and periodic schedule, and the training-thread
     API. The save pipeline, health and metric buffer it owns run on the writer and scheduler threads."""
 
-    def __init__(self, *, name: str, registered_name: str, model: torch.nn.Module, optimizer: Stateful | None,
-                 scheduler: Stateful | None, extra: Stateful | None, settings: ModelSettings,
-                 store: CheckpointStore, writer: CheckpointWriter, alerts: AlertDispatcher, pipeline: SavePipeline,
-                 health: ModelHealth, metrics: MetricsBuffer, stop: Callable[[], None] = lambda: None,
-                 evaluate: Evaluate | None = None, evaluate_every_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        registered_name: str,
+        model: torch.nn.Module,
+        optimizer: Stateful | None,
+        scheduler: Stateful | None,
+        extra: Stateful | None,
+        settings: ModelSettings,
+        store: CheckpointStore,
+        writer: CheckpointWriter,
+        alerts: AlertDispatcher,
+        pipeline: SavePipeline,
+        health: ModelHealth,
+        metrics: MetricsBuffer,
+        stop: Callable[[], None] = lambda: None,
+        evaluate: Evaluate | None = None,
+        evaluate_every_steps: int | None = None,
+    ) -> None:
         self.name = name
         self.registered_name = registered_name
         self.model, self.optimizer, self.scheduler, self.extra = model, optimizer, scheduler, extra
@@ -178,8 +203,7 @@ class ModelHandle:
                 decision = SaveDecision(True, PERIODIC, value, None, "periodic version shares the waiting checkpoint")
         if decision.save and not attached:
             try:
-                job = self._submit(decision.category or PERFORMANCE, step, value, decision.improvement,
-                                   forced=False)
+                job = self._submit(decision.category or PERFORMANCE, step, value, decision.improvement, forced=False)
             except Exception as exc:  # noqa: BLE001 - a failed snapshot must never stop training
                 self.health.record_failure(decision.category or PERFORMANCE, step, exc, attempts=1, final=True)
                 if decision.category == PERFORMANCE:
@@ -192,9 +216,16 @@ class ModelHandle:
         self._stop()  # a pending SIGTERM/SIGINT raises GracefulExit here, at a step boundary
         return decision
 
-    def save(self, category: str = FINAL, wait: bool = False, timeout: float | None = None, *,
-             value: float | None = None, monitor: str | None = None,
-             tags: dict[str, str] | None = None) -> SaveJob | None:
+    def save(
+        self,
+        category: str = FINAL,
+        wait: bool = False,
+        timeout: float | None = None,
+        *,
+        value: float | None = None,
+        monitor: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> SaveJob | None:
         """Force a checkpoint of the current state (asynchronous unless `wait`); None if no snapshot could be
         taken (the reason is logged and counted).
 
@@ -225,8 +256,15 @@ class ModelHandle:
             self.pipeline.drain_outbox(blocking=True)
         return done
 
-    def _submit(self, category: str, step: int, value: float | None, gained: float | None, forced: bool,
-                tags: dict[str, str] | None = None) -> SaveJob:
+    def _submit(
+        self,
+        category: str,
+        step: int,
+        value: float | None,
+        gained: float | None,
+        forced: bool,
+        tags: dict[str, str] | None = None,
+    ) -> SaveJob:
         """Snapshot the tracked objects and hand the snapshot to the writer. The copy goes into the tensors of
         the waiting snapshot it replaces, else of the spare one: at most two copies of the state exist (the
         one being written and one more)."""
@@ -246,8 +284,16 @@ class ModelHandle:
             raise
         return self._writer.submit(job, replacing=replacing)
 
-    def _snapshot(self, category: str, step: int, value: float | None, gained: float | None, forced: bool,
-                  spare: dict[str, Any] | None, tags: dict[str, str]) -> SaveJob:
+    def _snapshot(
+        self,
+        category: str,
+        step: int,
+        value: float | None,
+        gained: float | None,
+        forced: bool,
+        spare: dict[str, Any] | None,
+        tags: dict[str, str],
+    ) -> SaveJob:
         backend = self.copy_backend or default_backend()
         device_copies = DeviceCopies(backend) if backend is not None else None
         payload = build_payload(
@@ -265,14 +311,26 @@ class ModelHandle:
         )
         if tag("monitor") not in tags:
             tags = {**tags, **self._value_tags()}
-        return SaveJob(self.name, category, step, payload, value=value, improvement=gained, forced=forced,
-                       release=self._spare_payloads.append,
-                       ready=device_copies.finish() if device_copies is not None else None, tags=tags)
+        return SaveJob(
+            self.name,
+            category,
+            step,
+            payload,
+            value=value,
+            improvement=gained,
+            forced=forced,
+            release=self._spare_payloads.append,
+            ready=device_copies.finish() if device_copies is not None else None,
+            tags=tags,
+        )
 
     def monitor_state(self) -> dict[str, Any]:
         """What a checkpoint keeps of the monitor: the smoothing state, so a restart continues its curve."""
-        return {"smoother": self.smoother.state_dict(), "last_raw_value": self.last_raw_value,
-                "evaluations": self.evaluations}
+        return {
+            "smoother": self.smoother.state_dict(),
+            "last_raw_value": self.last_raw_value,
+            "evaluations": self.evaluations,
+        }
 
     def _value_tags(self) -> dict[str, str]:
         """The raw monitor value and the smoothing it was decided on (the `value` tag is the smoothed one)."""
@@ -296,8 +354,13 @@ class ModelHandle:
         except Exception as exc:  # noqa: BLE001 - a failing evaluation must never stop training
             self.evaluation_failures += 1
             if self.evaluation_failures == 1 or self.evaluation_failures % 100 == 0:
-                log.error("%s: the evaluation at step %d failed (%s; %d so far); training goes on", self.name, step,
-                          exc, self.evaluation_failures)
+                log.error(
+                    "%s: the evaluation at step %d failed (%s; %d so far); training goes on",
+                    self.name,
+                    step,
+                    exc,
+                    self.evaluation_failures,
+                )
             return metrics, False
         if not math.isfinite(value):  # nothing to evaluate on yet (an empty window): nothing decided
             return metrics, False
@@ -326,26 +389,35 @@ class ModelHandle:
     # ------------------------------------------------------------------------------------- degradation
 
     def _check_degradation(self, value: float) -> None:
-        streak = self.tracker.update_degradation(value, self.settings.degradation_margin,
-                                                 self.settings.degradation_margin_mode)
+        streak = self.tracker.update_degradation(
+            value, self.settings.degradation_margin, self.settings.degradation_margin_mode
+        )
         if streak != self.settings.degradation_patience:
             return
-        self._alerts.fire(Alert(
-            "degradation", self.name,
-            f"{self.tracker.monitor} has been worse than the best ({self.tracker.best_value:.6g}) by more than "
-            f"{self.settings.degradation_margin} for {streak} steps (now {value:.6g})",
-            {"best": self.tracker.best_value, "value": value, "steps": streak},
-        ))
+        self._alerts.fire(
+            Alert(
+                "degradation",
+                self.name,
+                f"{self.tracker.monitor} has been worse than the best ({self.tracker.best_value:.6g}) by more than "
+                f"{self.settings.degradation_margin} for {streak} steps (now {value:.6g})",
+                {"best": self.tracker.best_value, "value": value, "steps": streak},
+            )
+        )
         if self.settings.revert_on_degradation:
             try:
                 self.revert_to_best()
             except Exception as exc:  # noqa: BLE001 - a failed revert must never stop training
                 self.revert_failures += 1
                 self.metrics.add(self.current_step, {"checkpoint/revert_failures": float(self.revert_failures)})
-                log.error("%s: reverting to `best` failed (%s); training goes on with the live model", self.name,
-                          exc, extra={"model": self.name, "outcome": "revert_failed"})
-                self._alerts.fire(Alert("revert_failed", self.name, f"reverting to `best` failed: {exc}",
-                                        {"step": self.current_step}))
+                log.error(
+                    "%s: reverting to `best` failed (%s); training goes on with the live model",
+                    self.name,
+                    exc,
+                    extra={"model": self.name, "outcome": "revert_failed"},
+                )
+                self._alerts.fire(
+                    Alert("revert_failed", self.name, f"reverting to `best` failed: {exc}", {"step": self.current_step})
+                )
 
     def revert_to_best(self) -> RestoreInfo | None:
         """Load the best valid checkpoint into the live model (on the training thread, a safe point); never a
@@ -364,9 +436,14 @@ class ModelHandle:
             self.reverts += 1
             self.tracker.degraded_steps = 0
             self.metrics.add(self.current_step, {"reverts": float(self.reverts)})
-            log.warning("%s: reverted the live model to best v%d (%s=%s)", self.name, info.version,
-                        info.monitor, info.value, extra={"model": self.name, "version": info.version,
-                                                         "outcome": "reverted"})
+            log.warning(
+                "%s: reverted the live model to best v%d (%s=%s)",
+                self.name,
+                info.version,
+                info.monitor,
+                info.value,
+                extra={"model": self.name, "version": info.version, "outcome": "reverted"},
+            )
             return RestoreInfo(info.version, info.category, info.step or 0, info.value, self.run_id)
         return None
 
@@ -408,26 +485,42 @@ class ModelHandle:
                 state = self._load_with_retries(info)
             except CheckpointCorruptError as exc:
                 skipped.append(info.version)
-                log.error("%s v%d is damaged (%s); falling back to the previous version", self.name, info.version,
-                          exc, extra={"model": self.name, "version": info.version, "outcome": "corrupt"})
+                log.error(
+                    "%s v%d is damaged (%s); falling back to the previous version",
+                    self.name,
+                    info.version,
+                    exc,
+                    extra={"model": self.name, "version": info.version, "outcome": "corrupt"},
+                )
                 mark_corrupt(store, info, str(exc), self.settings.mode, self.tracker.monitor)
                 continue
             return self.apply_version(info, state, versions, strict, tuple(skipped))
         if versions:
-            log.error("%s: none of the %d stored checkpoints could be restored; starting fresh", self.name,
-                      len(versions))
+            log.error(
+                "%s: none of the %d stored checkpoints could be restored; starting fresh", self.name, len(versions)
+            )
         return None
 
     def adopt_stored_best(self) -> VersionInfo | None:
         """Take the store's `best` as the value to beat (at restore); returns that version."""
         best = self._store.alias_version(self.registered_name)
-        if best is not None and best.value is not None and best.monitor in (None, self.tracker.monitor) \
-                and not best.corrupt:
+        if (
+            best is not None
+            and best.value is not None
+            and best.monitor in (None, self.tracker.monitor)
+            and not best.corrupt
+        ):
             self.tracker.reset_best(best.value, best.step)
         return best
 
-    def apply_version(self, info: VersionInfo, state: CheckpointState, versions: list[VersionInfo],
-                      strict: bool = True, skipped: tuple[int, ...] = ()) -> RestoreInfo:
+    def apply_version(
+        self,
+        info: VersionInfo,
+        state: CheckpointState,
+        versions: list[VersionInfo],
+        strict: bool = True,
+        skipped: tuple[int, ...] = (),
+    ) -> RestoreInfo:
         """Load a loaded and verified version into the tracked objects and continue from its step."""
         self._apply(state, restore_rng=True, restore_step=True, strict=strict)
         self.pipeline.last_version = info.version
@@ -448,7 +541,7 @@ class ModelHandle:
                 return self._store.load_version(info)
             except StoreError as exc:
                 log.warning("%s: loading v%d failed (%s); retrying", self.name, info.version, exc)
-                time.sleep(0.2 * 2 ** attempt)
+                time.sleep(0.2 * 2**attempt)
         return self._store.load_version(info)  # the last attempt: its error is raised
 
     def _restore_from_outbox(self) -> RestoreInfo | None:
@@ -460,12 +553,17 @@ class ModelHandle:
                 state = read_checkpoint_dir(entry.directory, expected=entry.checksum)
                 self._apply(state, restore_rng=True, restore_step=True, strict=True)
             except CheckpointCorruptError as exc:
-                log.error("%s: outbox checkpoint %s is damaged (%s); trying an older one", self.name, entry.directory,
-                          exc)
+                log.error(
+                    "%s: outbox checkpoint %s is damaged (%s); trying an older one", self.name, entry.directory, exc
+                )
                 continue
             self.schedule.start(self.current_step, time.monotonic())
-            log.warning("%s: restored step %d from the outbox %s (not registered yet: the server is unreachable)",
-                        self.name, entry.step, entry.directory)
+            log.warning(
+                "%s: restored step %d from the outbox %s (not registered yet: the server is unreachable)",
+                self.name,
+                entry.step,
+                entry.directory,
+            )
             return RestoreInfo(None, entry.category, entry.step, entry.value, self.run_id)
         return None
 
@@ -492,12 +590,16 @@ class ModelHandle:
             targets.append(("extra", self.extra, state.extra_state))
         targets.append(("model", self.model, model_state))
         if not fit.fits:
-            log.warning("%s: loaded only the tensors of v%s that fit (%s); the optimizer state was not loaded",
-                        self.name, state.version, fit.describe())
+            log.warning(
+                "%s: loaded only the tensors of v%s that fit (%s); the optimizer state was not loaded",
+                self.name,
+                state.version,
+                fit.describe(),
+            )
         backups = [(obj, _backup(obj)) for _, obj, _ in targets[:-1]]
         failed = "model"
         try:
-            for failed, obj, saved in targets:
+            for failed, obj, saved in targets:  # noqa: B007
                 obj.load_state_dict(saved)
         except Exception as exc:  # noqa: BLE001 - an optimizer, scheduler or extra state that does not fit
             for obj, backup in backups:
@@ -521,13 +623,17 @@ class ModelHandle:
             self.evaluations = int(monitor_state.get("evaluations", 0) or 0)
 
     def _log_history(self, versions: list[VersionInfo], restored: VersionInfo) -> None:
-        lines = [f"{self.name}: restored v{restored.version} ({restored.category}, step {restored.step}, "
-                 f"{self.tracker.monitor}={restored.value}); best={self.tracker.best_value}; last checkpoints:"]
+        lines = [
+            f"{self.name}: restored v{restored.version} ({restored.category}, step {restored.step}, "
+            f"{self.tracker.monitor}={restored.value}); best={self.tracker.best_value}; last checkpoints:"
+        ]
         for v in versions[-8:][::-1]:
             mark = " <- restored" if v.version == restored.version else ""
             flag = " CORRUPT" if v.corrupt else ""
-            lines.append(f"  v{v.version:<4} {v.category:<11} step {v.step!s:<8} {v.monitor or ''}={v.value!s:<12}"
-                         f" age {format_age(v.created_at)}{flag}{mark}")
+            lines.append(
+                f"  v{v.version:<4} {v.category:<11} step {v.step!s:<8} {v.monitor or ''}={v.value!s:<12}"
+                f" age {format_age(v.created_at)}{flag}{mark}"
+            )
         log.info("\n".join(lines))
 
 

@@ -5,19 +5,25 @@ alert sinks run on the alert thread."""
 from __future__ import annotations
 
 import threading
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from mlflow_persist._observe.alerts import Alert, AlertDispatcher
-from mlflow_persist.errors import redact_credentials
 from mlflow_persist._observe.logs import package_logger
+from mlflow_persist.errors import redact_credentials
 
 log = package_logger("mlflow_persist")
 
 
 class ModelHealth:
-    def __init__(self, name: str, alerts: AlertDispatcher, threshold: int,
-                 set_run_tags: Callable[[Mapping[str, str]], None],
-                 record_metric: Callable[[int, str, float], None], health_tag: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        alerts: AlertDispatcher,
+        threshold: int,
+        set_run_tags: Callable[[Mapping[str, str]], None],
+        record_metric: Callable[[int, str, float], None],
+        health_tag: str,
+    ) -> None:
         self.name = name
         self.failures = 0
         self.consecutive_failures = 0
@@ -41,15 +47,27 @@ class ModelHealth:
                 self._alerted = self.degraded = True
         attempt = f"attempt {attempts}" if attempts is not None else "registration from the outbox"
         outcome = "giving up" if final else "will retry"
-        log.error("%s: saving the %s checkpoint of step %d failed (%s, %s): %s", self.name, category, step, attempt,
-                  outcome, text, extra={"model": self.name, "category": category, "step": step, "outcome": "failed"})
+        log.error(
+            "%s: saving the %s checkpoint of step %d failed (%s, %s): %s",
+            self.name,
+            category,
+            step,
+            attempt,
+            outcome,
+            text,
+            extra={"model": self.name, "category": category, "step": step, "outcome": "failed"},
+        )
         self._record_metric(step, "checkpoint/failures", float(failures))
         if alert_now:
             self._safe_tag("degraded")
-            self._alerts.fire(Alert(
-                "save_failures", self.name, f"{consecutive} consecutive checkpoint saves failed: {text}",
-                {"step": step, "category": category, "error": text[:500]},
-            ))
+            self._alerts.fire(
+                Alert(
+                    "save_failures",
+                    self.name,
+                    f"{consecutive} consecutive checkpoint saves failed: {text}",
+                    {"step": step, "category": category, "error": text[:500]},
+                )
+            )
 
     def record_success(self) -> None:
         with self._lock:

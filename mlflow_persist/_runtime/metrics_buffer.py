@@ -11,17 +11,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from mlflow_persist._store.protocol import MetricRow
 from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._store.protocol import MetricRow
 
 log = package_logger("mlflow_persist.metrics")
 
 
 class MetricsBuffer:
-    def __init__(self, name: str, max_rows: int = 100_000, flush_size: int = 1000,
-                 on_full: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, name: str, max_rows: int = 100_000, flush_size: int = 1000, on_full: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
         self.max_rows = max_rows
         self.flush_size = flush_size
@@ -54,8 +55,12 @@ class MetricsBuffer:
             size = len(self._rows)
         if overflow > 0 and not self._warned:
             self._warned = True
-            log.warning("%s: metric buffer full (%d values waiting, store unreachable?); the oldest values are "
-                        "dropped until the store accepts them again", self.name, self.max_rows)
+            log.warning(
+                "%s: metric buffer full (%d values waiting, store unreachable?); the oldest values are "
+                "dropped until the store accepts them again",
+                self.name,
+                self.max_rows,
+            )
         if size >= self.flush_size and self._on_full is not None and not self._flush_requested:
             self._flush_requested = True
             self._on_full()
@@ -77,7 +82,7 @@ class MetricsBuffer:
             if overflow > 0:
                 self.dropped += overflow
 
-    def flush(self, send: Callable[[Sequence[MetricRow]], None], pace: "Pace | None" = None) -> int:
+    def flush(self, send: Callable[[Sequence[MetricRow]], None], pace: Pace | None = None) -> int:
         """Send everything buffered (with `pace`: in chunks, resting between them, until its deadline); rows not
         sent go back, ahead of newer ones, and a failure propagates. Returns how many were sent."""
         rows = self.take()
@@ -90,7 +95,7 @@ class MetricsBuffer:
                 if pace is not None and sent and pace.expired():
                     break
                 started = pace.clock() if pace is not None else 0.0
-                send(rows[sent:sent + chunk])
+                send(rows[sent : sent + chunk])
                 sent += min(chunk, len(rows) - sent)
                 if pace is not None and sent < len(rows):
                     pace.rest(pace.clock() - started)
@@ -107,8 +112,14 @@ class Pace:
     """How a background flush shares the interpreter with training: chunks of `chunk_rows`, a rest after each
     long enough that sending takes at most `max_share` of the time, and nothing new after `budget_seconds`."""
 
-    def __init__(self, budget_seconds: float, max_share: float = 0.2, chunk_rows: int = 1000,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        budget_seconds: float,
+        max_share: float = 0.2,
+        chunk_rows: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.clock, self._sleep = clock, sleep
         self.deadline = clock() + budget_seconds
         self.max_share = max_share

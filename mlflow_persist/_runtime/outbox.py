@@ -14,14 +14,15 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from filelock import FileLock
 
-from mlflow_persist._format.digest import SHA256, Digest
 from mlflow_persist._format.atomic import atomic_directory, durable_directory, is_staging
+from mlflow_persist._format.digest import SHA256, Digest
 from mlflow_persist._format.payload import CHECKPOINT_FILE, MANIFEST_FILE, WrittenCheckpoint, write_checkpoint_dir
 
 ENTRY_FILE = "entry.json"
@@ -55,7 +56,7 @@ class OutboxEntry:
         return Digest(self.digest_algorithm, self.digest)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], path: Path) -> "OutboxEntry":
+    def from_json(cls, data: dict[str, Any], path: Path) -> OutboxEntry:
         if "sha256" in data:  # written by a version before checksums named their algorithm
             data = {**data, "digest_algorithm": SHA256, "digest": data.pop("sha256")}
         return cls(**data, path=str(path))
@@ -77,9 +78,21 @@ class Outbox:
     def lock(self, registered_name: str) -> FileLock:
         return FileLock(str(self._model_dir(registered_name) / ".lock"), timeout=300)
 
-    def put(self, *, model: str, registered_name: str, run_id: str, dirname: str, payload: Mapping[str, Any],
-            category: str, step: int, value: float | None, improvement: float | None, also: list[str],
-            tags: Mapping[str, str] | None = None) -> OutboxEntry:
+    def put(
+        self,
+        *,
+        model: str,
+        registered_name: str,
+        run_id: str,
+        dirname: str,
+        payload: Mapping[str, Any],
+        category: str,
+        step: int,
+        value: float | None,
+        improvement: float | None,
+        also: list[str],
+        tags: Mapping[str, str] | None = None,
+    ) -> OutboxEntry:
         """Write the checkpoint durably into the outbox; returns the entry."""
         model_dir = self._model_dir(registered_name)
         with self.lock(registered_name):
@@ -87,10 +100,24 @@ class Outbox:
             name = f"{sequence:012d}-{dirname}"
             with atomic_directory(model_dir, name) as staging:
                 written: WrittenCheckpoint = write_checkpoint_dir(payload, staging)
-                entry = OutboxEntry(model, registered_name, run_id, dirname, category, step, value, improvement,
-                                    str(payload.get("created_at", "")), written.digest.algorithm,
-                                    written.digest.hexdigest, written.size_bytes,
-                                    list(also), sequence, str(model_dir / name), dict(tags or {}))
+                entry = OutboxEntry(
+                    model,
+                    registered_name,
+                    run_id,
+                    dirname,
+                    category,
+                    step,
+                    value,
+                    improvement,
+                    str(payload.get("created_at", "")),
+                    written.digest.algorithm,
+                    written.digest.hexdigest,
+                    written.size_bytes,
+                    list(also),
+                    sequence,
+                    str(model_dir / name),
+                    dict(tags or {}),
+                )
                 data = asdict(entry)
                 data.pop("path")
                 (staging / ENTRY_FILE).write_text(json.dumps(data), encoding="utf-8")
@@ -124,8 +151,9 @@ class Outbox:
     def is_intact(entry: OutboxEntry) -> bool:
         """Whether the entry still holds its manifest and a checkpoint file of the recorded size."""
         try:
-            return (entry.directory / MANIFEST_FILE).is_file() and \
-                (entry.directory / CHECKPOINT_FILE).stat().st_size == entry.size_bytes
+            return (entry.directory / MANIFEST_FILE).is_file() and (
+                entry.directory / CHECKPOINT_FILE
+            ).stat().st_size == entry.size_bytes
         except OSError:
             return False
 
@@ -140,8 +168,9 @@ class Outbox:
         """Bytes of the complete entries of one model."""
         return sum(e.size_bytes for e in self.entries(registered_name))
 
-    def make_room(self, registered_name: str, need_bytes: int, max_bytes: float,
-                  disk_short: Callable[[float], bool]) -> list[OutboxEntry]:
+    def make_room(
+        self, registered_name: str, need_bytes: int, max_bytes: float, disk_short: Callable[[float], bool]
+    ) -> list[OutboxEntry]:
         """Before a `put` of `need_bytes`: drop the oldest periodic entries while the outbox would exceed
         `max_bytes` or `disk_short(need_mb)` says the disk is short. Performance and final entries are never
         dropped. Returns what was dropped (callers hold `lock(registered_name)`)."""
@@ -162,6 +191,9 @@ class Outbox:
 
     @staticmethod
     def _next_sequence(model_dir: Path) -> int:
-        numbers = [int(p.name.split("-", 1)[0]) for p in model_dir.iterdir()
-                   if p.is_dir() and p.name.split("-", 1)[0].isdigit()]
+        numbers = [
+            int(p.name.split("-", 1)[0])
+            for p in model_dir.iterdir()
+            if p.is_dir() and p.name.split("-", 1)[0].isdigit()
+        ]
         return max(numbers, default=0) + 1

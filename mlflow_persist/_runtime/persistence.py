@@ -15,33 +15,39 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
+from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist._observe.alerts import AlertDispatcher, AlertSink, command_sink, webhook_sink
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist._store.best import mark_corrupt
-from mlflow_persist.config import PersistConfig
-from mlflow_persist._runtime.cut_keeper import CutKeeper, PendingCut
+from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._observe.system_metrics import system_metrics
 from mlflow_persist._policy.cuts import Cut, complete_cuts, cut_tags, declared_members, new_cut_id, next_cut_sequence
+from mlflow_persist._policy.policy import FINAL, PERIODIC
+from mlflow_persist._policy.versions import HEALTH_TAG, VersionInfo, tag
+from mlflow_persist._runtime.cut_keeper import CutKeeper, PendingCut
 from mlflow_persist._runtime.disk_guard import DiskGuard
-from mlflow_persist.errors import CheckpointCorruptError, DiskFullError, PersistError, describe_store_error
 from mlflow_persist._runtime.handle import Evaluate, ModelHandle, RestoreInfo, Stateful
 from mlflow_persist._runtime.health import ModelHealth
 from mlflow_persist._runtime.metrics_buffer import MetricsBuffer, Pace
-from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist._runtime.outbox import Outbox, default_outbox_root
 from mlflow_persist._runtime.pipeline import SavePipeline
-from mlflow_persist._policy.policy import FINAL, PERIODIC
-from mlflow_persist._runtime.process_effects import GracefulExit, ProcessEffects, SignalHandlers, \
-    apply_http_retry_defaults, register_atexit
+from mlflow_persist._runtime.process_effects import (
+    GracefulExit,
+    ProcessEffects,
+    SignalHandlers,
+    apply_http_retry_defaults,
+    register_atexit,
+)
 from mlflow_persist._runtime.scheduler import PeriodicJob
-from mlflow_persist._observe.system_metrics import system_metrics
-from mlflow_persist._policy.versions import HEALTH_TAG, VersionInfo, tag
 from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
-from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._store.best import mark_corrupt
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.errors import CheckpointCorruptError, DiskFullError, PersistError, describe_store_error
 
 log = package_logger("mlflow_persist")
 
@@ -61,21 +67,36 @@ class Persistence:
     thread. `effects`: which process-wide side effects to have (process_effects.py).
     """
 
-    def __init__(self, config: PersistConfig | None = None, *, store: CheckpointStore | None = None,
-                 alert_sinks: list[AlertSink] | None = None, install_signal_handlers: bool = True,
-                 effects: ProcessEffects | None = None) -> None:
+    def __init__(
+        self,
+        config: PersistConfig | None = None,
+        *,
+        store: CheckpointStore | None = None,
+        alert_sinks: list[AlertSink] | None = None,
+        install_signal_handlers: bool = True,
+        effects: ProcessEffects | None = None,
+    ) -> None:
         self.config = config or PersistConfig()
         self.effects = effects or ProcessEffects(signal_handlers=install_signal_handlers)
         if self.config.fast_serialization:
-            log.warning("fast_serialization has no effect any more (checkpoints are always written without torch's "
-                        "zip CRC32); remove it from the configuration")
-        if store is None and self.effects.http_retry_defaults and \
-                self.config.tracking_uri.startswith(("http://", "https://")):
+            log.warning(
+                "fast_serialization has no effect any more (checkpoints are always written without torch's "
+                "zip CRC32); remove it from the configuration"
+            )
+        if (
+            store is None
+            and self.effects.http_retry_defaults
+            and self.config.tracking_uri.startswith(("http://", "https://"))
+        ):
             apply_http_retry_defaults()
         self.store: CheckpointStore = store if store is not None else open_mlflow_store(self.config)
         self.outbox: Outbox | None = None
         if self.store.is_remote:
-            root = Path(self.config.outbox_dir) if self.config.outbox_dir else default_outbox_root(self.config.tracking_uri)
+            root = (
+                Path(self.config.outbox_dir)
+                if self.config.outbox_dir
+                else default_outbox_root(self.config.tracking_uri)
+            )
             self.outbox = Outbox(root)
         sinks = list(alert_sinks or [])
         if self.config.alert_command:
@@ -87,11 +108,18 @@ class Persistence:
         self._state_steps: dict[str, Callable[[], int] | None] = {}  # application-state members of the cuts
         self._cut_sequence: int | None = None
         self.cuts = CutKeeper(self.store)
-        self.guard = DiskGuard(self.store, self.config.min_free_disk_mb, self.config.min_free_disk_percent,
-                               lambda: [h.pipeline.guarded() for h in list(self.handles.values())])
+        self.guard = DiskGuard(
+            self.store,
+            self.config.min_free_disk_mb,
+            self.config.min_free_disk_percent,
+            lambda: [h.pipeline.guarded() for h in list(self.handles.values())],
+        )
         self.writer = CheckpointWriter(
-            self._execute, queue_size=self.config.writer_queue_size, max_attempts=self.config.save_retry_attempts,
-            max_backoff_seconds=self.config.save_retry_max_wait_seconds, on_failure=self._on_failure,
+            self._execute,
+            queue_size=self.config.writer_queue_size,
+            max_attempts=self.config.save_retry_attempts,
+            max_backoff_seconds=self.config.save_retry_max_wait_seconds,
+            on_failure=self._on_failure,
         )
         self._closed = False
         self._stopping = False
@@ -106,9 +134,17 @@ class Persistence:
 
     # ------------------------------------------------------------------------------------- API
 
-    def track(self, name: str, model: torch.nn.Module, optimizer: Stateful | None = None,
-              scheduler: Stateful | None = None, extra: Stateful | None = None, *,
-              evaluate: Evaluate | None = None, evaluate_every_steps: int | None = None) -> ModelHandle:
+    def track(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        optimizer: Stateful | None = None,
+        scheduler: Stateful | None = None,
+        extra: Stateful | None = None,
+        *,
+        evaluate: Evaluate | None = None,
+        evaluate_every_steps: int | None = None,
+    ) -> ModelHandle:
         """Track one model. With `evaluate`, every `evaluate_every_steps` steps `step()` calls it at the step
         boundary and its value becomes the monitor (a validation loss, a mean reward), smoothed as
         configured; the training metric of the monitor's name is then only logged."""
@@ -119,19 +155,50 @@ class Persistence:
             raise PersistError(f"Model {name!r} is already tracked in this process; call track() once per model.")
         settings = self.config.for_model(name)
         run_id = self.store.ensure_run(name, tags={tag("registered_model"): registered_name})
-        metrics = MetricsBuffer(name, max_rows=self.config.metrics_buffer_max_rows,
-                                flush_size=self.config.metrics_flush_size, on_full=self.request_flush)
-        health = ModelHealth(name, self.alerts, self.config.failure_alert_threshold,
-                             lambda tags: self.store.set_run_tags(run_id, tags),
-                             lambda step, key, value: metrics.add(step, {key: value}), HEALTH_TAG)
-        pipeline = SavePipeline(name=name, registered_name=registered_name, run_id=run_id, settings=settings,
-                                store=self.store, outbox=self.outbox, guard=self.guard, health=health,
-                                metrics=metrics, outbox_max_mb=self.config.outbox_max_mb)
-        handle = ModelHandle(name=name, registered_name=registered_name, model=model, optimizer=optimizer,
-                             scheduler=scheduler, extra=extra, settings=settings, store=self.store,
-                             writer=self.writer, alerts=self.alerts, pipeline=pipeline, health=health,
-                             metrics=metrics, stop=self._stop_at_boundary, evaluate=evaluate,
-                             evaluate_every_steps=evaluate_every_steps)
+        metrics = MetricsBuffer(
+            name,
+            max_rows=self.config.metrics_buffer_max_rows,
+            flush_size=self.config.metrics_flush_size,
+            on_full=self.request_flush,
+        )
+        health = ModelHealth(
+            name,
+            self.alerts,
+            self.config.failure_alert_threshold,
+            lambda tags: self.store.set_run_tags(run_id, tags),
+            lambda step, key, value: metrics.add(step, {key: value}),
+            HEALTH_TAG,
+        )
+        pipeline = SavePipeline(
+            name=name,
+            registered_name=registered_name,
+            run_id=run_id,
+            settings=settings,
+            store=self.store,
+            outbox=self.outbox,
+            guard=self.guard,
+            health=health,
+            metrics=metrics,
+            outbox_max_mb=self.config.outbox_max_mb,
+        )
+        handle = ModelHandle(
+            name=name,
+            registered_name=registered_name,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra=extra,
+            settings=settings,
+            store=self.store,
+            writer=self.writer,
+            alerts=self.alerts,
+            pipeline=pipeline,
+            health=health,
+            metrics=metrics,
+            stop=self._stop_at_boundary,
+            evaluate=evaluate,
+            evaluate_every_steps=evaluate_every_steps,
+        )
         self.handles[name] = handle
         try:
             self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds)
@@ -167,13 +234,13 @@ class Persistence:
                 handle.current_step = self._state_step(name, max(model_steps, default=0))
             job = handle.save(category, tags=tags)
             if job is None:  # the others are still saved: each is a good checkpoint of its own
-                log.error("cut %s: %s could not be snapshotted; this system checkpoint stays incomplete", cut_id,
-                          name)
+                log.error("cut %s: %s could not be snapshotted; this system checkpoint stays incomplete", cut_id, name)
             else:
                 jobs[name] = job
         if len(jobs) == len(self.handles):
-            self.cuts.add(PendingCut(cut_id, jobs, {n: h.registered_name for n, h in self.handles.items()},
-                                     list(wait_for)))
+            self.cuts.add(
+                PendingCut(cut_id, jobs, {n: h.registered_name for n, h in self.handles.items()}, list(wait_for))
+            )
         return cut_id
 
     def _state_step(self, name: str, fallback: int) -> int:
@@ -199,8 +266,10 @@ class Persistence:
         names = list(self.handles)
         for handle in self.handles.values():
             if handle.pipeline.outbox is not None and handle.pipeline.drain_outbox(blocking=True) > 0:
-                log.warning("checkpoints still wait in the outbox (the server is unreachable); each model "
-                            "restores its own newest checkpoint instead of a system checkpoint")
+                log.warning(
+                    "checkpoints still wait in the outbox (the server is unreachable); each model "
+                    "restores its own newest checkpoint instead of a system checkpoint"
+                )
                 return self._restore_each(names, strict)
         versions = {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()}
         for name in sorted(declared_members(versions) - set(versions)):  # members no longer tracked still count
@@ -210,25 +279,32 @@ class Persistence:
         if restored is None and self.store.is_remote:
             restored = self._restore_cut(complete_cuts(versions, require_marker=False), versions, strict)
             if restored is not None:
-                log.warning("no system checkpoint behind the server is marked complete (an outage at the time?); "
-                            "restored the newest one whose members are all registered")
+                log.warning(
+                    "no system checkpoint behind the server is marked complete (an outage at the time?); "
+                    "restored the newest one whose members are all registered"
+                )
         if restored is not None:
             restored.update(self._restore_each([n for n in names if n not in restored], strict))
             return restored
         if any(info.cut for member in versions.values() for info in member):
             # Cuts were taken, but none completed (or every complete one is damaged): the newest consistent
             # state is the initial one. Mixing each model's own newest checkpoint would not be consistent.
-            log.warning("no complete system checkpoint: the cuts found were interrupted before their completion "
-                        "marker; everything starts from its initial state (a model's own newest checkpoint is "
-                        "still there for handle.restore())")
+            log.warning(
+                "no complete system checkpoint: the cuts found were interrupted before their completion "
+                "marker; everything starts from its initial state (a model's own newest checkpoint is "
+                "still there for handle.restore())"
+            )
             return {}
         if any(versions.values()):
-            log.warning("no system checkpoint found (checkpoints from before cuts); each model restores its own "
-                        "newest checkpoint")
+            log.warning(
+                "no system checkpoint found (checkpoints from before cuts); each model restores its own "
+                "newest checkpoint"
+            )
         return self._restore_each(names, strict)
 
-    def _restore_cut(self, cuts: list[Cut], versions: dict[str, list[VersionInfo]], strict: bool
-                     ) -> dict[str, RestoreInfo] | None:
+    def _restore_cut(
+        self, cuts: list[Cut], versions: dict[str, list[VersionInfo]], strict: bool
+    ) -> dict[str, RestoreInfo] | None:
         """The first of `cuts` whose tracked members all load intact, applied; None when none does."""
         for cut in cuts:
             members = {name: info for name, info in cut.members.items() if name in self.handles}
@@ -245,8 +321,9 @@ class Persistence:
             if damaged is not None:
                 name, info, exc = damaged
                 handle = self.handles[name]
-                log.error("cut %s: %s v%d is damaged (%s); trying an older system checkpoint", cut.id, name,
-                          info.version, exc)
+                log.error(
+                    "cut %s: %s v%d is damaged (%s); trying an older system checkpoint", cut.id, name, info.version, exc
+                )
                 mark_corrupt(self.store, info, str(exc), handle.settings.mode, handle.tracker.monitor)
                 continue
             restored: dict[str, RestoreInfo] = {}
@@ -254,8 +331,12 @@ class Persistence:
                 handle = self.handles[name]
                 handle.adopt_stored_best()
                 restored[name] = handle.apply_version(members[name], state, versions[name], strict)
-            log.info("restored system checkpoint %s (step %s): %s", cut.id, cut.step,
-                     ", ".join(f"{n} v{i.version}" for n, i in sorted(restored.items())))
+            log.info(
+                "restored system checkpoint %s (step %s): %s",
+                cut.id,
+                cut.step,
+                ", ".join(f"{n} v{i.version}" for n, i in sorted(restored.items())),
+            )
             return restored
         return None
 
@@ -278,7 +359,8 @@ class Persistence:
     def _next_cut_sequence(self) -> int:
         if self._cut_sequence is None:
             self._cut_sequence = next_cut_sequence(
-                {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()})
+                {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()}
+            )
         sequence = self._cut_sequence
         self._cut_sequence += 1
         return sequence
@@ -296,7 +378,7 @@ class Persistence:
         self.flush_metrics()
         return done
 
-    def __enter__(self) -> "Persistence":
+    def __enter__(self) -> Persistence:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -318,8 +400,12 @@ class Persistence:
             for handle in list(self.handles.values()):
                 waiting = handle.pipeline.drain_outbox(blocking=True)
                 if waiting > 0 and self.outbox is not None:
-                    log.warning("%s: %d checkpoint(s) wait in the outbox %s; they are registered at the next start",
-                                handle.name, waiting, self.outbox.root / handle.registered_name)
+                    log.warning(
+                        "%s: %d checkpoint(s) wait in the outbox %s; they are registered at the next start",
+                        handle.name,
+                        waiting,
+                        self.outbox.root / handle.registered_name,
+                    )
             self.cuts.close(timeout=30.0 if self.outbox is None else 5.0)
         finally:
             self.job.stop()
@@ -358,11 +444,14 @@ class Persistence:
         with self._flush_lock:
             for handle in list(self.handles.values()):
                 try:
-                    handle.metrics.flush(lambda rows, run_id=handle.run_id: self.store.log_metrics(run_id, rows),
-                                         pace)
+                    handle.metrics.flush(lambda rows, run_id=handle.run_id: self.store.log_metrics(run_id, rows), pace)
                 except Exception as exc:  # noqa: BLE001 - metrics are retried at the next flush
-                    log.warning("could not log %d metrics of %s (%s); will retry", len(handle.metrics), handle.name,
-                                describe_store_error(exc))
+                    log.warning(
+                        "could not log %d metrics of %s (%s); will retry",
+                        len(handle.metrics),
+                        handle.name,
+                        describe_store_error(exc),
+                    )
                     return False
         return True
 
@@ -370,10 +459,9 @@ class Persistence:
         for attempt in range(attempts):
             if self.flush_metrics():
                 return
-            time.sleep(min(5.0, 0.25 * 2 ** attempt))
+            time.sleep(min(5.0, 0.25 * 2**attempt))
         waiting = sum(len(h.metrics) for h in self.handles.values())
-        log.error("%d buffered metric values could not be logged before exit; the store kept refusing them",
-                  waiting)
+        log.error("%d buffered metric values could not be logged before exit; the store kept refusing them", waiting)
 
     def tick(self, now: float | None = None) -> None:
         """The scheduler job: marks time-based saves due, drains outboxes, logs system metrics, flushes

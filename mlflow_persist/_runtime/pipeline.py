@@ -11,28 +11,29 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from mlflow_persist._store.best import reconcile_best
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist.config import ModelSettings
-from mlflow_persist._store.descriptions import version_description
 from mlflow_persist._format.digest import Digest
+from mlflow_persist._format.payload import FORMAT_VERSION
+from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.policy import BEST_ELIGIBLE, PERFORMANCE, is_better, retention_deletions
+from mlflow_persist._policy.versions import VersionInfo, checkpoint_dirname, digest_tags, tag
 from mlflow_persist._runtime.disk_guard import DiskGuard, GuardedModel
-from mlflow_persist.errors import NotFoundError, describe_store_error
 from mlflow_persist._runtime.health import ModelHealth
 from mlflow_persist._runtime.metrics_buffer import MetricsBuffer
 from mlflow_persist._runtime.outbox import Outbox, OutboxEntry
-from mlflow_persist._format.payload import FORMAT_VERSION
-from mlflow_persist._policy.policy import BEST_ELIGIBLE, PERFORMANCE, is_better, retention_deletions
+from mlflow_persist._runtime.writer import SaveJob
+from mlflow_persist._store.best import reconcile_best
+from mlflow_persist._store.descriptions import version_description
+from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist._store.prune import PruneResult, prune
 from mlflow_persist._store.registry_view import RegistryView
-from mlflow_persist._policy.versions import VersionInfo, checkpoint_dirname, digest_tags, tag
-from mlflow_persist._runtime.writer import SaveJob
-from mlflow_persist._observe.logs import package_logger
+from mlflow_persist.config import ModelSettings
+from mlflow_persist.errors import NotFoundError, describe_store_error
 
 log = package_logger("mlflow_persist")
 
@@ -96,9 +97,20 @@ def describe_saved_value(monitor: str, category: str, previous: float | None, va
 class SavePipeline:
     """Everything that happens to one model's snapshot after the training thread hands it over."""
 
-    def __init__(self, *, name: str, registered_name: str, run_id: str, settings: ModelSettings,
-                 store: CheckpointStore, outbox: Outbox | None, guard: DiskGuard, health: ModelHealth,
-                 metrics: MetricsBuffer, outbox_max_mb: float = 10240.0) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        registered_name: str,
+        run_id: str,
+        settings: ModelSettings,
+        store: CheckpointStore,
+        outbox: Outbox | None,
+        guard: DiskGuard,
+        health: ModelHealth,
+        metrics: MetricsBuffer,
+        outbox_max_mb: float = 10240.0,
+    ) -> None:
         self.name = name
         self.registered_name = registered_name
         self.run_id = run_id
@@ -136,9 +148,17 @@ class SavePipeline:
         if self.outbox is not None:
             self._bound_outbox(job)
             entry = self.outbox.put(
-                model=self.name, registered_name=self.registered_name, run_id=self.run_id,
-                dirname=checkpoint_dirname(self.name, job.step), payload=job.payload, category=job.category,
-                step=job.step, value=job.value, improvement=job.improvement, also=list(job.also), tags=job.tags,
+                model=self.name,
+                registered_name=self.registered_name,
+                run_id=self.run_id,
+                dirname=checkpoint_dirname(self.name, job.step),
+                payload=job.payload,
+                category=job.category,
+                step=job.step,
+                value=job.value,
+                improvement=job.improvement,
+                also=list(job.also),
+                tags=job.tags,
             )
             job.payload = {}
             self.drain_outbox()
@@ -147,32 +167,55 @@ class SavePipeline:
             source, written = self.store.write_checkpoint(self.run_id, self.name, job.step, job.payload)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                self.guard.free(self.guarded(), reason="disk full while writing",
-                                need_mb=tensor_bytes(job.payload) / 2**20)
+                self.guard.free(
+                    self.guarded(), reason="disk full while writing", need_mb=tensor_bytes(job.payload) / 2**20
+                )
             raise
-        registration = Registration(job.category, job.step, job.value, job.improvement, list(job.also),
-                                    str(job.payload.get("created_at", "")), written.digest, written.size_bytes,
-                                    retried=job.attempts > 1, tags=dict(job.tags))
-        return self.register(source, registration, started,
-                             acknowledge=lambda info: job.finish("saved", result=info))
+        registration = Registration(
+            job.category,
+            job.step,
+            job.value,
+            job.improvement,
+            list(job.also),
+            str(job.payload.get("created_at", "")),
+            written.digest,
+            written.size_bytes,
+            retried=job.attempts > 1,
+            tags=dict(job.tags),
+        )
+        return self.register(source, registration, started, acknowledge=lambda info: job.finish("saved", result=info))
 
     def _bound_outbox(self, job: SaveJob) -> None:
         """Keep the outbox within `outbox_max_mb` and the free-disk limits during a long outage."""
         outbox = self.outbox
         assert outbox is not None
         with outbox.lock(self.registered_name):
-            dropped = outbox.make_room(self.registered_name, tensor_bytes(job.payload), self.outbox_max_mb * 2**20,
-                                       lambda need_mb: self.guard.short_at(outbox.root, need_mb))
+            dropped = outbox.make_room(
+                self.registered_name,
+                tensor_bytes(job.payload),
+                self.outbox_max_mb * 2**20,
+                lambda need_mb: self.guard.short_at(outbox.root, need_mb),
+            )
         if dropped:
-            log.warning("%s: the outbox is full (server unreachable for long?); dropped the %d oldest periodic "
-                        "checkpoint(s) waiting there (steps %s); performance and final ones are kept", self.name,
-                        len(dropped), ", ".join(str(e.step) for e in dropped))
+            log.warning(
+                "%s: the outbox is full (server unreachable for long?); dropped the %d oldest periodic "
+                "checkpoint(s) waiting there (steps %s); performance and final ones are kept",
+                self.name,
+                len(dropped),
+                ", ".join(str(e.step) for e in dropped),
+            )
 
     def on_failure(self, job: SaveJob, exc: BaseException, final: bool) -> None:
         self.health.record_failure(job.category, job.step, exc, job.attempts, final)
 
-    def register(self, source: str, reg: Registration, started: float, run_id: str | None = None,
-                 acknowledge: Callable[[VersionInfo], None] | None = None) -> VersionInfo:
+    def register(
+        self,
+        source: str,
+        reg: Registration,
+        started: float,
+        run_id: str | None = None,
+        acknowledge: Callable[[VersionInfo], None] | None = None,
+    ) -> VersionInfo:
         """Register a written checkpoint, move `best`, then apply retention; `run_id` is the run that holds
         its artifacts (default: this model's).
 
@@ -182,21 +225,35 @@ class SavePipeline:
         run_id = run_id or self.run_id
         store = self.store
         tags = {
-            tag("category"): reg.category, tag("step"): reg.step, tag("monitor"): self.monitor,
+            tag("category"): reg.category,
+            tag("step"): reg.step,
+            tag("monitor"): self.monitor,
             tag("mode"): self.settings.mode,
-            tag("value"): reg.value if reg.value is not None else "", **digest_tags(reg.digest),
-            tag("format_version"): FORMAT_VERSION, tag("created_at"): reg.created_at, tag("size_bytes"): reg.size_bytes,
+            tag("value"): reg.value if reg.value is not None else "",
+            **digest_tags(reg.digest),
+            tag("format_version"): FORMAT_VERSION,
+            tag("created_at"): reg.created_at,
+            tag("size_bytes"): reg.size_bytes,
             **reg.tags,
         }
         name = self.registered_name
         with self.registry_lock, store.lock(f"model-{name}"):
             generation = store.registry_generation(name)
             try:
-                created = [store.register_version(name, source, run_id, {**tags, tag("category"): category},
-                                                  retried=reg.retried, description=self._describe(reg, category))
-                           for category in reg.also]  # first: the job's own category is the newest (`latest`)
-                info = store.register_version(name, source, run_id, tags, retried=reg.retried,
-                                              description=self._describe(reg, reg.category))
+                created = [
+                    store.register_version(
+                        name,
+                        source,
+                        run_id,
+                        {**tags, tag("category"): category},
+                        retried=reg.retried,
+                        description=self._describe(reg, category),
+                    )
+                    for category in reg.also
+                ]  # first: the job's own category is the newest (`latest`)
+                info = store.register_version(
+                    name, source, run_id, tags, retried=reg.retried, description=self._describe(reg, reg.category)
+                )
                 versions, best = self._versions_and_best(reg, generation, [*created, info])
             except BaseException:
                 self.view.forget()  # whatever happened, the next save reads the registry again
@@ -210,18 +267,30 @@ class SavePipeline:
                 self.view.forget()
                 if acknowledge is None:
                     raise
-                log.error("%s: retention after v%d failed (%s); what it would have deleted stays until the next "
-                          "save", self.name, info.version, describe_store_error(exc),
-                          extra={"model": self.name, "version": info.version, "outcome": "retention_failed"})
+                log.error(
+                    "%s: retention after v%d failed (%s); what it would have deleted stays until the next save",
+                    self.name,
+                    info.version,
+                    describe_store_error(exc),
+                    extra={"model": self.name, "version": info.version, "outcome": "retention_failed"},
+                )
         return info
 
     def _describe(self, reg: Registration, category: str) -> str:
         previous = self._previous_performance if category == PERFORMANCE else None
-        return version_description(category, reg.step, reg.monitor or self.monitor, reg.value, reg.size_bytes,
-                                   previous, reg.tags.get(tag("cut")))
+        return version_description(
+            category,
+            reg.step,
+            reg.monitor or self.monitor,
+            reg.value,
+            reg.size_bytes,
+            previous,
+            reg.tags.get(tag("cut")),
+        )
 
-    def _versions_and_best(self, reg: Registration, generation: int, created: list[VersionInfo]
-                           ) -> tuple[list[VersionInfo], VersionInfo | None]:
+    def _versions_and_best(
+        self, reg: Registration, generation: int, created: list[VersionInfo]
+    ) -> tuple[list[VersionInfo], VersionInfo | None]:
         """The versions after this save's registrations and the version `best` points at once it is right:
         from what the view knows where it may (registry_view.py), else from a fresh listing.
 
@@ -232,64 +301,115 @@ class SavePipeline:
         if known is not None:
             best = self._reconcile(reg, known.versions, known.best)
             moved = _number(best) != _number(known.best)
-            if moved or not self._prune(known.versions, best, dry_run=True).planned or \
-                    _number(store.alias_version(name)) == _number(known.best):
+            if (
+                moved
+                or not self._prune(known.versions, best, dry_run=True).planned
+                or _number(store.alias_version(name)) == _number(known.best)
+            ):
                 return known.versions, best
         self.view.read()
         versions = store.list_versions(name)
         return versions, self._reconcile(reg, versions, store.alias_version(name))
 
-    def _reconcile(self, reg: Registration, versions: list[VersionInfo], current: VersionInfo | None
-                   ) -> VersionInfo | None:
+    def _reconcile(
+        self, reg: Registration, versions: list[VersionInfo], current: VersionInfo | None
+    ) -> VersionInfo | None:
         if reg.category not in BEST_ELIGIBLE:
             return current
-        return reconcile_best(self.store, self.registered_name, self.settings.mode, versions,
-                              converge=not self.store.lock_is_shared, monitor=self.monitor, current=current)
+        return reconcile_best(
+            self.store,
+            self.registered_name,
+            self.settings.mode,
+            versions,
+            converge=not self.store.lock_is_shared,
+            monitor=self.monitor,
+            current=current,
+        )
 
     def _prune(self, versions: list[VersionInfo], best: VersionInfo | None, dry_run: bool = False) -> PruneResult:
         settings = self.settings
-        return prune(self.store, self.registered_name,
-                     lambda summaries, best_version: retention_deletions(
-                         summaries, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final,
-                         best_version, settings.keep_episode),
-                     versions=versions, best_version=_number(best), dry_run=dry_run,
-                     listing_is_current=self.store.lock_is_shared)
+        return prune(
+            self.store,
+            self.registered_name,
+            lambda summaries, best_version: retention_deletions(
+                summaries,
+                settings.mode,
+                settings.keep_best,
+                settings.keep_periodic,
+                settings.keep_final,
+                best_version,
+                settings.keep_episode,
+            ),
+            versions=versions,
+            best_version=_number(best),
+            dry_run=dry_run,
+            listing_is_current=self.store.lock_is_shared,
+        )
 
     def _prune_and_remember(self, versions: list[VersionInfo], best: VersionInfo | None) -> VersionInfo | None:
         deleted = {v.version for v in self._prune(versions, best).deleted}
-        self.view.remember([v for v in versions if v.version not in deleted], best,
-                           self.store.registry_generation(self.registered_name))
+        self.view.remember(
+            [v for v in versions if v.version not in deleted],
+            best,
+            self.store.registry_generation(self.registered_name),
+        )
         return best
 
-    def _after_save(self, reg: Registration, info: VersionInfo, best: VersionInfo | None, duration: float,
-                    also: list[VersionInfo] | None = None) -> None:
+    def _after_save(
+        self,
+        reg: Registration,
+        info: VersionInfo,
+        best: VersionInfo | None,
+        duration: float,
+        also: list[VersionInfo] | None = None,
+    ) -> None:
         self.saves += 1
         self.last_saved = (info.version, reg.step)  # one assignment: readers never see a torn pair
         self.last_version = info.version
         self.last_save_time = time.time()
         self.best = best
-        previous = self._previous_performance[0] if reg.category == PERFORMANCE and self._previous_performance \
-            else None
+        previous = self._previous_performance[0] if reg.category == PERFORMANCE and self._previous_performance else None
         if reg.category == PERFORMANCE:
             self._previous_performance = (reg.value, info.version) if reg.value is not None else None
-        metrics = {"checkpoint/saves": float(self.saves), "checkpoint/version": float(info.version),
-                   "checkpoint/failures": float(self.health.failures)}
+        metrics = {
+            "checkpoint/saves": float(self.saves),
+            "checkpoint/version": float(info.version),
+            "checkpoint/failures": float(self.health.failures),
+        }
         if best is not None and best.value is not None:
             metrics[f"best_{self.monitor}"] = best.value
             metrics["checkpoint/best_version"] = float(best.version)
         if reg.improvement is not None:
             metrics["checkpoint/improvement"] = float(reg.improvement)
         self.metrics.add(reg.step, metrics)
-        change = describe_saved_value(reg.monitor or self.monitor, reg.category, previous, reg.value,
-                                      self.settings.mode)
+        change = describe_saved_value(
+            reg.monitor or self.monitor, reg.category, previous, reg.value, self.settings.mode
+        )
         same_bytes = "".join(f", also v{v.version} {v.category}" for v in also or [])
-        log.info("%s: %s, saved v%d (%s, step %d, %.1f MB, %.0f ms%s)", self.name, change, info.version, reg.category,
-                 reg.step, reg.size_bytes / 2**20, duration * 1000, same_bytes,
-                 extra={"model": self.name, "category": reg.category, "version": info.version, "step": reg.step,
-                        "value": reg.value, "improvement": reg.improvement, "bytes": reg.size_bytes,
-                        "duration_s": round(duration, 4), "outcome": "saved",
-                        # the versions registered on the same bytes under the job's other categories
-                        **({"also_versions": {v.category: v.version for v in also}} if also else {})})
+        log.info(
+            "%s: %s, saved v%d (%s, step %d, %.1f MB, %.0f ms%s)",
+            self.name,
+            change,
+            info.version,
+            reg.category,
+            reg.step,
+            reg.size_bytes / 2**20,
+            duration * 1000,
+            same_bytes,
+            extra={
+                "model": self.name,
+                "category": reg.category,
+                "version": info.version,
+                "step": reg.step,
+                "value": reg.value,
+                "improvement": reg.improvement,
+                "bytes": reg.size_bytes,
+                "duration_s": round(duration, 4),
+                "outcome": "saved",
+                # the versions registered on the same bytes under the job's other categories
+                **({"also_versions": {v.category: v.version for v in also}} if also else {}),
+            },
+        )
         self.health.record_success()
 
     # ------------------------------------------------------------------------------------- outbox
@@ -314,16 +434,27 @@ class SavePipeline:
             started = time.monotonic()
             if not outbox.is_intact(entry):  # damaged on disk: it would block every later entry forever
                 moved = outbox.quarantine(entry)
-                log.error("%s: outbox checkpoint of step %d is incomplete or damaged; moved it to %s and went on "
-                          "with the next one", self.name, entry.step, moved)
+                log.error(
+                    "%s: outbox checkpoint of step %d is incomplete or damaged; moved it to %s and went on "
+                    "with the next one",
+                    self.name,
+                    entry.step,
+                    moved,
+                )
                 continue
             try:
                 self._register_entry(entry, started)
             except Exception as exc:  # noqa: BLE001 - the entry stays on disk for the next drain
                 if isinstance(exc, NotFoundError) and "run" in str(exc).lower():
                     moved = outbox.quarantine(entry)
-                    log.error("%s: outbox checkpoint of step %d belongs to run %s, which the server no longer has; "
-                              "moved it to %s for the operator", self.name, entry.step, entry.run_id, moved)
+                    log.error(
+                        "%s: outbox checkpoint of step %d belongs to run %s, which the server no longer has; "
+                        "moved it to %s for the operator",
+                        self.name,
+                        entry.step,
+                        entry.run_id,
+                        moved,
+                    )
                     continue
                 self.health.record_failure(entry.category, entry.step, exc, attempts=None, final=False)
                 return len(entries) - position
@@ -332,9 +463,18 @@ class SavePipeline:
 
     def _register_entry(self, entry: OutboxEntry, started: float) -> None:
         source = self.store.upload_checkpoint_files(entry.run_id, entry.directory, entry.dirname)
-        registration = Registration(entry.category, entry.step, entry.value, entry.improvement, entry.also,
-                                    entry.created_at, entry.checksum, entry.size_bytes, retried=True,
-                                    tags=dict(entry.tags))
+        registration = Registration(
+            entry.category,
+            entry.step,
+            entry.value,
+            entry.improvement,
+            entry.also,
+            entry.created_at,
+            entry.checksum,
+            entry.size_bytes,
+            retried=True,
+            tags=dict(entry.tags),
+        )
         self.register(source, registration, started, run_id=entry.run_id)
 
     def pending_outbox(self) -> int:

@@ -13,14 +13,23 @@ from __future__ import annotations
 import atexit
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
+
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._store.mlflow_env import HTTP_RETRY_DEFAULTS, apply_http_retry_defaults, make_sqlite_commits_durable
 
-__all__ = ["HTTP_RETRY_DEFAULTS", "GracefulExit", "ProcessEffects", "SignalHandlers", "apply_http_retry_defaults",
-           "make_sqlite_commits_durable", "register_atexit"]
+__all__ = [
+    "HTTP_RETRY_DEFAULTS",
+    "GracefulExit",
+    "ProcessEffects",
+    "SignalHandlers",
+    "apply_http_retry_defaults",
+    "make_sqlite_commits_durable",
+    "register_atexit",
+]
 
 log = package_logger("mlflow_persist")
 
@@ -93,8 +102,12 @@ class SignalHandlers:
 
     def _expire(self, signum: int) -> None:
         if not self._boundary.is_set():
-            log.error("no step() boundary within %.0f s of %s: exiting without a new final checkpoint; the "
-                      "previous checkpoints stay valid", self._grace, signal.Signals(signum).name)
+            log.error(
+                "no step() boundary within %.0f s of %s: exiting without a new final checkpoint; the "
+                "previous checkpoints stay valid",
+                self._grace,
+                signal.Signals(signum).name,
+            )
             self._on_timeout(signum)
 
 

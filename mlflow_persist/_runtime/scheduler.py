@@ -4,10 +4,11 @@ system metrics, disk checks): it runs one callable at an interval on the schedul
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
+
 from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.scheduler")
@@ -19,8 +20,10 @@ class _QuietOverlaps(logging.Filter):
     busy (by design: the runs coalesce). Other jobs' warnings pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage().startswith('Execution of job "PeriodicJob._run')
-                    and "maximum number of running instances" in record.getMessage())
+        return not (
+            record.getMessage().startswith('Execution of job "PeriodicJob._run')
+            and "maximum number of running instances" in record.getMessage()
+        )
 
 
 _quiet_overlaps = _QuietOverlaps()
@@ -35,8 +38,9 @@ class PeriodicJob:
     def __init__(self, tick: Callable[[], None], interval_seconds: float) -> None:
         self._tick = tick
         self._running = False
-        self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
-                                                                         "misfire_grace_time": None})
+        self._scheduler = BackgroundScheduler(
+            daemon=True, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
         self._scheduler.add_job(self._run, "interval", seconds=interval_seconds, id=JOB_ID)
         logging.getLogger("apscheduler.executors.default").addFilter(_quiet_overlaps)  # idempotent: one object
 

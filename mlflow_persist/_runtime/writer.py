@@ -15,11 +15,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from mlflow_persist._policy.policy import PERFORMANCE, PERIODIC
 from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.policy import PERFORMANCE, PERIODIC
 
 log = package_logger("mlflow_persist.writer")
 
@@ -83,9 +84,16 @@ def _carry(into: SaveJob, replaced: SaveJob) -> None:
 class CheckpointWriter:
     """Runs `execute(job)` for each submitted snapshot on one background thread."""
 
-    def __init__(self, execute: Callable[[SaveJob], Any], *, queue_size: int = 8, max_attempts: int = 5,
-                 max_backoff_seconds: float = 30.0, on_failure: Callable[[SaveJob, BaseException, bool], None] | None = None,
-                 on_success: Callable[[SaveJob], None] | None = None) -> None:
+    def __init__(
+        self,
+        execute: Callable[[SaveJob], Any],
+        *,
+        queue_size: int = 8,
+        max_attempts: int = 5,
+        max_backoff_seconds: float = 30.0,
+        on_failure: Callable[[SaveJob, BaseException, bool], None] | None = None,
+        on_success: Callable[[SaveJob], None] | None = None,
+    ) -> None:
         self._execute = execute
         self._queue_size = queue_size
         self._max_attempts = max_attempts
@@ -131,12 +139,20 @@ class CheckpointWriter:
                 waiting = self._waiting.get(job.model)
                 if waiting is not None and _keeps_waiting(waiting, job.category):
                     if not job.forced:
-                        if job.category == PERIODIC and job.category != waiting.category \
-                                and PERIODIC not in waiting.also:
+                        if (
+                            job.category == PERIODIC
+                            and job.category != waiting.category
+                            and PERIODIC not in waiting.also
+                        ):
                             waiting.also.append(PERIODIC)
                         self.dropped += 1
-                        log.debug("%s: %s snapshot at step %d dropped; a %s save is still waiting", job.model,
-                                  job.category, job.step, waiting.category)
+                        log.debug(
+                            "%s: %s snapshot at step %d dropped; a %s save is still waiting",
+                            job.model,
+                            job.category,
+                            job.step,
+                            waiting.category,
+                        )
                         job.finish("dropped")
                         return job
                     self._cond.wait(0.5)
@@ -206,8 +222,10 @@ class CheckpointWriter:
                 if self._closed and not self._waiting and not self._retrying:
                     return None
                 now = time.monotonic()
-                queued = [*self._retrying.values(),
-                          *(j for j in self._waiting.values() if j.model not in self._retrying)]
+                queued = [
+                    *self._retrying.values(),
+                    *(j for j in self._waiting.values() if j.model not in self._retrying),
+                ]
                 ready = [j for j in queued if j.not_before <= now and j.model not in self._running]
                 if ready:
                     job = min(ready, key=lambda j: (j.not_before, j.submitted_at))
@@ -283,4 +301,4 @@ class CheckpointWriter:
             log.exception("checkpoint writer callback failed")
 
 
-__all__ = ["CheckpointWriter", "SaveJob", "PERIODIC"]
+__all__ = ["PERIODIC", "CheckpointWriter", "SaveJob"]

@@ -13,7 +13,7 @@ import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ALIAS_MOVE_PREFIX = "mlflow_persist.alias_move."
@@ -37,7 +37,7 @@ def operator() -> str:
     """Who is acting: user@host (the tag `who` of rollbacks and alias moves)."""
     try:
         user = getpass.getuser()
-    except Exception:  # no login name in some containers
+    except Exception:  # no login name in some containers  # noqa: BLE001
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
 
@@ -46,11 +46,18 @@ def move_alias(client: Any, name: str, alias: str, version: int, reason: str, so
     """Point `alias` at `version` and record the move (from where, to where, who, when, why)."""
     try:
         previous: int | None = int(client.get_model_version_by_alias(name, alias).version)
-    except Exception:  # the alias did not exist yet
+    except Exception:  # the alias did not exist yet  # noqa: BLE001
         previous = None
     client.set_registered_model_alias(name, alias, str(version))
-    move = AliasMove(alias, previous, int(version), datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                     operator(), reason, source)
+    move = AliasMove(
+        alias,
+        previous,
+        int(version),
+        datetime.now(UTC).isoformat(timespec="milliseconds"),
+        operator(),
+        reason,
+        source,
+    )
     record_alias_move(client, name, move)
     return move
 
@@ -67,9 +74,17 @@ def alias_moves(client: Any, name: str) -> list[AliasMove]:
     for key in sorted(k for k in tags if k.startswith(ALIAS_MOVE_PREFIX)):
         try:
             data = json.loads(tags[key])
-            moves.append(AliasMove(str(data["alias"]), data.get("from_version"), int(data["to_version"]),
-                                   str(data.get("at", "")), str(data.get("by", "")), str(data.get("reason", "")),
-                                   str(data.get("source", ""))))
+            moves.append(
+                AliasMove(
+                    str(data["alias"]),
+                    data.get("from_version"),
+                    int(data["to_version"]),
+                    str(data.get("at", "")),
+                    str(data.get("by", "")),
+                    str(data.get("reason", "")),
+                    str(data.get("source", "")),
+                )
+            )
         except (ValueError, KeyError, TypeError):
             continue
     return moves

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import cast
 
-from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import Mode, select_best
 from mlflow_persist._policy.versions import BEST_ALIAS, VersionInfo, find_version
-from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._store.protocol import CheckpointStore
 
 log = package_logger("mlflow_persist.best")
 
@@ -15,9 +15,15 @@ log = package_logger("mlflow_persist.best")
 _UNKNOWN: object = object()
 
 
-def reconcile_best(store: CheckpointStore, name: str, mode: Mode, versions: list[VersionInfo] | None = None,
-                   converge: bool = True, monitor: str | None = None,
-                   current: VersionInfo | None | object = _UNKNOWN) -> VersionInfo | None:
+def reconcile_best(
+    store: CheckpointStore,
+    name: str,
+    mode: Mode,
+    versions: list[VersionInfo] | None = None,
+    converge: bool = True,
+    monitor: str | None = None,
+    current: VersionInfo | None | object = _UNKNOWN,
+) -> VersionInfo | None:
     """Point `best` at the best valid version; returns that version (or the alias as it stands when no
     version qualifies).
 
@@ -48,8 +54,9 @@ def reconcile_best(store: CheckpointStore, name: str, mode: Mode, versions: list
     return store.alias_version(name)
 
 
-def mark_corrupt(store: CheckpointStore, info: VersionInfo, reason: str, fallback_mode: Mode = "min",
-                 monitor: str | None = None) -> VersionInfo | None:
+def mark_corrupt(
+    store: CheckpointStore, info: VersionInfo, reason: str, fallback_mode: Mode = "min", monitor: str | None = None
+) -> VersionInfo | None:
     """Tag a version whose bytes are damaged `corrupt=true` and move `best` off it (to the best valid
     version, or nowhere) in the same breath, so `best` never points at a corrupt version."""
     with store.lock(f"model-{info.name}"):
@@ -57,13 +64,15 @@ def mark_corrupt(store: CheckpointStore, info: VersionInfo, reason: str, fallbac
         return reconcile_best_or_clear(store, info.name, fallback_mode, monitor)
 
 
-def reconcile_best_or_clear(store: CheckpointStore, name: str, fallback_mode: Mode = "min",
-                            monitor: str | None = None) -> VersionInfo | None:
+def reconcile_best_or_clear(
+    store: CheckpointStore, name: str, fallback_mode: Mode = "min", monitor: str | None = None
+) -> VersionInfo | None:
     """`reconcile_best`, and when no valid version qualifies, remove a `best` that points at a corrupt one."""
     best = reconcile_best(store, name, fallback_mode, monitor=monitor)
     if best is not None and best.corrupt:
         store.delete_alias(name, BEST_ALIAS)
-        log.warning("%s: `best` pointed at v%d, which is corrupt, and no valid version can take it; removed",
-                    name, best.version)
+        log.warning(
+            "%s: `best` pointed at v%d, which is corrupt, and no valid version can take it; removed", name, best.version
+        )
         return None
     return best

@@ -9,8 +9,15 @@ def format_size(size_bytes: int) -> str:
     return f"{size_bytes / 2**10:.0f} KB"
 
 
-def version_description(category: str, step: int, monitor: str, value: float | None, size_bytes: int,
-                        previous: tuple[float, int] | None = None, cut: str | None = None) -> str:
+def version_description(
+    category: str,
+    step: int,
+    monitor: str,
+    value: float | None,
+    size_bytes: int,
+    previous: tuple[float, int] | None = None,
+    cut: str | None = None,
+) -> str:
     """`performance · step 812 · loss 0.398 (−3.4% vs v16) · 2.4 MB`; `previous` is (value, version) of the
     model's previous version of the same category, for the change."""
     parts = [category, f"step {step}"]
@@ -28,9 +35,11 @@ def version_description(category: str, step: int, monitor: str, value: float | N
 
 def model_description(name: str) -> str:
     """What a registered model of mlflow-persist is and how to load it."""
-    return (f"Checkpoints of the model `{name}`, written by mlflow-persist while it trains: `performance` "
-            "versions when the monitored value improved, `periodic` ones on a schedule, `final` ones at shutdown. "
-            f"The alias `best` is the best valid one. Load one with `mlflow_persist.load_checkpoint("
-            f"\"models:/{name}@best\")` (or `models:/{name}/latest`, `models:/{name}/<version>`), inspect them with "
-            f"`mlflow-persist history {name}`, resume training with `Persistence(...).track(\"{name}\", model, "
-            "optimizer).restore()`.")
+    return (
+        f"Checkpoints of the model `{name}`, written by mlflow-persist while it trains: `performance` "
+        "versions when the monitored value improved, `periodic` ones on a schedule, `final` ones at shutdown. "
+        f"The alias `best` is the best valid one. Load one with `mlflow_persist.load_checkpoint("
+        f'"models:/{name}@best")` (or `models:/{name}/latest`, `models:/{name}/<version>`), inspect them with '
+        f'`mlflow-persist history {name}`, resume training with `Persistence(...).track("{name}", model, '
+        "optimizer).restore()`."
+    )

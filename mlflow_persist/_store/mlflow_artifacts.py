@@ -6,8 +6,9 @@ import contextlib
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import mlflow
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -40,8 +41,9 @@ class MlflowArtifacts(MlflowAliases):
     checkpoint_dirname = staticmethod(checkpoint_dirname)
 
     @translated("store the checkpoint")
-    def write_checkpoint(self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
-                         ) -> tuple[str, WrittenCheckpoint]:
+    def write_checkpoint(
+        self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
+    ) -> tuple[str, WrittenCheckpoint]:
         """Store the payload as a run artifact directory; returns (source URI, what was written).
 
         Local stores: written once, straight into the run's artifact directory under a temporary name,
@@ -55,7 +57,8 @@ class MlflowArtifacts(MlflowAliases):
             with atomic_directory(local_root / CHECKPOINTS_DIR, dirname) as staging:
                 written = write_checkpoint_dir(payload, staging)
             return f"{self.artifact_uri(run_id)}/{relative}", WrittenCheckpoint(
-                local_root / relative, written.digest, written.size_bytes)
+                local_root / relative, written.digest, written.size_bytes
+            )
         with tempfile.TemporaryDirectory(prefix="mlflow-persist-") as tmp:
             staging = Path(tmp) / dirname
             written = write_checkpoint_dir(payload, staging)
@@ -69,8 +72,9 @@ class MlflowArtifacts(MlflowAliases):
         relative = f"{CHECKPOINTS_DIR}/{dirname}"
         local_root = self.local_artifact_dir(run_id)
         if local_root is not None:
-            copy_directory_atomically(directory, local_root / CHECKPOINTS_DIR, dirname,
-                                      (CHECKPOINT_FILE, MANIFEST_FILE))
+            copy_directory_atomically(
+                directory, local_root / CHECKPOINTS_DIR, dirname, (CHECKPOINT_FILE, MANIFEST_FILE)
+            )
         else:
             for name in (CHECKPOINT_FILE, MANIFEST_FILE):
                 self.client.log_artifact(run_id, str(directory / name), artifact_path=relative)
@@ -96,8 +100,11 @@ class MlflowArtifacts(MlflowAliases):
         removed = []
         now = time.time()
         for entry in (local_root / CHECKPOINTS_DIR).iterdir():
-            limit = max_age_seconds if entry.name.startswith(STAGING_PREFIX) else max(max_age_seconds,
-                                                                                UNREGISTERED_SWEEP_AGE_SECONDS)
+            limit = (
+                max_age_seconds
+                if entry.name.startswith(STAGING_PREFIX)
+                else max(max_age_seconds, UNREGISTERED_SWEEP_AGE_SECONDS)
+            )
             if entry.name in used or now - _newest_mtime(entry) < limit:
                 continue
             shutil.rmtree(entry, ignore_errors=True)
@@ -111,13 +118,17 @@ class MlflowArtifacts(MlflowAliases):
         """Delete a version's artifact directory. Only a directory under the checkpoints folder of the
         version's own run is ever removed; any other source is refused and left alone."""
         if not info.run_id:
-            raise StoreError(f"{info.name} v{info.version} names no run, so its artifacts {info.source} are not "
-                             "ours to delete; remove them by hand if they are unused.")
+            raise StoreError(
+                f"{info.name} v{info.version} names no run, so its artifacts {info.source} are not "
+                "ours to delete; remove them by hand if they are unused."
+            )
         root = self.artifact_uri(info.run_id)
-        if not info.source.startswith(f"{root}/{CHECKPOINTS_DIR}/") or ".." in info.source[len(root):].split("/"):
-            raise StoreError(f"{info.name} v{info.version} has its artifacts at {info.source}, outside the "
-                             f"checkpoints of run {info.run_id}; they are left alone.")
-        relative = info.source[len(root) + 1:]
+        if not info.source.startswith(f"{root}/{CHECKPOINTS_DIR}/") or ".." in info.source[len(root) :].split("/"):
+            raise StoreError(
+                f"{info.name} v{info.version} has its artifacts at {info.source}, outside the "
+                f"checkpoints of run {info.run_id}; they are left alone."
+            )
+        relative = info.source[len(root) + 1 :]
         local_root = local_path(root)
         if local_root is not None:
             shutil.rmtree(local_root / relative, ignore_errors=True)
@@ -131,13 +142,16 @@ class MlflowArtifacts(MlflowAliases):
         path = local_path(info.source)
         if path is not None:
             if not path.is_dir():
-                raise CheckpointCorruptError(f"{path} of {info.name} v{info.version} is missing; the artifacts were deleted.")
+                raise CheckpointCorruptError(
+                    f"{path} of {info.name} v{info.version} is missing; the artifacts were deleted."
+                )
             yield path
             return
         with tempfile.TemporaryDirectory(prefix="mlflow-persist-dl-") as tmp:
             try:
-                local = mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=tmp,
-                                                            tracking_uri=self.tracking_uri)
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=info.source, dst_path=tmp, tracking_uri=self.tracking_uri
+                )
             except Exception as exc:  # noqa: BLE001
                 if is_unreachable(exc):  # transient: the bytes may be fine, so nothing is tagged
                     raise translate(exc, f"download {info.name} v{info.version}") from None

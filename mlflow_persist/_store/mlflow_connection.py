@@ -26,13 +26,14 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 class MlflowConnection:
     """MLflow access for one tracking URI and experiment: what every part of `MlflowStore` builds on."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str = "mlflow-persist",
-                 artifact_location: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment_name: str = "mlflow-persist", artifact_location: str | None = None
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.description = redact_credentials(tracking_uri)
         db_dir = sqlite_dir(tracking_uri)
         if db_dir is not None:
-            make_sqlite_commits_durable(db_dir / Path(tracking_uri[len("sqlite:///"):]).name)
+            make_sqlite_commits_durable(db_dir / Path(tracking_uri[len("sqlite:///") :]).name)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.is_remote = self.is_remote_uri(tracking_uri)
         # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
@@ -70,7 +71,8 @@ class MlflowConnection:
             artifact_location = (db_dir / "mlruns").as_uri()
         try:
             return self.client.create_experiment(
-                name, artifact_location=artifact_location,
+                name,
+                artifact_location=artifact_location,
                 tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
             )
         except MlflowException:
@@ -104,9 +106,14 @@ class MlflowConnection:
     @staticmethod
     def _to_info(mv: Any) -> VersionInfo:
         return VersionInfo(
-            name=mv.name, version=int(mv.version), source=mv.source, run_id=mv.run_id,
-            tags=dict(mv.tags or {}), aliases=list(getattr(mv, "aliases", []) or []),
-            creation_timestamp_ms=mv.creation_timestamp, description=getattr(mv, "description", None) or None,
+            name=mv.name,
+            version=int(mv.version),
+            source=mv.source,
+            run_id=mv.run_id,
+            tags=dict(mv.tags or {}),
+            aliases=list(getattr(mv, "aliases", []) or []),
+            creation_timestamp_ms=mv.creation_timestamp,
+            description=getattr(mv, "description", None) or None,
         )
 
 

@@ -14,8 +14,13 @@ from typing import Any
 
 from mlflow_persist._observe.logs import package_logger
 
-__all__ = ["HTTP_RETRY_DEFAULTS", "MLFLOW_ENV_DEFAULTS", "apply_http_retry_defaults", "apply_mlflow_env_defaults",
-           "make_sqlite_commits_durable"]
+__all__ = [
+    "HTTP_RETRY_DEFAULTS",
+    "MLFLOW_ENV_DEFAULTS",
+    "apply_http_retry_defaults",
+    "apply_mlflow_env_defaults",
+    "make_sqlite_commits_durable",
+]
 
 log = package_logger("mlflow_persist")
 
@@ -23,8 +28,11 @@ MLFLOW_ENV_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
 # MLflow's own defaults retry an unreachable server for about 4 minutes per request. The outbox retries
 # registration itself and operators want an answer, so both the library and the CLI use these shorter ones.
-HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def apply_mlflow_env_defaults() -> None:

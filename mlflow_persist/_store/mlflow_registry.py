@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mlflow.exceptions import MlflowException
 
@@ -34,8 +35,9 @@ class MlflowRegistry(MlflowRuns):
             model = self.client.get_registered_model(name)
         except MlflowException:
             try:
-                self.client.create_registered_model(name, tags={tag("managed"): "true"},
-                                                    description=model_description(name))
+                self.client.create_registered_model(
+                    name, tags={tag("managed"): "true"}, description=model_description(name)
+                )
             except MlflowException:
                 self.client.get_registered_model(name)  # created concurrently: fine if it exists now
         else:
@@ -44,8 +46,15 @@ class MlflowRegistry(MlflowRuns):
         self._known_models.add(name)
 
     @translated("register the checkpoint version")
-    def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
-                         retried: bool = True, description: str | None = None) -> VersionInfo:
+    def register_version(
+        self,
+        name: str,
+        source: str,
+        run_id: str | None,
+        tags: Mapping[str, Any],
+        retried: bool = True,
+        description: str | None = None,
+    ) -> VersionInfo:
         """Register `source` as a new version with all its tags in the creating call.
 
         Idempotent per (source, category): a source already registered under that category (a retried call, a
@@ -66,23 +75,39 @@ class MlflowRegistry(MlflowRuns):
         text_tags = {k: str(v) for k, v in tags.items()}
         rest = None if self.lock_is_shared else rest_store_of(self.registry)
         if rest is None:
-            created = self.registry.create_model_version(name, source=source, run_id=run_id, tags=text_tags,
-                                                         await_creation_for=0, description=description)
+            created = self.registry.create_model_version(
+                name, source=source, run_id=run_id, tags=text_tags, await_creation_for=0, description=description
+            )
         else:  # a lost reply is looked for in the registry before the request goes out again
             created = create_version_once(
-                rest, name, source, run_id, text_tags, description,
-                find_existing=lambda: min((v for v in self.list_versions(name) if same(v)),
-                                          key=lambda v: v.version, default=None))
+                rest,
+                name,
+                source,
+                run_id,
+                text_tags,
+                description,
+                find_existing=lambda: min(
+                    (v for v in self.list_versions(name) if same(v)), key=lambda v: v.version, default=None
+                ),
+            )
             if isinstance(created, VersionInfo):
-                log.info("%s: the server had registered %s as v%d before its reply was lost; kept that version",
-                         name, source, created.version)
+                log.info(
+                    "%s: the server had registered %s as v%d before its reply was lost; kept that version",
+                    name,
+                    source,
+                    created.version,
+                )
                 return created
         if self.lock_is_shared:
             return self._to_info(created)  # no HTTP retries locally, so no duplicate POSTs
         duplicates = sorted((v for v in self.list_versions(name) if same(v)), key=lambda v: v.version)
         for extra in duplicates[1:]:
-            log.warning("removing duplicate registration v%s of %s (same source as v%s)", extra.version, name,
-                        duplicates[0].version)
+            log.warning(
+                "removing duplicate registration v%s of %s (same source as v%s)",
+                extra.version,
+                name,
+                duplicates[0].version,
+            )
             self.registry.delete_model_version(name, str(extra.version))
         return duplicates[0] if duplicates else self._to_info(created)
 
@@ -130,7 +155,9 @@ class MlflowRegistry(MlflowRuns):
         if alias:
             info = self.alias_version(name, alias)
             if info is None:
-                raise NotFoundError(f"Model {name!r} has no alias {alias!r}; check the name or save a checkpoint first.")
+                raise NotFoundError(
+                    f"Model {name!r} has no alias {alias!r}; check the name or save a checkpoint first."
+                )
             return info
         if ref.lower() == "latest":
             versions = self.list_versions(name)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -22,8 +23,10 @@ class MlflowRuns(MlflowConnection):
 
     def _runs_for_key(self, key: str) -> list[Any]:
         runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
-            order_by=["attributes.start_time ASC"], max_results=50,
+            [self.experiment_id],
+            filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=50,
         )
         return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
@@ -42,7 +45,8 @@ class MlflowRuns(MlflowConnection):
             run_id = self.find_run(key)
             if run_id is None:
                 run = self.client.create_run(
-                    self.experiment_id, run_name=run_name or key,
+                    self.experiment_id,
+                    run_name=run_name or key,
                     tags={RUN_KEY_TAG: key, "mlflow.runName": run_name or key, **(tags or {})},
                 )
                 run_id = run.info.run_id
@@ -73,7 +77,7 @@ class MlflowRuns(MlflowConnection):
         """rows: (key, value, timestamp_ms, step); sent in batches MLflow accepts (1000 metrics a call)."""
         metrics = [Metric(key, float(value), int(ts), int(step)) for key, value, ts, step in rows]
         for start in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
 
     @translated("set run tags")
     def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:

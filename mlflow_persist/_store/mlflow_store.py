@@ -23,8 +23,18 @@ from mlflow_persist._store.mlflow_connection import EXPERIMENT_KIND_TAG
 from mlflow_persist._store.translate import translate
 
 __all__ = [
-    "BEST_ALIAS", "CHECKPOINTS_DIR", "EXPERIMENT_KIND_TAG", "HEALTH_TAG", "RUN_KEY_TAG", "TAG_PREFIX",
-    "UNREGISTERED_SWEEP_AGE_SECONDS", "MlflowStore", "RunSummary", "VersionInfo", "checkpoint_dirname", "tag",
+    "BEST_ALIAS",
+    "CHECKPOINTS_DIR",
+    "EXPERIMENT_KIND_TAG",
+    "HEALTH_TAG",
+    "RUN_KEY_TAG",
+    "TAG_PREFIX",
+    "UNREGISTERED_SWEEP_AGE_SECONDS",
+    "MlflowStore",
+    "RunSummary",
+    "VersionInfo",
+    "checkpoint_dirname",
+    "tag",
     "translate",
 ]
 

@@ -11,8 +11,9 @@ Every method may be called from the writer thread, the scheduler thread or the t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ContextManager, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ContextManager, Protocol, runtime_checkable  # noqa: UP035
 
 from mlflow_persist._format.payload import CheckpointState, WrittenCheckpoint
 from mlflow_persist._policy.versions import BEST_ALIAS, VersionInfo
@@ -43,8 +44,9 @@ class CheckpointStore(Protocol):
         """Stage `metrics`: log a batch of (key, value, timestamp_ms, step) rows."""
 
     # checkpoint bytes ---------------------------------------------------------------------------------
-    def write_checkpoint(self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
-                         ) -> tuple[str, WrittenCheckpoint]:
+    def write_checkpoint(
+        self, run_id: str, model_name: str, step: int, payload: Mapping[str, Any]
+    ) -> tuple[str, WrittenCheckpoint]:
         """Stage `write`: store the payload durably; returns (source URI, what was written)."""
 
     def upload_checkpoint_files(self, run_id: str, directory: Path, dirname: str) -> str:
@@ -61,8 +63,15 @@ class CheckpointStore(Protocol):
         """Remove leftovers of interrupted saves of a run; returns what was removed."""
 
     # registry -----------------------------------------------------------------------------------------
-    def register_version(self, name: str, source: str, run_id: str | None, tags: Mapping[str, Any],
-                         retried: bool = True, description: str | None = None) -> VersionInfo:
+    def register_version(
+        self,
+        name: str,
+        source: str,
+        run_id: str | None,
+        tags: Mapping[str, Any],
+        retried: bool = True,
+        description: str | None = None,
+    ) -> VersionInfo:
         """Stage `register`: a new version of `source` with all its tags (and the one-line `description` the UI
         shows), idempotent per (source, category)."""
 

@@ -10,14 +10,14 @@ deletions, since another machine may have registered the same bytes again meanwh
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist.errors import describe_store_error
+from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import VersionSummary
 from mlflow_persist._policy.versions import VersionInfo
-from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist.errors import describe_store_error
 
 log = package_logger("mlflow_persist.prune")
 
@@ -32,9 +32,18 @@ class PruneResult:
     artifacts_kept: list[VersionInfo] = field(default_factory=list)  # shared with a remaining version
 
 
-def prune(store: CheckpointStore, name: str, policy: PrunePolicy, *, versions: list[VersionInfo] | None = None,
-          best_version: int | None = None, enough: Callable[[], bool] | None = None, dry_run: bool = False,
-          reason: str = "retention", listing_is_current: bool = False) -> PruneResult:
+def prune(
+    store: CheckpointStore,
+    name: str,
+    policy: PrunePolicy,
+    *,
+    versions: list[VersionInfo] | None = None,
+    best_version: int | None = None,
+    enough: Callable[[], bool] | None = None,
+    dry_run: bool = False,
+    reason: str = "retention",
+    listing_is_current: bool = False,
+) -> PruneResult:
     """Delete what `policy` chooses among the versions of `name`.
 
     `versions`/`best_version`: a listing the caller made under the same lock (else listed here).

@@ -10,5 +10,5 @@ __all__ = ["sqlite_dir"]
 def sqlite_dir(tracking_uri: str) -> Path | None:
     """The directory of an embedded sqlite store's database file, None for any other tracking URI."""
     if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).resolve().parent
+        return Path(tracking_uri[len("sqlite:///") :]).resolve().parent
     return None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from mlflow_persist.errors import (
@@ -37,6 +38,7 @@ def translate(exc: BaseException, doing: str) -> PersistError:
 
 def translated(doing: str) -> Callable[[_F], _F]:
     """A method decorator: anything but our own errors and the local disk's is raised as `translate` says."""
+
     def wrap(method: _F) -> _F:
         @functools.wraps(method)
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -50,7 +52,9 @@ def translated(doing: str) -> Callable[[_F], _F]:
                 raise translate(exc, doing) from exc
             except Exception as exc:  # noqa: BLE001 - MLflow, requests and sqlalchemy errors alike
                 raise translate(exc, doing) from exc
+
         return call  # type: ignore[return-value]
+
     return wrap
 
 

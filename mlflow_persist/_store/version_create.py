@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
@@ -47,18 +48,33 @@ def may_have_been_done(exc: BaseException) -> bool:
     return True
 
 
-def create_version_once(store: RestStore, name: str, source: str, run_id: str | None, tags: Mapping[str, str],
-                        description: str | None, find_existing: Callable[[], T | None],
-                        attempts: int | None = None, backoff_s: float | None = None) -> ModelVersion | T:
+def create_version_once(
+    store: RestStore,
+    name: str,
+    source: str,
+    run_id: str | None,
+    tags: Mapping[str, str],
+    description: str | None,
+    find_existing: Callable[[], T | None],
+    attempts: int | None = None,
+    backoff_s: float | None = None,
+) -> ModelVersion | T:
     """Create the version with HTTP retries off; after a failure that may have been carried out, return what
     `find_existing()` finds, else send the request again (`attempts` in all, MLflow's retry count plus one by
     default, with its exponential backoff). Raises the last failure."""
     attempts = max(1, attempts if attempts is not None else MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() + 1)
     backoff_s = backoff_s if backoff_s is not None else float(MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get())
-    body = json.loads(message_to_json(CreateModelVersion(
-        name=name, source=source, run_id=run_id, description=description,
-        tags=[ModelVersionTag(key, value).to_proto() for key, value in tags.items()],
-    )))
+    body = json.loads(
+        message_to_json(
+            CreateModelVersion(
+                name=name,
+                source=source,
+                run_id=run_id,
+                description=description,
+                tags=[ModelVersionTag(key, value).to_proto() for key, value in tags.items()],
+            )
+        )
+    )
     endpoint, method = store._get_endpoint_from_method(CreateModelVersion)
     for attempt in range(attempts):
         try:
@@ -74,4 +90,3 @@ def create_version_once(store: RestStore, name: str, source: str, run_id: str | 
             return existing
         time.sleep(backoff_s * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-

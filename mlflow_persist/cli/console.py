@@ -70,8 +70,9 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_run_logging(log_file: Path, level: str | int = "INFO", fmt: LogFormat = "text",
-                          loggers: tuple[str, ...] = ("mlflow_persist",)) -> Path:
+def configure_run_logging(
+    log_file: Path, level: str | int = "INFO", fmt: LogFormat = "text", loggers: tuple[str, ...] = ("mlflow_persist",)
+) -> Path:
     """Detail (at `level`) to `log_file`, appended; short lines to the console, or the detail at DEBUG.
     Returns the log file's absolute path. Replaces what an earlier call (or logging_setup) installed."""
     numeric = level_number(level)
@@ -91,6 +92,7 @@ def configure_run_logging(log_file: Path, level: str | int = "INFO", fmt: LogFor
         install_handlers(name, [to_file, console], numeric)
     for name in THIRD_PARTY_LOGGERS:
         quiet = name == "py.warnings" and numeric > logging.DEBUG  # library deprecation notes: the file only
-        install_handlers(name, [to_file] if quiet else [to_file, console], min(numeric, logging.INFO),
-                         replace_foreign=True)
+        install_handlers(
+            name, [to_file] if quiet else [to_file, console], min(numeric, logging.INFO), replace_foreign=True
+        )
     return path

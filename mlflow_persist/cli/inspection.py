@@ -5,19 +5,19 @@ store and `testing.MemoryStore`)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlflow_persist._format.timestamps import format_age
+from mlflow_persist._observe.system_metrics import disk_space
+from mlflow_persist._policy.policy import Mode, retention_deletions
+from mlflow_persist._policy.versions import HEALTH_TAG, RunSummary, VersionInfo
 from mlflow_persist._store.best import mark_corrupt, reconcile_best_or_clear
 from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist._store.prune import prune
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError
-from mlflow_persist._policy.policy import Mode, retention_deletions
-from mlflow_persist._store.prune import prune
-from mlflow_persist._observe.system_metrics import disk_space
-from mlflow_persist._format.timestamps import format_age
-from mlflow_persist._policy.versions import HEALTH_TAG, RunSummary, VersionInfo
 
 
 class InspectableStore(CheckpointStore, Protocol):
@@ -39,10 +39,18 @@ class VersionRow:
     aliases: list[str]
 
     @classmethod
-    def of(cls, v: VersionInfo) -> "VersionRow":
-        return cls(v.version, v.category, v.step, v.monitor, v.value, v.created_at,
-                   str(v.digest) if v.digest else None, v.corrupt,
-                   list(v.aliases))
+    def of(cls, v: VersionInfo) -> VersionRow:
+        return cls(
+            v.version,
+            v.category,
+            v.step,
+            v.monitor,
+            v.value,
+            v.created_at,
+            str(v.digest) if v.digest else None,
+            v.corrupt,
+            list(v.aliases),
+        )
 
 
 @dataclass(frozen=True)
@@ -90,14 +98,21 @@ def status(store: InspectableStore, prefix: str = "") -> StatusReport:
         for v in versions:
             counts[v.category] = counts.get(v.category, 0) + 1
         run = store.run_summary(newest.run_id) if newest.run_id else None
-        rows.append(ModelStatus(
-            model=name, best=VersionRow.of(best) if best else None, latest=VersionRow.of(newest),
-            versions=counts, corrupt=sum(1 for v in versions if v.corrupt),
-            saves=run.metrics.get("checkpoint/saves") if run else None,
-            health=run.tags.get(HEALTH_TAG, "ok") if run else "unknown",
-            run_id=newest.run_id, run_status=run.status if run else None,
-            best_age=format_age(best.created_at) if best else None, latest_age=format_age(newest.created_at),
-        ))
+        rows.append(
+            ModelStatus(
+                model=name,
+                best=VersionRow.of(best) if best else None,
+                latest=VersionRow.of(newest),
+                versions=counts,
+                corrupt=sum(1 for v in versions if v.corrupt),
+                saves=run.metrics.get("checkpoint/saves") if run else None,
+                health=run.tags.get(HEALTH_TAG, "ok") if run else "unknown",
+                run_id=newest.run_id,
+                run_status=run.status if run else None,
+                best_age=format_age(best.created_at) if best else None,
+                latest_age=format_age(newest.created_at),
+            )
+        )
     disk = None
     path = store.checkpoint_disk_path(rows[0].run_id if rows else None)
     if path is not None:
@@ -130,8 +145,10 @@ class HistoryReport:
 def require_versions(store: CheckpointStore, name: str) -> list[VersionInfo]:
     versions = store.list_versions(name)
     if not versions:
-        raise NotFoundError(f"Model {name!r} has no checkpoints in {store.description}; run `mlflow-persist "
-                            "status` to list the models there.")
+        raise NotFoundError(
+            f"Model {name!r} has no checkpoints in {store.description}; run `mlflow-persist "
+            "status` to list the models there."
+        )
     return versions
 
 
@@ -139,8 +156,7 @@ def history(store: InspectableStore, name: str) -> HistoryReport:
     """The versions of `name` and the alias moves: operator moves (recorded as registered-model tags) plus
     the `best` moves seen at each save (the run metric checkpoint/best_version)."""
     versions = require_versions(store, name)
-    events = [AliasEvent(m.at, m.alias, m.from_version, m.to_version, m.by, m.reason)
-              for m in store.alias_moves(name)]
+    events = [AliasEvent(m.at, m.alias, m.from_version, m.to_version, m.by, m.reason) for m in store.alias_moves(name)]
     for run_id in sorted({v.run_id for v in versions if v.run_id}):
         try:
             points = store.metric_history(run_id, "checkpoint/best_version")
@@ -150,7 +166,7 @@ def history(store: InspectableStore, name: str) -> HistoryReport:
         for step, value, timestamp in sorted(points, key=lambda p: (p[2], p[0])):
             current = int(value)
             if current != previous:
-                at = datetime.fromtimestamp(timestamp / 1000, timezone.utc).isoformat(timespec="seconds")
+                at = datetime.fromtimestamp(timestamp / 1000, UTC).isoformat(timespec="seconds")
                 events.append(AliasEvent(at, "best", previous, current, "training", f"better value at step {step}"))
                 previous = current
     return HistoryReport(name, [VersionRow.of(v) for v in versions], sorted(events, key=lambda e: str(e.at)))
@@ -180,8 +196,13 @@ class VerifyReport:
         return [r for r in self.results if r.ok and r.was_tagged_corrupt]
 
 
-def verify(store: CheckpointStore, model: str | None = None, prefix: str = "", clear_false_corrupt: bool = False,
-           fallback_mode: Mode = "min") -> VerifyReport:
+def verify(
+    store: CheckpointStore,
+    model: str | None = None,
+    prefix: str = "",
+    clear_false_corrupt: bool = False,
+    fallback_mode: Mode = "min",
+) -> VerifyReport:
     """Check every version (checksum, safe load). Damaged ones are tagged corrupt=true and `best` moves off
     them. A version tagged corrupt whose bytes verify is reported; with `clear_false_corrupt` its tag is
     removed and `best` reconciled. A store error (unreachable) is raised: nothing is tagged on a guess."""
@@ -229,12 +250,24 @@ def gc(store: CheckpointStore, config: PersistConfig, dry_run: bool = False) -> 
     prefix = config.registered_model_prefix
     report = GcReport(dry_run)
     for name in store.managed_models(prefix):
-        settings = config.for_model(name[len(prefix):])
+        settings = config.for_model(name[len(prefix) :])
         with store.lock(f"model-{name}"):
-            result = prune(store, name, lambda versions, best: retention_deletions(
-                versions, settings.mode, settings.keep_best, settings.keep_periodic, settings.keep_final, best,
-                settings.keep_episode),
-                dry_run=dry_run, reason="gc")
-        report.deleted.extend(GcItem(name, v.version, v.category)
-                              for v in (result.planned if dry_run else result.deleted))
+            result = prune(
+                store,
+                name,
+                lambda versions, best: retention_deletions(
+                    versions,
+                    settings.mode,  # noqa: B023
+                    settings.keep_best,  # noqa: B023
+                    settings.keep_periodic,  # noqa: B023
+                    settings.keep_final,  # noqa: B023
+                    best,
+                    settings.keep_episode,  # noqa: B023
+                ),
+                dry_run=dry_run,
+                reason="gc",
+            )
+        report.deleted.extend(
+            GcItem(name, v.version, v.category) for v in (result.planned if dry_run else result.deleted)
+        )
     return report

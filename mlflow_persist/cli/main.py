@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlflow_persist._runtime.process_effects import apply_http_retry_defaults
 from mlflow_persist.cli import inspection
-from mlflow_persist.config import PersistConfig, resolve_tracking_uri
 from mlflow_persist.cli.schema import (
     EXIT_CORRUPT,
     EXIT_ERROR,
@@ -29,6 +29,7 @@ from mlflow_persist.cli.schema import (
     EXIT_UNREACHABLE,
     with_schema,
 )
+from mlflow_persist.config import PersistConfig, resolve_tracking_uri
 from mlflow_persist.errors import (
     PersistError,
     StoreUnavailableError,
@@ -36,16 +37,21 @@ from mlflow_persist.errors import (
     is_unreachable,
     redact_credentials,
 )
-from mlflow_persist._runtime.process_effects import apply_http_retry_defaults
 
-app = typer.Typer(name="mlflow-persist", no_args_is_help=True, add_completion=True,
-                  help="Durable, observable, reversible checkpoints for continuously-trained PyTorch models.")
+app = typer.Typer(
+    name="mlflow-persist",
+    no_args_is_help=True,
+    add_completion=True,
+    help="Durable, observable, reversible checkpoints for continuously-trained PyTorch models.",
+)
 console = Console()
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-TRACKING_URI_HELP = ("MLflow tracking URI. Precedence: this option, then MLFLOW_PERSIST_TRACKING_URI, then "
-                     "tracking_uri in the --config file, then MLFLOW_TRACKING_URI, then sqlite:///mlflow.db in the "
-                     "current directory.")
+TRACKING_URI_HELP = (
+    "MLflow tracking URI. Precedence: this option, then MLFLOW_PERSIST_TRACKING_URI, then "
+    "tracking_uri in the --config file, then MLFLOW_TRACKING_URI, then sqlite:///mlflow.db in the "
+    "current directory."
+)
 CONFIG_HELP = "mlflow_persist TOML config file (tracking_uri, experiment_name, registered_model_prefix, ...)."
 
 
@@ -61,8 +67,14 @@ def _only_from_command_line(ctx: typer.Context, param: typer.CallbackParam, valu
 
 def tracking_uri_option() -> Any:
     """The --tracking-uri option every subcommand declares."""
-    return typer.Option(None, "--tracking-uri", envvar=TRACKING_URI_ENV, show_envvar=True,
-                        callback=_only_from_command_line, help=TRACKING_URI_HELP)
+    return typer.Option(
+        None,
+        "--tracking-uri",
+        envvar=TRACKING_URI_ENV,
+        show_envvar=True,
+        callback=_only_from_command_line,
+        help=TRACKING_URI_HELP,
+    )
 
 
 def config_option() -> Any:
@@ -86,11 +98,12 @@ LOG_OPTIONS: dict[str, str | None] = {"level": None, "format": None}
 
 
 @app.callback()
-def _global(log_level: Optional[str] = typer.Option(None, "--log-level",
-                                                    help="DEBUG, INFO, WARNING or ERROR (default: WARNING; "
-                                                         "`run` uses the config's log_level)."),
-            log_format: Optional[str] = typer.Option(None, "--log-format", help="text or json (default: text).")
-            ) -> None:
+def _global(
+    log_level: Optional[str] = typer.Option(
+        None, "--log-level", help="DEBUG, INFO, WARNING or ERROR (default: WARNING; `run` uses the config's log_level)."
+    ),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="text or json (default: text)."),
+) -> None:
     LOG_OPTIONS.update(level=log_level, format=log_format)
     apply_logging(log_level or "WARNING", log_format or "text")
 
@@ -140,9 +153,11 @@ def emit_json(command: str, data: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------------ status
 
+
 @app.command()
-def status(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = ConfigFile,
-           as_json: bool = JsonOutput) -> None:
+def status(
+    tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = ConfigFile, as_json: bool = JsonOutput
+) -> None:
     """Per model: best and newest version (value, step, age), save counts, health, free disk."""
     cfg = load_config(tracking_uri, config)
     report = inspection.status(open_store(cfg), cfg.registered_model_prefix)
@@ -157,74 +172,115 @@ def status(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = Co
         table.add_row(
             row.model,
             f"v{best.version} {best.monitor}={best.value:.6g} step {best.step} ({row.best_age} ago)"
-            if best and best.value is not None else "-",
+            if best and best.value is not None
+            else "-",
             f"v{latest.version} {latest.category} step {latest.step} ({row.latest_age} ago)",
-            " ".join(f"{k}:{n}" for k, n in sorted(row.versions.items())) + (
-                f" corrupt:{row.corrupt}" if row.corrupt else ""),
+            " ".join(f"{k}:{n}" for k, n in sorted(row.versions.items()))
+            + (f" corrupt:{row.corrupt}" if row.corrupt else ""),
             f"{row.saves:.0f}" if row.saves is not None else "-",
             row.health,
         )
     console.print(table)
     if report.disk:
-        console.print(f"free disk: {report.disk.free_mb:.0f} MB ({report.disk.free_percent:.1f}%) at "
-                      f"{report.disk.path}")
+        console.print(
+            f"free disk: {report.disk.free_mb:.0f} MB ({report.disk.free_percent:.1f}%) at {report.disk.path}"
+        )
     if not report.models:
         console.print("no checkpoints yet: run `mlflow-persist run` to train with persistence")
 
 
 # ------------------------------------------------------------------------------------------------ history
 
+
 @app.command()
-def history(model: str = typer.Argument(..., help="Registered model name."),
-            tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = ConfigFile,
-            as_json: bool = JsonOutput) -> None:
+def history(
+    model: str = typer.Argument(..., help="Registered model name."),
+    tracking_uri: Optional[str] = TrackingUri,
+    config: Optional[str] = ConfigFile,
+    as_json: bool = JsonOutput,
+) -> None:
     """Checkpoints and alias moves of MODEL over time, with a sparkline of the monitored value."""
     cfg = load_config(tracking_uri, config)
     report = inspection.history(open_store(cfg), model)
-    events = [{"at": e.at, "alias": e.alias, "from": e.from_version, "to": e.to_version, "by": e.by,
-               "reason": e.reason} for e in report.alias_moves]
+    events = [
+        {"at": e.at, "alias": e.alias, "from": e.from_version, "to": e.to_version, "by": e.by, "reason": e.reason}
+        for e in report.alias_moves
+    ]
     values = report.values
     if as_json:
-        emit_json("history", {"model": model, "versions": [asdict(v) for v in report.versions],
-                              "alias_moves": events, "sparkline": sparkline(values)})
+        emit_json(
+            "history",
+            {
+                "model": model,
+                "versions": [asdict(v) for v in report.versions],
+                "alias_moves": events,
+                "sparkline": sparkline(values),
+            },
+        )
         return
     table = Table(title=f"{model}: {len(report.versions)} checkpoints")
     for column in ("version", "category", "step", "value", "created_at", "aliases", "state"):
         table.add_column(column)
     for v in report.versions:
-        table.add_row(f"v{v.version}", v.category, str(v.step), f"{v.value:.6g}" if v.value is not None else "-",
-                      v.created_at or "-", ",".join(v.aliases), "CORRUPT" if v.corrupt else "ok")
+        table.add_row(
+            f"v{v.version}",
+            v.category,
+            str(v.step),
+            f"{v.value:.6g}" if v.value is not None else "-",
+            v.created_at or "-",
+            ",".join(v.aliases),
+            "CORRUPT" if v.corrupt else "ok",
+        )
     console.print(table)
     if values:
-        console.print(f"{report.versions[0].monitor or 'value'}: {sparkline(values)}  "
-                      f"({values[0]:.6g} -> {values[-1]:.6g})")
+        console.print(
+            f"{report.versions[0].monitor or 'value'}: {sparkline(values)}  ({values[0]:.6g} -> {values[-1]:.6g})"
+        )
     if events:
         moves = Table(title="alias moves")
         for column in ("at", "alias", "from", "to", "by", "reason"):
             moves.add_column(column)
         for e in events:
-            moves.add_row(str(e["at"]), e["alias"], f"v{e['from']}" if e["from"] else "-", f"v{e['to']}", e["by"],
-                          e["reason"])
+            moves.add_row(
+                str(e["at"]), e["alias"], f"v{e['from']}" if e["from"] else "-", f"v{e['to']}", e["by"], e["reason"]
+            )
         console.print(moves)
 
 
 # ------------------------------------------------------------------------------------------------ verify
 
+
 @app.command()
-def verify(model: Optional[str] = typer.Argument(None, help="Only this model (default: all)."),
-           tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = ConfigFile,
-           clear_false_corrupt: bool = typer.Option(
-               False, "--clear-false-corrupt",
-               help="Re-check versions tagged corrupt and clear the tag where the bytes verify."),
-           as_json: bool = JsonOutput) -> None:
+def verify(
+    model: Optional[str] = typer.Argument(None, help="Only this model (default: all)."),
+    tracking_uri: Optional[str] = TrackingUri,
+    config: Optional[str] = ConfigFile,
+    clear_false_corrupt: bool = typer.Option(
+        False,
+        "--clear-false-corrupt",
+        help="Re-check versions tagged corrupt and clear the tag where the bytes verify.",
+    ),
+    as_json: bool = JsonOutput,
+) -> None:
     """Check every version of every model (checksum, safe load); tag damaged ones corrupt=true; exit 3 if any."""
     cfg = load_config(tracking_uri, config)
-    report = inspection.verify(open_store(cfg), model, cfg.registered_model_prefix,
-                               clear_false_corrupt=clear_false_corrupt, fallback_mode=cfg.mode)
+    report = inspection.verify(
+        open_store(cfg),
+        model,
+        cfg.registered_model_prefix,
+        clear_false_corrupt=clear_false_corrupt,
+        fallback_mode=cfg.mode,
+    )
     bad, false_alarms = report.corrupt, report.false_corrupt
     if as_json:
-        emit_json("verify", {"checked": len(report.results), "corrupt": [asdict(r) for r in bad],
-                             "false_corrupt": [asdict(r) for r in false_alarms]})
+        emit_json(
+            "verify",
+            {
+                "checked": len(report.results),
+                "corrupt": [asdict(r) for r in bad],
+                "false_corrupt": [asdict(r) for r in false_alarms],
+            },
+        )
     else:
         for r in bad:
             typer.echo(f"CORRUPT {r.model} v{r.version}: {r.reason}")
@@ -232,18 +288,24 @@ def verify(model: Optional[str] = typer.Argument(None, help="Only this model (de
             typer.echo(f"{'CLEARED' if r.cleared else 'TAGGED CORRUPT BUT VERIFIES'} {r.model} v{r.version}")
         typer.echo(f"checked {len(report.results)} versions of {report.models} models: {len(bad)} corrupt")
         if false_alarms and not clear_false_corrupt:
-            typer.echo(f"{len(false_alarms)} versions are tagged corrupt but verify; clear the tags with "
-                       "`mlflow-persist verify --clear-false-corrupt`")
+            typer.echo(
+                f"{len(false_alarms)} versions are tagged corrupt but verify; clear the tags with "
+                "`mlflow-persist verify --clear-false-corrupt`"
+            )
     if bad:
         raise typer.Exit(EXIT_CORRUPT)
 
 
 # ------------------------------------------------------------------------------------------------ gc
 
+
 @app.command()
-def gc(tracking_uri: Optional[str] = TrackingUri, config: Optional[str] = ConfigFile,
-       dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be deleted."),
-       as_json: bool = JsonOutput) -> None:
+def gc(
+    tracking_uri: Optional[str] = TrackingUri,
+    config: Optional[str] = ConfigFile,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be deleted."),
+    as_json: bool = JsonOutput,
+) -> None:
     """Apply the retention windows now (keep_best, keep_periodic, keep_final; never `best` or the newest)."""
     cfg = load_config(tracking_uri, config)
     report = inspection.gc(open_store(cfg), cfg, dry_run=dry_run)

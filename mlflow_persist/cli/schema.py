@@ -50,5 +50,15 @@ def with_schema(command: str, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["EXIT_CODES", "EXIT_CORRUPT", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_UNREACHABLE",
-           "EXIT_USAGE", "JSON_KEYS", "SCHEMA_VERSION", "with_schema"]
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_CORRUPT",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "JSON_KEYS",
+    "SCHEMA_VERSION",
+    "with_schema",
+]

@@ -30,8 +30,15 @@ class ModelCache:
     the copy the recorder kept in the episode run, found by the episode's model fingerprint.
     """
 
-    def __init__(self, build_model: Callable[..., nn.Module], *, tracking_uri: str | None = None,
-                 loader: Loader | None = None, max_models: int = 64, weights: WeightsSource | None = None) -> None:
+    def __init__(
+        self,
+        build_model: Callable[..., nn.Module],
+        *,
+        tracking_uri: str | None = None,
+        loader: Loader | None = None,
+        max_models: int = 64,
+        weights: WeightsSource | None = None,
+    ) -> None:
         self._build = build_model
         self._weights = weights
         self._tracking_uri = tracking_uri
@@ -57,8 +64,10 @@ class ModelCache:
             try:
                 return self._weights(name, fingerprint)
             except PersistError as inner:
-                raise PersistError(f"checkpoint models:/{name}/{version} cannot be loaded ({exc}) and the episode "
-                                   f"run's copy of its weights cannot either ({inner}).") from inner
+                raise PersistError(
+                    f"checkpoint models:/{name}/{version} cannot be loaded ({exc}) and the episode "
+                    f"run's copy of its weights cannot either ({inner})."
+                ) from inner
 
     def get(self, name: str, version: int | None, model_seed: Any = None, fingerprint: str | None = None) -> nn.Module:
         key = (name, version, model_seed if version is None else None)
@@ -71,8 +80,10 @@ class ModelCache:
             try:
                 model.load_state_dict(state)
             except (RuntimeError, KeyError, TypeError) as exc:
-                raise PersistError(f"checkpoint models:/{name}/{version} does not fit the model built by the "
-                                   f"replay target ({exc}); the architecture changed since it was saved.") from exc
+                raise PersistError(
+                    f"checkpoint models:/{name}/{version} does not fit the model built by the "
+                    f"replay target ({exc}); the architecture changed since it was saved."
+                ) from exc
         self._models[key] = model
         if len(self._models) > self._max:
             self._models.popitem(last=False)

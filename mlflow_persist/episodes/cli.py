@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -18,18 +19,27 @@ def find_episodes_run(client: Any, experiment_name: str = EXPERIMENT_NAME, run_k
     """The run tagged `mlflow_persist.run_key` = run_key in the experiment (newest if several)."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        raise NotFoundError(f"experiment {experiment_name!r} does not exist in this store; run `mlflow-persist run` "
-                            "first or pass --tracking-uri.")
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+        raise NotFoundError(
+            f"experiment {experiment_name!r} does not exist in this store; run `mlflow-persist run` "
+            "first or pass --tracking-uri."
+        )
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
-        raise NotFoundError(f"no run tagged {RUN_KEY_TAG}={run_key!r} in experiment {experiment_name!r}; "
-                            "run `mlflow-persist run` first or pass --run-id.")
+        raise NotFoundError(
+            f"no run tagged {RUN_KEY_TAG}={run_key!r} in experiment {experiment_name!r}; "
+            "run `mlflow-persist run` first or pass --run-id."
+        )
     return runs[0].info.run_id
 
 
-def select_ids(store: Any, episode: list[str], sample: int | None, seed: int | None,
-               start: str | None, end: str | None) -> list[str]:
+def select_ids(
+    store: Any, episode: list[str], sample: int | None, seed: int | None, start: str | None, end: str | None
+) -> list[str]:
     ids = list(episode)
     if start is not None or end is not None:
         ids += [e for e in store.list(start, end)["episode_id"].drop_duplicates() if e not in ids]
@@ -42,9 +52,18 @@ def select_ids(store: Any, episode: list[str], sample: int | None, seed: int | N
     return ids
 
 
-def run_replay(*, episode: list[str], sample: int | None, seed: int | None, run_id: str | None,
-               tracking_uri: str | None, start: str | None = None, end: str | None = None,
-               target: Any, experiment_name: str = EXPERIMENT_NAME) -> dict[str, Any]:
+def run_replay(
+    *,
+    episode: list[str],
+    sample: int | None,
+    seed: int | None,
+    run_id: str | None,
+    tracking_uri: str | None,
+    start: str | None = None,
+    end: str | None = None,
+    target: Any,
+    experiment_name: str = EXPERIMENT_NAME,
+) -> dict[str, Any]:
     """Resolve the run, pick the episodes and replay them against `target` (the application's replay module:
     `features_from_frames`, `build_model`, `decide`)."""
     from mlflow import MlflowClient
@@ -76,22 +95,36 @@ def register(app: typer.Typer, target: Callable[[], Any]) -> None:
         seed: int | None = typer.Option(None, "--seed", help="Seed of the --sample choice."),
         start: str | None = typer.Option(None, "--start", help="Replay episodes with bar_time >= START (ISO)."),
         end: str | None = typer.Option(None, "--end", help="... and bar_time < END (ISO)."),
-        run_id: str | None = typer.Option(None, "--run-id", help="Run holding the episodes (default: the "
-                                          "trading system's run, tag mlflow_persist.run_key=trading-system)."),
+        run_id: str | None = typer.Option(
+            None,
+            "--run-id",
+            help="Run holding the episodes (default: the "
+            "trading system's run, tag mlflow_persist.run_key=trading-system).",
+        ),
         tracking_uri: Optional[str] = tracking_uri_option(),
         config: Optional[Path] = config_option(),
         as_json: bool = json_option(),
     ) -> None:
         """Replay recorded episodes with the checkpoint versions that made them; exit 1 unless all reproduce."""
         settings = load_config(tracking_uri, config)
-        report = run_replay(episode=episode, sample=sample, seed=seed, run_id=run_id,
-                            tracking_uri=settings.tracking_uri, start=start, end=end, target=target(),
-                            experiment_name=settings.experiment_name)
+        report = run_replay(
+            episode=episode,
+            sample=sample,
+            seed=seed,
+            run_id=run_id,
+            tracking_uri=settings.tracking_uri,
+            start=start,
+            end=end,
+            target=target(),
+            experiment_name=settings.experiment_name,
+        )
         if as_json:
             emit_json("replay", {k: report[k] for k in ("replayed", "reproduced", "failed")})
         else:
-            typer.echo(f"replayed {report['replayed']} episodes of run {report['run_id']}: "
-                       f"{report['reproduced']} reproduced exactly")
+            typer.echo(
+                f"replayed {report['replayed']} episodes of run {report['run_id']}: "
+                f"{report['reproduced']} reproduced exactly"
+            )
             for item in report["failed"]:
                 typer.echo(f"  {item['episode_id']}: {item['reason']}")
         if report["reproduced"] < report["replayed"]:

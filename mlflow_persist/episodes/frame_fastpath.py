@@ -88,8 +88,9 @@ def _remember(key: Hashable, schema: pa.Schema | None) -> None:
             _cache.popitem(last=False)
 
 
-def parquet_bytes(df: pd.DataFrame, arrays: list[Any], general: Callable[[], pa.Table],
-                  to_bytes: Callable[[pa.Table], bytes]) -> bytes:
+def parquet_bytes(
+    df: pd.DataFrame, arrays: list[Any], general: Callable[[], pa.Table], to_bytes: Callable[[pa.Table], bytes]
+) -> bytes:
     """`to_bytes(general())`, built faster when the frame's signature was verified before."""
     key = signature(df, arrays)
     if key is None:

@@ -111,8 +111,10 @@ def frame_to_table(df: pd.DataFrame, *, name: str = "frame") -> pa.Table:
             cats = dtype.categories
             meta.setdefault("categoricals", {})[str(pos)] = {
                 "categories": value_codec.to_jsonable(list(cats), where=f"frame '{name}' categories"),
-                "dtype": str(cats.dtype), "ordered": bool(dtype.ordered)}
-        elif dtype == object:
+                "dtype": str(cats.dtype),
+                "ordered": bool(dtype.ordered),
+            }
+        elif dtype == object:  # noqa: E721
             kinds = _object_missing(np.asarray(arr), f"frame '{name}' column {df.columns[pos]!r}")
             if kinds:
                 meta["object_missing"][str(pos)] = kinds
@@ -131,8 +133,14 @@ def frame_to_table(df: pd.DataFrame, *, name: str = "frame") -> pa.Table:
     meta["index_freq"] = freq.freqstr if freq is not None and not isinstance(df.index, pd.PeriodIndex) else None
     meta["columns_dtype"] = None if isinstance(df.columns, pd.MultiIndex) else str(df.columns.dtype)
     cols = df.columns
-    meta["column_labels"] = None if isinstance(cols, pd.MultiIndex) else {
-        "values": value_codec.to_jsonable(list(cols), where=f"frame '{name}' column labels"), "name": value_codec.to_jsonable(cols.name)}
+    meta["column_labels"] = (
+        None
+        if isinstance(cols, pd.MultiIndex)
+        else {
+            "values": value_codec.to_jsonable(list(cols), where=f"frame '{name}' column labels"),
+            "name": value_codec.to_jsonable(cols.name),
+        }
+    )
     meta["columns_range"] = [cols.start, cols.stop, cols.step] if type(cols) is pd.RangeIndex else None
     try:
         with warnings.catch_warnings():
@@ -167,8 +175,9 @@ def _table_to_parquet_bytes(table: pa.Table, compression: str) -> bytes:
     floats = set(_float_fields(table))
     dictionary_cols = [n for n in table.schema.names if n not in floats]
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression=compression, use_dictionary=dictionary_cols or False,
-                   write_statistics=False)
+    pq.write_table(
+        table, sink, compression=compression, use_dictionary=dictionary_cols or False, write_statistics=False
+    )
     return sink.getvalue()
 
 
@@ -176,8 +185,12 @@ def frame_to_parquet_bytes(df: pd.DataFrame, *, name: str = "frame", compression
     """Serialize one frame to a standalone Parquet file (readable by pandas.read_parquet too).
 
     Frames of a shape seen before take `frame_fastpath` (identical bytes, verified per shape)."""
-    return frame_fastpath.parquet_bytes(df, column_arrays(df), lambda: frame_to_table(df, name=name),
-                                        lambda table: _table_to_parquet_bytes(table, compression))
+    return frame_fastpath.parquet_bytes(
+        df,
+        column_arrays(df),
+        lambda: frame_to_table(df, name=name),
+        lambda table: _table_to_parquet_bytes(table, compression),
+    )
 
 
 def _restore_object(values: list[Any], kinds: dict[str, list[int]]) -> np.ndarray:
@@ -190,8 +203,9 @@ def _restore_object(values: list[Any], kinds: dict[str, list[int]]) -> np.ndarra
     return out
 
 
-def _restore_values(current: pd.Index | pd.Series, arrow_column: pa.ChunkedArray, dtype: str,
-                    kinds: dict[str, list[int]]) -> Any:
+def _restore_values(
+    current: pd.Index | pd.Series, arrow_column: pa.ChunkedArray, dtype: str, kinds: dict[str, list[int]]
+) -> Any:
     if dtype == "category":
         return None
     if dtype == "object":
@@ -218,28 +232,33 @@ def table_to_frame(table: pa.Table) -> pd.DataFrame:
         df = pd.DataFrame(index=pd.RangeIndex(irange[0], irange[1], irange[2], name=irange[3]), columns=df.columns)
     ncols = len(meta["dtypes"])
     for pos, dtype in enumerate(meta["dtypes"]):
-        restored = _restore_values(df.iloc[:, pos], table.column(pos), dtype,
-                                   meta["object_missing"].get(str(pos), {}))
+        restored = _restore_values(df.iloc[:, pos], table.column(pos), dtype, meta["object_missing"].get(str(pos), {}))
         if restored is not None:
             if isinstance(restored, np.ndarray):  # keep object dtype: pandas would infer 'str'
                 restored = pd.Series(restored, index=df.index, dtype=object, copy=False)
             df.isetitem(pos, restored)
     for key, cat in meta.get("categoricals", {}).items():
         pos = int(key)
-        target = pd.CategoricalDtype(pd.Index(value_codec.from_jsonable(cat["categories"]), dtype=cat["dtype"]),
-                                     ordered=cat["ordered"])
+        target = pd.CategoricalDtype(
+            pd.Index(value_codec.from_jsonable(cat["categories"]), dtype=cat["dtype"]), ordered=cat["ordered"]
+        )
         current = df.iloc[:, pos]
         if current.dtype != target or list(current.dtype.categories) != list(target.categories):
-            df.isetitem(pos, current.astype(object).astype(target) if not isinstance(current.dtype, pd.CategoricalDtype)
-                        else current.cat.set_categories(target.categories, ordered=target.ordered))
+            df.isetitem(
+                pos,
+                current.astype(object).astype(target)
+                if not isinstance(current.dtype, pd.CategoricalDtype)
+                else current.cat.set_categories(target.categories, ordered=target.ordered),
+            )
     index_dtypes: list[str] = meta["index_dtypes"]
     if index_dtypes:
         levels = _levels(df.index)
         new_levels = []
         changed = False
         for lpos, dtype in enumerate(index_dtypes):
-            restored = _restore_values(levels[lpos], table.column(ncols + lpos), dtype,
-                                       meta["index_object_missing"].get(str(lpos), {}))
+            restored = _restore_values(
+                levels[lpos], table.column(ncols + lpos), dtype, meta["index_object_missing"].get(str(lpos), {})
+            )
             if restored is None:
                 new_levels.append(levels[lpos])
             else:
@@ -257,8 +276,9 @@ def table_to_frame(table: pa.Table) -> pd.DataFrame:
         df.columns = df.columns.astype(cdtype)
     labels = meta.get("column_labels")
     if labels is not None and cdtype:
-        df.columns = pd.Index(value_codec.from_jsonable(labels["values"]), dtype=cdtype,
-                              name=value_codec.from_jsonable(labels["name"]))
+        df.columns = pd.Index(
+            value_codec.from_jsonable(labels["values"]), dtype=cdtype, name=value_codec.from_jsonable(labels["name"])
+        )
     crange = meta.get("columns_range")
     if crange is not None:
         df.columns = pd.RangeIndex(*crange, name=df.columns.name)
@@ -271,6 +291,7 @@ def frame_from_parquet_bytes(data: bytes) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- bitwise fingerprint
+
 
 def _hash_scalar(h: Any, value: Any) -> None:
     if isinstance(value, float):
@@ -304,7 +325,7 @@ def _hash_array(h: Any, values: Any) -> None:
     if arr is not None and arr.dtype != object:
         h.update(np.ascontiguousarray(arr).view(np.uint8).tobytes())
         return
-    for value in (np.asarray(values, dtype=object) if arr is None else arr):
+    for value in np.asarray(values, dtype=object) if arr is None else arr:
         _hash_scalar(h, value)
 
 
@@ -335,7 +356,14 @@ def frame_fingerprint(df: pd.DataFrame) -> str:
 
 def assert_frames_identical(expected: pd.DataFrame, actual: pd.DataFrame) -> None:
     """pandas' exact equality check plus the bitwise fingerprint (NaN payloads, -0.0, freq)."""
-    pd.testing.assert_frame_equal(expected, actual, check_exact=True, check_freq=True,
-                                  check_column_type=True, check_index_type=True, check_categorical=True)
+    pd.testing.assert_frame_equal(
+        expected,
+        actual,
+        check_exact=True,
+        check_freq=True,
+        check_column_type=True,
+        check_index_type=True,
+        check_categorical=True,
+    )
     if frame_fingerprint(expected) != frame_fingerprint(actual):
         raise AssertionError("frames are equal to pandas but differ bitwise (float bits, NaN payloads or freq)")

@@ -16,20 +16,41 @@ from mlflow_persist.episodes import values
 from mlflow_persist.episodes.model import Episode
 
 TS = pa.timestamp("ns", tz="UTC")
-INDEX_SCHEMA = pa.schema([
-    ("episode_id", pa.string()), ("bar_time", TS), ("wall_time", TS), ("file", pa.string()), ("row", pa.int64()),
-    ("sha256", pa.string()), ("schema_version", pa.int32()), ("flush_seq", pa.int64()), ("reward", pa.float64()),
-    ("action", pa.string()), ("checkpoint_versions", pa.string()),
-])
+INDEX_SCHEMA = pa.schema(
+    [
+        ("episode_id", pa.string()),
+        ("bar_time", TS),
+        ("wall_time", TS),
+        ("file", pa.string()),
+        ("row", pa.int64()),
+        ("sha256", pa.string()),
+        ("schema_version", pa.int32()),
+        ("flush_seq", pa.int64()),
+        ("reward", pa.float64()),
+        ("action", pa.string()),
+        ("checkpoint_versions", pa.string()),
+    ]
+)
 COLUMNS = INDEX_SCHEMA.names
 
 
 def index_rows(episodes: list[Episode], file: str, sha256: str, flush_seq: int) -> list[dict]:
-    return [{
-        "episode_id": ep.episode_id, "bar_time": ep.bar_time.value, "wall_time": ep.wall_time.value, "file": file,
-        "row": row, "sha256": sha256, "schema_version": ep.schema_version, "flush_seq": flush_seq,
-        "reward": ep.reward, "action": values.encode(ep.action), "checkpoint_versions": values.encode(ep.checkpoint_versions),
-    } for row, ep in enumerate(episodes)]
+    return [
+        {
+            "episode_id": ep.episode_id,
+            "bar_time": ep.bar_time.value,
+            "wall_time": ep.wall_time.value,
+            "file": file,
+            "row": row,
+            "sha256": sha256,
+            "schema_version": ep.schema_version,
+            "flush_seq": flush_seq,
+            "reward": ep.reward,
+            "action": values.encode(ep.action),
+            "checkpoint_versions": values.encode(ep.checkpoint_versions),
+        }
+        for row, ep in enumerate(episodes)
+    ]
 
 
 def rows_to_frame(rows: list[dict]) -> pd.DataFrame:

@@ -15,8 +15,15 @@ DATASET_NAME = "episodes"
 CONTEXT = "episodes"
 
 
-def log_index_dataset(client: mlflow.MlflowClient, run_id: str, index: pd.DataFrame, source_uri: str,
-                      *, name: str = DATASET_NAME, context: str = CONTEXT) -> None:
+def log_index_dataset(
+    client: mlflow.MlflowClient,
+    run_id: str,
+    index: pd.DataFrame,
+    source_uri: str,
+    *,
+    name: str = DATASET_NAME,
+    context: str = CONTEXT,
+) -> None:
     """Log `index` (the episodes just stored) as a dataset input of `run_id`, sourced at `source_uri`."""
     summary = index.drop(columns=["action", "checkpoint_versions"], errors="ignore")
     with warnings.catch_warnings():  # MLflow's schema-inference hints are noise here
@@ -27,5 +34,6 @@ def log_index_dataset(client: mlflow.MlflowClient, run_id: str, index: pd.DataFr
             log.debug("dataset source %s not resolvable; logging the episode index without a source", source_uri)
             dataset = mlflow.data.from_pandas(summary, name=name)
         entity = dataset._to_mlflow_entity()
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity,
-                                                     tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)])])
+    client.log_inputs(
+        run_id, datasets=[DatasetInput(dataset=entity, tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)])]
+    )

@@ -25,7 +25,9 @@ def to_utc_timestamp(value: Any, *, what: str) -> pd.Timestamp:
         try:
             ts = pd.Timestamp(value)
         except (TypeError, ValueError) as exc:
-            raise EpisodeEncodingError(f"{what} {value!r} is not a timestamp; pass a datetime, ISO string or epoch seconds.") from exc
+            raise EpisodeEncodingError(
+                f"{what} {value!r} is not a timestamp; pass a datetime, ISO string or epoch seconds."
+            ) from exc
     if ts is pd.NaT:
         raise EpisodeEncodingError(f"{what} is missing (NaT); every episode needs a {what}.")
     ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
@@ -78,15 +80,19 @@ class Episode:
         for name, frame in self.frames.items():
             if not isinstance(frame, pd.DataFrame):
                 raise EpisodeEncodingError(
-                    f"episode {self.episode_id} frame '{name}' is a {type(frame).__name__}; frames must be DataFrames.")
+                    f"episode {self.episode_id} frame '{name}' is a {type(frame).__name__}; frames must be DataFrames."
+                )
         for group in ("tensors", "outputs"):
             for key, value in getattr(self, group).items():
                 if not isinstance(value, torch.Tensor):
                     raise EpisodeEncodingError(
-                        f"episode {self.episode_id} {group}['{key}'] is a {type(value).__name__}; store a torch.Tensor.")
+                        f"episode {self.episode_id} {group}['{key}'] is a {type(value).__name__}; store a torch.Tensor."
+                    )
         if self.reward is not None:
             self.reward = float(self.reward)
-        self.checkpoint_versions = {str(k): (None if v is None else int(v)) for k, v in self.checkpoint_versions.items()}
+        self.checkpoint_versions = {
+            str(k): (None if v is None else int(v)) for k, v in self.checkpoint_versions.items()
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Episode:
@@ -110,14 +116,21 @@ class Episode:
     def detached_copy(self) -> Episode:
         """A copy that later in-place changes by the caller cannot alter (frames, tensors, dicts)."""
         return Episode(
-            episode_id=self.episode_id, bar_time=self.bar_time, wall_time=self.wall_time,
+            episode_id=self.episode_id,
+            bar_time=self.bar_time,
+            wall_time=self.wall_time,
             frames={k: v.copy(deep=True) for k, v in self.frames.items()},
             tensors={k: v.detach().clone() for k, v in self.tensors.items()},
             outputs={k: v.detach().clone() for k, v in self.outputs.items()},
-            action=self.action.detach().clone() if isinstance(self.action, torch.Tensor) else copy.deepcopy(self.action),
-            reward=self.reward, checkpoint_versions=dict(self.checkpoint_versions),
-            market=copy.deepcopy(self.market), rng=copy.deepcopy(self.rng),
-            model_fingerprints=dict(self.model_fingerprints), frame_digests=dict(self.frame_digests),
+            action=self.action.detach().clone()
+            if isinstance(self.action, torch.Tensor)
+            else copy.deepcopy(self.action),
+            reward=self.reward,
+            checkpoint_versions=dict(self.checkpoint_versions),
+            market=copy.deepcopy(self.market),
+            rng=copy.deepcopy(self.rng),
+            model_fingerprints=dict(self.model_fingerprints),
+            frame_digests=dict(self.frame_digests),
             extra=copy.deepcopy(self.extra),
             schema_version=self.schema_version,
         )

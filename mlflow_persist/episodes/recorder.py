@@ -47,10 +47,20 @@ class EpisodeRecorder:
     background: False runs no thread; `flush()` then writes in the calling thread (scheduler job).
     """
 
-    def __init__(self, client: mlflow.MlflowClient, run_id: str, flush_rows: int = 256, *,
-                 flush_interval_s: float | None = None, max_buffer_rows: int | None = None, copy: bool = True,
-                 background: bool = True, compression_level: int = 3, log_dataset: bool = True,
-                 retry_backoff_s: tuple[float, float] = (1.0, 60.0)) -> None:
+    def __init__(
+        self,
+        client: mlflow.MlflowClient,
+        run_id: str,
+        flush_rows: int = 256,
+        *,
+        flush_interval_s: float | None = None,
+        max_buffer_rows: int | None = None,
+        copy: bool = True,
+        background: bool = True,
+        compression_level: int = 3,
+        log_dataset: bool = True,
+        retry_backoff_s: tuple[float, float] = (1.0, 60.0),
+    ) -> None:
         if flush_rows < 1:
             raise PersistError(f"flush_rows={flush_rows} must be at least 1.")
         self.client = client
@@ -100,8 +110,13 @@ class EpisodeRecorder:
                 self._dropped += 1
                 self._settled += 1
                 if self._dropped == 1 or self._dropped % 100 == 0:
-                    log.warning("episode buffer full (%d); dropped episode %s (%d dropped so far): %s",
-                                self.max_buffer_rows, lost.episode_id, self._dropped, self._last_error)
+                    log.warning(
+                        "episode buffer full (%d); dropped episode %s (%d dropped so far): %s",
+                        self.max_buffer_rows,
+                        lost.episode_id,
+                        self._dropped,
+                        self._last_error,
+                    )
             if len(self._buffer) >= self.flush_rows:
                 self._cond.notify_all()
 
@@ -144,8 +159,9 @@ class EpisodeRecorder:
             errors = self._errors
             self._flush_target = max(self._flush_target, target)
             self._cond.notify_all()
-            self._cond.wait_for(lambda: self._settled >= target or self._errors != errors or not self._alive(),
-                                timeout=timeout)
+            self._cond.wait_for(
+                lambda: self._settled >= target or self._errors != errors or not self._alive(), timeout=timeout
+            )
             return self._settled >= target
 
     def close(self, timeout: float | None = 60.0) -> bool:
@@ -173,9 +189,18 @@ class EpisodeRecorder:
 
     def stats(self) -> RecorderStats:
         with self._cond:
-            return RecorderStats(self._recorded, self._stored, len(self._buffer), self._dropped, self._rejected,
-                                 self._errors, self._bytes, self._last_error, self._weights_stored,
-                                 self._weights_bytes)
+            return RecorderStats(
+                self._recorded,
+                self._stored,
+                len(self._buffer),
+                self._dropped,
+                self._rejected,
+                self._errors,
+                self._bytes,
+                self._last_error,
+                self._weights_stored,
+                self._weights_bytes,
+            )
 
     # ------------------------------------------------------------------ internals
     def _alive(self) -> bool:
@@ -209,8 +234,15 @@ class EpisodeRecorder:
             self._write_weights()
             if self._seq is None:
                 self._seq = next_seq(self.client, self.run_id)
-            result = write_flush(self.client, self.run_id, batch, seq=self._seq, token=self._token,
-                                 compression_level=self.compression_level, log_dataset=self.log_dataset)
+            result = write_flush(
+                self.client,
+                self.run_id,
+                batch,
+                seq=self._seq,
+                token=self._token,
+                compression_level=self.compression_level,
+                log_dataset=self.log_dataset,
+            )
             self._seq += 1
         self.results.append(result)
         with self._cond:

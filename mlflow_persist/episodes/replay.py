@@ -36,8 +36,9 @@ class ReplayTarget(Protocol):
 
     def build_model(self, name: str) -> nn.Module: ...
 
-    def decide(self, models: Mapping[str, nn.Module], tensors: Mapping[str, torch.Tensor]
-               ) -> tuple[Any, dict[str, torch.Tensor]]: ...
+    def decide(
+        self, models: Mapping[str, nn.Module], tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[Any, dict[str, torch.Tensor]]: ...
 
 
 @dataclass
@@ -142,8 +143,14 @@ def replay_one(episode: Episode, target: Any, models: ModelCache) -> None:
     compare_tensor_maps("output", episode.outputs, outputs)
 
 
-def replay(episodes: Iterable[Episode | EpisodeFailure], target: Any, *, tracking_uri: str | None = None,
-           loader: Loader | None = None, weights: WeightsSource | None = None) -> ReplayReport:
+def replay(
+    episodes: Iterable[Episode | EpisodeFailure],
+    target: Any,
+    *,
+    tracking_uri: str | None = None,
+    loader: Loader | None = None,
+    weights: WeightsSource | None = None,
+) -> ReplayReport:
     """Replay each episode (EpisodeFailure entries, e.g. from EpisodeStore.load, count as failed).
     weights: where to find the recorded weights of a version the registry no longer has (EpisodeStore.weights)."""
     report = ReplayReport()
@@ -163,8 +170,14 @@ def replay(episodes: Iterable[Episode | EpisodeFailure], target: Any, *, trackin
     return report
 
 
-def replay_ids(store: EpisodeStore, episode_ids: Iterable[str], target: Any, *, tracking_uri: str | None = None,
-               loader: Loader | None = None) -> ReplayReport:
+def replay_ids(
+    store: EpisodeStore,
+    episode_ids: Iterable[str],
+    target: Any,
+    *,
+    tracking_uri: str | None = None,
+    loader: Loader | None = None,
+) -> ReplayReport:
     """Load the episodes by id from `store` and replay them (with the weights kept in its run as fallback)."""
     return replay(store.load(episode_ids), target, tracking_uri=tracking_uri, loader=loader, weights=store.weights)
 
@@ -178,8 +191,15 @@ class RetrainSummary:
     failed: list[dict[str, str]] = field(default_factory=list)
 
 
-def iter_training_cases(store: EpisodeStore, start: Any, end: Any, target: Any, *, verify: bool = True,
-                        failed: list[dict[str, str]] | None = None) -> Iterator[tuple[Episode, dict[str, torch.Tensor]]]:
+def iter_training_cases(
+    store: EpisodeStore,
+    start: Any,
+    end: Any,
+    target: Any,
+    *,
+    verify: bool = True,
+    failed: list[dict[str, str]] | None = None,
+) -> Iterator[tuple[Episode, dict[str, torch.Tensor]]]:
     """(episode, tensors rebuilt from its frames) for start <= bar_time < end, in bar_time order.
     With verify, tensors that do not match the recorded ones are skipped and reported in `failed`."""
     for item in store.in_range(start, end):
@@ -196,8 +216,15 @@ def iter_training_cases(store: EpisodeStore, start: Any, end: Any, target: Any, 
         yield item, tensors
 
 
-def retrain_range(store: EpisodeStore, start: Any, end: Any, target: Any,
-                  train_step: Callable[[Episode, dict[str, torch.Tensor]], Any], *, verify: bool = True) -> RetrainSummary:
+def retrain_range(
+    store: EpisodeStore,
+    start: Any,
+    end: Any,
+    target: Any,
+    train_step: Callable[[Episode, dict[str, torch.Tensor]], Any],
+    *,
+    verify: bool = True,
+) -> RetrainSummary:
     """Re-train on the recorded inputs of a time range.
 
     For each stored episode with start <= bar_time < end, in bar_time order, the inputs are rebuilt

@@ -24,17 +24,31 @@ from mlflow_persist.episodes.tensors import TensorRecord, decode_tensor, encode_
 SCHEMA_META_KEY = b"mlflow_persist.episodes.schema_version"
 ROW_GROUP_ROWS = 64
 
-_TENSOR = pa.struct([("key", pa.string()), ("dtype", pa.string()), ("shape", pa.list_(pa.int64())),
-                     ("data", pa.large_binary())])
+_TENSOR = pa.struct(
+    [("key", pa.string()), ("dtype", pa.string()), ("shape", pa.list_(pa.int64())), ("data", pa.large_binary())]
+)
 _FRAME = pa.struct([("name", pa.string()), ("digest", pa.string()), ("parquet", pa.large_binary())])
 TS = pa.timestamp("ns", tz="UTC")
 
-PART_SCHEMA = pa.schema([
-    ("schema_version", pa.int32()), ("episode_id", pa.string()), ("bar_time", TS), ("wall_time", TS),
-    ("reward", pa.float64()), ("action", pa.string()), ("checkpoint_versions", pa.string()),
-    ("market", pa.string()), ("rng", pa.string()), ("model_fingerprints", pa.string()),
-    ("extra", pa.string()), ("frames", pa.list_(_FRAME)), ("tensors", pa.list_(_TENSOR)), ("outputs", pa.list_(_TENSOR)),
-], metadata={SCHEMA_META_KEY: str(SCHEMA_VERSION).encode()})
+PART_SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int32()),
+        ("episode_id", pa.string()),
+        ("bar_time", TS),
+        ("wall_time", TS),
+        ("reward", pa.float64()),
+        ("action", pa.string()),
+        ("checkpoint_versions", pa.string()),
+        ("market", pa.string()),
+        ("rng", pa.string()),
+        ("model_fingerprints", pa.string()),
+        ("extra", pa.string()),
+        ("frames", pa.list_(_FRAME)),
+        ("tensors", pa.list_(_TENSOR)),
+        ("outputs", pa.list_(_TENSOR)),
+    ],
+    metadata={SCHEMA_META_KEY: str(SCHEMA_VERSION).encode()},
+)
 
 
 def _tensor_rows(episode: Episode, group: str) -> list[dict]:
@@ -52,18 +66,28 @@ def encode_episode(episode: Episode) -> dict:
     for name, frame in episode.frames.items():
         digest = frame_fingerprint(frame)
         episode.frame_digests[name] = digest
-        frames.append({"name": name, "digest": digest,
-                       "parquet": frame_to_parquet_bytes(frame, name=f"{name}' of episode '{eid}")})
+        frames.append(
+            {
+                "name": name,
+                "digest": digest,
+                "parquet": frame_to_parquet_bytes(frame, name=f"{name}' of episode '{eid}"),
+            }
+        )
     return {
-        "schema_version": SCHEMA_VERSION, "episode_id": eid,
-        "bar_time": episode.bar_time.value, "wall_time": episode.wall_time.value, "reward": episode.reward,
+        "schema_version": SCHEMA_VERSION,
+        "episode_id": eid,
+        "bar_time": episode.bar_time.value,
+        "wall_time": episode.wall_time.value,
+        "reward": episode.reward,
         "action": values.encode(episode.action, where=f"episode {eid} action"),
         "checkpoint_versions": values.encode(episode.checkpoint_versions, where=f"episode {eid} checkpoint_versions"),
         "market": values.encode(episode.market, where=f"episode {eid} market"),
         "rng": values.encode(episode.rng, where=f"episode {eid} rng"),
         "model_fingerprints": values.encode(episode.model_fingerprints, where=f"episode {eid} model_fingerprints"),
         "extra": values.encode(episode.extra, where=f"episode {eid} extra"),
-        "frames": frames, "tensors": _tensor_rows(episode, "tensors"), "outputs": _tensor_rows(episode, "outputs"),
+        "frames": frames,
+        "tensors": _tensor_rows(episode, "tensors"),
+        "outputs": _tensor_rows(episode, "outputs"),
     }
 
 
@@ -73,7 +97,9 @@ def rows_to_table(rows: Sequence[dict]) -> pa.Table:
     try:
         return pa.Table.from_pydict(columns, schema=PART_SCHEMA)
     except (pa.ArrowException, TypeError, ValueError) as exc:
-        raise EpisodeEncodingError(f"episodes could not be laid out as Parquet ({exc}); check the recorded types.") from exc
+        raise EpisodeEncodingError(
+            f"episodes could not be laid out as Parquet ({exc}); check the recorded types."
+        ) from exc
 
 
 def episodes_to_table(episodes: Sequence[Episode]) -> pa.Table:
@@ -83,9 +109,16 @@ def episodes_to_table(episodes: Sequence[Episode]) -> pa.Table:
 def write_rows(rows: Sequence[dict], path: str, *, compression_level: int = 3) -> None:
     """Write encoded rows as a part file (zstd, page checksums, row groups of ROW_GROUP_ROWS)."""
     table = rows_to_table(rows)
-    pq.write_table(table, path, compression="zstd", compression_level=compression_level,
-                   row_group_size=ROW_GROUP_ROWS, use_dictionary=["episode_id"], write_statistics=["bar_time", "wall_time"],
-                   write_page_checksum=True)
+    pq.write_table(
+        table,
+        path,
+        compression="zstd",
+        compression_level=compression_level,
+        row_group_size=ROW_GROUP_ROWS,
+        use_dictionary=["episode_id"],
+        write_statistics=["bar_time", "wall_time"],
+        write_page_checksum=True,
+    )
 
 
 def write_part(episodes: Sequence[Episode], path: str, *, compression_level: int = 3) -> None:
@@ -103,17 +136,22 @@ def decode_row(row: dict) -> Episode:
     if version > SCHEMA_VERSION:
         raise EpisodeFormatError(
             f"episode {row['episode_id']} uses schema version {version}, newer than this code reads "
-            f"({SCHEMA_VERSION}); upgrade mlflow-persist.")
+            f"({SCHEMA_VERSION}); upgrade mlflow-persist."
+        )
     import pandas as pd
 
     return Episode(
         episode_id=row["episode_id"],
-        bar_time=pd.Timestamp(row["bar_time"]), wall_time=pd.Timestamp(row["wall_time"]),
+        bar_time=pd.Timestamp(row["bar_time"]),
+        wall_time=pd.Timestamp(row["wall_time"]),
         frames={f["name"]: frame_from_parquet_bytes(f["parquet"]) for f in row["frames"]},
-        tensors=_tensors_from(row["tensors"]), outputs=_tensors_from(row["outputs"]),
-        action=values.decode(row["action"]), reward=row["reward"],
+        tensors=_tensors_from(row["tensors"]),
+        outputs=_tensors_from(row["outputs"]),
+        action=values.decode(row["action"]),
+        reward=row["reward"],
         checkpoint_versions=values.decode(row["checkpoint_versions"]),
-        market=values.decode(row["market"]), rng=values.decode(row["rng"]),
+        market=values.decode(row["market"]),
+        rng=values.decode(row["rng"]),
         model_fingerprints=values.decode(row["model_fingerprints"]),
         frame_digests={f["name"]: f["digest"] for f in row["frames"]},
         extra=values.decode(row["extra"]),

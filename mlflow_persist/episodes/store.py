@@ -14,11 +14,11 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from mlflow_persist._format.payload import sha256_file
 from mlflow_persist.episodes import layout
 from mlflow_persist.episodes.index import empty_index, read_index
 from mlflow_persist.episodes.model import Episode, to_utc_timestamp
 from mlflow_persist.episodes.schema import read_rows
-from mlflow_persist._format.payload import sha256_file
 from mlflow_persist.episodes.weights import StateDict, read_weights, weights_path
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
 
@@ -54,7 +54,9 @@ class EpisodeStore:
         try:
             listed = self.client.list_artifacts(self.run_id, layout.INDEX_DIR)
         except MlflowException as exc:
-            raise NotFoundError(f"run {self.run_id} cannot be read ({exc}); check --run-id and --tracking-uri.") from exc
+            raise NotFoundError(
+                f"run {self.run_id} cannot be read ({exc}); check --run-id and --tracking-uri."
+            ) from exc
         for info in listed:
             if info.is_dir or layout.index_seq(info.path) is None or info.path in self._index_files:
                 continue
@@ -68,8 +70,7 @@ class EpisodeStore:
                     log.error(msg)
         frames = [df for df in self._index_files.values() if len(df)]
         index = pd.concat(frames, ignore_index=True) if frames else empty_index()
-        self._index = index.sort_values(["bar_time", "wall_time", "flush_seq", "row"], kind="stable",
-                                        ignore_index=True)
+        self._index = index.sort_values(["bar_time", "wall_time", "flush_seq", "row"], kind="stable", ignore_index=True)
         return self._index
 
     @property
@@ -99,8 +100,10 @@ class EpisodeStore:
         rows = self.index[self.index["episode_id"] == episode_id]
         if rows.empty:
             hint = f"; {len(self.problems)} index file(s) were unreadable" if self.problems else ""
-            raise NotFoundError(f"episode {episode_id} is not in the episode index of run {self.run_id}{hint}; "
-                                "list the stored ids with EpisodeStore.list().")
+            raise NotFoundError(
+                f"episode {episode_id} is not in the episode index of run {self.run_id}{hint}; "
+                "list the stored ids with EpisodeStore.list()."
+            )
         return rows.sort_values(["flush_seq", "wall_time"]).iloc[-1]  # the newest record of a reused id
 
     # ------------------------------------------------------------------ files
@@ -116,17 +119,22 @@ class EpisodeStore:
         try:
             local = self._download(file)
         except (MlflowException, OSError) as exc:
-            raise NotFoundError(f"episode file {file} (episode {episode_id}) is missing from run {self.run_id}; "
-                                "it was deleted or never uploaded, so this episode cannot be loaded.") from exc
+            raise NotFoundError(
+                f"episode file {file} (episode {episode_id}) is missing from run {self.run_id}; "
+                "it was deleted or never uploaded, so this episode cannot be loaded."
+            ) from exc
         if not os.path.isfile(local):
-            raise NotFoundError(f"episode file {file} (episode {episode_id}) is missing from run {self.run_id}; "
-                                "it was deleted or never uploaded, so this episode cannot be loaded.")
+            raise NotFoundError(
+                f"episode file {file} (episode {episode_id}) is missing from run {self.run_id}; "
+                "it was deleted or never uploaded, so this episode cannot be loaded."
+            )
         actual = sha256_file(local)
         if actual != sha256:
             os.remove(local)
             raise CheckpointCorruptError(
                 f"episode file {file} (episode {episode_id}) fails its sha256 check (index {sha256[:12]}, "
-                f"file {actual[:12]}); the file is corrupt, delete or restore it.")
+                f"file {actual[:12]}); the file is corrupt, delete or restore it."
+            )
         self._verified[file] = local
         return local
 
@@ -138,8 +146,10 @@ class EpisodeStore:
         except PersistError:
             raise
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for damaged files
-            raise CheckpointCorruptError(f"episode file {file} (episode {first}) cannot be decoded ({exc}); "
-                                         "the file is damaged, delete or restore it.") from exc
+            raise CheckpointCorruptError(
+                f"episode file {file} (episode {first}) cannot be decoded ({exc}); "
+                "the file is damaged, delete or restore it."
+            ) from exc
         return {rows[r]: ep for r, ep in decoded.items()}
 
     def weights(self, name: str, fingerprint: str) -> StateDict:
@@ -148,8 +158,10 @@ class EpisodeStore:
         try:
             local = self._download(path)
         except (MlflowException, OSError) as exc:
-            raise NotFoundError(f"episode weights {path} are missing from run {self.run_id}; they were recorded "
-                                "by an older recorder or deleted.") from exc
+            raise NotFoundError(
+                f"episode weights {path} are missing from run {self.run_id}; they were recorded "
+                "by an older recorder or deleted."
+            ) from exc
         return read_weights(local, name, fingerprint)
 
     # ------------------------------------------------------------------ episodes

@@ -22,7 +22,9 @@ class TensorRecord:
 def _dtype_from_name(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise EpisodeEncodingError(f"stored tensor dtype '{name}' is unknown to this torch build; upgrade torch to read it.")
+        raise EpisodeEncodingError(
+            f"stored tensor dtype '{name}' is unknown to this torch build; upgrade torch to read it."
+        )
     return dtype
 
 
@@ -31,11 +33,14 @@ def encode_tensor(tensor: torch.Tensor, *, key: str = "tensor") -> TensorRecord:
     if not isinstance(tensor, torch.Tensor):
         raise EpisodeEncodingError(f"'{key}' is a {type(tensor).__name__}, not a torch.Tensor; record tensors only.")
     if tensor.layout != torch.strided or tensor.is_quantized:
-        raise EpisodeEncodingError(f"tensor '{key}' is sparse or quantized; convert it with .to_dense() before recording.")
+        raise EpisodeEncodingError(
+            f"tensor '{key}' is sparse or quantized; convert it with .to_dense() before recording."
+        )
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
-    return TensorRecord(str(tensor.dtype).removeprefix("torch."), tuple(int(s) for s in tensor.shape),
-                        raw.numpy().tobytes())
+    return TensorRecord(
+        str(tensor.dtype).removeprefix("torch."), tuple(int(s) for s in tensor.shape), raw.numpy().tobytes()
+    )
 
 
 def decode_tensor(record: TensorRecord) -> torch.Tensor:

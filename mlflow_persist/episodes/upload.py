@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import mlflow
 
+from mlflow_persist._format.payload import sha256_file
 from mlflow_persist.episodes import layout
 from mlflow_persist.episodes.errors import EpisodeEncodingError
 from mlflow_persist.episodes.index import index_rows, write_index
 from mlflow_persist.episodes.lineage import log_index_dataset
 from mlflow_persist.episodes.model import Episode
 from mlflow_persist.episodes.schema import encode_episode, write_rows
-from mlflow_persist._format.payload import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,16 @@ def next_seq(client: mlflow.MlflowClient, run_id: str) -> int:
     return max([s for s in seqs if s is not None], default=0) + 1
 
 
-def write_flush(client: mlflow.MlflowClient, run_id: str, batch: Sequence[Episode], *, seq: int, token: str,
-                compression_level: int = 3, log_dataset: bool = True) -> FlushResult:
+def write_flush(
+    client: mlflow.MlflowClient,
+    run_id: str,
+    batch: Sequence[Episode],
+    *,
+    seq: int,
+    token: str,
+    compression_level: int = 3,
+    log_dataset: bool = True,
+) -> FlushResult:
     """Store `batch`; re-running with the same seq and token overwrites the same files (idempotent)."""
     result = FlushResult(seq=seq)
     groups: dict[str, list[tuple[Episode, dict]]] = {}

@@ -46,8 +46,11 @@ def to_jsonable(value: Any, *, where: str = "value") -> Any:
         return {_TAG: "tensor", "dtype": rec.dtype, "shape": list(rec.shape), "data": _b64(rec.data)}
     if isinstance(value, np.ndarray):
         if value.dtype == object:
-            return {_TAG: "ndarray_obj", "shape": list(value.shape),
-                    "items": [to_jsonable(v, where=where) for v in value.reshape(-1)]}
+            return {
+                _TAG: "ndarray_obj",
+                "shape": list(value.shape),
+                "items": [to_jsonable(v, where=where) for v in value.reshape(-1)],
+            }
         arr = np.ascontiguousarray(value)
         return {_TAG: "ndarray", "dtype": arr.dtype.str, "shape": list(arr.shape), "data": _b64(arr.tobytes())}
     if isinstance(value, np.generic):
@@ -60,13 +63,23 @@ def to_jsonable(value: Any, *, where: str = "value") -> Any:
     if isinstance(value, list):
         return [to_jsonable(v, where=where) for v in value]
     if isinstance(value, pd.Timestamp):
-        return {_TAG: "timestamp", "ns": value.value, "unit": value.unit, "tz": None if value.tz is None else str(value.tz)}
+        return {
+            _TAG: "timestamp",
+            "ns": value.value,
+            "unit": value.unit,
+            "tz": None if value.tz is None else str(value.tz),
+        }
     if isinstance(value, dict):
         if all(isinstance(k, str) for k in value):
-            return {k: to_jsonable(v, where=f"{where}.{k}") for k, v in value.items()} if _TAG not in value else \
-                {_TAG: "dict", "items": [[k, to_jsonable(v, where=where)] for k, v in value.items()]}
-        return {_TAG: "dict", "items": [[to_jsonable(k, where=where), to_jsonable(v, where=where)]
-                                        for k, v in value.items()]}
+            return (
+                {k: to_jsonable(v, where=f"{where}.{k}") for k, v in value.items()}
+                if _TAG not in value
+                else {_TAG: "dict", "items": [[k, to_jsonable(v, where=where)] for k, v in value.items()]}
+            )
+        return {
+            _TAG: "dict",
+            "items": [[to_jsonable(k, where=where), to_jsonable(v, where=where)] for k, v in value.items()],
+        }
     raise EpisodeEncodingError(
         f"{where} is a {type(value).__name__}, which cannot be stored exactly; use numbers, strings, lists, "
         "dicts, tuples, bytes, numpy arrays or torch tensors."

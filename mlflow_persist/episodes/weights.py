@@ -43,9 +43,13 @@ def read_weights(local: str, name: str, fingerprint: str) -> StateDict:
     try:
         state = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
-        raise CheckpointCorruptError(f"episode weights {weights_path(name, fingerprint)} cannot be read ({exc}); "
-                                     "the file is damaged, delete or restore it.") from exc
+        raise CheckpointCorruptError(
+            f"episode weights {weights_path(name, fingerprint)} cannot be read ({exc}); "
+            "the file is damaged, delete or restore it."
+        ) from exc
     if not isinstance(state, dict) or state_fingerprint(state) != fingerprint:
-        raise CheckpointCorruptError(f"episode weights {weights_path(name, fingerprint)} do not match their "
-                                     "fingerprint; the file is damaged, delete or restore it.")
+        raise CheckpointCorruptError(
+            f"episode weights {weights_path(name, fingerprint)} do not match their "
+            "fingerprint; the file is damaged, delete or restore it."
+        )
     return state

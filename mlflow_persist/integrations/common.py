@@ -7,17 +7,18 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.integrations.distributed import DistributedPersistence
 from mlflow_persist.errors import PersistError
-from mlflow_persist._observe.logs import package_logger
+from mlflow_persist.integrations.distributed import DistributedPersistence
 
 log = package_logger("mlflow_persist.integrations")
 
 
-def open_persistence(config: PersistConfig | None, store: CheckpointStore | None,
-                     options: Mapping[str, Any]) -> DistributedPersistence:
+def open_persistence(
+    config: PersistConfig | None, store: CheckpointStore | None, options: Mapping[str, Any]
+) -> DistributedPersistence:
     """The persistence a callback writes through: one `Persistence`, on rank 0 only under torch.distributed."""
     return DistributedPersistence(config, store=store, **options)
 

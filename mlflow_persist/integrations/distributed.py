@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mlflow_persist.config import PersistConfig
-from mlflow_persist.errors import PersistError
+from mlflow_persist._policy.policy import FINAL, NO_SAVE, SaveDecision
 from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo, Stateful
 from mlflow_persist._runtime.persistence import Persistence
-from mlflow_persist._policy.policy import FINAL, NO_SAVE, SaveDecision
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.errors import PersistError
 
 
 def is_distributed() -> bool:
@@ -59,27 +59,36 @@ def on_cpu(value: Any) -> Any:
 def _agree(outcome: tuple[str, Any], what: str) -> Any:
     """Broadcast rank 0's (`ok`, value) or (`error`, exception); raise the error on every rank."""
     kind, value = broadcast_from_writer(
-        outcome if outcome[0] == "ok" else ("error", f"{type(outcome[1]).__name__}: {outcome[1]}"))
+        outcome if outcome[0] == "ok" else ("error", f"{type(outcome[1]).__name__}: {outcome[1]}")
+    )
     if kind == "error":
         if global_rank() == 0:
             raise outcome[1]
-        raise PersistError(f"Rank 0 could not {what} ({value}); every rank stops with it. Fix the store, then "
-                           "relaunch all ranks.")
+        raise PersistError(
+            f"Rank 0 could not {what} ({value}); every rank stops with it. Fix the store, then relaunch all ranks."
+        )
     return value
 
 
 class DistributedPersistence:
     """A `Persistence` on rank 0, nothing on the other ranks; collective `track` and `restore`."""
 
-    def __init__(self, config: PersistConfig | None = None, *, store: Any = None,
-                 install_signal_handlers: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: PersistConfig | None = None,
+        *,
+        store: Any = None,
+        install_signal_handlers: bool = True,
+        **kwargs: Any,
+    ) -> None:
         self.rank = global_rank()
         self.persistence: Persistence | None = None
         outcome: tuple[str, Any] = ("ok", None)
         if self.is_writer:
             try:
-                self.persistence = Persistence(config, store=store, install_signal_handlers=install_signal_handlers,
-                                               **kwargs)
+                self.persistence = Persistence(
+                    config, store=store, install_signal_handlers=install_signal_handlers, **kwargs
+                )
             except Exception as exc:  # noqa: BLE001 - broadcast to the other ranks, then raised everywhere
                 outcome = ("error", exc)
         _agree(outcome, "open the store")
@@ -88,8 +97,15 @@ class DistributedPersistence:
     def is_writer(self) -> bool:
         return self.rank == 0
 
-    def track(self, name: str, model: torch.nn.Module, optimizer: Stateful | None = None,
-              scheduler: Stateful | None = None, extra: Stateful | None = None, **kwargs: Any) -> DistributedHandle:
+    def track(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        optimizer: Stateful | None = None,
+        scheduler: Stateful | None = None,
+        extra: Stateful | None = None,
+        **kwargs: Any,
+    ) -> DistributedHandle:
         handle: ModelHandle | None = None
         outcome: tuple[str, Any] = ("ok", None)
         if self.persistence is not None:
@@ -114,8 +130,14 @@ class DistributedPersistence:
 class DistributedHandle:
     """One model on every rank: the real handle on rank 0, a step counter elsewhere."""
 
-    def __init__(self, handle: ModelHandle | None, model: torch.nn.Module, optimizer: Stateful | None,
-                 scheduler: Stateful | None, extra: Stateful | None) -> None:
+    def __init__(
+        self,
+        handle: ModelHandle | None,
+        model: torch.nn.Module,
+        optimizer: Stateful | None,
+        scheduler: Stateful | None,
+        extra: Stateful | None,
+    ) -> None:
         self.handle = handle
         self._objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "extra": extra}
         self._step = 0
@@ -151,8 +173,7 @@ class DistributedHandle:
                 info = self.handle.restore(strict=strict)
                 states = None
                 if info is not None and is_distributed():
-                    states = {key: on_cpu(obj.state_dict()) for key, obj in self._objects.items()
-                              if obj is not None}
+                    states = {key: on_cpu(obj.state_dict()) for key, obj in self._objects.items() if obj is not None}
                 outcome = ("ok", (info, states))
             except Exception as exc:  # noqa: BLE001
                 outcome = ("error", exc)

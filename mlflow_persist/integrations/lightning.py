@@ -18,12 +18,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from mlflow_persist.config import PersistConfig
-from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
-from mlflow_persist._runtime.handle import RestoreInfo
-from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import NO_SAVE, SaveDecision
+from mlflow_persist._runtime.handle import RestoreInfo
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
+from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 
 log = package_logger("mlflow_persist.integrations.lightning")
 
@@ -31,8 +31,14 @@ log = package_logger("mlflow_persist.integrations.lightning")
 class PersistCallback(pl.Callback):
     """Persist a LightningModule's training with mlflow-persist (see the module docstring)."""
 
-    def __init__(self, name: str, config: PersistConfig | None = None, *, store: Any = None,
-                 persistence_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: PersistConfig | None = None,
+        *,
+        store: Any = None,
+        persistence_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.config = config or PersistConfig()
         self._store = store
@@ -47,15 +53,22 @@ class PersistCallback(pl.Callback):
     # ------------------------------------------------------------------------------------- fit start
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.persistence = open_persistence(self.config, self._store,
-                                            {"install_signal_handlers": False, **self._persistence_kwargs})
+        self.persistence = open_persistence(
+            self.config, self._store, {"install_signal_handlers": False, **self._persistence_kwargs}
+        )
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-        self.handle = self.persistence.track(self.name, pl_module, optimizer=one_or_list(trainer.optimizers),
-                                             scheduler=one_or_list(schedulers))
+        self.handle = self.persistence.track(
+            self.name, pl_module, optimizer=one_or_list(trainer.optimizers), scheduler=one_or_list(schedulers)
+        )
         self.restored = self.handle.restore()
         if self.restored is not None:
-            log.info("%s: resumed from v%s (%s, step %d)", self.name, self.restored.version, self.restored.category,
-                     self.restored.step)
+            log.info(
+                "%s: resumed from v%s (%s, step %d)",
+                self.name,
+                self.restored.version,
+                self.restored.category,
+                self.restored.step,
+            )
 
     # ------------------------------------------------------------------------------------- steps
 
@@ -65,8 +78,9 @@ class PersistCallback(pl.Callback):
             return NO_SAVE
         return self.handle.step(step, **metrics)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         metrics = numeric_metrics(trainer.callback_metrics)
         self._monitor_at_last_batch = metrics.get(self.monitor)
         if self._validation_monitor:

@@ -32,22 +32,28 @@ from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist.config import PersistConfig
-from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
-from mlflow_persist.errors import PersistError
-from mlflow_persist._runtime.handle import RestoreInfo
-from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence, one_or_list
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import SaveDecision
+from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist._runtime.process_effects import GracefulExit
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.errors import PersistError
+from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
+from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 
 log = package_logger("mlflow_persist.integrations.sb3")
 
 # What the algorithm needs to continue its schedules after a restart (those it has; DQN's `_n_calls` paces
 # its target-network updates, `_current_progress_remaining` the learning-rate and exploration schedules).
-COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_current_progress_remaining", "exploration_rate",
-            "_n_calls")
+COUNTERS = (
+    "num_timesteps",
+    "_n_updates",
+    "_episode_num",
+    "_current_progress_remaining",
+    "exploration_rate",
+    "_n_calls",
+)
 # SB3 records these in `_dump_logs` right before `logger.dump()` clears them, so `_on_step` never sees them.
 EPISODE_MEANS = {"rollout/ep_rew_mean": "r", "rollout/ep_len_mean": "l"}
 SUCCESS_RATE = "rollout/success_rate"
@@ -71,14 +77,18 @@ class ReplayBufferState:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state["full"] and len(state["rewards"]) != self.buffer.buffer_size:
-            raise ValueError(f"the checkpoint's replay buffer is full at {len(state['rewards'])} transitions, the "
-                             f"live one holds {self.buffer.buffer_size}; create the algorithm with the same "
-                             "buffer_size, or pass save_replay_buffer=False")
+            raise ValueError(
+                f"the checkpoint's replay buffer is full at {len(state['rewards'])} transitions, the "
+                f"live one holds {self.buffer.buffer_size}; create the algorithm with the same "
+                "buffer_size, or pass save_replay_buffer=False"
+            )
         for name in REPLAY_ARRAYS:
             live, saved = getattr(self.buffer, name, None), state.get(name)
             if (live is None) != (saved is None):
-                raise ValueError(f"the checkpoint's replay buffer {'lacks' if saved is None else 'has'} {name}; "
-                                 "create the algorithm with the same optimize_memory_usage setting")
+                raise ValueError(
+                    f"the checkpoint's replay buffer {'lacks' if saved is None else 'has'} {name}; "
+                    "create the algorithm with the same optimize_memory_usage setting"
+                )
             _copy_arrays(name, saved, live)
         self.buffer.pos = int(state["pos"])
         self.buffer.full = bool(state["full"])
@@ -101,8 +111,10 @@ def _map_arrays(value: Any, change: Any) -> Any:
 def _copy_arrays(name: str, saved: Any, live: Any) -> None:
     if isinstance(live, dict):
         if not isinstance(saved, dict) or set(saved) != set(live):
-            raise ValueError(f"the checkpoint's replay buffer {name} has other keys than the live one; "
-                             "resume with the same observation space")
+            raise ValueError(
+                f"the checkpoint's replay buffer {name} has other keys than the live one; "
+                "resume with the same observation space"
+            )
         for key in live:
             _copy_arrays(f"{name}[{key!r}]", saved[key], live[key])
         return
@@ -110,11 +122,13 @@ def _copy_arrays(name: str, saved: Any, live: Any) -> None:
         return
     saved = saved.numpy() if isinstance(saved, torch.Tensor) else np.asarray(saved)
     if saved.shape[1:] != live.shape[1:] or len(saved) > len(live) or saved.dtype != live.dtype:
-        raise ValueError(f"the checkpoint's replay buffer {name} is {saved.dtype}{list(saved.shape)}, the live one "
-                         f"{live.dtype}{list(live.shape)}; create the algorithm with the same buffer_size, env count "
-                         "and spaces, or pass save_replay_buffer=False")
-    live[:len(saved)] = saved
-    live[len(saved):] = 0
+        raise ValueError(
+            f"the checkpoint's replay buffer {name} is {saved.dtype}{list(saved.shape)}, the live one "
+            f"{live.dtype}{list(live.shape)}; create the algorithm with the same buffer_size, env count "
+            "and spaces, or pass save_replay_buffer=False"
+        )
+    live[: len(saved)] = saved
+    live[len(saved) :] = 0
 
 
 class AlgorithmState:
@@ -130,7 +144,8 @@ class AlgorithmState:
             if not isinstance(buffer, (ReplayBuffer, DictReplayBuffer)) or isinstance(buffer, HerReplayBuffer):
                 raise PersistError(
                     f"save_replay_buffer=True needs an off-policy algorithm with a ReplayBuffer or DictReplayBuffer; "
-                    f"{type(algorithm).__name__} has {type(buffer).__name__}, so pass save_replay_buffer=False.")
+                    f"{type(algorithm).__name__} has {type(buffer).__name__}, so pass save_replay_buffer=False."
+                )
             self.replay_buffer = ReplayBufferState(buffer)
 
     def counters(self) -> dict[str, Any]:
@@ -152,8 +167,10 @@ class AlgorithmState:
         algorithm = self.algorithm
         if self.replay_buffer is not None:
             if state.get("replay_buffer") is None:
-                log.warning("the checkpoint holds no replay buffer (it was saved with save_replay_buffer=False); "
-                            "training resumes with an empty one")
+                log.warning(
+                    "the checkpoint holds no replay buffer (it was saved with save_replay_buffer=False); "
+                    "training resumes with an empty one"
+                )
             else:
                 self.replay_buffer.load_state_dict(state["replay_buffer"])
         with torch.no_grad():
@@ -161,8 +178,10 @@ class AlgorithmState:
                 recursive_getattr(algorithm, name).copy_(saved)
         for name, value in state["counters"].items():
             setattr(algorithm, name, value)
-        for buffer, saved in ((algorithm.ep_info_buffer, state.get("episodes")),
-                              (algorithm.ep_success_buffer, state.get("successes"))):
+        for buffer, saved in (
+            (algorithm.ep_info_buffer, state.get("episodes")),
+            (algorithm.ep_success_buffer, state.get("successes")),
+        ):
             if buffer is not None and saved is not None:
                 buffer.clear()
                 buffer.extend(saved)
@@ -178,9 +197,16 @@ class PersistCallback(BaseCallback):
     checkpoint the previous one closed with.
     """
 
-    def __init__(self, name: str, config: PersistConfig | None = None, *, save_replay_buffer: bool = False,
-                 store: CheckpointStore | None = None, persistence_kwargs: Mapping[str, Any] | None = None,
-                 verbose: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: PersistConfig | None = None,
+        *,
+        save_replay_buffer: bool = False,
+        store: CheckpointStore | None = None,
+        persistence_kwargs: Mapping[str, Any] | None = None,
+        verbose: int = 0,
+    ) -> None:
         super().__init__(verbose=verbose)
         self.name = name
         self.config = config
@@ -206,8 +232,7 @@ class PersistCallback(BaseCallback):
         optimizer_names = [n for n in self.model._get_torch_save_params()[0] if n != "policy"]
         optimizers = [recursive_getattr(self.model, n) for n in optimizer_names]
         self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
-        self.handle = self.persistence.track(self.name, self.model.policy, one_or_list(optimizers),
-                                             extra=self.state)
+        self.handle = self.persistence.track(self.name, self.model.policy, one_or_list(optimizers), extra=self.state)
         try:
             self.restored = self.handle.restore()
         except Exception:
@@ -218,8 +243,10 @@ class PersistCallback(BaseCallback):
             self.model._num_timesteps_at_start = self.model.num_timesteps  # SB3's fps counts from here
             self.num_timesteps = self.model.num_timesteps
             if self.verbose:
-                print(f"{self.name}: resumed at timestep {self.model.num_timesteps} from checkpoint "
-                      f"v{self.restored.version} ({self.restored.category})")
+                print(
+                    f"{self.name}: resumed at timestep {self.model.num_timesteps} from checkpoint "
+                    f"v{self.restored.version} ({self.restored.category})"
+                )
         self._reported = dict(self.logger.name_to_value)
         episodes = self.model.ep_info_buffer
         self._newest_episode = episodes[-1] if episodes else None

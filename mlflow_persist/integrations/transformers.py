@@ -23,15 +23,15 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist.config import PersistConfig
-from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
-from mlflow_persist.errors import PersistError
-from mlflow_persist._runtime.handle import RestoreInfo
-from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import SaveDecision
+from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist._runtime.process_effects import GracefulExit
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist.config import PersistConfig
+from mlflow_persist.errors import PersistError
+from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence
+from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 
 log = package_logger("mlflow_persist")
 
@@ -50,8 +50,14 @@ class PersistCallback(TrainerCallback):
     checkpoint the previous one closed with.
     """
 
-    def __init__(self, name: str, config: PersistConfig | None = None, *, store: CheckpointStore | None = None,
-                 persistence_kwargs: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: PersistConfig | None = None,
+        *,
+        store: CheckpointStore | None = None,
+        persistence_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.store = store
@@ -65,8 +71,16 @@ class PersistCallback(TrainerCallback):
 
     # ------------------------------------------------------------------------------------- Trainer events
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       model: Any = None, optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if model is None:
             raise PersistError("PersistCallback got no model at train begin; add it to a Trainer's callbacks.")
         self.close()  # a previous train() with this callback: its final checkpoint is what resumes now
@@ -82,35 +96,57 @@ class PersistCallback(TrainerCallback):
         if self.restored is None:
             return
         if state.global_step:
-            log.warning("%s: resume_from_checkpoint was overridden by checkpoint v%s (step %d); drop it, the "
-                        "callback resumes on its own", self.name, self.restored.version, self.restored.step)
+            log.warning(
+                "%s: resume_from_checkpoint was overridden by checkpoint v%s (step %d); drop it, the "
+                "callback resumes on its own",
+                self.name,
+                self.restored.version,
+                self.restored.step,
+            )
         if self.restored.step >= state.max_steps:
-            log.warning("%s: the restored step %d has reached max_steps=%d, so the Trainer stops after one more "
-                        "step; raise max_steps to train further", self.name, self.restored.step, state.max_steps)
+            log.warning(
+                "%s: the restored step %d has reached max_steps=%d, so the Trainer stops after one more "
+                "step; raise max_steps to train further",
+                self.name,
+                self.restored.step,
+                state.max_steps,
+            )
         # The Trainer averages its first `loss` log over the steps since its own start (global_step before
         # this restore), not over the steps it trained since: remember both to correct that one value.
         self._loss_window = (state.global_step, self.restored.step)
         state.global_step = self.restored.step
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    **kwargs: Any) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._open():
             self._reported = {}
             self._step(control, state.global_step, {})
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         metrics = self.fresh_metrics(logs or {})
         if "loss" in metrics and self._loss_window is not None:
             metrics["loss"] = self._corrected_loss(metrics["loss"], state.global_step)
         self._report(control, state, metrics)
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._report(control, state, self.fresh_metrics(metrics or {}))
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                     **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self.close()
         stop, self._stop = self._stop, None
         if stop is not None:
@@ -126,8 +162,9 @@ class PersistCallback(TrainerCallback):
     def fresh_metrics(self, values: Mapping[str, Any]) -> dict[str, float]:
         """The numeric values of a Trainer log record this step has not reported yet, under their own keys."""
         metrics = numeric_metrics(values)
-        return {key: value for key, value in metrics.items()
-                if key not in NOT_LOGGED and self._reported.get(key) != value}
+        return {
+            key: value for key, value in metrics.items() if key not in NOT_LOGGED and self._reported.get(key) != value
+        }
 
     def close(self, final_checkpoints: bool = True) -> None:
         """Take the final checkpoints and finish the run (idempotent). A checkpoint that could never be

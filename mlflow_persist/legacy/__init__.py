@@ -11,5 +11,10 @@ from mlflow_persist.legacy.manager import (
     save_checkpoint,
 )
 
-__all__ = ["CheckpointManager", "CheckpointMetadata", "get_checkpoint_manager", "load_best_checkpoint",
-           "save_checkpoint"]
+__all__ = [
+    "CheckpointManager",
+    "CheckpointMetadata",
+    "get_checkpoint_manager",
+    "load_best_checkpoint",
+    "save_checkpoint",
+]

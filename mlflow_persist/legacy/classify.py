@@ -49,7 +49,7 @@ class Classification:
 
 def _data_only_globals() -> list[Any]:
     allowed: list[Any] = [_dt.datetime, _dt.date, _dt.time, _dt.timedelta, _dt.timezone, np.dtype, np.ndarray]
-    core = getattr(np, "_core", None) or getattr(np, "core")
+    core = getattr(np, "_core", None) or np.core
     allowed += [core.multiarray.scalar, core.multiarray._reconstruct]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
@@ -77,30 +77,39 @@ def classify_bytes(data: bytes, trusted: bool = False) -> Classification:
                 None,
                 f"it pickles Python objects ({names}), probably a whole nn.Module; loading it runs code from the "
                 "file, so pass --trust FILE if you trust it",
-                "untrusted_pickle", tuple(unsafe),
+                "untrusted_pickle",
+                tuple(unsafe),
             )
         return _classify_trusted(data, tuple(unsafe))
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         return Classification(None, f"a truncated or damaged torch file ({_first_line(exc)})", "truncated")
-    except Exception as exc:  # torch raises many types for damaged files; none of them is fatal for an import
-        return Classification(None, f"cannot be read as a torch file ({type(exc).__name__}: {_first_line(exc)})",
-                              "truncated")
+    except Exception as exc:  # torch raises many types for damaged files; none of them is fatal for an import  # noqa: BLE001
+        return Classification(
+            None, f"cannot be read as a torch file ({type(exc).__name__}: {_first_line(exc)})", "truncated"
+        )
     return classify_object(obj)
 
 
 def _classify_trusted(data: bytes, unsafe: tuple[str, ...]) -> Classification:
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)  # operator-trusted file only (--trust)
+        obj = torch.load(
+            io.BytesIO(data), map_location="cpu", weights_only=False
+        )  # operator-trusted file only (--trust)
     except (ImportError, AttributeError) as exc:
         return Classification(
             None,
             f"trusted, but its class cannot be imported ({_first_line(exc)}); put the module that defines it on "
             "PYTHONPATH and import again",
-            "trusted_load_failed", unsafe,
+            "trusted_load_failed",
+            unsafe,
         )
-    except Exception as exc:
-        return Classification(None, f"trusted, but it cannot be loaded ({type(exc).__name__}: {_first_line(exc)})",
-                              "trusted_load_failed", unsafe)
+    except Exception as exc:  # noqa: BLE001
+        return Classification(
+            None,
+            f"trusted, but it cannot be loaded ({type(exc).__name__}: {_first_line(exc)})",
+            "trusted_load_failed",
+            unsafe,
+        )
     result = classify_object(obj)
     result.unsafe_globals = unsafe
     return result
@@ -113,36 +122,50 @@ def classify_object(obj: Any) -> Classification:
         extra = {"legacy_shape": "whole_module", "module_class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
         return Classification(LegacyPayload("whole_module", state, extra_state=extra))
     if not isinstance(obj, Mapping):
-        return Classification(None, f"holds a {type(obj).__name__}, not a checkpoint dict or state dict", "unrecognised")
+        return Classification(
+            None, f"holds a {type(obj).__name__}, not a checkpoint dict or state dict", "unrecognised"
+        )
     if "policy_net" in obj and "target_net" in obj and _is_state_dict(obj["policy_net"]):
         return _dqn(obj)
     for key in ("model_state_dict", "state_dict"):
         if key in obj and _is_state_dict(obj[key]):
             return _state_dict_dict(obj, key)
     if _is_state_dict(obj):
-        return Classification(LegacyPayload("bare_state_dict", dict(obj), extra_state={"legacy_shape": "bare_state_dict"}))
+        return Classification(
+            LegacyPayload("bare_state_dict", dict(obj), extra_state={"legacy_shape": "bare_state_dict"})
+        )
     keys = ", ".join(sorted(str(k) for k in obj.keys())[:8]) or "none"
     return Classification(None, f"a dict without model weights (keys: {keys})", "unrecognised")
 
 
 def _state_dict_dict(obj: Mapping[str, Any], key: str) -> Classification:
-    legacy = {k: to_plain(v) for k, v in obj.items()
-              if k not in (key, "optimizer_state_dict") and k in ("model_type", "saved_at", "epoch", "history",
-                                                                 "training_metadata", "performance_metrics")}
-    metrics = numeric_metrics(obj.get("performance_metrics") or {}) if isinstance(
-        obj.get("performance_metrics"), Mapping) else {}
+    legacy = {
+        k: to_plain(v)
+        for k, v in obj.items()
+        if k not in (key, "optimizer_state_dict")
+        and k in ("model_type", "saved_at", "epoch", "history", "training_metadata", "performance_metrics")
+    }
+    metrics = (
+        numeric_metrics(obj.get("performance_metrics") or {})
+        if isinstance(obj.get("performance_metrics"), Mapping)
+        else {}
+    )
     training = obj.get("training_metadata") if isinstance(obj.get("training_metadata"), Mapping) else {}
     step = _int(obj.get("epoch"))
     if step is None:
         step = _int(training.get("epoch")) if training else None
     optimizer = obj.get("optimizer_state_dict")
-    return Classification(LegacyPayload(
-        "state_dict_dict", dict(obj[key]),
-        optimizer_state=dict(optimizer) if isinstance(optimizer, Mapping) else None,
-        extra_state={"legacy_shape": "state_dict_dict", "legacy": legacy},
-        step=step, metrics=metrics_with_score(metrics),
-        model_type=str(obj["model_type"]) if obj.get("model_type") is not None else None,
-    ))
+    return Classification(
+        LegacyPayload(
+            "state_dict_dict",
+            dict(obj[key]),
+            optimizer_state=dict(optimizer) if isinstance(optimizer, Mapping) else None,
+            extra_state={"legacy_shape": "state_dict_dict", "legacy": legacy},
+            step=step,
+            metrics=metrics_with_score(metrics),
+            model_type=str(obj["model_type"]) if obj.get("model_type") is not None else None,
+        )
+    )
 
 
 def _dqn(obj: Mapping[str, Any]) -> Classification:
@@ -153,16 +176,24 @@ def _dqn(obj: Mapping[str, Any]) -> Classification:
         if key in obj:
             extra[key] = to_plain(obj[key])
     optimizer = obj.get("optimizer")
-    return Classification(LegacyPayload(
-        "dqn_dict", dict(obj["policy_net"]),
-        optimizer_state=dict(optimizer) if isinstance(optimizer, Mapping) else None,
-        extra_state=extra, step=_int(obj.get("steps_done")), model_type="rl",
-    ))
+    return Classification(
+        LegacyPayload(
+            "dqn_dict",
+            dict(obj["policy_net"]),
+            optimizer_state=dict(optimizer) if isinstance(optimizer, Mapping) else None,
+            extra_state=extra,
+            step=_int(obj.get("steps_done")),
+            model_type="rl",
+        )
+    )
 
 
 def _is_state_dict(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
 
 
 def to_plain(value: Any) -> Any:
@@ -192,7 +223,7 @@ def _int(value: Any) -> int | None:
 def _unsafe_globals(data: bytes) -> list[str]:
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
-    except Exception:
+    except Exception:  # noqa: BLE001
         return []
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-
 import typer
 from rich.console import Console
 
+from mlflow_persist._runtime.process_effects import apply_http_retry_defaults
 from mlflow_persist.cli.main import (
     config_option,
     emit_json,
@@ -22,7 +22,6 @@ from mlflow_persist.cli.main import (
     tracking_uri_option,
 )
 from mlflow_persist.errors import ConfigError, NotFoundError
-from mlflow_persist._runtime.process_effects import apply_http_retry_defaults
 
 TRACKING_URI = tracking_uri_option()
 CONFIG = config_option()
@@ -47,8 +46,9 @@ def _read_trust_list(path: Path) -> list[str]:
 def import_legacy_command(
     directory: Path = typer.Argument(..., help="The legacy base_dir (for example NN/models/saved)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
-    trust: list[Path] = typer.Option([], "--trust", help="Trust this whole-module pickle (loading it runs its "
-                                                         "code); repeatable."),
+    trust: list[Path] = typer.Option(
+        [], "--trust", help="Trust this whole-module pickle (loading it runs its code); repeatable."
+    ),
     trust_list: Optional[Path] = typer.Option(None, "--trust-list", help="File listing trusted files, one a line."),
     metric: str = typer.Option("performance_score", "--metric", help="Legacy metric that picks each model's best."),
     mode: str = typer.Option("max", "--mode", help="max or min: whether a higher or lower --metric is better."),
@@ -64,15 +64,25 @@ def import_legacy_command(
     from mlflow_persist.legacy.report import RichProgress, import_summary, import_totals
 
     if not directory.is_dir():
-        raise NotFoundError(f"Legacy checkpoint directory {directory} does not exist; pass the old base_dir "
-                            "(for example NN/models/saved).")
+        raise NotFoundError(
+            f"Legacy checkpoint directory {directory} does not exist; pass the old base_dir "
+            "(for example NN/models/saved)."
+        )
     trusted = [str(t) for t in trust] + (_read_trust_list(trust_list) if trust_list else [])
     renames = parse_renames(rename)
     config, store = _open(tracking_uri, config_file)
     err = Console(stderr=True)
     with RichProgress(err) as progress:
-        plan = plan_import(store, directory, trusted=trusted, metric=metric, mode=mode, renames=renames,
-                           prefix=config.registered_model_prefix, progress=progress)
+        plan = plan_import(
+            store,
+            directory,
+            trusted=trusted,
+            metric=metric,
+            mode=mode,
+            renames=renames,
+            prefix=config.registered_model_prefix,
+            progress=progress,
+        )
         report = execute_plan(store, plan, dry_run=dry_run, progress=progress)
     if as_json:
         emit_json("import-legacy", report.to_json())
@@ -81,8 +91,10 @@ def import_legacy_command(
         out.print(import_summary(report))
         out.print(import_totals(report))
     if report.failed:
-        err.print(f"[bold red]{report.count('failed')} file(s) failed to import; see the table above and run "
-                  "the import again (it is idempotent).[/]")
+        err.print(
+            f"[bold red]{report.count('failed')} file(s) failed to import; see the table above and run "
+            "the import again (it is idempotent).[/]"
+        )
         raise typer.Exit(1)
     if strict and report.count("refused"):
         err.print(f"[red]{report.count('refused')} file(s) were refused (--strict).[/]")
@@ -131,8 +143,10 @@ def rollback_command(
         emit_json("rollback", result.to_json())
         return
     moved = f"; best -> v{result.new_version}" if result.best_move else ""
-    typer.echo(f"{result.name}: v{result.new_version} registered as a rollback to v{result.target}{moved}; "
-               "the next start resumes from it.")
+    typer.echo(
+        f"{result.name}: v{result.new_version} registered as a rollback to v{result.target}{moved}; "
+        "the next start resumes from it."
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -143,8 +157,11 @@ def register(app: typer.Typer) -> None:
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, no_args_is_help=True,
-                      help="mlflow-persist legacy tools: import-legacy, migrate, rollback.")
+    app = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        help="mlflow-persist legacy tools: import-legacy, migrate, rollback.",
+    )
     register(app)
     return app
 

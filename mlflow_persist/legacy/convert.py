@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlflow_persist._format.digest import Digest
+from mlflow_persist._format.payload import FORMAT_VERSION, build_payload
+from mlflow_persist._policy.versions import digest_tags
+from mlflow_persist._store.mlflow_store import tag
 from mlflow_persist.legacy.classify import LegacyPayload, to_plain
 from mlflow_persist.legacy.plan import LEGACY_SHA_TAG
 from mlflow_persist.legacy.scan import LegacyFile
-from mlflow_persist._format.payload import FORMAT_VERSION, build_payload
-from mlflow_persist._format.digest import Digest
-from mlflow_persist._store.mlflow_store import tag
-from mlflow_persist._policy.versions import digest_tags
 
 LEGACY = "legacy"
 METRIC_TAG_PREFIX = "mlflow_persist.metric."
@@ -28,8 +28,14 @@ def to_current_payload(file: LegacyFile, payload: LegacyPayload, model_name: str
     extra["legacy_checkpoint_id"] = file.checkpoint_id
     extra["legacy_sha256"] = file.sha256
     built = build_payload(
-        model_name=model_name, model_state=payload.model_state, optimizer_state=payload.optimizer_state,
-        scheduler_state=None, extra_state=extra, step=file.step, metrics=file.metrics, category=LEGACY,
+        model_name=model_name,
+        model_state=payload.model_state,
+        optimizer_state=payload.optimizer_state,
+        scheduler_state=None,
+        extra_state=extra,
+        step=file.step,
+        metrics=file.metrics,
+        category=LEGACY,
         rng_state={},
     )
     built["created_at"] = legacy_created_at(file)

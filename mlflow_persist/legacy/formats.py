@@ -11,7 +11,8 @@ The payload layouts themselves are defined (and read, old ones included) by `mlf
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mlflow_persist._format.payload import FORMAT_VERSION, copy_to_cpu
 from mlflow_persist._store.mlflow_store import VersionInfo
@@ -19,12 +20,17 @@ from mlflow_persist._store.mlflow_store import VersionInfo
 FORMAT_1 = 1
 
 
-def format1_payload(model_state: Mapping[str, Any], optimizer_state: Any, step: int,
-                    metrics: Mapping[str, float]) -> dict[str, Any]:
+def format1_payload(
+    model_state: Mapping[str, Any], optimizer_state: Any, step: int, metrics: Mapping[str, float]
+) -> dict[str, Any]:
     """A payload exactly as format 1 stored it."""
-    return {"format_version": FORMAT_1, "model_state": copy_to_cpu(model_state),
-            "optimizer_state": copy_to_cpu(optimizer_state), "step": int(step),
-            "metrics": {k: float(v) for k, v in metrics.items()}}
+    return {
+        "format_version": FORMAT_1,
+        "model_state": copy_to_cpu(model_state),
+        "optimizer_state": copy_to_cpu(optimizer_state),
+        "step": int(step),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
 
 
 def needs_migration(info: VersionInfo) -> bool:

@@ -9,13 +9,13 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mlflow_persist.errors import PersistError
+from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._store.alias_log import move_alias
+from mlflow_persist._store.mlflow_store import BEST_ALIAS, MlflowStore, VersionInfo, tag
+from mlflow_persist.errors import PersistError
 from mlflow_persist.legacy.convert import METRICS_LOGGED_TAG, to_current_payload, version_tags
 from mlflow_persist.legacy.plan import LEGACY_SHA_TAG, ExistingModel, ImportPlan, PlanItem, build_plan
 from mlflow_persist.legacy.scan import LegacyFile, load_legacy_payload, scan_legacy_dir
-from mlflow_persist._store.mlflow_store import BEST_ALIAS, MlflowStore, VersionInfo, tag
-from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.legacy")
 
@@ -45,10 +45,16 @@ class ItemResult:
     def to_json(self) -> dict[str, Any]:
         file = self.item.file
         return {
-            "path": self.item.label, "model": self.item.model, "status": self.status, "reason": self.reason,
-            "version": self.version, "best": self.item.becomes_best,
-            "sha256": file.sha256 if file else None, "checkpoint_id": file.checkpoint_id if file else
-            (self.item.stale.entry.checkpoint_id if self.item.stale else None),
+            "path": self.item.label,
+            "model": self.item.model,
+            "status": self.status,
+            "reason": self.reason,
+            "version": self.version,
+            "best": self.item.becomes_best,
+            "sha256": file.sha256 if file else None,
+            "checkpoint_id": file.checkpoint_id
+            if file
+            else (self.item.stale.entry.checkpoint_id if self.item.stale else None),
             "created_at": file.created_at.isoformat() if file else None,
             "metrics": dict(file.metrics) if file else {},
         }
@@ -70,10 +76,14 @@ class ImportReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "base_dir": self.plan.base_dir, "dry_run": self.dry_run, "metric": self.plan.metric,
-            "mode": self.plan.mode, "metadata_problem": self.plan.metadata_problem,
+            "base_dir": self.plan.base_dir,
+            "dry_run": self.dry_run,
+            "metric": self.plan.metric,
+            "mode": self.plan.mode,
+            "metadata_problem": self.plan.metadata_problem,
             "counts": {s: self.count(s) for s in ("planned", "imported", "skipped", "refused", "failed")},
-            "best": self.best, "items": [r.to_json() for r in self.results],
+            "best": self.best,
+            "items": [r.to_json() for r in self.results],
         }
 
 
@@ -87,9 +97,18 @@ def existing_models(store: MlflowStore, names: Iterable[str]) -> dict[str, Exist
     return out
 
 
-def plan_import(store: MlflowStore, base_dir: str | os.PathLike[str], *, trusted: Iterable[str] = (),
-                metric: str = "performance_score", mode: str = "max", renames: Mapping[str, str] | None = None,
-                prefix: str = "", assume_tz: tzinfo | None = None, progress: Progress | None = None) -> ImportPlan:
+def plan_import(
+    store: MlflowStore,
+    base_dir: str | os.PathLike[str],
+    *,
+    trusted: Iterable[str] = (),
+    metric: str = "performance_score",
+    mode: str = "max",
+    renames: Mapping[str, str] | None = None,
+    prefix: str = "",
+    assume_tz: tzinfo | None = None,
+    progress: Progress | None = None,
+) -> ImportPlan:
     """Scan the directory read-only and plan the import against what the store already holds."""
     progress = progress or _NoProgress()
     from mlflow_persist.legacy.scan import find_checkpoint_files
@@ -97,8 +116,7 @@ def plan_import(store: MlflowStore, base_dir: str | os.PathLike[str], *, trusted
     base = Path(base_dir)
     total = len(find_checkpoint_files(base.resolve())) if base.is_dir() else 0
     progress.start("scanning", total)
-    scan = scan_legacy_dir(base, trusted=trusted, assume_tz=assume_tz,
-                           progress=lambda p: progress.advance(p.name))
+    scan = scan_legacy_dir(base, trusted=trusted, assume_tz=assume_tz, progress=lambda p: progress.advance(p.name))
     renames = renames or {}
     names = {prefix + renames.get(f.model_name, f.model_name) for f in scan.files}
     names |= {prefix + renames.get(s.entry.model_name, s.entry.model_name) for s in scan.stale}
@@ -106,8 +124,9 @@ def plan_import(store: MlflowStore, base_dir: str | os.PathLike[str], *, trusted
     return build_plan(scan, existing_models(store, valid), metric, mode, renames, prefix)
 
 
-def execute_plan(store: MlflowStore, plan: ImportPlan, dry_run: bool = False,
-                 progress: Progress | None = None) -> ImportReport:
+def execute_plan(
+    store: MlflowStore, plan: ImportPlan, dry_run: bool = False, progress: Progress | None = None
+) -> ImportReport:
     """Register every planned file (oldest first), log its metrics at their original time, set `best`."""
     progress = progress or _NoProgress()
     report = ImportReport(plan, dry_run=dry_run)
@@ -130,7 +149,7 @@ def execute_plan(store: MlflowStore, plan: ImportPlan, dry_run: bool = False,
                 log.error("import of %s failed: %s", item.label, exc)
                 report.results.append(ItemResult(item, "failed", f"{type(exc).__name__}: {exc}"))
                 continue
-            except Exception as exc:  # MlflowException and friends: report, keep going
+            except Exception as exc:  # MlflowException and friends: report, keep going  # noqa: BLE001
                 log.error("import of %s failed: %s", item.label, exc)
                 report.results.append(ItemResult(item, "failed", f"{type(exc).__name__}: {str(exc)[:300]}"))
                 continue
@@ -147,8 +166,14 @@ def execute_plan(store: MlflowStore, plan: ImportPlan, dry_run: bool = False,
             continue
         with store.lock(f"model-{item.model}"):
             if store.alias_version(item.model, BEST_ALIAS) is None:
-                move_alias(store.client, item.model, BEST_ALIAS, version,
-                           f"best legacy checkpoint by {plan.metric} ({plan.mode})", "import-legacy")
+                move_alias(
+                    store.client,
+                    item.model,
+                    BEST_ALIAS,
+                    version,
+                    f"best legacy checkpoint by {plan.metric} ({plan.mode})",
+                    "import-legacy",
+                )
                 report.best[item.model] = version
     if dry_run:
         report.best = {i.model: -1 for i in plan.items if i.becomes_best}
@@ -199,8 +224,8 @@ def _finish_metrics(store: MlflowStore, model: str, version: int, file: LegacyFi
 
 
 def _valid(name: str) -> bool:
-    from mlflow_persist.errors import ConfigError
     from mlflow_persist._format.naming import validate_model_name
+    from mlflow_persist.errors import ConfigError
 
     try:
         validate_model_name(name)

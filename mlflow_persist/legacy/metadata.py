@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 METADATA_FILE = "checkpoint_metadata.json"
 _DRIVE = re.compile(r"^[A-Za-z]:$")
@@ -73,13 +74,15 @@ def read_metadata(base_dir: Path) -> MetadataIndex:
         for item in items:
             if not isinstance(item, dict):
                 continue
-            entries.append(MetadataEntry(
-                model_name=str(item.get("model_name") or key),
-                checkpoint_id=_str_or_none(item.get("checkpoint_id")),
-                file_path=_str_or_none(item.get("file_path")),
-                created_at=_str_or_none(item.get("created_at")),
-                raw=dict(item),
-            ))
+            entries.append(
+                MetadataEntry(
+                    model_name=str(item.get("model_name") or key),
+                    checkpoint_id=_str_or_none(item.get("checkpoint_id")),
+                    file_path=_str_or_none(item.get("file_path")),
+                    created_at=_str_or_none(item.get("created_at")),
+                    raw=dict(item),
+                )
+            )
     return MetadataIndex(path, tuple(entries))
 
 
@@ -96,7 +99,7 @@ def parse_legacy_time(text: str | None, assume_tz: tzinfo | None = None) -> date
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=assume_tz) if assume_tz is not None else moment.astimezone()
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_persist._store.alias_log import move_alias
-from mlflow_persist.legacy.formats import needs_migration
 from mlflow_persist._format.payload import FORMAT_VERSION, build_payload
-from mlflow_persist._store.mlflow_store import MlflowStore, VersionInfo, tag
 from mlflow_persist._policy.versions import digest_tags
+from mlflow_persist._store.alias_log import move_alias
+from mlflow_persist._store.mlflow_store import MlflowStore, VersionInfo, tag
+from mlflow_persist.legacy.formats import needs_migration
 
 MIGRATED_FROM = tag("migrated_from")
 MIGRATED_TO = tag("migrated_to")
@@ -31,8 +31,14 @@ class MigrationStep:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.name, "old_version": self.old_version, "old_format": self.old_format,
-                "new_version": self.new_version, "aliases": self.aliases, "error": self.error}
+        return {
+            "model": self.name,
+            "old_version": self.old_version,
+            "old_format": self.old_format,
+            "new_version": self.new_version,
+            "aliases": self.aliases,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -46,8 +52,11 @@ class MigrationReport:
         return any(s.error for s in self.steps)
 
     def to_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "target_format": self.target_format,
-                "steps": [s.to_json() for s in self.steps]}
+        return {
+            "dry_run": self.dry_run,
+            "target_format": self.target_format,
+            "steps": [s.to_json() for s in self.steps],
+        }
 
 
 def plan_migration(store: MlflowStore, models: list[str] | None = None) -> list[MigrationStep]:
@@ -66,7 +75,7 @@ def migrate(store: MlflowStore, dry_run: bool = False, models: list[str] | None 
     for step in report.steps:
         try:
             step.new_version = migrate_version(store, store.get_version(step.name, step.old_version))
-        except Exception as exc:  # report every failure, keep migrating the rest
+        except Exception as exc:  # report every failure, keep migrating the rest  # noqa: BLE001
             step.error = f"{type(exc).__name__}: {str(exc)[:300]}"
     return report
 
@@ -80,21 +89,43 @@ def migrate_version(store: MlflowStore, old: VersionInfo) -> int:
     else:
         state = store.load_version(old)
         payload = build_payload(
-            model_name=old.name, model_state=state.model_state, optimizer_state=state.optimizer_state,
-            scheduler_state=state.scheduler_state, extra_state=state.extra_state, step=state.step,
-            metrics=state.metrics, category=old.category, rng_state=state.rng_state or {},
+            model_name=old.name,
+            model_state=state.model_state,
+            optimizer_state=state.optimizer_state,
+            scheduler_state=state.scheduler_state,
+            extra_state=state.extra_state,
+            step=state.step,
+            metrics=state.metrics,
+            category=old.category,
+            rng_state=state.rng_state or {},
         )
         payload["created_at"] = old.created_at or state.created_at or payload["created_at"]
         run_id = old.run_id or store.ensure_run(old.name)
         source, written = store.write_checkpoint(run_id, old.name, state.step, payload)
-        tags = {k: v for k, v in old.tags.items() if k.startswith("mlflow_persist.")
-                and k not in (tag("corrupt"), tag("corrupt_reason"), tag("sha256"), MIGRATED_TO)}
-        tags.update({**digest_tags(written.digest), tag("format_version"): str(FORMAT_VERSION),
-                     tag("size_bytes"): str(written.size_bytes), MIGRATED_FROM: str(old.version)})
+        tags = {
+            k: v
+            for k, v in old.tags.items()
+            if k.startswith("mlflow_persist.")
+            and k not in (tag("corrupt"), tag("corrupt_reason"), tag("sha256"), MIGRATED_TO)
+        }
+        tags.update(
+            {
+                **digest_tags(written.digest),
+                tag("format_version"): str(FORMAT_VERSION),
+                tag("size_bytes"): str(written.size_bytes),
+                MIGRATED_FROM: str(old.version),
+            }
+        )
         with store.lock(f"model-{old.name}"):
             new = store.register_version(old.name, source, run_id, tags)
     for alias in store.get_version(old.name, old.version).aliases:
-        move_alias(store.client, old.name, alias, new.version,
-                   f"migrated v{old.version} (format {old.format_version}) to format {FORMAT_VERSION}", "migrate")
+        move_alias(
+            store.client,
+            old.name,
+            alias,
+            new.version,
+            f"migrated v{old.version} (format {old.format_version}) to format {FORMAT_VERSION}",
+            "migrate",
+        )
     store.client.set_model_version_tag(old.name, str(old.version), MIGRATED_TO, str(new.version))
     return new.version

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist.errors import ConfigError
 from mlflow_persist.legacy.scan import LegacyFile, ScanResult, StaleEntry
-from mlflow_persist._format.naming import validate_model_name
 
 Action = Literal["import", "skip", "refuse"]
 LEGACY_SHA_TAG = "mlflow_persist.legacy_sha256"
@@ -77,8 +77,14 @@ def _metric_value(file: LegacyFile, metric: str) -> float | None:
     return value if value is not None and not math.isnan(value) else None
 
 
-def build_plan(scan: ScanResult, existing: Mapping[str, ExistingModel], metric: str = "performance_score",
-               mode: str = "max", renames: Mapping[str, str] | None = None, prefix: str = "") -> ImportPlan:
+def build_plan(
+    scan: ScanResult,
+    existing: Mapping[str, ExistingModel],
+    metric: str = "performance_score",
+    mode: str = "max",
+    renames: Mapping[str, str] | None = None,
+    prefix: str = "",
+) -> ImportPlan:
     """Decide, for every file and stale metadata entry, import / skip / refuse with a reason."""
     if mode not in ("min", "max"):
         raise ConfigError(f"--mode {mode!r} is not allowed; use min or max.")
@@ -100,12 +106,15 @@ def _decide(file: LegacyFile, model: str, existing: ExistingModel, seen: dict[tu
     try:
         validate_model_name(model)
     except ConfigError:
-        return PlanItem(model, "refuse", f"model name {model!r} is not a valid registry name; map it with "
-                                         "--rename OLD=NEW", file=file)
+        return PlanItem(
+            model,
+            "refuse",
+            f"model name {model!r} is not a valid registry name; map it with --rename OLD=NEW",
+            file=file,
+        )
     if file.sha256 in existing.legacy_versions:
         version = existing.legacy_versions[file.sha256]
-        return PlanItem(model, "skip", f"already imported as {model} v{version}", file=file,
-                        existing_version=version)
+        return PlanItem(model, "skip", f"already imported as {model} v{version}", file=file, existing_version=version)
     if file.shape is None:
         return PlanItem(model, "refuse", file.problem or "unreadable", file=file)
     key = (model, file.sha256)

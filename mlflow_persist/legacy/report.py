@@ -16,12 +16,18 @@ class RichProgress:
     """The importer's progress sink as a rich progress bar (on stderr, so --json output stays clean)."""
 
     def __init__(self, console: Console) -> None:
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[label]}"), TimeElapsedColumn(), console=console,
-                                  transient=False)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[label]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
         self._task: int | None = None
 
-    def __enter__(self) -> "RichProgress":
+    def __enter__(self) -> RichProgress:
         self._progress.start()
         return self
 
@@ -47,14 +53,18 @@ def import_summary(report: ImportReport) -> Table:
         version = "" if result.version is None else f"v{result.version}"
         if result.item.becomes_best:
             version = (version + " best").strip()
-        table.add_row(result.item.label, result.item.model, f"[{_STYLE[result.status]}]{result.status}[/]",
-                      version, result.reason)
+        table.add_row(
+            result.item.label, result.item.model, f"[{_STYLE[result.status]}]{result.status}[/]", version, result.reason
+        )
     return table
 
 
 def import_totals(report: ImportReport) -> str:
-    counts = ", ".join(f"{s} {report.count(s)}" for s in ("planned", "imported", "skipped", "refused", "failed")
-                       if report.count(s) or s != "planned")
+    counts = ", ".join(
+        f"{s} {report.count(s)}"
+        for s in ("planned", "imported", "skipped", "refused", "failed")
+        if report.count(s) or s != "planned"
+    )
     note = f"; metadata: {report.plan.metadata_problem}" if report.plan.metadata_problem else ""
     best = ", ".join(f"{m} -> v{v}" if v >= 0 else f"{m} (to be set)" for m, v in sorted(report.best.items()))
     return f"{counts}; best: {best or 'unchanged'}{note}"
@@ -66,6 +76,12 @@ def migration_summary(report: MigrationReport) -> Table:
     for column in ("model", "old version", "old format", "new version", "aliases moved", "error"):
         table.add_column(column, overflow="fold")
     for step in report.steps:
-        table.add_row(step.name, f"v{step.old_version}", str(step.old_format),
-                      f"v{step.new_version}" if step.new_version else "", ", ".join(step.aliases), step.error or "")
+        table.add_row(
+            step.name,
+            f"v{step.old_version}",
+            str(step.old_format),
+            f"v{step.new_version}" if step.new_version else "",
+            ", ".join(step.aliases),
+            step.error or "",
+        )
     return table

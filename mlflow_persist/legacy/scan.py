@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError
@@ -91,8 +91,9 @@ def model_name_for(rel_parts: tuple[str, ...]) -> str:
     return match["name"] if match else stem
 
 
-def match_entries(index: MetadataIndex, rel_paths: Iterable[tuple[str, ...]]
-                  ) -> tuple[dict[tuple[str, ...], MetadataEntry], list[StaleEntry]]:
+def match_entries(
+    index: MetadataIndex, rel_paths: Iterable[tuple[str, ...]]
+) -> tuple[dict[tuple[str, ...], MetadataEntry], list[StaleEntry]]:
     """Join metadata entries with files: by the entry path's tail equal to the file's path below the base
     directory (so relative, absolute and Windows paths all match), else by a unique file name."""
     rels = list(rel_paths)
@@ -105,17 +106,34 @@ def match_entries(index: MetadataIndex, rel_paths: Iterable[tuple[str, ...]]
         parts = entry.path_parts
         if not parts and entry.checkpoint_id:
             parts = (entry.model_name, f"{entry.checkpoint_id}.pt")
-        target = next((rel for rel in rels if len(parts) >= len(rel)
-                       and tuple(p.lower() for p in parts[-len(rel):]) == tuple(p.lower() for p in rel)), None)
+        target = next(
+            (
+                rel
+                for rel in rels
+                if len(parts) >= len(rel)
+                and tuple(p.lower() for p in parts[-len(rel) :]) == tuple(p.lower() for p in rel)
+            ),
+            None,
+        )
         if target is None and parts:
             candidates = by_name.get(parts[-1].lower(), [])
             target = candidates[0] if len(candidates) == 1 else None
         if target is None:
-            stale.append(StaleEntry(entry, f"metadata entry {entry.checkpoint_id or entry.file_path} points to "
-                                           f"{entry.file_path!r}, which is not in the directory"))
+            stale.append(
+                StaleEntry(
+                    entry,
+                    f"metadata entry {entry.checkpoint_id or entry.file_path} points to "
+                    f"{entry.file_path!r}, which is not in the directory",
+                )
+            )
         elif target in matched:
-            stale.append(StaleEntry(entry, f"metadata entry {entry.checkpoint_id} names the same file as "
-                                           f"{matched[target].checkpoint_id}; the first entry is used"))
+            stale.append(
+                StaleEntry(
+                    entry,
+                    f"metadata entry {entry.checkpoint_id} names the same file as "
+                    f"{matched[target].checkpoint_id}; the first entry is used",
+                )
+            )
         else:
             matched[target] = entry
     return matched, stale
@@ -141,14 +159,19 @@ def read_bytes_readonly(path: Path) -> tuple[bytes, os.stat_result]:
         os.close(fd)
 
 
-def scan_legacy_dir(base_dir: str | os.PathLike[str], trusted: Iterable[str | os.PathLike[str]] = (),
-                    assume_tz: tzinfo | None = None,
-                    progress: Callable[[Path], None] | None = None) -> ScanResult:
+def scan_legacy_dir(
+    base_dir: str | os.PathLike[str],
+    trusted: Iterable[str | os.PathLike[str]] = (),
+    assume_tz: tzinfo | None = None,
+    progress: Callable[[Path], None] | None = None,
+) -> ScanResult:
     """Read every checkpoint file of a legacy directory (never writing to it) and describe it."""
     base = Path(base_dir).resolve()
     if not base.is_dir():
-        raise NotFoundError(f"Legacy checkpoint directory {base_dir} does not exist; pass the old base_dir "
-                            "(for example NN/models/saved).")
+        raise NotFoundError(
+            f"Legacy checkpoint directory {base_dir} does not exist; pass the old base_dir "
+            "(for example NN/models/saved)."
+        )
     trusted_paths = {resolve_trust_path(t, base) for t in trusted}
     index = read_metadata(base)
     paths = find_checkpoint_files(base)
@@ -175,12 +198,20 @@ def resolve_trust_path(raw: str | os.PathLike[str], base: Path) -> Path:
     return (base / candidate).resolve()
 
 
-def _describe(path: Path, rel: tuple[str, ...], entry: MetadataEntry | None, data: bytes, stat: os.stat_result,
-              classification: Classification, trusted: bool, assume_tz: tzinfo | None) -> LegacyFile:
+def _describe(
+    path: Path,
+    rel: tuple[str, ...],
+    entry: MetadataEntry | None,
+    data: bytes,
+    stat: os.stat_result,
+    classification: Classification,
+    trusted: bool,
+    assume_tz: tzinfo | None,
+) -> LegacyFile:
     created = parse_legacy_time(entry.created_at, assume_tz) if entry is not None else None
     source = "metadata"
     if created is None:
-        created = datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=timezone.utc)
+        created = datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=UTC)
         source = "mtime"
     payload = classification.payload
     metrics: dict[str, float] = {}
@@ -197,11 +228,21 @@ def _describe(path: Path, rel: tuple[str, ...], entry: MetadataEntry | None, dat
     if entry is None or SCORE_FIELD not in metrics:
         metrics = metrics_with_score(metrics)
     return LegacyFile(
-        path=path, rel="/".join(rel),
+        path=path,
+        rel="/".join(rel),
         model_name=entry.model_name if entry is not None else model_name_for(rel),
         checkpoint_id=(entry.checkpoint_id if entry is not None and entry.checkpoint_id else Path(rel[-1]).stem),
-        size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=hashlib.sha256(data).hexdigest(),
-        created_at=created, created_at_source=source, metrics=metrics, step=step or 0,
-        shape=payload.shape if payload is not None else None, problem=classification.problem,
-        problem_kind=classification.kind, entry=entry, loose=len(rel) == 1, trusted=trusted,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        sha256=hashlib.sha256(data).hexdigest(),
+        created_at=created,
+        created_at_source=source,
+        metrics=metrics,
+        step=step or 0,
+        shape=payload.shape if payload is not None else None,
+        problem=classification.problem,
+        problem_kind=classification.kind,
+        entry=entry,
+        loose=len(rel) == 1,
+        trusted=trusted,
     )

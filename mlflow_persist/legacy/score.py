@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # Fields of a metadata entry that describe the file or the run rather than model performance.
 NON_METRIC_FIELDS = frozenset({"file_size_mb", "total_parameters", "training_time_hours", "epoch"})

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from mlflow_persist._observe.logs import package_logger
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import ConfigError
 
 from .episode import EpisodeRecorder
 from .progress import ProgressView
-from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.trading")
 
@@ -131,9 +131,15 @@ def run_trading(
     with make_persistence(config) as persistence, StopSignals(stop) as signals:
         recorder = recorder_factory(persistence) if recorder_factory is not None else None
         durable = getattr(recorder, "stored_marker", None)
-        system = EnhancedRealtimeTrainingSystem(persistence, seed=seed, speed=speed, recorder=recorder,
-                                                cut_every_steps=cut_every_steps, cut_every_minutes=cut_every_minutes,
-                                                durable=durable if callable(durable) else None)
+        system = EnhancedRealtimeTrainingSystem(
+            persistence,
+            seed=seed,
+            speed=speed,
+            recorder=recorder,
+            cut_every_steps=cut_every_steps,
+            cut_every_minutes=cut_every_minutes,
+            durable=durable if callable(durable) else None,
+        )
         try:
             try:
                 system.start()
@@ -157,8 +163,12 @@ def run_trading(
             if callable(close):
                 close()
         elapsed = time.monotonic() - started
-        log.info("trained %d steps in %.1fs (%.1f steps/s; %d in all)%s; saving final checkpoints",
-                 system.steps_this_run, elapsed, system.steps_this_run / elapsed if elapsed > 0 else 0.0,
-                 system.steps_done,
-                 f" after {signal.Signals(signals.received).name}" if signals.received else "")
+        log.info(
+            "trained %d steps in %.1fs (%.1f steps/s; %d in all)%s; saving final checkpoints",
+            system.steps_this_run,
+            elapsed,
+            system.steps_this_run / elapsed if elapsed > 0 else 0.0,
+            system.steps_done,
+            f" after {signal.Signals(signals.received).name}" if signals.received else "",
+        )
     return 0

@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
         steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many bars (default: no limit)."),
         minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes."),
         until_step: Optional[int] = typer.Option(
-            None, "--until-step",
+            None,
+            "--until-step",
             help="Stop once the system has processed this many bars in all, counted across restarts.",
         ),
         tracking_uri: Optional[str] = tracking_uri_option(),
@@ -39,13 +40,15 @@ def register(app: typer.Typer) -> None:
         speed: float = typer.Option(0.0, "--speed", help="Bars per second to replay (0: as fast as possible)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
         episodes: bool = typer.Option(
-            True, "--episodes/--no-episodes",
+            True,
+            "--episodes/--no-episodes",
             help="Record every decision as a replayable episode in the `trading-system` run (default: on).",
         ),
         log_file: Path = typer.Option(
-            Path("mlflow-persist.log"), "--log-file",
+            Path("mlflow-persist.log"),
+            "--log-file",
             help="Where the detailed log goes (appended; its path is printed at start). The console shows one "
-                 "short line per save and every warning; --log-level DEBUG puts the detail there too.",
+            "short line per save and every warning; --log-level DEBUG puts the detail there too.",
         ),
     ) -> None:
         """Train the reference trading system (DQN, CNN, COB RL, Extrema) continuously with persistence."""
@@ -61,8 +64,18 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise ConfigError(f"{exc}.") from None
         except OSError as exc:
-            raise ConfigError(f"Cannot write the log file {log_file} ({exc.strerror}); pass another --log-file.") from None
+            raise ConfigError(
+                f"Cannot write the log file {log_file} ({exc.strerror}); pass another --log-file."
+            ) from None
         typer.echo(f"mlflow-persist run: detailed log in {path}", err=True)
-        code = run_trading(settings, steps=steps, minutes=minutes, seed=seed, progress=progress, speed=speed,
-                           recorder_factory=open_recorder if episodes else None, until_step=until_step)
+        code = run_trading(
+            settings,
+            steps=steps,
+            minutes=minutes,
+            seed=seed,
+            progress=progress,
+            speed=speed,
+            recorder_factory=open_recorder if episodes else None,
+            until_step=until_step,
+        )
         raise typer.Exit(code)

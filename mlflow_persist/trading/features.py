@@ -130,6 +130,7 @@ def extrema_window(bars: pd.DataFrame | _Columns) -> torch.Tensor:
 
 def draw_tensors(draws: pd.DataFrame) -> dict[str, torch.Tensor]:
     """The recorded random inputs as tensors: epsilon, the exploration draw and action, the COB policy draw."""
+
     def first(name: str) -> np.ndarray:
         return draws[name].to_numpy()[:1]
 

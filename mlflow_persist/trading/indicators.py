@@ -64,8 +64,13 @@ def bollinger(close: pd.Series) -> pd.DataFrame:
     width = upper - lower
     pct_b = (close - lower) / width.where(width > 0)
     return pd.DataFrame(
-        {"bb_mid": mid, "bb_upper": upper, "bb_lower": lower, "bb_pct_b": pct_b.fillna(0.5).where(mid.notna()),
-         "bb_width": width / mid}
+        {
+            "bb_mid": mid,
+            "bb_upper": upper,
+            "bb_lower": lower,
+            "bb_pct_b": pct_b.fillna(0.5).where(mid.notna()),
+            "bb_width": width / mid,
+        }
     )
 
 
@@ -89,7 +94,9 @@ def add_indicators(bars: pd.DataFrame) -> pd.DataFrame:
     out["atr"] = atr(bars)
     log_volume = np.log1p(bars["volume"])
     rolling = log_volume.rolling(VOLUME_PERIOD)
-    out["volume_z"] = ((log_volume - rolling.mean()) / rolling.std(ddof=0).replace(0.0, np.nan)).fillna(0.0).where(
-        rolling.mean().notna()
+    out["volume_z"] = (
+        ((log_volume - rolling.mean()) / rolling.std(ddof=0).replace(0.0, np.nan))
+        .fillna(0.0)
+        .where(rolling.mean().notna())
     )
     return out.astype("float64")

@@ -81,7 +81,9 @@ class MarketData:
         # The last decision bar must leave HORIZON future bars for its outcome.
         self.end = len(self.frame) - HORIZON
         if self.end - self.first < 2:
-            raise ConfigError(f"The market data has {len(self.frame)} bars; at least {self.first + HORIZON + 2} are needed.")
+            raise ConfigError(
+                f"The market data has {len(self.frame)} bars; at least {self.first + HORIZON + 2} are needed."
+            )
         self._values = self.frame.to_numpy(dtype="float64")
         self._columns = {name: self.frame[name].to_numpy() for name in self.frame.columns}
         self._close = self._columns["close"]

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import pandas as pd
 import torch
 
+from mlflow_persist._observe.logs import package_logger
+
 from .episode import EpisodeRecorder, TradingEpisode
 from .features import dqn_state, features_from_frames
 from .market import HORIZON, Draws, MarketData
@@ -19,7 +21,6 @@ from .replay import decide
 from .rewards import trade_reward
 from .serving import ServingModel
 from .trainers import Trainer, TrainingCase
-from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.trading.orchestrator")
 
@@ -218,15 +219,24 @@ class TradingOrchestrator:
         return {
             "step_index": self.step_index,
             "last_action": self.last_action,
-            "pending": [{
-                "step": d.step, "position": d.position, "wall_time": d.wall_time, "action": d.action,
-                "epsilon": float(d.frames["draws"]["epsilon"].iloc[0]),
-                "outputs": {k: v.detach().clone() for k, v in d.outputs.items()},
-                "checkpoint_versions": dict(d.checkpoint_versions), "checkpoint_steps": dict(d.checkpoint_steps),
-            } for d in self.pending],
+            "pending": [
+                {
+                    "step": d.step,
+                    "position": d.position,
+                    "wall_time": d.wall_time,
+                    "action": d.action,
+                    "epsilon": float(d.frames["draws"]["epsilon"].iloc[0]),
+                    "outputs": {k: v.detach().clone() for k, v in d.outputs.items()},
+                    "checkpoint_versions": dict(d.checkpoint_versions),
+                    "checkpoint_steps": dict(d.checkpoint_steps),
+                }
+                for d in self.pending
+            ],
             "serving": {name: serving.state_dict() for name, serving in self.serving.items()},
-            "model_states": {name: {k: v for k, v in state.items() if isinstance(v, (int, float, str, type(None)))}
-                             for name, state in self.model_states.items()},
+            "model_states": {
+                name: {k: v for k, v in state.items() if isinstance(v, (int, float, str, type(None)))}
+                for name, state in self.model_states.items()
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -240,13 +250,20 @@ class TradingOrchestrator:
             self.model_states.setdefault(name, new_model_state()).update(saved)
 
     def _rebuild(self, saved: dict[str, Any]) -> PendingDecision:
-        frames = self.market.frames(int(saved["position"]), Draws.generate(self.seed, int(saved["step"]),
-                                                                           float(saved["epsilon"])))
+        frames = self.market.frames(
+            int(saved["position"]), Draws.generate(self.seed, int(saved["step"]), float(saved["epsilon"]))
+        )
         return PendingDecision(
-            step=int(saved["step"]), position=int(saved["position"]), bar_time=frames["bars"].index[-1],
-            wall_time=float(saved["wall_time"]), frames=frames, tensors=features_from_frames(frames),
-            outputs=dict(saved["outputs"]), action=int(saved["action"]),
-            checkpoint_versions=dict(saved["checkpoint_versions"]), checkpoint_steps=dict(saved["checkpoint_steps"]),
+            step=int(saved["step"]),
+            position=int(saved["position"]),
+            bar_time=frames["bars"].index[-1],
+            wall_time=float(saved["wall_time"]),
+            frames=frames,
+            tensors=features_from_frames(frames),
+            outputs=dict(saved["outputs"]),
+            action=int(saved["action"]),
+            checkpoint_versions=dict(saved["checkpoint_versions"]),
+            checkpoint_steps=dict(saved["checkpoint_steps"]),
             market=self.market.conditions(int(saved["position"]), frames["cob"]),
         )
 

@@ -53,10 +53,14 @@ class ProgressView:
         now = time.time()
         done = self.system.steps_done
         total = f"/{self.total}" if self.total is not None else ""
-        header = Text(f"steps {done}{total}   {self.steps_per_second():.1f} steps/s   "
-                      f"elapsed {time.monotonic() - self.started:.0f}s")
+        header = Text(
+            f"steps {done}{total}   {self.steps_per_second():.1f} steps/s   "
+            f"elapsed {time.monotonic() - self.started:.0f}s"
+        )
         if self.last_decision is not None:
-            header.append(f"   bar {self.last_decision.bar_time:%Y-%m-%d %H:%M}   action {ACTIONS[self.last_decision.action]}")
+            header.append(
+                f"   bar {self.last_decision.bar_time:%Y-%m-%d %H:%M}   action {ACTIONS[self.last_decision.action]}"
+            )
         table = Table(expand=False)
         for column in ("model", "step", "loss", "best", "accuracy", "version", "last save"):
             table.add_column(column, justify="right" if column != "model" else "left")
@@ -75,8 +79,10 @@ class ProgressView:
     def line(self) -> str:
         parts = [f"step {self.system.steps_done}", f"{self.steps_per_second():.1f} steps/s"]
         for name, state in self.system.model_states.items():
-            parts.append(f"{name} loss={_fmt(state['current_loss'])} best={_fmt(state['best_loss'])} "
-                         f"v={_fmt(state['last_checkpoint_version'])}")
+            parts.append(
+                f"{name} loss={_fmt(state['current_loss'])} best={_fmt(state['best_loss'])} "
+                f"v={_fmt(state['last_checkpoint_version'])}"
+            )
         return " | ".join(parts)
 
     def __enter__(self) -> ProgressView:

@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mlflow_persist._observe.logs import package_logger
 from mlflow_persist.episodes import EpisodeRecorder, RecorderStats, state_fingerprint
 
 from .episode import TradingEpisode
 from .serving import ServingModel
-from mlflow_persist._observe.logs import package_logger
 
 #: A serving version seen for the first time: (model, version, fingerprint, CPU copy of its weights).
 NewWeights = tuple[str, int | None, str, dict[str, Any]]
@@ -36,8 +36,10 @@ RUN_KEY = "trading-system"
 FLUSH_ROWS = 256
 #: Buffered episodes older than this are written even when fewer than FLUSH_ROWS are waiting.
 FLUSH_SECONDS = 60.0
-RUN_DESCRIPTION = ("Episodes of the reference trading system: every decision with the frames, tensors, outputs, "
-                   "reward and checkpoint versions behind it, under episodes/ (replay with `mlflow-persist replay`).")
+RUN_DESCRIPTION = (
+    "Episodes of the reference trading system: every decision with the frames, tensors, outputs, "
+    "reward and checkpoint versions behind it, under episodes/ (replay with `mlflow-persist replay`)."
+)
 
 
 class ServingFingerprints:
@@ -68,8 +70,9 @@ class ServingFingerprints:
 
     def of(self, versions: Mapping[str, int | None]) -> dict[str, str]:
         """The fingerprints of the weights that decided, for the models seen serving at those versions."""
-        return {name: self._known[(name, version)] for name, version in versions.items()
-                if (name, version) in self._known}
+        return {
+            name: self._known[(name, version)] for name, version in versions.items() if (name, version) in self._known
+        }
 
 
 class TradingRecorder:
@@ -104,8 +107,13 @@ class TradingRecorder:
         except Exception as exc:  # noqa: BLE001 - a recording problem must not stop training
             self.failed += 1
             if self.failed == 1 or self.failed % 100 == 0:
-                log.error("episode %s (step %d) was not recorded (%d so far): %s", episode.episode_id, episode.step,
-                          self.failed, exc)
+                log.error(
+                    "episode %s (step %d) was not recorded (%d so far): %s",
+                    episode.episode_id,
+                    episode.step,
+                    self.failed,
+                    exc,
+                )
 
     def stored_marker(self) -> Callable[[], bool]:
         """True once every episode recorded so far is stored (see `EpisodeRecorder.stored_marker`)."""
@@ -118,9 +126,16 @@ class TradingRecorder:
         """Store every buffered episode, then mark the run finished; True when nothing was lost."""
         ok = self.recorder.close(timeout=timeout)
         stats = self.recorder.stats()
-        log.info("episodes: %d recorded, %d stored (%d bytes; %d model weights, %d bytes) in run %s%s", stats.recorded,
-                 stats.stored, stats.bytes_written, stats.weights_stored, stats.weights_bytes, self.run_id,
-                 "" if ok else f"; not all stored: {stats.last_error}")
+        log.info(
+            "episodes: %d recorded, %d stored (%d bytes; %d model weights, %d bytes) in run %s%s",
+            stats.recorded,
+            stats.stored,
+            stats.bytes_written,
+            stats.weights_stored,
+            stats.weights_bytes,
+            self.run_id,
+            "" if ok else f"; not all stored: {stats.last_error}",
+        )
         if self.store is not None:
             try:
                 self.store.finish_run(self.run_id, status="FINISHED" if ok else "FAILED")
@@ -129,8 +144,9 @@ class TradingRecorder:
         return ok and not self.failed
 
 
-def open_recorder(persistence: Any, *, flush_rows: int = FLUSH_ROWS,
-                  flush_seconds: float | None = FLUSH_SECONDS) -> TradingRecorder:
+def open_recorder(
+    persistence: Any, *, flush_rows: int = FLUSH_ROWS, flush_seconds: float | None = FLUSH_SECONDS
+) -> TradingRecorder:
     """A TradingRecorder writing into the `trading-system` run of ``persistence.store`` (created or resumed)."""
     store = persistence.store
     run_id = store.ensure_run(RUN_KEY, run_name=RUN_KEY, tags={"mlflow.note.content": RUN_DESCRIPTION})

@@ -58,8 +58,11 @@ class ServingModel:
         return True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
-                "version": self.version, "step": self.step}
+        return {
+            "weights": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+            "version": self.version,
+            "step": self.step,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["weights"])

@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import nn
 
+from mlflow_persist._observe.logs import package_logger
+
 from .data import BarStream
 from .episode import EpisodeRecorder
 from .market import MarketData
@@ -31,7 +33,6 @@ from .models import MODEL_NAMES, build_model
 from .orchestrator import PendingDecision, TradingOrchestrator
 from .serving import SERVING_LAG, Candidate, weights_of
 from .trainers import Trainer, build_trainers
-from mlflow_persist._observe.logs import package_logger
 
 log = package_logger("mlflow_persist.trading.system")
 
@@ -62,8 +63,13 @@ class Promotion:
     candidates: dict[str, Candidate] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "candidates": {
-            name: {"step": c.step, "weights": c.weights, "version": c.resolve()} for name, c in self.candidates.items()}}
+        return {
+            "at": self.at,
+            "candidates": {
+                name: {"step": c.step, "weights": c.weights, "version": c.resolve()}
+                for name, c in self.candidates.items()
+            },
+        }
 
 
 @dataclass
@@ -97,8 +103,10 @@ class SystemState:
         system = self.system
         assert system.orchestrator is not None
         if int(state["seed"]) != system.seed:
-            raise ValueError(f"the system checkpoint was taken with --seed {state['seed']}, this run uses "
-                             f"--seed {system.seed}; resume with the same seed")
+            raise ValueError(
+                f"the system checkpoint was taken with --seed {state['seed']}, this run uses "
+                f"--seed {system.seed}; resume with the same seed"
+            )
         system.steps_done = int(state["steps_done"])
         system.episodes = [EpisodeEvaluation(i, {}) for i in range(int(state["episodes"]))]
         system._best_scores = {k: float(v) for k, v in state["best_scores"].items()}
@@ -157,15 +165,26 @@ class EnhancedRealtimeTrainingSystem:
         """Build the models, the orchestrator, track everything and restore the newest complete cut."""
         self.models = {name: build_model(name, seed=self.seed) for name in MODEL_NAMES}
         self.trainers = build_trainers(self.models, seed=self.seed)
-        self.orchestrator = TradingOrchestrator(self.market, self.trainers, seed=self.seed, handles=self.handles,
-                                                recorder=self.recorder, model_seed=self.seed,
-                                                on_trained=self._collect)
+        self.orchestrator = TradingOrchestrator(
+            self.market,
+            self.trainers,
+            seed=self.seed,
+            handles=self.handles,
+            recorder=self.recorder,
+            model_seed=self.seed,
+            on_trained=self._collect,
+        )
         if self.persistence is None:
             return self.restored
         for name, trainer in self.trainers.items():
             self.handles[name] = self.persistence.track(
-                name, trainer.model, optimizer=trainer.optimizer, extra=trainer.extra,
-                evaluate=trainer.evaluate, evaluate_every_steps=EVALUATE_EVERY_STEPS)
+                name,
+                trainer.model,
+                optimizer=trainer.optimizer,
+                extra=trainer.extra,
+                evaluate=trainer.evaluate,
+                evaluate_every_steps=EVALUATE_EVERY_STEPS,
+            )
         self.orchestrator.handles = dict(self.handles)
         self.persistence.track_state(SYSTEM_STATE, SystemState(self), step=lambda: self.steps_done)
         self.restored = self.persistence.restore_all()
@@ -274,8 +293,11 @@ class EnhancedRealtimeTrainingSystem:
             return
         if self.cut_every_steps and self.steps_done % self.cut_every_steps == 0:
             self.take_cut(serve=True)
-        elif self.cut_every_minutes and self._promotion is None and \
-                time.monotonic() - self._last_cut_time >= self.cut_every_minutes * 60:
+        elif (
+            self.cut_every_minutes
+            and self._promotion is None
+            and time.monotonic() - self._last_cut_time >= self.cut_every_minutes * 60
+        ):
             # Wall-time cuts save; they never switch serving (that is bar-driven), and wait for a pending switch
             # to pass: a cut that restores a pending switch must hold the weights of that switch.
             self.take_cut(serve=False)
@@ -291,9 +313,11 @@ class EnhancedRealtimeTrainingSystem:
         self.cuts_taken.append(cut_id)
         if serve and self._promotion is not None:
             self._promotion.candidates = {
-                name: Candidate(int(handle.current_step), weights_of(self.trainers[name].model),
-                                self._version_of(name, cut_id))
-                for name, handle in self.handles.items()}
+                name: Candidate(
+                    int(handle.current_step), weights_of(self.trainers[name].model), self._version_of(name, cut_id)
+                )
+                for name, handle in self.handles.items()
+            }
         return cut_id
 
     def _version_of(self, name: str, cut_id: str) -> Callable[[], int | None]:
@@ -306,8 +330,12 @@ class EnhancedRealtimeTrainingSystem:
                 match = [v for v in self.handles[name].history(limit=50) if v.cut == cut_id]
                 return match[-1].version if match else None
             if not job.done.wait(SERVING_WAIT_SECONDS):
-                log.error("%s: the cut %s was not written within %.0f s; the serving weights stay as they are",
-                          name, cut_id, SERVING_WAIT_SECONDS)
+                log.error(
+                    "%s: the cut %s was not written within %.0f s; the serving weights stay as they are",
+                    name,
+                    cut_id,
+                    SERVING_WAIT_SECONDS,
+                )
                 return None
             if job.outcome != "saved":
                 return None
@@ -327,8 +355,11 @@ class EnhancedRealtimeTrainingSystem:
             if serving.promote(candidate):
                 log.debug("%s: decisions now use version %s (step %s)", name, serving.version, serving.step)
             else:
-                log.warning("%s: the cut's checkpoint was not registered; decisions keep using version %s", name,
-                            serving.version)
+                log.warning(
+                    "%s: the cut's checkpoint was not registered; decisions keep using version %s",
+                    name,
+                    serving.version,
+                )
 
     # ------------------------------------------------------------------------------------ episodes
 
@@ -355,8 +386,14 @@ class EnhancedRealtimeTrainingSystem:
             if better and best is not None:
                 evaluation.improved.append(name)
                 handle.save("episode", value=score, monitor=f"episode/{key}")
-                log.info("%s: episode %d improved episode/%s from %.6g to %.6g; saved an episode checkpoint", name,
-                         evaluation.index, key, best, score)
+                log.info(
+                    "%s: episode %d improved episode/%s from %.6g to %.6g; saved an episode checkpoint",
+                    name,
+                    evaluation.index,
+                    key,
+                    best,
+                    score,
+                )
         self.episodes.append(evaluation)
         return evaluation
 

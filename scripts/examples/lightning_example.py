@@ -45,16 +45,26 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
-    config = mp.PersistConfig(tracking_uri=mp.resolve_tracking_uri(args.tracking_uri), monitor="val_loss",
-                              mode="min", periodic_every_steps=20)
+    config = mp.PersistConfig(
+        tracking_uri=mp.resolve_tracking_uri(args.tracking_uri), monitor="val_loss", mode="min", periodic_every_steps=20
+    )
     callback = PersistCallback("lightning-example", config)
-    trainer = pl.Trainer(max_steps=args.steps, val_check_interval=10, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[callback])
+    trainer = pl.Trainer(
+        max_steps=args.steps,
+        val_check_interval=10,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
     trainer.fit(Regressor(), loader(0), loader(1))
     restored = callback.restored
-    print(f"resumed from step {restored.step} (v{restored.version})" if restored else "started fresh",
-          f"- trained {args.steps} steps; the model's step is now {callback.handle.current_step}")
+    print(
+        f"resumed from step {restored.step} (v{restored.version})" if restored else "started fresh",
+        f"- trained {args.steps} steps; the model's step is now {callback.handle.current_step}",
+    )
 
 
 if __name__ == "__main__":

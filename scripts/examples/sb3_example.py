@@ -15,9 +15,9 @@ import gymnasium
 from stable_baselines3 import DQN
 
 import mlflow_persist as mp
+from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist.cli.inspection import history
 from mlflow_persist.integrations.sb3 import PersistCallback
-from mlflow_persist._store.mlflow_store import MlflowStore
 
 
 def main() -> None:
@@ -27,17 +27,32 @@ def main() -> None:
     parser.add_argument("--name", default="cartpole_dqn", help="registered model name")
     args = parser.parse_args()
 
-    config = mp.PersistConfig(tracking_uri=mp.resolve_tracking_uri(args.tracking_uri),
-                              monitor="rollout/ep_rew_mean", mode="max", periodic_every_steps=1000,
-                              log_system_metrics=False)
-    model = DQN("MlpPolicy", gymnasium.make("CartPole-v1"), learning_starts=500, train_freq=4, buffer_size=20_000,
-                seed=0, device="cpu")
+    config = mp.PersistConfig(
+        tracking_uri=mp.resolve_tracking_uri(args.tracking_uri),
+        monitor="rollout/ep_rew_mean",
+        mode="max",
+        periodic_every_steps=1000,
+        log_system_metrics=False,
+    )
+    model = DQN(
+        "MlpPolicy",
+        gymnasium.make("CartPole-v1"),
+        learning_starts=500,
+        train_freq=4,
+        buffer_size=20_000,
+        seed=0,
+        device="cpu",
+    )
     callback = PersistCallback(args.name, config, save_replay_buffer=True)
     model.learn(total_timesteps=args.timesteps, callback=callback)
 
     restored = callback.restored
-    print(f"resumed from v{restored.version} ({restored.category}) at timestep {restored.step}; "
-          if restored else "started fresh; ", end="")
+    print(
+        f"resumed from v{restored.version} ({restored.category}) at timestep {restored.step}; "
+        if restored
+        else "started fresh; ",
+        end="",
+    )
     print(f"trained to timestep {model.num_timesteps}")
 
     store = MlflowStore(config.tracking_uri, config.experiment_name)
@@ -46,6 +61,7 @@ def main() -> None:
     for row in history(store, args.name).versions:  # what `mlflow-persist history` prints
         print(f"  v{row.version:<3} {row.category:<11} timestep {row.step}")
     print(f"see them with: mlflow ui --backend-store-uri {config.tracking_uri}")
+
 
 if __name__ == "__main__":
     main()

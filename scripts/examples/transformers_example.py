@@ -15,9 +15,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from mlflow_persist import PersistConfig
+from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist.cli.inspection import history
 from mlflow_persist.integrations.transformers import PersistCallback
-from mlflow_persist._store.mlflow_store import MlflowStore
 
 VOCAB, LENGTH = 32, 16
 
@@ -44,25 +44,50 @@ def main() -> None:
     options = parser.parse_args()
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=LENGTH, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=0, eos_token_id=0))
-    config = PersistConfig(tracking_uri=options.tracking_uri, monitor="eval_loss", mode="min",
-                           periodic_every_steps=10, keep_best=3, log_system_metrics=False)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_positions=LENGTH, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    )
+    config = PersistConfig(
+        tracking_uri=options.tracking_uri,
+        monitor="eval_loss",
+        mode="min",
+        periodic_every_steps=10,
+        keep_best=3,
+        log_system_metrics=False,
+    )
     callback = PersistCallback(options.name, config)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = TrainingArguments(output_dir=output_dir, max_steps=options.steps, per_device_train_batch_size=16,
-                                 learning_rate=3e-3, logging_steps=5, eval_strategy="steps", eval_steps=5,
-                                 save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0)
-        trainer = Trainer(model=model, args=args, train_dataset=CountingSequences(512, seed=1),
-                          eval_dataset=CountingSequences(64, seed=2), callbacks=[callback])
+        args = TrainingArguments(
+            output_dir=output_dir,
+            max_steps=options.steps,
+            per_device_train_batch_size=16,
+            learning_rate=3e-3,
+            logging_steps=5,
+            eval_strategy="steps",
+            eval_steps=5,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=CountingSequences(512, seed=1),
+            eval_dataset=CountingSequences(64, seed=2),
+            callbacks=[callback],
+        )
         trainer.train()
 
     restored = callback.restored
     if restored is None:
         print(f"started fresh and trained to step {trainer.state.global_step}")
     else:
-        print(f"resumed from v{restored.version} ({restored.category}, step {restored.step}) and trained to step "
-              f"{trainer.state.global_step}")
+        print(
+            f"resumed from v{restored.version} ({restored.category}, step {restored.step}) and trained to step "
+            f"{trainer.state.global_step}"
+        )
     store = MlflowStore(config.tracking_uri, config.experiment_name)
     best = store.alias_version(options.name)
     print(f"best: v{best.version} at step {best.step}, eval_loss={best.value:.4f}; checkpoints kept:")

@@ -37,8 +37,15 @@ def record(path: str, step: int, tensor: torch.Tensor) -> None:
 def main() -> None:
     uri, record_path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     grace = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
-    cfg = mp.PersistConfig(tracking_uri=uri, min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                           shutdown_grace_seconds=grace, keep_best=100, keep_final=100)
+    cfg = mp.PersistConfig(
+        tracking_uri=uri,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        shutdown_grace_seconds=grace,
+        keep_best=100,
+        keep_final=100,
+    )
     if mode == "no-close":
         model = Flat(1 << 20)  # 4 MB of float32
         persist = mp.Persistence(cfg)

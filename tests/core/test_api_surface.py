@@ -19,13 +19,34 @@ MLFLOW_ADAPTERS = {"mlflow_persist.store", "mlflow_persist.version_create"}  # t
 
 
 def test_public_api_is_pinned() -> None:
-    assert sorted(mlflow_persist.__all__) == sorted([
-        "FORMAT_VERSION", "Alert", "AlertSink", "CheckpointCorruptError", "CheckpointMismatchError",
-        "CheckpointState", "CheckpointStore", "ConfigError", "DiskFullError", "GracefulExit", "ModelHandle",
-        "ModelSettings", "NotFoundError", "PersistConfig", "PersistError", "Persistence", "ProcessEffects",
-        "RestoreInfo", "SaveDecision", "StoreError", "StoreUnavailableError", "VersionInfo", "load_checkpoint",
-        "resolve_tracking_uri",
-    ])
+    assert sorted(mlflow_persist.__all__) == sorted(
+        [
+            "FORMAT_VERSION",
+            "Alert",
+            "AlertSink",
+            "CheckpointCorruptError",
+            "CheckpointMismatchError",
+            "CheckpointState",
+            "CheckpointStore",
+            "ConfigError",
+            "DiskFullError",
+            "GracefulExit",
+            "ModelHandle",
+            "ModelSettings",
+            "NotFoundError",
+            "PersistConfig",
+            "PersistError",
+            "Persistence",
+            "ProcessEffects",
+            "RestoreInfo",
+            "SaveDecision",
+            "StoreError",
+            "StoreUnavailableError",
+            "VersionInfo",
+            "load_checkpoint",
+            "resolve_tracking_uri",
+        ]
+    )
     for name in mlflow_persist.__all__:
         assert hasattr(mlflow_persist, name), name
     assert sorted(mlflow_persist.testing.__all__) == ["MemoryRun", "MemoryStore", "STAGES"]
@@ -67,8 +88,11 @@ def _is_core(name: str) -> bool:
 
 def test_core_modules_import_without_cycles() -> None:
     modules = _modules()
-    graph = {name: {m for m, _ in _imports(tree, top_level_only=True) if _is_core(m) and m != name}
-             for name, tree in modules.items() if _is_core(name)}
+    graph = {
+        name: {m for m, _ in _imports(tree, top_level_only=True) if _is_core(m) and m != name}
+        for name, tree in modules.items()
+        if _is_core(name)
+    }
     state: dict[str, str] = {}
 
     def visit(node: str, path: list[str]) -> None:
@@ -103,8 +127,12 @@ def test_the_core_imports_no_integration_and_mlflow_only_in_its_adapter() -> Non
             continue
         for module, _ in _imports(tree, top_level_only=False):
             parts = module.split(".")
-            if parts[0] == "mlflow_persist" and len(parts) > 1 and parts[1] in INTEGRATIONS and \
-                    name not in MLFLOW_ADAPTERS:
+            if (
+                parts[0] == "mlflow_persist"
+                and len(parts) > 1
+                and parts[1] in INTEGRATIONS
+                and name not in MLFLOW_ADAPTERS
+            ):
                 offenders.append(f"{name} imports {module}")
             if parts[0] == "mlflow" and name not in MLFLOW_ADAPTERS:
                 offenders.append(f"{name} imports {module}")

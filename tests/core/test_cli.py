@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist.cli.main import main
 from mlflow_persist._store.mlflow_store import MlflowStore
+from mlflow_persist.cli.main import main
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -25,8 +25,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 @pytest.fixture
 def populated(sqlite_uri: str) -> str:
-    cfg = mp.PersistConfig(tracking_uri=sqlite_uri, keep_best=5, keep_periodic=5, periodic_every_steps=4,
-                           min_free_disk_mb=1, min_free_disk_percent=0)
+    cfg = mp.PersistConfig(
+        tracking_uri=sqlite_uri,
+        keep_best=5,
+        keep_periodic=5,
+        periodic_every_steps=4,
+        min_free_disk_mb=1,
+        min_free_disk_percent=0,
+    )
     with mp.Persistence(cfg) as persist:
         for name in ("dqn", "cnn"):
             handle = persist.track(name, torch.nn.Linear(3, 2))
@@ -59,7 +65,7 @@ def test_status_history_verify_and_gc(populated: str, capsys: pytest.CaptureFixt
     code, out, _ = run_cli(capsys, "verify", "--tracking-uri", populated, "--json")
     assert code == 0 and json.loads(out)["corrupt"] == []
 
-    config = Path(populated[len("sqlite:///"):]).parent / "gc.toml"
+    config = Path(populated[len("sqlite:///") :]).parent / "gc.toml"
     config.write_text(f'tracking_uri = "{populated}"\nkeep_best = 1\nkeep_periodic = 1\nkeep_final = 1\n')
     code, out, _ = run_cli(capsys, "gc", "--config", str(config), "--dry-run", "--json")
     planned = json.loads(out)["deleted"]
@@ -82,8 +88,9 @@ def test_verify_names_corrupt_versions_and_fails(populated: str, capsys: pytest.
     assert store.get_version("cnn", victim.version).corrupt
 
 
-def test_damaged_best_moves_best_and_false_corrupt_tags_are_cleared(populated: str,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_damaged_best_moves_best_and_false_corrupt_tags_are_cleared(
+    populated: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = MlflowStore(populated)
     best = store.alias_version("dqn")
     assert best is not None and best.value == 2.0
@@ -103,8 +110,9 @@ def test_damaged_best_moves_best_and_false_corrupt_tags_are_cleared(populated: s
     assert not store.get_version("cnn", healthy.version).corrupt
 
 
-def test_error_paths_print_one_line_and_exit_non_zero(populated: str, capsys: pytest.CaptureFixture[str],
-                                                      tmp_path: Path) -> None:
+def test_error_paths_print_one_line_and_exit_non_zero(
+    populated: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     code, _, err = run_cli(capsys, "history", "nope", "--tracking-uri", populated)
     assert code == 1 and err.count("\n") == 1 and "has no checkpoints" in err
     code, _, err = run_cli(capsys, "verify", "nope", "--tracking-uri", populated)
@@ -119,8 +127,13 @@ def test_error_paths_print_one_line_and_exit_non_zero(populated: str, capsys: py
 
 def test_unreachable_server_is_a_one_line_error() -> None:
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
-    proc = subprocess.run([sys.executable, "-m", "mlflow_persist.cli", "status", "--tracking-uri",
-                           "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow_persist.cli", "status", "--tracking-uri", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 4
     assert proc.stderr.strip().count("\n") == 0 and "cannot be used" in proc.stderr and "127.0.0.1:9" in proc.stderr
 

@@ -21,9 +21,9 @@ import torch
 import typer
 
 import mlflow_persist as mp
+from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist.cli import schema as cli_schema
 from mlflow_persist.cli.main import app, main
-from mlflow_persist._store.mlflow_store import MlflowStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("mlflow-persist")
@@ -35,18 +35,19 @@ WITHOUT_JSON = {"run"}  # prints no data: a progress display and log lines
 
 # ------------------------------------------------------------------------------------------------ helpers
 
+
 def readme_section() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     start = text.index("\n## Command line\n")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def _table_rows(section: str, header: str) -> list[list[str]]:
     lines = section.splitlines()
     first = next(i for i, line in enumerate(lines) if line.replace(" ", "") == header.replace(" ", ""))
     rows = []
-    for line in lines[first + 2:]:
+    for line in lines[first + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
@@ -92,8 +93,15 @@ def fresh_store(template_db: Path, directory: Path) -> str:
 
 @pytest.fixture
 def populated(sqlite_uri: str) -> str:
-    cfg = mp.PersistConfig(tracking_uri=sqlite_uri, keep_best=5, keep_periodic=5, periodic_every_steps=2,
-                           min_free_disk_mb=1, min_free_disk_percent=0, log_system_metrics=False)
+    cfg = mp.PersistConfig(
+        tracking_uri=sqlite_uri,
+        keep_best=5,
+        keep_periodic=5,
+        periodic_every_steps=2,
+        min_free_disk_mb=1,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+    )
     with mp.Persistence(cfg) as persist:
         for name in ("dqn", "cnn"):
             handle = persist.track(name, torch.nn.Linear(3, 2))
@@ -142,8 +150,8 @@ def _recorded_episodes(template_db: Path, tmp_path: Path, monkeypatch: pytest.Mo
 
 # ------------------------------------------------------------------------------------------------ options
 
-def test_every_subcommand_takes_config_and_shows_the_tracking_uri_env_var(capsys: pytest.CaptureFixture[str]
-                                                                          ) -> None:
+
+def test_every_subcommand_takes_config_and_shows_the_tracking_uri_env_var(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     assert sorted(typer.main.get_command(app).commands) == sorted(SUBCOMMANDS)  # type: ignore[attr-defined]
@@ -157,8 +165,9 @@ def test_every_subcommand_takes_config_and_shows_the_tracking_uri_env_var(capsys
         assert f"`{command}" in readme_section(), f"README's command table misses {command}"
 
 
-def test_tracking_uri_precedence(template_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_tracking_uri_precedence(
+    template_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--tracking-uri > MLFLOW_PERSIST_TRACKING_URI > the --config file > MLFLOW_TRACKING_URI > ./mlflow.db."""
     uris = {name: fresh_store(template_db, tmp_path / name) for name in ("flag", "persist_env", "file", "mlflow_env")}
     config = tmp_path / "persist.toml"
@@ -186,6 +195,7 @@ def test_tracking_uri_precedence(template_db: Path, tmp_path: Path, monkeypatch:
 
 # ------------------------------------------------------------------------------------------------ JSON
 
+
 def test_readme_documents_the_json_keys_of_cli_schema_and_every_exit_code() -> None:
     documented = documented_json_keys()
     assert documented == {command: list(keys) for command, keys in cli_schema.JSON_KEYS.items()}
@@ -195,8 +205,12 @@ def test_readme_documents_the_json_keys_of_cli_schema_and_every_exit_code() -> N
 
 
 def test_every_json_output_has_schema_version_and_exactly_the_documented_keys(
-        populated: str, template_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    populated: str,
+    template_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     documented = documented_json_keys()
     replay_uri = _recorded_episodes(template_db, tmp_path, monkeypatch)
     config = tmp_path / "gc.toml"
@@ -206,8 +220,17 @@ def test_every_json_output_has_schema_version_and_exactly_the_documented_keys(
         "history": ("history", "dqn", "--tracking-uri", populated),
         "verify": ("verify", "--tracking-uri", populated),
         "gc": ("gc", "--dry-run", "--config", str(config)),
-        "rollback": ("rollback", "cnn", "--back", "1", "--best", "--reason", "contract test", "--tracking-uri",
-                     populated),
+        "rollback": (
+            "rollback",
+            "cnn",
+            "--back",
+            "1",
+            "--best",
+            "--reason",
+            "contract test",
+            "--tracking-uri",
+            populated,
+        ),
         "import-legacy": ("import-legacy", str(LEGACY_NOMETA), "--dry-run", "--tracking-uri", populated),
         "migrate": ("migrate", "--dry-run", "--tracking-uri", populated),
         "replay": ("replay", "--sample", "3", "--seed", "1", "--tracking-uri", replay_uri),
@@ -231,6 +254,7 @@ def test_every_json_output_has_schema_version_and_exactly_the_documented_keys(
 
 
 # ------------------------------------------------------------------------------------------------ exit codes
+
 
 def test_exit_codes_0_1_2_3(populated: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, _ = run_cli(capsys, "status", "--tracking-uri", populated)
@@ -257,21 +281,37 @@ def test_exit_codes_0_1_2_3(populated: str, capsys: pytest.CaptureFixture[str]) 
 
 def test_unreachable_server_exits_4_through_the_console_script(tmp_path: Path) -> None:
     uri = closed_port_uri()
-    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5",
-               MLFLOW_DISABLE_TELEMETRY="true")
-    proc = subprocess.run([str(CONSOLE_SCRIPT), "status", "--json", "--tracking-uri", uri], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=120)
+    env = dict(
+        os.environ,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "status", "--json", "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == cli_schema.EXIT_UNREACHABLE == 4, proc.stderr
     assert proc.stdout == "" and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert uri in proc.stderr and "connection refused or timed out" in proc.stderr
 
 
-def test_unreachable_store_exits_4_for_every_reading_command(fast_http_failures: None,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_store_exits_4_for_every_reading_command(
+    fast_http_failures: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     uri = closed_port_uri()
-    for args in (("history", "dqn"), ("verify",), ("gc", "--dry-run"), ("rollback", "dqn", "--back", "1"),
-                 ("migrate", "--dry-run"), ("replay", "--sample", "1")):
+    for args in (
+        ("history", "dqn"),
+        ("verify",),
+        ("gc", "--dry-run"),
+        ("rollback", "dqn", "--back", "1"),
+        ("migrate", "--dry-run"),
+        ("replay", "--sample", "1"),
+    ):
         code, _, err = run_cli(capsys, *args, "--tracking-uri", uri)
         assert code == 4, (args, err)
         assert err.count("\n") == 1 and "connection refused or timed out" in err, (args, err)
@@ -290,21 +330,32 @@ def test_unreachable_store_exits_4_for_every_reading_command(fast_http_failures:
 
 # ------------------------------------------------------------------------------------------------ legacy script
 
+
 def test_legacy_script_usage_errors_exit_2_in_one_line(tmp_path: Path) -> None:
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = dict(
+        os.environ,
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
     env.pop("MLFLOW_TRACKING_URI", None)
     for args, message in ((["--bogus"], "No such option: --bogus"), ([], "Missing argument")):
-        proc = subprocess.run([sys.executable, str(LEGACY_SCRIPT), *args], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, str(LEGACY_SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
         assert proc.stderr.startswith("error: ") and message in proc.stderr, (args, proc.stderr)
         assert "import_legacy_checkpoints.py --help" in proc.stderr, proc.stderr
 
 
-def test_legacy_standalone_main_uses_the_same_exit_codes(fast_http_failures: None, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_legacy_standalone_main_uses_the_same_exit_codes(
+    fast_http_failures: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mlflow_persist.legacy.cli import main as legacy_main
 
     assert legacy_main(["rollback"]) == 2

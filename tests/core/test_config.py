@@ -17,8 +17,9 @@ def test_defaults_and_tracking_uri_fallbacks(monkeypatch: pytest.MonkeyPatch, tm
     assert PersistConfig().tracking_uri == "http://127.0.0.1:5999"
 
 
-def test_environment_overrides_file_and_arguments_override_both(monkeypatch: pytest.MonkeyPatch,
-                                                                tmp_path: Path) -> None:
+def test_environment_overrides_file_and_arguments_override_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     toml = tmp_path / "mlflow_persist.toml"
     toml.write_text(
         'monitor = "loss"\nkeep_best = 4\nperiodic_every_steps = 100\n'
@@ -35,8 +36,16 @@ def test_environment_overrides_file_and_arguments_override_both(monkeypatch: pyt
     assert PersistConfig().periodic_every_steps is None
 
 
-@pytest.mark.parametrize("field,value", [("mode", "sideways"), ("min_delta", -1), ("keep_best", 0),
-                                         ("periodic_every_minutes", 0), ("resume_from", "oldest")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("mode", "sideways"),
+        ("min_delta", -1),
+        ("keep_best", 0),
+        ("periodic_every_minutes", 0),
+        ("resume_from", "oldest"),
+    ],
+)
 def test_wrong_values_name_field_value_and_rule(field: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
         PersistConfig(**{field: value})
@@ -58,9 +67,12 @@ def test_wrong_per_model_override_and_bad_files(tmp_path: Path) -> None:
 
 
 def test_one_field_of_one_model_comes_from_the_environment_merged_with_the_file(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     toml = tmp_path / "mlflow_persist.toml"
-    toml.write_text('keep_best = 4\n[models.cnn]\nmonitor = "accuracy"\nmode = "max"\n[models.dqn]\nmonitor = "reward"\n')
+    toml.write_text(
+        'keep_best = 4\n[models.cnn]\nmonitor = "accuracy"\nmode = "max"\n[models.dqn]\nmonitor = "reward"\n'
+    )
     monkeypatch.setenv("MLFLOW_PERSIST_MODELS__CNN__MONITOR", "heldout_loss")
     monkeypatch.setenv("MLFLOW_PERSIST_MODELS__CNN__MIN_DELTA", "0.25")
     monkeypatch.setenv("MLFLOW_PERSIST_MODELS__EXTREMA__PERIODIC_EVERY_STEPS", "none")

@@ -12,22 +12,28 @@ import time
 from pathlib import Path
 
 import pytest
+from store_support import read_until
 
 import mlflow_persist as mp
 from mlflow_persist._store.mlflow_store import MlflowStore
-from store_support import read_until
 
 pytestmark = pytest.mark.slow  # subprocesses killed at random moments, several trials
 
 TRAINER = Path(__file__).with_name("trainer_proc.py")
 
 
-def start_trainer(uri: str, name: str, steps: int, sleep: float = 0.01, record: Path | None = None
-                  ) -> subprocess.Popen[str]:
+def start_trainer(
+    uri: str, name: str, steps: int, sleep: float = 0.01, record: Path | None = None
+) -> subprocess.Popen[str]:
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
     extra = [str(record)] if record is not None else []
-    return subprocess.Popen([sys.executable, str(TRAINER), uri, name, str(steps), str(sleep), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(TRAINER), uri, name, str(steps), str(sleep), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def trainer_digest(tensors: dict) -> str:
@@ -74,7 +80,10 @@ def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(trackin
         expected = recorded_states(record)[restored["step"]]  # the live state when that snapshot was taken
         assert restored["step"] >= newest_step
         assert (restored["model"], restored["optimizer"], restored["rng"]) == (
-            expected["model"], expected["optimizer"], expected["rng"])
+            expected["model"],
+            expected["optimizer"],
+            expected["rng"],
+        )
         assert read_until(restart, "RUN") == run_id
         read_until(restart, "DONE")
         assert restart.wait(timeout=60) == 0, restart.stderr.read() if restart.stderr else ""
@@ -100,4 +109,6 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tracking_uri: str, t
     opt_tensors = {f"{i}.{k}": v for i, s in state.optimizer_state["state"].items() for k, v in s.items()}
     expected = recorded_states(record)[newest.step]
     assert (trainer_digest(dict(state.model_state)), trainer_digest(opt_tensors)) == (
-        expected["model"], expected["optimizer"])
+        expected["model"],
+        expected["optimizer"],
+    )

@@ -9,16 +9,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist._policy.cuts import CUT_COMPLETE_TAG, CUT_MEMBERS_TAG, CUT_TAG, complete_cuts, cut_sequence, \
-    next_cut_sequence
-from mlflow_persist.testing import MemoryStore
+from mlflow_persist._policy.cuts import (
+    CUT_COMPLETE_TAG,
+    CUT_MEMBERS_TAG,
+    CUT_TAG,
+    complete_cuts,
+    cut_sequence,
+    next_cut_sequence,
+)
 from mlflow_persist._policy.versions import VersionInfo, tag
+from mlflow_persist.testing import MemoryStore
 
 
 class Counter:
@@ -36,8 +43,16 @@ class Counter:
 
 
 def _config(**values: Any) -> mp.PersistConfig:
-    base = dict(tracking_uri="memory://", keep_best=100, keep_periodic=100, keep_final=100, log_system_metrics=False,
-                min_free_disk_mb=0, min_free_disk_percent=0, scheduler_interval_seconds=0.05)
+    base = dict(
+        tracking_uri="memory://",
+        keep_best=100,
+        keep_periodic=100,
+        keep_final=100,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        scheduler_interval_seconds=0.05,
+    )
     base.update(values)
     return mp.PersistConfig(**base)
 
@@ -68,8 +83,15 @@ class System:
             self.hb.step(loss=float(loss.detach()))
 
     def snapshot(self) -> dict[str, Any]:
-        return copy.deepcopy({"a": self.a.state_dict(), "b": self.b.state_dict(), "opt": self.opt_a.state_dict(),
-                              "app": self.state.state_dict(), "steps": (self.ha.current_step, self.hb.current_step)})
+        return copy.deepcopy(
+            {
+                "a": self.a.state_dict(),
+                "b": self.b.state_dict(),
+                "opt": self.opt_a.state_dict(),
+                "app": self.state.state_dict(),
+                "steps": (self.ha.current_step, self.hb.current_step),
+            }
+        )
 
 
 def _equal(x: Any, y: Any) -> bool:
@@ -252,8 +274,10 @@ def test_save_all_refuses_a_category_a_cut_cannot_have() -> None:
 
 # ------------------------------------------------------------------------------------------ pure logic
 
-def _version(name: str, number: int, cut: str | None, members: str, complete: bool = False,
-             corrupt: bool = False) -> VersionInfo:
+
+def _version(
+    name: str, number: int, cut: str | None, members: str, complete: bool = False, corrupt: bool = False
+) -> VersionInfo:
     tags = {tag("category"): "periodic", tag("step"): str(number)}
     if cut:
         tags.update({CUT_TAG: cut, CUT_MEMBERS_TAG: members})
@@ -267,8 +291,12 @@ def _version(name: str, number: int, cut: str | None, members: str, complete: bo
 def test_complete_cuts_needs_the_marker_every_member_and_no_corruption() -> None:
     c1, c2, c3, c4 = "00000001-aa", "00000002-bb", "00000003-cc", "00000010-dd"
     versions = {
-        "a": [_version("a", 1, c1, "a,b", complete=True), _version("a", 2, c2, "a,b", complete=True),
-              _version("a", 3, c3, "a,b"), _version("a", 4, c4, "a,b", complete=True)],
+        "a": [
+            _version("a", 1, c1, "a,b", complete=True),
+            _version("a", 2, c2, "a,b", complete=True),
+            _version("a", 3, c3, "a,b"),
+            _version("a", 4, c4, "a,b", complete=True),
+        ],
         "b": [_version("b", 1, c1, "a,b"), _version("b", 2, c2, "a,b", corrupt=True), _version("b", 3, c3, "a,b")],
     }
     # c4: b's member is missing; c3: no marker; c2: b's member is corrupt; c1: the marker on one member suffices

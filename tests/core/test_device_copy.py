@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -60,8 +61,15 @@ class LateCopies:
 
 
 def _config() -> mp.PersistConfig:
-    return mp.PersistConfig(min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                            scheduler_interval_seconds=60, keep_best=100, keep_periodic=100, keep_final=100)
+    return mp.PersistConfig(
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        scheduler_interval_seconds=60,
+        keep_best=100,
+        keep_periodic=100,
+        keep_final=100,
+    )
 
 
 def test_the_writer_serializes_a_snapshot_only_after_its_device_copies_complete() -> None:

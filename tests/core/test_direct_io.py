@@ -18,7 +18,7 @@ def _chunks(total: int, sizes: list[int]) -> list[bytes]:
     out, offset, index = [], 0, 0
     while offset < total:
         size = sizes[index % len(sizes)]
-        out.append(data[offset:offset + size])
+        out.append(data[offset : offset + size])
         offset += size
         index += 1
     return out
@@ -34,8 +34,9 @@ def test_the_file_holds_exactly_the_bytes_written(tmp_path: Path, total: int) ->
     assert handle.size == total
 
 
-def test_a_filesystem_refusing_o_direct_at_open_gets_buffered_writes(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_filesystem_refusing_o_direct_at_open_gets_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_open = os.open
 
     def open_(path: str, flags: int, mode: int = 0o777) -> int:
@@ -50,8 +51,9 @@ def test_a_filesystem_refusing_o_direct_at_open_gets_buffered_writes(tmp_path: P
     assert (tmp_path / "f").read_bytes() == b"x" * 5000
 
 
-def test_o_direct_refused_at_the_first_write_falls_back_without_losing_bytes(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_o_direct_refused_at_the_first_write_falls_back_without_losing_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_write = os.write
     refused = []
 

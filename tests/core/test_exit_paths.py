@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from store_support import read_until
 
 import mlflow_persist as mp
 from mlflow_persist._store.mlflow_store import MlflowStore
-from store_support import read_until
 
 pytestmark = pytest.mark.slow  # real subprocesses: 5-7 s of imports each
 PROC = Path(__file__).with_name("exit_proc.py")
@@ -26,8 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _start(uri: str, record: Path, mode: str, grace: float = 30.0) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.Popen([sys.executable, str(PROC), uri, str(record), mode, str(grace)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(PROC), uri, str(record), mode, str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def _records(path: Path) -> dict[int, str]:
@@ -51,8 +56,9 @@ def test_a_script_that_never_calls_close_still_saves_its_final_checkpoint(sqlite
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGTERM, signal.SIGINT])
-def test_a_signal_mid_update_gives_a_final_checkpoint_of_a_completed_step(sqlite_uri: str, tmp_path: Path,
-                                                                          signum: int) -> None:
+def test_a_signal_mid_update_gives_a_final_checkpoint_of_a_completed_step(
+    sqlite_uri: str, tmp_path: Path, signum: int
+) -> None:
     """Regression (issue 11 #3): the signal raised inside the update, so `final` held a half-applied one."""
     record = tmp_path / "record.jsonl"
     proc = _start(sqlite_uri, record, "slow-update")

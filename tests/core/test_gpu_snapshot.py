@@ -17,8 +17,14 @@ def test_a_gpu_snapshot_holds_the_weights_of_its_step_although_training_runs_on(
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    config = mp.PersistConfig(min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                              keep_best=100, keep_periodic=100, keep_final=100)
+    config = mp.PersistConfig(
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        keep_best=100,
+        keep_periodic=100,
+        keep_final=100,
+    )
     store = MemoryStore()
     expected = {}
     with mp.Persistence(config, store=store, install_signal_handlers=False) as persist:

@@ -12,8 +12,14 @@ from mlflow_persist.testing import MemoryStore
 def test_gc_without_the_trainers_config_keeps_the_best_of_a_max_monitor() -> None:
     """Regression (issue 11 #8): `gc` ranked with the CLI config's mode (`min`) and deleted the best."""
     store = MemoryStore()
-    trainer = mp.PersistConfig(monitor="accuracy", mode="max", keep_best=1000, min_free_disk_mb=0,
-                               min_free_disk_percent=0, log_system_metrics=False)
+    trainer = mp.PersistConfig(
+        monitor="accuracy",
+        mode="max",
+        keep_best=1000,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+    )
     accuracies = [0.1, 0.2, 0.5, 0.4, 0.6, 0.9, 0.3, 0.95]
     with mp.Persistence(trainer, store=store, install_signal_handlers=False) as persist:
         handle = persist.track("net", torch.nn.Linear(2, 1))

@@ -23,10 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(**overrides: Any) -> mp.PersistConfig:
-    values: dict[str, Any] = dict(min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                                  scheduler_interval_seconds=0.05, save_retry_attempts=6,
-                                  save_retry_max_wait_seconds=0.02, failure_alert_threshold=3,
-                                  keep_best=1000, keep_periodic=1000, keep_final=1000)
+    values: dict[str, Any] = dict(
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        scheduler_interval_seconds=0.05,
+        save_retry_attempts=6,
+        save_retry_max_wait_seconds=0.02,
+        failure_alert_threshold=3,
+        keep_best=1000,
+        keep_periodic=1000,
+        keep_final=1000,
+    )
     values.update(overrides)
     return mp.PersistConfig(**values)
 
@@ -71,8 +79,7 @@ def test_memory_store_training_touches_no_disk_and_imports_no_mlflow(tmp_path: P
     env.pop("MLFLOW_PERSIST_OUTBOX_DIR", None)
     work = tmp_path / "work"
     work.mkdir()
-    out = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "categories ['final', 'performance', 'periodic'] restored final 40" in out.stdout
     assert "mlflow imported: False" in out.stdout
@@ -101,7 +108,8 @@ def _train(persist: mp.Persistence, steps: int, losses: list[float]) -> tuple[mp
 @pytest.mark.parametrize("fault", ["fail_once", "fail_for_a_while", "hang"])
 @pytest.mark.parametrize("stage", [s for s in STAGES if s != "load"])
 def test_a_fault_at_any_save_stage_never_stops_training_nor_loses_an_acknowledged_checkpoint(
-        stage: str, fault: str) -> None:
+    stage: str, fault: str
+) -> None:
     store = MemoryStore()
     alerts: list[mp.Alert] = []
     if fault == "fail_once":
@@ -151,8 +159,9 @@ def test_repeated_failures_alert_once_mark_degraded_and_recover() -> None:
     store = MemoryStore()
     alerts: list[mp.Alert] = []
     store.fail("register", times=None)
-    persist = mp.Persistence(_config(save_retry_attempts=2), store=store, alert_sinks=[alerts.append],
-                             install_signal_handlers=False)
+    persist = mp.Persistence(
+        _config(save_retry_attempts=2), store=store, alert_sinks=[alerts.append], install_signal_handlers=False
+    )
     torch.manual_seed(2)
     handle = persist.track("net", torch.nn.Linear(2, 1))
     for i in range(6):
@@ -181,8 +190,9 @@ def test_a_slow_alert_sink_never_stalls_training() -> None:
         time.sleep(2.0)
         delivered.append(alert.kind)
 
-    persist = mp.Persistence(_config(save_retry_attempts=1), store=store, alert_sinks=[slow_sink],
-                             install_signal_handlers=False)
+    persist = mp.Persistence(
+        _config(save_retry_attempts=1), store=store, alert_sinks=[slow_sink], install_signal_handlers=False
+    )
     try:
         handle = persist.track("net", torch.nn.Linear(2, 1))
         slowest = 0.0
@@ -252,10 +262,16 @@ def test_an_improvement_whose_save_failed_leaves_no_phantom_best() -> None:
         persist.close()
 
 
-def _degrading_run(store: MemoryStore, alerts: list[mp.Alert]) -> tuple[mp.Persistence, mp.ModelHandle,
-                                                                        torch.nn.Module]:
-    cfg = _config(degradation_margin=0.5, degradation_margin_mode="abs", degradation_patience=3,
-                  revert_on_degradation=True, save_retry_attempts=1)
+def _degrading_run(
+    store: MemoryStore, alerts: list[mp.Alert]
+) -> tuple[mp.Persistence, mp.ModelHandle, torch.nn.Module]:
+    cfg = _config(
+        degradation_margin=0.5,
+        degradation_margin_mode="abs",
+        degradation_patience=3,
+        revert_on_degradation=True,
+        save_retry_attempts=1,
+    )
     persist = mp.Persistence(cfg, store=store, alert_sinks=[alerts.append], install_signal_handlers=False)
     torch.manual_seed(4)
     model = torch.nn.Linear(2, 2)
@@ -294,14 +310,16 @@ def test_a_revert_never_loads_a_version_tagged_corrupt() -> None:
     persist.close()
 
 
-def test_a_long_outage_keeps_the_outbox_and_the_metric_buffer_bounded(isolated_outbox: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_long_outage_keeps_the_outbox_and_the_metric_buffer_bounded(
+    isolated_outbox: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Regression (issue 11 #7): neither the outbox nor the metric buffer had a bound during an outage."""
     store = MemoryStore(remote=True)
     store.fail("write", times=None)  # the server is down: nothing can be uploaded
     store.fail("metrics", times=None)
-    cfg = _config(periodic_every_steps=1, outbox_max_mb=0.15, metrics_buffer_max_rows=100,
-                  outbox_dir=str(isolated_outbox))
+    cfg = _config(
+        periodic_every_steps=1, outbox_max_mb=0.15, metrics_buffer_max_rows=100, outbox_dir=str(isolated_outbox)
+    )
     persist = mp.Persistence(cfg, store=store, install_signal_handlers=False)
     torch.manual_seed(6)
     handle = persist.track("net", torch.nn.Linear(4, 4))
@@ -324,7 +342,8 @@ def test_a_long_outage_keeps_the_outbox_and_the_metric_buffer_bounded(isolated_o
     persist.close()
     registered = [v.step for v in store.list_versions("net") if v.category in ("performance", "periodic")]
     assert [s + 1 for s in sorted(improvements)] == sorted(
-        v.step for v in store.list_versions("net") if v.category == "performance")
+        v.step for v in store.list_versions("net") if v.category == "performance"
+    )
     assert registered == sorted(registered)
 
 

@@ -37,16 +37,28 @@ def _payload() -> dict:
     model(torch.randn(2, 3)).sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.StepLR(opt, 10)
-    return build_payload(model_name="m", model_state=model.state_dict(), optimizer_state=opt.state_dict(),
-                         scheduler_state=sched.state_dict(), extra_state=Agent().state_dict(), step=17,
-                         metrics={"loss": 0.5}, category="performance")
+    return build_payload(
+        model_name="m",
+        model_state=model.state_dict(),
+        optimizer_state=opt.state_dict(),
+        scheduler_state=sched.state_dict(),
+        extra_state=Agent().state_dict(),
+        step=17,
+        metrics={"loss": 0.5},
+        category="performance",
+    )
 
 
 def test_round_trip_preserves_every_field(tmp_path: Path) -> None:
     payload = _payload()
     written = write_checkpoint_dir(payload, tmp_path / "ck")
     state = read_checkpoint_dir(tmp_path / "ck")
-    assert state.digest == written.digest and state.digest.algorithm == "xxh3-128" and state.step == 17 and state.metrics == {"loss": 0.5}
+    assert (
+        state.digest == written.digest
+        and state.digest.algorithm == "xxh3-128"
+        and state.step == 17
+        and state.metrics == {"loss": 0.5}
+    )
     for key, tensor in payload["model_state"].items():
         assert torch.equal(state.model_state[key], tensor)
     assert state.optimizer_state["state"][0]["exp_avg"].equal(payload["optimizer_state"]["state"][0]["exp_avg"])
@@ -114,8 +126,16 @@ def test_format_1_payload_is_upgraded(tmp_path: Path) -> None:
     model = torch.nn.Linear(2, 1)
     directory = tmp_path / "v1"
     directory.mkdir()
-    torch.save({"format_version": 1, "model_state": model.state_dict(), "optimizer_state": None, "step": 3,
-                "metrics": {"loss": 1.0}}, directory / CHECKPOINT_FILE)
+    torch.save(
+        {
+            "format_version": 1,
+            "model_state": model.state_dict(),
+            "optimizer_state": None,
+            "step": 3,
+            "metrics": {"loss": 1.0},
+        },
+        directory / CHECKPOINT_FILE,
+    )
     digest = hashlib.sha256((directory / CHECKPOINT_FILE).read_bytes()).hexdigest()
     (directory / "manifest.json").write_text(json.dumps({"format_version": 1, "sha256": digest}))
     state = read_checkpoint_dir(directory)

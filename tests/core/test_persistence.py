@@ -24,8 +24,16 @@ def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
 
 
 def _config(uri: str, **overrides: object) -> mp.PersistConfig:
-    values = dict(tracking_uri=uri, min_delta=0.05, keep_best=3, keep_periodic=2, min_free_disk_mb=1,
-                  min_free_disk_percent=0, scheduler_interval_seconds=0.5, log_system_metrics=True)
+    values = dict(
+        tracking_uri=uri,
+        min_delta=0.05,
+        keep_best=3,
+        keep_periodic=2,
+        min_free_disk_mb=1,
+        min_free_disk_percent=0,
+        scheduler_interval_seconds=0.5,
+        log_system_metrics=True,
+    )
     values.update(overrides)
     return mp.PersistConfig(**values)
 
@@ -64,7 +72,11 @@ def test_two_models_independent_best_and_exact_performance_saves(tracking_uri: s
     for name in ("dqn", "cnn"):
         latest = store.resolve(f"models:/{name}/latest")
         assert latest.category == "final" and latest.step == 10
-        assert len(latest.tags["mlflow_persist.digest"]) == 32 and latest.tags["mlflow_persist.digest_algorithm"] == "xxh3-128" and latest.tags["mlflow_persist.format_version"] == "2"
+        assert (
+            len(latest.tags["mlflow_persist.digest"]) == 32
+            and latest.tags["mlflow_persist.digest_algorithm"] == "xxh3-128"
+            and latest.tags["mlflow_persist.format_version"] == "2"
+        )
         assert latest.created_at.endswith("+00:00")
     metrics = store.client.get_metric_history(next(iter(run_ids)), "loss")
     assert sorted(m.step for m in metrics) == list(range(1, 11))

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from mlflow_persist._policy.policy import (
     PERFORMANCE,
     PERIODIC,
-    PeriodicSchedule,
     PerformanceTracker,
+    PeriodicSchedule,
     VersionSummary,
     decide_save,
     disk_pressure_order,
@@ -86,16 +86,21 @@ def test_performance_save_iff_beats_running_best(values: list[float], delta: flo
 
 
 versions_strategy = st.lists(
-    st.tuples(st.sampled_from(["performance", "periodic", "final", "legacy", "rollback"]),
-              st.one_of(st.none(), finite), st.booleans()),
-    min_size=1, max_size=40,
+    st.tuples(
+        st.sampled_from(["performance", "periodic", "final", "legacy", "rollback"]),
+        st.one_of(st.none(), finite),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=40,
 ).map(lambda rows: [VersionSummary(i + 1, c, v, i, corrupt and i % 5 == 0) for i, (c, v, corrupt) in enumerate(rows)])
 
 
 @settings(max_examples=300)
 @given(versions_strategy, st.integers(1, 5), st.integers(1, 5), st.integers(1, 3), st.sampled_from(["min", "max"]))
-def test_retention_invariants(versions: list[VersionSummary], keep_best: int, keep_periodic: int, keep_final: int,
-                              mode: str) -> None:
+def test_retention_invariants(
+    versions: list[VersionSummary], keep_best: int, keep_periodic: int, keep_final: int, mode: str
+) -> None:
     best = select_best(versions, mode)  # type: ignore[arg-type]
     best_version = best.version if best else None
     doomed = set(retention_deletions(versions, mode, keep_best, keep_periodic, keep_final, best_version))  # type: ignore[arg-type]
@@ -113,16 +118,21 @@ def test_retention_invariants(versions: list[VersionSummary], keep_best: int, ke
     # legacy, rollback and corrupt versions are the operator's to remove
     assert not {v.version for v in versions if v.category in ("legacy", "rollback") or v.corrupt} & doomed
     # the top keep_best performance values survive
-    ranked = sorted(valid_perf, key=lambda v: (math.inf if v.value is None else (v.value if mode == "min" else -v.value),
-                                               -v.version))
+    ranked = sorted(
+        valid_perf,
+        key=lambda v: (math.inf if v.value is None else (v.value if mode == "min" else -v.value), -v.version),
+    )
     assert not {v.version for v in ranked[:keep_best]} & doomed
 
 
 @given(versions_strategy, st.sampled_from(["min", "max"]))
 def test_select_best_is_the_optimum_of_valid_candidates(versions: list[VersionSummary], mode: str) -> None:
     best = select_best(versions, mode)  # type: ignore[arg-type]
-    candidates = [v for v in versions if v.category in ("performance", "legacy", "rollback") and not v.corrupt
-                  and v.value is not None]
+    candidates = [
+        v
+        for v in versions
+        if v.category in ("performance", "legacy", "rollback") and not v.corrupt and v.value is not None
+    ]
     if not candidates:
         assert best is None
         return
@@ -173,8 +183,9 @@ outcomes = st.lists(st.tuples(finite, st.sampled_from(["saved", "failed", "dropp
 
 @given(outcomes, st.sampled_from(["min", "max"]), st.randoms(use_true_random=False))
 @settings(max_examples=200, deadline=None)
-def test_best_rests_only_on_stored_or_in_flight_values(sequence: list[tuple[float, str]], mode: str,
-                                                       rng: object) -> None:
+def test_best_rests_only_on_stored_or_in_flight_values(
+    sequence: list[tuple[float, str]], mode: str, rng: object
+) -> None:
     """No phantom best: after every settlement, the tracker's best is the best of the values whose save was
     stored plus those still in flight; a failed or dropped save leaves no trace."""
     tracker = PerformanceTracker("loss", mode)  # type: ignore[arg-type]
@@ -212,9 +223,13 @@ def test_a_failed_improvement_does_not_block_a_smaller_later_one() -> None:
 def test_version_and_model_descriptions_read_at_a_glance() -> None:
     from mlflow_persist._store.descriptions import model_description, version_description
 
-    assert version_description("performance", 812, "loss", 0.398, int(2.4 * 2**20), previous=(0.412, 16)) == \
-        "performance \u00b7 step 812 \u00b7 loss 0.398 (\u22123.4% vs v16) \u00b7 2.4 MB"
-    assert version_description("periodic", 5, "reward", None, 2048, cut="00000003-ab") == \
-        "periodic \u00b7 step 5 \u00b7 2 KB \u00b7 system checkpoint 00000003-ab"
+    assert (
+        version_description("performance", 812, "loss", 0.398, int(2.4 * 2**20), previous=(0.412, 16))
+        == "performance \u00b7 step 812 \u00b7 loss 0.398 (\u22123.4% vs v16) \u00b7 2.4 MB"
+    )
+    assert (
+        version_description("periodic", 5, "reward", None, 2048, cut="00000003-ab")
+        == "periodic \u00b7 step 5 \u00b7 2 KB \u00b7 system checkpoint 00000003-ab"
+    )
     text = model_description("cnn")
     assert 'load_checkpoint("models:/cnn@best")' in text and "mlflow-persist history cnn" in text

@@ -10,17 +10,25 @@ from typing import Any
 import torch
 
 import mlflow_persist as mp
-from mlflow_persist._store.best import mark_corrupt
 from mlflow_persist._policy.policy import select_best
-from mlflow_persist._store.registry_view import REREAD_EVERY, RegistryView
-from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist._policy.versions import VersionInfo
+from mlflow_persist._store.best import mark_corrupt
+from mlflow_persist._store.mlflow_store import MlflowStore
+from mlflow_persist._store.registry_view import REREAD_EVERY, RegistryView
 
 
 def _config(uri: str) -> mp.PersistConfig:
-    return mp.PersistConfig(tracking_uri=uri, min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                            scheduler_interval_seconds=60, keep_best=3, keep_periodic=2, keep_final=2,
-                            periodic_every_steps=2)
+    return mp.PersistConfig(
+        tracking_uri=uri,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        scheduler_interval_seconds=60,
+        keep_best=3,
+        keep_periodic=2,
+        keep_final=2,
+        periodic_every_steps=2,
+    )
 
 
 def _valid_best(store: MlflowStore, name: str) -> VersionInfo | None:

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import mlflow_persist as mp
 from mlflow_persist._policy.smoothing import MonitorSmoother
-from mlflow_persist.testing import MemoryStore
 from mlflow_persist._policy.versions import tag
+from mlflow_persist.testing import MemoryStore
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 values_lists = st.lists(finite, min_size=1, max_size=60)
@@ -43,7 +43,7 @@ def test_window_mean_and_median_match_numpy_over_the_last_values(values: list[fl
         if i + 1 < window:
             assert m is None and d is None  # no decision on a partial window
             continue
-        last = values[i + 1 - window:i + 1]
+        last = values[i + 1 - window : i + 1]
         assert m == pytest.approx(float(np.mean(last)), rel=1e-9, abs=1e-6)
         assert d == pytest.approx(float(np.median(last)), rel=1e-9, abs=1e-6)
 
@@ -90,9 +90,18 @@ def test_bad_settings_are_refused_with_the_field_name() -> None:
 
 # ------------------------------------------------------------------------------------------ in the handle
 
+
 def _persist(store: MemoryStore, **values: Any) -> mp.Persistence:
-    base = dict(tracking_uri="memory://", keep_best=100, keep_periodic=100, keep_episode=2, log_system_metrics=False,
-                min_free_disk_mb=0, min_free_disk_percent=0, scheduler_interval_seconds=0.05)
+    base = dict(
+        tracking_uri="memory://",
+        keep_best=100,
+        keep_periodic=100,
+        keep_episode=2,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        scheduler_interval_seconds=0.05,
+    )
     base.update(values)
     return mp.Persistence(mp.PersistConfig(**base), store=store, install_signal_handlers=False)
 
@@ -108,7 +117,7 @@ def test_best_is_decided_on_the_window_median_not_on_one_lucky_minibatch() -> No
             handle.step(loss=value)
             assert persist.flush(timeout=10)
     best = store.alias_version("net")
-    medians = [statistics.median(raw[i - 4:i + 1]) for i in range(4, len(raw))]
+    medians = [statistics.median(raw[i - 4 : i + 1]) for i in range(4, len(raw))]
     assert best.value == pytest.approx(min(medians))
     assert best.value > 0.5  # the outlier never became `best`
     assert float(best.tags[tag("raw_value")]) == raw[best.step - 1] and best.tags[tag("smoothing")] == "window_median"

@@ -4,21 +4,22 @@ itself built (tensors, tags, metric rows), never from the store under test."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
+from store_support import copy_template_store, reset_server_store
 
 import mlflow_persist as mp
-from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
-from mlflow_persist._format.payload import build_payload
-from mlflow_persist._store.prune import prune
-from mlflow_persist.testing import MemoryStore
 from mlflow_persist._format.digest import Digest
+from mlflow_persist._format.payload import build_payload
 from mlflow_persist._policy.versions import digest_tags, tag
-from store_support import copy_template_store, reset_server_store
+from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist._store.prune import prune
+from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
+from mlflow_persist.testing import MemoryStore
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("server", marks=[pytest.mark.server, pytest.mark.slow])])
@@ -41,17 +42,24 @@ def _payload(seed: int, step: int) -> tuple[dict[str, Any], dict[str, torch.Tens
     torch.manual_seed(seed)
     weights = {"w": torch.randn(4, 3), "b": torch.randn(3)}
     expected = {k: v.clone() for k, v in weights.items()}
-    return build_payload(model_name="net", model_state=weights, step=step, metrics={"loss": 0.5},
-                         category="performance"), expected
+    return build_payload(
+        model_name="net", model_state=weights, step=step, metrics={"loss": 0.5}, category="performance"
+    ), expected
 
 
 def _tags(category: str, step: int, value: float, digest: Digest) -> dict[str, Any]:
-    return {tag("category"): category, tag("step"): step, tag("monitor"): "loss", tag("value"): value,
-            **digest_tags(digest)}
+    return {
+        tag("category"): category,
+        tag("step"): step,
+        tag("monitor"): "loss",
+        tag("value"): value,
+        **digest_tags(digest),
+    }
 
 
-def _save(store: CheckpointStore, run_id: str, seed: int, step: int, category: str = "performance",
-          value: float = 1.0) -> tuple[mp.VersionInfo, dict[str, torch.Tensor]]:
+def _save(
+    store: CheckpointStore, run_id: str, seed: int, step: int, category: str = "performance", value: float = 1.0
+) -> tuple[mp.VersionInfo, dict[str, torch.Tensor]]:
     payload, expected = _payload(seed, step)
     source, written = store.write_checkpoint(run_id, "net", step, payload)
     return store.register_version("net", source, run_id, _tags(category, step, value, written.digest)), expected
@@ -68,8 +76,13 @@ def test_a_registered_checkpoint_loads_back_bitwise_with_its_tags(store: Checkpo
     run_id = store.ensure_run("net")
     info, expected = _save(store, run_id, seed=1, step=7, value=0.25)
     [listed] = store.list_versions("net")
-    assert (listed.version, listed.category, listed.step, listed.value, listed.monitor) == \
-        (info.version, "performance", 7, 0.25, "loss")
+    assert (listed.version, listed.category, listed.step, listed.value, listed.monitor) == (
+        info.version,
+        "performance",
+        7,
+        0.25,
+        "loss",
+    )
     state = store.load_version(listed)
     assert state.step == 7
     assert set(state.model_state) == set(expected)
@@ -145,8 +158,7 @@ def test_prune_never_deletes_bytes_a_remaining_version_shares(store: CheckpointS
     own, _ = _save(store, run_id, seed=9, step=6, category="periodic")
     result = prune(store, "net", lambda versions, best: [shared_a.version])
     assert [v.version for v in result.deleted] == [shared_a.version]
-    assert torch.equal(store.load_version(store.get_version("net", shared_b.version)).model_state["w"],
-                       expected["w"])
+    assert torch.equal(store.load_version(store.get_version("net", shared_b.version)).model_state["w"], expected["w"])
     prune(store, "net", lambda versions, best: [shared_b.version, own.version])
     assert store.list_versions("net") == []
     with pytest.raises(CheckpointCorruptError):
@@ -172,8 +184,15 @@ def test_managed_models_filter_by_prefix(store: CheckpointStore) -> None:
 
 
 def test_persistence_saves_keeps_windows_and_restores_the_newest_weights(store: CheckpointStore) -> None:
-    cfg = mp.PersistConfig(min_free_disk_mb=0, min_free_disk_percent=0, keep_best=2, keep_periodic=2,
-                           periodic_every_steps=4, log_system_metrics=False, scheduler_interval_seconds=0.2)
+    cfg = mp.PersistConfig(
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        keep_best=2,
+        keep_periodic=2,
+        periodic_every_steps=4,
+        log_system_metrics=False,
+        scheduler_interval_seconds=0.2,
+    )
     losses = [1.0, 0.9, 0.95, 0.8, 0.85, 0.7, 0.75, 0.6, 0.65, 0.66, 0.67, 0.5]
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
@@ -198,7 +217,8 @@ def test_persistence_saves_keeps_windows_and_restores_the_newest_weights(store: 
         newer, older = sorted(performance, key=lambda v: v.version, reverse=True)
         assert newer.description is not None and newer.description.endswith(" KB")
         assert newer.description.startswith(
-            f"performance \u00b7 step 12 \u00b7 loss 0.5 (\u221216.7% vs v{older.version}) \u00b7 "), newer.description
+            f"performance \u00b7 step 12 \u00b7 loss 0.5 (\u221216.7% vs v{older.version}) \u00b7 "
+        ), newer.description
     fresh = torch.nn.Linear(3, 2)
     with mp.Persistence(cfg, store=store, install_signal_handlers=False) as persist:
         info = persist.track("net", fresh).restore()

@@ -4,13 +4,13 @@ exceptions of the S3 client and of MLflow's HTTP client against a server that ke
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 
-from mlflow_persist.errors import StoreError, StoreUnavailableError
 from mlflow_persist._store.mlflow_store import translate
+from mlflow_persist.errors import StoreError, StoreUnavailableError
 
 
 class _AlwaysFailing(BaseHTTPRequestHandler):
@@ -36,8 +36,9 @@ def test_a_server_that_keeps_answering_500_is_named_as_such(failing_server: str)
     from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
     with pytest.raises(Exception) as raised:
-        http_request(MlflowHostCreds(failing_server), "/api/2.0/mlflow/experiments/get", "GET", max_retries=1,
-                     backoff_factor=0)
+        http_request(
+            MlflowHostCreds(failing_server), "/api/2.0/mlflow/experiments/get", "GET", max_retries=1, backoff_factor=0
+        )
     error = translate(raised.value, "upload the checkpoint")
     assert isinstance(error, StoreUnavailableError)
     assert "the tracking server kept answering HTTP 500" in str(error)
@@ -47,12 +48,15 @@ def test_a_server_that_keeps_answering_500_is_named_as_such(failing_server: str)
 
 def test_an_unreachable_object_store_points_at_the_s3_settings() -> None:
     botocore = pytest.importorskip("botocore.exceptions")
-    error = translate(botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket"),
-                      "upload the checkpoint")
+    error = translate(
+        botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket"), "upload the checkpoint"
+    )
     assert isinstance(error, StoreUnavailableError)
     assert "the object store failed (EndpointConnectionError" in str(error)
     assert "MLFLOW_S3_ENDPOINT_URL" in str(error)
     assert "tracking URI" not in str(error)
-    denied = translate(botocore.ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}},
-                                            "PutObject"), "upload the checkpoint")
+    denied = translate(
+        botocore.ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject"),
+        "upload the checkpoint",
+    )
     assert isinstance(denied, StoreError) and "AccessDenied" in str(denied)

@@ -70,8 +70,9 @@ def test_failures_are_retried_with_backoff_and_reported() -> None:
     executor = GatedExecutor(failures=2)
     executor.gate.set()
     reports: list[tuple[int, bool]] = []
-    writer = CheckpointWriter(executor, max_attempts=5, on_failure=lambda job, exc, final: reports.append(
-        (job.attempts, final)))
+    writer = CheckpointWriter(
+        executor, max_attempts=5, on_failure=lambda job, exc, final: reports.append((job.attempts, final))
+    )
     job = writer.submit(_job("a", "performance", 1))
     assert job.done.wait(10) and job.outcome == "saved" and job.attempts == 3
     assert reports == [(1, False), (2, False)]
@@ -82,8 +83,9 @@ def test_a_save_that_never_succeeds_is_kept_as_failed() -> None:
     executor = GatedExecutor(failures=100)
     executor.gate.set()
     finals: list[bool] = []
-    writer = CheckpointWriter(executor, max_attempts=2, max_backoff_seconds=0.05,
-                              on_failure=lambda job, exc, final: finals.append(final))
+    writer = CheckpointWriter(
+        executor, max_attempts=2, max_backoff_seconds=0.05, on_failure=lambda job, exc, final: finals.append(final)
+    )
     job = writer.submit(_job("a", "final", 9, forced=True))
     assert job.done.wait(10)
     assert job.outcome == "failed" and isinstance(job.error, OSError)

@@ -34,8 +34,11 @@ def optimizer_digest(opt: torch.optim.Optimizer) -> str:
 
 
 def state_digests(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, str]:
-    return {"model": digest(model.state_dict()), "optimizer": optimizer_digest(opt),
-            "rng": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()}
+    return {
+        "model": digest(model.state_dict()),
+        "optimizer": optimizer_digest(opt),
+        "rng": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest(),
+    }
 
 
 def record(path: str, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -52,15 +55,27 @@ def main() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    cfg = mp.PersistConfig(tracking_uri=uri, periodic_every_steps=3, keep_periodic=3, keep_best=3,
-                           min_free_disk_mb=1, min_free_disk_percent=0, scheduler_interval_seconds=0.5)
+    cfg = mp.PersistConfig(
+        tracking_uri=uri,
+        periodic_every_steps=3,
+        keep_periodic=3,
+        keep_best=3,
+        min_free_disk_mb=1,
+        min_free_disk_percent=0,
+        scheduler_interval_seconds=0.5,
+    )
     with mp.Persistence(cfg) as persist:
         handle = persist.track(name, model, optimizer=opt)
         info = handle.restore()
         restored = None
         if info is not None:
-            restored = {"version": info.version, "step": info.step, "category": info.category,
-                        "run_id": handle.run_id, **state_digests(model, opt)}
+            restored = {
+                "version": info.version,
+                "step": info.step,
+                "category": info.category,
+                "run_id": handle.run_id,
+                **state_digests(model, opt),
+            }
         print("RESTORED", json.dumps(restored), flush=True)
         print("RUN", handle.run_id, flush=True)
         start = handle.current_step

@@ -17,12 +17,22 @@ from mlflow_persist.episodes.tensors import decode_tensor, encode_tensor, tensor
 from mlflow_persist.episodes.values import decode, encode, values_identical
 
 
-@pytest.mark.parametrize("tensor", [
-    torch.randn(3, 4), torch.randn(2, 3, dtype=torch.float64).t(), torch.randn(5).to(torch.bfloat16),
-    torch.randn(4).to(torch.float16), torch.tensor([True, False]), torch.arange(7, dtype=torch.int8),
-    torch.randn(2, dtype=torch.complex64), torch.empty(0, 3), torch.tensor(3.5), torch.tensor([-0.0, 0.0]),
-    torch.frombuffer(bytearray(struct.pack("<I", 0x7FC00123)), dtype=torch.float32),  # NaN with payload
-])
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.randn(3, 4),
+        torch.randn(2, 3, dtype=torch.float64).t(),
+        torch.randn(5).to(torch.bfloat16),
+        torch.randn(4).to(torch.float16),
+        torch.tensor([True, False]),
+        torch.arange(7, dtype=torch.int8),
+        torch.randn(2, dtype=torch.complex64),
+        torch.empty(0, 3),
+        torch.tensor(3.5),
+        torch.tensor([-0.0, 0.0]),
+        torch.frombuffer(bytearray(struct.pack("<I", 0x7FC00123)), dtype=torch.float32),  # NaN with payload
+    ],
+)
 def test_tensor_roundtrip_is_bitwise(tensor: torch.Tensor) -> None:
     out = decode_tensor(encode_tensor(tensor))
     assert out.dtype == tensor.dtype and out.shape == tensor.shape
@@ -38,10 +48,17 @@ def test_tensors_identical_is_stricter_than_equal() -> None:
 
 
 def test_values_roundtrip_rng_states_and_tagged_types() -> None:
-    value = {"python": random.Random(3).getstate(), "numpy": np.random.RandomState(4).get_state(),
-             "torch": torch.get_rng_state(), "nan": struct.unpack("<d", struct.pack("<Q", 0x7FF8000000000042))[0],
-             "neg0": -0.0, "bytes": b"\x00\xff", 3: "int key", "np": np.float32(1.5),
-             "ts": pd.Timestamp("2024-03-31 01:59:59.123456789", tz="Europe/Berlin")}
+    value = {
+        "python": random.Random(3).getstate(),
+        "numpy": np.random.RandomState(4).get_state(),
+        "torch": torch.get_rng_state(),
+        "nan": struct.unpack("<d", struct.pack("<Q", 0x7FF8000000000042))[0],
+        "neg0": -0.0,
+        "bytes": b"\x00\xff",
+        3: "int key",
+        "np": np.float32(1.5),
+        "ts": pd.Timestamp("2024-03-31 01:59:59.123456789", tz="Europe/Berlin"),
+    }
     text = encode(value)
     out = decode(text)
     assert encode(out) == text
@@ -57,8 +74,17 @@ def test_values_refuse_unencodable_objects_with_where() -> None:
 
 
 def test_episode_from_dict_normalises_times_and_keeps_extra_fields() -> None:
-    ep = Episode.from_dict({"episode_id": "a", "bar_time": pd.Timestamp("2024-01-01 10:00"), "wall_time": 1.7e9,
-                            "action": 2, "step": 17, "position": -1, "checkpoint_versions": {"dqn": "3"}})
+    ep = Episode.from_dict(
+        {
+            "episode_id": "a",
+            "bar_time": pd.Timestamp("2024-01-01 10:00"),
+            "wall_time": 1.7e9,
+            "action": 2,
+            "step": 17,
+            "position": -1,
+            "checkpoint_versions": {"dqn": "3"},
+        }
+    )
     assert str(ep.bar_time.tz) == "UTC" and ep.wall_time == pd.Timestamp(1.7e9, unit="s", tz="UTC")
     assert ep.extra == {"step": 17, "position": -1} and ep.checkpoint_versions == {"dqn": 3}
 

@@ -35,8 +35,14 @@ def _uri(workdir: Path) -> str:
 
 
 def _cli(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args, "--tracking-uri", _uri(workdir)], cwd=workdir, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*CLI, *args, "--tracking-uri", _uri(workdir)],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _replay(workdir: Path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -91,11 +97,18 @@ def test_replay_sample_of_25_reproduces_all(workdir: Path) -> None:
 
 def test_replay_one_episode_by_id_whose_version_retention_deleted(workdir: Path) -> None:
     store = _store(workdir)
-    registered = {(v.name, int(v.version)) for name in ("dqn", "cnn", "cob_rl", "extrema")
-                  for v in store.client.search_model_versions(f"name='{name}'")}
-    deleted = [eid for eid, versions in zip(store.index["episode_id"], store.index["checkpoint_versions"].map(json.loads),
-                                            strict=True)
-               if any(v is not None and (name, v) not in registered for name, v in versions.items())]
+    registered = {
+        (v.name, int(v.version))
+        for name in ("dqn", "cnn", "cob_rl", "extrema")
+        for v in store.client.search_model_versions(f"name='{name}'")
+    }
+    deleted = [
+        eid
+        for eid, versions in zip(
+            store.index["episode_id"], store.index["checkpoint_versions"].map(json.loads), strict=True
+        )
+        if any(v is not None and (name, v) not in registered for name, v in versions.items())
+    ]
     assert deleted, "retention deleted no version that decided; nothing exercises the kept weights"
     code, report, stderr = _replay(workdir, "--episode", str(deleted[len(deleted) // 2]))
     assert (code, report) == (0, {"replayed": 1, "reproduced": 1, "failed": []}), stderr
@@ -105,8 +118,14 @@ class _Background:
     """A `run` subprocess whose stderr is read on a thread, so the test can wait for a progress line."""
 
     def __init__(self, workdir: Path, *args: str) -> None:
-        self.proc = subprocess.Popen([*CLI, "run", "--tracking-uri", _uri(workdir), *args], cwd=workdir, env=_env(),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*CLI, "run", "--tracking-uri", _uri(workdir), *args],
+            cwd=workdir,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

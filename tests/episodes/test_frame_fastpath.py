@@ -24,7 +24,8 @@ FLOAT_BITS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0]),
     st.integers(min_value=0x7FF0000000000001, max_value=0x7FFFFFFFFFFFFFFF).map(
-        lambda b: struct.unpack("<d", struct.pack("<Q", b))[0]),  # NaNs with payloads
+        lambda b: struct.unpack("<d", struct.pack("<Q", b))[0]
+    ),  # NaNs with payloads
 )
 
 
@@ -42,10 +43,13 @@ def _index(kind: str, n: int, start: int) -> pd.Index:
     if kind == "range":
         return pd.RangeIndex(n)
     if kind == "utc":
-        return pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC", name="time", unit="us") + pd.Timedelta(hours=start)
+        return pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC", name="time", unit="us") + pd.Timedelta(
+            hours=start
+        )
     if kind == "berlin":
-        return pd.DatetimeIndex(pd.date_range("2024-03-30", periods=n, freq="h", tz="Europe/Berlin") + pd.Timedelta(hours=start),
-                                freq=None)
+        return pd.DatetimeIndex(
+            pd.date_range("2024-03-30", periods=n, freq="h", tz="Europe/Berlin") + pd.Timedelta(hours=start), freq=None
+        )
     return pd.Index(np.arange(start, start + n, dtype=np.float64) / 3, name="x")
 
 

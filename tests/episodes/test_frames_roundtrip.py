@@ -23,7 +23,8 @@ FLOAT_BITS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0]),
     st.integers(min_value=0x7FF0000000000001, max_value=0x7FFFFFFFFFFFFFFF).map(
-        lambda b: struct.unpack("<d", struct.pack("<Q", b))[0]),  # NaNs with payloads
+        lambda b: struct.unpack("<d", struct.pack("<Q", b))[0]
+    ),  # NaNs with payloads
 )
 
 
@@ -33,8 +34,27 @@ def _roundtrip(df: pd.DataFrame) -> pd.DataFrame:
 
 @st.composite
 def column(draw: st.DrawFn, n: int) -> pd.Series | pd.Categorical | np.ndarray:
-    kind = draw(st.sampled_from(["f64", "f32", "i64", "i8", "u32", "bool", "str", "object", "cat",
-                                 "ts_tz", "ts_naive", "td", "Int64", "boolean", "string"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "f64",
+                "f32",
+                "i64",
+                "i8",
+                "u32",
+                "bool",
+                "str",
+                "object",
+                "cat",
+                "ts_tz",
+                "ts_naive",
+                "td",
+                "Int64",
+                "boolean",
+                "string",
+            ]
+        )
+    )
     if kind == "f64":
         bits = draw(st.lists(FLOAT_BITS, min_size=n, max_size=n))
         return np.array(bits, dtype=np.float64)
@@ -52,8 +72,9 @@ def column(draw: st.DrawFn, n: int) -> pd.Series | pd.Categorical | np.ndarray:
     if kind == "string":
         return pd.array(draw(st.lists(text, min_size=n, max_size=n)), dtype="string")
     if kind == "object":
-        values = draw(st.lists(st.one_of(st.text(max_size=5), st.none(), st.just(float("nan"))),
-                               min_size=n, max_size=n))
+        values = draw(
+            st.lists(st.one_of(st.text(max_size=5), st.none(), st.just(float("nan"))), min_size=n, max_size=n)
+        )
         arr = np.empty(n, dtype=object)
         arr[:] = values
         return pd.Series(arr, dtype=object).array
@@ -62,21 +83,25 @@ def column(draw: st.DrawFn, n: int) -> pd.Series | pd.Categorical | np.ndarray:
         values = draw(st.lists(st.one_of(st.none(), st.sampled_from(cats)), min_size=n, max_size=n))
         return pd.Categorical(values, categories=cats, ordered=draw(st.booleans()))
     if kind in ("ts_tz", "ts_naive"):
-        ints = draw(st.lists(st.one_of(st.none(), st.integers(-2**62, 2**62)), min_size=n, max_size=n))
+        ints = draw(st.lists(st.one_of(st.none(), st.integers(-(2**62), 2**62)), min_size=n, max_size=n))
         unit = draw(st.sampled_from(["ns", "us", "ms", "s"]))
         scale = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}[unit]
-        arr = np.array([np.datetime64("NaT") if v is None else np.datetime64(v // scale, unit) for v in ints],
-                       dtype=f"datetime64[{unit}]")
+        arr = np.array(
+            [np.datetime64("NaT") if v is None else np.datetime64(v // scale, unit) for v in ints],
+            dtype=f"datetime64[{unit}]",
+        )
         idx = pd.DatetimeIndex(arr)
         if kind == "ts_tz":
             idx = idx.tz_localize("UTC").tz_convert(draw(st.sampled_from(TZS)))
         return idx.array
     if kind == "td":
-        ints = draw(st.lists(st.integers(-2**40, 2**40), min_size=n, max_size=n))
+        ints = draw(st.lists(st.integers(-(2**40), 2**40), min_size=n, max_size=n))
         return np.array(ints, dtype="timedelta64[ns]")
     if kind == "Int64":
-        return pd.array(draw(st.lists(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1)), min_size=n, max_size=n)),
-                        dtype="Int64")
+        return pd.array(
+            draw(st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)), min_size=n, max_size=n)),
+            dtype="Int64",
+        )
     return pd.array(draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=n, max_size=n)), dtype="boolean")
 
 
@@ -100,15 +125,22 @@ def index_for(draw: st.DrawFn, n: int) -> pd.Index:
         return pd.Index(np.array(draw(st.lists(FLOAT_BITS, min_size=n, max_size=n)), dtype=np.float64))
     return pd.MultiIndex.from_arrays(
         [draw(st.lists(st.sampled_from(["bid", "ask"]), min_size=n, max_size=n)), np.arange(n, dtype=np.int64)],
-        names=["side", "level"])
+        names=["side", "level"],
+    )
 
 
 @st.composite
 def frames(draw: st.DrawFn) -> pd.DataFrame:
     n = draw(st.integers(0, 12))
     ncols = draw(st.integers(0, 6))
-    names = draw(st.lists(st.one_of(st.text(min_size=1, max_size=6), st.integers(0, 50)),
-                          min_size=ncols, max_size=ncols, unique_by=str))
+    names = draw(
+        st.lists(
+            st.one_of(st.text(min_size=1, max_size=6), st.integers(0, 50)),
+            min_size=ncols,
+            max_size=ncols,
+            unique_by=str,
+        )
+    )
     data = {name: draw(column(n)) for name in names}
     index = draw(index_for(n))
     return pd.DataFrame(data, index=index) if data else pd.DataFrame(index=index)
@@ -144,9 +176,14 @@ def test_object_column_keeps_python_values_and_missing_kinds() -> None:
 
 def test_tz_aware_index_freq_categories_and_column_order_survive() -> None:
     idx = pd.date_range("2024-03-31 00:00", periods=4, freq="h", tz="Europe/Berlin", name="bar_time")
-    df = pd.DataFrame({"z": [1.0, 2.0, 3.0, 4.0],
-                       "a": pd.Categorical(["up", "down", None, "up"], categories=["down", "flat", "up"], ordered=True),
-                       7: np.array([1, 2, 3, 4], dtype=np.int16)}, index=idx)
+    df = pd.DataFrame(
+        {
+            "z": [1.0, 2.0, 3.0, 4.0],
+            "a": pd.Categorical(["up", "down", None, "up"], categories=["down", "flat", "up"], ordered=True),
+            7: np.array([1, 2, 3, 4], dtype=np.int16),
+        },
+        index=idx,
+    )
     out = _roundtrip(df)
     assert list(out.columns) == ["z", "a", 7]
     assert out.index.freqstr == "h" and str(out.index.tz) == "Europe/Berlin"

@@ -39,8 +39,9 @@ def test_replay_falls_back_to_the_kept_weights(client: Any, run_id: str, tmp_pat
     assert state_fingerprint(store.weights("toy", fingerprint)) == fingerprint
 
 
-def test_without_kept_weights_the_missing_version_is_named(client: Any, run_id: str, tmp_path: Path,
-                                                           sqlite_uri: str) -> None:
+def test_without_kept_weights_the_missing_version_is_named(
+    client: Any, run_id: str, tmp_path: Path, sqlite_uri: str
+) -> None:
     target, version, _ = _record(client, run_id, tmp_path, keep_weights=False)
     report = replay_ids(EpisodeStore(client, run_id), ["ep-0000"], target, tracking_uri=sqlite_uri)
     assert report.reproduced == 0

@@ -31,8 +31,13 @@ def recorded(client: Any, run_id: str, tmp_path: Path, sqlite_uri: str) -> dict[
     for ep in episodes:
         rec.record(ep)
     assert rec.close()
-    return {"episodes": episodes, "store": EpisodeStore(client, run_id), "uri": sqlite_uri, "target": target,
-            "versions": (v1, v2)}
+    return {
+        "episodes": episodes,
+        "store": EpisodeStore(client, run_id),
+        "uri": sqlite_uri,
+        "target": target,
+        "versions": (v1, v2),
+    }
 
 
 def test_stored_episodes_reproduce_exactly(recorded: dict[str, Any]) -> None:
@@ -58,18 +63,24 @@ def test_wrong_checkpoint_version_is_named(recorded: dict[str, Any]) -> None:
     ep.checkpoint_versions = {"toy": recorded["versions"][1]}  # claims version 2, decided with version 1
     report = replay([ep], recorded["target"], tracking_uri=recorded["uri"])
     assert report.failed[0]["reason"] == (
-        f"model 'toy' at checkpoint version {recorded['versions'][1]} does not hold the weights that made the decision")
+        f"model 'toy' at checkpoint version {recorded['versions'][1]} does not hold the weights that made the decision"
+    )
 
 
 def test_changed_frame_and_rng_are_detected(recorded: dict[str, Any]) -> None:
     store = recorded["store"]
     ep = store.get("ep-0003")
     ep.frames["bars"].iloc[-1, 0] += 1e-12
-    assert "frame 'bars' read back differs bitwise" in replay([ep], recorded["target"],
-                                                              tracking_uri=recorded["uri"]).failed[0]["reason"]
+    assert (
+        "frame 'bars' read back differs bitwise"
+        in replay([ep], recorded["target"], tracking_uri=recorded["uri"]).failed[0]["reason"]
+    )
     ep = store.get("ep-0003")
     ep.rng = {"seed": 999}
-    assert "output 'toy.noise' differs" in replay([ep], recorded["target"], tracking_uri=recorded["uri"]).failed[0]["reason"]
+    assert (
+        "output 'toy.noise' differs"
+        in replay([ep], recorded["target"], tracking_uri=recorded["uri"]).failed[0]["reason"]
+    )
 
 
 def test_damaged_file_fails_its_episodes_others_reproduce(recorded: dict[str, Any], client: Any, run_id: str) -> None:
@@ -77,8 +88,12 @@ def test_damaged_file_fails_its_episodes_others_reproduce(recorded: dict[str, An
     file = store.index.loc[store.index["episode_id"] == "ep-0000", "file"].iloc[0]
     root = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://"))
     (root / file).write_bytes(b"garbage")
-    report = replay_ids(EpisodeStore(client, run_id), [f"ep-{i:04d}" for i in range(12)], recorded["target"],
-                        tracking_uri=recorded["uri"])
+    report = replay_ids(
+        EpisodeStore(client, run_id),
+        [f"ep-{i:04d}" for i in range(12)],
+        recorded["target"],
+        tracking_uri=recorded["uri"],
+    )
     bad = store.index.loc[store.index["file"] == file, "episode_id"].tolist()
     assert report.replayed == 12 and report.reproduced == 12 - len(bad)
     assert sorted(f["episode_id"] for f in report.failed) == sorted(bad)
@@ -88,8 +103,13 @@ def test_damaged_file_fails_its_episodes_others_reproduce(recorded: dict[str, An
 def test_retrain_range_yields_rebuilt_inputs_in_time_order(recorded: dict[str, Any]) -> None:
     seen: list[tuple[str, torch.Tensor]] = []
     eps = recorded["episodes"]
-    summary = retrain_range(recorded["store"], eps[2].bar_time, eps[8].bar_time, recorded["target"],
-                            lambda ep, tensors: seen.append((ep.episode_id, tensors["toy.state"])))
+    summary = retrain_range(
+        recorded["store"],
+        eps[2].bar_time,
+        eps[8].bar_time,
+        recorded["target"],
+        lambda ep, tensors: seen.append((ep.episode_id, tensors["toy.state"])),
+    )
     assert [s[0] for s in seen] == [f"ep-{i:04d}" for i in range(2, 8)]
     assert summary.used == 6 and summary.failed == []
     assert torch.equal(seen[0][1], eps[2].tensors["toy.state"])
@@ -112,8 +132,10 @@ def test_cli_replay_json_and_exit_codes(recorded: dict[str, Any], monkeypatch: p
     monkeypatch.setitem(sys.modules, "episode_fixtures_target", module)
 
     runner = CliRunner()
-    result = runner.invoke(app, ["replay", "--sample", "4", "--seed", "1", "--episode", "ep-0000",
-                                 "--tracking-uri", recorded["uri"], "--json"])
+    result = runner.invoke(
+        app,
+        ["replay", "--sample", "4", "--seed", "1", "--episode", "ep-0000", "--tracking-uri", recorded["uri"], "--json"],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"schema_version": 1, "replayed": 5, "reproduced": 5, "failed": []}
 
@@ -127,5 +149,6 @@ def test_run_replay_without_a_selection_says_what_to_give(recorded: dict[str, An
     from mlflow_persist.errors import PersistError
 
     with pytest.raises(PersistError, match="give --episode ID, --sample N or --start/--end"):
-        run_replay(episode=[], sample=None, seed=None, run_id=None, tracking_uri=recorded["uri"],
-                   target=recorded["target"])
+        run_replay(
+            episode=[], sample=None, seed=None, run_id=None, tracking_uri=recorded["uri"], target=recorded["target"]
+        )

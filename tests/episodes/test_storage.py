@@ -62,13 +62,19 @@ def test_recorded_episodes_come_back_bit_exact_by_id_and_time_range(client: Any,
     start, end = episodes[10].bar_time, episodes[20].bar_time
     ranged = store.in_range(start, end)
     assert [e.episode_id for e in ranged] == [e.episode_id for e in episodes[10:20]]
-    assert not [x.reason for x in ranged if isinstance(x, EpisodeFailure)], store.index[["episode_id", "file", "row", "flush_seq"]].to_string()
+    assert not [x.reason for x in ranged if isinstance(x, EpisodeFailure)], store.index[
+        ["episode_id", "file", "row", "flush_seq"]
+    ].to_string()
     for exp, got in zip(episodes[10:20], ranged, strict=True):
         _assert_same(exp, got)
 
     assert len(set(store.sample(5, seed=1))) == 5 and store.sample(5, seed=1) == store.sample(5, seed=1)
-    assert store.verify() == {"files": len(index.groupby("file")), "ok": len(index.groupby("file")), "bad": [],
-                              "problems": []}
+    assert store.verify() == {
+        "files": len(index.groupby("file")),
+        "ok": len(index.groupby("file")),
+        "bad": [],
+        "problems": [],
+    }
 
 
 def test_lineage_is_logged_as_dataset_inputs(client: Any, run_id: str) -> None:

@@ -36,16 +36,33 @@ def main() -> None:
 
         store = MemoryStore()
         store.fail("write", times=None)  # every save fails on rank 0
-    config = mp.PersistConfig(tracking_uri=uri, periodic_every_steps=4, keep_best=100, keep_periodic=100,
-                              log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0,
-                              save_retry_attempts=2, save_retry_max_wait_seconds=0.1)
+    config = mp.PersistConfig(
+        tracking_uri=uri,
+        periodic_every_steps=4,
+        keep_best=100,
+        keep_periodic=100,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        save_retry_attempts=2,
+        save_retry_max_wait_seconds=0.1,
+    )
     persist = DistributedPersistence(config, store=store, install_signal_handlers=False)
     handle = persist.track("ddp_net", model, optimizer)
     info = handle.restore()
-    print("RESTORED " + json.dumps({"rank": rank, "step": info.step if info else None,
-                                    "version": info.version if info else None,
-                                    "digest": state_digest(model.state_dict(), optimizer.state_dict()),
-                                    "mlflow_imported": "mlflow" in sys.modules}), flush=True)
+    print(
+        "RESTORED "
+        + json.dumps(
+            {
+                "rank": rank,
+                "step": info.step if info else None,
+                "version": info.version if info else None,
+                "digest": state_digest(model.state_dict(), optimizer.state_dict()),
+                "mlflow_imported": "mlflow" in sys.modules,
+            }
+        ),
+        flush=True,
+    )
     log = DigestLog(log_path)
     generator = torch.Generator().manual_seed(1000 * rank + handle.current_step)
     target_w = torch.arange(6, dtype=torch.float32) / 6
@@ -60,19 +77,31 @@ def main() -> None:
         dist.all_reduce(mean_loss)
         decision = handle.step(loss=float(mean_loss) / dist.get_world_size())
         if decision.save and rank == 0:
-            log.append(event="saved", step=handle.current_step,
-                       digest=state_digest(model.state_dict(), optimizer.state_dict()))
+            log.append(
+                event="saved", step=handle.current_step, digest=state_digest(model.state_dict(), optimizer.state_dict())
+            )
     if rank == 0:  # the final checkpoint close() takes holds this state
-        log.append(event="saved", step=handle.current_step,
-                   digest=state_digest(model.state_dict(), optimizer.state_dict()))
+        log.append(
+            event="saved", step=handle.current_step, digest=state_digest(model.state_dict(), optimizer.state_dict())
+        )
     lost = None
     try:
         persist.close()
     except mp.PersistError as exc:  # saves that never succeeded are reported here, after training finished
         lost = str(exc)
-    print("DONE " + json.dumps({"rank": rank, "step": handle.current_step, "lost": lost,
-                                "digest": state_digest(model.state_dict(), optimizer.state_dict()),
-                                "mlflow_imported": "mlflow" in sys.modules}), flush=True)
+    print(
+        "DONE "
+        + json.dumps(
+            {
+                "rank": rank,
+                "step": handle.current_step,
+                "lost": lost,
+                "digest": state_digest(model.state_dict(), optimizer.state_dict()),
+                "mlflow_imported": "mlflow" in sys.modules,
+            }
+        ),
+        flush=True,
+    )
     dist.barrier()  # both ranks are done communicating before either tears gloo down (else: SIGABRT at exit)
     dist.destroy_process_group()
 

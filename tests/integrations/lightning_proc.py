@@ -63,15 +63,28 @@ class RecordingCallback(PersistCallback):
 
     def digest(self) -> str:
         assert self.trainer is not None and self.pl_module is not None
-        return state_digest(self.pl_module.state_dict(), [o.state_dict() for o in self.trainer.optimizers],
-                            [c.scheduler.state_dict() for c in self.trainer.lr_scheduler_configs])
+        return state_digest(
+            self.pl_module.state_dict(),
+            [o.state_dict() for o in self.trainer.optimizers],
+            [c.scheduler.state_dict() for c in self.trainer.lr_scheduler_configs],
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.trainer, self.pl_module = trainer, pl_module
         super().on_fit_start(trainer, pl_module)
         info = self.restored
-        print("RESTORED " + json.dumps({"step": info.step if info else None, "version": info.version if info else None,
-                                        "run_id": info.run_id if info else None, "digest": self.digest()}), flush=True)
+        print(
+            "RESTORED "
+            + json.dumps(
+                {
+                    "step": info.step if info else None,
+                    "version": info.version if info else None,
+                    "run_id": info.run_id if info else None,
+                    "digest": self.digest(),
+                }
+            ),
+            flush=True,
+        )
 
     def persist_step(self, step: int | None = None, **metrics: float) -> mp.SaveDecision:
         decision = super().persist_step(step, **metrics)
@@ -95,13 +108,32 @@ def main() -> None:
     uri, log_path, max_steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     pl.seed_everything(0, verbose=False)
     torch.set_num_threads(1)
-    config = mp.PersistConfig(tracking_uri=uri, monitor="val_loss", mode="min", periodic_every_steps=10,
-                              keep_best=100, keep_periodic=100, keep_final=100, log_system_metrics=False,
-                              min_free_disk_mb=0, min_free_disk_percent=0)
+    config = mp.PersistConfig(
+        tracking_uri=uri,
+        monitor="val_loss",
+        mode="min",
+        periodic_every_steps=10,
+        keep_best=100,
+        keep_periodic=100,
+        keep_final=100,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+    )
     callback = RecordingCallback("boring", config, log=DigestLog(log_path))
-    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, enable_checkpointing=False, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, val_check_interval=8,
-                         limit_val_batches=2, num_sanity_val_steps=0, callbacks=[callback])
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=8,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+    )
     trainer.fit(BoringModel(), data(1, 1024), data(2, 64))
     print("DONE", flush=True)
 

@@ -30,11 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlflow_persist as mp  # noqa: E402
 from integrations.support import DigestLog, state_digest  # noqa: E402
-from mlflow_persist.integrations.sb3 import PersistCallback  # noqa: E402
 from mlflow_persist._policy.policy import SaveDecision  # noqa: E402
+from mlflow_persist.integrations.sb3 import PersistCallback  # noqa: E402
 
-COUNTER_NAMES = ("num_timesteps", "_n_updates", "_episode_num", "_current_progress_remaining", "exploration_rate",
-                 "_n_calls")
+COUNTER_NAMES = (
+    "num_timesteps",
+    "_n_updates",
+    "_episode_num",
+    "_current_progress_remaining",
+    "exploration_rate",
+    "_n_calls",
+)
 BUFFER_ARRAYS = ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")
 
 
@@ -50,13 +56,16 @@ def buffer_record(model: DQN) -> dict[str, Any]:
     buffer = model.replay_buffer
     filled = buffer.buffer_size if buffer.full else buffer.pos
     arrays = [torch.from_numpy(np.ascontiguousarray(getattr(buffer, name)[:filled])) for name in BUFFER_ARRAYS]
-    return {"buffer_pos": int(buffer.pos), "buffer_full": bool(buffer.full), "buffer_size": filled,
-            "buffer_digest": state_digest(arrays)}
+    return {
+        "buffer_pos": int(buffer.pos),
+        "buffer_full": bool(buffer.full),
+        "buffer_size": filled,
+        "buffer_digest": state_digest(arrays),
+    }
 
 
 class RecordingCallback(PersistCallback):
-    def __init__(self, *args: Any, log: DigestLog, record_buffer: bool, slow_after: int | None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, log: DigestLog, record_buffer: bool, slow_after: int | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.log = log
         self.record_buffer = record_buffer
@@ -67,13 +76,23 @@ class RecordingCallback(PersistCallback):
     def _on_training_start(self) -> None:
         super()._on_training_start()
         info = self.restored
-        print("RESTORED " + json.dumps({
-            "version": info.version if info else None, "category": info.category if info else None,
-            "step": info.step if info else None, "value": info.value if info else None,
-            "run_id": info.run_id if info else None, "digest": live_digest(self.model),
-            "counters": counters(self.model), "time_ms": int(time.time() * 1000),
-            **(buffer_record(self.model) if self.record_buffer else {}),
-        }), flush=True)
+        print(
+            "RESTORED "
+            + json.dumps(
+                {
+                    "version": info.version if info else None,
+                    "category": info.category if info else None,
+                    "step": info.step if info else None,
+                    "value": info.value if info else None,
+                    "run_id": info.run_id if info else None,
+                    "digest": live_digest(self.model),
+                    "counters": counters(self.model),
+                    "time_ms": int(time.time() * 1000),
+                    **(buffer_record(self.model) if self.record_buffer else {}),
+                }
+            ),
+            flush=True,
+        )
 
     def persist_step(self, **metrics: float) -> SaveDecision:
         # SB3 adds this step's finished episodes to ep_info_buffer after on_step, so the callback sees them
@@ -88,8 +107,13 @@ class RecordingCallback(PersistCallback):
                 self.new_episode = True
         decision = super().persist_step(**metrics)
         if decision.save:
-            self.log.append(event="saved", step=step, category=decision.category, digest=live_digest(self.model),
-                            **(buffer_record(self.model) if self.record_buffer else {}))
+            self.log.append(
+                event="saved",
+                step=step,
+                category=decision.category,
+                digest=live_digest(self.model),
+                **(buffer_record(self.model) if self.record_buffer else {}),
+            )
         if step % 250 == 0:
             print(f"PROGRESS {step}", flush=True)
         if self.slow_after is not None and step > self.slow_after:
@@ -97,8 +121,12 @@ class RecordingCallback(PersistCallback):
         return decision
 
     def _on_training_end(self) -> None:
-        self.log.append(event="final", step=self.model.num_timesteps, digest=live_digest(self.model),
-                        **(buffer_record(self.model) if self.record_buffer else {}))
+        self.log.append(
+            event="final",
+            step=self.model.num_timesteps,
+            digest=live_digest(self.model),
+            **(buffer_record(self.model) if self.record_buffer else {}),
+        )
         super()._on_training_end()
 
 
@@ -115,15 +143,37 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = mp.PersistConfig(tracking_uri=args.uri, monitor=args.monitor, mode=args.mode,
-                              periodic_every_steps=args.periodic, keep_best=1000, keep_periodic=1000,
-                              log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0,
-                              scheduler_interval_seconds=0.5)
-    model = DQN("MlpPolicy", gymnasium.make("CartPole-v1"), learning_starts=200, train_freq=4,  # = test's TRAIN_FREQ
-                buffer_size=10_000, target_update_interval=200, exploration_fraction=0.5, seed=args.seed, device="cpu")
-    callback = RecordingCallback("cartpole_dqn", config, save_replay_buffer=args.replay_buffer,
-                                 log=DigestLog(Path(args.log)), record_buffer=args.replay_buffer,
-                                 slow_after=args.slow_after)
+    config = mp.PersistConfig(
+        tracking_uri=args.uri,
+        monitor=args.monitor,
+        mode=args.mode,
+        periodic_every_steps=args.periodic,
+        keep_best=1000,
+        keep_periodic=1000,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        scheduler_interval_seconds=0.5,
+    )
+    model = DQN(
+        "MlpPolicy",
+        gymnasium.make("CartPole-v1"),
+        learning_starts=200,
+        train_freq=4,  # = test's TRAIN_FREQ
+        buffer_size=10_000,
+        target_update_interval=200,
+        exploration_fraction=0.5,
+        seed=args.seed,
+        device="cpu",
+    )
+    callback = RecordingCallback(
+        "cartpole_dqn",
+        config,
+        save_replay_buffer=args.replay_buffer,
+        log=DigestLog(Path(args.log)),
+        record_buffer=args.replay_buffer,
+        slow_after=args.slow_after,
+    )
     model.learn(total_timesteps=args.total, callback=callback)
     print("DONE " + json.dumps({"num_timesteps": model.num_timesteps, "counters": counters(model)}), flush=True)
 

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 
-def _walk(value: Any, out: "hashlib._Hash") -> None:
+def _walk(value: Any, out: hashlib._Hash) -> None:
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()
         out.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
@@ -66,26 +67,40 @@ class DigestLog:
 
 
 def env() -> dict[str, str]:
-    values = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1",
-              "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-              "OMP_NUM_THREADS": "1"}
+    values = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     values.pop("MLFLOW_TRACKING_URI", None)
     return values
 
 
 def run(script: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env(), capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, str(script), *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
 
-def _start_and_wait(script: Path, args: tuple[str, ...], cwd: Path, when: str, timeout: float
-                    ) -> tuple[subprocess.Popen[str], list[str], threading.Thread, float]:
+def _start_and_wait(
+    script: Path, args: tuple[str, ...], cwd: Path, when: str, timeout: float
+) -> tuple[subprocess.Popen[str], list[str], threading.Thread, float]:
     """Start `script` and wait for a stdout line containing `when`; returns the process, its lines so far
     (still growing), the reader thread and the deadline."""
-    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
@@ -97,8 +112,7 @@ def _start_and_wait(script: Path, args: tuple[str, ...], cwd: Path, when: str, t
     return proc, lines, reader, deadline
 
 
-def run_and_kill(script: Path, *args: str, cwd: Path, when: str, delay: float = 0.0,
-                 timeout: float = 600) -> str:
+def run_and_kill(script: Path, *args: str, cwd: Path, when: str, delay: float = 0.0, timeout: float = 600) -> str:
     """Start `script`, wait for a stdout line containing `when`, wait `delay` s more, SIGKILL it."""
     proc, lines, reader, _ = _start_and_wait(script, args, cwd, when, timeout)
     time.sleep(delay)
@@ -117,8 +131,9 @@ def registry(uri: str, name: str) -> dict[str, Any]:
     versions = {int(v.version): dict(v.tags) for v in client.search_model_versions(f"name='{name}'")}
     model = client.get_registered_model(name)
     experiment = client.get_experiment_by_name("mlflow-persist")
-    runs = [r for r in client.search_runs([experiment.experiment_id])
-            if r.data.tags.get("mlflow_persist.run_key") == name]
+    runs = [
+        r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mlflow_persist.run_key") == name
+    ]
     return {"versions": versions, "aliases": dict(model.aliases), "runs": runs, "client": client}
 
 
@@ -132,11 +147,12 @@ def lines_with(text: str, marker: str) -> Iterable[dict[str, Any]]:
     """The JSON payloads of stdout lines `MARKER {...}` a trainer script printed."""
     for line in text.splitlines():
         if line.startswith(marker + " "):
-            yield json.loads(line[len(marker) + 1:])
+            yield json.loads(line[len(marker) + 1 :])
 
 
-def run_and_signal(script: Path, *args: str, cwd: Path, when: str, signum: int = signal.SIGTERM,
-                   timeout: float = 600) -> tuple[int, str]:
+def run_and_signal(
+    script: Path, *args: str, cwd: Path, when: str, signum: int = signal.SIGTERM, timeout: float = 600
+) -> tuple[int, str]:
     """Start `script`, send `signum` once a stdout line contains `when`, let it exit on its own; returns its
     exit code and output."""
     proc, lines, reader, deadline = _start_and_wait(script, args, cwd, when, timeout)

@@ -17,9 +17,14 @@ SCRIPT = Path(__file__).with_name("ddp_proc.py")
 
 
 def _torchrun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(SCRIPT), *args], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT), *args],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _by_rank(output: str, marker: str) -> dict[int, dict]:
@@ -35,8 +40,10 @@ def test_rank_zero_writes_and_every_rank_restores_the_same_checkpoint(tmp_path: 
     assert set(done) == {0, 1} and done[0]["digest"] == done[1]["digest"]  # DDP kept the ranks equal
     assert done[1]["mlflow_imported"] is False  # rank 1 never even imported MLflow, let alone the store
     saved = registry(uri, "ddp_net")
-    assert len(saved["runs"]) == 1 and {t["mlflow_persist.category"] for t in saved["versions"].values()} >= \
-        {"periodic", "final"}
+    assert len(saved["runs"]) == 1 and {t["mlflow_persist.category"] for t in saved["versions"].values()} >= {
+        "periodic",
+        "final",
+    }
 
     second = _torchrun(uri, str(log.path), "3", cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -52,8 +59,14 @@ def test_rank_zero_writes_and_every_rank_restores_the_same_checkpoint(tmp_path: 
 
 
 def test_failing_saves_on_rank_zero_never_stop_or_block_the_other_rank(tmp_path: Path) -> None:
-    result = _torchrun(f"sqlite:///{tmp_path}/unused.db", str(tmp_path / "digests.jsonl"), "12", "--fail-saves",
-                       cwd=tmp_path, timeout=180)
+    result = _torchrun(
+        f"sqlite:///{tmp_path}/unused.db",
+        str(tmp_path / "digests.jsonl"),
+        "12",
+        "--fail-saves",
+        cwd=tmp_path,
+        timeout=180,
+    )
     done = _by_rank(result.stdout, "DONE")
     assert set(done) == {0, 1}, result.stdout[-3000:] + result.stderr[-3000:]
     assert done[0]["step"] == done[1]["step"] == 12

@@ -59,20 +59,36 @@ def _metric_steps_since(uri: str, run_id: str, key: str, since_ms: int) -> list[
 
 # ------------------------------------------------------------------------------------- in-process, fast
 
+
 def _config(**overrides: Any) -> mp.PersistConfig:
-    values = dict(tracking_uri="memory://", monitor="rollout/ep_rew_mean", mode="max", periodic_every_steps=200,
-                  log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0)
+    values = dict(
+        tracking_uri="memory://",
+        monitor="rollout/ep_rew_mean",
+        mode="max",
+        periodic_every_steps=200,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+    )
     return mp.PersistConfig(**{**values, **overrides})
 
 
 def _dqn(seed: int = 0) -> DQN:
-    return DQN("MlpPolicy", gymnasium.make("CartPole-v1"), learning_starts=100, train_freq=4, buffer_size=2000,
-               seed=seed, device="cpu")
+    return DQN(
+        "MlpPolicy",
+        gymnasium.make("CartPole-v1"),
+        learning_starts=100,
+        train_freq=4,
+        buffer_size=2000,
+        seed=seed,
+        device="cpu",
+    )
 
 
 def _callback(store: MemoryStore, **kwargs: Any) -> PersistCallback:
-    return PersistCallback(NAME, _config(), store=store, persistence_kwargs={"install_signal_handlers": False},
-                           **kwargs)
+    return PersistCallback(
+        NAME, _config(), store=store, persistence_kwargs={"install_signal_handlers": False}, **kwargs
+    )
 
 
 def test_the_episode_mean_is_reported_once_per_episode_and_learn_again_resumes() -> None:
@@ -115,6 +131,7 @@ def test_save_replay_buffer_needs_an_off_policy_algorithm() -> None:
 
 # ------------------------------------------------------------------------------------- real subprocesses
 
+
 @pytest.mark.slow
 def test_best_is_the_best_mean_reward_the_trainer_saw(tmp_path: Path, sqlite_uri: str) -> None:
     log = DigestLog(tmp_path / "digests.jsonl")
@@ -145,7 +162,8 @@ def test_best_is_the_best_mean_reward_the_trainer_saw(tmp_path: Path, sqlite_uri
 
 @pytest.mark.slow
 def test_a_kill_mid_training_resumes_from_the_newest_checkpoint_with_its_replay_buffer(
-        tmp_path: Path, sqlite_uri: str) -> None:
+    tmp_path: Path, sqlite_uri: str
+) -> None:
     log = DigestLog(tmp_path / "digests.jsonl")
     args = (sqlite_uri, str(log.path), "2400", "--replay-buffer", "--periodic", "100")
     first = run_and_kill(SCRIPT, *args, "--slow-after", "800", cwd=tmp_path, when="PROGRESS 1000", delay=0.3)
@@ -162,8 +180,9 @@ def test_a_kill_mid_training_resumes_from_the_newest_checkpoint_with_its_replay_
     assert restored["digest"] == log.digest_at(step)
     assert restored["counters"]["num_timesteps"] == step
     recorded = [r for r in log.records() if r["event"] == "saved" and r["step"] == step][0]
-    assert {k: restored[k] for k in ("buffer_pos", "buffer_full", "buffer_size", "buffer_digest")} == \
-        {k: recorded[k] for k in ("buffer_pos", "buffer_full", "buffer_size", "buffer_digest")}
+    assert {k: restored[k] for k in ("buffer_pos", "buffer_full", "buffer_size", "buffer_digest")} == {
+        k: recorded[k] for k in ("buffer_pos", "buffer_full", "buffer_size", "buffer_digest")
+    }
     assert 0 < restored["buffer_size"] < step  # filled, and not a fresh buffer
     assert _one(second, "DONE")["num_timesteps"] == _learn_end(step, 2400)  # never at step + 2400
 
@@ -176,7 +195,8 @@ def test_a_kill_mid_training_resumes_from_the_newest_checkpoint_with_its_replay_
 
 @pytest.mark.slow
 def test_sigterm_ends_learn_with_a_final_checkpoint_and_the_restart_continues_the_same_run(
-        tmp_path: Path, sqlite_uri: str) -> None:
+    tmp_path: Path, sqlite_uri: str
+) -> None:
     log = DigestLog(tmp_path / "digests.jsonl")
     args = (sqlite_uri, str(log.path), "1600", "--monitor", "train/loss", "--mode", "min")
     code, first = run_and_signal(SCRIPT, *args, "--slow-after", "500", cwd=tmp_path, when="PROGRESS 750")

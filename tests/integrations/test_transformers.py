@@ -39,6 +39,7 @@ def _evaluations(*logs: DigestLog) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------------- in-process, MemoryStore
 
+
 class LossRecordingTrainer(Trainer):
     """A Trainer that keeps the loss of every optimizer step (what the Trainer sums into its `loss` log)."""
 
@@ -52,20 +53,31 @@ class LossRecordingTrainer(Trainer):
         return loss
 
 
-def _trainer(tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str = "eval_loss") \
-        -> tuple[LossRecordingTrainer, PersistCallback]:
-    config = mp.PersistConfig(monitor=monitor, keep_best=100, keep_final=100, log_system_metrics=False,
-                              min_free_disk_mb=0, min_free_disk_percent=0)
-    callback = PersistCallback(MODEL_NAME, config, store=store,
-                               persistence_kwargs={"install_signal_handlers": False})
+def _trainer(
+    tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str = "eval_loss"
+) -> tuple[LossRecordingTrainer, PersistCallback]:
+    config = mp.PersistConfig(
+        monitor=monitor,
+        keep_best=100,
+        keep_final=100,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+    )
+    callback = PersistCallback(MODEL_NAME, config, store=store, persistence_kwargs={"install_signal_handlers": False})
     trainer = LossRecordingTrainer(
-        model=tiny_bert(), args=training_args(str(tmp_path / "out"), max_steps), train_dataset=ToyDataset(128, 1),
-        eval_dataset=ToyDataset(32, 2), callbacks=[callback])
+        model=tiny_bert(),
+        args=training_args(str(tmp_path / "out"), max_steps),
+        train_dataset=ToyDataset(128, 1),
+        eval_dataset=ToyDataset(32, 2),
+        callbacks=[callback],
+    )
     return trainer, callback
 
 
-def _train(tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str = "eval_loss") \
-        -> tuple[LossRecordingTrainer, PersistCallback]:
+def _train(
+    tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str = "eval_loss"
+) -> tuple[LossRecordingTrainer, PersistCallback]:
     trainer, callback = _trainer(tmp_path, store, max_steps, monitor)
     trainer.train()
     return trainer, callback
@@ -128,8 +140,9 @@ def test_a_restore_that_fails_stops_train_and_leaves_no_final_checkpoint_of_the_
 @pytest.mark.slow
 def test_a_stopped_run_resumes_in_its_run_and_best_is_the_best_evaluation(tmp_path: Path, sqlite_uri: str) -> None:
     first, second = DigestLog(tmp_path / "first.jsonl"), DigestLog(tmp_path / "second.jsonl")
-    code, output = run_and_signal(SCRIPT, sqlite_uri, str(first.path), "--max-steps", "24", "--step-sleep", "0.1",
-                                  cwd=tmp_path, when="STEP 8")
+    code, output = run_and_signal(
+        SCRIPT, sqlite_uri, str(first.path), "--max-steps", "24", "--step-sleep", "0.1", cwd=tmp_path, when="STEP 8"
+    )
     assert code == 0, output[-3000:]  # SIGTERM: final checkpoints, then a clean exit
     stopped = _one(output, "END")["step"]
     assert 8 <= stopped < 24
@@ -164,8 +177,18 @@ def test_a_stopped_run_resumes_in_its_run_and_best_is_the_best_evaluation(tmp_pa
 @pytest.mark.slow
 def test_after_kill_9_training_resumes_from_the_newest_checkpoint(tmp_path: Path, sqlite_uri: str) -> None:
     killed, resumed = DigestLog(tmp_path / "killed.jsonl"), DigestLog(tmp_path / "resumed.jsonl")
-    run_and_kill(SCRIPT, sqlite_uri, str(killed.path), "--max-steps", "40", "--step-sleep", "0.05", cwd=tmp_path,
-                 when="STEP 14", delay=0.2)
+    run_and_kill(
+        SCRIPT,
+        sqlite_uri,
+        str(killed.path),
+        "--max-steps",
+        "40",
+        "--step-sleep",
+        "0.05",
+        cwd=tmp_path,
+        when="STEP 14",
+        delay=0.2,
+    )
     before = registry(sqlite_uri, MODEL_NAME)
     newest = max(before["versions"])
     newest_step = int(before["versions"][newest][STEP])
@@ -177,8 +200,11 @@ def test_after_kill_9_training_resumes_from_the_newest_checkpoint(tmp_path: Path
     # the live weights and optimizer state at restore are what the killed trainer held when it saved that step
     assert restored["digest"] == killed.digest_at(newest_step)
     assert _one(result.stdout, "END")["step"] == 40
-    assert [r.info.run_id for r in registry(sqlite_uri, MODEL_NAME)["runs"]] == \
-        [r.info.run_id for r in before["runs"]] == [restored["run_id"]]
+    assert (
+        [r.info.run_id for r in registry(sqlite_uri, MODEL_NAME)["runs"]]
+        == [r.info.run_id for r in before["runs"]]
+        == [restored["run_id"]]
+    )
 
 
 @pytest.mark.slow
@@ -189,4 +215,3 @@ def test_the_example_trains_and_says_what_it_did(tmp_path: Path, sqlite_uri: str
     best = saved["versions"][int(saved["aliases"]["best"])]
     assert f"best: v{saved['aliases']['best']} at step {best[STEP]}" in result.stdout
     assert {tags[CATEGORY] for tags in saved["versions"].values()} >= {"performance", "periodic", "final"}
-

@@ -48,24 +48,52 @@ class ToyDataset(torch.utils.data.Dataset):
 
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config)
 
 
 def training_args(output_dir: str, max_steps: int, **overrides: Any) -> TrainingArguments:
     values: dict[str, Any] = dict(
-        output_dir=output_dir, save_strategy="no", report_to="none", logging_steps=2, eval_strategy="steps",
-        eval_steps=3, max_steps=max_steps, per_device_train_batch_size=16, per_device_eval_batch_size=64,
-        learning_rate=3e-3, use_cpu=True, seed=7, disable_tqdm=True, dataloader_pin_memory=False)
+        output_dir=output_dir,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=2,
+        eval_strategy="steps",
+        eval_steps=3,
+        max_steps=max_steps,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        learning_rate=3e-3,
+        use_cpu=True,
+        seed=7,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
     values.update(overrides)
     return TrainingArguments(**values)
 
 
 def persist_config(uri: str) -> mp.PersistConfig:
-    return mp.PersistConfig(tracking_uri=uri, monitor="eval_loss", mode="min", periodic_every_steps=4,
-                            keep_best=100, keep_periodic=100, keep_final=100, log_system_metrics=False,
-                            min_free_disk_mb=0, min_free_disk_percent=0)
+    return mp.PersistConfig(
+        tracking_uri=uri,
+        monitor="eval_loss",
+        mode="min",
+        periodic_every_steps=4,
+        keep_best=100,
+        keep_periodic=100,
+        keep_final=100,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+    )
 
 
 class RecordingCallback(PersistCallback):
@@ -86,18 +114,29 @@ class RecordingCallback(PersistCallback):
         super().on_train_begin(args, state, control, **kwargs)
         self.objects = (kwargs["model"], kwargs["optimizer"])
         info = self.restored
-        print("RESTORED " + json.dumps({
-            "version": info.version if info else None, "category": info.category if info else None,
-            "step": info.step if info else None, "value": info.value if info else None,
-            "run_id": info.run_id if info else None, "global_step": state.global_step, "digest": self.digest(),
-        }), flush=True)
+        print(
+            "RESTORED "
+            + json.dumps(
+                {
+                    "version": info.version if info else None,
+                    "category": info.category if info else None,
+                    "step": info.step if info else None,
+                    "value": info.value if info else None,
+                    "run_id": info.run_id if info else None,
+                    "global_step": state.global_step,
+                    "digest": self.digest(),
+                }
+            ),
+            flush=True,
+        )
 
     def persist_step(self, step: int | None = None, **metrics: float) -> mp.SaveDecision:
         decision = super().persist_step(step, **metrics)
         if decision.save:
             assert self.handle is not None
-            self.log.append(event="saved", step=self.handle.current_step, category=decision.category,
-                            digest=self.digest())
+            self.log.append(
+                event="saved", step=self.handle.current_step, category=decision.category, digest=self.digest()
+            )
         return decision
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -124,9 +163,13 @@ def main() -> None:
     options = parser.parse_args()
     callback = RecordingCallback(persist_config(options.uri), DigestLog(options.digest_log), options.step_sleep)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = Trainer(model=tiny_bert(), args=training_args(output_dir, options.max_steps),
-                          train_dataset=ToyDataset(256, seed=1), eval_dataset=ToyDataset(64, seed=2),
-                          callbacks=[callback])
+        trainer = Trainer(
+            model=tiny_bert(),
+            args=training_args(output_dir, options.max_steps),
+            train_dataset=ToyDataset(256, seed=1),
+            eval_dataset=ToyDataset(64, seed=2),
+            callbacks=[callback],
+        )
         trainer.train()
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 
 import torch
+from legacy_support import LEGACY_FULL, WHOLE_MODULE, snapshot
 
 import mlflow_persist as mp
-from legacy_support import LEGACY_FULL, WHOLE_MODULE, snapshot
-from mlflow_persist._store.alias_log import alias_moves
-from mlflow_persist.legacy.importer import execute_plan, plan_import
-from mlflow_persist._store.mlflow_store import tag
 from mlflow_persist._policy.versions import digest_tags
+from mlflow_persist._store.alias_log import alias_moves
+from mlflow_persist._store.mlflow_store import tag
+from mlflow_persist.legacy.importer import execute_plan, plan_import
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -25,8 +25,10 @@ def test_import_fixture_end_to_end(store, sqlite_uri) -> None:
     status = {r.item.label: r.status for r in report.results}
     assert status.pop("NN/models/saved/dqn/dqn_20250501_000000.pt") == "skipped"
     assert sorted(k for k, v in status.items() if v == "refused") == [
-        "extrema/extrema_20250607_150000.pt", "extrema/extrema_20250608_150000.pt",
-        "extrema/extrema_20250610_150000.pt"]
+        "extrema/extrema_20250607_150000.pt",
+        "extrema/extrema_20250608_150000.pt",
+        "extrema/extrema_20250610_150000.pt",
+    ]
     assert report.count("imported") == 10 and not report.failed
     assert all(r.reason for r in report.results)
 
@@ -70,9 +72,11 @@ def test_import_fixture_end_to_end(store, sqlite_uri) -> None:
     run_id = store.find_run("dqn")
     history = store.client.get_metric_history(run_id, "reward")
     stamps = sorted(m.timestamp for m in history)
-    dqn_files = sorted((r.item.file for r in report.results if r.item.model == "dqn" and r.status == "imported"),
-                       key=lambda f: f.created_at)
-    assert stamps == [int(f.created_at.astimezone(timezone.utc).timestamp() * 1000) for f in dqn_files]
+    dqn_files = sorted(
+        (r.item.file for r in report.results if r.item.model == "dqn" and r.status == "imported"),
+        key=lambda f: f.created_at,
+    )
+    assert stamps == [int(f.created_at.astimezone(UTC).timestamp() * 1000) for f in dqn_files]
 
     # A second import adds nothing.
     counts = {m: len(store.list_versions(m)) for m in ("cnn", "dqn", "extrema", "cob_rl", "dqn_agent", "cnn_model")}
@@ -92,10 +96,20 @@ def test_dry_run_writes_nothing_and_best_is_kept(store) -> None:
     model = torch.nn.Linear(2, 2)
     from mlflow_persist._format.payload import build_payload
 
-    source, written = store.write_checkpoint(run_id, "cnn", 1, build_payload(
-        model_name="cnn", model_state=model.state_dict(), step=1, metrics={"loss": 0.1}, category="performance"))
-    info = store.register_version("cnn", source, run_id, {tag("category"): "performance", **digest_tags(written.digest),
-                                                          tag("monitor"): "loss", tag("value"): 0.1})
+    source, written = store.write_checkpoint(
+        run_id,
+        "cnn",
+        1,
+        build_payload(
+            model_name="cnn", model_state=model.state_dict(), step=1, metrics={"loss": 0.1}, category="performance"
+        ),
+    )
+    info = store.register_version(
+        "cnn",
+        source,
+        run_id,
+        {tag("category"): "performance", **digest_tags(written.digest), tag("monitor"): "loss", tag("value"): 0.1},
+    )
     store.set_best("cnn", info.version)
     execute_plan(store, plan_import(store, LEGACY_FULL))
     assert store.alias_version("cnn").version == info.version

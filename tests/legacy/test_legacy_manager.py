@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
-from mlflow_persist.legacy import CheckpointManager
 from mlflow_persist._store.mlflow_store import MlflowStore, tag
+from mlflow_persist.legacy import CheckpointManager
 
-OLD_SCRIPT = textwrap.dedent('''
+OLD_SCRIPT = textwrap.dedent("""
     import torch
     from torch import nn
     from utils.checkpoint_manager import CheckpointManager, save_checkpoint, load_best_checkpoint
@@ -38,7 +37,7 @@ OLD_SCRIPT = textwrap.dedent('''
     stats = manager.get_checkpoint_stats()
     print("stats", stats["total_checkpoints"], stats["models"]["cnn"]["checkpoint_count"])
     assert load_best_checkpoint("missing_model") is None
-''')
+""")
 
 
 @pytest.mark.slow
@@ -46,13 +45,16 @@ def test_old_script_runs_unchanged(tmp_path: Path, sqlite_uri: str, subprocess_e
     shim = tmp_path / "utils"
     shim.mkdir()
     (shim / "__init__.py").write_text("")
-    (shim / "checkpoint_manager.py").write_text("from mlflow_persist.legacy.manager import *  # noqa\n"
-                                                "from mlflow_persist.legacy.manager import CheckpointManager, "
-                                                "save_checkpoint, load_best_checkpoint\n")
+    (shim / "checkpoint_manager.py").write_text(
+        "from mlflow_persist.legacy.manager import *  # noqa\n"
+        "from mlflow_persist.legacy.manager import CheckpointManager, "
+        "save_checkpoint, load_best_checkpoint\n"
+    )
     (tmp_path / "old_script.py").write_text(OLD_SCRIPT)
     env = dict(subprocess_env, MLFLOW_TRACKING_URI=sqlite_uri)
-    out = subprocess.run([sys.executable, "old_script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "old_script.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert [line.split()[0] for line in lines[:4]] == ["saved", "saved", "saved", "skipped"]

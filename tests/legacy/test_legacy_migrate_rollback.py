@@ -6,23 +6,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from legacy_support import FIXTURES  # noqa: F401  (puts mlruns_fixtures on sys.path)
 
 import mlflow_persist as mp
-from legacy_support import FIXTURES  # noqa: F401  (puts mlruns_fixtures on sys.path)
-from mlflow_persist.errors import ConfigError, NotFoundError
+from mlflow_persist._format.payload import FORMAT_VERSION
 from mlflow_persist._store.alias_log import alias_moves
+from mlflow_persist._store.mlflow_store import MlflowStore, tag
+from mlflow_persist.errors import ConfigError, NotFoundError
 from mlflow_persist.legacy.migrate import migrate
 from mlflow_persist.legacy.rollback import rollback
-from mlflow_persist._format.payload import FORMAT_VERSION
-from mlflow_persist._store.mlflow_store import MlflowStore, tag
 from mlruns_fixtures.generate import materialize_format1_store
 
 
 def test_migrate_format1_store(tmp_path: Path) -> None:
     uri = materialize_format1_store(tmp_path / "store")
     store = MlflowStore(uri, "mlflow_persist")
-    before = {n: mp.load_checkpoint(f"models:/{n}@best", tracking_uri=uri, experiment_name="mlflow_persist")
-              for n in ("cnn", "dqn")}
+    before = {
+        n: mp.load_checkpoint(f"models:/{n}@best", tracking_uri=uri, experiment_name="mlflow_persist")
+        for n in ("cnn", "dqn")
+    }
     assert all(s.format_version == 1 for s in before.values())
     old_counts = {n: len(store.list_versions(n)) for n in ("cnn", "dqn")}
 
@@ -34,8 +36,8 @@ def test_migrate_format1_store(tmp_path: Path) -> None:
     for name, state in before.items():
         versions = store.list_versions(name)
         assert len(versions) == 2 * old_counts[name]  # the old versions are kept
-        assert all(v.tags.get(tag("migrated_to")) for v in versions[:old_counts[name]])
-        assert all(v.format_version == FORMAT_VERSION for v in versions[old_counts[name]:])
+        assert all(v.tags.get(tag("migrated_to")) for v in versions[: old_counts[name]])
+        assert all(v.format_version == FORMAT_VERSION for v in versions[old_counts[name] :])
         best = store.alias_version(name)
         assert best.tags[tag("migrated_from")] and best.format_version == FORMAT_VERSION
         after = mp.load_checkpoint(f"models:/{name}@best", tracking_uri=uri, experiment_name="mlflow_persist")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import torch
-
 from legacy_support import LEGACY_FULL, LEGACY_NOMETA, WHOLE_MODULE, snapshot
+
 from mlflow_persist.errors import ConfigError, NotFoundError
 from mlflow_persist.legacy.classify import classify_bytes
 from mlflow_persist.legacy.metadata import parse_legacy_time, read_metadata, split_legacy_path
@@ -43,7 +43,7 @@ def test_every_fixture_variant_is_classified_and_the_directory_is_untouched() ->
     assert scan.metadata.present
     for f in scan.files:
         if f.created_at_source == "mtime":
-            assert f.created_at == datetime.fromtimestamp(f.path.stat().st_mtime_ns / 1e9, tz=timezone.utc)
+            assert f.created_at == datetime.fromtimestamp(f.path.stat().st_mtime_ns / 1e9, tz=UTC)
         assert f.created_at.tzinfo is not None
 
 
@@ -68,8 +68,9 @@ def test_missing_metadata_is_not_fatal() -> None:
         "cob_rl_1.pt": ("cob_rl", "bare_state_dict"),
     }
     cnn = next(f for f in scan.files if f.model_name == "cnn")
-    assert cnn.step == 7 and cnn.metrics["performance_score"] == pytest.approx(performance_score(
-        {"accuracy": 0.5, "loss": 0.7}))
+    assert cnn.step == 7 and cnn.metrics["performance_score"] == pytest.approx(
+        performance_score({"accuracy": 0.5, "loss": 0.7})
+    )
 
 
 def test_unreadable_metadata_is_reported(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_unreadable_metadata_is_reported(tmp_path: Path) -> None:
 
 
 def test_created_at_with_and_without_microseconds() -> None:
-    utc = timezone.utc
+    utc = UTC
     assert parse_legacy_time("2025-06-01T10:15:00.123456", utc) == datetime(2025, 6, 1, 10, 15, 0, 123456, utc)
     assert parse_legacy_time("2025-06-15T12:00:00", utc) == datetime(2025, 6, 15, 12, 0, tzinfo=utc)
     east = timezone(timedelta(hours=3))
@@ -89,8 +90,9 @@ def test_created_at_with_and_without_microseconds() -> None:
 
 def test_old_performance_score_formula() -> None:
     assert performance_score({}) == 0.1
-    assert performance_score({"accuracy": 0.5, "val_accuracy": 0.25, "loss": 12.0, "val_loss": 1.0,
-                              "reward": 2.0, "pnl": -1.0}) == pytest.approx(50 + 25 + 0 + 9 + 2 - 1)
+    assert performance_score(
+        {"accuracy": 0.5, "val_accuracy": 0.25, "loss": 12.0, "val_loss": 1.0, "reward": 2.0, "pnl": -1.0}
+    ) == pytest.approx(50 + 25 + 0 + 9 + 2 - 1)
     assert performance_score({"loss": None, "reward": 3.0}) == 3.0
 
 
@@ -119,14 +121,22 @@ def test_plan_orders_oldest_first_and_picks_best_by_metric() -> None:
     assert [i.file.created_at for i in imports] == sorted(i.file.created_at for i in imports)
     assert len(imports) == 10  # 13 files - truncated - empty - text
     best = {i.model: i.file.rel for i in imports if i.becomes_best}
-    assert best == {"cnn": "cnn/cnn_20250615_120000.pt", "dqn": "dqn/dqn_20250612_093000.pt",
-                    "cob_rl": "cob_rl/cob_rl_20250605_110000.pt", "extrema": "extrema/extrema_20250609_150000.pt"}
+    assert best == {
+        "cnn": "cnn/cnn_20250615_120000.pt",
+        "dqn": "dqn/dqn_20250612_093000.pt",
+        "cob_rl": "cob_rl/cob_rl_20250605_110000.pt",
+        "extrema": "extrema/extrema_20250609_150000.pt",
+    }
     by_loss = build_plan(scan, {}, metric="loss", mode="min")
-    assert {i.model: i.file.rel for i in by_loss.imports if i.becomes_best}["extrema"] == \
-        "extrema/extrema_20250609_150000.pt"
+    assert {i.model: i.file.rel for i in by_loss.imports if i.becomes_best}[
+        "extrema"
+    ] == "extrema/extrema_20250609_150000.pt"
     refused = {i.label: i.reason for i in plan.by_action("refuse")}
-    assert set(refused) == {"extrema/extrema_20250607_150000.pt", "extrema/extrema_20250608_150000.pt",
-                            "extrema/extrema_20250610_150000.pt"}
+    assert set(refused) == {
+        "extrema/extrema_20250607_150000.pt",
+        "extrema/extrema_20250608_150000.pt",
+        "extrema/extrema_20250610_150000.pt",
+    }
 
 
 def test_plan_skips_what_the_store_has_and_keeps_an_existing_best() -> None:

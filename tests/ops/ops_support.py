@@ -11,7 +11,6 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-
 from servers import Chromium
 
 TRAINING_VIEW_TAG = {"mlflow.experimentKind": "custom_model_development"}

@@ -27,8 +27,9 @@ import json
 import random
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -86,8 +87,17 @@ def train(spec: dict[str, Any]) -> None:
                 for entry in persist.outbox.entries(handle.registered_name):
                     if entry.sequence not in seen:
                         seen.add(entry.sequence)
-                        outbox_log.write(json.dumps({"sequence": entry.sequence, "step": entry.step,
-                                                     "dirname": entry.dirname, "category": entry.category}) + "\n")
+                        outbox_log.write(
+                            json.dumps(
+                                {
+                                    "sequence": entry.sequence,
+                                    "step": entry.step,
+                                    "dirname": entry.dirname,
+                                    "category": entry.category,
+                                }
+                            )
+                            + "\n"
+                        )
                         outbox_log.flush()
             if control is None:
                 if step >= spec["steps"]:
@@ -121,8 +131,18 @@ def load(tracking_uri: str, request: Path) -> None:
         time.sleep(0.1)
     for uri in json.loads(request.read_text()):
         state = mp.load_checkpoint(uri, tracking_uri=tracking_uri)
-        print(json.dumps({"uri": uri, "version": state.version, "step": state.step, "category": state.category,
-                          "state": state_digest(state.model_state)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "uri": uri,
+                    "version": state.version,
+                    "step": state.step,
+                    "category": state.category,
+                    "state": state_digest(state.model_state),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from ops_support import check_model_page, check_run_chart, populate_plain
-
 from servers import Chromium, MlflowServer, subprocess_env
 
 
@@ -79,12 +78,19 @@ def test_ui_after_trading_run(sqlite_server: MlflowServer, chromium: Chromium, t
         best = client.get_model_version_by_alias(model, "best")
         assert versions and best.version in versions, model
         # The descriptions, checked against the tags the versions carry (what training reported).
-        assert best.description.startswith(f"performance \u00b7 step {best.tags['mlflow_persist.step']} \u00b7 "
-                                           f"{best.tags['mlflow_persist.monitor']} "), best.description
+        assert best.description.startswith(
+            f"performance \u00b7 step {best.tags['mlflow_persist.step']} \u00b7 {best.tags['mlflow_persist.monitor']} "
+        ), best.description
         assert "written by mlflow-persist" in client.get_registered_model(model).description
         # The versions table shows the start of each description (the UI cuts it at 29 characters)...
-        check_model_page(chromium, sqlite_server.uri, model, versions, tmp_path / f"model-{model}.png",
-                         texts=("written by mlflow-persist", best.description[:29]))
+        check_model_page(
+            chromium,
+            sqlite_server.uri,
+            model,
+            versions,
+            tmp_path / f"model-{model}.png",
+            texts=("written by mlflow-persist", best.description[:29]),
+        )
         # ...and the version's own page all of it.
         chromium.navigate(f"{sqlite_server.uri}/#/models/{model}/versions/{best.version}")
         chromium.wait_for_text(best.description, timeout_s=60)

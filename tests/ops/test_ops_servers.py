@@ -10,7 +10,6 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from ops_support import populate_plain
-
 from servers import MlflowServer
 
 
@@ -18,7 +17,11 @@ def _roundtrip(server: MlflowServer, tmp_path: Path) -> None:
     client = MlflowClient(server.uri)
     data = populate_plain(client, tmp_path / "work", model="dqn", n_versions=3)
 
-    assert [v.version for v in client.search_model_versions("name='dqn'", order_by=["version_number ASC"])] == ["1", "2", "3"]
+    assert [v.version for v in client.search_model_versions("name='dqn'", order_by=["version_number ASC"])] == [
+        "1",
+        "2",
+        "3",
+    ]
     assert client.get_model_version_by_alias("dqn", "best").version == data.best_version == "3"
     run = client.get_run(data.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), "artifacts must be proxied by the server"
@@ -27,8 +30,10 @@ def _roundtrip(server: MlflowServer, tmp_path: Path) -> None:
 
     mlflow.set_tracking_uri(server.uri)
     try:
-        best_dir = Path(mlflow.artifacts.download_artifacts(f"models:/dqn@best", dst_path=str(tmp_path / "dl-best")))
-        latest_dir = Path(mlflow.artifacts.download_artifacts("models:/dqn/latest", dst_path=str(tmp_path / "dl-latest")))
+        best_dir = Path(mlflow.artifacts.download_artifacts("models:/dqn@best", dst_path=str(tmp_path / "dl-best")))
+        latest_dir = Path(
+            mlflow.artifacts.download_artifacts("models:/dqn/latest", dst_path=str(tmp_path / "dl-latest"))
+        )
     finally:
         mlflow.set_tracking_uri(None)
     assert (best_dir / "checkpoint.pt").read_bytes() == bytes(range(256)) * 192

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow import MlflowClient
-
 from machines import finish, killed_at_exit, machine_env, start_on
+from mlflow import MlflowClient
 from servers import MlflowServer, subprocess_env
 
 TRAINER = Path(__file__).with_name("multi_trainer_proc.py")
@@ -100,7 +99,9 @@ def test_three_trainers_share_one_postgres_server(postgres_server: MlflowServer,
         assert (best_state.version, best_state.step) == (truly_best, by_version[truly_best]["step"])
 
     # Three processes saved performance checkpoints of the shared model.
-    writers = {round(e["value"] * 1e9) % 10**3 // 10 for e in saved["shared"].values() if e["category"] == "performance"}
+    writers = {
+        round(e["value"] * 1e9) % 10**3 // 10 for e in saved["shared"].values() if e["category"] == "performance"
+    }
     assert writers == set(range(N_TRAINERS))
 
     # No metric step lost: each own model's one run has the loss of every step.
@@ -116,4 +117,3 @@ def test_three_trainers_share_one_postgres_server(postgres_server: MlflowServer,
     verify = subprocess.run([str(MLFLOW_PERSIST), "verify", "--tracking-uri", uri, "--json"],
                             capture_output=True, text=True, timeout=300, env=subprocess_env())  # fmt: skip
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]
-

@@ -26,21 +26,22 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 import xxhash
-from mlflow import MlflowClient
-
 from machines import finish, killed_at_exit, machine_env, start_on
+from mlflow import MlflowClient
 from servers import LOOPBACK, MlflowServer, MotoServer, PostgresServer, TcpOutageProxy, s3_env, subprocess_env
 
 mp = pytest.importorskip("mlflow_persist", reason="the core (mlflow_persist.Persistence) is not built yet")
-from mlflow_persist._format.payload import read_checkpoint_dir  # noqa: E402 - after the skip: they import the core
 from s3_trainer_proc import state_digest  # noqa: E402
+
+from mlflow_persist._format.payload import read_checkpoint_dir  # noqa: E402 - after the skip: they import the core
 
 SCRIPT = Path(__file__).with_name("s3_trainer_proc.py")
 BUCKET = "mlflow-checkpoints"
@@ -53,12 +54,25 @@ S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "A
 FAST_S3_RETRIES = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "2"}
 WINDOWS = {"keep_best": 2, "keep_periodic": 2, "keep_final": 1}
 # Without an outage: 100 quick steps, a save on every 5 % improvement and every 10 steps.
-SPEC = {**WINDOWS, "steps": 100, "periodic_every_steps": 10, "min_delta": 0.05, "step_sleep": 0.03,
-        "control": None, "tail_steps": 0}
+SPEC = {
+    **WINDOWS,
+    "steps": 100,
+    "periodic_every_steps": 10,
+    "min_delta": 0.05,
+    "step_sleep": 0.03,
+    "control": None,
+    "tail_steps": 0,
+}
 # With one: fewer saves (30 % improvements, every 50 steps), so about 10 per trainer wait out the outage;
 # the trainers run until the outage is over, then 10 more steps.
-OUTAGE_SPEC = {**WINDOWS, "steps": 20, "periodic_every_steps": 50, "min_delta": 0.3, "step_sleep": 0.08,
-               "tail_steps": 10}
+OUTAGE_SPEC = {
+    **WINDOWS,
+    "steps": 20,
+    "periodic_every_steps": 50,
+    "min_delta": 0.3,
+    "step_sleep": 0.08,
+    "tail_steps": 10,
+}
 # One HTTP retry per call: a failing attempt ends within seconds, so the outbox drains soon after the store is back.
 OUTAGE_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
@@ -105,18 +119,24 @@ def _client_env(machine: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def deploy(module_postgres: PostgresServer, moto: MotoServer, moto_proxy: TcpOutageProxy,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Deployment]]:
+def deploy(
+    module_postgres: PostgresServer,
+    moto: MotoServer,
+    moto_proxy: TcpOutageProxy,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str], Deployment]]:
     """`deploy(mode)`: the module's mlflow server of that mode, each on its own database of one PostgreSQL
     cluster (started at first use), its artifacts in the versioned BUCKET, which the server (proxied) or the
     clients (direct) reach through `moto_proxy`, so a test can cut the object store off."""
     moto.create_bucket(BUCKET, versioning=True)
     started: dict[str, Deployment] = {}
     with contextlib.ExitStack() as stack:
+
         def get(mode: str) -> Deployment:
             if mode not in started:
-                started[mode] = stack.enter_context(_deployment(mode, module_postgres, moto, moto_proxy.uri,
-                                                                tmp_path_factory.mktemp(f"server-{mode}")))
+                started[mode] = stack.enter_context(
+                    _deployment(mode, module_postgres, moto, moto_proxy.uri, tmp_path_factory.mktemp(f"server-{mode}"))
+                )
             return started[mode]
 
         yield get
@@ -131,8 +151,9 @@ def _create_database(pg: PostgresServer, name: str) -> str:
 
 
 @contextlib.contextmanager
-def _deployment(mode: str, postgres: PostgresServer, moto: MotoServer, endpoint: str, home: Path
-                ) -> Iterator[Deployment]:
+def _deployment(
+    mode: str, postgres: PostgresServer, moto: MotoServer, endpoint: str, home: Path
+) -> Iterator[Deployment]:
     backend = _create_database(postgres, f"mlflow_{mode}")
     root = f"s3://{BUCKET}/{mode}"
     log_path = home / "mlflow-server.log"
@@ -172,8 +193,10 @@ class Trainer:
         by_version: dict[int, dict[str, Any]] = {}
         for e in self.events:
             if e.get("outcome") == "saved" and e.get("model") == self.model:
-                also = [{**e, "category": c, "version": v, "shares": e["version"]}
-                        for c, v in (e.get("also_versions") or {}).items()]
+                also = [
+                    {**e, "category": c, "version": v, "shares": e["version"]}
+                    for c, v in (e.get("also_versions") or {}).items()
+                ]
                 for event in (e, *also):
                     assert event["version"] not in by_version, f"two saves reported v{event['version']} of {self.model}"
                     by_version[event["version"]] = event
@@ -190,9 +213,14 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _run_trainers(dep: Deployment, tmp_path: Path, experiment: str, spec: dict[str, Any],
-                  during: Callable[[list[Trainer]], None] | None = None, env: dict[str, str] | None = None
-                  ) -> list[Trainer]:
+def _run_trainers(
+    dep: Deployment,
+    tmp_path: Path,
+    experiment: str,
+    spec: dict[str, Any],
+    during: Callable[[list[Trainer]], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> list[Trainer]:
     """Run N_TRAINERS trainer processes concurrently, each on its own "machine" (TMPDIR, XDG_CACHE_HOME:
     own locks and outbox) with its own model `<experiment>-<i>`; `during(trainers)` runs while they train.
     Returns them with their records."""
@@ -206,8 +234,11 @@ def _run_trainers(dep: Deployment, tmp_path: Path, experiment: str, spec: dict[s
                 "events": str(t.machine / "events.jsonl"), "states": str(t.machine / "states.jsonl"),
                 "outbox": str(t.machine / "outbox.jsonl"),
             }))  # fmt: skip
-            t.proc = start_on(t.machine, [sys.executable, str(SCRIPT), "train", str(spec_path)],
-                              _client_env(t.machine, **dep.client_env, **(env or {})))
+            t.proc = start_on(
+                t.machine,
+                [sys.executable, str(SCRIPT), "train", str(spec_path)],
+                _client_env(t.machine, **dep.client_env, **(env or {})),
+            )
             procs.append(t.proc)
         if during is not None:
             during(trainers)
@@ -267,7 +298,7 @@ class Bucket:
     history: dict[str, dict[str, list[dict[str, Any]]]]  # directory -> file name -> its versions and delete markers
 
     @classmethod
-    def read(cls, dep: Deployment, experiment: str) -> "Bucket":
+    def read(cls, dep: Deployment, experiment: str) -> Bucket:
         prefix = dep.experiment_prefix(experiment)
         current: dict[str, dict[str, int]] = defaultdict(dict)
         for key, size in dep.moto.list_objects(BUCKET, prefix=prefix).items():
@@ -304,8 +335,9 @@ class Bucket:
             return read_checkpoint_dir(Path(tmp))
 
 
-def _check_bucket(dep: Deployment, experiment: str, trainers: list[Trainer]
-                  ) -> tuple[dict[str, dict[int, Any]], Bucket]:
+def _check_bucket(
+    dep: Deployment, experiment: str, trainers: list[Trainer]
+) -> tuple[dict[str, dict[int, Any]], Bucket]:
     """Against the trainers' records and the bucket itself:
     - every registered version is one a trainer saved, with its step and category;
     - the bucket holds exactly the registered versions' checkpoint objects (size, checksum of the bytes boto3
@@ -365,11 +397,11 @@ def _check_windows(trainers: list[Trainer], registered: dict[str, dict[int, Any]
         assert set(saved) - set(kept), f"{t.model}: retention deleted nothing ({len(saved)} saves)"
 
         def of(category: str, versions: Any) -> list[int]:
-            return sorted(n for n in versions if saved[n]["category"] == category)
+            return sorted(n for n in versions if saved[n]["category"] == category)  # noqa: B023
 
         by_value = sorted(of("performance", saved), key=lambda n: saved[n]["value"])
-        assert of("performance", kept) == sorted(by_value[:WINDOWS["keep_best"]]), t.model
-        assert of("periodic", kept) == of("periodic", saved)[-WINDOWS["keep_periodic"]:], t.model
+        assert of("performance", kept) == sorted(by_value[: WINDOWS["keep_best"]]), t.model
+        assert of("periodic", kept) == of("periodic", saved)[-WINDOWS["keep_periodic"] :], t.model
         finals = of("final", saved)
         assert len(finals) == 1 and of("final", kept) == finals, t.model
 
@@ -414,19 +446,28 @@ def _check_outage(dep: Deployment, trainers: list[Trainer], bucket: Bucket) -> N
             assert state_digest(state.model_state) == t.states[e["step"]]["state"], (t.model, e)
         kept_names = {d.rsplit("/", 1)[-1] for d in bucket.current}
         still_kept = sum(e["dirname"] in kept_names for e in t.outbox)
-        print(f"\nFAULT s3-outage-{OUTAGE_S:.0f}s {dep.mode} {t.model}: steps_during_outage={len(outage_steps)} "
-              f"outbox_checkpoints={len(t.outbox)} registered_after={len(t.outbox)} still_kept={still_kept} "
-              f"saves={len(saved)} failed_attempts={len(failures)} first_failure={failures[0]['message'][:300]!r}")
+        print(
+            f"\nFAULT s3-outage-{OUTAGE_S:.0f}s {dep.mode} {t.model}: steps_during_outage={len(outage_steps)} "
+            f"outbox_checkpoints={len(t.outbox)} registered_after={len(t.outbox)} still_kept={still_kept} "
+            f"saves={len(saved)} failed_attempts={len(failures)} first_failure={failures[0]['message'][:300]!r}"
+        )
 
 
 # ------------------------------------------------------------------------------------------- the test
 
 
-@pytest.mark.parametrize("mode, outage", [pytest.param("proxied", True, id="proxied-20s-s3-outage"),
-                                          pytest.param("direct", False, id="direct-upload")])
+@pytest.mark.parametrize(
+    "mode, outage",
+    [pytest.param("proxied", True, id="proxied-20s-s3-outage"), pytest.param("direct", False, id="direct-upload")],
+)
 def test_three_trainers_checkpoint_to_s3_retention_deletes_and_other_processes_load(
-        mode: str, outage: bool, deploy: Callable[[str], Deployment], moto_proxy: TcpOutageProxy,
-        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    mode: str,
+    outage: bool,
+    deploy: Callable[[str], Deployment],
+    moto_proxy: TcpOutageProxy,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
     started = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -478,7 +519,9 @@ def test_three_trainers_checkpoint_to_s3_retention_deletes_and_other_processes_l
     lap("checks_s")
     _check_loads_elsewhere(loader, trainers, registered)
     lap("load_elsewhere_s")
-    print(f"\nS3 {mode}: saves={sum(len(t.saved()) for t in trainers)} "
-          f"kept_versions={sum(len(v) for v in registered.values())} checkpoint_dirs_now={len(bucket.current)} "
-          f"deleted_dirs={len(set(bucket.history) - set(bucket.current))} "
-          + " ".join(f"{k}={v:.1f}" for k, v in timings.items()))
+    print(
+        f"\nS3 {mode}: saves={sum(len(t.saved()) for t in trainers)} "
+        f"kept_versions={sum(len(v) for v in registered.values())} checkpoint_dirs_now={len(bucket.current)} "
+        f"deleted_dirs={len(set(bucket.history) - set(bucket.current))} "
+        + " ".join(f"{k}={v:.1f}" for k, v in timings.items())
+    )

@@ -71,8 +71,14 @@ def test_the_built_wheel_installs_and_works_without_the_repository(tmp_path: Pat
     work.mkdir()
     help_text = _run([str(venv / "bin" / "mlflow-persist"), "--help"], cwd=work).stdout
     assert "status" in help_text and "run" in help_text
-    located = _run([str(python), "-c", "import mlflow_persist, sys; print(mlflow_persist.__file__); "
-                                       "print('mlflow' in sys.modules)"], cwd=work).stdout.split()
+    located = _run(
+        [
+            str(python),
+            "-c",
+            "import mlflow_persist, sys; print(mlflow_persist.__file__); print('mlflow' in sys.modules)",
+        ],
+        cwd=work,
+    ).stdout.split()
     assert located[0].startswith(str(venv)) and located[1] == "False"  # the installed copy, MLflow not imported
     (work / "example.py").write_text(EXAMPLE, encoding="utf-8")
     assert _run([str(python), "example.py"], cwd=work).stdout.strip() == "restored: None step: 30"
@@ -80,8 +86,13 @@ def test_the_built_wheel_installs_and_works_without_the_repository(tmp_path: Pat
     status = _run([str(venv / "bin" / "mlflow-persist"), "status", "--json"], cwd=work).stdout
     assert '"example"' in status
 
-    trading = subprocess.run([str(venv / "bin" / "mlflow-persist"), "run", "--steps", "1", "--no-progress"], cwd=work,
-                             capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    trading = subprocess.run(
+        [str(venv / "bin" / "mlflow-persist"), "run", "--steps", "1", "--no-progress"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     assert trading.returncode != 0 and "Traceback" not in trading.stderr
     assert "pip install 'mlflow-persist[trading]'" in trading.stderr

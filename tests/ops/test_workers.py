@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow import MlflowClient
-
 from machines import finish, killed_at_exit, machine_env, start_on
+from mlflow import MlflowClient
 from servers import FaultProxy, MlflowServer, PostgresServer, subprocess_env
 from servers.fault_proxy import CREATE_MODEL_VERSION, DELETE_MODEL_VERSION
 
@@ -92,8 +91,12 @@ def test_the_fault_proxy_loses_replies_that_mlflows_client_retries() -> None:
         upstream.server_close()
     assert [r["source"] for r in _CountingRegistry.created] == ["s0", "s0", "s1", "s1"]
     assert [r["model_version"]["version"] for r in replies] == ["2", "4"]
-    assert [(r["action"], r["repeat"]) for r in proxy.records] == \
-        [("drop", False), ("forwarded", True), ("bad_gateway", False), ("forwarded", True)]
+    assert [(r["action"], r["repeat"]) for r in proxy.records] == [
+        ("drop", False),
+        ("forwarded", True),
+        ("bad_gateway", False),
+        ("forwarded", True),
+    ]
 
 
 @pytest.fixture
@@ -150,8 +153,7 @@ def _key(request: dict[str, Any]) -> tuple[str, str, str]:
 @pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.postgres
-def test_four_trainers_on_a_four_worker_server_with_lost_replies(workers_server: MlflowServer,
-                                                                  tmp_path: Path) -> None:
+def test_four_trainers_on_a_four_worker_server_with_lost_replies(workers_server: MlflowServer, tmp_path: Path) -> None:
     started = time.monotonic()
     with FaultProxy(workers_server.uri, every=FAULT_EVERY, log_path=tmp_path / "fault-proxy.jsonl") as proxy:
         results = _run_trainers(proxy.uri, tmp_path)
@@ -232,8 +234,11 @@ def test_four_trainers_on_a_four_worker_server_with_lost_replies(workers_server:
                 assert math.isclose(float(tags["mlflow_persist.value"]), reported, rel_tol=1e-12), (model, number)
         finals = [e for _, e in by_version.values() if e["category"] == "final"]
         assert len(finals) == sum(1 for m in MODELS.values() if m == model), model
-        performance = {n: results[i][1][e["step"]]  # the loss the trainer reported at the saved step
-                       for n, (i, e) in by_version.items() if e["category"] == "performance"}
+        performance = {
+            n: results[i][1][e["step"]]  # the loss the trainer reported at the saved step
+            for n, (i, e) in by_version.items()
+            if e["category"] == "performance"
+        }
         assert performance, model
         truly_best = min(performance, key=lambda n: performance[n])
         assert int(client.get_model_version_by_alias(model, "best").version) == truly_best, model
@@ -249,8 +254,9 @@ def test_four_trainers_on_a_four_worker_server_with_lost_replies(workers_server:
     experiment = client.get_experiment_by_name("workers")
     assert experiment is not None
     for model in ("alpha", "beta"):
-        runs = client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.`mlflow_persist.run_key` = '{model}'")
+        runs = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`mlflow_persist.run_key` = '{model}'"
+        )
         assert len(runs) == 1
         assert {m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")} == set(range(1, STEPS + 1))
 
@@ -260,8 +266,10 @@ def test_four_trainers_on_a_four_worker_server_with_lost_replies(workers_server:
                             capture_output=True, text=True, timeout=300, env=subprocess_env())  # fmt: skip
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]
     checked = time.monotonic()
-    print(f"fault proxy: {len(creates)} create POSTs, {len(faulted)} replies withheld "
-          f"({Counter(r['action'] for r in faulted)}), none sent twice; "
-          f"{sum(len(v) for v in saved.values())} saves logged, {also_versions} more categories on their bytes; "
-          f"{proxy.requests_forwarded} requests forwarded; trainers {trained - started:.1f} s, "
-          f"checks {checked - trained:.1f} s (verify {checked - verifying:.1f} s)")
+    print(
+        f"fault proxy: {len(creates)} create POSTs, {len(faulted)} replies withheld "
+        f"({Counter(r['action'] for r in faulted)}), none sent twice; "
+        f"{sum(len(v) for v in saved.values())} saves logged, {also_versions} more categories on their bytes; "
+        f"{proxy.requests_forwarded} requests forwarded; trainers {trained - started:.1f} s, "
+        f"checks {checked - trained:.1f} s (verify {checked - verifying:.1f} s)"
+    )

@@ -79,17 +79,27 @@ def read_records(path: str) -> list[dict[str, Any]]:
 def make_model() -> tuple[Any, Any]:
     import torch
 
-    model = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
-                                torch.nn.ReLU(), torch.nn.Linear(128, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 1)
+    )
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
 def config(uri: str) -> Any:
     import mlflow_persist as mp
 
-    return mp.PersistConfig(tracking_uri=uri, min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                            keep_best=1000, keep_periodic=1000, keep_final=1000, periodic_every_steps=3,
-                            scheduler_interval_seconds=1.0, partial_sweep_age_seconds=0)
+    return mp.PersistConfig(
+        tracking_uri=uri,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        keep_best=1000,
+        keep_periodic=1000,
+        keep_final=1000,
+        periodic_every_steps=3,
+        scheduler_interval_seconds=1.0,
+        partial_sweep_age_seconds=0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- children
@@ -115,15 +125,28 @@ def trainer(cmd: dict[str, Any]) -> None:
         job = handle.save("periodic")
         assert job is not None and job.done.wait(60), "the save did not finish"
         if job.outcome == "saved":
-            append_durably(cmd["acks"], {"trial": cmd["trial"], "version": job.result.version,
-                                         "step": handle.current_step, "digest": digest, "category": job.category})
+            append_durably(
+                cmd["acks"],
+                {
+                    "trial": cmd["trial"],
+                    "version": job.result.version,
+                    "step": handle.current_step,
+                    "digest": digest,
+                    "category": job.category,
+                },
+            )
         os.kill(os.getpid(), signal.SIGKILL)
-    append_durably(cmd["progress"], {"trial": cmd["trial"], "event": "ready",
-                                     "restored": info.version if info else None,
-                                     "restored_step": info.step if info else None,
-                                     "restored_digest": state_digest(model.state_dict(), optimizer.state_dict())
-                                     if info else None,
-                                     "startup_s": round(time.monotonic() - started, 3)})
+    append_durably(
+        cmd["progress"],
+        {
+            "trial": cmd["trial"],
+            "event": "ready",
+            "restored": info.version if info else None,
+            "restored_step": info.step if info else None,
+            "restored_digest": state_digest(model.state_dict(), optimizer.state_dict()) if info else None,
+            "startup_s": round(time.monotonic() - started, 3),
+        },
+    )
     pending: list[tuple[Any, str, int]] = []
 
     def acknowledge() -> None:
@@ -133,8 +156,16 @@ def trainer(cmd: dict[str, Any]) -> None:
                 continue
             pending.remove(item)
             if job.outcome == "saved" and job.result is not None:
-                append_durably(cmd["acks"], {"trial": cmd["trial"], "version": job.result.version,
-                                             "step": step, "digest": digest, "category": job.category})
+                append_durably(
+                    cmd["acks"],
+                    {
+                        "trial": cmd["trial"],
+                        "version": job.result.version,
+                        "step": step,
+                        "digest": digest,
+                        "category": job.category,
+                    },
+                )
 
     generator = torch.Generator().manual_seed(cmd["seed"])
     while time.monotonic() - started < TRAINER_MAX_SECONDS:
@@ -159,7 +190,7 @@ def checkpoint_dirs(uri: str, step: int) -> list[str]:
     """Checkpoint directories of `step` that exist under the store's artifact root (diagnosis of a loss)."""
     from mlflow_persist._policy.versions import checkpoint_dirname
 
-    root = Path(uri[len("sqlite:///"):]).parent
+    root = Path(uri[len("sqlite:///") :]).parent
     prefix = checkpoint_dirname(MODEL, step).rsplit("-", 1)[0]
     return sorted(str(p.relative_to(root)) for p in root.glob(f"mlruns/*/artifacts/checkpoints/*{prefix}-*"))
 
@@ -209,9 +240,16 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             latest = {"error": f"{type(exc).__name__}: {exc}"}
     newest_ack = max(acks, key=lambda a: a["version"], default=None)
-    return {"versions": len(versions), "max_version": versions[-1].version if versions else None,
-            "failing": failing, "staging_sources": staging, "lost": lost, "acks": len(acks),
-            "newest_ack": newest_ack, "latest": latest}
+    return {
+        "versions": len(versions),
+        "max_version": versions[-1].version if versions else None,
+        "failing": failing,
+        "staging_sources": staging,
+        "lost": lost,
+        "acks": len(acks),
+        "newest_ack": newest_ack,
+        "latest": latest,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -264,17 +302,21 @@ def main() -> None:
     os.dup2(2, 1)  # stray prints of libraries go to stderr, never into the protocol
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     started = time.monotonic()
-    import torch  # noqa: F401
-
     import mlflow  # noqa: F401
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import torch  # noqa: F401
+
     import mlflow_persist  # noqa: F401
     import mlflow_persist._store.mlflow_store  # noqa: F401
 
     warm_up()
-    replies.write(json.dumps({"ready": True, "threads": threading.active_count(),
-                              "import_s": round(time.monotonic() - started, 2)}) + "\n")
+    replies.write(
+        json.dumps(
+            {"ready": True, "threads": threading.active_count(), "import_s": round(time.monotonic() - started, 2)}
+        )
+        + "\n"
+    )
     for line in sys.stdin:
         cmd = json.loads(line)
         op = cmd["op"]
@@ -283,7 +325,7 @@ def main() -> None:
         if op == "train":
             pid = os.fork()
             if pid == 0:
-                _child(cmd["log"], lambda: trainer(cmd))
+                _child(cmd["log"], lambda: trainer(cmd))  # noqa: B023
             replies.write(json.dumps({"pid": pid}) + "\n")
         elif op == "kill":
             try:
@@ -298,7 +340,7 @@ def main() -> None:
         elif op == "verify":
             pid = os.fork()
             if pid == 0:
-                _child(cmd["log"], lambda: Path(cmd["out"]).write_text(json.dumps(checker(cmd))))
+                _child(cmd["log"], lambda: Path(cmd["out"]).write_text(json.dumps(checker(cmd))))  # noqa: B023
             _, status = os.waitpid(pid, 0)
             result = json.loads(Path(cmd["out"]).read_text()) if os.path.exists(cmd["out"]) else None
             replies.write(json.dumps({"status": status, "result": result}) + "\n")

@@ -42,8 +42,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 CUT_FILE = ".lazyfs_cut"
 STATS_FILE = ".lazyfs_stats"
@@ -100,9 +101,20 @@ class LazyTree:
     def __init__(self) -> None:
         self._next_ino = 2
         self.root = DirNode(1, 0o755)
-        self.stats = {"fsync": 0, "fdatasync": 0, "fsyncdir": 0, "fsync_on_dir": 0, "cuts": 0, "writes": 0,
-                      "bytes_written": 0, "creates": 0, "renames": 0, "unlinks": 0,
-                      "reverted_files": 0, "reverted_dirs": 0}
+        self.stats = {
+            "fsync": 0,
+            "fdatasync": 0,
+            "fsyncdir": 0,
+            "fsync_on_dir": 0,
+            "cuts": 0,
+            "writes": 0,
+            "bytes_written": 0,
+            "creates": 0,
+            "renames": 0,
+            "unlinks": 0,
+            "reverted_files": 0,
+            "reverted_dirs": 0,
+        }
 
     def new_ino(self) -> int:
         self._next_ino += 1
@@ -254,9 +266,19 @@ def _operations_class() -> type:
                     size, nlink = len(node.data), 1
                 else:
                     size, nlink = (len(self._stats_bytes()) if node.name == STATS_FILE else 0), 1
-                return {"st_mode": node.mode, "st_ino": node.ino, "st_nlink": nlink, "st_size": size,
-                        "st_uid": node.uid, "st_gid": node.gid, "st_atime": node.atime, "st_mtime": node.mtime,
-                        "st_ctime": node.ctime, "st_blksize": _BLOCK, "st_blocks": (size + 511) // 512}
+                return {
+                    "st_mode": node.mode,
+                    "st_ino": node.ino,
+                    "st_nlink": nlink,
+                    "st_size": size,
+                    "st_uid": node.uid,
+                    "st_gid": node.gid,
+                    "st_atime": node.atime,
+                    "st_mtime": node.mtime,
+                    "st_ctime": node.ctime,
+                    "st_blksize": _BLOCK,
+                    "st_blocks": (size + 511) // 512,
+                }
 
         def chmod(self, path: str | None, mode: int, fh: Any = None) -> int:
             with self._mutex:
@@ -294,9 +316,17 @@ def _operations_class() -> type:
 
         def statfs(self, path: str) -> dict[str, int]:
             total = 16 * 2**30 // _BLOCK
-            return {"f_bsize": _BLOCK, "f_frsize": _BLOCK, "f_blocks": total, "f_bfree": total,
-                    "f_bavail": total, "f_files": 1 << 20, "f_ffree": 1 << 20, "f_favail": 1 << 20,
-                    "f_namemax": 255}
+            return {
+                "f_bsize": _BLOCK,
+                "f_frsize": _BLOCK,
+                "f_blocks": total,
+                "f_bfree": total,
+                "f_bavail": total,
+                "f_files": 1 << 20,
+                "f_ffree": 1 << 20,
+                "f_favail": 1 << 20,
+                "f_namemax": 255,
+            }
 
         # -------------------------------------------------------------- directories
 
@@ -342,10 +372,11 @@ def _operations_class() -> type:
                 node = self._node(path, fh)
                 if not isinstance(node, DirNode):
                     raise FuseOSError(errno.ENOTDIR)
-                return [(".", {"st_ino": node.ino, "st_mode": node.mode}, 0),
-                        ("..", {"st_ino": node.ino, "st_mode": node.mode}, 0),
-                        *((name, {"st_ino": child.ino, "st_mode": child.mode}, 0)
-                          for name, child in node.entries.items())]
+                return [
+                    (".", {"st_ino": node.ino, "st_mode": node.mode}, 0),
+                    ("..", {"st_ino": node.ino, "st_mode": node.mode}, 0),
+                    *((name, {"st_ino": child.ino, "st_mode": child.mode}, 0) for name, child in node.entries.items()),
+                ]
 
         def releasedir(self, path: str | None, fh: int) -> int:
             with self._mutex:
@@ -457,10 +488,10 @@ def _operations_class() -> type:
                 node = self._node(path, fi)
                 if isinstance(node, ControlNode):
                     data = self._stats_bytes() if node.name == STATS_FILE else b""
-                    return data[offset:offset + size]
+                    return data[offset : offset + size]
                 if not isinstance(node, FileNode):
                     raise FuseOSError(errno.EISDIR)
-                return bytes(node.data[offset:offset + size])
+                return bytes(node.data[offset : offset + size])
 
         def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
             with self._mutex:
@@ -555,9 +586,14 @@ def _fuse_class() -> type:
         def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
             times = None
             if buf:  # each one: nanoseconds, "now" or "leave as is" (UTIME_NOW / UTIME_OMIT)
-                times = tuple(UTIME_NOW if ts.tv_nsec == _UTIME_NOW_NSEC else UTIME_OMIT
-                              if ts.tv_nsec == _UTIME_OMIT_NSEC else ts.tv_sec * 10**9 + ts.tv_nsec
-                              for ts in (buf.contents.actime, buf.contents.modtime))
+                times = tuple(
+                    UTIME_NOW
+                    if ts.tv_nsec == _UTIME_NOW_NSEC
+                    else UTIME_OMIT
+                    if ts.tv_nsec == _UTIME_OMIT_NSEC
+                    else ts.tv_sec * 10**9 + ts.tv_nsec
+                    for ts in (buf.contents.actime, buf.contents.modtime)
+                )
             return self.operations.utimens(decode(self, path), times, handle(fip))
 
     return HandleFUSE
@@ -565,9 +601,22 @@ def _fuse_class() -> type:
 
 def serve(mountpoint: str, debug: bool = False) -> None:
     operations = _operations_class()()
-    _fuse_class()(operations, mountpoint, raw_fi=True, foreground=True, nothreads=True, debug=debug,
-                 fsname="lazyfs", subtype="lazyfs", hard_remove=True, use_ino=True,
-                 entry_timeout=0, attr_timeout=0, negative_timeout=0, ac_attr_timeout=0)
+    _fuse_class()(
+        operations,
+        mountpoint,
+        raw_fi=True,
+        foreground=True,
+        nothreads=True,
+        debug=debug,
+        fsname="lazyfs",
+        subtype="lazyfs",
+        hard_remove=True,
+        use_ino=True,
+        entry_timeout=0,
+        attr_timeout=0,
+        negative_timeout=0,
+        ac_attr_timeout=0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- test side
@@ -606,14 +655,18 @@ class LazyMount:
         self.log_path = Path(log_path) if log_path else self.mountpoint.with_name(self.mountpoint.name + ".log")
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> "LazyMount":
+    def start(self, timeout: float = 20.0) -> LazyMount:
         problem = fuse_problem()
         if problem:
             raise FuseUnavailable(problem)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(self.mountpoint)],
-                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), str(self.mountpoint)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -660,7 +713,7 @@ class LazyMount:
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True, timeout=30)
         self.process = None
 
-    def __enter__(self) -> "LazyMount":
+    def __enter__(self) -> LazyMount:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:

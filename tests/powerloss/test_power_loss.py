@@ -21,8 +21,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -39,14 +40,24 @@ class ForkServer:
         self.process: subprocess.Popen[str] | None = None
         self.hello: dict[str, Any] | None = None
 
-    def start(self) -> "ForkServer":
+    def start(self) -> ForkServer:
         repo = Path(__file__).resolve().parents[2]
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+        }
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen([sys.executable, str(FORKSERVER)], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1, env=env,
-                                            cwd=str(self.log_path.parent))
+            self.process = subprocess.Popen(
+                [sys.executable, str(FORKSERVER)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                bufsize=1,
+                env=env,
+                cwd=str(self.log_path.parent),
+            )
         return self
 
     def _reply(self) -> dict[str, Any]:
@@ -124,19 +135,28 @@ def store_on_lazyfs(forkserver: ForkServer, lazyfs: LazyMount, request: pytest.F
     return f"sqlite:///{db}"
 
 
-def verify(server: ForkServer, uri: str, acks: Path, work: Path, trial: int,
-           already_lost: list[dict[str, Any]]) -> dict[str, Any]:
-    reply = server.call(op="verify", uri=uri, acks=str(acks), out=str(work / f"verify-{trial}.json"),
-                        log=str(work / f"verify-{trial}.log"), already_lost=already_lost)
+def verify(
+    server: ForkServer, uri: str, acks: Path, work: Path, trial: int, already_lost: list[dict[str, Any]]
+) -> dict[str, Any]:
+    reply = server.call(
+        op="verify",
+        uri=uri,
+        acks=str(acks),
+        out=str(work / f"verify-{trial}.json"),
+        log=str(work / f"verify-{trial}.log"),
+        already_lost=already_lost,
+    )
     result = reply["result"]
-    assert result is not None, f"trial {trial}: the checker crashed:\n" + \
-        (work / f"verify-{trial}.log").read_text(errors="replace")[-4000:]
+    assert result is not None, (
+        f"trial {trial}: the checker crashed:\n" + (work / f"verify-{trial}.log").read_text(errors="replace")[-4000:]
+    )
     return result
 
 
 @pytest.mark.slow
-def test_checkpoint_acknowledged_right_before_a_power_cut_survives(lazyfs: LazyMount, forkserver: ForkServer,
-                                                                    store_on_lazyfs: str, tmp_path: Path) -> None:
+def test_checkpoint_acknowledged_right_before_a_power_cut_survives(
+    lazyfs: LazyMount, forkserver: ForkServer, store_on_lazyfs: str, tmp_path: Path
+) -> None:
     """The sharpest moment, made deterministic: the trainer SIGKILLs itself as soon as its save is
     acknowledged, and the power goes right after. Three rounds: the first save of a run (it creates the
     run's artifact directories) and later saves (the registration is the store's last transaction)."""
@@ -146,27 +166,44 @@ def test_checkpoint_acknowledged_right_before_a_power_cut_survives(lazyfs: LazyM
     lost: list[dict[str, Any]] = []
     failing: list[dict[str, Any]] = []
     for trial in range(3):
-        pid = forkserver.call(op="train", mode="ack_then_die", uri=store_on_lazyfs, acks=str(acks),
-                              progress=str(work / "progress.jsonl"), log=str(work / f"trainer-{trial}.log"),
-                              seed=trial, trial=trial)["pid"]
+        pid = forkserver.call(
+            op="train",
+            mode="ack_then_die",
+            uri=store_on_lazyfs,
+            acks=str(acks),
+            progress=str(work / "progress.jsonl"),
+            log=str(work / f"trainer-{trial}.log"),
+            seed=trial,
+            trial=trial,
+        )["pid"]
         forkserver.call(op="wait", pid=pid)
         lazyfs.cut()
         hot_journal = (lazyfs.mountpoint / "mlflow.db-journal").exists()  # sqlite will roll its transaction back
-        assert any(a["trial"] == trial for a in read_records(acks)), \
+        assert any(a["trial"] == trial for a in read_records(acks)), (
             f"round {trial}: no save was acknowledged:\n" + (work / f"trainer-{trial}.log").read_text()[-4000:]
+        )
         result = verify(forkserver, store_on_lazyfs, acks, work, trial, lost)
-        lost += [{**item, "round": trial, "registered_versions_after_cut": result["max_version"],
-                  "hot_sqlite_journal_after_cut": hot_journal} for item in result["lost"]]
+        lost += [
+            {
+                **item,
+                "round": trial,
+                "registered_versions_after_cut": result["max_version"],
+                "hot_sqlite_journal_after_cut": hot_journal,
+            }
+            for item in result["lost"]
+        ]
         failing += [{**item, "round": trial} for item in result["failing"]]
     assert not lost and not failing, (
         "acknowledged checkpoints did not survive a power cut right after their acknowledgement:\n"
-        + json.dumps({"lost": lost, "failing": failing}, indent=1)[:6000])
+        + json.dumps({"lost": lost, "failing": failing}, indent=1)[:6000]
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_power_cuts_while_saving_lose_no_acknowledged_checkpoint(lazyfs: LazyMount, forkserver: ForkServer,
-                                                                 store_on_lazyfs: str, tmp_path: Path) -> None:
+def test_power_cuts_while_saving_lose_no_acknowledged_checkpoint(
+    lazyfs: LazyMount, forkserver: ForkServer, store_on_lazyfs: str, tmp_path: Path
+) -> None:
     began = time.monotonic()
     seed = int(os.environ.get("MLFLOW_PERSIST_POWERLOSS_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
@@ -186,8 +223,15 @@ def test_power_cuts_while_saving_lose_no_acknowledged_checkpoint(lazyfs: LazyMou
         newest_ack_before: dict[str, Any] | None = None
         result: dict[str, Any] = {}
         for trial in range(TRIALS):
-            trainer_pid = server.call(op="train", uri=uri, acks=str(acks), progress=str(progress),
-                                      log=str(work / f"trainer-{trial}.log"), seed=seed + trial, trial=trial)["pid"]
+            trainer_pid = server.call(
+                op="train",
+                uri=uri,
+                acks=str(acks),
+                progress=str(progress),
+                log=str(work / f"trainer-{trial}.log"),
+                seed=seed + trial,
+                trial=trial,
+            )["pid"]
             forked = time.monotonic()
             if trial % 5 == 4:  # now and then during start-up: opening the run, restore, sweeping leftovers
                 early_kills += 1
@@ -195,8 +239,10 @@ def test_power_cuts_while_saving_lose_no_acknowledged_checkpoint(lazyfs: LazyMou
                 ready = None
             else:
                 ready = wait_for_ready(progress, trial, trainer_pid, timeout=60)
-                assert ready is not None, f"trial {trial}: the trainer never got ready:\n" + \
-                    (work / f"trainer-{trial}.log").read_text(errors="replace")[-4000:]
+                assert ready is not None, (
+                    f"trial {trial}: the trainer never got ready:\n"
+                    + (work / f"trainer-{trial}.log").read_text(errors="replace")[-4000:]
+                )
                 startup_s = time.monotonic() - forked
                 time.sleep(rng.uniform(0.0, 1.5))
             server.call(op="kill", pid=trainer_pid)
@@ -207,16 +253,22 @@ def test_power_cuts_while_saving_lose_no_acknowledged_checkpoint(lazyfs: LazyMou
             if ready is not None and newest_ack_before is not None:
                 restored = ready["restored"]
                 if restored is None or restored < newest_ack_before["version"]:
-                    restore_problems.append(f"trial {trial} restored v{restored}, older than the acknowledged "
-                                            f"v{newest_ack_before['version']}")
-                elif restored == newest_ack_before["version"] and \
-                        ready["restored_digest"] != newest_ack_before["digest"]:
-                    restore_problems.append(f"trial {trial} restored v{restored} with a different state than "
-                                            "was acknowledged")
+                    restore_problems.append(
+                        f"trial {trial} restored v{restored}, older than the acknowledged "
+                        f"v{newest_ack_before['version']}"
+                    )
+                elif (
+                    restored == newest_ack_before["version"] and ready["restored_digest"] != newest_ack_before["digest"]
+                ):
+                    restore_problems.append(
+                        f"trial {trial} restored v{restored} with a different state than was acknowledged"
+                    )
 
             result = verify(server, uri, acks, work, trial, lost)
-            lost += [{**item, "detected_after_trial": trial, "registered_versions_after_cut": result["max_version"]}
-                     for item in result["lost"]]
+            lost += [
+                {**item, "detected_after_trial": trial, "registered_versions_after_cut": result["max_version"]}
+                for item in result["lost"]
+            ]
             for item in result["failing"]:
                 failing.setdefault(item["version"], {**item, "first_failed_after_trial": trial})
             staging += [{**s, "trial": trial} for s in result["staging_sources"]]
@@ -229,19 +281,26 @@ def test_power_cuts_while_saving_lose_no_acknowledged_checkpoint(lazyfs: LazyMou
         stats = lazyfs.stats()
         acknowledged = len(read_records(acks))
         fsyncs = stats["fsync"] + stats["fdatasync"] + stats["fsyncdir"] + stats["fsync_on_dir"]
-        print(f"\npower-loss report (seed {seed}): trials {TRIALS} (killed during start-up: {early_kills}), "
-              f"acknowledged checkpoints {acknowledged}, lost {len(lost)}, versions that failed to load "
-              f"{len(failing)}, staging sources {len(staging)}, latest errors {len(latest_errors)}, "
-              f"restore problems {len(restore_problems)}, registered versions at the end {result.get('versions')}, "
-              f"fsyncs seen {fsyncs} (fsync {stats['fsync']}, fdatasync {stats['fdatasync']}, "
-              f"fsyncdir {stats['fsyncdir']}), cuts {stats['cuts']}, reverted files {stats['reverted_files']}, "
-              f"reverted dirs {stats['reverted_dirs']}, cuts that left a hot sqlite journal {hot_journals}, wall {time.monotonic() - began:.1f} s")
+        print(
+            f"\npower-loss report (seed {seed}): trials {TRIALS} (killed during start-up: {early_kills}), "
+            f"acknowledged checkpoints {acknowledged}, lost {len(lost)}, versions that failed to load "
+            f"{len(failing)}, staging sources {len(staging)}, latest errors {len(latest_errors)}, "
+            f"restore problems {len(restore_problems)}, registered versions at the end {result.get('versions')}, "
+            f"fsyncs seen {fsyncs} (fsync {stats['fsync']}, fdatasync {stats['fdatasync']}, "
+            f"fsyncdir {stats['fsyncdir']}), cuts {stats['cuts']}, reverted files {stats['reverted_files']}, "
+            f"reverted dirs {stats['reverted_dirs']}, cuts that left a hot sqlite journal {hot_journals}, wall {time.monotonic() - began:.1f} s"
+        )
         for item in lost:
             print("LOST", json.dumps(item))
         for item in list(failing.values())[:20]:
             print("FAILING", json.dumps(item))
-        problems = {"lost": lost, "failing": list(failing.values())[:10], "staging sources": staging[:10],
-                    "latest": latest_errors[:10], "restore": restore_problems[:10]}
+        problems = {
+            "lost": lost,
+            "failing": list(failing.values())[:10],
+            "staging sources": staging[:10],
+            "latest": latest_errors[:10],
+            "restore": restore_problems[:10],
+        }
         assert acknowledged >= TRIALS, f"too few acknowledged saves to mean anything ({acknowledged})"
         assert not any(problems.values()), f"seed {seed}: " + json.dumps(problems, indent=1)[:6000]
     finally:

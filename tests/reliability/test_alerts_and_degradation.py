@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -52,14 +53,21 @@ def _wait(predicate: Any, timeout: float = 60.0) -> bool:
 
 
 def test_five_failures_fire_every_sink_once_and_success_clears_health(
-        sqlite_uri: str, tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+    sqlite_uri: str, tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, posted = webhook
     command_out = tmp_path / "alerts.jsonl"
-    cfg = mp.PersistConfig(tracking_uri=sqlite_uri, min_free_disk_mb=0, min_free_disk_percent=0,
-                           log_system_metrics=False, failure_alert_threshold=5, save_retry_attempts=100,
-                           save_retry_max_wait_seconds=0.05, alert_command=f"cat >> {command_out}; echo >> {command_out}",
-                           alert_webhook=url)
+    cfg = mp.PersistConfig(
+        tracking_uri=sqlite_uri,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        failure_alert_threshold=5,
+        save_retry_attempts=100,
+        save_retry_max_wait_seconds=0.05,
+        alert_command=f"cat >> {command_out}; echo >> {command_out}",
+        alert_webhook=url,
+    )
     called: list[Alert] = []
     model, opt = make_model(5)
     with mp.Persistence(cfg, alert_sinks=[called.append], install_signal_handlers=False) as persist:
@@ -101,9 +109,16 @@ def test_five_failures_fire_every_sink_once_and_success_clears_health(
 
 
 def _degrading_run(uri: str, revert: bool, degraded_steps: int) -> tuple[list[Alert], mp.ModelHandle, str, str]:
-    cfg = mp.PersistConfig(tracking_uri=uri, min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                           degradation_margin=0.2, degradation_margin_mode="rel", degradation_patience=10,
-                           revert_on_degradation=revert)
+    cfg = mp.PersistConfig(
+        tracking_uri=uri,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        degradation_margin=0.2,
+        degradation_margin_mode="rel",
+        degradation_patience=10,
+        revert_on_degradation=revert,
+    )
     alerts: list[Alert] = []
     model, opt = make_model(6)
     persist = mp.Persistence(cfg, alert_sinks=[alerts.append], install_signal_handlers=False)

@@ -11,26 +11,34 @@ import uuid
 from pathlib import Path
 
 import pytest
+from servers import MlflowServer
 
 import mlflow_persist as mp
-from mlflow_persist.cli.main import main as cli_main
 from mlflow_persist._store.mlflow_store import MlflowStore
+from mlflow_persist.cli.main import main as cli_main
 from reliability.support import LineLog, fork_child, make_model, train_step, warm_up_torch
-from servers import MlflowServer
 
 warm_up_torch()
 NAME = "shared"
 
 
-def _saver(events: LineLog, uri: str, experiment: str, seed: int, saves: int, machine_dir: str,
-           keep_best: int) -> None:
+def _saver(events: LineLog, uri: str, experiment: str, seed: int, saves: int, machine_dir: str, keep_best: int) -> None:
     tempfile.tempdir = f"{machine_dir}/tmp"  # this "machine's" own lock directory for a remote store
     Path(tempfile.tempdir).mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     model, opt = make_model(seed, width=64)
-    cfg = mp.PersistConfig(tracking_uri=uri, experiment_name=experiment, min_delta=1e9, keep_best=keep_best,
-                           keep_periodic=1000, min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                           scheduler_interval_seconds=1.0, outbox_dir=f"{machine_dir}/outbox")
+    cfg = mp.PersistConfig(
+        tracking_uri=uri,
+        experiment_name=experiment,
+        min_delta=1e9,
+        keep_best=keep_best,
+        keep_periodic=1000,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        scheduler_interval_seconds=1.0,
+        outbox_dir=f"{machine_dir}/outbox",
+    )
     persist = mp.Persistence(cfg, install_signal_handlers=False)
     handle = persist.track(NAME, model, optimizer=opt)
     values, outcomes = [], []
@@ -44,15 +52,24 @@ def _saver(events: LineLog, uri: str, experiment: str, seed: int, saves: int, ma
             outcomes.append(handle.save("performance", wait=True, timeout=300).outcome)
         values.append(value)
     persist.close(final_checkpoints=False)
-    events.emit("DONE", {"values": values, "outcomes": outcomes, "saves": handle.saves, "failures": handle.failures,
-                         "lost": len(persist.writer.failed)})
+    events.emit(
+        "DONE",
+        {
+            "values": values,
+            "outcomes": outcomes,
+            "saves": handle.saves,
+            "failures": handle.failures,
+            "lost": len(persist.writer.failed),
+        },
+    )
 
 
 def _run_two(uri: str, experiment: str, saves: int, tmp_path: Path, keep_best: int) -> list[dict]:
     logs = [LineLog(tmp_path / f"proc-{i}.log") for i in range(2)]
-    procs = [fork_child(_saver, logs[i], uri, experiment, 1000 + i, saves, str(tmp_path / f"machine-{i}"),
-                        keep_best)
-             for i in range(2)]
+    procs = [
+        fork_child(_saver, logs[i], uri, experiment, 1000 + i, saves, str(tmp_path / f"machine-{i}"), keep_best)
+        for i in range(2)
+    ]
     results = [log.wait_for("DONE", proc, timeout=540) for log, proc in zip(logs, procs)]
     for proc in procs:
         proc.join(timeout=60)
@@ -60,8 +77,15 @@ def _run_two(uri: str, experiment: str, saves: int, tmp_path: Path, keep_best: i
     return results
 
 
-def _check(uri: str, experiment: str, results: list[dict], saves: int, keep_best: int,
-           capsys: pytest.CaptureFixture[str], retried_failures_allowed: bool = False) -> str:
+def _check(
+    uri: str,
+    experiment: str,
+    results: list[dict],
+    saves: int,
+    keep_best: int,
+    capsys: pytest.CaptureFixture[str],
+    retried_failures_allowed: bool = False,
+) -> str:
     for result in results:
         assert result["outcomes"] == ["saved"] * saves
         assert result["lost"] == 0  # no checkpoint given up
@@ -87,13 +111,16 @@ def _check(uri: str, experiment: str, results: list[dict], saves: int, keep_best
     assert best is not None and best.version == true_best.version
     assert best.value == min(values)
     retried = sum(r["failures"] for r in results)
-    return (f"registered={sum(r['saves'] for r in results)} versions_left={len(versions)} corrupt=0 "
-            f"retried_failures={retried} best=v{best.version} (true best)")
+    return (
+        f"registered={sum(r['saves'] for r in results)} versions_left={len(versions)} corrupt=0 "
+        f"retried_failures={retried} best=v{best.version} (true best)"
+    )
 
 
 @pytest.mark.slow
-def test_two_processes_200_saves_each_on_sqlite(sqlite_uri: str, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_processes_200_saves_each_on_sqlite(
+    sqlite_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Retention (keep_best=5) runs in both processes too; versions stay few, so the race is on `best` and
     # deletions rather than on listing hundreds of versions.
     results = _run_two(sqlite_uri, "mlflow-persist", 200, tmp_path, keep_best=5)
@@ -104,8 +131,9 @@ def test_two_processes_200_saves_each_on_sqlite(sqlite_uri: str, tmp_path: Path,
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_two_processes_against_a_real_mlflow_server(template_db: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_processes_against_a_real_mlflow_server(
+    template_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from store_support import copy_template_store
 
     backend = copy_template_store(template_db, tmp_path / "backend")

@@ -9,14 +9,14 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 import mlflow_persist as mp
-from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist._observe.system_metrics import disk_space
+from mlflow_persist._store.mlflow_store import MlflowStore
 from reliability.support import ListHandler, make_model, train_step
 
 WIDTH = 1536  # Adam + weights: a ~0.6 MB checkpoint, every tensor under 1 MB
@@ -26,8 +26,9 @@ WIDTH = 1536  # Adam + weights: a ~0.6 MB checkpoint, every tensor under 1 MB
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or result.returncode}); needs root")
     try:
@@ -38,9 +39,17 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def _config(uri: str, disk: Path, **overrides: object) -> mp.PersistConfig:
     values: dict[str, object] = dict(
-        tracking_uri=uri, artifact_location=(disk / "artifacts").as_uri(), experiment_name=f"disk-{uuid.uuid4().hex[:6]}",
-        keep_best=100, keep_periodic=100, min_free_disk_percent=0, log_system_metrics=False,
-        scheduler_interval_seconds=0.5, save_retry_attempts=40, save_retry_max_wait_seconds=0.2)
+        tracking_uri=uri,
+        artifact_location=(disk / "artifacts").as_uri(),
+        experiment_name=f"disk-{uuid.uuid4().hex[:6]}",
+        keep_best=100,
+        keep_periodic=100,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        scheduler_interval_seconds=0.5,
+        save_retry_attempts=40,
+        save_retry_max_wait_seconds=0.2,
+    )
     values.update(overrides)
     return mp.PersistConfig(**values)
 
@@ -65,8 +74,9 @@ def _tmp_dirs(disk: Path) -> list[Path]:
     return [p for p in disk.rglob(".tmp-*")]
 
 
-def test_disk_pressure_cleans_oldest_periodic_first_and_best_survives(small_disk: Path, sqlite_uri: str,
-                                                                      persist_logs: ListHandler) -> None:
+def test_disk_pressure_cleans_oldest_periodic_first_and_best_survives(
+    small_disk: Path, sqlite_uri: str, persist_logs: ListHandler
+) -> None:
     cfg = _config(sqlite_uri, small_disk, min_free_disk_mb=3.0, periodic_every_steps=3)
     model, opt = make_model(3, WIDTH)
     losses = [10.0 - 0.1 * i if i % 4 == 0 else 50.0 + i for i in range(72)]  # an improvement every 4th step
@@ -93,18 +103,23 @@ def test_disk_pressure_cleans_oldest_periodic_first_and_best_survives(small_disk
     # `best` survives: it is the version of the lowest loss ever reported, and it loads.
     best = store.alias_version("extrema")
     assert best is not None and best.value == min(losses)
-    assert mp.load_checkpoint("models:/extrema@best", tracking_uri=sqlite_uri,
-                              experiment_name=cfg.experiment_name).step == best.step
+    assert (
+        mp.load_checkpoint("models:/extrema@best", tracking_uri=sqlite_uri, experiment_name=cfg.experiment_name).step
+        == best.step
+    )
     # Later saves succeeded: the newest version is the last step's save, and the disk kept its reserve.
     assert versions[-1].step == len(losses) and not _tmp_dirs(small_disk)
     assert disk_space(small_disk).free_mb >= 3.0 - 1.0  # one checkpoint below the reserve at most
-    print(f"\nFAULT disk-pressure saves={saves} deleted={len(deleted)} "
-          f"(periodic={len(periodic_deleted)}) failures={failures} best=v{best.version}")
+    print(
+        f"\nFAULT disk-pressure saves={saves} deleted={len(deleted)} "
+        f"(periodic={len(periodic_deleted)}) failures={failures} best=v{best.version}"
+    )
 
 
 @pytest.mark.slow
-def test_real_enospc_is_logged_retried_and_recovers(small_disk: Path, sqlite_uri: str,
-                                                    persist_logs: ListHandler) -> None:
+def test_real_enospc_is_logged_retried_and_recovers(
+    small_disk: Path, sqlite_uri: str, persist_logs: ListHandler
+) -> None:
     cfg = _config(sqlite_uri, small_disk, min_free_disk_mb=0)
     model, opt = make_model(4, WIDTH)
     with mp.Persistence(cfg, install_signal_handlers=False) as persist:

@@ -13,14 +13,15 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from store_support import copy_template_store
 
 import mlflow_persist as mp
 from reliability.support import LineLog, digest, fork_child, make_model, train_step, warm_up_torch
-from store_support import copy_template_store
 
 pytestmark = pytest.mark.slow
 warm_up_torch()
@@ -32,12 +33,9 @@ STEPS, SAVE_EVERY, HANG_S = 16, 4, 1.5
 
 def _target(stage: str) -> tuple[Any, str]:
     """Where each stage lives: the object and attribute a fault replaces."""
-    import torch
 
-    from mlflow_persist._format import atomic
-    from mlflow_persist._runtime import handle
-    from mlflow_persist._format import payload
-    from mlflow_persist._runtime import pipeline
+    from mlflow_persist._format import atomic, payload
+    from mlflow_persist._runtime import handle, pipeline
     from mlflow_persist._store import mlflow_store as store_module
 
     return {
@@ -78,12 +76,22 @@ def _trainer(events: LineLog, uri: str, stage: str, fault: str, restart: bool) -
     armed = {"on": False}
     calls = _install(stage, fault, armed) if not restart else {"n": 0}
     model, opt = make_model(11)
-    cfg = mp.PersistConfig(tracking_uri=uri, keep_best=1000, keep_periodic=1000, keep_final=1000,
-                           min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                           scheduler_interval_seconds=0.2, save_retry_attempts=4, save_retry_max_wait_seconds=0.05,
-                           failure_alert_threshold=3)
-    persist = mp.Persistence(cfg, install_signal_handlers=False,
-                             alert_sinks=[lambda alert: events.emit("ALERT", alert.kind)])
+    cfg = mp.PersistConfig(
+        tracking_uri=uri,
+        keep_best=1000,
+        keep_periodic=1000,
+        keep_final=1000,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        scheduler_interval_seconds=0.2,
+        save_retry_attempts=4,
+        save_retry_max_wait_seconds=0.05,
+        failure_alert_threshold=3,
+    )
+    persist = mp.Persistence(
+        cfg, install_signal_handlers=False, alert_sinks=[lambda alert: events.emit("ALERT", alert.kind)]
+    )
     handle = persist.track("net", model, optimizer=opt)
     handle.restore()
     pending: list[tuple[Any, dict[str, Any]]] = []
@@ -105,8 +113,16 @@ def _trainer(events: LineLog, uri: str, stage: str, fault: str, restart: bool) -
         if i % SAVE_EVERY == SAVE_EVERY - 1:
             job = handle.save("periodic")
             if job is not None:
-                pending.append((job, {"step": handle.current_step, "model": digest(model.state_dict()),
-                                      "optimizer": digest(opt.state_dict()["state"])}))
+                pending.append(
+                    (
+                        job,
+                        {
+                            "step": handle.current_step,
+                            "model": digest(model.state_dict()),
+                            "optimizer": digest(opt.state_dict()["state"]),
+                        },
+                    )
+                )
         slowest = max(slowest, time.perf_counter() - started)
         report_acks()
         if i < SAVE_EVERY:
@@ -120,8 +136,15 @@ def _trainer(events: LineLog, uri: str, stage: str, fault: str, restart: bool) -
         persist.close()
     except mp.PersistError as exc:
         events.emit("GAVE_UP", str(exc)[:200])
-    events.emit("DONE", {"steps": handle.current_step, "failures": handle.failures, "slowest_s": round(slowest, 3),
-                         "fired": calls["n"]})
+    events.emit(
+        "DONE",
+        {
+            "steps": handle.current_step,
+            "failures": handle.failures,
+            "slowest_s": round(slowest, 3),
+            "fired": calls["n"],
+        },
+    )
 
 
 def _checker(events: LineLog, uri: str) -> None:
@@ -133,8 +156,10 @@ def _checker(events: LineLog, uri: str) -> None:
     for info in versions:
         try:
             state = store.load_version(info)
-            found[str(info.version)] = {"model": digest(dict(state.model_state)),
-                                        "optimizer": digest(state.optimizer_state["state"])}
+            found[str(info.version)] = {
+                "model": digest(dict(state.model_state)),
+                "optimizer": digest(state.optimizer_state["state"]),
+            }
         except mp.CheckpointCorruptError as exc:
             found[str(info.version)] = {"error": str(exc)}
     events.emit("STORE", {"versions": found, "newest": versions[-1].version if versions else None})
@@ -168,15 +193,20 @@ def _cell(tmp_path: Path, template_db: Path, stage: str, fault: str) -> str:
     stored = check_log.first("STORE")
     for ack in acks:
         got = stored["versions"].get(str(ack["version"]))
-        assert got == {"model": ack["model"], "optimizer": ack["optimizer"]}, \
+        assert got == {"model": ack["model"], "optimizer": ack["optimizer"]}, (
             f"{stage}/{fault}: acknowledged v{ack['version']} (step {ack['step']}) is lost or differs: {got}"
-    assert stored["newest"] is not None and "error" not in stored["versions"][str(stored["newest"])], \
+        )
+    assert stored["newest"] is not None and "error" not in stored["versions"][str(stored["newest"])], (
         f"{stage}/{fault}: the newest version does not load"
+    )
     broken = [v for v, d in stored["versions"].items() if "error" in d]
     assert not broken, f"{stage}/{fault}: registered versions that do not load: {broken}"
     alerts = len((restart_log if fault == "kill" else train_log).all("ALERT"))
-    return (f"{len(acks)} acked, 0 lost, {done['failures']} failed attempts"
-            + (f", alert" if alerts else "") + (f", slowest step {done['slowest_s']:.2f}s" if fault == "hang" else ""))
+    return (
+        f"{len(acks)} acked, 0 lost, {done['failures']} failed attempts"
+        + (", alert" if alerts else "")
+        + (f", slowest step {done['slowest_s']:.2f}s" if fault == "hang" else "")
+    )
 
 
 def test_fault_matrix(tmp_path: Path, template_db: Path, capsys: pytest.CaptureFixture[str]) -> None:

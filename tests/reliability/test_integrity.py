@@ -10,18 +10,24 @@ from pathlib import Path
 import pytest
 
 import mlflow_persist as mp
-from mlflow_persist.cli.main import main as cli_main
 from mlflow_persist._format.payload import CHECKPOINT_FILE
 from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist._store.translate import local_path as _local_path
+from mlflow_persist.cli.main import main as cli_main
 from reliability.support import digest, make_model, train_step
 
 NAME = "cnn"
 
 
 def _config(uri: str) -> mp.PersistConfig:
-    return mp.PersistConfig(tracking_uri=uri, keep_best=10, min_free_disk_mb=0, min_free_disk_percent=0,
-                            log_system_metrics=False, scheduler_interval_seconds=5)
+    return mp.PersistConfig(
+        tracking_uri=uri,
+        keep_best=10,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+        scheduler_interval_seconds=5,
+    )
 
 
 def _restore(uri: str) -> tuple[mp.RestoreInfo, str]:
@@ -48,8 +54,7 @@ def _truncate(path: Path) -> None:
         handle.truncate(path.stat().st_size // 2)
 
 
-def test_damaged_versions_fall_back_and_verify_names_them(sqlite_uri: str, capsys: pytest.CaptureFixture[str]
-                                                          ) -> None:
+def test_damaged_versions_fall_back_and_verify_names_them(sqlite_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
     model, opt = make_model(1)
     with mp.Persistence(_config(sqlite_uri), install_signal_handlers=False) as persist:
         handle = persist.track(NAME, model, optimizer=opt)
@@ -61,12 +66,16 @@ def test_damaged_versions_fall_back_and_verify_names_them(sqlite_uri: str, capsy
     store = MlflowStore(sqlite_uri)
     versions = [v.version for v in store.list_versions(NAME)]
     assert versions == [1, 2, 3, 4, 5]
-    content = {v: digest(dict(mp.load_checkpoint(f"models:/{NAME}/{v}", tracking_uri=sqlite_uri).model_state))
-               for v in versions}
+    content = {
+        v: digest(dict(mp.load_checkpoint(f"models:/{NAME}/{v}", tracking_uri=sqlite_uri).model_state))
+        for v in versions
+    }
 
-    damages = [(5, "bit flips", lambda v: _flip_bits(_checkpoint_file(store, v))),
-               (4, "truncated", lambda v: _truncate(_checkpoint_file(store, v))),
-               (3, "artifact deleted", lambda v: shutil.rmtree(_checkpoint_file(store, v).parent))]
+    damages = [
+        (5, "bit flips", lambda v: _flip_bits(_checkpoint_file(store, v))),
+        (4, "truncated", lambda v: _truncate(_checkpoint_file(store, v))),
+        (3, "artifact deleted", lambda v: shutil.rmtree(_checkpoint_file(store, v).parent)),
+    ]
     for version, _, damage in damages:
         damage(version)
         info, restored = _restore(sqlite_uri)
@@ -89,4 +98,4 @@ def test_damaged_versions_fall_back_and_verify_names_them(sqlite_uri: str, capsy
     assert all(f"CORRUPT {NAME} v{v}:" in out for v in (3, 4, 5)) and "3 corrupt" in out
     # The newest valid version is intact and loadable.
     assert mp.load_checkpoint(f"models:/{NAME}/2", tracking_uri=sqlite_uri).step == 2
-    print(f"\nFAULT damaged-artifacts trials=3 fallbacks_ok=3 verify_named=3 verify_exit=3")
+    print("\nFAULT damaged-artifacts trials=3 fallbacks_ok=3 verify_named=3 verify_exit=3")

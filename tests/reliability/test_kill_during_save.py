@@ -40,19 +40,40 @@ def _trainer(events: LineLog, uri: str, seed: int, check_only: bool) -> None:
     if versions:
         newest = versions[-1]
         state = mp.load_checkpoint(f"models:/{NAME}/{newest.version}", tracking_uri=uri)
-        before["newest"] = {"version": newest.version, "step": state.step, "model": digest(dict(state.model_state)),
-                            "optimizer": digest(state.optimizer_state["state"])}
+        before["newest"] = {
+            "version": newest.version,
+            "step": state.step,
+            "model": digest(dict(state.model_state)),
+            "optimizer": digest(state.optimizer_state["state"]),
+        }
     events.emit("BEFORE", before)
     # 2. Restart the way a trainer does, and report what was restored.
     model, opt = make_model(seed)
-    cfg = mp.PersistConfig(tracking_uri=uri, keep_best=3, min_free_disk_mb=0, min_free_disk_percent=0,
-                           scheduler_interval_seconds=1.0, log_system_metrics=False, partial_sweep_age_seconds=0)
+    cfg = mp.PersistConfig(
+        tracking_uri=uri,
+        keep_best=3,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        scheduler_interval_seconds=1.0,
+        log_system_metrics=False,
+        partial_sweep_age_seconds=0,
+    )
     persist = mp.Persistence(cfg, install_signal_handlers=False)
     handle = persist.track(NAME, model, optimizer=opt)
     info = handle.restore()
-    events.emit("RESTORED", None if info is None else {
-        "version": info.version, "step": info.step, "run_id": handle.run_id, "model": digest(model.state_dict()),
-        "optimizer": digest(opt.state_dict()["state"]), "leftovers": _leftovers(persist.store)})
+    events.emit(
+        "RESTORED",
+        None
+        if info is None
+        else {
+            "version": info.version,
+            "step": info.step,
+            "run_id": handle.run_id,
+            "model": digest(model.state_dict()),
+            "optimizer": digest(opt.state_dict()["state"]),
+            "leftovers": _leftovers(persist.store),
+        },
+    )
     if check_only:
         persist.close(final_checkpoints=False)
         return
@@ -62,8 +83,14 @@ def _trainer(events: LineLog, uri: str, seed: int, check_only: bool) -> None:
         train_step(model, opt)
         handle.step(loss=1.0 / (handle.current_step + 2))
         # The independent record: the live state at the moment step() took its snapshot.
-        events.emit("STATE", {"step": handle.current_step, "model": digest(model.state_dict()),
-                              "optimizer": digest(opt.state_dict()["state"])})
+        events.emit(
+            "STATE",
+            {
+                "step": handle.current_step,
+                "model": digest(model.state_dict()),
+                "optimizer": digest(opt.state_dict()["state"]),
+            },
+        )
         if handle.last_version != saved:
             saved = handle.last_version
             events.emit("SAVED", {"version": saved})
@@ -71,8 +98,9 @@ def _trainer(events: LineLog, uri: str, seed: int, check_only: bool) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoint(sqlite_uri: str,
-                                                                                    tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoint(
+    sqlite_uri: str, tmp_path: Path
+) -> None:
     rng = random.Random(20240611)
     logs = []
     for trial in range(TRIALS + 1):
@@ -87,7 +115,7 @@ def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoin
         assert proc.exitcode in (-signal.SIGKILL, 0), events.read()[-3:]
         logs.append(events)
 
-    run_ids, with_leftovers, fallbacks = set(), 0, 0
+    run_ids, with_leftovers = set(), 0
     for trial in range(1, TRIALS + 1):
         before, restored = logs[trial].first("BEFORE"), logs[trial].first("RESTORED")
         acknowledged = [e["version"] for e in logs[trial - 1].all("SAVED") if e["version"] is not None]
@@ -96,7 +124,10 @@ def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoin
         # The newest registered version is the one restored, with exactly its content...
         assert restored["version"] == newest["version"], f"trial {trial}: {restored} vs {newest}"
         assert (restored["step"], restored["model"], restored["optimizer"]) == (
-            newest["step"], newest["model"], newest["optimizer"]), f"trial {trial}"
+            newest["step"],
+            newest["model"],
+            newest["optimizer"],
+        ), f"trial {trial}"
         # ... and that content is what the killed trainer itself recorded of its live state at that step.
         live = {e["step"]: e for e in logs[trial - 1].all("STATE")}[restored["step"]]
         assert (restored["model"], restored["optimizer"]) == (live["model"], live["optimizer"]), f"trial {trial}"
@@ -110,5 +141,7 @@ def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoin
     store = MlflowStore(sqlite_uri)
     best = store.alias_version(NAME)
     assert best is not None and not any(v.corrupt for v in store.list_versions(NAME))
-    print(f"\nFAULT sigkill-during-save trials={TRIALS} restored_newest={TRIALS} "
-          f"partial_dirs_swept={with_leftovers} newest_version={store.list_versions(NAME)[-1].version}")
+    print(
+        f"\nFAULT sigkill-during-save trials={TRIALS} restored_newest={TRIALS} "
+        f"partial_dirs_swept={with_leftovers} newest_version={store.list_versions(NAME)[-1].version}"
+    )

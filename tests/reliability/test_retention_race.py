@@ -11,16 +11,23 @@ import pytest
 import torch
 
 import mlflow_persist as mp
+from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError
 from mlflow_persist.legacy.rollback import rollback
-from mlflow_persist._store.mlflow_store import MlflowStore
 
 
 @pytest.mark.slow
 def test_rollbacks_racing_retention_never_leave_a_version_without_its_bytes(sqlite_uri: str) -> None:
-    cfg = mp.PersistConfig(tracking_uri=sqlite_uri, keep_best=2, keep_periodic=2, keep_final=1,
-                           periodic_every_steps=2, min_free_disk_mb=0, min_free_disk_percent=0,
-                           log_system_metrics=False)
+    cfg = mp.PersistConfig(
+        tracking_uri=sqlite_uri,
+        keep_best=2,
+        keep_periodic=2,
+        keep_final=1,
+        periodic_every_steps=2,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+        log_system_metrics=False,
+    )
     done = threading.Event()
     outcomes = {"rolled_back": 0, "refused": 0}
     errors: list[BaseException] = []

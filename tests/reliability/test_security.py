@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from servers import free_port
 
 import mlflow_persist as mp
-from mlflow_persist.cli.main import main as cli_main
-from mlflow_persist._observe.logs import configure_logging
 from mlflow_persist._format.payload import CHECKPOINT_FILE, FORMAT_VERSION, MANIFEST_FILE, sha256_file
+from mlflow_persist._observe.logs import configure_logging
 from mlflow_persist._store.mlflow_store import MlflowStore, tag
+from mlflow_persist.cli.main import main as cli_main
 from reliability.support import ListHandler, capture_logs, digest, make_model
-from servers import free_port
 
 SECRET = "s3cr3t-Pa55"
 
@@ -52,8 +52,9 @@ class _Exploit:
 
 def test_a_checkpoint_that_would_execute_code_is_refused_and_tagged_corrupt(sqlite_uri: str, tmp_path: Path) -> None:
     model, opt = make_model(7)
-    cfg = mp.PersistConfig(tracking_uri=sqlite_uri, min_free_disk_mb=0, min_free_disk_percent=0,
-                           log_system_metrics=False)
+    cfg = mp.PersistConfig(
+        tracking_uri=sqlite_uri, min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False
+    )
     with mp.Persistence(cfg, install_signal_handlers=False) as persist:
         handle = persist.track("dqn", model, optimizer=opt)
         handle.step(loss=1.0)
@@ -63,18 +64,26 @@ def test_a_checkpoint_that_would_execute_code_is_refused_and_tagged_corrupt(sqli
         marker = tmp_path / "pwned"
         hostile = tmp_path / "hostile"
         hostile.mkdir()
-        torch.save({"format_version": FORMAT_VERSION, "model_state": _Exploit(marker), "step": 99}, hostile / CHECKPOINT_FILE)
+        torch.save(
+            {"format_version": FORMAT_VERSION, "model_state": _Exploit(marker), "step": 99}, hostile / CHECKPOINT_FILE
+        )
         digest_hostile = sha256_file(hostile / CHECKPOINT_FILE)
         (hostile / MANIFEST_FILE).write_text(f'{{"format_version": 2, "sha256": "{digest_hostile}"}}')
         store = persist.store
         store.client.log_artifacts(handle.run_id, str(hostile), artifact_path="checkpoints/hostile")
-        info = store.register_version("dqn", f"{store.artifact_uri(handle.run_id)}/checkpoints/hostile", handle.run_id,
-                                      {tag("category"): "periodic", tag("step"): 99, tag("sha256"): digest_hostile})
+        info = store.register_version(
+            "dqn",
+            f"{store.artifact_uri(handle.run_id)}/checkpoints/hostile",
+            handle.run_id,
+            {tag("category"): "periodic", tag("step"): 99, tag("sha256"): digest_hostile},
+        )
         persist.close(final_checkpoints=False)
     # The payload is really hostile: an unsafe load would run its command.
     probe = tmp_path / "probe"
-    torch.load(io.BytesIO((hostile / CHECKPOINT_FILE).read_bytes().replace(str(marker).encode(), str(probe).encode())),
-               weights_only=False)
+    torch.load(
+        io.BytesIO((hostile / CHECKPOINT_FILE).read_bytes().replace(str(marker).encode(), str(probe).encode())),
+        weights_only=False,
+    )
     assert probe.exists()
 
     fresh, fresh_opt = make_model(8)
@@ -91,8 +100,9 @@ def test_a_checkpoint_that_would_execute_code_is_refused_and_tagged_corrupt(sqli
     assert not marker.exists()
 
 
-def test_credentials_in_the_tracking_uri_are_never_logged(monkeypatch: pytest.MonkeyPatch,
-                                                          capfd: pytest.CaptureFixture[str]) -> None:
+def test_credentials_in_the_tracking_uri_are_never_logged(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     uri = f"http://trader:{SECRET}@127.0.0.1:{free_port()}"
@@ -147,8 +157,9 @@ def test_library_log_lines_are_redacted_for_any_handler(caplog: pytest.LogCaptur
     assert "alice:***@127.0.0.1" in caplog.text and "s3cr3t" not in caplog.text
 
 
-def test_the_legacy_cache_is_private_and_a_tampered_file_is_never_reused(sqlite_uri: str, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_legacy_cache_is_private_and_a_tampered_file_is_never_reused(
+    sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Regression (issue 11 #10): a predictable shared /tmp cache whose files were reused unchecked."""
     from mlflow_persist.legacy import CheckpointManager
 
@@ -170,8 +181,8 @@ def test_the_legacy_cache_is_private_and_a_tampered_file_is_never_reused(sqlite_
 
 def test_deletions_never_leave_the_runs_checkpoint_folder(sqlite_uri: str, tmp_path: Path) -> None:
     """Regression (issue 11 #10): a version source outside the artifact root was removed with rmtree."""
-    from mlflow_persist._store.prune import prune
     from mlflow_persist._store.mlflow_store import MlflowStore
+    from mlflow_persist._store.prune import prune
 
     outside = tmp_path / "precious"
     outside.mkdir()

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import MlflowServer
 
 import mlflow_persist as mp
 from mlflow_persist._store.mlflow_store import MlflowStore
 from reliability.support import make_model, train_step
-from servers import MlflowServer
 
 OUTAGE_S = 30.0
 
@@ -25,9 +25,17 @@ def test_checkpoints_made_during_a_30s_outage_are_registered_in_order(template_d
     backend = copy_template_store(template_db, tmp_path / "backend")
     server = MlflowServer(backend_store_uri=backend, artifacts_destination=str(tmp_path / "artifacts")).start()
     try:
-        cfg = mp.PersistConfig(tracking_uri=server.uri, keep_best=1000, keep_periodic=1000, periodic_every_steps=7,
-                               min_free_disk_mb=0, min_free_disk_percent=0, log_system_metrics=False,
-                               scheduler_interval_seconds=0.5, outbox_dir=str(tmp_path / "outbox"))
+        cfg = mp.PersistConfig(
+            tracking_uri=server.uri,
+            keep_best=1000,
+            keep_periodic=1000,
+            periodic_every_steps=7,
+            min_free_disk_mb=0,
+            min_free_disk_percent=0,
+            log_system_metrics=False,
+            scheduler_interval_seconds=0.5,
+            outbox_dir=str(tmp_path / "outbox"),
+        )
         model, opt = make_model(9, width=64)
         down = threading.Event()
         outage_over = threading.Event()
@@ -90,13 +98,18 @@ def test_checkpoints_made_during_a_30s_outage_are_registered_in_order(template_d
         assert not missing, f"outbox checkpoints of steps {missing} were never registered"
         # ... and registration kept their order: version numbers follow the steps (and the outbox sequence).
         assert steps == sorted(steps)
-        outage_versions = [next(v.version for v in versions if v.step == step)
-                           for _, step in sorted(seen_in_outbox.items())]
+        outage_versions = [
+            next(v.version for v in versions if v.step == step) for _, step in sorted(seen_in_outbox.items())
+        ]
         assert outage_versions == sorted(outage_versions)
-        assert all(mp.load_checkpoint(f"models:/extrema/{v}", tracking_uri=server.uri).step ==
-                   seen_in_outbox[seq] for seq, v in zip(sorted(seen_in_outbox), outage_versions))
-        print(f"\nFAULT server-outage-30s saves_before={before} outbox_checkpoints={len(seen_in_outbox)} "
-              f"registered_after={len(seen_in_outbox)} in_order=yes steps_during_outage={steps_during_outage} "
-              f"failed_registration_attempts={failures} slowest_step_ms={slowest_step * 1000:.1f}")
+        assert all(
+            mp.load_checkpoint(f"models:/extrema/{v}", tracking_uri=server.uri).step == seen_in_outbox[seq]
+            for seq, v in zip(sorted(seen_in_outbox), outage_versions)
+        )
+        print(
+            f"\nFAULT server-outage-30s saves_before={before} outbox_checkpoints={len(seen_in_outbox)} "
+            f"registered_after={len(seen_in_outbox)} in_order=yes steps_during_outage={steps_during_outage} "
+            f"failed_registration_attempts={failures} slowest_step_ms={slowest_step * 1000:.1f}"
+        )
     finally:
         server.stop()

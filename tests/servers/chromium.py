@@ -21,7 +21,6 @@ from typing import Any, Self
 
 from .common import LOOPBACK, HelperUnavailable, _tail, _terminate_group, subprocess_env
 
-
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 

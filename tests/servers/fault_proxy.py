@@ -36,8 +36,17 @@ CREATE_MODEL_VERSION = "/api/2.0/mlflow/model-versions/create"
 DELETE_MODEL_VERSION = "/api/2.0/mlflow/model-versions/delete"
 FAULT_MODES = ("drop", "bad_gateway")
 # Hop-by-hop headers (RFC 9110 7.6.1) and the framing the proxy sets itself.
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-        "content-length", "host"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+}
 
 
 def _json(raw: bytes) -> Any:
@@ -192,8 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
         mode, repeat = owner._decide(self.command, path, body)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
         started = time.time()
-        upstream = http.client.HTTPConnection(owner.upstream_host, owner.upstream_port,
-                                              timeout=owner.upstream_timeout_s)
+        upstream = http.client.HTTPConnection(
+            owner.upstream_host, owner.upstream_port, timeout=owner.upstream_timeout_s
+        )
         try:
             upstream.request(self.command, self.path, body=body or None, headers=headers)
             resp = upstream.getresponse()

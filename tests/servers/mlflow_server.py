@@ -49,8 +49,11 @@ class MlflowServer(ServerProcess):
 
     def command(self) -> list[str]:
         # Without proxying, clients upload to the artifact root themselves (e.g. s3:// with MLFLOW_S3_ENDPOINT_URL).
-        artifacts = ["--artifacts-destination", self.artifacts_destination] if self.serve_artifacts else \
-            ["--default-artifact-root", self.artifacts_destination, "--no-serve-artifacts"]
+        artifacts = (
+            ["--artifacts-destination", self.artifacts_destination]
+            if self.serve_artifacts
+            else ["--default-artifact-root", self.artifacts_destination, "--no-serve-artifacts"]
+        )
         return [
             sys.executable, "-m", "mlflow", "server",
             "--host", LOOPBACK,

@@ -43,8 +43,10 @@ class MotoServer(ServerProcess):
                  startup_timeout_s: float = 60.0) -> None:  # fmt: skip
         missing = [m for m in ("moto", "flask", "werkzeug", "boto3") if importlib.util.find_spec(m) is None]
         if missing:
-            raise HelperUnavailable(f"moto's standalone server needs {', '.join(missing)}; "
-                                    "install `moto[server]` and `boto3` (the test extra)")
+            raise HelperUnavailable(
+                f"moto's standalone server needs {', '.join(missing)}; "
+                "install `moto[server]` and `boto3` (the test extra)"
+            )
         super().__init__(port, log_path, startup_timeout_s)
 
     def command(self) -> list[str]:
@@ -94,10 +96,20 @@ class MotoServer(ServerProcess):
         latest, deleted (a delete marker) and size."""
         found: list[dict[str, Any]] = []
         for page in self.client().get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-            found += [{"key": v["Key"], "version_id": v["VersionId"], "latest": v["IsLatest"], "deleted": False,
-                       "size": int(v["Size"])} for v in page.get("Versions", [])]
-            found += [{"key": m["Key"], "version_id": m["VersionId"], "latest": m["IsLatest"], "deleted": True,
-                       "size": 0} for m in page.get("DeleteMarkers", [])]
+            found += [
+                {
+                    "key": v["Key"],
+                    "version_id": v["VersionId"],
+                    "latest": v["IsLatest"],
+                    "deleted": False,
+                    "size": int(v["Size"]),
+                }
+                for v in page.get("Versions", [])
+            ]
+            found += [
+                {"key": m["Key"], "version_id": m["VersionId"], "latest": m["IsLatest"], "deleted": True, "size": 0}
+                for m in page.get("DeleteMarkers", [])
+            ]
         return found
 
     def get_object(self, bucket: str, key: str, version_id: str | None = None) -> bytes:

@@ -24,7 +24,9 @@ def postgres_bin_dir() -> Path | None:
     base = Path("/usr/lib/postgresql")
     if base.is_dir():
         numbered = [p for p in base.iterdir() if p.name.split(".")[0].isdigit()]
-        candidates += sorted((p / "bin" for p in numbered), key=lambda p: int(p.parent.name.split(".")[0]), reverse=True)
+        candidates += sorted(
+            (p / "bin" for p in numbered), key=lambda p: int(p.parent.name.split(".")[0]), reverse=True
+        )
     for found in (shutil.which("initdb"),):
         if found:
             candidates.append(Path(found).parent)
@@ -50,7 +52,9 @@ class PostgresServer:
         self.startup_timeout_s = startup_timeout_s
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
-            raise HelperUnavailable("PostgreSQL binaries (initdb, pg_ctl) not found; install the Debian `postgresql` package")
+            raise HelperUnavailable(
+                "PostgreSQL binaries (initdb, pg_ctl) not found; install the Debian `postgresql` package"
+            )
         self.bin_dir = bin_dir
         self._run_as: list[str] = []
         if os.geteuid() == 0:

@@ -67,12 +67,16 @@ class ServerProcess:
         assert self._proc is not None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.label} exited with {self._proc.returncode} before it was healthy; "
-                                   f"log tail:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.label} exited with {self._proc.returncode} before it was healthy; "
+                    f"log tail:\n{self.log_tail()}"
+                )
             if self.healthy():
                 return
             time.sleep(0.25)
-        raise RuntimeError(f"{self.label} not healthy after {self.startup_timeout_s:.0f} s; log tail:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.label} not healthy after {self.startup_timeout_s:.0f} s; log tail:\n{self.log_tail()}"
+        )
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the server's process group, SIGKILL after `grace_s`."""

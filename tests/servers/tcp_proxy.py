@@ -99,8 +99,9 @@ class TcpOutageProxy:
                 threading.Thread(target=self._pump, args=(src, dst, (client, upstream), remaining),
                                  daemon=True).start()  # fmt: skip
 
-    def _pump(self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, socket.socket],
-              remaining: list[int]) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, socket.socket], remaining: list[int]
+    ) -> None:
         try:
             while chunk := src.recv(65536):
                 dst.sendall(chunk)
@@ -129,9 +130,11 @@ class TcpOutageProxy:
 
 def _reset(sock: socket.socket) -> None:
     """Close with SO_LINGER 0: the peer gets a RST, as from a host that dropped the connection."""
-    for action in (lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
-                   lambda: sock.shutdown(socket.SHUT_RDWR),  # wakes a pump blocked in recv() on it
-                   sock.close):
+    for action in (
+        lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+        lambda: sock.shutdown(socket.SHUT_RDWR),  # wakes a pump blocked in recv() on it
+        sock.close,
+    ):
         try:
             action()
         except OSError:

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from mlflow_persist.trading.market import Draws, MarketData
 from mlflow_persist.trading.features import features_from_frames
+from mlflow_persist.trading.market import Draws, MarketData
 from mlflow_persist.trading.trainers import TrainingCase
 
 
@@ -77,8 +77,14 @@ class FakeHandle:
         return self.versions[version][0] if version in self.versions else None
 
 
-def memory_system(seed: int = 0, cut_every_steps: int = 20, recorder: Any = None, store: Any = None,
-                  durable: Any = None, **config: Any) -> tuple[Any, Any]:
+def memory_system(
+    seed: int = 0,
+    cut_every_steps: int = 20,
+    recorder: Any = None,
+    store: Any = None,
+    durable: Any = None,
+    **config: Any,
+) -> tuple[Any, Any]:
     """A trading system on a MemoryStore (started; `store` to share one); returns (persistence, system).
     Close the persistence."""
     import mlflow_persist as mp
@@ -86,13 +92,25 @@ def memory_system(seed: int = 0, cut_every_steps: int = 20, recorder: Any = None
     from mlflow_persist.trading.app import with_trading_defaults
     from mlflow_persist.trading.system import EnhancedRealtimeTrainingSystem
 
-    values = dict(tracking_uri="memory://", keep_best=100, keep_periodic=100, keep_final=100, keep_episode=100,
-                  log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0)
+    values = dict(
+        tracking_uri="memory://",
+        keep_best=100,
+        keep_periodic=100,
+        keep_final=100,
+        keep_episode=100,
+        log_system_metrics=False,
+        min_free_disk_mb=0,
+        min_free_disk_percent=0,
+    )
     values.update(config)
-    persistence = mp.Persistence(with_trading_defaults(mp.PersistConfig(**values)),
-                                 store=store if store is not None else MemoryStore(), install_signal_handlers=False)
-    system = EnhancedRealtimeTrainingSystem(persistence, seed=seed, recorder=recorder, cut_every_steps=cut_every_steps,
-                                            durable=durable)
+    persistence = mp.Persistence(
+        with_trading_defaults(mp.PersistConfig(**values)),
+        store=store if store is not None else MemoryStore(),
+        install_signal_handlers=False,
+    )
+    system = EnhancedRealtimeTrainingSystem(
+        persistence, seed=seed, recorder=recorder, cut_every_steps=cut_every_steps, durable=durable
+    )
     system.start()
     return persistence, system
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 CLI = Path(sys.executable).with_name("mlflow-persist")
-SAVE_LINE = re.compile(r"^\d\d:\d\d:\d\d (?P<model>\w+): .*, saved v(?P<version>\d+) \((?P<category>\w+), step (?P<step>\d+),")
+SAVE_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d (?P<model>\w+): .*, saved v(?P<version>\d+) \((?P<category>\w+), step (?P<step>\d+),"
+)
 ALSO = re.compile(r", also v(?P<version>\d+) (?P<category>\w+)")  # the same bytes under another category
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 LONGEST_LINE = 200
@@ -35,30 +37,37 @@ def _registered(workdir: Path) -> set[tuple[str, int, str, int]]:
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    return {(v.name, int(v.version), v.tags["mlflow_persist.category"], int(v.tags["mlflow_persist.step"]))
-            for v in client.search_model_versions(max_results=1000)}
+    return {
+        (v.name, int(v.version), v.tags["mlflow_persist.category"], int(v.tags["mlflow_persist.step"]))
+        for v in client.search_model_versions(max_results=1000)
+    }
 
 
 def _run(workdir: Path, *args: str) -> list[str]:
-    result = subprocess.run([str(CLI), *args, "run", "--steps", "120"], cwd=workdir, env=_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(CLI), *args, "run", "--steps", "120"], cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout == ""
     return result.stderr.splitlines()
 
 
-def test_the_console_shows_one_short_line_per_save_and_the_detail_goes_to_the_printed_log_file(
-        tmp_path: Path) -> None:
+def test_the_console_shows_one_short_line_per_save_and_the_detail_goes_to_the_printed_log_file(tmp_path: Path) -> None:
     lines = _run(tmp_path)
     assert lines[0] == f"mlflow-persist run: detailed log in {tmp_path.resolve() / 'mlflow-persist.log'}"
     log_file = tmp_path / "mlflow-persist.log"
     detail = log_file.read_text().splitlines()
 
     assert max(len(line) for line in lines) <= LONGEST_LINE, max(lines, key=len)
-    announced = {(m["model"], int(m["version"]), m["category"], int(m["step"]))
-                 for m in map(SAVE_LINE.match, lines) if m}
-    announced |= {(m["model"], int(also["version"]), also["category"], int(m["step"]))
-                  for line in lines if (m := SAVE_LINE.match(line)) for also in ALSO.finditer(line)}
+    announced = {
+        (m["model"], int(m["version"]), m["category"], int(m["step"])) for m in map(SAVE_LINE.match, lines) if m
+    }
+    announced |= {
+        (m["model"], int(also["version"]), also["category"], int(m["step"]))
+        for line in lines
+        if (m := SAVE_LINE.match(line))
+        for also in ALSO.finditer(line)
+    }
     registered = _registered(tmp_path)
     assert registered and registered <= announced, sorted(registered - announced)
     saves = sum(1 for line in lines if SAVE_LINE.match(line))
@@ -76,8 +85,9 @@ def test_at_debug_the_console_carries_the_detail(tmp_path: Path) -> None:
     lines = _run(tmp_path, "--log-level", "DEBUG")
     saves = [line for line in lines if "outcome=saved" in line]
     assert saves and all("[model=" in line for line in saves)
-    assert len(saves) == sum(1 for line in (tmp_path / "mlflow-persist.log").read_text().splitlines()
-                             if "outcome=saved" in line)
+    assert len(saves) == sum(
+        1 for line in (tmp_path / "mlflow-persist.log").read_text().splitlines() if "outcome=saved" in line
+    )
 
 
 def test_on_a_terminal_the_live_display_runs_with_the_save_lines_above_it(tmp_path: Path) -> None:
@@ -106,7 +116,11 @@ def test_on_a_terminal_the_live_display_runs_with_the_save_lines_above_it(tmp_pa
     assert any("steps/s" in line and line.lstrip().startswith("steps ") for line in lines)  # the live header
     assert any("last save" in line for line in lines)  # the live table
     announced = {(m["model"], int(m["version"])) for m in map(SAVE_LINE.match, lines) if m}
-    announced |= {(m["model"], int(also["version"])) for line in lines if (m := SAVE_LINE.match(line))
-                  for also in ALSO.finditer(line)}
+    announced |= {
+        (m["model"], int(also["version"]))
+        for line in lines
+        if (m := SAVE_LINE.match(line))
+        for also in ALSO.finditer(line)
+    }
     assert {(name, version) for name, version, _, _ in _registered(tmp_path)} <= announced
     assert max(len(line) for line in lines) <= LONGEST_LINE

@@ -28,8 +28,14 @@ def _env() -> dict[str, str]:
 
 def _run(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     uri = f"sqlite:///{workdir}/mlflow.db"
-    return subprocess.run([*CLI, "run", "--tracking-uri", uri, *args], cwd=workdir, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [*CLI, "run", "--tracking-uri", uri, *args],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Background:
@@ -37,8 +43,14 @@ class Background:
 
     def __init__(self, workdir: Path, *args: str) -> None:
         uri = f"sqlite:///{workdir}/mlflow.db"
-        self.proc = subprocess.Popen([*CLI, "run", "--tracking-uri", uri, *args], cwd=workdir, env=_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*CLI, "run", "--tracking-uri", uri, *args],
+            cwd=workdir,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -83,10 +95,17 @@ def _summary(workdir: Path) -> dict[str, dict]:
         }
     experiment = client.get_experiment_by_name("mlflow-persist")
     runs = client.search_runs([experiment.experiment_id])
-    out["_runs"] = {r.data.tags.get("mlflow_persist.run_key"): r.info.run_id for r in runs if r.data.tags.get("mlflow_persist.run_key") in MODELS}
-    out["_run_count"] = {key: sum(1 for r in runs if r.data.tags.get("mlflow_persist.run_key") == key) for key in MODELS}
-    out["_max_step"] = {key: max(m.step for m in client.get_metric_history(run_id, "loss"))
-                        for key, run_id in out["_runs"].items()}
+    out["_runs"] = {
+        r.data.tags.get("mlflow_persist.run_key"): r.info.run_id
+        for r in runs
+        if r.data.tags.get("mlflow_persist.run_key") in MODELS
+    }
+    out["_run_count"] = {
+        key: sum(1 for r in runs if r.data.tags.get("mlflow_persist.run_key") == key) for key in MODELS
+    }
+    out["_max_step"] = {
+        key: max(m.step for m in client.get_metric_history(run_id, "loss")) for key, run_id in out["_runs"].items()
+    }
     return out
 
 
@@ -157,6 +176,7 @@ def test_sigkill_at_a_random_moment_then_resume(store: Path) -> None:
     run.proc.send_signal(signal.SIGKILL)
     run.finish()
     killed = _summary(store)
+
     def newest_cut_step(name: str) -> int:
         marked = [t for t in killed[name]["versions"].values() if t.get("mlflow_persist.cut_complete") == "true"]
         return max(int(t["mlflow_persist.step"]) for t in marked)
@@ -169,8 +189,11 @@ def test_sigkill_at_a_random_moment_then_resume(store: Path) -> None:
     assert after["_runs"] == before["_runs"]
     for name in MODELS:
         assert cut_steps[name] >= before["_max_step"][name]
-        new = [int(t["mlflow_persist.step"]) for v, t in after[name]["versions"].items()
-               if v not in killed[name]["versions"]]
+        new = [
+            int(t["mlflow_persist.step"])
+            for v, t in after[name]["versions"].items()
+            if v not in killed[name]["versions"]
+        ]
         # resumed from the newest complete system checkpoint the kill left: the step axis goes on from there
         assert max(new) == cut_steps[name] + 30, (name, cut_steps[name], new)
 

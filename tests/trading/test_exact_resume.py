@@ -36,8 +36,19 @@ def _env() -> dict[str, str]:
 
 
 def _command(workdir: Path, progress: bool = False) -> list[str]:
-    return [sys.executable, "-m", "mlflow_persist.cli", "run", "--until-step", str(N), "--seed", str(SEED),
-            "--progress" if progress else "--no-progress", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow_persist.cli",
+        "run",
+        "--until-step",
+        str(N),
+        "--seed",
+        str(SEED),
+        "--progress" if progress else "--no-progress",
+        "--tracking-uri",
+        f"sqlite:///{workdir}/mlflow.db",
+    ]
 
 
 def _run_to_end(workdir: Path) -> str:
@@ -50,8 +61,14 @@ def _run_to_end(workdir: Path) -> str:
 def _run_and_kill(workdir: Path, target: int | None, delay: float) -> tuple[bool, str]:
     """Start a run and SIGKILL it `delay` seconds after its progress passed bar `target` (None: `delay`
     seconds after start, during start-up and restore); False when it finished before the kill."""
-    proc = subprocess.Popen(_command(workdir, progress=True), cwd=workdir, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(workdir, progress=True),
+        cwd=workdir,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()
@@ -59,8 +76,11 @@ def _run_and_kill(workdir: Path, target: int | None, delay: float) -> tuple[bool
     if target is not None:
         moment = f"{delay:.2f} s after bar {target}"
         deadline = time.monotonic() + 300
-        while not any(line.startswith(f"step {target} |") for line in list(lines)) and proc.poll() is None \
-                and time.monotonic() < deadline:
+        while (
+            not any(line.startswith(f"step {target} |") for line in list(lines))
+            and proc.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
     time.sleep(delay)
     killed = proc.poll() is None
@@ -91,8 +111,11 @@ def _episodes(workdir: Path) -> dict[str, tuple[float, str]]:
 
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name("mlflow-persist")
-    run = next(r for r in client.search_runs([experiment.experiment_id])
-               if r.data.tags.get("mlflow_persist.run_key") == "trading-system")
+    run = next(
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("mlflow_persist.run_key") == "trading-system"
+    )
     index = EpisodeStore(client, run.info.run_id).index.sort_values(["flush_seq", "row"])
     newest = index.drop_duplicates("episode_id", keep="last")
     return {row.episode_id: (row.reward, row.action) for row in newest.itertuples()}
@@ -124,8 +147,9 @@ def test_sigkilled_and_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(
         targets.insert(rng.randrange(3), None)
     kills = 0
     for target in targets:
-        killed, _ = _run_and_kill(interrupted, target, rng.uniform(0.3, 3.0) if target is None else
-                                  rng.uniform(0.0, 2.5))
+        killed, _ = _run_and_kill(
+            interrupted, target, rng.uniform(0.3, 3.0) if target is None else rng.uniform(0.0, 2.5)
+        )
         kills += killed and target is not None
     last = _run_to_end(interrupted)
     assert kills >= 2, f"only {kills} kill(s) landed during training"

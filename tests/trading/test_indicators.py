@@ -22,13 +22,15 @@ def test_bundled_bars_load_with_utc_index(bars: pd.DataFrame) -> None:
 def test_indicators_are_sane(bars: pd.DataFrame) -> None:
     frame = add_indicators(bars)
     ready = frame.iloc[WARMUP_BARS:]
-    assert list(frame.columns[-len(INDICATOR_COLUMNS):]) == list(INDICATOR_COLUMNS)
+    assert list(frame.columns[-len(INDICATOR_COLUMNS) :]) == list(INDICATOR_COLUMNS)
     assert not ready[list(INDICATOR_COLUMNS)].isna().any().any()
     assert ready["rsi"].between(0, 100).all()
     assert (ready["bb_lower"] <= ready["bb_mid"]).all() and (ready["bb_mid"] <= ready["bb_upper"]).all()
     assert (ready["atr"] > 0).all()
     np.testing.assert_allclose(ready["macd_hist"], ready["macd"] - ready["macd_signal"])
-    np.testing.assert_allclose(ready["ret"], (frame["close"] / frame["close"].shift(1) - 1.0).iloc[WARMUP_BARS:], rtol=1e-12)
+    np.testing.assert_allclose(
+        ready["ret"], (frame["close"] / frame["close"].shift(1) - 1.0).iloc[WARMUP_BARS:], rtol=1e-12
+    )
 
 
 def test_indicators_are_causal(bars: pd.DataFrame) -> None:

@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_learning_evidence_script_prints_each_model_against_its_baseline() -> None:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "learning_evidence.py"), "--bars", "240",
-                             "--holdout", "60"], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "learning_evidence.py"), "--bars", "240", "--holdout", "60"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Trained 240 bars (restarted at bar 120), scored on the next 60 bars" in result.stdout
     for name in ("cnn", "extrema", "dqn", "cob_rl"):

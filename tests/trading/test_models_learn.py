@@ -61,7 +61,9 @@ def test_build_model_is_seeded_and_unknown_names_fail() -> None:
         a, b = build_model(name, seed=3), build_model(name, seed=3)
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert ka == kb and torch.equal(va, vb)
-        assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), build_model(name, 4).state_dict().values()))
+        assert not all(
+            torch.equal(x, y) for x, y in zip(a.state_dict().values(), build_model(name, 4).state_dict().values())
+        )
     from mlflow_persist.errors import NotFoundError
 
     with pytest.raises(NotFoundError, match="Unknown trading model"):

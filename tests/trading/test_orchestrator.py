@@ -16,8 +16,9 @@ from mlflow_persist.trading.trainers import build_trainers
 from .helpers import FakeHandle, ListRecorder, memory_system
 
 
-def _orchestrator(steps: int, recorder: ListRecorder | None = None, seed: int = 0
-                  ) -> tuple[TradingOrchestrator, dict[str, FakeHandle]]:
+def _orchestrator(
+    steps: int, recorder: ListRecorder | None = None, seed: int = 0
+) -> tuple[TradingOrchestrator, dict[str, FakeHandle]]:
     torch.set_num_threads(1)
     market = MarketData(seed=seed)
     trainers = build_trainers({name: build_model(name, seed=seed) for name in MODEL_NAMES}, seed=seed)
@@ -83,13 +84,15 @@ def test_orchestrator_and_trainer_state_continue_bit_for_bit() -> None:
     """Save the orchestrator and trainers mid-stream, load them into fresh objects, and both continue alike:
     the same decisions (recorded independently) and bitwise the same weights after 30 more bars."""
     original, _ = _orchestrator(37, seed=2)
-    snapshot = copy.deepcopy({
-        "orchestrator": original.state_dict(),
-        "trainers": {n: t.runtime_state() for n, t in original.trainers.items()},
-        "models": {n: t.model.state_dict() for n, t in original.trainers.items()},
-        "optimizers": {n: t.optimizer.state_dict() for n, t in original.trainers.items()},
-        "dqn": original.trainers["dqn"].state_dict(),
-    })
+    snapshot = copy.deepcopy(
+        {
+            "orchestrator": original.state_dict(),
+            "trainers": {n: t.runtime_state() for n, t in original.trainers.items()},
+            "models": {n: t.model.state_dict() for n, t in original.trainers.items()},
+            "optimizers": {n: t.optimizer.state_dict() for n, t in original.trainers.items()},
+            "dqn": original.trainers["dqn"].state_dict(),
+        }
+    )
     resumed, _ = _orchestrator(0, seed=2)
     for name, trainer in resumed.trainers.items():
         trainer.model.load_state_dict(snapshot["models"][name])
@@ -119,11 +122,14 @@ def test_a_crash_before_the_first_cut_completed_resumes_from_the_start_and_ends_
 
     store = MemoryStore()
     stored = {"episodes": False}
-    crashed, crashed_system = memory_system(seed=4, cut_every_steps=100, store=store,
-                                            durable=lambda: (lambda: stored["episodes"]))
+    crashed, crashed_system = memory_system(
+        seed=4, cut_every_steps=100, store=store, durable=lambda: lambda: stored["episodes"]
+    )
     crashed_system.run(steps=115)
     assert crashed.flush(timeout=30)
-    assert any(v.cut for v in store.list_versions("dqn")) and not any(v.cut_complete for v in store.list_versions("dqn"))
+    assert any(v.cut for v in store.list_versions("dqn")) and not any(
+        v.cut_complete for v in store.list_versions("dqn")
+    )
     try:
         resumed, resumed_system = memory_system(seed=4, cut_every_steps=100, store=store)
         assert resumed_system.restored == {} and resumed_system.steps_done == 0

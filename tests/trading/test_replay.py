@@ -5,14 +5,20 @@ from __future__ import annotations
 import torch
 
 from mlflow_persist.trading import replay
-from mlflow_persist.trading.models import MODEL_NAMES, build_model
+from mlflow_persist.trading.models import MODEL_NAMES
 
 from .helpers import ListRecorder, memory_system
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8) if a.dtype.is_floating_point else a,
-                                                                     b.view(torch.uint8) if b.dtype.is_floating_point else b)
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(
+            a.view(torch.uint8) if a.dtype.is_floating_point else a,
+            b.view(torch.uint8) if b.dtype.is_floating_point else b,
+        )
+    )
 
 
 def test_replay_reproduces_recorded_decisions_bitwise() -> None:
@@ -26,9 +32,12 @@ def test_replay_reproduces_recorded_decisions_bitwise() -> None:
         assert len(recorder.episodes) > 50
         versions_seen = {e.checkpoint_versions["cnn"] for e in recorder.episodes}
         assert None in versions_seen and len(versions_seen) > 2  # initial weights and several registered versions
-        weights = {(name, v): store.load_version(store.get_version(name, v)).model_state
-                   for name in MODEL_NAMES for v in {e.checkpoint_versions[name] for e in recorder.episodes}
-                   if v is not None}
+        weights = {
+            (name, v): store.load_version(store.get_version(name, v)).model_state
+            for name in MODEL_NAMES
+            for v in {e.checkpoint_versions[name] for e in recorder.episodes}
+            if v is not None
+        }
     finally:
         persistence.close()
 

@@ -94,8 +94,13 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         """Every stored row, the write position and the sampling generator's state: a restored buffer draws
         the same minibatches as the one that was saved."""
-        return {"data": {key: value.clone() for key, value in self._data.items()}, "next": self._next,
-                "size": self.size, "last": getattr(self, "_last", 0), "generator": self.generator.get_state()}
+        return {
+            "data": {key: value.clone() for key, value in self._data.items()},
+            "next": self._next,
+            "size": self.size,
+            "last": getattr(self, "_last", 0),
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._data = {key: value.clone() for key, value in state["data"].items()}

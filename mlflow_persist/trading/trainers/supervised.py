@@ -71,8 +71,12 @@ class ClassifierTrainer:
         return float(F.cross_entropy(self.model(x), y).item())
 
     def runtime_state(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict(), "hits": list(self._hits),
-                "holdout_x": [x.clone() for x, _ in self.holdout], "holdout_y": [y.clone() for _, y in self.holdout]}
+        return {
+            "buffer": self.buffer.state_dict(),
+            "hits": list(self._hits),
+            "holdout_x": [x.clone() for x, _ in self.holdout],
+            "holdout_y": [y.clone() for _, y in self.holdout],
+        }
 
     def load_runtime_state(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
