@@ -1,6 +1,6 @@
 """Print the configuration reference table of the README from the typed config itself.
 
-Usage: python scripts/config_reference.py  (tests/core/test_docs.py checks the README holds this table)
+Usage: python scripts/config_reference.py  (tests/public/test_docs.py checks the README holds this table)
 """
 
 from __future__ import annotations

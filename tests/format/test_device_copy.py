@@ -1,6 +1,6 @@
 """The asynchronous snapshot path of GPU tensors (device_copy.py), exercised on CPU tensors: a backend that
 treats every tensor as a device tensor and runs its copies late, on a thread of its own, the way a side
-stream runs them after step() has returned. A GPU run of the same path: tests/core/test_gpu_snapshot.py."""
+stream runs them after step() has returned. A GPU run of the same path: tests/format/test_gpu_snapshot.py."""
 
 from __future__ import annotations
 
