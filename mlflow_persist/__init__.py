@@ -1,10 +1,12 @@
 """mlflow-persist: durable, observable, reversible checkpoints for continuously-trained PyTorch models.
 
 `import mlflow_persist` does not import MLflow: the MLflow store is opened (and imported) when a `Persistence`
-without a `store=` is created, or `load_checkpoint` is called.
+without a `store=` is created, `load_checkpoint` is called, or `mlflow_persist.MlflowStore` is first used.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import mlflow_persist._store  # noqa: F401 - first: it sets MLflow's environment defaults (mlflow_env)
 from mlflow_persist._format.payload import FORMAT_VERSION, CheckpointState
@@ -39,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DiskFullError",
     "GracefulExit",
+    "MlflowStore",
     "ModelHandle",
     "ModelSettings",
     "NotFoundError",
@@ -55,3 +58,11 @@ __all__ = [
     "resolve_tracking_uri",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MlflowStore":  # imported on first use, so that `import mlflow_persist` does not import MLflow
+        from mlflow_persist._store.mlflow_store import MlflowStore
+
+        return MlflowStore
+    raise AttributeError(f"module 'mlflow_persist' has no attribute {name!r}")

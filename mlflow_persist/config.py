@@ -21,6 +21,15 @@ from pydantic_settings.exceptions import SettingsError
 
 from mlflow_persist.errors import ConfigError
 
+__all__ = [
+    "DEFAULT_TRACKING_URI_TEMPLATE",
+    "ENV_NESTED_DELIMITER",
+    "ENV_PREFIX",
+    "ModelSettings",
+    "PersistConfig",
+    "resolve_tracking_uri",
+]
+
 ENV_PREFIX = "MLFLOW_PERSIST_"
 ENV_NESTED_DELIMITER = "__"
 DEFAULT_TRACKING_URI_TEMPLATE = "sqlite:///{cwd}/mlflow.db"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from mlflow_persist._format.payload import CheckpointState
 from mlflow_persist.config import resolve_tracking_uri
 
+__all__ = ["load_checkpoint"]
+
 
 def load_checkpoint(
     uri: str, tracking_uri: str | None = None, experiment_name: str = "mlflow-persist"

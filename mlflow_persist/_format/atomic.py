@@ -10,6 +10,17 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+__all__ = [
+    "STAGING_PREFIX",
+    "atomic_directory",
+    "copy_directory_atomically",
+    "durable_directory",
+    "fsync_path",
+    "is_staging",
+    "private_directory",
+    "user_cache_dir",
+]
+
 STAGING_PREFIX = ".tmp-"
 
 

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import torch
 
+__all__ = ["CopyBackend", "CudaBackend", "DeviceCopies", "default_backend"]
+
 
 class CopyBackend(Protocol):
     def handles(self, tensor: torch.Tensor) -> bool: ...

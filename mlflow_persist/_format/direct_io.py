@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["BLOCK", "STAGING_BYTES", "DirectFile"]
+
 BLOCK = 4096  # a multiple of every logical block size in use (512 and 4096)
 STAGING_BYTES = 8 << 20
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["StateFit", "fitting_part", "model_state_fit"]
+
 
 @dataclass(frozen=True)
 class StateFit:

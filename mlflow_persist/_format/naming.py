@@ -6,6 +6,8 @@ import re
 
 from mlflow_persist.errors import ConfigError
 
+__all__ = ["validate_model_name"]
+
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

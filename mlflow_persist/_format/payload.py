@@ -42,6 +42,28 @@ from mlflow_persist._format.direct_io import DirectFile
 from mlflow_persist._format.timestamps import utc_now_iso
 from mlflow_persist.errors import CheckpointCorruptError
 
+__all__ = [
+    "CHECKPOINT_FILE",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "CheckpointState",
+    "WrittenCheckpoint",
+    "build_payload",
+    "capture_rng_state",
+    "copy_to_cpu",
+    "manifest_bytes",
+    "manifest_digest",
+    "payload_to_state",
+    "read_checkpoint_bytes",
+    "read_checkpoint_dir",
+    "read_manifest",
+    "restore_rng_state",
+    "serialize",
+    "sha256_file",
+    "upgrade_payload",
+    "write_checkpoint_dir",
+]
+
 FORMAT_VERSION = 2
 CHECKPOINT_FILE = "checkpoint.pt"
 MANIFEST_FILE = "manifest.json"

@@ -20,6 +20,8 @@ from typing import Any
 from mlflow_persist._format.timestamps import utc_now_iso
 from mlflow_persist._observe.logs import package_logger
 
+__all__ = ["Alert", "AlertDispatcher", "AlertSink", "command_sink", "webhook_sink"]
+
 log = package_logger("mlflow_persist.alerts")
 
 

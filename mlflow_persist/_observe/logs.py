@@ -25,6 +25,23 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+__all__ = [
+    "EVENT_FIELDS",
+    "REDACTED",
+    "SECRET_ENV_VARS",
+    "JsonFormatter",
+    "LogFormat",
+    "RedactingFilter",
+    "TextFormatter",
+    "configure_logging",
+    "detail_formatter",
+    "event_fields",
+    "install_handlers",
+    "level_number",
+    "package_logger",
+    "redact",
+]
+
 EVENT_FIELDS: tuple[str, ...] = (
     "model", "category", "version", "step", "value", "improvement", "bytes", "duration_s", "outcome",
 )  # fmt: skip

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import psutil
 
+__all__ = ["DiskSpace", "disk_space", "system_metrics"]
+
 _process = psutil.Process()
 
 

@@ -21,6 +21,19 @@ from dataclasses import dataclass
 
 from mlflow_persist._policy.versions import VersionInfo, tag
 
+__all__ = [
+    "CUT_COMPLETE_TAG",
+    "CUT_MEMBERS_TAG",
+    "CUT_TAG",
+    "Cut",
+    "complete_cuts",
+    "cut_sequence",
+    "cut_tags",
+    "declared_members",
+    "new_cut_id",
+    "next_cut_sequence",
+]
+
 CUT_TAG = tag("cut")
 CUT_MEMBERS_TAG = tag("cut_members")
 CUT_COMPLETE_TAG = tag("cut_complete")

@@ -15,6 +15,31 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+__all__ = [
+    "BEST_ELIGIBLE",
+    "CATEGORIES",
+    "EPISODE",
+    "FINAL",
+    "LEGACY",
+    "NO_SAVE",
+    "PERFORMANCE",
+    "PERIODIC",
+    "ROLLBACK",
+    "DeltaMode",
+    "Mode",
+    "PerformanceTracker",
+    "PeriodicSchedule",
+    "SaveDecision",
+    "VersionSummary",
+    "decide_save",
+    "disk_pressure_order",
+    "improvement",
+    "is_better",
+    "recorded_mode",
+    "retention_deletions",
+    "select_best",
+]
+
 Mode = Literal["min", "max"]
 DeltaMode = Literal["abs", "rel"]
 

@@ -16,6 +16,8 @@ import statistics
 from collections import deque
 from typing import Any, Literal
 
+__all__ = ["SMOOTHINGS", "MonitorSmoother", "Smoothing"]
+
 Smoothing = Literal["none", "ema", "window", "window_mean", "window_median"]
 SMOOTHINGS: tuple[str, ...] = ("none", "ema", "window", "window_mean", "window_median")
 

@@ -7,6 +7,25 @@ from dataclasses import dataclass, field
 
 from mlflow_persist._policy.policy import VersionSummary
 
+__all__ = [
+    "BEST_ALIAS",
+    "CHECKPOINTS_DIR",
+    "DEFAULT_ALGORITHM",
+    "HEALTH_TAG",
+    "RUN_KEY_TAG",
+    "SHA256",
+    "TAG_PREFIX",
+    "XXH3_128",
+    "Digest",
+    "RunSummary",
+    "VersionInfo",
+    "checkpoint_dirname",
+    "digest_tags",
+    "find_version",
+    "recorded_digest",
+    "tag",
+]
+
 SHA256 = "sha256"
 XXH3_128 = "xxh3-128"
 DEFAULT_ALGORITHM = XXH3_128

@@ -23,6 +23,8 @@ from mlflow_persist._runtime.writer import SaveJob
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.errors import describe_store_error
 
+__all__ = ["MAX_PENDING_CUTS", "POLL_SECONDS", "RECENT_CUTS", "CutKeeper", "PendingCut"]
+
 log = package_logger("mlflow_persist.cuts")
 
 #: Pending cuts kept at most; beyond it the oldest is given up (a store that never accepts them).

@@ -42,6 +42,8 @@ from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import ModelSettings
 from mlflow_persist.errors import CheckpointCorruptError, CheckpointMismatchError, PersistError, StoreError
 
+__all__ = ["RESTORE_LOAD_ATTEMPTS", "Evaluate", "ModelHandle", "RestoreInfo", "Stateful"]
+
 log = package_logger("mlflow_persist")
 
 RESTORE_LOAD_ATTEMPTS = 4  # a transient store error is retried with 0.2, 0.4, 0.8 s pauses, then raised

@@ -11,6 +11,8 @@ from mlflow_persist._observe.alerts import Alert, AlertDispatcher
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist.errors import redact_credentials
 
+__all__ = ["ModelHealth"]
+
 log = package_logger("mlflow_persist")
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._store.protocol import MetricRow
 
+__all__ = ["MetricsBuffer", "Pace"]
+
 log = package_logger("mlflow_persist.metrics")
 
 

@@ -25,6 +25,8 @@ from mlflow_persist._format.atomic import atomic_directory, durable_directory, i
 from mlflow_persist._format.digest import SHA256, Digest
 from mlflow_persist._format.payload import CHECKPOINT_FILE, MANIFEST_FILE, WrittenCheckpoint, write_checkpoint_dir
 
+__all__ = ["ENTRY_FILE", "Outbox", "OutboxEntry", "default_outbox_root"]
+
 ENTRY_FILE = "entry.json"
 
 

@@ -49,6 +49,8 @@ from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import CheckpointCorruptError, DiskFullError, PersistError, describe_store_error
 
+__all__ = ["Persistence", "open_mlflow_store"]
+
 log = package_logger("mlflow_persist")
 
 

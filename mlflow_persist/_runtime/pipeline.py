@@ -35,6 +35,8 @@ from mlflow_persist._store.registry_view import RegistryView
 from mlflow_persist.config import ModelSettings
 from mlflow_persist.errors import NotFoundError, describe_store_error
 
+__all__ = ["Registration", "SavePipeline", "describe_saved_value", "format_change", "tensor_bytes"]
+
 log = package_logger("mlflow_persist")
 
 

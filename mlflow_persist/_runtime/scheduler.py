@@ -11,6 +11,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from mlflow_persist._observe.logs import package_logger
 
+__all__ = ["JOB_ID", "PeriodicJob"]
+
 log = package_logger("mlflow_persist.scheduler")
 JOB_ID = "mlflow-persist-tick"
 

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+__all__ = ["ALIAS_MOVE_PREFIX", "AliasMove", "alias_moves", "move_alias", "operator", "record_alias_move"]
+
 ALIAS_MOVE_PREFIX = "mlflow_persist.alias_move."
 
 

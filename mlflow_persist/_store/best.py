@@ -9,6 +9,8 @@ from mlflow_persist._policy.policy import Mode, select_best
 from mlflow_persist._policy.versions import BEST_ALIAS, VersionInfo, find_version
 from mlflow_persist._store.protocol import CheckpointStore
 
+__all__ = ["mark_corrupt", "reconcile_best", "reconcile_best_or_clear"]
+
 log = package_logger("mlflow_persist.best")
 
 

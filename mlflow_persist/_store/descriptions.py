@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["format_size", "model_description", "version_description"]
+
 
 def format_size(size_bytes: int) -> str:
     if size_bytes >= 2**20:

@@ -19,6 +19,8 @@ from mlflow_persist._policy.versions import VersionInfo
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.errors import describe_store_error
 
+__all__ = ["PrunePolicy", "PruneResult", "prune"]
+
 log = package_logger("mlflow_persist.prune")
 
 #: (versions, the version `best` points at) -> version numbers to delete, in deletion order.

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from mlflow_persist._policy.versions import VersionInfo
 
+__all__ = ["REREAD_EVERY", "KnownRegistry", "RegistryView"]
+
 REREAD_EVERY = 10
 
 

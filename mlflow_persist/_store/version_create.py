@@ -25,6 +25,8 @@ from mlflow.store.model_registry.rest_store import RestStore
 from mlflow.utils.proto_json_utils import message_to_json, parse_dict
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
+__all__ = ["MAYBE_DONE_STATUSES", "T", "create_version_once", "may_have_been_done", "rest_store_of"]
+
 T = TypeVar("T")
 #: HTTP statuses after which the request may have been carried out (or may succeed when sent again).
 MAYBE_DONE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})

@@ -15,6 +15,17 @@ from typing import TextIO
 
 from mlflow_persist._observe.logs import LogFormat, detail_formatter, install_handlers, level_number, redact
 
+__all__ = [
+    "CONSOLE_LINE_LIMIT",
+    "CONSOLE_LOGGERS",
+    "CONSOLE_OUTCOMES",
+    "THIRD_PARTY_LOGGERS",
+    "ConsoleFilter",
+    "ConsoleFormatter",
+    "StderrHandler",
+    "configure_run_logging",
+]
+
 CONSOLE_LINE_LIMIT = 160
 #: Outcomes of checkpoint events that the console shows at INFO (logging_setup.EVENT_FIELDS `outcome`).
 CONSOLE_OUTCOMES = frozenset({"saved", "restored", "cut_complete"})

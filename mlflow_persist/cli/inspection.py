@@ -19,6 +19,25 @@ from mlflow_persist._store.prune import prune
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError
 
+__all__ = [
+    "AliasEvent",
+    "DiskStatus",
+    "GcItem",
+    "GcReport",
+    "HistoryReport",
+    "InspectableStore",
+    "ModelStatus",
+    "StatusReport",
+    "VerifyReport",
+    "VerifyResult",
+    "VersionRow",
+    "gc",
+    "history",
+    "require_versions",
+    "status",
+    "verify",
+]
+
 
 class InspectableStore(CheckpointStore, Protocol):
     def run_summary(self, run_id: str) -> RunSummary | None: ...

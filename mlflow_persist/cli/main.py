@@ -38,6 +38,35 @@ from mlflow_persist.errors import (
     redact_credentials,
 )
 
+__all__ = [
+    "COMMANDS_ENTRY_POINTS",
+    "CONFIG_HELP",
+    "LOG_OPTIONS",
+    "SPARK",
+    "TRACKING_URI_ENV",
+    "TRACKING_URI_HELP",
+    "ConfigFile",
+    "JsonOutput",
+    "TrackingUri",
+    "app",
+    "apply_logging",
+    "config_option",
+    "console",
+    "emit_json",
+    "gc",
+    "history",
+    "json_option",
+    "load_config",
+    "log_options",
+    "main",
+    "open_store",
+    "run_app",
+    "sparkline",
+    "status",
+    "tracking_uri_option",
+    "verify",
+]
+
 app = typer.Typer(
     name="mlflow-persist",
     no_args_is_help=True,

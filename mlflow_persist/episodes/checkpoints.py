@@ -12,6 +12,8 @@ from torch import nn
 import mlflow_persist
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
 
+__all__ = ["Loader", "ModelCache", "WeightsSource"]
+
 Loader = Callable[[str, str | None], Any]
 #: (model name, state_fingerprint) -> the state_dict kept in the episode run (see episodes.weights).
 WeightsSource = Callable[[str, str], dict[str, Any]]

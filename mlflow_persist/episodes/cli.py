@@ -10,6 +10,16 @@ import typer
 
 from mlflow_persist.errors import NotFoundError, PersistError
 
+__all__ = [
+    "EPISODES_RUN_KEY",
+    "EXPERIMENT_NAME",
+    "RUN_KEY_TAG",
+    "find_episodes_run",
+    "register",
+    "run_replay",
+    "select_ids",
+]
+
 EXPERIMENT_NAME = "mlflow-persist"
 RUN_KEY_TAG = "mlflow_persist.run_key"
 EPISODES_RUN_KEY = "trading-system"

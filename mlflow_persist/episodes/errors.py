@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from mlflow_persist.errors import PersistError
 
+__all__ = ["EpisodeEncodingError", "EpisodeFormatError"]
+
 
 class EpisodeEncodingError(PersistError, ValueError):
     """An episode holds something that cannot be stored bit-exactly; the message names it and the fix."""

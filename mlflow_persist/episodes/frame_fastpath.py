@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+__all__ = ["build_table", "clear", "parquet_bytes", "signature"]
+
 _FAST_KINDS = frozenset("fiub")
 _MAX_SIGNATURES = 256
 _UNSET = object()

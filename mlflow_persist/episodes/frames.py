@@ -33,6 +33,18 @@ from mlflow_persist.episodes import frame_fastpath
 from mlflow_persist.episodes import values as value_codec
 from mlflow_persist.episodes.errors import EpisodeEncodingError
 
+__all__ = [
+    "FRAME_CODEC_VERSION",
+    "FRAME_META_KEY",
+    "assert_frames_identical",
+    "column_arrays",
+    "frame_fingerprint",
+    "frame_from_parquet_bytes",
+    "frame_to_parquet_bytes",
+    "frame_to_table",
+    "table_to_frame",
+]
+
 FRAME_META_KEY = b"mlflow_persist.frame"
 FRAME_CODEC_VERSION = 1
 _OBJECT_VALUE_TYPES = (str, bytes, bool, int, float)

@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 from mlflow_persist.episodes import values
 from mlflow_persist.episodes.model import Episode
 
+__all__ = ["COLUMNS", "INDEX_SCHEMA", "TS", "empty_index", "index_rows", "read_index", "rows_to_frame", "write_index"]
+
 TS = pa.timestamp("ns", tz="UTC")
 INDEX_SCHEMA = pa.schema(
     [

@@ -6,6 +6,8 @@ import re
 
 import pandas as pd
 
+__all__ = ["INDEX_DIR", "ROOT", "date_dir", "index_name", "index_seq", "part_name"]
+
 ROOT = "episodes"
 INDEX_DIR = f"{ROOT}/index"
 _INDEX_RE = re.compile(r"^index-(\d{6,})-([0-9a-f]+)\.parquet$")

@@ -10,6 +10,8 @@ import pandas as pd
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+__all__ = ["CONTEXT", "DATASET_NAME", "log_index_dataset"]
+
 log = logging.getLogger(__name__)
 DATASET_NAME = "episodes"
 CONTEXT = "episodes"

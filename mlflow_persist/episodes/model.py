@@ -14,6 +14,8 @@ import torch
 
 from mlflow_persist.episodes.errors import EpisodeEncodingError
 
+__all__ = ["SCHEMA_VERSION", "Episode", "as_episode", "new_episode_id", "to_utc_timestamp"]
+
 SCHEMA_VERSION = 1
 
 

@@ -19,6 +19,8 @@ from mlflow_persist.episodes.upload import FlushResult, next_seq, write_flush
 from mlflow_persist.episodes.weights import StateDict, upload_weights
 from mlflow_persist.errors import PersistError
 
+__all__ = ["EpisodeRecorder", "RecorderStats"]
+
 log = logging.getLogger(__name__)
 
 

@@ -30,6 +30,21 @@ from mlflow_persist.episodes.model import Episode
 from mlflow_persist.episodes.store import EpisodeFailure, EpisodeStore
 from mlflow_persist.episodes.tensors import describe_difference, state_fingerprint, tensors_identical
 
+__all__ = [
+    "Mismatch",
+    "ReplayReport",
+    "ReplayTarget",
+    "RetrainSummary",
+    "check_frames",
+    "compare_tensor_maps",
+    "iter_training_cases",
+    "rebuild_tensors",
+    "replay",
+    "replay_ids",
+    "replay_one",
+    "retrain_range",
+]
+
 
 class ReplayTarget(Protocol):
     def features_from_frames(self, frames: Mapping[str, pd.DataFrame]) -> dict[str, torch.Tensor]: ...

@@ -21,6 +21,21 @@ from mlflow_persist.episodes.frames import frame_fingerprint, frame_from_parquet
 from mlflow_persist.episodes.model import SCHEMA_VERSION, Episode
 from mlflow_persist.episodes.tensors import TensorRecord, decode_tensor, encode_tensor
 
+__all__ = [
+    "PART_SCHEMA",
+    "ROW_GROUP_ROWS",
+    "SCHEMA_META_KEY",
+    "TS",
+    "decode_row",
+    "encode_episode",
+    "episodes_to_table",
+    "read_all",
+    "read_rows",
+    "rows_to_table",
+    "write_part",
+    "write_rows",
+]
+
 SCHEMA_META_KEY = b"mlflow_persist.episodes.schema_version"
 ROW_GROUP_ROWS = 64
 

@@ -22,6 +22,8 @@ from mlflow_persist.episodes.schema import read_rows
 from mlflow_persist.episodes.weights import StateDict, read_weights, weights_path
 from mlflow_persist.errors import CheckpointCorruptError, NotFoundError, PersistError
 
+__all__ = ["EpisodeFailure", "EpisodeStore"]
+
 log = logging.getLogger(__name__)
 
 

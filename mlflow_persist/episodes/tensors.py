@@ -9,6 +9,16 @@ import torch
 
 from mlflow_persist.episodes.errors import EpisodeEncodingError
 
+__all__ = [
+    "TensorRecord",
+    "decode_tensor",
+    "describe_difference",
+    "encode_tensor",
+    "state_fingerprint",
+    "tensor_digest",
+    "tensors_identical",
+]
+
 
 @dataclass(frozen=True)
 class TensorRecord:

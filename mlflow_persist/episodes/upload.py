@@ -18,6 +18,8 @@ from mlflow_persist.episodes.lineage import log_index_dataset
 from mlflow_persist.episodes.model import Episode
 from mlflow_persist.episodes.schema import encode_episode, write_rows
 
+__all__ = ["FlushResult", "next_seq", "write_flush"]
+
 log = logging.getLogger(__name__)
 
 

@@ -20,6 +20,8 @@ import torch
 from mlflow_persist.episodes.errors import EpisodeEncodingError
 from mlflow_persist.episodes.tensors import TensorRecord, decode_tensor, encode_tensor
 
+__all__ = ["decode", "encode", "from_jsonable", "to_jsonable", "values_identical"]
+
 _TAG = "__mp__"
 
 

@@ -18,6 +18,8 @@ from mlflow_persist.episodes import layout
 from mlflow_persist.episodes.tensors import state_fingerprint
 from mlflow_persist.errors import CheckpointCorruptError
 
+__all__ = ["StateDict", "read_weights", "upload_weights", "weights_dir", "weights_path"]
+
 StateDict = dict[str, torch.Tensor]
 
 

@@ -13,6 +13,8 @@ from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import PersistError
 from mlflow_persist.integrations.distributed import DistributedPersistence
 
+__all__ = ["StatefulList", "close_persistence", "numeric_metrics", "one_or_list", "open_persistence"]
+
 log = package_logger("mlflow_persist.integrations")
 
 

@@ -42,6 +42,16 @@ from mlflow_persist.errors import PersistError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 
+__all__ = [
+    "COUNTERS",
+    "EPISODE_MEANS",
+    "REPLAY_ARRAYS",
+    "SUCCESS_RATE",
+    "AlgorithmState",
+    "PersistCallback",
+    "ReplayBufferState",
+]
+
 log = package_logger("mlflow_persist.integrations.sb3")
 
 # What the algorithm needs to continue its schedules after a restart (those it has; DQN's `_n_calls` paces

@@ -33,6 +33,8 @@ from mlflow_persist.errors import PersistError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 
+__all__ = ["NOT_LOGGED", "PersistCallback"]
+
 log = package_logger("mlflow_persist")
 
 # The Trainer logs its epoch counter with every record; after a restore it restarts at 0 (the dataloader

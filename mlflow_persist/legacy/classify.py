@@ -20,6 +20,8 @@ import torch
 
 from mlflow_persist.legacy.score import as_number, metrics_with_score, numeric_metrics
 
+__all__ = ["Classification", "LegacyPayload", "ProblemKind", "Shape", "classify_bytes", "classify_object", "to_plain"]
+
 Shape = Literal["state_dict_dict", "bare_state_dict", "dqn_dict", "whole_module"]
 ProblemKind = Literal["empty", "truncated", "not_torch", "untrusted_pickle", "unrecognised", "trusted_load_failed"]
 

@@ -23,6 +23,19 @@ from mlflow_persist.cli.main import (
 )
 from mlflow_persist.errors import ConfigError, NotFoundError
 
+__all__ = [
+    "CONFIG",
+    "JSON",
+    "TRACKING_URI",
+    "build_app",
+    "build_single_command_app",
+    "import_legacy_command",
+    "main",
+    "migrate_command",
+    "register",
+    "rollback_command",
+]
+
 TRACKING_URI = tracking_uri_option()
 CONFIG = config_option()
 JSON = json_option()

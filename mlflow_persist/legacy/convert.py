@@ -12,6 +12,15 @@ from mlflow_persist.legacy.classify import LegacyPayload, to_plain
 from mlflow_persist.legacy.plan import LEGACY_SHA_TAG
 from mlflow_persist.legacy.scan import LegacyFile
 
+__all__ = [
+    "LEGACY",
+    "METRICS_LOGGED_TAG",
+    "METRIC_TAG_PREFIX",
+    "legacy_created_at",
+    "to_current_payload",
+    "version_tags",
+]
+
 LEGACY = "legacy"
 METRIC_TAG_PREFIX = "mlflow_persist.metric."
 METRICS_LOGGED_TAG = "mlflow_persist.legacy_metrics_logged"

@@ -17,6 +17,8 @@ from typing import Any
 from mlflow_persist._format.payload import FORMAT_VERSION, copy_to_cpu
 from mlflow_persist._store.mlflow_store import VersionInfo
 
+__all__ = ["FORMAT_1", "format1_payload", "needs_migration"]
+
 FORMAT_1 = 1
 
 

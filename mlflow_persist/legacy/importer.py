@@ -17,6 +17,18 @@ from mlflow_persist.legacy.convert import METRICS_LOGGED_TAG, to_current_payload
 from mlflow_persist.legacy.plan import LEGACY_SHA_TAG, ExistingModel, ImportPlan, PlanItem, build_plan
 from mlflow_persist.legacy.scan import LegacyFile, load_legacy_payload, scan_legacy_dir
 
+__all__ = [
+    "ImportReport",
+    "ItemResult",
+    "Progress",
+    "Status",
+    "execute_plan",
+    "existing_models",
+    "import_file",
+    "model_run",
+    "plan_import",
+]
+
 log = package_logger("mlflow_persist.legacy")
 
 Status = Literal["imported", "skipped", "refused", "failed", "planned"]

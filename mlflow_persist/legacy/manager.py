@@ -33,6 +33,17 @@ from mlflow_persist.legacy.convert import LEGACY, METRIC_TAG_PREFIX
 from mlflow_persist.legacy.importer import model_run
 from mlflow_persist.legacy.score import SCORE_FIELD, as_number, numeric_metrics, performance_score
 
+__all__ = [
+    "LEGACY_API_TAG",
+    "CheckpointManager",
+    "CheckpointMetadata",
+    "get_checkpoint_manager",
+    "legacy_layout",
+    "legacy_rotation",
+    "load_best_checkpoint",
+    "save_checkpoint",
+]
+
 LEGACY_API_TAG = tag("legacy_api")
 
 

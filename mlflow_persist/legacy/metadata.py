@@ -10,6 +10,8 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+__all__ = ["METADATA_FILE", "MetadataEntry", "MetadataIndex", "parse_legacy_time", "read_metadata", "split_legacy_path"]
+
 METADATA_FILE = "checkpoint_metadata.json"
 _DRIVE = re.compile(r"^[A-Za-z]:$")
 

@@ -17,6 +17,16 @@ from mlflow_persist._store.alias_log import move_alias
 from mlflow_persist._store.mlflow_store import MlflowStore, VersionInfo, tag
 from mlflow_persist.legacy.formats import needs_migration
 
+__all__ = [
+    "MIGRATED_FROM",
+    "MIGRATED_TO",
+    "MigrationReport",
+    "MigrationStep",
+    "migrate",
+    "migrate_version",
+    "plan_migration",
+]
+
 MIGRATED_FROM = tag("migrated_from")
 MIGRATED_TO = tag("migrated_to")
 

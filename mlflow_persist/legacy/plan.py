@@ -14,6 +14,8 @@ from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist.errors import ConfigError
 from mlflow_persist.legacy.scan import LegacyFile, ScanResult, StaleEntry
 
+__all__ = ["LEGACY_SHA_TAG", "Action", "ExistingModel", "ImportPlan", "PlanItem", "build_plan", "parse_renames"]
+
 Action = Literal["import", "skip", "refuse"]
 LEGACY_SHA_TAG = "mlflow_persist.legacy_sha256"
 

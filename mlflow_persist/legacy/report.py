@@ -9,6 +9,8 @@ from rich.table import Table
 from mlflow_persist.legacy.importer import ImportReport
 from mlflow_persist.legacy.migrate import MigrationReport
 
+__all__ = ["RichProgress", "import_summary", "import_totals", "migration_summary"]
+
 _STYLE = {"imported": "green", "planned": "cyan", "skipped": "yellow", "refused": "red", "failed": "bold red"}
 
 

@@ -11,6 +11,8 @@ from mlflow_persist._store.alias_log import AliasMove, move_alias, operator
 from mlflow_persist._store.mlflow_store import BEST_ALIAS, MlflowStore, VersionInfo, tag
 from mlflow_persist.errors import CheckpointCorruptError, ConfigError, NotFoundError
 
+__all__ = ["ROLLBACK", "RollbackResult", "choose_target", "rollback"]
+
 ROLLBACK = "rollback"
 # Tags of the chosen version that describe the checkpoint itself and carry over to the rollback version.
 _CARRIED = (

@@ -15,6 +15,20 @@ from mlflow_persist.legacy.classify import Classification, LegacyPayload, classi
 from mlflow_persist.legacy.metadata import MetadataEntry, MetadataIndex, parse_legacy_time, read_metadata
 from mlflow_persist.legacy.score import SCORE_FIELD, as_number, metrics_with_score, numeric_metrics
 
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "LegacyFile",
+    "ScanResult",
+    "StaleEntry",
+    "find_checkpoint_files",
+    "load_legacy_payload",
+    "match_entries",
+    "model_name_for",
+    "read_bytes_readonly",
+    "resolve_trust_path",
+    "scan_legacy_dir",
+]
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 _LOOSE_SUFFIX = re.compile(r"^(?P<name>.+?)_(?:best|final|latest|last|\d+)$", re.IGNORECASE)
 

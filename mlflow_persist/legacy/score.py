@@ -6,6 +6,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+__all__ = [
+    "NON_METRIC_FIELDS",
+    "SCORE_FIELD",
+    "as_number",
+    "metrics_with_score",
+    "numeric_metrics",
+    "performance_score",
+]
+
 # Fields of a metadata entry that describe the file or the run rather than model performance.
 NON_METRIC_FIELDS = frozenset({"file_size_mb", "total_parameters", "training_time_hours", "epoch"})
 SCORE_FIELD = "performance_score"

@@ -16,6 +16,16 @@ from mlflow_persist.errors import ConfigError
 from .episode import EpisodeRecorder
 from .progress import ProgressView
 
+__all__ = [
+    "DEFAULT_PERIODIC_EVERY_STEPS",
+    "MODEL_MONITORS",
+    "MONITOR_SMOOTHING",
+    "StopSignals",
+    "cut_schedule",
+    "run_trading",
+    "with_trading_defaults",
+]
+
 log = package_logger("mlflow_persist.trading")
 
 #: System checkpoint (cut) interval used when the configuration sets neither steps nor minutes.

@@ -11,6 +11,8 @@ import typer
 
 from mlflow_persist.cli.main import config_option, load_config, log_options, tracking_uri_option
 
+__all__ = ["register", "replay_target"]
+
 
 def replay_target() -> ModuleType:
     """The module `mlflow-persist replay` replays recorded episodes against."""

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+__all__ = ["COB_COLUMNS", "DEFAULT_LEVELS", "MIN_SPREAD", "TICK", "imbalance", "simulate_cob", "spread"]
+
 DEFAULT_LEVELS = 10
 TICK = 0.00005
 MIN_SPREAD = 0.00002

@@ -18,6 +18,8 @@ import pandas as pd
 
 from mlflow_persist.errors import ConfigError, NotFoundError
 
+__all__ = ["DATASET_NAME", "BarStream", "dataset_path", "load_bars"]
+
 DATASET_NAME = "FOREX_EURUSD_1H_ASK"
 _TIME_FORMAT = "%d.%m.%Y %H:%M:%S.%f"
 

@@ -14,6 +14,20 @@ import torch
 
 from .cob import TICK
 
+__all__ = [
+    "CNN_CHANNELS",
+    "DQN_RETURNS",
+    "DQN_STATE_DIM",
+    "EXTREMA_BARS",
+    "EXTREMA_DIM",
+    "cnn_window",
+    "cob_state",
+    "dqn_state",
+    "draw_tensors",
+    "extrema_window",
+    "features_from_frames",
+]
+
 DQN_RETURNS = 16
 EXTREMA_BARS = 16
 CNN_CHANNELS = 10

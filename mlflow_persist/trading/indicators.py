@@ -10,6 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "ATR_PERIOD",
+    "INDICATOR_COLUMNS",
+    "RSI_PERIOD",
+    "VOLUME_PERIOD",
+    "WARMUP_BARS",
+    "add_indicators",
+    "atr",
+    "bollinger",
+    "macd",
+    "rsi",
+]
+
 RSI_PERIOD = 14
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 BOLLINGER_PERIOD, BOLLINGER_STD = 20, 2.0

@@ -14,6 +14,19 @@ from .cob import spread as book_spread
 from .data import load_bars
 from .indicators import WARMUP_BARS, add_indicators
 
+__all__ = [
+    "COMMISSION",
+    "DRAW_COLUMNS",
+    "EXTREMA_DELAY",
+    "EXTREMA_HALF_WIDTH",
+    "FLAT_RETURN",
+    "HORIZON",
+    "WINDOW",
+    "Draws",
+    "MarketData",
+    "Outcome",
+]
+
 #: Bars in the window every model's features are computed from.
 WINDOW = 32
 #: Bars after a decision until its outcome (reward, labels) is known.

@@ -15,6 +15,18 @@ from mlflow_persist.errors import NotFoundError
 from .cob import DEFAULT_LEVELS
 from .features import CNN_CHANNELS, DQN_STATE_DIM, EXTREMA_DIM
 
+__all__ = [
+    "ACTIONS",
+    "COB_STATE_DIM",
+    "MODEL_NAMES",
+    "N_ACTIONS",
+    "COBActorCritic",
+    "ExtremaNet",
+    "PriceCNN",
+    "QNetwork",
+    "build_model",
+]
+
 ACTIONS: tuple[str, ...] = ("hold", "buy", "sell")
 N_ACTIONS = len(ACTIONS)
 MODEL_NAMES: tuple[str, ...] = ("dqn", "cnn", "cob_rl", "extrema")

@@ -22,6 +22,8 @@ from .rewards import trade_reward
 from .serving import ServingModel
 from .trainers import Trainer, TrainingCase
 
+__all__ = ["Handle", "PendingDecision", "TradingOrchestrator", "episode_id", "new_model_state"]
+
 log = package_logger("mlflow_persist.trading.orchestrator")
 
 

@@ -13,6 +13,8 @@ from rich.text import Text
 
 from .models import ACTIONS
 
+__all__ = ["ProgressView"]
+
 
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:

@@ -25,6 +25,17 @@ from mlflow_persist.episodes import EpisodeRecorder, RecorderStats, state_finger
 from .episode import TradingEpisode
 from .serving import ServingModel
 
+__all__ = [
+    "FLUSH_ROWS",
+    "FLUSH_SECONDS",
+    "RUN_DESCRIPTION",
+    "RUN_KEY",
+    "NewWeights",
+    "ServingFingerprints",
+    "TradingRecorder",
+    "open_recorder",
+]
+
 #: A serving version seen for the first time: (model, version, fingerprint, CPU copy of its weights).
 NewWeights = tuple[str, int | None, str, dict[str, Any]]
 

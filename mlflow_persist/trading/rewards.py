@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from .market import COMMISSION, Outcome
 
+__all__ = ["SCALE", "trade_reward"]
+
 #: Rewards are expressed in basis points of the price.
 SCALE = 1e4
 _SIGN = {0: 0.0, 1: 1.0, 2: -1.0}

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+__all__ = ["SERVING_LAG", "Candidate", "ServingModel", "VersionResolver", "weights_of"]
+
 #: Bars between a step-scheduled system checkpoint and the switch of the serving weights to it.
 SERVING_LAG = 10
 

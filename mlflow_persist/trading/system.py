@@ -34,6 +34,18 @@ from .orchestrator import PendingDecision, TradingOrchestrator
 from .serving import SERVING_LAG, Candidate, weights_of
 from .trainers import Trainer, build_trainers
 
+__all__ = [
+    "EPISODE_SCORES",
+    "EVALUATE_EVERY_STEPS",
+    "OUTBOX_WAIT_SECONDS",
+    "SERVING_WAIT_SECONDS",
+    "SYSTEM_STATE",
+    "EnhancedRealtimeTrainingSystem",
+    "EpisodeEvaluation",
+    "Promotion",
+    "SystemState",
+]
+
 log = package_logger("mlflow_persist.trading.system")
 
 #: Per model, the metric an episode is evaluated on and whether higher is better.

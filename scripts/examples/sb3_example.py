@@ -15,7 +15,6 @@ import gymnasium
 from stable_baselines3 import DQN
 
 import mlflow_persist as mp
-from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist.cli.inspection import history
 from mlflow_persist.integrations.sb3 import PersistCallback
 
@@ -55,7 +54,7 @@ def main() -> None:
     )
     print(f"trained to timestep {model.num_timesteps}")
 
-    store = MlflowStore(config.tracking_uri, config.experiment_name)
+    store = mp.MlflowStore(config.tracking_uri, config.experiment_name)
     best = store.alias_version(args.name)
     print(f"best: v{best.version} at timestep {best.step}, rollout/ep_rew_mean={best.value:.2f}; checkpoints kept:")
     for row in history(store, args.name).versions:  # what `mlflow-persist history` prints

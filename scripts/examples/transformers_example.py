@@ -14,8 +14,7 @@ import tempfile
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from mlflow_persist import PersistConfig
-from mlflow_persist._store.mlflow_store import MlflowStore
+from mlflow_persist import MlflowStore, PersistConfig
 from mlflow_persist.cli.inspection import history
 from mlflow_persist.integrations.transformers import PersistCallback
 

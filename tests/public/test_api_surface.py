@@ -1,21 +1,10 @@
-"""The public surface is pinned (as httpx pins its `__all__`), and imports inside the package run one way:
-no cycles among the core modules, no private names imported across modules, nothing from `mlruns_fixtures`,
-and the core never imports the integrations or MLflow outside the MLflow store."""
+"""The public surface is pinned (as httpx pins its `__all__`); test_layering.py keeps the imports one way."""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import mlflow_persist
 import mlflow_persist.errors
 import mlflow_persist.testing
-
-PACKAGE = Path(mlflow_persist.__file__).resolve().parent
-INTEGRATIONS = ("trading", "episodes", "legacy", "integrations")
-FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate", "stable_baselines3", "gymnasium")
-# Core modules allowed to import mlflow: the MLflow adapter itself.
-MLFLOW_ADAPTERS = {"mlflow_persist.store", "mlflow_persist.version_create"}  # the adapter and its REST create
 
 
 def test_public_api_is_pinned() -> None:
@@ -31,6 +20,7 @@ def test_public_api_is_pinned() -> None:
             "ConfigError",
             "DiskFullError",
             "GracefulExit",
+            "MlflowStore",
             "ModelHandle",
             "ModelSettings",
             "NotFoundError",
@@ -61,81 +51,32 @@ def test_every_error_is_a_persist_error() -> None:
     assert issubclass(mlflow_persist.DiskFullError, OSError)
 
 
-def _modules() -> dict[str, ast.Module]:
-    found = {}
-    for path in PACKAGE.rglob("*.py"):
-        relative = path.relative_to(PACKAGE.parent).with_suffix("")
-        name = ".".join(relative.parts).removesuffix(".__init__")
-        found[name] = ast.parse(path.read_text(encoding="utf-8"))
-    return found
+def test_import_does_not_import_mlflow_until_the_store_is_used() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mlflow_persist; assert 'mlflow' not in sys.modules, 'imported early'; "
+        "store = mlflow_persist.MlflowStore; assert 'mlflow' in sys.modules; print(store.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "MlflowStore"
 
 
-def _imports(tree: ast.Module, top_level_only: bool) -> list[tuple[str, list[str]]]:
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
-    result = []
-    for node in nodes:
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            result.append((node.module, [a.name for a in node.names]))
-        elif isinstance(node, ast.Import):
-            result.extend((a.name, []) for a in node.names)
-    return result
+def test_the_examples_import_only_public_names() -> None:
+    import ast
+    from pathlib import Path
 
-
-def _is_core(name: str) -> bool:
-    parts = name.split(".")
-    return len(parts) == 2 and parts[0] == "mlflow_persist" and parts[1] not in ("cli", *INTEGRATIONS)
-
-
-def test_core_modules_import_without_cycles() -> None:
-    modules = _modules()
-    graph = {
-        name: {m for m, _ in _imports(tree, top_level_only=True) if _is_core(m) and m != name}
-        for name, tree in modules.items()
-        if _is_core(name)
-    }
-    state: dict[str, str] = {}
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = "open"
-        for nxt in graph.get(node, ()):
-            if state.get(nxt) == "open":
-                raise AssertionError("import cycle: " + " -> ".join([*path, node, nxt]))
-            if nxt not in state:
-                visit(nxt, [*path, node])
-        state[node] = "done"
-
-    for name in graph:
-        if name not in state:
-            visit(name, [])
-
-
-def test_no_private_names_cross_modules_and_no_fixture_imports() -> None:
-    offenders = []
-    for name, tree in _modules().items():
-        for module, names in _imports(tree, top_level_only=False):
-            if module.split(".")[0] == "mlruns_fixtures":
-                offenders.append(f"{name} imports {module}")
-            if module.startswith("mlflow_persist"):
-                offenders += [f"{name} imports {module}.{n}" for n in names if n.startswith("_")]
-    assert offenders == []
-
-
-def test_the_core_imports_no_integration_and_mlflow_only_in_its_adapter() -> None:
-    offenders = []
-    for name, tree in _modules().items():
-        if not _is_core(name):
-            continue
-        for module, _ in _imports(tree, top_level_only=False):
-            parts = module.split(".")
-            if (
-                parts[0] == "mlflow_persist"
-                and len(parts) > 1
-                and parts[1] in INTEGRATIONS
-                and name not in MLFLOW_ADAPTERS
-            ):
-                offenders.append(f"{name} imports {module}")
-            if parts[0] == "mlflow" and name not in MLFLOW_ADAPTERS:
-                offenders.append(f"{name} imports {module}")
-            if parts[0] in FRAMEWORKS:
-                offenders.append(f"{name} imports the framework {module}")
-    assert offenders == []
+    examples = Path(__file__).resolve().parents[2] / "scripts" / "examples"
+    private = []
+    for path in sorted(examples.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            private += [f"{path.name}: {m}" for m in modules if any(p.startswith("_") for p in m.split(".")[1:])]
+    assert private == []

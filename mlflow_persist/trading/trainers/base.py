@@ -12,6 +12,8 @@ from torch import nn
 
 from ..market import Outcome
 
+__all__ = ["RecentRewards", "ReplayBuffer", "RewardScored", "Trainer", "TrainingCase"]
+
 
 @dataclass
 class TrainingCase:

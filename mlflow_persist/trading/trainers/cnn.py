@@ -7,6 +7,8 @@ from torch import nn
 from .base import TrainingCase
 from .supervised import ClassifierTrainer
 
+__all__ = ["cnn_trainer", "direction_label"]
+
 
 def direction_label(case: TrainingCase) -> int:
     return case.outcome.direction

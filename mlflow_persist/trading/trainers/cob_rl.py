@@ -15,6 +15,8 @@ from torch.nn import functional as F
 from ..rewards import trade_reward
 from .base import RecentRewards, ReplayBuffer, RewardScored, TrainingCase
 
+__all__ = ["REWARD_WINDOW", "COBActorCriticTrainer"]
+
 #: Decisions whose mean reward is the COB policy's held-out score (its monitor, higher is better).
 REWARD_WINDOW = 100
 

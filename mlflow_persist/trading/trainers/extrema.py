@@ -12,6 +12,8 @@ from torch import nn
 from .base import TrainingCase
 from .supervised import ClassifierTrainer
 
+__all__ = ["extrema_label", "extrema_trainer"]
+
 
 def extrema_label(case: TrainingCase) -> int:
     return case.outcome.extrema

@@ -18,6 +18,8 @@ from torch.nn import functional as F
 
 from .base import ReplayBuffer, TrainingCase
 
+__all__ = ["HOLDOUT", "ClassifierTrainer"]
+
 #: Newest matured cases held out of training; they score the model.
 HOLDOUT = 48
 
