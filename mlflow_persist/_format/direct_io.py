@@ -100,7 +100,7 @@ class DirectFile:
 
     def _drain(self, length: int) -> None:
         assert self._buffer is not None
-        self._write_all(memoryview(self._buffer[:length]))
+        self._write_all(self._buffer[:length].data)
         self._filled = 0
 
     def _write_all(self, view: memoryview) -> None:

@@ -245,7 +245,7 @@ def _save_zip(payload: Mapping[str, Any], file_like: Any) -> None:
     except (AttributeError, TypeError):
         torch.save(dict(payload), file_like)
         return
-    save(dict(payload), writer, pickle, torch.serialization.DEFAULT_PROTOCOL, False)
+    save(dict(payload), writer, pickle, torch.serialization.DEFAULT_PROTOCOL, False)  # type: ignore[no-untyped-call]
     writer.write_end_of_file()
     file_like.flush()
 
@@ -329,7 +329,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return manifest
     except FileNotFoundError:
         raise CheckpointCorruptError(f"{path} is missing; the checkpoint is incomplete.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -249,7 +249,7 @@ def recorded_mode(versions: Iterable[VersionSummary], fallback: Mode) -> Mode:
     return fallback
 
 
-def _sort_key_best(mode: Mode):
+def _sort_key_best(mode: Mode) -> Callable[[VersionSummary], tuple[float, int]]:
     def key(v: VersionSummary) -> tuple[float, int]:
         value = v.value if v.value is not None and not math.isnan(v.value) else math.inf
         ranked = value if mode == "min" else -value if value != math.inf else math.inf

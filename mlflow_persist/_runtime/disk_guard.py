@@ -3,14 +3,15 @@ configured free space, deleting checkpoints in disk-pressure order (through `pru
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._observe.system_metrics import disk_space
-from mlflow_persist._policy.policy import Mode, disk_pressure_order
+from mlflow_persist._policy.policy import Mode, VersionSummary, disk_pressure_order
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist._store.prune import prune
 from mlflow_persist.errors import DiskFullError
@@ -77,7 +78,7 @@ class DiskGuard:
                 result = prune(
                     self._store,
                     candidate.registered_name,
-                    lambda versions, best, mode=candidate.mode: disk_pressure_order(versions, mode, best),
+                    functools.partial(_pressure_order, mode=candidate.mode),
                     enough=lambda: not self.short_at(path, need_mb),
                     reason="disk-pressure cleanup",
                 )
@@ -97,3 +98,8 @@ class DiskGuard:
 
 
 __all__ = ["DiskGuard", "GuardedModel"]
+
+
+def _pressure_order(versions: Sequence[VersionSummary], best: int | None, *, mode: Mode) -> list[int]:
+    """`disk_pressure_order` with the model's mode bound (the prune path calls it with versions and best)."""
+    return disk_pressure_order(versions, mode, best)

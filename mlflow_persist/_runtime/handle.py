@@ -336,7 +336,7 @@ class ModelHandle:
 
     def _value_tags(self) -> dict[str, str]:
         """The raw monitor value and the smoothing it was decided on (the `value` tag is the smoothed one)."""
-        tags = {tag("smoothing"): self.smoother.kind}
+        tags: dict[str, str] = {tag("smoothing"): self.smoother.kind}
         if self.last_raw_value is not None:
             tags[tag("raw_value")] = repr(self.last_raw_value)
         if self.tracker.last_value is not None:

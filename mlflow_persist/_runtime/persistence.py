@@ -11,6 +11,7 @@ Process-wide side effects are switched in process_effects.py.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -321,12 +322,16 @@ class Persistence:
                     damaged = (name, info, exc)
                     break
             if damaged is not None:
-                name, info, exc = damaged
+                name, info, damage = damaged
                 handle = self.handles[name]
                 log.error(
-                    "cut %s: %s v%d is damaged (%s); trying an older system checkpoint", cut.id, name, info.version, exc
+                    "cut %s: %s v%d is damaged (%s); trying an older system checkpoint",
+                    cut.id,
+                    name,
+                    info.version,
+                    damage,
                 )
-                mark_corrupt(self.store, info, str(exc), handle.settings.mode, handle.tracker.monitor)
+                mark_corrupt(self.store, info, str(damage), handle.settings.mode, handle.tracker.monitor)
                 continue
             restored: dict[str, RestoreInfo] = {}
             for name, state in states.items():
@@ -446,7 +451,7 @@ class Persistence:
         with self._flush_lock:
             for handle in list(self.handles.values()):
                 try:
-                    handle.metrics.flush(lambda rows, run_id=handle.run_id: self.store.log_metrics(run_id, rows), pace)
+                    handle.metrics.flush(functools.partial(self.store.log_metrics, handle.run_id), pace)
                 except Exception as exc:  # noqa: BLE001 - metrics are retried at the next flush
                     log.warning(
                         "could not log %d metrics of %s (%s); will retry",

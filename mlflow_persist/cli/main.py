@@ -271,7 +271,12 @@ def history(
             moves.add_column(column)
         for e in events:
             moves.add_row(
-                str(e["at"]), e["alias"], f"v{e['from']}" if e["from"] else "-", f"v{e['to']}", e["by"], e["reason"]
+                str(e["at"]),
+                e["alias"],  # type: ignore[arg-type]
+                f"v{e['from']}" if e["from"] else "-",
+                f"v{e['to']}",
+                e["by"],  # type: ignore[arg-type]
+                e["reason"],  # type: ignore[arg-type]
             )
         console.print(moves)
 

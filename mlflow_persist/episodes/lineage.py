@@ -31,10 +31,10 @@ def log_index_dataset(
     with warnings.catch_warnings():  # MLflow's schema-inference hints are noise here
         warnings.simplefilter("ignore", UserWarning)
         try:
-            dataset = mlflow.data.from_pandas(summary, source=source_uri, name=name)
+            dataset = mlflow.data.from_pandas(summary, source=source_uri, name=name)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - an unrecognised URI scheme: keep lineage, drop the source link
             log.debug("dataset source %s not resolvable; logging the episode index without a source", source_uri)
-            dataset = mlflow.data.from_pandas(summary, name=name)
+            dataset = mlflow.data.from_pandas(summary, name=name)  # type: ignore[attr-defined]
         entity = dataset._to_mlflow_entity()
     client.log_inputs(
         run_id, datasets=[DatasetInput(dataset=entity, tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)])]

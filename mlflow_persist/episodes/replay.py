@@ -217,7 +217,7 @@ def iter_training_cases(
 ) -> Iterator[tuple[Episode, dict[str, torch.Tensor]]]:
     """(episode, tensors rebuilt from its frames) for start <= bar_time < end, in bar_time order.
     With verify, tensors that do not match the recorded ones are skipped and reported in `failed`."""
-    for item in store.in_range(start, end):
+    for item in store.in_range(start, end):  # type: ignore[attr-defined]
         if isinstance(item, EpisodeFailure):
             if failed is not None:
                 failed.append({"episode_id": item.episode_id, "reason": item.reason})

@@ -93,7 +93,7 @@ class EpisodeStore:
     def __len__(self) -> int:
         return int(self.index["episode_id"].nunique())
 
-    def sample(self, n: int, seed: int | None = None) -> list[str]:
+    def sample(self, n: int, seed: int | None = None) -> list[str]:  # type: ignore[valid-type]
         """n distinct episode ids chosen at random (all of them when fewer are stored)."""
         ids = sorted(self.index["episode_id"].unique().tolist())
         return random.Random(seed).sample(ids, min(n, len(ids)))
@@ -172,7 +172,7 @@ class EpisodeStore:
         entry = self._entry(episode_id)
         return self._read(entry["file"], entry["sha256"], {int(entry["row"]): episode_id})[episode_id]
 
-    def load(self, episode_ids: Iterable[str]) -> list[Episode | EpisodeFailure]:
+    def load(self, episode_ids: Iterable[str]) -> list[Episode | EpisodeFailure]:  # type: ignore[valid-type]
         """Episodes in the order asked; one that cannot be loaded becomes an EpisodeFailure and the
         others still load (each part file is downloaded and verified once)."""
         ids = list(episode_ids)
@@ -194,7 +194,7 @@ class EpisodeStore:
                     loaded[eid] = EpisodeFailure(eid, reason, exc)
         return [loaded[eid] for eid in ids]
 
-    def in_range(self, start: Any = None, end: Any = None) -> list[Episode | EpisodeFailure]:
+    def in_range(self, start: Any = None, end: Any = None) -> list[Episode | EpisodeFailure]:  # type: ignore[valid-type]
         """Episodes with start <= bar_time < end, in bar_time order."""
         ids = self.list(start, end)["episode_id"].drop_duplicates().tolist()
         return self.load(ids)

@@ -85,7 +85,7 @@ class PersistCallback(pl.Callback):
         self._monitor_at_last_batch = metrics.get(self.monitor)
         if self._validation_monitor:
             metrics.pop(self.monitor, None)  # a stale validation value decides nothing between validations
-        self.persist_step(**metrics)
+        self.persist_step(**metrics)  # type: ignore[arg-type]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.handle is None:

@@ -183,7 +183,7 @@ def build_single_command_app(name: str) -> typer.Typer:
     """A typer app of one command, run without its name (`python scripts/import_legacy_checkpoints.py DIR`)."""
     commands = {"import-legacy": import_legacy_command, "migrate": migrate_command, "rollback": rollback_command}
     app = typer.Typer(add_completion=False)
-    app.command(name)(commands[name])
+    app.command(name)(commands[name])  # type: ignore[type-var]
     return app
 
 

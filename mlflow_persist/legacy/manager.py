@@ -288,7 +288,7 @@ class CheckpointManager:
                 info.tags.get(tag("legacy_checkpoint_id"), f"{name}_v{info.version}"),
                 info.tags.get(tag("legacy_model_type"), "unknown"),
                 path.stat().st_size,
-                score,
+                score,  # type: ignore[arg-type]
                 metrics,
                 state.step,
                 None,
@@ -426,14 +426,14 @@ def legacy_layout(state: CheckpointState) -> Any:
     legacy = extra.get("legacy") if isinstance(extra.get("legacy"), Mapping) else {}
     out = {
         "model_state_dict": state.model_state,
-        "model_type": legacy.get("model_type"),
-        "saved_at": legacy.get("saved_at", state.created_at),
-        "epoch": legacy.get("epoch", state.step),
-        "performance_metrics": legacy.get("performance_metrics", dict(state.metrics)),
-        "training_metadata": legacy.get("training_metadata", {}),
+        "model_type": legacy.get("model_type"),  # type: ignore[union-attr]
+        "saved_at": legacy.get("saved_at", state.created_at),  # type: ignore[union-attr]
+        "epoch": legacy.get("epoch", state.step),  # type: ignore[union-attr]
+        "performance_metrics": legacy.get("performance_metrics", dict(state.metrics)),  # type: ignore[union-attr]
+        "training_metadata": legacy.get("training_metadata", {}),  # type: ignore[union-attr]
     }
-    if "history" in legacy:
-        out["history"] = legacy["history"]
+    if "history" in legacy:  # type: ignore[operator]
+        out["history"] = legacy["history"]  # type: ignore[index]
     if state.optimizer_state is not None:
         out["optimizer_state_dict"] = state.optimizer_state
     return out

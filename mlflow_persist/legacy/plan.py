@@ -143,5 +143,5 @@ def _choose_best(items: list[PlanItem], existing: Mapping[str, ExistingModel], m
             continue
         sign = -1.0 if mode == "max" else 1.0
         # Ties go to the newest checkpoint (the later item, since items are oldest first).
-        best = min(reversed(group), key=lambda i: sign * _metric_value(i.file, metric))  # type: ignore[arg-type]
+        best = min(reversed(group), key=lambda i: sign * _metric_value(i.file, metric))  # type: ignore[arg-type, operator]
         best.becomes_best = True

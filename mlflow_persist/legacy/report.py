@@ -38,12 +38,12 @@ class RichProgress:
 
     def start(self, phase: str, total: int) -> None:
         if self._task is not None:
-            self._progress.update(self._task, visible=True)
+            self._progress.update(self._task, visible=True)  # type: ignore[arg-type]
         self._task = self._progress.add_task(phase, total=max(total, 0), label="")
 
     def advance(self, label: str) -> None:
         if self._task is not None:
-            self._progress.update(self._task, advance=1, label=label[-60:])
+            self._progress.update(self._task, advance=1, label=label[-60:])  # type: ignore[arg-type]
 
 
 def import_summary(report: ImportReport) -> Table:

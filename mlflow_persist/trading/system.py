@@ -230,12 +230,12 @@ class EnhancedRealtimeTrainingSystem:
         candidates = {}
         if saved["candidates"]:
             for name, c in saved["candidates"].items():
-                candidates[name] = Candidate(int(c["step"]), dict(c["weights"]), lambda v=c["version"]: v)
+                candidates[name] = Candidate(int(c["step"]), dict(c["weights"]), lambda v=c["version"]: v)  # type: ignore[misc]
         else:
             for name, trainer in self.trainers.items():
                 info = self.restored.get(name)
                 if info is not None and info.cut == self.restored[SYSTEM_STATE].cut:
-                    candidates[name] = Candidate(info.step, weights_of(trainer.model), lambda v=info.version: v)
+                    candidates[name] = Candidate(info.step, weights_of(trainer.model), lambda v=info.version: v)  # type: ignore[misc]
         self._promotion = Promotion(int(saved["at"]), candidates)
 
     def _collect(self, name: str, metrics: dict[str, float]) -> None:
@@ -268,7 +268,7 @@ class EnhancedRealtimeTrainingSystem:
             self.market.first,
             start=self.market.first + orchestrator.step_index,
             speed=self.speed,
-            sleep=stop.wait,
+            sleep=stop.wait,  # type: ignore[arg-type]
         )
         done = 0
         while not stop.is_set():
@@ -320,7 +320,7 @@ class EnhancedRealtimeTrainingSystem:
         wait_for = [self.durable()] if self.durable is not None else []
         if serve:
             self._promotion = Promotion(self.steps_done + SERVING_LAG)  # its own cut: no candidates in the state
-        cut_id = self.persistence.save_all("periodic", wait_for=wait_for)
+        cut_id = self.persistence.save_all("periodic", wait_for=wait_for)  # type: ignore[union-attr]
         self._last_cut_time = time.monotonic()
         self.cuts_taken.append(cut_id)
         if serve and self._promotion is not None:
@@ -336,7 +336,7 @@ class EnhancedRealtimeTrainingSystem:
         """Resolves the version `name` registered for `cut_id`: waits for its save when it is still running."""
 
         def resolve() -> int | None:
-            cut = self.persistence.cut(cut_id)
+            cut = self.persistence.cut(cut_id)  # type: ignore[union-attr]
             job = cut.jobs.get(name) if cut is not None else None
             if job is None:
                 match = [v for v in self.handles[name].history(limit=50) if v.cut == cut_id]

@@ -14,10 +14,10 @@ from .extrema import extrema_trainer
 def build_trainers(models: dict[str, nn.Module], seed: int) -> dict[str, Trainer]:
     """The trainer of each reference model, wrapping the given (training) networks."""
     return {
-        "dqn": DQNAgent(models["dqn"], seed=seed),
-        "cnn": cnn_trainer(models["cnn"], seed=seed),
-        "cob_rl": COBActorCriticTrainer(models["cob_rl"], seed=seed),
-        "extrema": extrema_trainer(models["extrema"], seed=seed),
+        "dqn": DQNAgent(models["dqn"], seed=seed),  # type: ignore[dict-item]
+        "cnn": cnn_trainer(models["cnn"], seed=seed),  # type: ignore[dict-item]
+        "cob_rl": COBActorCriticTrainer(models["cob_rl"], seed=seed),  # type: ignore[dict-item]
+        "extrema": extrema_trainer(models["extrema"], seed=seed),  # type: ignore[dict-item]
     }
 
 
