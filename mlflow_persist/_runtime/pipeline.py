@@ -12,20 +12,18 @@ import errno
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from mlflow_persist._format.digest import Digest
 from mlflow_persist._format.payload import FORMAT_VERSION
 from mlflow_persist._observe.logs import package_logger
-from mlflow_persist._policy.policy import BEST_ELIGIBLE, PERFORMANCE, is_better, retention_deletions
+from mlflow_persist._policy.policy import BEST_ELIGIBLE, PERFORMANCE, retention_deletions
 from mlflow_persist._policy.versions import VersionInfo, checkpoint_dirname, digest_tags, tag
 from mlflow_persist._runtime.disk_guard import DiskGuard, GuardedModel
 from mlflow_persist._runtime.health import ModelHealth
 from mlflow_persist._runtime.metrics_buffer import MetricsBuffer
-from mlflow_persist._runtime.outbox import Outbox, OutboxEntry
+from mlflow_persist._runtime.outbox import Outbox
+from mlflow_persist._runtime.outbox_drain import OutboxDrain
+from mlflow_persist._runtime.registration import Registration, describe_saved_value, format_change, tensor_bytes
 from mlflow_persist._runtime.writer import SaveJob
 from mlflow_persist._store.best import reconcile_best
 from mlflow_persist._store.descriptions import version_description
@@ -33,70 +31,18 @@ from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist._store.prune import PruneResult, prune
 from mlflow_persist._store.registry_view import RegistryView
 from mlflow_persist.config import ModelSettings
-from mlflow_persist.errors import NotFoundError, describe_store_error
+from mlflow_persist.errors import describe_store_error
 
-__all__ = ["Registration", "SavePipeline", "describe_saved_value", "format_change", "tensor_bytes"]
+__all__ = ["Registration", "SavePipeline", "describe_saved_value", "format_change", "tensor_bytes"]  # re-exported
 
 log = package_logger("mlflow_persist")
-
-
-@dataclass(frozen=True)
-class Registration:
-    """A completely written checkpoint waiting to become a registered version."""
-
-    category: str
-    step: int
-    value: float | None
-    improvement: float | None
-    also: list[str]
-    created_at: str
-    digest: Digest
-    size_bytes: int
-    retried: bool = False
-    tags: dict[str, str] = field(default_factory=dict)  # more version tags; may name another monitor
-
-    @property
-    def monitor(self) -> str | None:
-        return self.tags.get(tag("monitor"))
-
-
-def tensor_bytes(value: Any) -> int:
-    """Bytes held by the tensors of a (nested) payload: about the size its checkpoint file needs."""
-    if isinstance(value, torch.Tensor):
-        return value.nelement() * value.element_size()
-    if isinstance(value, dict):
-        return sum(tensor_bytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(v) for v in value)
-    return 0
 
 
 def _number(info: VersionInfo | None) -> int | None:
     return info.version if info is not None else None
 
 
-def format_change(monitor: str, previous: float | None, value: float | None) -> str:
-    if value is None:
-        return f"{monitor} n/a"
-    if previous is None:
-        return f"{monitor} {value:.6g}"
-    pct = f" ({(value - previous) / abs(previous) * 100:+.1f}%)" if previous else ""
-    return f"{monitor} {previous:.6g} -> {value:.6g}{pct}"
-
-
-def describe_saved_value(monitor: str, category: str, previous: float | None, value: float | None, mode: str) -> str:
-    """The value part of a save's log line. Only a performance save that beat the previous one shows an
-    arrow: a worse value is never presented as an improvement."""
-    if value is None:
-        return f"{monitor} n/a"
-    if category == PERFORMANCE and (previous is None or is_better(value, previous, mode)):  # type: ignore[arg-type]
-        return format_change(monitor, previous, value)
-    if category == PERFORMANCE:
-        return f"{monitor} {value:.6g} (not better than the previous performance save, {previous:.6g})"
-    return f"{monitor} {value:.6g}"
-
-
-class SavePipeline:
+class SavePipeline(OutboxDrain):
     """Everything that happens to one model's snapshot after the training thread hands it over."""
 
     def __init__(
@@ -413,71 +359,3 @@ class SavePipeline:
             },
         )
         self.health.record_success()
-
-    # ------------------------------------------------------------------------------------- outbox
-
-    def drain_outbox(self, blocking: bool = False) -> int:
-        """Upload and register this model's outbox entries in order; stops at the first failure (the rest
-        wait for the next drain). Returns how many are still waiting (-1: another thread is draining and
-        `blocking` is False). Never raises."""
-        if self.outbox is None:
-            return 0
-        if not self._drain_lock.acquire(blocking=blocking):
-            return -1
-        try:
-            with self.outbox.lock(self.registered_name):
-                return self._drain_locked(self.outbox)
-        finally:
-            self._drain_lock.release()
-
-    def _drain_locked(self, outbox: Outbox) -> int:
-        entries = outbox.entries(self.registered_name, sweep=True)
-        for position, entry in enumerate(entries):
-            started = time.monotonic()
-            if not outbox.is_intact(entry):  # damaged on disk: it would block every later entry forever
-                moved = outbox.quarantine(entry)
-                log.error(
-                    "%s: outbox checkpoint of step %d is incomplete or damaged; moved it to %s and went on "
-                    "with the next one",
-                    self.name,
-                    entry.step,
-                    moved,
-                )
-                continue
-            try:
-                self._register_entry(entry, started)
-            except Exception as exc:  # noqa: BLE001 - the entry stays on disk for the next drain
-                if isinstance(exc, NotFoundError) and "run" in str(exc).lower():
-                    moved = outbox.quarantine(entry)
-                    log.error(
-                        "%s: outbox checkpoint of step %d belongs to run %s, which the server no longer has; "
-                        "moved it to %s for the operator",
-                        self.name,
-                        entry.step,
-                        entry.run_id,
-                        moved,
-                    )
-                    continue
-                self.health.record_failure(entry.category, entry.step, exc, attempts=None, final=False)
-                return len(entries) - position
-            outbox.remove(entry)
-        return 0
-
-    def _register_entry(self, entry: OutboxEntry, started: float) -> None:
-        source = self.store.upload_checkpoint_files(entry.run_id, entry.directory, entry.dirname)
-        registration = Registration(
-            entry.category,
-            entry.step,
-            entry.value,
-            entry.improvement,
-            entry.also,
-            entry.created_at,
-            entry.checksum,
-            entry.size_bytes,
-            retried=True,
-            tags=dict(entry.tags),
-        )
-        self.register(source, registration, started, run_id=entry.run_id)
-
-    def pending_outbox(self) -> int:
-        return len(self.outbox.entries(self.registered_name)) if self.outbox is not None else 0
