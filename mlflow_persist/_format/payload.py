@@ -10,6 +10,9 @@ A checkpoint is a directory with two files:
 Format history (every loader reads every older version, filling new fields with defaults):
 - 1: model_state, optimizer_state, step, metrics.
 - 2: adds model_name, scheduler_state, extra_state, rng_state, category, created_at.
+
+Longer than 400 lines: the writer and the reader of every format version live side by side, because a change
+to one must be made to the other in the same place.
 """
 
 from __future__ import annotations

@@ -9,11 +9,9 @@ The contract every command keeps (see `mlflow_persist.cli.schema` and the README
 from __future__ import annotations
 
 import functools
-import json
-import os
 import sys
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,15 +19,27 @@ from rich.table import Table
 
 from mlflow_persist._runtime.process_effects import apply_http_retry_defaults
 from mlflow_persist.cli import inspection
+from mlflow_persist.cli.options import (
+    CONFIG_HELP,
+    LOG_OPTIONS,
+    TRACKING_URI_ENV,
+    TRACKING_URI_HELP,
+    apply_logging,
+    config_option,
+    emit_json,
+    json_option,
+    load_config,
+    log_options,
+    open_store,
+    tracking_uri_option,
+)
 from mlflow_persist.cli.schema import (
     EXIT_CORRUPT,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_UNREACHABLE,
-    with_schema,
 )
-from mlflow_persist.config import PersistConfig, resolve_tracking_uri
 from mlflow_persist.errors import (
     PersistError,
     StoreUnavailableError,
@@ -75,55 +85,10 @@ app = typer.Typer(
 )
 console = Console()
 
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-TRACKING_URI_HELP = (
-    "MLflow tracking URI. Precedence: this option, then MLFLOW_PERSIST_TRACKING_URI, then "
-    "tracking_uri in the --config file, then MLFLOW_TRACKING_URI, then sqlite:///mlflow.db in the "
-    "current directory."
-)
-CONFIG_HELP = "mlflow_persist TOML config file (tracking_uri, experiment_name, registered_model_prefix, ...)."
-
-
-def _only_from_command_line(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
-    """--tracking-uri as typed on the command line, else None.
-
-    The option declares MLFLOW_TRACKING_URI (so --help shows it), but a value that came from that variable
-    must not outrank a --config file or MLFLOW_PERSIST_TRACKING_URI: the config resolves it at its own,
-    lower level (`PersistConfig.tracking_uri` defaults to MLFLOW_TRACKING_URI)."""
-    source = ctx.get_parameter_source(param.name or "tracking_uri")
-    return value if source is not None and source.name == "COMMANDLINE" else None
-
-
-def tracking_uri_option() -> Any:
-    """The --tracking-uri option every subcommand declares."""
-    return typer.Option(
-        None,
-        "--tracking-uri",
-        envvar=TRACKING_URI_ENV,
-        show_envvar=True,
-        callback=_only_from_command_line,
-        help=TRACKING_URI_HELP,
-    )
-
-
-def config_option() -> Any:
-    """The --config option every subcommand declares."""
-    return typer.Option(None, "--config", help=CONFIG_HELP)
-
-
-def json_option() -> Any:
-    """The --json option of every command that prints data."""
-    return typer.Option(False, "--json", help="Print the result as one JSON object (with schema_version).")
-
-
 TrackingUri = tracking_uri_option()
 ConfigFile = config_option()
 JsonOutput = json_option()
 SPARK = "▁▂▃▄▅▆▇█"
-
-
-#: The global --log-level/--log-format as given (None: not given), for commands that read a config file.
-LOG_OPTIONS: dict[str, str | None] = {"level": None, "format": None}
 
 
 @app.callback()
@@ -137,47 +102,12 @@ def _global(
     apply_logging(log_level or "WARNING", log_format or "text")
 
 
-def apply_logging(level: str, fmt: str) -> None:
-    from mlflow_persist._observe.logs import configure_logging
-
-    try:
-        configure_logging(level, fmt)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise PersistError(f"{exc}.") from None
-
-
-def log_options(config: PersistConfig) -> tuple[str, str]:
-    """(level, format) for a command that logs as its config says, unless --log-level/--log-format were given."""
-    return LOG_OPTIONS["level"] or config.log_level, LOG_OPTIONS["format"] or config.log_format
-
-
-def load_config(tracking_uri: str | None, config_file: str | os.PathLike[str] | None) -> PersistConfig:
-    """The configuration of one command. The tracking URI: `tracking_uri` (the --tracking-uri given on the
-    command line) > MLFLOW_PERSIST_TRACKING_URI > the config file's tracking_uri > MLFLOW_TRACKING_URI >
-    sqlite:///mlflow.db in the current directory."""
-    overrides = {"tracking_uri": resolve_tracking_uri(tracking_uri)} if tracking_uri else {}
-    if config_file:
-        return PersistConfig.load(config_file, **overrides)
-    return PersistConfig(**overrides)
-
-
-def open_store(config: PersistConfig):  # noqa: ANN201 - MlflowStore, imported lazily (mlflow is slow to import)
-    from mlflow_persist._store.mlflow_store import MlflowStore
-
-    return MlflowStore(config.tracking_uri, config.experiment_name)
-
-
 def sparkline(values: list[float]) -> str:
     if not values:
         return ""
     low, high = min(values), max(values)
     span = (high - low) or 1.0
     return "".join(SPARK[min(len(SPARK) - 1, int((v - low) / span * (len(SPARK) - 1) + 0.5))] for v in values)
-
-
-def emit_json(command: str, data: dict[str, Any]) -> None:
-    """Print `command`'s result in the one JSON style of the CLI: `schema_version` first, indented by one."""
-    typer.echo(json.dumps(with_schema(command, data), indent=1, default=str))
 
 
 # ------------------------------------------------------------------------------------------------ status

@@ -96,7 +96,7 @@ def run_replay(
 def register(app: typer.Typer, target: Callable[[], Any]) -> None:
     """Add the `replay` command to the mlflow-persist CLI; `target()` gives the replay module when it runs (the
     application that records episodes registers the command, so this package never imports it)."""
-    from mlflow_persist.cli.main import config_option, emit_json, json_option, load_config, tracking_uri_option
+    from mlflow_persist.cli.options import config_option, emit_json, json_option, load_config, tracking_uri_option
 
     @app.command("replay")
     def replay_command(

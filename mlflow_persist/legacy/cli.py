@@ -13,14 +13,8 @@ import typer
 from rich.console import Console
 
 from mlflow_persist._runtime.process_effects import apply_http_retry_defaults
-from mlflow_persist.cli.main import (
-    config_option,
-    emit_json,
-    json_option,
-    load_config,
-    run_app,
-    tracking_uri_option,
-)
+from mlflow_persist.cli.main import run_app
+from mlflow_persist.cli.options import config_option, emit_json, json_option, load_config, tracking_uri_option
 from mlflow_persist.errors import ConfigError, NotFoundError
 
 __all__ = [

@@ -3,6 +3,9 @@
 Existing call sites keep working unchanged: `save_checkpoint(...)` registers a `legacy` version (scored with
 the old performance_score, the old keep-the-best-N rotation), and `load_best_checkpoint(name)` returns a local
 file in the legacy layout plus its metadata, so `torch.load(path)["model_state_dict"]` still works.
+
+Longer than 400 lines: it mirrors the legacy class method for method, so a call site's method is found in one
+place.
 """
 
 from __future__ import annotations

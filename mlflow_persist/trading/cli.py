@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from mlflow_persist.cli.main import config_option, load_config, log_options, tracking_uri_option
+from mlflow_persist.cli.options import config_option, load_config, log_options, tracking_uri_option
 
 __all__ = ["register", "replay_target"]
 

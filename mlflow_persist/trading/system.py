@@ -11,6 +11,9 @@ serving weights switch to that cut's weights (serving.py). Every ``episode_lengt
 score per model is logged, and a model whose episode score improved gets an ``episode`` checkpoint.
 Performance checkpoints are the core's: per model, on the smoothed held-out score its trainer evaluates.
 On shutdown the core's ``Persistence.close()`` takes the final cut.
+
+Longer than 400 lines: one class, the wiring of the four trainers around one bar loop; split, the loop's order
+would be spread over several files.
 """
 
 from __future__ import annotations

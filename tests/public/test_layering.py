@@ -233,3 +233,15 @@ def test_no_private_names_cross_modules_and_no_fixture_imports() -> None:
             if module.startswith("mlflow_persist"):
                 offenders += [f"{name} imports {module}.{n}" for n in names if n.startswith("_")]
     assert offenders == []
+
+
+def test_long_modules_say_why() -> None:
+    """One job per module: over 400 lines, a module's docstring says why it is kept whole."""
+    unexplained = []
+    for name, tree in MODULES.items():
+        path = PACKAGE.parent / Path(*name.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > 410 and "Longer than 400 lines:" not in (ast.get_docstring(tree) or ""):
+            unexplained.append(f"{name} ({lines} lines)")
+    assert unexplained == []
