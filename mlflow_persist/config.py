@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 from pydantic_settings.exceptions import SettingsError
 
 from mlflow_persist.errors import ConfigError
@@ -35,7 +40,7 @@ ENV_NESTED_DELIMITER = "__"
 DEFAULT_TRACKING_URI_TEMPLATE = "sqlite:///{cwd}/mlflow.db"
 _NONE_WORDS = frozenset({"", "none", "null"})
 #: The TOML file's values while `PersistConfig.load` builds a config (the file source reads them).
-_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("mlflow_persist_config_file_values", default=None)
+_TOML_FILE: ContextVar[Path | None] = ContextVar("mlflow_persist_config_file", default=None)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -113,14 +118,18 @@ def _nones(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _FileValues(PydanticBaseSettingsSource):
-    """The TOML file given to `PersistConfig.load`, already parsed (so its errors read as ours)."""
+class _TomlFile(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source, reading the file given to `PersistConfig.load` (none otherwise). A top-level
+    `[mlflow_persist]` table (a shared file's section for other tools) is not a setting and is left out."""
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return (_FILE_VALUES.get() or {}).get(field_name), field_name, False
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        path = _TOML_FILE.get()
+        super().__init__(settings_cls, toml_file=[path] if path is not None else [])
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_FILE_VALUES.get() or {})
+        values = super().__call__()
+        values.pop("mlflow_persist", None)
+        return values
 
 
 class PersistConfig(BaseSettings, ModelSettings):
@@ -232,7 +241,7 @@ class PersistConfig(BaseSettings, ModelSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _Environment(settings_cls), _FileValues(settings_cls)
+        return init_settings, _Environment(settings_cls), _TomlFile(settings_cls)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -251,17 +260,16 @@ class PersistConfig(BaseSettings, ModelSettings):
         """Read a TOML file; environment variables override it and keyword arguments override both."""
         file_path = Path(path)
         try:
-            data = tomllib.loads(file_path.read_text(encoding="utf-8"))
+            tomllib.loads(file_path.read_text(encoding="utf-8"))  # its errors, in our words, before pydantic reads it
         except FileNotFoundError:
             raise ConfigError(f"Config file {file_path} does not exist; create it or pass another --config.") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"Config file {file_path} is not valid TOML ({exc}); fix the syntax.") from None
-        data.pop("mlflow_persist", None)
-        token = _FILE_VALUES.set(data)
+        token = _TOML_FILE.set(file_path)
         try:
             return cls(**overrides)
         finally:
-            _FILE_VALUES.reset(token)
+            _TOML_FILE.reset(token)
 
     def for_model(self, name: str) -> ModelSettings:
         """The effective settings of one model: these defaults with its `[models.<name>]` overrides applied."""

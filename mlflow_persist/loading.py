@@ -13,8 +13,10 @@ def load_checkpoint(
 ) -> CheckpointState:
     """Load `models:/<name>@<alias>`, `models:/<name>/latest` or `models:/<name>/<version>`.
 
-    The payload's sha256 is verified against the one recorded at registration and it is loaded with
-    `torch.load(weights_only=True)`; a damaged checkpoint raises CheckpointCorruptError.
+    The payload's digest (XXH3-128; sha256 for versions written before it) is verified against the one
+    recorded at registration and it is loaded with `torch.load(weights_only=True)`; a damaged checkpoint
+    raises CheckpointCorruptError. `tracking_uri` defaults to `MLFLOW_TRACKING_URI`, else the embedded
+    store in the current directory.
     """
     from mlflow_persist._store.mlflow_store import MlflowStore  # imported here: `import mlflow` costs over a second
 

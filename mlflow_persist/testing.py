@@ -10,7 +10,7 @@
         ...
     assert store.list_versions("net")[-1].category == "final"
 
-No MLflow, no disk, deterministic: checkpoints are serialized exactly as on disk (torch.save, sha256) and
+No MLflow, no disk, deterministic: checkpoints are serialized exactly as on disk (torch.save, XXH3-128) and
 verified and loaded with `weights_only=True` as on disk, so restore behaves as it does against MLflow.
 
 `MemoryStore(remote=True)` behaves like a tracking server: checkpoints go through the durable local outbox

@@ -10,6 +10,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import platformdirs
+
 __all__ = [
     "STAGING_PREFIX",
     "atomic_directory",
@@ -97,9 +99,9 @@ def private_directory(path: Path) -> Path:
 
 
 def user_cache_dir(*parts: str) -> Path:
-    """The per-user cache directory of mlflow-persist (`$XDG_CACHE_HOME` or `~/.cache`), private."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return private_directory(base.joinpath("mlflow-persist", *parts))
+    """The per-user cache directory of mlflow-persist (platformdirs: `$XDG_CACHE_HOME/mlflow-persist` or
+    `~/.cache/mlflow-persist` on Linux, the platform's own elsewhere), private."""
+    return private_directory(Path(platformdirs.user_cache_dir("mlflow-persist", appauthor=False)).joinpath(*parts))
 
 
 def copy_directory_atomically(source: Path, parent: Path, name: str, files: tuple[str, ...]) -> Path:

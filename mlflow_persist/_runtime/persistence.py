@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist._observe.alerts import AlertDispatcher, AlertSink, command_sink, webhook_sink
@@ -308,10 +309,14 @@ class Persistence(SystemCheckpoints):
         return True
 
     def _final_metrics_flush(self, attempts: int = 6) -> None:
-        for attempt in range(attempts):
-            if self.flush_metrics():
-                return
-            time.sleep(min(5.0, 0.25 * 2**attempt))
+        flushed = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=0.25, max=5.0),
+            retry=retry_if_result(lambda ok: ok is False),
+            retry_error_callback=lambda state: False,
+        )(self.flush_metrics)
+        if flushed:
+            return
         waiting = sum(len(h.metrics) for h in self.handles.values())
         log.error("%d buffered metric values could not be logged before exit; the store kept refusing them", waiting)
 

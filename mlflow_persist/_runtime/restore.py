@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mlflow_persist._format.fitting import fitting_part, model_state_fit
 from mlflow_persist._format.payload import CheckpointState, read_checkpoint_dir, restore_rng_state
@@ -187,13 +188,19 @@ class HandleRestore:
     def _load_with_retries(self, info: VersionInfo) -> CheckpointState:
         """Load a version; a store error (unreachable, refused) is transient, so it is retried and finally
         raised, never taken for damaged bytes."""
-        for attempt in range(RESTORE_LOAD_ATTEMPTS - 1):
-            try:
-                return self._store.load_version(info)
-            except StoreError as exc:
-                log.warning("%s: loading v%d failed (%s); retrying", self.name, info.version, exc)
-                time.sleep(0.2 * 2**attempt)
-        return self._store.load_version(info)  # the last attempt: its error is raised
+
+        def warn(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            log.warning("%s: loading v%d failed (%s); retrying", self.name, info.version, exc)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(RESTORE_LOAD_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.2),
+            retry=retry_if_exception_type(StoreError),
+            before_sleep=warn,
+            reraise=True,
+        )
+        return retrying(self._store.load_version, info)
 
     def _restore_from_outbox(self) -> RestoreInfo | None:
         """The server is unreachable and newer checkpoints wait in the outbox: resume from the newest of them."""

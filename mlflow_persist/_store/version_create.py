@@ -13,7 +13,6 @@ when it answered the search); `MlflowStore.register_version` removes such a late
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ from mlflow.protos.model_registry_pb2 import CreateModelVersion
 from mlflow.store.model_registry.rest_store import RestStore
 from mlflow.utils.proto_json_utils import message_to_json, parse_dict
 from mlflow.utils.rest_utils import http_request, verify_rest_response
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 __all__ = ["MAYBE_DONE_STATUSES", "T", "create_version_once", "may_have_been_done", "rest_store_of"]
 
@@ -78,17 +78,20 @@ def create_version_once(
         )
     )
     endpoint, method = store._get_endpoint_from_method(CreateModelVersion)
-    for attempt in range(attempts):
-        try:
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=backoff_s),
+        retry=retry_if_exception(may_have_been_done),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            if attempt.retry_state.attempt_number > 1:
+                existing = find_existing()  # the server may have created it before the reply was lost
+                if existing is not None:
+                    return existing
             response = http_request(store.get_host_creds(), endpoint, method, max_retries=0, json=body)
             response = verify_rest_response(response, endpoint)
             proto = parse_dict(js_dict=json.loads(response.text), message=CreateModelVersion.Response())
             return ModelVersion.from_proto(proto.model_version)
-        except Exception as exc:  # noqa: BLE001 - classified below; the last one is raised
-            if not may_have_been_done(exc) or attempt == attempts - 1:
-                raise
-        existing = find_existing()  # the server may have created it before the reply was lost
-        if existing is not None:
-            return existing
-        time.sleep(backoff_s * 2**attempt)
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+    raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or re-raises

@@ -71,7 +71,12 @@ def _agree(outcome: tuple[str, Any], what: str) -> Any:
 
 
 class DistributedPersistence:
-    """A `Persistence` on rank 0, nothing on the other ranks; collective `track` and `restore`."""
+    """A `Persistence` on rank 0, nothing on the other ranks; collective `track` and `restore`.
+
+    Create it on every rank after `init_process_group`. Saves happen on rank 0 alone and involve no other
+    rank; opening, `track` and `restore` are collective, and every rank ends with the same state or the same
+    error. Without `torch.distributed` initialized (or with one process) it is exactly one `Persistence`.
+    """
 
     def __init__(
         self,

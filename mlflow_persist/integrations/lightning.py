@@ -29,7 +29,16 @@ log = package_logger("mlflow_persist.integrations.lightning")
 
 
 class PersistCallback(pl.Callback):
-    """Persist a LightningModule's training with mlflow-persist (see the module docstring)."""
+    """Persist a LightningModule's training with mlflow-persist, as the registered model `name`.
+
+    The LightningModule is the tracked model, with the trainer's optimizers and LR schedulers; the monitor is
+    read from `trainer.callback_metrics`. The newest checkpoint is restored in `on_fit_start` (after the
+    strategy set up the optimizers, before the first batch); the handle steps after every training batch, and
+    a validation monitor (such as `val_loss`) is reported after each validation, only then; a `final`
+    checkpoint is saved at the end of fit, on teardown or on an exception. Under DDP only global rank 0 touches
+    the store. `store` and `persistence_kwargs` go to the `Persistence` (a test's `MemoryStore`, alert sinks).
+    Use it with `enable_checkpointing=False` (or alongside `ModelCheckpoint`: they do not interfere).
+    """
 
     def __init__(
         self,
