@@ -45,8 +45,8 @@ soak: $(STAMP)
 	MLFLOW_PERSIST_SOAK_FACTOR=$(SOAK_FACTOR) $(PY) -m pytest -n $(TEST_WORKERS) -m soak $(TEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mlflow_persist tests scripts
-	$(VENV)/bin/ruff format --check mlflow_persist tests scripts
+	$(VENV)/bin/ruff check mlflow_persist tests scripts docs
+	$(VENV)/bin/ruff format --check mlflow_persist tests scripts docs
 	$(VENV)/bin/mypy
 
 docs: $(STAMP)

@@ -54,7 +54,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 class ModelSettings(BaseModel):
-    """Settings that can differ per model. Every field is documented in the README's configuration table."""
+    """Settings that can differ per model. Every field is documented in docs/configuration.md (generated from these fields)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

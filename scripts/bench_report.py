@@ -1,4 +1,4 @@
-"""Run every benchmark and regenerate the README's performance table from what they printed.
+"""Run every benchmark and regenerate the performance table of docs/benchmarks.md from what they printed.
 
 The three benchmarks run one after another, each in its own processes, on whatever machine this is (run it
 on a quiet one: every figure is a ratio against a baseline measured in the same run, but two cores shared
@@ -9,7 +9,10 @@ with another job still skew them):
   Lightning ModelCheckpoint + MLFlowLogger, and peak RSS;
 - scripts/bench_main_job.py: the trading job's steps/s with persistence on against off.
 
-Usage: python scripts/bench_report.py [--from results.json] [--out bench-results.json] [--no-readme]
+The table sits between the `<!-- bench-table:start -->` and `<!-- bench-table:end -->` markers of
+docs/benchmarks.md; only what lies between them is rewritten.
+
+Usage: python scripts/bench_report.py [--from results.json] [--out bench-results.json] [--no-write]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 BENCHMARKS = {
     "checkpoint": ["scripts/benchmark_checkpoint.py"],
@@ -188,13 +191,14 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    readme = README.read_text(encoding="utf-8")
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md has no {START} ... {END} section to regenerate.")
-    head, rest = readme.split(START, 1)
+def write_page(text: str, page: Path = PAGE) -> None:
+    """Replace what lies between the bench-table markers of `page` with `text`."""
+    content = page.read_text(encoding="utf-8")
+    if START not in content or END not in content:
+        raise SystemExit(f"{page} has no {START} ... {END} section to regenerate.")
+    head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
+    page.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
 
 
 def main() -> None:
@@ -206,7 +210,7 @@ def main() -> None:
         default=",".join(BENCHMARKS),
         help="comma list of " + ", ".join(BENCHMARKS) + "; the others keep their figures from --out",
     )
-    parser.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
+    parser.add_argument("--no-write", "--no-readme", dest="no_write", action="store_true", help="print the table only")
     args = parser.parse_args()
     if args.source:
         results = json.loads(Path(args.source).read_text(encoding="utf-8"))
@@ -220,9 +224,9 @@ def main() -> None:
         print(f"raw results: {args.out}")
     text = table(results)
     print(text)
-    if not args.no_readme:
-        write_readme(text)
-        print("README.md performance table regenerated")
+    if not args.no_write:
+        write_page(text)
+        print(f"{PAGE.relative_to(ROOT)} performance table regenerated")
 
 
 if __name__ == "__main__":

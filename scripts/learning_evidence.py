@@ -12,8 +12,8 @@ has seen, against trivial baselines computed on the same bars:
 
 It also prints each model's smoothed monitor just before and after the restart: the curve must continue.
 
-Usage: python scripts/learning_evidence.py [--bars 3000] [--holdout 1000] [--seed 0] [--readme]
-(`--readme` rewrites the table in README.md between the learning-evidence markers).
+Usage: python scripts/learning_evidence.py [--bars 3000] [--holdout 1000] [--seed 0] [--write]
+(`--write` rewrites the table in docs/trading.md between the learning-evidence markers).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from mlflow_persist.trading.rewards import trade_reward  # noqa: E402
 from mlflow_persist.trading.system import EnhancedRealtimeTrainingSystem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "trading.md"  # the page whose learning-evidence table `--write` rewrites
 START, END = "<!-- learning-evidence:start -->", "<!-- learning-evidence:end -->"
 
 
@@ -170,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bars", type=int, default=3000)
     parser.add_argument("--holdout", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--readme", action="store_true", help="rewrite the README table")
+    parser.add_argument(
+        "--write", "--readme", dest="write", action="store_true", help="rewrite the table in docs/trading.md"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="mlflow-persist-learning-") as tmp:
@@ -180,17 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         curves = smoothed_curve(uri, restart)
     text = table(scores, curves, restart)
     print(text)
-    if args.readme:
-        readme = ROOT / "README.md"
-        content = readme.read_text(encoding="utf-8")
+    if args.write:
+        content = PAGE.read_text(encoding="utf-8")
         block = (
             f"{START}\n{text}\n\nMade by `python scripts/learning_evidence.py --bars {args.bars} --holdout "
-            f"{args.holdout} --seed {args.seed} --readme`.\n{END}"
+            f"{args.holdout} --seed {args.seed} --write`.\n{END}"
         )
-        if START not in content:
-            print("README.md has no learning-evidence markers", file=sys.stderr)
+        if START not in content or END not in content:
+            print("docs/trading.md has no learning-evidence markers", file=sys.stderr)
             return 1
-        readme.write_text(
+        PAGE.write_text(
             re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, content, flags=re.S), encoding="utf-8"
         )
     return 0

@@ -161,7 +161,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-01-02 03:04:05,678 INFO  mlflow_persist._runtime.writer: message [model=dqn version=17 ...]`."""
+    """`2026-01-02 03:04:05,678 INFO  mlflow_persist.writer: message [model=dqn version=17 ...]`."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s")

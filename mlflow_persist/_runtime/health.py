@@ -1,4 +1,4 @@
-"""One model's save health: failure counts, the `degraded` state (run tag `mlflow_persist._runtime.health`) and the
+"""One model's save health: failure counts, the `degraded` state (run tag `mlflow_persist.health`) and the
 alert when consecutive failures reach the threshold. Called from the writer and training threads; the
 alert sinks run on the alert thread."""
 

@@ -1,7 +1,7 @@
 """The `mlflow-persist` command line: status, history, verify, gc, plus the commands the integrations add
 (run, replay, import-legacy, migrate, rollback).
 
-The contract every command keeps (see `mlflow_persist.cli.schema` and the README's "Command line" section):
+The contract every command keeps (see `mlflow_persist.cli.schema` and docs/cli.md):
 `--tracking-uri` (env var MLFLOW_TRACKING_URI) and `--config` on every subcommand, one JSON style with a
 `schema_version`, and the exit codes 0 ok, 1 error, 2 usage, 3 corrupt versions found, 4 store unreachable.
 """

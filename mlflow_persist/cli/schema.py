@@ -1,7 +1,7 @@
 """The command line's contract in one place: the exit codes and the top-level keys of every `--json` output.
 
-The README's "Command line" section documents the same table; tests/cli/test_cli_contract.py runs every
-command on a real store and checks its actual output against the README and against this module.
+docs/cli.md documents the same table; tests/cli/test_cli_contract.py runs every
+command on a real store and checks its actual output against docs/cli.md and against this module.
 Raise `SCHEMA_VERSION` whenever a key is removed, renamed or changes meaning (adding a key does not).
 """
 

@@ -1,4 +1,4 @@
-"""The command line's contract, as the README's "Command line" section documents it, on real sqlite stores:
+"""The command line's contract, as docs/cli.md documents it, on real sqlite stores:
 `--config` and the tracking URI's env var on every subcommand (and the URI's precedence), one JSON style with
 `schema_version` and the documented top-level keys for every `--json` output, the exit codes 0/1/2/3/4, and
 usage errors of the standalone legacy script (one line, exit 2, no traceback)."""
@@ -36,11 +36,9 @@ WITHOUT_JSON = {"run"}  # prints no data: a progress display and log lines
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def readme_section() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index("\n## Command line\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
+def cli_docs() -> str:
+    """docs/cli.md as written (the generated option reference is added at build time, not read here)."""
+    return (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
 
 
 def _table_rows(section: str, header: str) -> list[list[str]]:
@@ -55,19 +53,19 @@ def _table_rows(section: str, header: str) -> list[list[str]]:
 
 
 def documented_json_keys() -> dict[str, list[str]]:
-    """Per command, the top-level keys the README's JSON table lists (after schema_version), in order."""
+    """Per command, the top-level keys docs/cli.md's JSON table lists (after schema_version), in order."""
     out: dict[str, list[str]] = {}
     command = ""
-    for cells in _table_rows(readme_section(), "| command | key | meaning |"):
+    for cells in _table_rows(cli_docs(), "| command | key | meaning |"):
         command = cells[0].strip("`") or command
         key = re.fullmatch(r"`([a-z_]+)`", cells[1])
-        assert key, f"README JSON table: the key cell {cells[1]!r} is not one backticked name"
+        assert key, f"docs/cli.md JSON table: the key cell {cells[1]!r} is not one backticked name"
         out.setdefault(command, []).append(key.group(1))
     return out
 
 
 def documented_exit_codes() -> set[int]:
-    return {int(cells[0]) for cells in _table_rows(readme_section(), "| exit code | meaning |")}
+    return {int(cells[0]) for cells in _table_rows(cli_docs(), "| exit code | meaning |")}
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -162,7 +160,7 @@ def test_every_subcommand_takes_config_and_shows_the_tracking_uri_env_var(capsys
         assert "--config" in flat and "--tracking-uri" in flat, (command, out)
         assert "[envvar:MLFLOW_TRACKING_URI]" in flat, (command, out)
         assert ("--json" in flat) == (command not in WITHOUT_JSON), (command, out)
-        assert f"`{command}" in readme_section(), f"README's command table misses {command}"
+        assert f"`{command}" in cli_docs(), f"docs/cli.md's command table misses {command}"
 
 
 def test_tracking_uri_precedence(
@@ -196,12 +194,12 @@ def test_tracking_uri_precedence(
 # ------------------------------------------------------------------------------------------------ JSON
 
 
-def test_readme_documents_the_json_keys_of_cli_schema_and_every_exit_code() -> None:
+def test_docs_document_the_json_keys_of_cli_schema_and_every_exit_code() -> None:
     documented = documented_json_keys()
     assert documented == {command: list(keys) for command, keys in cli_schema.JSON_KEYS.items()}
     assert set(documented) == set(SUBCOMMANDS) - WITHOUT_JSON
     assert documented_exit_codes() == set(cli_schema.EXIT_CODES)
-    assert "`schema_version`" in readme_section() and f"now `{cli_schema.SCHEMA_VERSION}`" in readme_section()
+    assert "`schema_version`" in cli_docs() and f"now `{cli_schema.SCHEMA_VERSION}`" in cli_docs()
 
 
 def test_every_json_output_has_schema_version_and_exactly_the_documented_keys(

@@ -4,7 +4,7 @@ replies to `create_model_version` lost on the way back so that MLflow's HTTP cli
 Models: `alpha` (process 0), `beta` (process 1) and `shared` (processes 2 and 3). Each process trains exactly
 one model, so the four put the same load on the server, all four register concurrently through different
 uvicorn workers, and one model has two writers that decide `best` without any shared lock (the shape the
-README's "Several processes saving the same model" describes). Each process has its own TMPDIR,
+"Several processes saving the same model" section of docs/deployment.md describes). Each process has its own TMPDIR,
 XDG_CACHE_HOME (file locks) and outbox directory, as on four machines.
 
 The trainers talk to the server through `servers.FaultProxy`: every 3rd new model-version-create POST is

@@ -5,7 +5,7 @@ state taken when it asked for the save; a separate checker process then reads th
 - training went on (every step ran; for the kill column, a restarted trainer restores and trains on),
 - every acknowledged checkpoint is in the store with exactly the recorded state,
 - the newest registered version loads.
-The table it prints is the README's fault table."""
+The table it prints is the fault matrix of docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -36,13 +36,14 @@ def _target(stage: str) -> tuple[Any, str]:
 
     from mlflow_persist._format import atomic, payload
     from mlflow_persist._runtime import handle, pipeline
+    from mlflow_persist._store import mlflow_artifacts
     from mlflow_persist._store import mlflow_store as store_module
 
     return {
         "snapshot": (handle, "build_payload"),
         "serialize": (payload, "_save_zip"),
         "digest": (payload._DigestingWriter, "digest"),
-        "write": (store_module, "write_checkpoint_dir"),
+        "write": (mlflow_artifacts, "write_checkpoint_dir"),
         "fsync": (atomic, "fsync_path"),
         "rename": (atomic.os, "rename"),
         "register": (store_module.MlflowStore, "register_version"),

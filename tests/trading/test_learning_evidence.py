@@ -1,5 +1,5 @@
 """scripts/learning_evidence.py runs, resumes its system checkpoint half-way, and prints every model against
-its baseline; the README holds a table the script made."""
+its baseline; docs/trading.md holds a table the script made (`--write` rewrites it)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def test_learning_evidence_script_prints_each_model_against_its_baseline() -> No
         assert before.strip() and after.strip(), row  # the smoothed monitor exists on both sides of the restart
 
 
-def test_readme_holds_the_learning_evidence_the_script_writes() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"<!-- learning-evidence:start -->(.*?)<!-- learning-evidence:end -->", readme, re.S)
+def test_the_trading_page_holds_the_learning_evidence_the_script_writes() -> None:
+    page = (ROOT / "docs" / "trading.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- learning-evidence:start -->(.*?)<!-- learning-evidence:end -->", page, re.S)
     assert block is not None
     text = block.group(1)
     assert "| model | held-out score | trivial baseline |" in text
