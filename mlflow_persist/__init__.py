@@ -21,6 +21,7 @@ from mlflow_persist.config import ModelSettings, PersistConfig, resolve_tracking
 from mlflow_persist.errors import (
     CheckpointCorruptError,
     CheckpointMismatchError,
+    CheckpointUnavailableError,
     ConfigError,
     DiskFullError,
     NotFoundError,
@@ -37,6 +38,7 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointMismatchError",
     "CheckpointState",
+    "CheckpointUnavailableError",
     "CheckpointStore",
     "ConfigError",
     "DiskFullError",

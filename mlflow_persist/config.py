@@ -84,6 +84,12 @@ class ModelSettings(BaseModel):
     keep_periodic: int = Field(3, ge=1, description="Rolling window of `periodic` checkpoints to keep (the newest).")
     keep_final: int = Field(3, ge=1, description="How many `final` (shutdown) checkpoints to keep (the newest).")
     keep_episode: int = Field(3, ge=1, description="How many `episode` (episode-end) checkpoints to keep (the newest).")
+    on_unavailable: Literal["fail", "fresh"] = Field(
+        "fail",
+        description="What restore does when a checkpoint's files cannot be reached (a moved folder, a missing "
+        "mount, a permission error, a full temp dir): `fail` stops with an error naming the location, `fresh` "
+        "starts without them. Either way nothing is tagged corrupt or deleted.",
+    )
     resume_from: Literal["latest", "best"] = Field(
         "latest", description="Which checkpoint `restore()` loads first: the newest valid one or `best`."
     )

@@ -40,6 +40,11 @@ class StoreUnavailableError(StoreError):
     """The checkpoint store could not be reached (connection refused, timed out, login or permission missing)."""
 
 
+class CheckpointUnavailableError(StoreUnavailableError):
+    """A stored checkpoint's files cannot be reached (a moved folder, a missing mount, a permission error, a full
+    temporary directory): nothing is known about its bytes, so it is never tagged corrupt."""
+
+
 class NotFoundError(PersistError):
     """A model, version, run, episode or data file that was asked for does not exist."""
 
@@ -118,6 +123,7 @@ def describe_store_error(exc: BaseException) -> str:
 __all__ = [
     "CheckpointCorruptError",
     "CheckpointMismatchError",
+    "CheckpointUnavailableError",
     "ConfigError",
     "DiskFullError",
     "NotFoundError",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from mlflow_persist._format.fitting import fitting_part, model_state_fit
 from mlflow_persist._format.payload import CheckpointState, read_checkpoint_dir, restore_rng_state
@@ -24,7 +24,12 @@ from mlflow_persist._runtime.pipeline import SavePipeline
 from mlflow_persist._store.best import mark_corrupt
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import ModelSettings
-from mlflow_persist.errors import CheckpointCorruptError, CheckpointMismatchError, StoreError
+from mlflow_persist.errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    CheckpointUnavailableError,
+    StoreError,
+)
 
 __all__ = ["RESTORE_LOAD_ATTEMPTS", "HandleRestore", "RestoreInfo", "Stateful"]
 
@@ -135,6 +140,9 @@ class HandleRestore:
         for info in candidates:
             try:
                 state = self._load_with_retries(info)
+            except CheckpointUnavailableError as exc:
+                self.unavailable(exc)
+                return None
             except CheckpointCorruptError as exc:
                 skipped.append(info.version)
                 log.error(
@@ -152,6 +160,21 @@ class HandleRestore:
                 "%s: none of the %d stored checkpoints could be restored; starting fresh", self.name, len(versions)
             )
         return None
+
+    def unavailable(self, exc: CheckpointUnavailableError) -> None:
+        """A checkpoint to restore cannot be reached: raise (on_unavailable="fail") or log and return, so the
+        caller starts fresh ("fresh")."""
+        if self.settings.on_unavailable == "fresh":
+            log.error(
+                "%s: %s Starting fresh, as on_unavailable='fresh' says.",
+                self.name,
+                exc,
+                extra={"model": self.name, "outcome": "unavailable"},
+            )
+            return
+        raise CheckpointUnavailableError(
+            f"{exc} To start training without them, set on_unavailable='fresh' (nothing is lost either way)."
+        ) from None
 
     def adopt_stored_best(self) -> VersionInfo | None:
         """Take the store's `best` as the value to beat (at restore); returns that version."""
@@ -196,7 +219,7 @@ class HandleRestore:
         retrying = Retrying(
             stop=stop_after_attempt(RESTORE_LOAD_ATTEMPTS),
             wait=wait_exponential(multiplier=0.2),
-            retry=retry_if_exception_type(StoreError),
+            retry=retry_if_exception(_transient),
             before_sleep=warn,
             reraise=True,
         )
@@ -301,3 +324,8 @@ def _backup(obj: Stateful) -> Any:
     if isinstance(obj, torch.optim.Optimizer):
         return obj.state_dict()
     return copy.deepcopy(obj.state_dict())
+
+
+def _transient(exc: BaseException) -> bool:
+    """A store error worth retrying at once; files out of reach (a moved folder, a permission) are not."""
+    return isinstance(exc, StoreError) and not isinstance(exc, CheckpointUnavailableError)

@@ -15,7 +15,7 @@ from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo
 from mlflow_persist._store.best import mark_corrupt
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.errors import CheckpointCorruptError, PersistError
+from mlflow_persist.errors import CheckpointCorruptError, CheckpointUnavailableError, PersistError
 
 __all__ = ["SystemCheckpoints"]
 
@@ -79,7 +79,21 @@ class SystemCheckpoints:
         state is the newest consistent one; a kill before the first cut completed). Behind a tracking server,
         where an outage can keep every marker from being written, the newest cut whose members are all
         registered is restored instead. Only a store without any cut (checkpoints from before cuts) falls back
-        to each model's own newest checkpoint. Returns what was restored, per name."""
+        to each model's own newest checkpoint. Returns what was restored, per name. A member whose files cannot be reached stops the restore
+        (CheckpointUnavailableError), or, with on_unavailable="fresh" for every model, everything starts fresh."""
+        try:
+            return self._restore_all(strict)
+        except CheckpointUnavailableError as exc:
+            if any(h.settings.on_unavailable == "fail" for h in self.handles.values()):
+                if "on_unavailable" in str(exc):
+                    raise
+                raise CheckpointUnavailableError(
+                    f"{exc} To start training without them, set on_unavailable='fresh' (nothing is lost either way)."
+                ) from None
+            log.error("%s Every model starts fresh, as on_unavailable='fresh' says.", exc)
+            return {}
+
+    def _restore_all(self, strict: bool) -> dict[str, RestoreInfo]:
         names = list(self.handles)
         for handle in self.handles.values():
             if handle.pipeline.outbox is not None and handle.pipeline.drain_outbox(blocking=True) > 0:

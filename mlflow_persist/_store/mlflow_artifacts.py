@@ -26,9 +26,15 @@ from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.versions import CHECKPOINTS_DIR, VersionInfo, checkpoint_dirname
 from mlflow_persist._store.mlflow_aliases import MlflowAliases
 from mlflow_persist._store.translate import local_path, translate, translated
-from mlflow_persist.errors import CheckpointCorruptError, StoreError, describe_store_error, is_unreachable
+from mlflow_persist.errors import (
+    CheckpointCorruptError,
+    CheckpointUnavailableError,
+    StoreError,
+    describe_store_error,
+    is_unreachable,
+)
 
-__all__ = ["UNREGISTERED_SWEEP_AGE_SECONDS", "MlflowArtifacts"]
+__all__ = ["UNREGISTERED_SWEEP_AGE_SECONDS", "MlflowArtifacts", "unavailable_message"]
 
 log = package_logger("mlflow_persist.store")
 
@@ -142,21 +148,34 @@ class MlflowArtifacts(MlflowAliases):
         path = local_path(info.source)
         if path is not None:
             if not path.is_dir():
-                raise CheckpointCorruptError(
-                    f"{path} of {info.name} v{info.version} is missing; the artifacts were deleted."
-                )
+                if path.parent.is_dir():  # the run's checkpoints are there, this one is not: it was deleted
+                    raise CheckpointCorruptError(
+                        f"{path} of {info.name} v{info.version} is missing; the artifacts were deleted."
+                    )
+                raise CheckpointUnavailableError(unavailable_message(info, str(path), "the folder does not exist"))
             yield path
             return
-        with tempfile.TemporaryDirectory(prefix="mlflow-persist-dl-") as tmp:
+        try:
+            tmp = tempfile.TemporaryDirectory(prefix="mlflow-persist-dl-")
+        except OSError as exc:  # a full or unwritable temporary directory: the bytes were never looked at
+            raise CheckpointUnavailableError(
+                unavailable_message(info, info.source, f"no temporary directory to download into: {exc}")
+            ) from None
+        with tmp:
             try:
                 local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=info.source, dst_path=tmp, tracking_uri=self.tracking_uri
+                    artifact_uri=info.source, dst_path=tmp.name, tracking_uri=self.tracking_uri
                 )
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - classified: only a missing object is a damaged version
                 if is_unreachable(exc):  # transient: the bytes may be fine, so nothing is tagged
                     raise translate(exc, f"download {info.name} v{info.version}") from None
-                raise CheckpointCorruptError(
-                    f"The artifacts of {info.name} v{info.version} cannot be downloaded ({describe_store_error(exc)})."
+                if _is_missing(exc):
+                    raise CheckpointCorruptError(
+                        f"The artifacts of {info.name} v{info.version} are missing from {info.source} "
+                        f"({describe_store_error(exc)}); they were deleted."
+                    ) from None
+                raise CheckpointUnavailableError(
+                    unavailable_message(info, info.source, describe_store_error(exc))
                 ) from None
             yield Path(local)
 
@@ -164,7 +183,12 @@ class MlflowArtifacts(MlflowAliases):
     def load_version(self, info: VersionInfo) -> CheckpointState:
         """Download, verify against the checksum recorded at registration, and load with weights_only=True."""
         with self.checkpoint_dir(info) as directory:
-            state = read_checkpoint_dir(directory, expected=info.digest)
+            try:
+                state = read_checkpoint_dir(directory, expected=info.digest)
+            except OSError as exc:  # present but not readable (permission, I/O): nothing is known of the bytes
+                raise CheckpointUnavailableError(
+                    unavailable_message(info, str(directory), f"{exc.strerror or exc} reading {exc.filename}")
+                ) from None
         state.name, state.version = info.name, info.version
         state.category = info.category if info.category != "unknown" else state.category
         return state
@@ -179,3 +203,23 @@ def _newest_mtime(path: Path) -> float:
     except OSError:
         return 0.0
     return max(times)
+
+
+def unavailable_message(info: VersionInfo, where: str, reason: str) -> str:
+    return (
+        f"The files of {info.name} v{info.version} at {where} cannot be reached ({reason}); nothing was tagged or "
+        "deleted. If the project folder was moved or copied, open the store at its new place (its mlruns/ must be "
+        "beside mlflow.db); otherwise restore access to that location and retry."
+    )
+
+
+def _is_missing(exc: BaseException) -> bool:
+    """The store answered that the object does not exist (as opposed to refusing or failing)."""
+    code = str(getattr(exc, "error_code", "") or "")
+    text = str(exc)
+    return (
+        isinstance(exc, FileNotFoundError)
+        or code == "RESOURCE_DOES_NOT_EXIST"
+        or "NoSuchKey" in text
+        or "404" in text.split("\n", 1)[0]
+    )

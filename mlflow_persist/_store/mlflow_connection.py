@@ -13,14 +13,25 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlflow_persist._format.atomic import user_cache_dir
+from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.versions import VersionInfo
+from mlflow_persist._store.artifact_root import (
+    ARTIFACT_ROOT_TAG,
+    BESIDE_STORE,
+    DEFAULT_ROOT_NAME,
+    ArtifactRoot,
+    artifact_root,
+)
 from mlflow_persist._store.mlflow_env import make_sqlite_commits_durable
-from mlflow_persist._store.sqlite import sqlite_dir
+from mlflow_persist._store.sqlite import sqlite_dir, sqlite_file
+from mlflow_persist._store.translate import local_path
 from mlflow_persist.errors import StoreUnavailableError, describe_store_error, redact_credentials
 
 __all__ = ["EXPERIMENT_KIND_TAG", "MlflowConnection"]
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+log = package_logger("mlflow_persist.store")
 
 
 class MlflowConnection:
@@ -43,6 +54,7 @@ class MlflowConnection:
         self._artifact_uris: dict[str, str] = {}
         self._known_models: set[str] = set()
         self._generations: dict[str, int] = {}
+        self.artifact_root: ArtifactRoot | None = None  # the embedded store's artifacts where they are now
         self.experiment_id = self._ensure_experiment(experiment_name, artifact_location)
 
     @functools.cached_property
@@ -65,22 +77,44 @@ class MlflowConnection:
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)
-            return experiment.experiment_id
+            self._locate_artifacts(experiment)
+            return str(experiment.experiment_id)
         db_dir = sqlite_dir(self.tracking_uri)
+        tags = {EXPERIMENT_KIND_TAG: "custom_model_development"}
         if artifact_location is None and db_dir is not None:
-            artifact_location = (db_dir / "mlruns").as_uri()
+            artifact_location = (db_dir / DEFAULT_ROOT_NAME).as_uri()
+            tags[ARTIFACT_ROOT_TAG] = BESIDE_STORE
         try:
-            return self.client.create_experiment(
-                name,
-                artifact_location=artifact_location,
-                tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
-            )
+            self.client.create_experiment(name, artifact_location=artifact_location, tags=tags)
         except MlflowException:
-            # Another process created it between our lookup and our create.
-            experiment = self.client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-            return experiment.experiment_id
+            pass  # another process created it between our lookup and our create
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            raise StoreUnavailableError(f"The experiment {name!r} could not be created in {self.description}.")
+        self._locate_artifacts(experiment)
+        return str(experiment.experiment_id)
+
+    def _locate_artifacts(self, experiment: Any) -> None:
+        db_file = sqlite_file(self.tracking_uri)
+        if db_file is None:
+            return
+        recorded = local_path(experiment.artifact_location or "")
+        tagged = (experiment.tags or {}).get(ARTIFACT_ROOT_TAG) == BESIDE_STORE
+        self.artifact_root = artifact_root(db_file, recorded, tagged)
+        if self.artifact_root.recorded is not None:
+            log.info(
+                "the store's folder moved: artifacts recorded under %s are read and written under %s",
+                self.artifact_root.recorded,
+                self.artifact_root.actual,
+            )
+
+    def relocate_uri(self, uri: str) -> str:
+        """A recorded artifact URI as it is now (the embedded store's folder may have moved)."""
+        path = local_path(uri) if self.artifact_root is not None else None
+        if path is None or self.artifact_root is None:
+            return uri
+        moved = self.artifact_root.relocate(path)
+        return uri if moved == path else moved.as_uri()
 
     def registry_generation(self, name: str) -> int:
         return self._generations.get(name, 0)
@@ -103,12 +137,11 @@ class MlflowConnection:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
         return FileLock(str(self._lock_dir / f"{safe}.lock"), timeout=timeout)
 
-    @staticmethod
-    def _to_info(mv: Any) -> VersionInfo:
+    def _to_info(self, mv: Any) -> VersionInfo:
         return VersionInfo(
             name=mv.name,
             version=int(mv.version),
-            source=mv.source,
+            source=self.relocate_uri(mv.source),
             run_id=mv.run_id,
             tags=dict(mv.tags or {}),
             aliases=list(getattr(mv, "aliases", []) or []),

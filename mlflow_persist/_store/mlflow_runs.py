@@ -66,7 +66,7 @@ class MlflowRuns(MlflowConnection):
     @translated("read the run's artifact location")
     def artifact_uri(self, run_id: str) -> str:
         if run_id not in self._artifact_uris:
-            self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
+            self._artifact_uris[run_id] = self.relocate_uri(self.client.get_run(run_id).info.artifact_uri)
         return self._artifact_uris[run_id]
 
     def local_artifact_dir(self, run_id: str) -> Path | None:

@@ -16,6 +16,7 @@ def test_public_api_is_pinned() -> None:
             "CheckpointCorruptError",
             "CheckpointMismatchError",
             "CheckpointState",
+            "CheckpointUnavailableError",
             "CheckpointStore",
             "ConfigError",
             "DiskFullError",
