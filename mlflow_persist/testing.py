@@ -238,7 +238,9 @@ class MemoryStore:
         with self._guard:
             self._artifacts.pop(info.source, None)
 
-    def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 60.0) -> list[str]:
+    def sweep_partial_checkpoints(
+        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None
+    ) -> list[str]:
         return []  # writes are atomic in memory: nothing is ever left half-written
 
     def artifact_sources(self) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ __all__ = [
     "find_version",
     "recorded_digest",
     "tag",
+    "written_for",
 ]
 
 SHA256 = "sha256"
@@ -66,8 +68,21 @@ def digest_tags(digest: Digest) -> dict[str, str]:
 
 
 def checkpoint_dirname(model_name: str, step: int) -> str:
-    """A fresh, unique directory name for a checkpoint of `model_name` at `step`."""
+    """A fresh, unique directory name for a checkpoint of the registered model `model_name` at `step`."""
     return f"{model_name}-{step:010d}-{uuid.uuid4().hex[:8]}"
+
+
+_DIRNAME_TAIL = re.compile(r"-[0-9]{10}-[0-9a-f]{8}$")
+
+
+def written_for(dirname: str, model_name: str, staging_prefix: str = "") -> bool:
+    """Whether `dirname` (a checkpoint directory, or its staging name) was named by `checkpoint_dirname` for
+    exactly `model_name`: the name, then `-<10-digit step>-<8 hex>` and nothing else, so `net` never claims
+    `net-b`'s or `x_net`'s directories."""
+    if staging_prefix and dirname.startswith(staging_prefix):
+        dirname = dirname[len(staging_prefix) :]
+    match = _DIRNAME_TAIL.search(dirname)
+    return match is not None and dirname[: match.start()] == model_name
 
 
 @dataclass

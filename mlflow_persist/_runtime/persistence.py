@@ -204,7 +204,7 @@ class Persistence(SystemCheckpoints):
         )
         self.handles[name] = handle
         try:
-            self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds)
+            self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds, owner=registered_name)
         except Exception as exc:  # noqa: BLE001 - sweeping leftovers is housekeeping
             log.warning("could not sweep leftovers of interrupted saves for %s: %s", name, exc)
         return handle

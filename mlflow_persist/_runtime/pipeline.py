@@ -99,7 +99,7 @@ class SavePipeline(OutboxDrain):
                 model=self.name,
                 registered_name=self.registered_name,
                 run_id=self.run_id,
-                dirname=checkpoint_dirname(self.name, job.step),
+                dirname=checkpoint_dirname(self.registered_name, job.step),
                 payload=job.payload,
                 category=job.category,
                 step=job.step,
@@ -112,7 +112,7 @@ class SavePipeline(OutboxDrain):
             self.drain_outbox()
             return entry
         try:
-            source, written = self.store.write_checkpoint(self.run_id, self.name, job.step, job.payload)
+            source, written = self.store.write_checkpoint(self.run_id, self.registered_name, job.step, job.payload)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self.guard.free(

@@ -23,7 +23,7 @@ from mlflow_persist._format.payload import (
     write_checkpoint_dir,
 )
 from mlflow_persist._observe.logs import package_logger
-from mlflow_persist._policy.versions import CHECKPOINTS_DIR, VersionInfo, checkpoint_dirname
+from mlflow_persist._policy.versions import CHECKPOINTS_DIR, VersionInfo, checkpoint_dirname, written_for
 from mlflow_persist._store.mlflow_aliases import MlflowAliases
 from mlflow_persist._store.translate import local_path, translate, translated
 from mlflow_persist.errors import (
@@ -87,25 +87,28 @@ class MlflowArtifacts(MlflowAliases):
         return f"{self.artifact_uri(run_id)}/{relative}"
 
     @translated("sweep leftovers of interrupted saves")
-    def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 60.0) -> list[str]:
-        """Delete leftovers of interrupted saves: temporary directories, and directories no version uses.
+    def sweep_partial_checkpoints(
+        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None
+    ) -> list[str]:
+        """Delete leftovers of `owner`'s interrupted saves in the run: its temporary directories, and its
+        directories no registered version of any model points to.
 
-        Only temporary directories untouched (neither they nor their files modified) for `max_age_seconds` go,
-        so a save another process is writing right now is left alone; complete directories no version uses
-        wait at least UNREGISTERED_SWEEP_AGE_SECONDS, as another process may be about to register them.
+        A directory goes only when its name proves `owner`'s pipeline wrote it (`written_for`): a run shared by
+        two configurations (another prefix) or a folder someone else put there is left alone, and so is every
+        directory any version of any registered model uses. Temporary directories go once untouched (neither
+        they nor their files modified) for `max_age_seconds`, so a save another process is writing right now is
+        left alone; complete directories no version uses wait at least UNREGISTERED_SWEEP_AGE_SECONDS, as
+        another process may be about to register them. Without an `owner`, nothing is swept.
         """
         local_root = self.local_artifact_dir(run_id)
-        if local_root is None or not (local_root / CHECKPOINTS_DIR).is_dir():
+        if owner is None or local_root is None or not (local_root / CHECKPOINTS_DIR).is_dir():
             return []
-        used = set()
-        for name in self.registered_models_for_run(run_id):
-            for info in self.list_versions(name):
-                path = local_path(info.source)
-                if path is not None:
-                    used.add(path.name)
+        used = {path.name for path in self._sources_in_run(run_id)}
         removed = []
         now = time.time()
         for entry in (local_root / CHECKPOINTS_DIR).iterdir():
+            if not written_for(entry.name, owner, STAGING_PREFIX):
+                continue
             limit = (
                 max_age_seconds
                 if entry.name.startswith(STAGING_PREFIX)
@@ -118,6 +121,20 @@ class MlflowArtifacts(MlflowAliases):
         if removed:
             log.info("swept %d leftover checkpoint directories of interrupted saves in run %s", len(removed), run_id)
         return removed
+
+    def _sources_in_run(self, run_id: str) -> list[Path]:
+        """The local directories that registered versions of any model, created from this run, point to."""
+        sources: list[Path] = []
+        token = None
+        while True:
+            page = self.registry.search_model_versions(f"run_id = '{run_id}'", max_results=1000, page_token=token)
+            for mv in page:
+                path = local_path(self.relocate_uri(mv.source))
+                if path is not None:
+                    sources.append(path)
+            token = page.token
+            if not token:
+                return sources
 
     @translated("delete the checkpoint's artifacts")
     def delete_artifacts(self, info: VersionInfo) -> None:

@@ -59,8 +59,11 @@ class CheckpointStore(Protocol):
     def delete_artifacts(self, info: VersionInfo) -> None:
         """Stage `delete`: remove the bytes of a version (the caller knows no remaining version shares them)."""
 
-    def sweep_partial_checkpoints(self, run_id: str, max_age_seconds: float = 60.0) -> list[str]:
-        """Remove leftovers of interrupted saves of a run; returns what was removed."""
+    def sweep_partial_checkpoints(
+        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None
+    ) -> list[str]:
+        """Remove leftovers of `owner`'s interrupted saves in a run (only what its own pipeline provably wrote
+        and no registered version uses); returns what was removed."""
 
     # registry -----------------------------------------------------------------------------------------
     def register_version(
