@@ -43,7 +43,7 @@ from mlflow_persist._format.digest import (
 )
 from mlflow_persist._format.direct_io import DirectFile
 from mlflow_persist._format.timestamps import utc_now_iso
-from mlflow_persist.errors import CheckpointCorruptError
+from mlflow_persist.errors import CheckpointCorruptError, PersistError
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -292,7 +292,13 @@ def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> Written
     """Serialize `payload` into `directory`: checkpoint.pt (digested on the way) and manifest.json.
 
     Durability is the caller's: write into the staging directory of `atomic.atomic_directory`, which fsyncs
-    the files and renames the directory into place."""
+    the files and renames the directory into place. A payload without `model_state` is refused before any
+    byte is written: it could never be restored, and must never become a registered version."""
+    if not isinstance(payload, Mapping) or "model_state" not in payload:
+        raise PersistError(
+            "refusing to write a checkpoint without model_state (an empty or released snapshot); this is a bug "
+            "in the caller: report it, the previous checkpoints are untouched."
+        )
     directory.mkdir(parents=True, exist_ok=True)
     with DirectFile(directory / CHECKPOINT_FILE) as handle:
         writer = _DigestingWriter(handle)

@@ -22,7 +22,7 @@ from typing import Any
 from filelock import FileLock
 
 from mlflow_persist._format.atomic import atomic_directory, durable_directory, is_staging
-from mlflow_persist._format.digest import SHA256, Digest
+from mlflow_persist._format.digest import SHA256, Digest, digest_file
 from mlflow_persist._format.payload import CHECKPOINT_FILE, MANIFEST_FILE, WrittenCheckpoint, write_checkpoint_dir
 
 __all__ = ["ENTRY_FILE", "Outbox", "OutboxEntry", "default_outbox_root"]
@@ -151,12 +151,15 @@ class Outbox:
 
     @staticmethod
     def is_intact(entry: OutboxEntry) -> bool:
-        """Whether the entry still holds its manifest and a checkpoint file of the recorded size."""
+        """Whether the entry still holds its manifest and a checkpoint file of the recorded size and digest (a
+        damaged entry must never become a registered version)."""
+        checkpoint = entry.directory / CHECKPOINT_FILE
         try:
-            return (entry.directory / MANIFEST_FILE).is_file() and (
-                entry.directory / CHECKPOINT_FILE
-            ).stat().st_size == entry.size_bytes
-        except OSError:
+            if not (entry.directory / MANIFEST_FILE).is_file() or checkpoint.stat().st_size != entry.size_bytes:
+                return False
+            expected = entry.checksum
+            return digest_file(checkpoint, expected.algorithm).hexdigest == expected.hexdigest
+        except (OSError, ValueError):
             return False
 
     def quarantine(self, entry: OutboxEntry) -> Path:

@@ -94,6 +94,9 @@ class SavePipeline(OutboxDrain):
             job.ready()  # GPU snapshots: the host buffers are complete only after their copies ran
         self.guard.ensure_space(self.guarded())
         if self.outbox is not None:
+            if job.stored is not None:  # a retry after the entry was written: its snapshot is gone, drain only
+                self.drain_outbox()
+                return job.stored
             self._bound_outbox(job)
             entry = self.outbox.put(
                 model=self.name,
@@ -108,7 +111,7 @@ class SavePipeline(OutboxDrain):
                 also=list(job.also),
                 tags=job.tags,
             )
-            job.payload = {}
+            job.stored, job.payload = entry, {}
             self.drain_outbox()
             return entry
         try:
