@@ -27,7 +27,7 @@ log = package_logger("mlflow_persist.alerts")
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # save_failures | degradation | disk | revert_failed
+    kind: str  # save_failures | degradation | disk | revert_failed | cut_abandoned
     model: str
     message: str
     details: dict[str, Any] = field(default_factory=dict)

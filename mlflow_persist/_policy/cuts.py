@@ -9,8 +9,9 @@ together on the training thread at one step boundary. Each member version carrie
   (and whatever else the cut waits for, such as episodes, is durable). It is recorded last: a cut whose
   marker is missing on all members was interrupted and is never restored.
 
-A cut counts as complete when at least one member carries the marker, every declared member still has an
-intact version with the cut's id, and none of them is tagged corrupt.
+A cut counts as complete when every declared member still has an intact version with the cut's id and every one
+of them carries the marker (a crash between two marker writes leaves a cut that is never restored), and none of
+them is tagged corrupt.
 """
 
 from __future__ import annotations
@@ -73,7 +74,6 @@ def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]], requi
     cut whose declared members are all registered and intact, marked or not."""
     found: dict[str, dict[str, VersionInfo]] = {}
     declared: dict[str, set[str]] = {}
-    marked: set[str] = set()
     for member, versions in versions_by_member.items():
         for info in versions:
             cut_id = info.cut
@@ -84,13 +84,12 @@ def complete_cuts(versions_by_member: Mapping[str, Sequence[VersionInfo]], requi
                 found[cut_id][member] = info
             names = {n for n in info.tags.get(CUT_MEMBERS_TAG, "").split(",") if n}
             declared.setdefault(cut_id, set()).update(names or {member})
-            if info.cut_complete:
-                marked.add(cut_id)
-    candidates = marked if require_marker else set(found)
     cuts = [
-        Cut(cut_id, found[cut_id])
-        for cut_id in candidates
-        if declared[cut_id] <= set(found[cut_id]) and not any(v.corrupt for v in found[cut_id].values())
+        Cut(cut_id, members)
+        for cut_id, members in found.items()
+        if declared[cut_id] <= set(members)
+        and not any(v.corrupt for v in members.values())
+        and (not require_marker or all(v.cut_complete for v in members.values()))
     ]
     return sorted(cuts, key=lambda c: (c.sequence, c.id), reverse=True)
 

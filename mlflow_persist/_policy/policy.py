@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +20,7 @@ __all__ = [
     "CATEGORIES",
     "EPISODE",
     "FINAL",
+    "KEEP_MARKED_CUTS",
     "LEGACY",
     "NO_SAVE",
     "PERFORMANCE",
@@ -280,15 +281,20 @@ def select_best(versions: Iterable[VersionSummary], mode: Mode, monitor: str | N
     return min(candidates, key=_sort_key_best(mode))
 
 
-def _protected(versions: Sequence[VersionSummary], best_version: int | None) -> set[int]:
-    """Never deleted: the newest version, `best`, and this model's member of the newest complete system
-    checkpoint (the cut a restart resumes from)."""
-    protected = {max(v.version for v in versions)}
+#: Each model keeps its members of this many newest marked cuts: one model's versions cannot show whether its
+#: newest marked cut is complete (a crash between two marker writes), so the one before is kept as well.
+KEEP_MARKED_CUTS = 2
+
+
+def _protected(versions: Sequence[VersionSummary], best_version: int | None, keep: Collection[int] = ()) -> set[int]:
+    """Never deleted: the newest version, `best`, this model's members of its newest marked system checkpoints
+    (KEEP_MARKED_CUTS), and `keep` (its member of the newest complete cut, as the runtime knows it across
+    models: the cut a restart resumes from)."""
+    protected = {max(v.version for v in versions), *keep}
     if best_version is not None:
         protected.add(best_version)
-    in_cuts = [v.version for v in versions if v.cut_complete and not v.corrupt]
-    if in_cuts:
-        protected.add(max(in_cuts))
+    in_cuts = sorted(v.version for v in versions if v.cut_complete and not v.corrupt)
+    protected.update(in_cuts[-KEEP_MARKED_CUTS:])
     return protected
 
 
@@ -300,39 +306,42 @@ def retention_deletions(
     keep_final: int,
     best_version: int | None,
     keep_episode: int = 3,
+    keep: Collection[int] = (),
 ) -> list[int]:
     """Versions that fall out of the windows: performance beyond the top `keep_best`, periodic beyond the
     newest `keep_periodic`, final beyond the newest `keep_final`, episode beyond the newest `keep_episode`.
-    Never the `best` version, the newest version or the newest complete cut's member; legacy, rollback and
-    corrupt versions are left to the operator."""
+    Never the `best` version, the newest version, the newest complete cut's member or a version in `keep`;
+    legacy, rollback and corrupt versions are left to the operator."""
     if not versions:
         return []
     mode = recorded_mode(versions, mode)
-    protected = _protected(versions, best_version)
+    protected = _protected(versions, best_version, keep)
     delete: list[int] = []
     performance = sorted(
         (v for v in versions if v.category == PERFORMANCE and not v.corrupt and not v.superseded),
         key=_sort_key_best(mode),
     )
     delete += [v.version for v in performance[keep_best:]]
-    for category, keep in ((PERIODIC, keep_periodic), (FINAL, keep_final), (EPISODE, keep_episode)):
+    for category, window_size in ((PERIODIC, keep_periodic), (FINAL, keep_final), (EPISODE, keep_episode)):
         window = sorted(
             (v for v in versions if v.category == category and not v.corrupt and not v.superseded),
             key=lambda v: v.version,
             reverse=True,
         )
-        delete += [v.version for v in window[keep:]]
+        delete += [v.version for v in window[window_size:]]
     return sorted(v for v in delete if v not in protected)
 
 
-def disk_pressure_order(versions: Sequence[VersionSummary], mode: Mode, best_version: int | None) -> list[int]:
+def disk_pressure_order(
+    versions: Sequence[VersionSummary], mode: Mode, best_version: int | None, keep: Collection[int] = ()
+) -> list[int]:
     """Deletion order when the disk runs short: episode and periodic oldest first, then final oldest first,
-    then performance worst first. Never the `best` version, the newest version or the newest complete cut's
-    member."""
+    then performance worst first. Never the `best` version, the newest version, the newest complete cut's
+    member or a version in `keep`."""
     if not versions:
         return []
     mode = recorded_mode(versions, mode)
-    protected = _protected(versions, best_version)
+    protected = _protected(versions, best_version, keep)
     live = [v for v in versions if not v.superseded]
     periodic = sorted((v for v in live if v.category in (PERIODIC, EPISODE)), key=lambda v: v.version)
     final = sorted((v for v in live if v.category == FINAL), key=lambda v: v.version)

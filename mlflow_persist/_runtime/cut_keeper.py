@@ -17,13 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlflow_persist._observe.logs import package_logger
-from mlflow_persist._policy.cuts import CUT_COMPLETE_TAG
+from mlflow_persist._policy.cuts import CUT_COMPLETE_TAG, cut_sequence
 from mlflow_persist._policy.versions import VersionInfo
 from mlflow_persist._runtime.writer import SaveJob
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.errors import describe_store_error
 
-__all__ = ["MAX_PENDING_CUTS", "POLL_SECONDS", "RECENT_CUTS", "CutKeeper", "PendingCut"]
+__all__ = [
+    "MARK_RETRY_SECONDS",
+    "MAX_MARK_ATTEMPTS",
+    "MAX_PENDING_CUTS",
+    "POLL_SECONDS",
+    "RECENT_CUTS",
+    "CutKeeper",
+    "PendingCut",
+]
 
 log = package_logger("mlflow_persist.cuts")
 
@@ -32,6 +40,9 @@ MAX_PENDING_CUTS = 16
 #: Cuts remembered by id after they ended (for `find`).
 RECENT_CUTS = 8
 POLL_SECONDS = 0.25
+#: Passes that may fail to write a cut's marker before the cut is given up (with one alert).
+MAX_MARK_ATTEMPTS = 8
+MARK_RETRY_SECONDS = 1.0
 
 
 @dataclass
@@ -43,11 +54,16 @@ class PendingCut:
     versions: dict[str, VersionInfo] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     outcome: str = "pending"  # pending | complete | abandoned
+    mark_failures: int = 0
 
 
 class CutKeeper:
-    def __init__(self, store: CheckpointStore) -> None:
+    def __init__(self, store: CheckpointStore, on_given_up: Callable[[PendingCut, str], None] | None = None) -> None:
         self._store = store
+        self._on_given_up = on_given_up
+        #: registered model name -> its version in the newest complete cut this process knows (kept by retention)
+        self._newest_complete: dict[str, int] = {}
+        self._newest_sequence = -1
         self._pending: deque[PendingCut] = deque()
         self._recent: OrderedDict[str, PendingCut] = OrderedDict()
         self._cond = threading.Condition()
@@ -68,6 +84,19 @@ class CutKeeper:
                 self._abandon(self._pending.popleft(), "too many cuts wait for their members to be stored")
             self._cond.notify_all()
         return cut
+
+    def record_complete(self, cut_id: str, versions: dict[str, int]) -> None:
+        """Remember the newest complete cut (registered name -> version); an older one never replaces it."""
+        sequence = cut_sequence(cut_id)
+        with self._cond:
+            if sequence >= self._newest_sequence:
+                self._newest_sequence, self._newest_complete = sequence, dict(versions)
+
+    def protected(self, registered_name: str) -> set[int]:
+        """The version of `registered_name` that is a member of the newest complete cut (retention keeps it)."""
+        with self._cond:
+            version = self._newest_complete.get(registered_name)
+        return set() if version is None else {version}
 
     def find(self, cut_id: str) -> PendingCut | None:
         """A cut taken recently by this process, pending or ended (None when unknown or long past)."""
@@ -138,9 +167,17 @@ class CutKeeper:
             for _name, info in cut.versions.items():
                 self._store.set_version_tag(info.name, info.version, CUT_COMPLETE_TAG, "true")
         except Exception as exc:  # noqa: BLE001 - retried at the next pass; the cut stays incomplete meanwhile
-            log.warning("cut %s: could not record its completion yet (%s); retrying", cut.id, describe_store_error(exc))
-            time.sleep(1.0)
+            cut.mark_failures += 1
+            reason = describe_store_error(exc)
+            if cut.mark_failures >= MAX_MARK_ATTEMPTS:
+                self._abandon(cut, f"its completion could not be recorded in {cut.mark_failures} tries ({reason})")
+                if self._on_given_up is not None:
+                    self._on_given_up(cut, reason)
+                return cut.outcome
+            log.warning("cut %s: could not record its completion yet (%s); retrying", cut.id, reason)
+            time.sleep(MARK_RETRY_SECONDS)
             return "pending"
+        self.record_complete(cut.id, {cut.registered_names[n]: info.version for n, info in cut.versions.items()})
         cut.outcome = "complete"
         self.completed += 1
         self.last_complete = cut.id

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +37,13 @@ class DiskGuard:
         min_free_mb: float,
         min_free_percent: float,
         models: Callable[[], Iterable[GuardedModel]],
+        keep: Callable[[str], Collection[int]] = lambda name: (),
     ) -> None:
         self._store = store
         self._min_free_mb = min_free_mb
         self._min_free_percent = min_free_percent
         self._models = models
+        self._keep = keep  # registered name -> versions never deleted (its member of the newest complete cut)
 
     def path(self, run_id: str) -> Path | None:
         return self._store.checkpoint_disk_path(run_id)
@@ -78,7 +80,7 @@ class DiskGuard:
                 result = prune(
                     self._store,
                     candidate.registered_name,
-                    functools.partial(_pressure_order, mode=candidate.mode),
+                    functools.partial(_pressure_order, mode=candidate.mode, keep=self._keep(candidate.registered_name)),
                     enough=lambda: not self.short_at(path, need_mb),
                     reason="disk-pressure cleanup",
                 )
@@ -100,6 +102,8 @@ class DiskGuard:
 __all__ = ["DiskGuard", "GuardedModel"]
 
 
-def _pressure_order(versions: Sequence[VersionSummary], best: int | None, *, mode: Mode) -> list[int]:
+def _pressure_order(
+    versions: Sequence[VersionSummary], best: int | None, *, mode: Mode, keep: Collection[int] = ()
+) -> list[int]:
     """`disk_pressure_order` with the model's mode bound (the prune path calls it with versions and best)."""
-    return disk_pressure_order(versions, mode, best)
+    return disk_pressure_order(versions, mode, best, keep)

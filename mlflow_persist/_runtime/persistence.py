@@ -24,12 +24,12 @@ import torch
 from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from mlflow_persist._format.naming import validate_model_name
-from mlflow_persist._observe.alerts import AlertDispatcher, AlertSink, command_sink, webhook_sink
+from mlflow_persist._observe.alerts import Alert, AlertDispatcher, AlertSink, command_sink, webhook_sink
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._observe.system_metrics import system_metrics
 from mlflow_persist._policy.policy import FINAL
 from mlflow_persist._policy.versions import HEALTH_TAG, tag
-from mlflow_persist._runtime.cut_keeper import CutKeeper
+from mlflow_persist._runtime.cut_keeper import CutKeeper, PendingCut
 from mlflow_persist._runtime.disk_guard import DiskGuard
 from mlflow_persist._runtime.handle import Evaluate, ModelHandle, Stateful
 from mlflow_persist._runtime.health import ModelHealth
@@ -110,12 +110,13 @@ class Persistence(SystemCheckpoints):
         self.handles: dict[str, ModelHandle] = {}
         self._state_steps: dict[str, Callable[[], int] | None] = {}  # application-state members of the cuts
         self._cut_sequence: int | None = None
-        self.cuts = CutKeeper(self.store)
+        self.cuts = CutKeeper(self.store, on_given_up=self._cut_given_up)
         self.guard = DiskGuard(
             self.store,
             self.config.min_free_disk_mb,
             self.config.min_free_disk_percent,
             lambda: [h.pipeline.guarded() for h in list(self.handles.values())],
+            keep=self.cuts.protected,
         )
         self.writer = CheckpointWriter(
             self._execute,
@@ -183,6 +184,7 @@ class Persistence(SystemCheckpoints):
             health=health,
             metrics=metrics,
             outbox_max_mb=self.config.outbox_max_mb,
+            cut_keep=self.cuts.protected,
         )
         handle = ModelHandle(
             name=name,
@@ -281,6 +283,17 @@ class Persistence(SystemCheckpoints):
             )
 
     # ------------------------------------------------------------------------------------- background
+
+    def _cut_given_up(self, cut: PendingCut, reason: str) -> None:
+        self.alerts.fire(
+            Alert(
+                "cut_abandoned",
+                "system",
+                f"system checkpoint {cut.id} was given up: its completion could not be recorded ({reason}); "
+                "a restart resumes from the previous complete one",
+                {"cut": cut.id, "members": sorted(cut.jobs)},
+            )
+        )
 
     def _execute(self, job: SaveJob) -> Any:
         return self.handles[job.model].pipeline.execute(job)

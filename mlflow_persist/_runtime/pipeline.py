@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from mlflow_persist._format.payload import FORMAT_VERSION
@@ -58,6 +58,7 @@ class SavePipeline(OutboxDrain):
         health: ModelHealth,
         metrics: MetricsBuffer,
         outbox_max_mb: float = 10240.0,
+        cut_keep: Callable[[str], Collection[int]] = lambda name: (),
     ) -> None:
         self.name = name
         self.registered_name = registered_name
@@ -69,6 +70,7 @@ class SavePipeline(OutboxDrain):
         self.health = health
         self.metrics = metrics
         self.outbox_max_mb = outbox_max_mb
+        self.cut_keep = cut_keep  # this model's member of the newest complete cut, kept by retention
         self.saves = 0
         self.last_version: int | None = None
         self.last_saved: tuple[int, int] | None = None  # (version, step) of the newest registered save
@@ -290,6 +292,7 @@ class SavePipeline(OutboxDrain):
                 settings.keep_final,
                 best_version,
                 settings.keep_episode,
+                keep=self.cut_keep(self.registered_name),
             ),
             versions=versions,
             best_version=_number(best),

@@ -176,6 +176,22 @@ class HandleRestore:
             f"{exc} To start training without them, set on_unavailable='fresh' (nothing is lost either way)."
         ) from None
 
+    def live_state(self) -> dict[str, Any]:
+        """Copies of the tracked objects' states and step, to put back if a system restore fails later."""
+        objects = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "extra": self.extra}
+        saved: dict[str, Any] = {k: _backup(o) for k, o in objects.items() if o is not None}
+        saved["model"] = copy.deepcopy(self.model.state_dict())  # _backup shares an optimizer's tensors only
+        saved["current_step"] = self.current_step
+        return saved
+
+    def put_back(self, saved: dict[str, Any]) -> None:
+        """Return the tracked objects to a `live_state()`."""
+        objects = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "extra": self.extra}
+        for key, obj in objects.items():
+            if obj is not None and key in saved:
+                obj.load_state_dict(saved[key])
+        self.current_step = saved["current_step"]
+
     def adopt_stored_best(self) -> VersionInfo | None:
         """Take the store's `best` as the value to beat (at restore); returns that version."""
         best = self._store.alias_version(self.registered_name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from mlflow_persist._format.fitting import model_state_fit
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.cuts import Cut, complete_cuts, cut_tags, declared_members, new_cut_id, next_cut_sequence
 from mlflow_persist._policy.policy import FINAL, PERIODIC
@@ -15,7 +16,12 @@ from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo
 from mlflow_persist._store.best import mark_corrupt
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.errors import CheckpointCorruptError, CheckpointUnavailableError, PersistError
+from mlflow_persist.errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    CheckpointUnavailableError,
+    PersistError,
+)
 
 __all__ = ["SystemCheckpoints"]
 
@@ -161,11 +167,31 @@ class SystemCheckpoints:
                 )
                 mark_corrupt(self.store, info, str(damage), handle.settings.mode, handle.tracker.monitor)
                 continue
+            if strict:  # every member must fit before any is applied: never half the models restored
+                misfits = {
+                    name: fit.describe()
+                    for name, state in states.items()
+                    if not (fit := model_state_fit(self.handles[name].model.state_dict(), state.model_state)).fits
+                }
+                if misfits:
+                    raise CheckpointMismatchError(
+                        f"System checkpoint {cut.id} does not fit the tracked "
+                        + "; ".join(f"{name} ({why})" for name, why in sorted(misfits.items()))
+                        + "; nothing was restored. Track the models it was saved with, or call "
+                        "restore_all(strict=False). The registry was left as it is."
+                    )
             restored: dict[str, RestoreInfo] = {}
-            for name, state in states.items():
-                handle = self.handles[name]
-                handle.adopt_stored_best()
-                restored[name] = handle.apply_version(members[name], state, versions[name], strict)
+            live = {name: self.handles[name].live_state() for name in states}
+            try:
+                for name, state in states.items():
+                    handle = self.handles[name]
+                    handle.adopt_stored_best()
+                    restored[name] = handle.apply_version(members[name], state, versions[name], strict)
+            except CheckpointMismatchError:
+                for name in restored:  # put back what was applied before the member that did not fit
+                    self.handles[name].put_back(live[name])
+                raise
+            self.cuts.record_complete(cut.id, {self.handles[n].registered_name: i.version for n, i in members.items()})
             log.info(
                 "restored system checkpoint %s (step %s): %s",
                 cut.id,

@@ -297,11 +297,18 @@ def test_complete_cuts_needs_the_marker_every_member_and_no_corruption() -> None
             _version("a", 3, c3, "a,b"),
             _version("a", 4, c4, "a,b", complete=True),
         ],
-        "b": [_version("b", 1, c1, "a,b"), _version("b", 2, c2, "a,b", corrupt=True), _version("b", 3, c3, "a,b")],
+        "b": [
+            _version("b", 1, c1, "a,b", complete=True),
+            _version("b", 2, c2, "a,b", corrupt=True),
+            _version("b", 3, c3, "a,b"),
+        ],
     }
-    # c4: b's member is missing; c3: no marker; c2: b's member is corrupt; c1: the marker on one member suffices
+    # c4: b's member is missing; c3: no marker; c2: b's member is corrupt; c1: complete
     assert [c.id for c in complete_cuts(versions)] == [c1]
     versions["b"].append(_version("b", 4, c4, "a,b"))
+    # c4's marker is on a only (a crash between the two marker writes): not complete
+    assert [c.id for c in complete_cuts(versions)] == [c1]
+    versions["b"][-1] = _version("b", 4, c4, "a,b", complete=True)
     assert [c.id for c in complete_cuts(versions)] == [c4, c1]
     assert complete_cuts(versions)[0].step == 4
     assert next_cut_sequence(versions) == 11 and cut_sequence(c4) == 10 and cut_sequence("foreign") == -1
