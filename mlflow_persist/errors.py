@@ -45,6 +45,15 @@ class CheckpointUnavailableError(StoreUnavailableError):
     temporary directory): nothing is known about its bytes, so it is never tagged corrupt."""
 
 
+class FinalCheckpointError(PersistError):
+    """`close()` ended without every final checkpoint stored (registered, or durable in the outbox), or with
+    checkpoints that could never be written; `report` (a `CloseReport`) says what happened to each."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class NotFoundError(PersistError):
     """A model, version, run, episode or data file that was asked for does not exist."""
 
@@ -126,6 +135,7 @@ __all__ = [
     "CheckpointUnavailableError",
     "ConfigError",
     "DiskFullError",
+    "FinalCheckpointError",
     "NotFoundError",
     "PersistError",
     "StoreError",

@@ -27,8 +27,11 @@ from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist._observe.alerts import Alert, AlertDispatcher, AlertSink, command_sink, webhook_sink
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._observe.system_metrics import system_metrics
-from mlflow_persist._policy.policy import FINAL
 from mlflow_persist._policy.versions import HEALTH_TAG, tag
+from mlflow_persist._runtime.close_report import (
+    CloseReport,
+)
+from mlflow_persist._runtime.closing import Closing
 from mlflow_persist._runtime.cut_keeper import CutKeeper, PendingCut
 from mlflow_persist._runtime.disk_guard import DiskGuard
 from mlflow_persist._runtime.handle import Evaluate, ModelHandle, Stateful
@@ -62,7 +65,7 @@ def open_mlflow_store(config: PersistConfig) -> CheckpointStore:
     return MlflowStore(config.tracking_uri, config.experiment_name, config.artifact_location)
 
 
-class Persistence(SystemCheckpoints):
+class Persistence(Closing, SystemCheckpoints):
     """Opens the store, starts the background writer and the scheduler job; `close()` saves final checkpoints.
 
     `store`: any `CheckpointStore` (default: the MLflow store of `config.tracking_uri`); tests pass
@@ -126,6 +129,7 @@ class Persistence(SystemCheckpoints):
             on_failure=self._on_failure,
         )
         self._closed = False
+        self._close_report: CloseReport | None = None
         self._stopping = False
         self._close_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -239,49 +243,6 @@ class Persistence(SystemCheckpoints):
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def close(self, final_checkpoints: bool = True, timeout: float | None = 600.0) -> None:
-        """Flush everything, save a `final` checkpoint per model, finish the runs."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        try:
-            if final_checkpoints and self.handles:
-                try:
-                    self.save_all(FINAL)
-                except Exception as exc:  # noqa: BLE001
-                    log.error("the final checkpoints could not be taken: %s", exc)
-            self.writer.close(timeout=timeout)
-            for handle in list(self.handles.values()):
-                waiting = handle.pipeline.drain_outbox(blocking=True)
-                if waiting > 0 and self.outbox is not None:
-                    log.warning(
-                        "%s: %d checkpoint(s) wait in the outbox %s; they are registered at the next start",
-                        handle.name,
-                        waiting,
-                        self.outbox.root / handle.registered_name,
-                    )
-            self.cuts.close(timeout=30.0 if self.outbox is None else 5.0)
-        finally:
-            self.job.stop()
-            self._final_metrics_flush()
-            for handle in list(self.handles.values()):
-                try:
-                    self.store.finish_run(handle.run_id)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("could not mark the run of %s finished: %s", handle.name, exc)
-            self.alerts.close()
-            self._signals.uninstall()
-            if self._unregister_atexit is not None:
-                self._unregister_atexit()
-        lost = list(self.writer.failed)
-        if lost:
-            summary = ", ".join(f"{j.model} step {j.step} ({j.category}): {j.error}" for j in lost[:5])
-            raise PersistError(
-                f"{len(lost)} checkpoint(s) could never be written ({summary}); check the store and disk, then "
-                "restart to resume from the last saved checkpoint."
-            )
-
     # ------------------------------------------------------------------------------------- background
 
     def _cut_given_up(self, cut: PendingCut, reason: str) -> None:
@@ -385,10 +346,3 @@ class Persistence(SystemCheckpoints):
         finally:
             logging.shutdown()
             os._exit(128 + signum)
-
-    def _close_at_exit(self) -> None:
-        if not self._closed:
-            try:
-                self.close()
-            except Exception as exc:  # noqa: BLE001
-                log.error("%s", exc)

@@ -13,6 +13,7 @@ from mlflow_persist._policy.policy import FINAL, PERIODIC
 from mlflow_persist._policy.versions import VersionInfo
 from mlflow_persist._runtime.cut_keeper import CutKeeper, PendingCut
 from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo
+from mlflow_persist._runtime.writer import SaveJob
 from mlflow_persist._store.best import mark_corrupt
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
@@ -37,6 +38,7 @@ class SystemCheckpoints:
     cuts: CutKeeper
     _state_steps: dict[str, Callable[[], int] | None]
     _cut_sequence: int | None
+    last_cut_jobs: dict[str, SaveJob] = {}  # noqa: RUF012 - replaced, never mutated, per instance by save_all
 
     def save_all(self, category: str = PERIODIC, *, wait_for: Iterable[Callable[[], bool]] = ()) -> str:
         """Snapshot every tracked model and application state now, at this step boundary, as one system
@@ -60,6 +62,7 @@ class SystemCheckpoints:
                 log.error("cut %s: %s could not be snapshotted; this system checkpoint stays incomplete", cut_id, name)
             else:
                 jobs[name] = job
+        self.last_cut_jobs = dict(jobs)
         if len(jobs) == len(self.handles):
             self.cuts.add(
                 PendingCut(cut_id, jobs, {n: h.registered_name for n, h in self.handles.items()}, list(wait_for))

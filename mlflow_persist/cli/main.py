@@ -37,10 +37,12 @@ from mlflow_persist.cli.schema import (
     EXIT_CORRUPT,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
+    EXIT_NO_FINAL_CHECKPOINT,
     EXIT_OK,
     EXIT_UNREACHABLE,
 )
 from mlflow_persist.errors import (
+    FinalCheckpointError,
     PersistError,
     StoreUnavailableError,
     describe_store_error,
@@ -314,6 +316,8 @@ def run_app(app_: typer.Typer, argv: list[str] | None = None, prefix: str = "mlf
         result = app_(args=argv, standalone_mode=False)
     except PersistError as exc:
         typer.echo(f"{prefix}: {_one_line(str(exc))}", err=True)
+        if isinstance(exc, FinalCheckpointError):
+            return EXIT_NO_FINAL_CHECKPOINT
         return EXIT_UNREACHABLE if isinstance(exc, StoreUnavailableError) else EXIT_ERROR
     except SystemExit as exc:
         if isinstance(exc.code, int) or exc.code is None:

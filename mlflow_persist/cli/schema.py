@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlflow_persist._runtime.close_report import EXIT_NO_FINAL_CHECKPOINT  # a process without its final checkpoint
+
 #: Integer carried as `schema_version` at the top level of every `--json` output.
 SCHEMA_VERSION = 1
 
@@ -25,6 +27,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_USAGE: "usage error",
     EXIT_CORRUPT: "verify found corrupt versions",
     EXIT_UNREACHABLE: "store unreachable",
+    EXIT_NO_FINAL_CHECKPOINT: "ended without its final checkpoint",
     EXIT_INTERRUPTED: "interrupted",
 }
 
@@ -55,6 +58,7 @@ __all__ = [
     "EXIT_CORRUPT",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
+    "EXIT_NO_FINAL_CHECKPOINT",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",

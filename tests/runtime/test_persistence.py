@@ -215,12 +215,16 @@ class Unsavable:
 
 
 def test_a_snapshot_that_cannot_be_taken_never_stops_training(sqlite_uri: str) -> None:
-    with mp.Persistence(_config(sqlite_uri)) as persist:
-        handle = persist.track("dqn", torch.nn.Linear(2, 2), extra=Unsavable())
-        for value in (3.0, 2.0, 1.0):
-            handle.step(loss=value)  # each is an improvement; none can be snapshotted
-        assert handle.failures == 3 and handle.current_step == 3
-        assert handle.save("final") is None
-        with pytest.raises(mp.PersistError, match="category"):
-            handle.save("bogus")
+    from mlflow_persist.errors import FinalCheckpointError
+
+    with pytest.raises(FinalCheckpointError) as closed:  # close() says the final checkpoint is missing
+        with mp.Persistence(_config(sqlite_uri)) as persist:
+            handle = persist.track("dqn", torch.nn.Linear(2, 2), extra=Unsavable())
+            for value in (3.0, 2.0, 1.0):
+                handle.step(loss=value)  # each is an improvement; none can be snapshotted
+            assert handle.failures == 3 and handle.current_step == 3
+            assert handle.save("final") is None
+            with pytest.raises(mp.PersistError, match="category"):
+                handle.save("bogus")
+    assert closed.value.report.finals["dqn"].outcome == "not_taken"  # type: ignore[attr-defined]
     assert MlflowStore(sqlite_uri).list_versions("dqn") == []
