@@ -131,7 +131,7 @@ class Closing:
         if self._closed:
             return
         try:
-            self.close(timeout=self.config.shutdown_grace_seconds)
+            self.close()
         except FinalCheckpointError as exc:
             print(f"mlflow-persist: {exc}", file=sys.stderr, flush=True)
             logging.shutdown()
