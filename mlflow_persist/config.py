@@ -170,6 +170,13 @@ class PersistConfig(BaseSettings, ModelSettings):
     writer_queue_size: int = Field(
         8, ge=1, description="Snapshots waiting for the background writer, all models together; beyond it step() waits."
     )
+    max_training_wait_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="Longest any call of the training loop (step, save, save_all) waits on the writer or the "
+        "store; past it the save is skipped (logged and counted in `skipped`) and a revert or health tag goes on "
+        "in the background, so a slow or hanging store never stalls training.",
+    )
     scheduler_interval_seconds: float = Field(
         5.0, gt=0, description="How often the background job flushes metrics, checks time-based saves and disk."
     )

@@ -76,7 +76,8 @@ class Closing:
             if final_checkpoints and self.handles:
                 finals = dict.fromkeys(self.handles)
                 try:
-                    cut_id = self.save_all(FINAL)
+                    # the final saves may wait for the writer as long as close() itself may wait
+                    cut_id = self.save_all(FINAL, submit_wait=seconds_left(deadline))
                     finals.update(self.last_cut_jobs)
                 except Exception as exc:  # noqa: BLE001 - reported per model below
                     log.error("the final checkpoints could not be taken: %s", exc)

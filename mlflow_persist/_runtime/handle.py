@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from mlflow_persist._format.device_copy import CopyBackend, DeviceCopies, default_backend
-from mlflow_persist._format.payload import build_payload
-from mlflow_persist._observe.alerts import Alert, AlertDispatcher
+from mlflow_persist._format.payload import CheckpointState, build_payload
+from mlflow_persist._observe.alerts import AlertDispatcher
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import (
     CATEGORIES,
@@ -28,6 +28,7 @@ from mlflow_persist._policy.policy import (
 )
 from mlflow_persist._policy.smoothing import MonitorSmoother
 from mlflow_persist._policy.versions import VersionInfo, tag
+from mlflow_persist._runtime.background_call import BackgroundCall
 from mlflow_persist._runtime.health import ModelHealth
 from mlflow_persist._runtime.metrics_buffer import MetricsBuffer
 from mlflow_persist._runtime.pipeline import SavePipeline
@@ -107,6 +108,8 @@ class ModelHandle(HandleRestore):
         self._claims: list[tuple[int, SaveJob]] = []  # performance saves in flight, settled at step()
         # One written snapshot kept for reuse: the next snapshot copies into its tensors (no page faults).
         self._spare_payloads: deque[dict[str, Any]] = deque(maxlen=1)
+        self.max_wait = 0.5  # seconds a training call waits on the store (Persistence sets its config's)
+        self._pending_revert: BackgroundCall[tuple[VersionInfo, CheckpointState] | None] | None = None
         self.copy_backend: CopyBackend | None = None  # None: CUDA's when CUDA is in use (device_copy.py)
         self.schedule.start(0, time.monotonic())
 
@@ -158,6 +161,8 @@ class ModelHandle(HandleRestore):
         self.current_step = step = self.current_step + 1 if step is None else int(step)
         if self._claims:
             self._settle_claims()
+        if self._pending_revert is not None:
+            self._apply_pending_revert()
         monitor = self.tracker.monitor
         decides = True
         if self.evaluate is not None:
@@ -209,9 +214,12 @@ class ModelHandle(HandleRestore):
         value: float | None = None,
         monitor: str | None = None,
         tags: dict[str, str] | None = None,
+        submit_wait: float | None = -1.0,
     ) -> SaveJob | None:
         """Force a checkpoint of the current state (asynchronous unless `wait`); None if no snapshot could be
-        taken (the reason is logged and counted).
+        taken (the reason is logged and counted). While the writer is still busy with this model's previous
+        forced save, this call waits at most `max_training_wait_seconds` (or `submit_wait`; None: no limit)
+        before the save is skipped (outcome `dropped`, counted in the writer's `skipped`).
 
         `value` and `monitor` record another measure than the tracked monitor's latest (smoothed) value, such
         as an episode score (`save("episode", value=score, monitor="episode/reward")`); `tags` are added to
@@ -224,7 +232,9 @@ class ModelHandle(HandleRestore):
         if value is None and monitor is None:
             value = self.tracker.last_value
         try:
-            job = self._submit(category, self.current_step, value, None, forced=True, tags=extra_tags)
+            job = self._submit(
+                category, self.current_step, value, None, forced=True, tags=extra_tags, submit_wait=submit_wait
+            )
         except Exception as exc:  # noqa: BLE001
             self.health.record_failure(category, self.current_step, exc, attempts=1, final=True)
             return None
@@ -248,6 +258,7 @@ class ModelHandle(HandleRestore):
         gained: float | None,
         forced: bool,
         tags: dict[str, str] | None = None,
+        submit_wait: float | None = -1.0,
     ) -> SaveJob:
         """Snapshot the tracked objects and hand the snapshot to the writer. The copy goes into the tensors of
         the waiting snapshot it replaces, else of the spare one: at most two copies of the state exist (the
@@ -266,7 +277,7 @@ class ModelHandle(HandleRestore):
                 replacing.payload = {}
                 replacing.finish("failed", error=exc)
             raise
-        return self._writer.submit(job, replacing=replacing)
+        return self._writer.submit(job, replacing=replacing, max_wait=submit_wait)
 
     def _snapshot(
         self,
@@ -369,38 +380,5 @@ class ModelHandle(HandleRestore):
             except (TypeError, ValueError):
                 continue
         return metrics
-
-    # ------------------------------------------------------------------------------------- degradation
-
-    def _check_degradation(self, value: float) -> None:
-        streak = self.tracker.update_degradation(
-            value, self.settings.degradation_margin, self.settings.degradation_margin_mode
-        )
-        if streak != self.settings.degradation_patience:
-            return
-        self._alerts.fire(
-            Alert(
-                "degradation",
-                self.name,
-                f"{self.tracker.monitor} has been worse than the best ({self.tracker.best_value:.6g}) by more than "
-                f"{self.settings.degradation_margin} for {streak} steps (now {value:.6g})",
-                {"best": self.tracker.best_value, "value": value, "steps": streak},
-            )
-        )
-        if self.settings.revert_on_degradation:
-            try:
-                self.revert_to_best()
-            except Exception as exc:  # noqa: BLE001 - a failed revert must never stop training
-                self.revert_failures += 1
-                self.metrics.add(self.current_step, {"checkpoint/revert_failures": float(self.revert_failures)})
-                log.error(
-                    "%s: reverting to `best` failed (%s); training goes on with the live model",
-                    self.name,
-                    exc,
-                    extra={"model": self.name, "outcome": "revert_failed"},
-                )
-                self._alerts.fire(
-                    Alert("revert_failed", self.name, f"reverting to `best` failed: {exc}", {"step": self.current_step})
-                )
 
     # ------------------------------------------------------------------------------------- restore

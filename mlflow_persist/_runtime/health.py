@@ -37,6 +37,7 @@ class ModelHealth:
         self._health_tag = health_tag
         self._alerted = False
         self._lock = threading.Lock()
+        self.max_wait = 0.5  # seconds a caller waits for the health tag write (Persistence sets its config's)
 
     def record_failure(self, category: str, step: int, exc: BaseException, attempts: int | None, final: bool) -> None:
         text = redact_credentials(str(exc))
@@ -81,7 +82,17 @@ class ModelHealth:
             log.warning("%s: saves succeed again; health back to ok", self.name)
 
     def _safe_tag(self, value: str) -> None:
-        try:
-            self._set_run_tags({self._health_tag: value})
-        except Exception as exc:  # noqa: BLE001 - the health tag is informative; the log line says it all
-            log.warning("%s: could not set the run's health tag to %s: %s", self.name, value, exc)
+        """Set the health tag on a thread of its own, waited for at most `max_wait`: a failure is also recorded
+        from the training thread, which must never wait long on a hanging store."""
+
+        def write() -> None:
+            try:
+                self._set_run_tags({self._health_tag: value})
+            except Exception as exc:  # noqa: BLE001 - the health tag is informative; the log line says it all
+                log.warning("%s: could not set the run's health tag to %s: %s", self.name, value, exc)
+
+        thread = threading.Thread(target=write, name="mlflow-persist-health-tag", daemon=True)
+        thread.start()
+        thread.join(self.max_wait)
+        if thread.is_alive():
+            log.warning("%s: the health tag %s is still being written in the background (slow store)", self.name, value)

@@ -127,6 +127,7 @@ class Persistence(Closing, SystemCheckpoints):
             max_attempts=self.config.save_retry_attempts,
             max_backoff_seconds=self.config.save_retry_max_wait_seconds,
             on_failure=self._on_failure,
+            max_submit_wait=self.config.max_training_wait_seconds,
         )
         self._closed = False
         self._close_report: CloseReport | None = None
@@ -177,6 +178,7 @@ class Persistence(Closing, SystemCheckpoints):
             lambda step, key, value: metrics.add(step, {key: value}),
             HEALTH_TAG,
         )
+        health.max_wait = self.config.max_training_wait_seconds
         pipeline = SavePipeline(
             name=name,
             registered_name=registered_name,
@@ -208,6 +210,7 @@ class Persistence(Closing, SystemCheckpoints):
             evaluate=evaluate,
             evaluate_every_steps=evaluate_every_steps,
         )
+        handle.max_wait = self.config.max_training_wait_seconds
         self.handles[name] = handle
         try:
             self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds, owner=registered_name)

@@ -15,10 +15,12 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from mlflow_persist._format.fitting import fitting_part, model_state_fit
 from mlflow_persist._format.payload import CheckpointState, read_checkpoint_dir, restore_rng_state
 from mlflow_persist._format.timestamps import format_age
+from mlflow_persist._observe.alerts import Alert, AlertDispatcher
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import PerformanceTracker, PeriodicSchedule, select_best
 from mlflow_persist._policy.smoothing import MonitorSmoother
 from mlflow_persist._policy.versions import VersionInfo
+from mlflow_persist._runtime.background_call import BackgroundCall
 from mlflow_persist._runtime.metrics_buffer import MetricsBuffer
 from mlflow_persist._runtime.pipeline import SavePipeline
 from mlflow_persist._store.best import mark_corrupt
@@ -77,34 +79,91 @@ class HandleRestore:
     evaluations: int
     last_raw_value: float | None
     _store: CheckpointStore
+    _alerts: AlertDispatcher
+    max_wait: float
+    revert_failures: int
+    _pending_revert: BackgroundCall[tuple[VersionInfo, CheckpointState] | None] | None
+
+    def _check_degradation(self, value: float) -> None:
+        streak = self.tracker.update_degradation(
+            value, self.settings.degradation_margin, self.settings.degradation_margin_mode
+        )
+        if streak != self.settings.degradation_patience:
+            return
+        self._alerts.fire(
+            Alert(
+                "degradation",
+                self.name,
+                f"{self.tracker.monitor} has been worse than the best ({self.tracker.best_value:.6g}) by more than "
+                f"{self.settings.degradation_margin} for {streak} steps (now {value:.6g})",
+                {"best": self.tracker.best_value, "value": value, "steps": streak},
+            )
+        )
+        if self.settings.revert_on_degradation and self._pending_revert is None:
+            # The registry read and the load run on a thread of their own: step() waits at most max_wait for
+            # them, and a slow store's revert is applied at a later step boundary (_apply_pending_revert).
+            self._pending_revert = BackgroundCall(self.load_best_for_revert, "mlflow-persist-revert")
+            if not self._pending_revert.wait(self.max_wait):
+                log.warning("%s: the revert to `best` waits for the store; it is applied at a later step", self.name)
+            self._apply_pending_revert()
+
+    def _apply_pending_revert(self) -> None:
+        pending = self._pending_revert
+        if pending is None or not pending.done:
+            return
+        self._pending_revert = None
+        try:
+            self.apply_revert(pending.result())
+        except Exception as exc:  # noqa: BLE001 - a failed revert must never stop training
+            self.revert_failures += 1
+            self.metrics.add(self.current_step, {"checkpoint/revert_failures": float(self.revert_failures)})
+            log.error(
+                "%s: reverting to `best` failed (%s); training goes on with the live model",
+                self.name,
+                exc,
+                extra={"model": self.name, "outcome": "revert_failed"},
+            )
+            self._alerts.fire(
+                Alert("revert_failed", self.name, f"reverting to `best` failed: {exc}", {"step": self.current_step})
+            )
 
     def revert_to_best(self) -> RestoreInfo | None:
         """Load the best valid checkpoint into the live model (on the training thread, a safe point); never a
         version tagged corrupt. A damaged one is tagged, `best` moves off it, and the next best is tried."""
+        return self.apply_revert(self.load_best_for_revert())
+
+    def load_best_for_revert(self) -> tuple[VersionInfo, CheckpointState] | None:
+        """The best valid version, loaded and verified (may run off the training thread); None when there is
+        none. A damaged one is tagged, `best` moves off it, and the next best is tried."""
         for _ in range(5):
             info = self._best_valid_version()
             if info is None:
-                log.warning("%s: degradation revert skipped, no valid `best` checkpoint exists", self.name)
                 return None
             try:
-                state = self._load_with_retries(info)
+                return info, self._load_with_retries(info)
             except CheckpointCorruptError as exc:
                 mark_corrupt(self._store, info, str(exc), self.settings.mode, self.tracker.monitor)
-                continue
-            self._apply(state, restore_rng=False, restore_step=False, strict=True)
-            self.reverts += 1
-            self.tracker.degraded_steps = 0
-            self.metrics.add(self.current_step, {"reverts": float(self.reverts)})
-            log.warning(
-                "%s: reverted the live model to best v%d (%s=%s)",
-                self.name,
-                info.version,
-                info.monitor,
-                info.value,
-                extra={"model": self.name, "version": info.version, "outcome": "reverted"},
-            )
-            return RestoreInfo(info.version, info.category, info.step or 0, info.value, self.run_id)
         return None
+
+    def apply_revert(self, loaded: tuple[VersionInfo, CheckpointState] | None) -> RestoreInfo | None:
+        """Put a version `load_best_for_revert` loaded into the live model (training thread, a step boundary)."""
+        if loaded is None:
+            log.warning("%s: degradation revert skipped, no valid `best` checkpoint exists", self.name)
+            return None
+        info, state = loaded
+        self._apply(state, restore_rng=False, restore_step=False, strict=True)
+        self.reverts += 1
+        self.tracker.degraded_steps = 0
+        self.metrics.add(self.current_step, {"reverts": float(self.reverts)})
+        log.warning(
+            "%s: reverted the live model to best v%d (%s=%s)",
+            self.name,
+            info.version,
+            info.monitor,
+            info.value,
+            extra={"model": self.name, "version": info.version, "outcome": "reverted"},
+        )
+        return RestoreInfo(info.version, info.category, info.step or 0, info.value, self.run_id)
 
     def _best_valid_version(self) -> VersionInfo | None:
         info = self._store.alias_version(self.registered_name)

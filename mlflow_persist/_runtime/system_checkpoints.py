@@ -4,6 +4,7 @@ any is applied. The cut keeper thread (cut_keeper.py) marks a cut complete; the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 from mlflow_persist._format.fitting import model_state_fit
@@ -40,7 +41,13 @@ class SystemCheckpoints:
     _cut_sequence: int | None
     last_cut_jobs: dict[str, SaveJob] = {}  # noqa: RUF012 - replaced, never mutated, per instance by save_all
 
-    def save_all(self, category: str = PERIODIC, *, wait_for: Iterable[Callable[[], bool]] = ()) -> str:
+    def save_all(
+        self,
+        category: str = PERIODIC,
+        *,
+        wait_for: Iterable[Callable[[], bool]] = (),
+        submit_wait: float | None = -1.0,
+    ) -> str:
         """Snapshot every tracked model and application state now, at this step boundary, as one system
         checkpoint (a cut); returns its id. The snapshots are written in the background; the cut becomes
         complete (restorable by `restore_all`) once every member is registered and every `wait_for`
@@ -57,7 +64,7 @@ class SystemCheckpoints:
         for name, handle in list(self.handles.items()):
             if name in self._state_steps:
                 handle.current_step = self._state_step(name, max(model_steps, default=0))
-            job = handle.save(category, tags=tags)
+            job = handle.save(category, tags=tags, submit_wait=submit_wait)
             if job is None:  # the others are still saved: each is a good checkpoint of its own
                 log.error("cut %s: %s could not be snapshotted; this system checkpoint stays incomplete", cut_id, name)
             else:
@@ -221,10 +228,8 @@ class SystemCheckpoints:
         return self.cuts.find(cut_id)
 
     def _next_cut_sequence(self) -> int:
-        if self._cut_sequence is None:
-            self._cut_sequence = next_cut_sequence(
-                {name: self.store.list_versions(h.registered_name) for name, h in self.handles.items()}
-            )
-        sequence = self._cut_sequence
-        self._cut_sequence += 1
+        """Cut sequences grow across restarts without a registry read on the training thread: the wall clock in
+        milliseconds, never below one more than the newest sequence `restore_all` found or this process used."""
+        sequence = max(self._cut_sequence or 0, time.time_ns() // 1_000_000)
+        self._cut_sequence = sequence + 1
         return sequence

@@ -94,8 +94,10 @@ class CheckpointWriter:
         max_backoff_seconds: float = 30.0,
         on_failure: Callable[[SaveJob, BaseException, bool], None] | None = None,
         on_success: Callable[[SaveJob], None] | None = None,
+        max_submit_wait: float | None = None,
     ) -> None:
         self._execute = execute
+        self._max_submit_wait = max_submit_wait
         self._queue_size = queue_size
         self._max_attempts = max_attempts
         self._max_backoff = max_backoff_seconds
@@ -108,6 +110,7 @@ class CheckpointWriter:
         self._closed = False
         self.dropped = 0
         self.superseded = 0
+        self.skipped = 0  # saves given up because the writer stayed busy past max_submit_wait (a slow store)
         self.failed: list[SaveJob] = []
         self._thread = threading.Thread(target=self._loop, name="mlflow-persist-writer", daemon=True)
         self._thread.start()
@@ -125,8 +128,11 @@ class CheckpointWriter:
             del self._waiting[model]
             return waiting
 
-    def submit(self, job: SaveJob, replacing: SaveJob | None = None) -> SaveJob:
-        """Queue `job`; `replacing` is a snapshot `take_waiting` handed out, whose tensors `job` now holds."""
+    def submit(self, job: SaveJob, replacing: SaveJob | None = None, max_wait: float | None = -1.0) -> SaveJob:
+        """Queue `job`; `replacing` is a snapshot `take_waiting` handed out, whose tensors `job` now holds.
+        `max_wait`: the longest this call waits for room (None: as long as it takes; default: the writer's
+        `max_submit_wait`); past it the save is skipped and counted in `skipped`."""
+        limit = self._max_submit_wait if max_wait is not None and max_wait < 0 else max_wait
         with self._cond:
             if replacing is not None:
                 replacing.payload = {}  # its tensors belong to `job` now: never released for reuse
@@ -136,7 +142,21 @@ class CheckpointWriter:
                 self._cond.notify_all()
             if self._closed:
                 raise RuntimeError("the checkpoint writer is closed; no more saves are accepted")
+            give_up_at = None if limit is None else time.monotonic() + limit
             while True:
+                if give_up_at is not None and time.monotonic() >= give_up_at and self._must_wait(job):
+                    self.skipped += 1
+                    log.warning(
+                        "%s: the %s save of step %d was skipped: the writer has not taken the previous snapshot "
+                        "for %.1f s (a slow or hanging store); training goes on",
+                        job.model,
+                        job.category,
+                        job.step,
+                        limit,
+                        extra={"model": job.model, "category": job.category, "step": job.step, "outcome": "skipped"},
+                    )
+                    job.finish("dropped", error=TimeoutError("the writer stayed busy; the save was skipped"))
+                    return job
                 waiting = self._waiting.get(job.model)
                 if waiting is not None and _keeps_waiting(waiting, job.category):
                     if not job.forced:
@@ -156,10 +176,10 @@ class CheckpointWriter:
                         )
                         job.finish("dropped")
                         return job
-                    self._cond.wait(0.5)
+                    self._cond.wait(self._pause(give_up_at))
                     continue
                 if waiting is None and len(self._waiting) >= self._queue_size:
-                    self._cond.wait(0.5)  # back-pressure: bounded memory beats unbounded queueing
+                    self._cond.wait(self._pause(give_up_at))  # back-pressure: bounded memory beats unbounded queueing
                     continue
                 break
             if waiting is not None:
@@ -169,6 +189,18 @@ class CheckpointWriter:
             self._waiting[job.model] = job
             self._cond.notify_all()
         return job
+
+    def _must_wait(self, job: SaveJob) -> bool:
+        """Whether `submit` would still wait for `job` (a forced save behind one that keeps waiting, or a full
+        queue); called with the lock held."""
+        waiting = self._waiting.get(job.model)
+        if waiting is not None and _keeps_waiting(waiting, job.category):
+            return job.forced
+        return waiting is None and len(self._waiting) >= self._queue_size
+
+    @staticmethod
+    def _pause(give_up_at: float | None) -> float:
+        return 0.5 if give_up_at is None else max(0.001, min(0.5, give_up_at - time.monotonic()))
 
     def attach_to_waiting(self, model: str, category: str) -> bool:
         """If a performance snapshot of `model` is waiting, register it under `category` too and return True.

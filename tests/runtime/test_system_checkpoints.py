@@ -227,7 +227,7 @@ def test_cut_ids_keep_increasing_across_processes() -> None:
     finally:
         second.close()
     sequences = [int(cut_id.split("-", 1)[0]) for cut_id in ids]
-    assert sequences == [1, 2, 3] and len(set(ids)) == 3
+    assert sequences == sorted(set(sequences)) and len(set(ids)) == 3  # strictly increasing, across processes
 
 
 def test_a_model_outside_the_cut_restores_its_own_newest_checkpoint() -> None:

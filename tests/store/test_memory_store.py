@@ -288,6 +288,8 @@ def test_a_failing_revert_is_counted_and_never_raised_out_of_step() -> None:
     store.fail("load", times=None)
     for _ in range(4):
         handle.step(loss=5.0)  # degraded: the revert fails every time, step() must not raise
+    # the revert's load runs in the background (a slow store never stalls step()); a later step counts it
+    assert _wait(lambda: handle.step(loss=5.0) is not None and handle.revert_failures == 1)
     assert handle.revert_failures == 1 and handle.reverts == 0
     assert _wait(lambda: [a.kind for a in alerts] == ["degradation", "revert_failed"])
     store.heal()
@@ -373,9 +375,9 @@ def test_a_slow_writer_never_makes_a_third_copy_of_the_state() -> None:
         buffers: set[int] = set()
         submit = handle._writer.submit
 
-        def recording_submit(job: Any, replacing: Any = None) -> Any:
+        def recording_submit(job: Any, replacing: Any = None, **kwargs: Any) -> Any:
             buffers.add(job.payload["model_state"]["weight"].data_ptr())
-            return submit(job, replacing=replacing)
+            return submit(job, replacing=replacing, **kwargs)
 
         handle._writer.submit = recording_submit  # type: ignore[method-assign]
         for step in range(1, 41):
