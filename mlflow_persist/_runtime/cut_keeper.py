@@ -64,6 +64,7 @@ class CutKeeper:
         #: registered model name -> its version in the newest complete cut this process knows (kept by retention)
         self._newest_complete: dict[str, int] = {}
         self._newest_sequence = -1
+        self._advancing: PendingCut | None = None
         self._pending: deque[PendingCut] = deque()
         self._recent: OrderedDict[str, PendingCut] = OrderedDict()
         self._cond = threading.Condition()
@@ -122,12 +123,15 @@ class CutKeeper:
         finished = self.wait(timeout)
         with self._cond:
             self._closed = True
-            left = list(self._pending)
+            advancing = self._advancing  # the thread may be writing its markers right now: it decides that one
+            left = [cut for cut in self._pending if cut is not advancing]
             self._pending.clear()
             self._cond.notify_all()
         for cut in left:
             self._abandon(cut, "the process is closing before all of it was stored")
-        self._thread.join(timeout=5 if finished else 1)
+        self._thread.join(timeout=5 if finished or advancing is not None else 1)
+        if advancing is not None:  # still writing (a hanging store): given up; a late marker is taken back
+            self._abandon(advancing, "its completion was still being recorded when the process closed")
 
     # ------------------------------------------------------------------------------------- keeper thread
 
@@ -139,8 +143,10 @@ class CutKeeper:
                 if self._closed and not self._pending:
                     return
                 cut = self._pending[0]
+                self._advancing = cut
             state = self._advance(cut)
             with self._cond:
+                self._advancing = None
                 if state != "pending" and self._pending and self._pending[0] is cut:
                     self._pending.popleft()
                 self._cond.notify_all()
@@ -177,9 +183,15 @@ class CutKeeper:
             log.warning("cut %s: could not record its completion yet (%s); retrying", cut.id, reason)
             time.sleep(MARK_RETRY_SECONDS)
             return "pending"
+        with self._cond:
+            late = cut.outcome != "pending"  # close() gave up on it while the markers were being written
+            if not late:
+                cut.outcome = "complete"
+                self.completed += 1
+        if late:
+            self._take_back_markers(cut)
+            return cut.outcome
         self.record_complete(cut.id, {cut.registered_names[n]: info.version for n, info in cut.versions.items()})
-        cut.outcome = "complete"
-        self.completed += 1
         self.last_complete = cut.id
         cut.done.set()
         log.info(
@@ -205,9 +217,22 @@ class CutKeeper:
             cut.versions[name] = max(match, key=lambda v: v.version)
         return True
 
+    def _take_back_markers(self, cut: PendingCut) -> None:
+        """A cut reported abandoned must not look complete in the registry: its markers are set to false."""
+        for info in cut.versions.values():
+            try:
+                self._store.set_version_tag(info.name, info.version, CUT_COMPLETE_TAG, "false")
+            except Exception as exc:  # noqa: BLE001 - restore_all also checks every member; logged for the operator
+                log.warning(
+                    "cut %s: could not take back the marker of %s v%d: %s", cut.id, info.name, info.version, exc
+                )
+
     def _abandon(self, cut: PendingCut, reason: str) -> None:
-        cut.outcome = "abandoned"
-        self.abandoned += 1
+        with self._cond:  # one outcome per cut, counted once, whichever thread decides first
+            if cut.outcome != "pending":
+                return
+            cut.outcome = "abandoned"
+            self.abandoned += 1
         cut.done.set()
         log.warning(
             "cut %s is incomplete and will not be restored: %s",

@@ -12,22 +12,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 from filelock import FileLock
 
 from mlflow_persist._format.atomic import atomic_directory, durable_directory, is_staging
 from mlflow_persist._format.digest import SHA256, Digest, digest_file
 from mlflow_persist._format.payload import CHECKPOINT_FILE, MANIFEST_FILE, WrittenCheckpoint, write_checkpoint_dir
+from mlflow_persist._observe.logs import package_logger
 
-__all__ = ["ENTRY_FILE", "Outbox", "OutboxEntry", "default_outbox_root"]
+__all__ = [
+    "ENTRY_FILE",
+    "QUARANTINE_DIR",
+    "QUARANTINE_KEEP_DAYS",
+    "Outbox",
+    "OutboxEntry",
+    "default_outbox_root",
+]
+
+log = package_logger("mlflow_persist")
 
 ENTRY_FILE = "entry.json"
+QUARANTINE_DIR = "_quarantine"
+#: Entries set aside (unreadable, or their run gone) are kept this long for the operator, then removed.
+QUARANTINE_KEEP_DAYS = 30
 
 
 @dataclass
@@ -59,15 +73,23 @@ class OutboxEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path) -> OutboxEntry:
+        """The entry recorded in `data`; TypeError when it is not an entry this version knows (a field missing,
+        or one a newer version added)."""
+        if not isinstance(data, dict):
+            raise TypeError("an outbox entry record is a JSON object")
+        data = dict(data)
         if "sha256" in data:  # written by a version before checksums named their algorithm
-            data = {**data, "digest_algorithm": SHA256, "digest": data.pop("sha256")}
+            sha256 = data.pop("sha256")
+            data.setdefault("digest_algorithm", SHA256)
+            data.setdefault("digest", sha256)
+        data.pop("path", None)
         return cls(**data, path=str(path))
 
 
 def default_outbox_root(tracking_uri: str) -> Path:
+    """The per-user outbox of one tracking URI (platformdirs' cache directory)."""
     digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "mlflow-persist" / "outbox" / digest
+    return Path(platformdirs.user_cache_dir("mlflow-persist", appauthor=False)) / "outbox" / digest
 
 
 class Outbox:
@@ -142,12 +164,42 @@ class Outbox:
                 continue
             try:
                 data = json.loads((path / ENTRY_FILE).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                if sweep:
-                    shutil.rmtree(path, ignore_errors=True)
+            except (OSError, json.JSONDecodeError) as exc:
+                if sweep:  # kept, aside, for the operator: its checkpoint may still be whole
+                    moved = self._set_aside(path, registered_name)
+                    log.error("outbox entry %s has no readable record (%s); moved it to %s", path, exc, moved)
                 continue
-            found.append(OutboxEntry.from_json(data, path))
+            try:
+                found.append(OutboxEntry.from_json(data, path))
+            except TypeError as exc:  # another version's record: left where it is, for that version
+                log.warning("outbox entry %s is not one this version can read (%s); skipped", path, exc)
+        if sweep:
+            self._clean_quarantine(registered_name)
         return sorted(found, key=lambda e: e.sequence)
+
+    def _set_aside(self, path: Path, registered_name: str) -> Path:
+        target = self.root / QUARANTINE_DIR / registered_name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), target)
+        return target
+
+    def _clean_quarantine(self, registered_name: str, now: float | None = None) -> list[Path]:
+        """Remove what was set aside more than QUARANTINE_KEEP_DAYS ago (the operator was told when it was)."""
+        folder = self.root / QUARANTINE_DIR / registered_name
+        if not folder.is_dir():
+            return []
+        limit = (time.time() if now is None else now) - QUARANTINE_KEEP_DAYS * 86400
+        removed = []
+        for path in folder.iterdir():
+            try:
+                if path.stat().st_mtime < limit:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+            except OSError:
+                continue
+        if removed:
+            log.info("removed %d outbox entries set aside more than %d days ago", len(removed), QUARANTINE_KEEP_DAYS)
+        return removed
 
     @staticmethod
     def is_intact(entry: OutboxEntry) -> bool:
@@ -164,10 +216,7 @@ class Outbox:
 
     def quarantine(self, entry: OutboxEntry) -> Path:
         """Move an entry that can never be registered (its run is gone) aside, keeping its bytes."""
-        target = self.root / "_quarantine" / entry.registered_name / entry.directory.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(entry.directory), target)
-        return target
+        return self._set_aside(entry.directory, entry.registered_name)
 
     def size_bytes(self, registered_name: str) -> int:
         """Bytes of the complete entries of one model."""

@@ -76,7 +76,8 @@ class SavePipeline(OutboxDrain):
         self.last_saved: tuple[int, int] | None = None  # (version, step) of the newest registered save
         self.last_save_time: float | None = None
         self.best: VersionInfo | None = None
-        self._previous_performance: tuple[float, int] | None = None  # (value, version) of the last one saved
+        # per monitor, (value, version) of the last performance save: values of different measures never compare
+        self._previous_performance: dict[str, tuple[float, int]] = {}
         self.registry_lock = threading.RLock()
         self.view = RegistryView()
         self._drain_lock = threading.Lock()
@@ -230,7 +231,7 @@ class SavePipeline(OutboxDrain):
         return info
 
     def _describe(self, reg: Registration, category: str) -> str:
-        previous = self._previous_performance if category == PERFORMANCE else None
+        previous = self._previous_performance.get(reg.monitor or self.monitor) if category == PERFORMANCE else None
         return version_description(
             category,
             reg.step,
@@ -322,9 +323,14 @@ class SavePipeline(OutboxDrain):
         self.last_version = info.version
         self.last_save_time = time.time()
         self.best = best
-        previous = self._previous_performance[0] if reg.category == PERFORMANCE and self._previous_performance else None
+        monitor = reg.monitor or self.monitor
+        last = self._previous_performance.get(monitor) if reg.category == PERFORMANCE else None
+        previous = last[0] if last is not None else None
         if reg.category == PERFORMANCE:
-            self._previous_performance = (reg.value, info.version) if reg.value is not None else None
+            if reg.value is not None:
+                self._previous_performance[monitor] = (reg.value, info.version)
+            else:
+                self._previous_performance.pop(monitor, None)
         metrics = {
             "checkpoint/saves": float(self.saves),
             "checkpoint/version": float(info.version),

@@ -11,7 +11,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from mlflow_persist._observe.logs import package_logger
 
-__all__ = ["JOB_ID", "PeriodicJob"]
+__all__ = ["JOB_ID", "OVERLAP_LOGGERS", "PeriodicJob"]
 
 log = package_logger("mlflow_persist.scheduler")
 JOB_ID = "mlflow-persist-tick"
@@ -29,6 +29,8 @@ class _QuietOverlaps(logging.Filter):
 
 
 _quiet_overlaps = _QuietOverlaps()
+#: Where APScheduler logs a skipped overlapping run: its scheduler (3.11) or the default executor (earlier).
+OVERLAP_LOGGERS = ("apscheduler.scheduler", "apscheduler.executors.default")
 
 
 class PeriodicJob:
@@ -44,7 +46,8 @@ class PeriodicJob:
             daemon=True, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         self._scheduler.add_job(self._run, "interval", seconds=interval_seconds, id=JOB_ID)
-        logging.getLogger("apscheduler.executors.default").addFilter(_quiet_overlaps)  # idempotent: one object
+        for logger in OVERLAP_LOGGERS:  # idempotent: one filter object; the logger differs by APScheduler release
+            logging.getLogger(logger).addFilter(_quiet_overlaps)
 
     def _run(self) -> None:
         self._running = True

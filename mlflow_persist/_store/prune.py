@@ -50,6 +50,7 @@ def prune(
 
     `versions`/`best_version`: a listing the caller made under the same lock (else listed here).
     `enough`: checked before each deletion; once it returns True the rest are kept (disk-pressure cleanup).
+    With it, each version's files go right after the version, so `enough` sees the space each one freed.
     Callers hold `store.lock(f"model-{name}")` so no registration interleaves with the listing.
     `listing_is_current`: that lock is one every writer shares (`store.lock_is_shared`), so `versions` minus
     the deletions is what the store holds afterwards and no second listing is needed.
@@ -63,9 +64,20 @@ def prune(
     result = PruneResult(planned=chosen)
     if dry_run:
         return result
+    if enough is not None:
+        remaining = list(versions)
+        for info in chosen:
+            if enough():
+                break
+            store.delete_version(info)
+            result.deleted.append(info)
+            log.debug("%s: %s removed v%d (%s)", name, reason, info.version, info.category)
+            remaining = (
+                [v for v in remaining if v.version != info.version] if listing_is_current else store.list_versions(name)
+            )
+            _delete_unused_artifacts(store, name, [info], remaining, result)
+        return result
     for info in chosen:
-        if enough is not None and enough():
-            break
         store.delete_version(info)
         result.deleted.append(info)
         log.debug("%s: %s removed v%d (%s)", name, reason, info.version, info.category)
@@ -74,8 +86,20 @@ def prune(
     # A fresh listing, not the one the policy saw: a rollback or another trainer may have registered a new
     # version of the same bytes meanwhile (on a server no lock is shared between machines).
     remaining = [v for v in versions if v not in result.deleted] if listing_is_current else store.list_versions(name)
+    _delete_unused_artifacts(store, name, result.deleted, remaining, result)
+    return result
+
+
+def _delete_unused_artifacts(
+    store: CheckpointStore,
+    name: str,
+    deleted: list[VersionInfo],
+    remaining: list[VersionInfo],
+    result: PruneResult,
+) -> None:
+    """Delete the files of deleted versions that no remaining version shares."""
     in_use = {v.source for v in remaining}
-    for info in result.deleted:
+    for info in deleted:
         if info.source in in_use:
             result.artifacts_kept.append(info)
             continue
@@ -83,4 +107,3 @@ def prune(
             store.delete_artifacts(info)
         except Exception as exc:  # noqa: BLE001 - the version is gone; a leftover directory is swept later
             log.warning("deleted %s v%s but not its artifacts: %s", name, info.version, describe_store_error(exc))
-    return result

@@ -219,11 +219,6 @@ def test_find_knows_the_recent_cuts_only(keeper: CutKeeper) -> None:
     assert keeper.find(cuts[-1].id) is cuts[-1] and cuts[-1].outcome == "abandoned"  # still found after it ended
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="close() abandons a cut whose marker the keeper thread is writing at that moment, so the cut is "
-    "reported (and counted) abandoned while the thread still marks it complete in the registry",
-)
 def test_a_cut_closed_while_its_marker_is_written_is_reported_as_the_registry_records_it(
     store: MemoryStore,
 ) -> None:

@@ -139,11 +139,6 @@ def test_short_of_space_it_deletes_in_disk_pressure_order_until_the_reserve_is_f
     assert [m.split(" deleted v", 1)[1].split(" ", 1)[0] for m in logged] == [str(v) for v in deleted]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="disk-pressure cleanup deletes every deletable version: prune deletes the artifacts only after all "
-    "the chosen versions, so the guard's `enough()` never sees space freed between deletions and stops nothing",
-)
 def test_cleanup_stops_once_the_reserve_is_free(store: DiskStore, monkeypatch: pytest.MonkeyPatch) -> None:
     _history(store)
     disk = _disk(store, monkeypatch, free_mb=75)  # the reserve is 90 MB: two checkpoints are enough

@@ -129,11 +129,6 @@ def test_the_save_log_never_presents_a_worse_value_as_an_improvement() -> None:
     assert all("->" not in line for line in lines[2:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a performance save recorded under another monitor (save('performance', value=, monitor=)) is "
-    "compared with the previous performance save's value of a different monitor, in the log and the description",
-)
 def test_a_performance_save_of_another_monitor_is_never_compared_with_the_tracked_monitor() -> None:
     store = MemoryStore()
     persist = persistence(store)

@@ -169,11 +169,6 @@ def test_apschedulers_skipped_run_warning_of_other_jobs_still_passes(
     assert warnings and all(m.startswith('Execution of job "other') for m in warnings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the filter for APScheduler's skipped-run warning sits on logger 'apscheduler.executors.default', "
-    "but APScheduler 3.11 logs that warning on 'apscheduler.scheduler', so every coalesced overlap still warns",
-)
 def test_an_overlapping_run_of_the_job_is_skipped_without_a_warning(
     jobs: Callable[[Callable[[], None], float], PeriodicJob], caplog: pytest.LogCaptureFixture
 ) -> None:
