@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from mlflow_persist._format.timestamps import utc_now_iso
 from mlflow_persist._observe.logs import package_logger
 
-__all__ = ["Alert", "AlertDispatcher", "AlertSink", "command_sink", "webhook_sink"]
+__all__ = ["SENT_KEPT", "Alert", "AlertDispatcher", "AlertSink", "command_sink", "webhook_sink"]
 
 log = package_logger("mlflow_persist.alerts")
 
@@ -35,6 +36,7 @@ class Alert:
 
 
 AlertSink = Callable[[Alert], None]
+SENT_KEPT = 100
 
 
 def command_sink(command: str, timeout: float = 30.0) -> AlertSink:
@@ -67,7 +69,7 @@ class AlertDispatcher:
 
     def __init__(self, sinks: list[AlertSink] | None = None, queue_size: int = 100) -> None:
         self.sinks: list[AlertSink] = list(sinks or [])
-        self.sent: list[Alert] = []
+        self.sent: deque[Alert] = deque(maxlen=SENT_KEPT)  # the newest alerts, for status and tests
         self.dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None

@@ -49,7 +49,8 @@ class CloseReport:
     finals: dict[str, FinalSave] = field(default_factory=dict)
     cut: str | None = None  # the final system checkpoint's id
     cut_outcome: str | None = None  # complete | abandoned | pending
-    lost: tuple[str, ...] = ()  # checkpoints (any category) that could never be written
+    lost: tuple[str, ...] = ()  # checkpoints (any category) that could never be written (the newest 100)
+    lost_count: int = 0  # how many could never be written in all
     timed_out: bool = False
 
     @property
@@ -69,7 +70,8 @@ class CloseReport:
             parts.append(f"{name} ({final.outcome}: {final.detail})" if final.detail else f"{name} ({final.outcome})")
         text = f"no final checkpoint for {', '.join(parts)}" if parts else ""
         if self.lost:
-            lost = f"{len(self.lost)} checkpoint(s) could never be written ({', '.join(self.lost[:5])})"
+            count = max(self.lost_count, len(self.lost))
+            lost = f"{count} checkpoint(s) could never be written ({', '.join(self.lost[:5])})"
             text = f"{text}; {lost}" if text else lost
         return f"{text}; a restart resumes from the last stored checkpoint."
 

@@ -101,6 +101,7 @@ class Closing:
             cut=cut_id,
             cut_outcome=pending_cut.outcome if pending_cut is not None else None,
             lost=tuple(f"{j.model} step {j.step} ({j.category}): {j.error}" for j in self.writer.failed),
+            lost_count=self.writer.failures,
             timed_out=deadline is not None and time.monotonic() >= deadline,
         )
         self._close_report = report

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,8 @@ class SaveJob:
 
 
 WRITER_NICENESS = 10
+#: Given-up saves the writer remembers for `close()`'s report (the count in `failures` is complete).
+FAILED_KEPT = 100
 
 
 def lower_this_threads_priority(niceness: int = WRITER_NICENESS) -> None:
@@ -111,7 +114,8 @@ class CheckpointWriter:
         self.dropped = 0
         self.superseded = 0
         self.skipped = 0  # saves given up because the writer stayed busy past max_submit_wait (a slow store)
-        self.failed: list[SaveJob] = []
+        self.failures = 0  # every save given up, counted; `failed` keeps the newest FAILED_KEPT of them
+        self.failed: deque[SaveJob] = deque(maxlen=FAILED_KEPT)
         self._thread = threading.Thread(target=self._loop, name="mlflow-persist-writer", daemon=True)
         self._thread.start()
 
@@ -244,6 +248,7 @@ class CheckpointWriter:
         for job in leftovers:
             job.finish("failed", error=TimeoutError("writer closed before the save could be written"))
             self.failed.append(job)
+            self.failures += 1
         self._thread.join(timeout=5 if flushed else 1)
         return flushed
 
@@ -296,6 +301,7 @@ class CheckpointWriter:
         if outcome != "retry":
             if outcome == "failed":
                 self.failed.append(job)
+                self.failures += 1
             job.finish(outcome, error=exc)  # before flush() can see the model idle
         with self._cond:
             self._running.pop(job.model, None)
@@ -334,4 +340,4 @@ class CheckpointWriter:
             log.exception("checkpoint writer callback failed")
 
 
-__all__ = ["PERIODIC", "CheckpointWriter", "SaveJob"]
+__all__ = ["FAILED_KEPT", "PERIODIC", "CheckpointWriter", "SaveJob"]

@@ -152,6 +152,10 @@ class MlflowArtifacts(MlflowAliases):
                 f"checkpoints of run {info.run_id}; they are left alone."
             )
         relative = info.source[len(root) + 1 :]
+        if relative.rstrip("/").split("/")[-1] in ("", ".", CHECKPOINTS_DIR):  # the checkpoints folder itself
+            raise StoreError(
+                f"{info.name} v{info.version} names {info.source}, not one checkpoint directory; it is left alone."
+            )
         local_root = local_path(root)
         if local_root is not None:
             shutil.rmtree(local_root / relative, ignore_errors=True)

@@ -75,9 +75,19 @@ class MlflowRegistry(MlflowRuns):
         text_tags = {k: str(v) for k, v in tags.items()}
         rest = None if self.lock_is_shared else rest_store_of(self.registry)
         if rest is None:
-            created = self.registry.create_model_version(
-                name, source=source, run_id=run_id, tags=text_tags, await_creation_for=0, description=description
-            )
+            try:
+                created = self.registry.create_model_version(
+                    name, source=source, run_id=run_id, tags=text_tags, await_creation_for=0, description=description
+                )
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST" or name not in self._known_models:
+                    raise
+                # the registered model was deleted (by an operator) since it was cached: create it again
+                self._known_models.discard(name)
+                self.ensure_registered_model(name)
+                created = self.registry.create_model_version(
+                    name, source=source, run_id=run_id, tags=text_tags, await_creation_for=0, description=description
+                )
         else:  # a lost reply is looked for in the registry before the request goes out again
             created = create_version_once(
                 rest,
@@ -159,10 +169,10 @@ class MlflowRegistry(MlflowRuns):
                     f"Model {name!r} has no alias {alias!r}; check the name or save a checkpoint first."
                 )
             return info
-        if ref.lower() == "latest":
-            versions = self.list_versions(name)
+        if ref.lower() == "latest":  # the newest version not known to be damaged
+            versions = [v for v in self.list_versions(name) if not v.corrupt]
             if not versions:
-                raise NotFoundError(f"Model {name!r} has no versions; train and save a checkpoint first.")
+                raise NotFoundError(f"Model {name!r} has no intact versions; train and save a checkpoint first.")
             return versions[-1]
         if not ref.isdigit():
             raise NotFoundError(f"{ref!r} is not a version number; use a number, `latest` or @<alias>.")
