@@ -225,7 +225,7 @@ def run_child(variant: str, steps: int, workdir: Path) -> dict[str, Any]:
     import mlflow
     import torch
 
-    from mlflow_persist.cli.main import apply_config_logging
+    from mlflow_persist.cli.options import apply_logging, log_options
     from mlflow_persist.config import PersistConfig
     from mlflow_persist.trading.app import run_trading
     from mlflow_persist.trading.recording import open_recorder
@@ -236,7 +236,7 @@ def run_child(variant: str, steps: int, workdir: Path) -> dict[str, Any]:
     collector = SaveCollector()
     workdir.mkdir(parents=True, exist_ok=True)
     config = PersistConfig(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-    apply_config_logging(config)  # as `mlflow-persist run` does (INFO, text, to stderr)
+    apply_logging(*log_options(config))  # the config's level and format (INFO, text), to stderr
     logging.getLogger("mlflow_persist").addHandler(collector)
 
     t_call = time.perf_counter()
