@@ -235,12 +235,19 @@ def unavailable_message(info: VersionInfo, where: str, reason: str) -> str:
 
 
 def _is_missing(exc: BaseException) -> bool:
-    """The store answered that the object does not exist (as opposed to refusing or failing)."""
+    """The store answered that the object does not exist (as opposed to refusing or failing). MLflow gathers
+    the per-file errors of a directory download into one message, so the whole text is read."""
     code = str(getattr(exc, "error_code", "") or "")
     text = str(exc)
+    lowered = text.lower()
+    if any(word in text for word in ("401", "403")) or "forbidden" in lowered or "denied" in lowered:
+        return False  # refused, not missing: the bytes may be fine
     return (
         isinstance(exc, FileNotFoundError)
         or code == "RESOURCE_DOES_NOT_EXIST"
         or "NoSuchKey" in text
-        or "404" in text.split("\n", 1)[0]
+        or "404" in text
+        or "no such file" in lowered
+        or "not found" in lowered
+        or "does not exist" in lowered
     )
