@@ -119,7 +119,9 @@ def test_a_fault_at_any_save_stage_never_stops_training_nor_loses_an_acknowledge
     else:
         store.hang(stage, seconds=0.3, times=2)
     losses = [1.0 - 0.01 * i for i in range(30)]  # every step an improvement
-    config = _config(keep_best=2) if stage == "delete" else _config()  # retention must delete something
+    # retention must delete something; forced saves wait for the writer as they did before the bounded wait
+    # (max_training_wait_seconds), so that saves after the fault window exist on a loaded machine too
+    config = _config(keep_best=2, max_training_wait_seconds=30.0) if stage == "delete" else _config()
     with mp.Persistence(config, store=store, alert_sinks=[alerts.append], install_signal_handlers=False) as persist:
         started = time.monotonic()
         handle, jobs = _train(persist, 30, losses)
