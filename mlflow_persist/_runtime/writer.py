@@ -148,7 +148,13 @@ class CheckpointWriter:
                 raise RuntimeError("the checkpoint writer is closed; no more saves are accepted")
             give_up_at = None if limit is None else time.monotonic() + limit
             while True:
-                if give_up_at is not None and time.monotonic() >= give_up_at and self._must_wait(job):
+                # a job that took over a waiting snapshot's tensors carries that save too: it is never skipped
+                if (
+                    give_up_at is not None
+                    and replacing is None
+                    and time.monotonic() >= give_up_at
+                    and self._must_wait(job)
+                ):
                     self.skipped += 1
                     log.warning(
                         "%s: the %s save of step %d was skipped: the writer has not taken the previous snapshot "
