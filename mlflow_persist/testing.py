@@ -241,7 +241,14 @@ class MemoryStore:
     def sweep_partial_checkpoints(
         self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None
     ) -> list[str]:
-        return []  # writes are atomic in memory: nothing is ever left half-written
+        return []  # writes are atomic in memory, and an unregistered one is discarded when its save is given up
+
+    def discard_unregistered(self, run_id: str, source: str) -> bool:
+        self._enter("delete")
+        with self._guard:
+            if any(v.source == source for versions in self._models.values() for v in versions.values()):
+                return False
+            return self._artifacts.pop(source, None) is not None
 
     def artifact_sources(self) -> set[str]:
         """The sources whose bytes are stored (for tests of what deletion removed)."""

@@ -75,6 +75,8 @@ class DiskGuard:
             return 0
         deleted = 0
         others = [m for m in self._models() if m.name != model.name]
+        if self._sweep_leftovers([model, *others], reason) and not self.short_at(path, need_mb):
+            return 0
         for candidate in [model, *others]:
             with candidate.registry_lock, self._store.lock(f"model-{candidate.registered_name}"):
                 result = prune(
@@ -97,6 +99,27 @@ class DiskGuard:
             if not self.short_at(path, need_mb):
                 break
         return deleted
+
+    def _sweep_leftovers(self, models: Sequence[GuardedModel], reason: str) -> int:
+        """Before any version goes: remove every model's leftovers (interrupted or given-up saves no version
+        uses, old enough that no other process is still registering them). Returns how many went."""
+        swept = 0
+        for candidate in models:
+            try:
+                removed = self._store.sweep_partial_checkpoints(candidate.run_id, owner=candidate.registered_name)
+            except Exception as exc:  # noqa: BLE001 - the versions' cleanup below still runs
+                log.warning("%s: could not sweep leftover checkpoint files (%s)", candidate.name, exc)
+                continue
+            if removed:
+                log.warning(
+                    "%s: deleted %d leftover checkpoint folder(s) no version uses, to free disk space: %s",
+                    candidate.name,
+                    len(removed),
+                    reason,
+                    extra={"model": candidate.name, "outcome": "swept"},
+                )
+            swept += len(removed)
+        return swept
 
 
 __all__ = ["DiskGuard", "GuardedModel"]

@@ -117,14 +117,16 @@ class SavePipeline(OutboxDrain):
             job.stored, job.payload = entry, {}
             self.drain_outbox()
             return entry
-        try:
-            source, written = self.store.write_checkpoint(self.run_id, self.registered_name, job.step, job.payload)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                self.guard.free(
-                    self.guarded(), reason="disk full while writing", need_mb=tensor_bytes(job.payload) / 2**20
-                )
-            raise
+        if job.written is None:  # a retry after a failed registration registers the files it already wrote
+            try:
+                job.written = self.store.write_checkpoint(self.run_id, self.registered_name, job.step, job.payload)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    self.guard.free(
+                        self.guarded(), reason="disk full while writing", need_mb=tensor_bytes(job.payload) / 2**20
+                    )
+                raise
+        source, written = job.written
         registration = Registration(
             job.category,
             job.step,
@@ -161,6 +163,22 @@ class SavePipeline(OutboxDrain):
 
     def on_failure(self, job: SaveJob, exc: BaseException, final: bool) -> None:
         self.health.record_failure(job.category, job.step, exc, job.attempts, final)
+        if job.written is not None and job.outcome in ("failed", "superseded"):
+            self._discard_unregistered(job.written[0])
+
+    def _discard_unregistered(self, source: str) -> None:
+        """Delete the files of a save that was given up, unless a version uses them (a registration that went
+        through although its answer was lost); when the store refuses, the start-up sweep removes them later."""
+        try:
+            if self.store.discard_unregistered(self.run_id, source):
+                log.info("%s: deleted the unregistered checkpoint files of a given-up save: %s", self.name, source)
+        except Exception as exc:  # noqa: BLE001 - best effort: the sweep is the fallback
+            log.warning(
+                "%s: could not delete the unregistered checkpoint files %s (%s); the next start-up sweeps them",
+                self.name,
+                source,
+                describe_store_error(exc),
+            )
 
     def register(
         self,

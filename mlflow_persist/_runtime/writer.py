@@ -47,6 +47,7 @@ class SaveJob:
     ready: Callable[[], None] | None = None  # waits until asynchronous device copies into the payload are complete
     tags: dict[str, str] = field(default_factory=dict)  # more version tags: a cut's, an episode save's monitor
     stored: Any = None  # where the snapshot already lies durably (an outbox entry): a retry must not store it again
+    written: Any = None  # (source, WrittenCheckpoint) already in the store: a retry registers it, never writes again
 
     def finish(self, outcome: str, result: Any = None, error: BaseException | None = None) -> None:
         self.outcome, self.result, self.error = outcome, result, error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 import time
@@ -14,12 +15,15 @@ import mlflow
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from mlflow_persist._format.atomic import STAGING_PREFIX, atomic_directory, copy_directory_atomically
+from mlflow_persist._format.digest import Digest, digest_file
 from mlflow_persist._format.payload import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
     CheckpointState,
     WrittenCheckpoint,
+    manifest_digest,
     read_checkpoint_dir,
+    read_manifest,
     write_checkpoint_dir,
 )
 from mlflow_persist._observe.logs import package_logger
@@ -39,12 +43,17 @@ __all__ = ["UNREGISTERED_SWEEP_AGE_SECONDS", "MlflowArtifacts", "unavailable_mes
 log = package_logger("mlflow_persist.store")
 
 UNREGISTERED_SWEEP_AGE_SECONDS = 600.0
+#: Run tag (one per owner: `<tag>.<registered name>`) noting when a remote sweep first found a directory unused.
+UNUSED_SEEN_TAG = "mlflow_persist.unused_seen"
+UNUSED_SEEN_KEPT = 100
 
 
 class MlflowArtifacts(MlflowAliases):
     """Checkpoint directories as run artifacts."""
 
     checkpoint_dirname = staticmethod(checkpoint_dirname)
+    #: Read every upload back (sizes listed, checkpoint.pt's digest recomputed) before it is registered.
+    verify_uploads = True
 
     @translated("store the checkpoint")
     def write_checkpoint(
@@ -68,7 +77,7 @@ class MlflowArtifacts(MlflowAliases):
         with tempfile.TemporaryDirectory(prefix="mlflow-persist-") as tmp:
             staging = Path(tmp) / dirname
             written = write_checkpoint_dir(payload, staging)
-            self.client.log_artifacts(run_id, str(staging), artifact_path=relative)
+            self._upload_verified(run_id, staging, relative, written.digest)
         return f"{self.artifact_uri(run_id)}/{relative}", written
 
     @translated("upload the checkpoint")
@@ -82,9 +91,55 @@ class MlflowArtifacts(MlflowAliases):
                 directory, local_root / CHECKPOINTS_DIR, dirname, (CHECKPOINT_FILE, MANIFEST_FILE)
             )
         else:
-            for name in (CHECKPOINT_FILE, MANIFEST_FILE):
-                self.client.log_artifact(run_id, str(directory / name), artifact_path=relative)
+            manifest = read_manifest(directory)
+            self._upload_verified(run_id, directory, relative, manifest_digest(manifest))
         return f"{self.artifact_uri(run_id)}/{relative}"
+
+    def _upload_verified(self, run_id: str, directory: Path, relative: str, digest: Digest | None) -> None:
+        """Upload manifest.json, then checkpoint.pt, and read them back: both present with their local sizes,
+        and checkpoint.pt's bytes matching `digest`. What does not verify is deleted and the save fails (the
+        writer or the outbox retries it), so a truncated or altered upload never becomes a version.
+
+        The manifest goes first, so every checkpoint folder that exists remotely says when it was written
+        (`sweep_partial_checkpoints` ages remote leftovers by it)."""
+        for name in (MANIFEST_FILE, CHECKPOINT_FILE):
+            self.client.log_artifact(run_id, str(directory / name), artifact_path=relative)
+        if not self.verify_uploads:
+            return
+        try:
+            problem = self._upload_problem(run_id, directory, relative, digest)
+        except Exception as exc:  # noqa: BLE001 - unreadable right after the upload: not verified either
+            problem = f"reading it back failed ({describe_store_error(exc)})"
+        if problem is None:
+            return
+        with contextlib.suppress(Exception):  # the sweep removes it later if this fails too
+            self._delete_relative(self.artifact_uri(run_id), relative)
+        raise StoreError(
+            f"The upload of {relative} to run {run_id} did not verify: {problem}; it was deleted and the "
+            "save is retried. If this repeats, check the artifact store (a proxy or gateway altering uploads)."
+        )
+
+    def _upload_problem(self, run_id: str, directory: Path, relative: str, digest: Digest | None) -> str | None:
+        remote = {Path(info.path).name: info.file_size for info in self.client.list_artifacts(run_id, relative)}
+        for name in (MANIFEST_FILE, CHECKPOINT_FILE):
+            local_size = (directory / name).stat().st_size
+            if name not in remote:
+                return f"{name} is missing"
+            remote_size = remote[name]
+            if remote_size is not None and int(remote_size) != local_size:
+                return f"{name} has {remote_size} bytes, {local_size} were sent"
+        if digest is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="mlflow-persist-verify-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{self.artifact_uri(run_id)}/{relative}/{CHECKPOINT_FILE}",
+                dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+            )
+            actual = digest_file(local, digest.algorithm)
+        if actual != digest:
+            return f"{CHECKPOINT_FILE} reads back as {actual.hexdigest}, {digest.hexdigest} was written"
+        return None
 
     @translated("sweep leftovers of interrupted saves")
     def sweep_partial_checkpoints(
@@ -98,12 +153,18 @@ class MlflowArtifacts(MlflowAliases):
         directory any version of any registered model uses. Temporary directories go once untouched (neither
         they nor their files modified) for `max_age_seconds`, so a save another process is writing right now is
         left alone; complete directories no version uses wait at least UNREGISTERED_SWEEP_AGE_SECONDS, as
-        another process may be about to register them. Without an `owner`, nothing is swept.
+        another process may be about to register them. A remote store tells no modification times, so there a
+        directory goes once two sweeps UNREGISTERED_SWEEP_AGE_SECONDS apart both found it unused (the first
+        one notes it in a run tag). Without an `owner`, nothing is swept.
         """
-        local_root = self.local_artifact_dir(run_id)
-        if owner is None or local_root is None or not (local_root / CHECKPOINTS_DIR).is_dir():
+        if owner is None:
             return []
-        used = {path.name for path in self._sources_in_run(run_id)}
+        local_root = self.local_artifact_dir(run_id)
+        if local_root is None:
+            return self._sweep_remote(run_id, owner)
+        if not (local_root / CHECKPOINTS_DIR).is_dir():
+            return []
+        used = self._used_dirnames(run_id)
         removed = []
         now = time.time()
         for entry in (local_root / CHECKPOINTS_DIR).iterdir():
@@ -122,19 +183,56 @@ class MlflowArtifacts(MlflowAliases):
             log.info("swept %d leftover checkpoint directories of interrupted saves in run %s", len(removed), run_id)
         return removed
 
-    def _sources_in_run(self, run_id: str) -> list[Path]:
-        """The local directories that registered versions of any model, created from this run, point to."""
-        sources: list[Path] = []
+    def _sweep_remote(self, run_id: str, owner: str) -> list[str]:
+        owned = [
+            Path(info.path).name
+            for info in self.client.list_artifacts(run_id, CHECKPOINTS_DIR)
+            if info.is_dir and written_for(Path(info.path).name, owner)
+        ]
+        tag_key = f"{UNUSED_SEEN_TAG}.{owner}"
+        noted = _read_unused_seen(self.client.get_run(run_id).data.tags.get(tag_key, ""))
+        if not owned and not noted:
+            return []
+        used = self._used_dirnames(run_id)
+        now = time.time()
+        unused = [name for name in owned if name not in used]
+        removed, still_noted = [], {}
+        root = self.artifact_uri(run_id)
+        for name in unused:
+            first_seen = noted.get(name, now)
+            if now - first_seen >= UNREGISTERED_SWEEP_AGE_SECONDS:
+                self._delete_relative(root, f"{CHECKPOINTS_DIR}/{name}")
+                removed.append(name)
+            else:
+                still_noted[name] = first_seen
+        newest = dict(sorted(still_noted.items(), key=lambda item: item[1])[-UNUSED_SEEN_KEPT:])
+        if newest != noted:
+            self.client.set_tag(run_id, tag_key, json.dumps(newest, separators=(",", ":")) if newest else "{}")
+        if removed:
+            log.info("swept %d unregistered checkpoint directories of %s in run %s", len(removed), owner, run_id)
+        return removed
+
+    def _used_dirnames(self, run_id: str) -> set[str]:
+        """The checkpoint directory names that registered versions of any model, created from this run, use."""
+        names: set[str] = set()
         token = None
         while True:
             page = self.registry.search_model_versions(f"run_id = '{run_id}'", max_results=1000, page_token=token)
-            for mv in page:
-                path = local_path(self.relocate_uri(mv.source))
-                if path is not None:
-                    sources.append(path)
+            names.update(str(mv.source).rstrip("/").rsplit("/", 1)[-1] for mv in page)
             token = page.token
             if not token:
-                return sources
+                return names
+
+    @translated("delete an unregistered checkpoint")
+    def discard_unregistered(self, run_id: str, source: str) -> bool:
+        """Delete the checkpoint directory `source` of the run unless a registered version of any model uses
+        it; returns whether it was deleted."""
+        root = self.artifact_uri(run_id)
+        relative = _checkpoint_relative(root, source, f"the unregistered checkpoint of run {run_id}")
+        if relative.rsplit("/", 1)[-1] in self._used_dirnames(run_id):
+            return False
+        self._delete_relative(root, relative)
+        return True
 
     @translated("delete the checkpoint's artifacts")
     def delete_artifacts(self, info: VersionInfo) -> None:
@@ -146,16 +244,9 @@ class MlflowArtifacts(MlflowAliases):
                 "ours to delete; remove them by hand if they are unused."
             )
         root = self.artifact_uri(info.run_id)
-        if not info.source.startswith(f"{root}/{CHECKPOINTS_DIR}/") or ".." in info.source[len(root) :].split("/"):
-            raise StoreError(
-                f"{info.name} v{info.version} has its artifacts at {info.source}, outside the "
-                f"checkpoints of run {info.run_id}; they are left alone."
-            )
-        relative = info.source[len(root) + 1 :]
-        if relative.rstrip("/").split("/")[-1] in ("", ".", CHECKPOINTS_DIR):  # the checkpoints folder itself
-            raise StoreError(
-                f"{info.name} v{info.version} names {info.source}, not one checkpoint directory; it is left alone."
-            )
+        self._delete_relative(root, _checkpoint_relative(root, info.source, f"{info.name} v{info.version}"))
+
+    def _delete_relative(self, root: str, relative: str) -> None:
         local_root = local_path(root)
         if local_root is not None:
             shutil.rmtree(local_root / relative, ignore_errors=True)
@@ -213,6 +304,29 @@ class MlflowArtifacts(MlflowAliases):
         state.name, state.version = info.name, info.version
         state.category = info.category if info.category != "unknown" else state.category
         return state
+
+
+def _checkpoint_relative(root: str, source: str, label: str) -> str:
+    """`source` relative to the run's artifact root `root`, when it names one checkpoint directory of the run;
+    anything else is refused (StoreError) and left alone."""
+    if not source.startswith(f"{root}/{CHECKPOINTS_DIR}/") or ".." in source[len(root) :].split("/"):
+        raise StoreError(
+            f"{label} has its artifacts at {source}, outside the checkpoints of its run; they are left alone."
+        )
+    relative = source[len(root) + 1 :]
+    if relative.rstrip("/").split("/")[-1] in ("", ".", CHECKPOINTS_DIR):  # the checkpoints folder itself
+        raise StoreError(f"{label} names {source}, not one checkpoint directory; it is left alone.")
+    return relative
+
+
+def _read_unused_seen(text: str) -> dict[str, float]:
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}
 
 
 def _newest_mtime(path: Path) -> float:

@@ -65,6 +65,10 @@ class CheckpointStore(Protocol):
         """Remove leftovers of `owner`'s interrupted saves in a run (only what its own pipeline provably wrote
         and no registered version uses); returns what was removed."""
 
+    def discard_unregistered(self, run_id: str, source: str) -> bool:
+        """Stage `delete`: remove the checkpoint at `source` (written for a save that was then given up) unless a
+        registered version of any model uses it; returns whether it was removed."""
+
     # registry -----------------------------------------------------------------------------------------
     def register_version(
         self,
