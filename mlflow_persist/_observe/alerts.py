@@ -28,7 +28,7 @@ log = package_logger("mlflow_persist.alerts")
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # save_failures | degradation | disk | revert_failed | cut_abandoned
+    kind: str  # save_failures | degradation | disk | revert_failed | cut_abandoned | outbox_entry_abandoned
     model: str
     message: str
     details: dict[str, Any] = field(default_factory=dict)

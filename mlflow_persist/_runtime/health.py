@@ -72,6 +72,11 @@ class ModelHealth:
                 )
             )
 
+    def alert(self, kind: str, message: str, details: Mapping[str, object]) -> None:
+        """Log `message` as an error and send it to the alert sinks (something was given up)."""
+        log.error("%s: %s", self.name, message, extra={"model": self.name, "outcome": kind})
+        self._alerts.fire(Alert(kind, self.name, message, dict(details)))
+
     def record_success(self) -> None:
         with self._lock:
             recovered = self.degraded

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ __all__ = [
 log = package_logger("mlflow_persist")
 
 ENTRY_FILE = "entry.json"
+FAILURES_FILE = "failures.json"  # failed registrations of an entry the store refused (not an outage)
 QUARANTINE_DIR = "_quarantine"
 #: Entries set aside (unreadable, or their run gone) are kept this long for the operator, then removed.
 QUARANTINE_KEEP_DAYS = 30
@@ -213,6 +215,22 @@ class Outbox:
             return digest_file(checkpoint, expected.algorithm).hexdigest == expected.hexdigest
         except (OSError, ValueError):
             return False
+
+    @staticmethod
+    def record_failure(entry: OutboxEntry, error: str, now: float | None = None) -> tuple[int, float]:
+        """Note one more failed registration of the entry (in its folder, so restarts keep counting); returns
+        (failures so far, when the first one happened)."""
+        path = entry.directory / FAILURES_FILE
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            count, first = int(record["count"]), float(record["first"])
+        except (OSError, ValueError, KeyError, TypeError):
+            count, first = 0, time.time() if now is None else now
+        count += 1
+        staging = path.with_suffix(".tmp")
+        staging.write_text(json.dumps({"count": count, "first": first, "last_error": error[:2000]}), encoding="utf-8")
+        os.replace(staging, path)
+        return count, first
 
     def quarantine(self, entry: OutboxEntry) -> Path:
         """Move an entry that can never be registered (its run is gone) aside, keeping its bytes."""

@@ -1,6 +1,7 @@
 """The outbox half of a model's save pipeline: behind a tracking server every checkpoint is first complete on
 local disk (outbox.py); this uploads and registers the waiting entries in order, and stops at the first failure so
-the rest wait, in order, for the next drain (the scheduler tick, the next save, or the next start)."""
+the rest wait, in order, for the next drain (the scheduler tick, the next save, or the next start). An entry the
+store refuses again and again (not an outage) is set aside after a bounded time, so it never blocks the rest."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ from mlflow_persist._runtime.health import ModelHealth
 from mlflow_persist._runtime.outbox import Outbox, OutboxEntry
 from mlflow_persist._runtime.registration import Registration
 from mlflow_persist._store.protocol import CheckpointStore
-from mlflow_persist.errors import NotFoundError
+from mlflow_persist.errors import NotFoundError, describe_store_error, is_unreachable
 
-__all__ = ["OutboxDrain"]
+__all__ = ["ENTRY_GIVE_UP_SECONDS", "MAX_ENTRY_FAILURES", "OutboxDrain"]
+
+#: An entry the store keeps refusing (it answers, with an error) is set aside after this many refusals ...
+MAX_ENTRY_FAILURES = 5
+#: ... spread over at least this long, so a server that errs for a while does not cost a checkpoint.
+ENTRY_GIVE_UP_SECONDS = 600.0
 
 log = package_logger("mlflow_persist")
 
@@ -84,9 +90,28 @@ class OutboxDrain:
                     )
                     continue
                 self.health.record_failure(entry.category, entry.step, exc, attempts=None, final=False)
+                if not is_unreachable(exc) and self._refused_for_good(outbox, entry, exc):
+                    continue
                 return len(entries) - position
             outbox.remove(entry)
         return 0
+
+    def _refused_for_good(self, outbox: Outbox, entry: OutboxEntry, exc: BaseException) -> bool:
+        """The store answered, and refused the entry: after MAX_ENTRY_FAILURES refusals over at least
+        ENTRY_GIVE_UP_SECONDS it is set aside (kept for the operator) with an alert, so it stops blocking the
+        entries behind it; until then the queue waits, in order, as in an outage."""
+        reason = describe_store_error(exc)
+        failures, first = outbox.record_failure(entry, reason)
+        if failures < MAX_ENTRY_FAILURES or time.time() - first < ENTRY_GIVE_UP_SECONDS:
+            return False
+        moved = outbox.quarantine(entry)
+        self.health.alert(
+            "outbox_entry_abandoned",
+            f"the {entry.category} checkpoint of step {entry.step} was refused {failures} times ({reason}); "
+            f"moved it to {moved} and went on with the next ones",
+            {"step": entry.step, "category": entry.category, "error": reason[:500], "path": str(moved)},
+        )
+        return True
 
     def _register_entry(self, entry: OutboxEntry, started: float) -> None:
         source = self.store.upload_checkpoint_files(entry.run_id, entry.directory, entry.dirname)

@@ -18,18 +18,21 @@ from runtime_support import wait_until
 from runtime_support2 import make_net, outbox_entries, persistence, same, snapshot, train
 
 import mlflow_persist as mp
+from mlflow_persist._runtime import outbox_drain
 from mlflow_persist._runtime.outbox_drain import OutboxDrain
-from mlflow_persist.errors import NotFoundError, StoreUnavailableError
+from mlflow_persist.errors import NotFoundError, StoreError, StoreUnavailableError
 from mlflow_persist.testing import MemoryStore
 
 
 class RefusingServer(MemoryStore):
-    """A remote MemoryStore that refuses to register the checkpoints of the steps in `refuse_steps`."""
+    """A remote MemoryStore that refuses to register the checkpoints of the steps in `refuse_steps`: as
+    unreachable (an outage), or with `answer=True` as a server that answers with an error."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bool = False) -> None:
         super().__init__(remote=True)
         self.refuse_steps: set[int] = set()
         self.refused: list[int] = []
+        self.answer = answer
 
     def register_version(
         self,
@@ -43,18 +46,20 @@ class RefusingServer(MemoryStore):
         step = int(str(tags["mlflow_persist.step"]))
         if step in self.refuse_steps:
             self.refused.append(step)
+            if self.answer:
+                raise StoreError(f"INVALID_PARAMETER_VALUE: injected, the server rejects step {step}")
             raise StoreUnavailableError(f"injected: the server refused step {step}")
         return super().register_version(name, source, run_id, tags, retried, description)
 
 
 def _outage_with_three_entries(
-    store: MemoryStore, outbox: Path
+    store: MemoryStore, outbox: Path, **overrides: Any
 ) -> tuple[mp.Persistence, mp.ModelHandle, list[dict[str, torch.Tensor]]]:
     """While the server is down: performance saves at steps 1 and 2, a periodic one at step 3. Returns the
     open persistence, the handle and the model states of the three saves."""
     store.fail("write", times=None)
     model, opt = make_net(1)
-    persist = persistence(store, outbox_dir=str(outbox))
+    persist = persistence(store, outbox_dir=str(outbox), **overrides)
     handle = persist.track("net", model, opt)
     states = []
     for loss in (2.0, 1.0):
@@ -115,6 +120,32 @@ def test_the_drain_stops_at_the_first_failure_and_later_entries_stay_on_disk_in_
         assert handle.pipeline.drain_outbox(blocking=True) == 0
         assert _registered(store) == [(1, "performance"), (2, "performance"), (3, "periodic")]
         assert outbox_entries(outbox, "net") == []
+    finally:
+        persist.close(final_checkpoints=False)
+
+
+def test_an_entry_the_server_keeps_rejecting_is_set_aside_in_time_and_the_rest_register(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, outbox, alerts = RefusingServer(answer=True), tmp_path / "outbox", []
+    persist, handle, states = _outage_with_three_entries(store, outbox, alert_sinks=[alerts.append])
+    try:
+        rejected = outbox_entries(outbox, "net")[0]
+        kept = (outbox / "net" / rejected / "checkpoint.pt").read_bytes()
+        store.refuse_steps = {1}
+        for _ in range(outbox_drain.MAX_ENTRY_FAILURES + 2):  # a server that errs for a while costs nothing
+            assert handle.pipeline.drain_outbox(blocking=True) == 3
+        assert _registered(store) == [] and "outbox_entry_abandoned" not in [a.kind for a in alerts]
+
+        monkeypatch.setattr(outbox_drain, "ENTRY_GIVE_UP_SECONDS", 0.0)  # ... until it has refused long enough
+        assert handle.pipeline.drain_outbox(blocking=True) == 0
+        assert _registered(store) == [(2, "performance"), (3, "periodic")]
+        for info, expected in zip(store.list_versions("net"), states[1:]):
+            assert same(dict(store.load_version(info).model_state), expected)
+        assert (outbox / "_quarantine" / "net" / rejected / "checkpoint.pt").read_bytes() == kept
+        abandoned = [a for a in alerts if a.kind == "outbox_entry_abandoned"]
+        assert len(abandoned) == 1 and abandoned[0].details["step"] == 1
+        assert "INVALID_PARAMETER_VALUE" in abandoned[0].details["error"]
     finally:
         persist.close(final_checkpoints=False)
 
