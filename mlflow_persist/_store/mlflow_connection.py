@@ -34,6 +34,48 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 log = package_logger("mlflow_persist.store")
 
 
+#: Database URIs MLflow opens itself: it retries a refused connection 10 times over about 100 s first.
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+DATABASE_PROBE_ATTEMPTS = 3
+DATABASE_CONNECT_TIMEOUT_SECONDS = 5
+
+
+def probe_database(tracking_uri: str, description: str) -> None:
+    """For a database tracking URI, connect once (3 tries within seconds) before MLflow does, so a database
+    that is down, refuses the login or does not exist is reported in seconds instead of after MLflow's own
+    ~100 s of engine retries. Other URIs are left to MLflow."""
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in DATABASE_SCHEMES:
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+    from tenacity import Retrying, stop_after_attempt, wait_exponential
+
+    connect_args = {"connect_timeout": DATABASE_CONNECT_TIMEOUT_SECONDS} if scheme in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(tracking_uri, connect_args=connect_args, poolclass=NullPool)
+    except Exception as exc:  # noqa: BLE001 - a missing driver or a malformed URI
+        raise StoreUnavailableError(
+            f"The MLflow store at {description} cannot be used ({describe_store_error(exc)}); check the tracking "
+            "URI and that its database driver is installed."
+        ) from None
+    try:
+        for attempt in Retrying(
+            stop=stop_after_attempt(DATABASE_PROBE_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.2, max=1.0),
+            reraise=True,
+        ):
+            with attempt, engine.connect():
+                pass
+    except Exception as exc:  # noqa: BLE001 - refused, timed out, login or database missing alike
+        raise StoreUnavailableError(
+            f"The MLflow store at {description} cannot be used ({describe_store_error(exc)}); check the tracking "
+            "URI and that the database server is running and accepts this login."
+        ) from None
+    finally:
+        engine.dispose()
+
+
 class MlflowConnection:
     """MLflow access for one tracking URI and experiment: what every part of `MlflowStore` builds on."""
 
@@ -45,6 +87,7 @@ class MlflowConnection:
         db_dir = sqlite_dir(tracking_uri)
         if db_dir is not None:
             make_sqlite_commits_durable(db_dir / Path(tracking_uri[len("sqlite:///") :]).name)
+        probe_database(tracking_uri, self.description)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.is_remote = self.is_remote_uri(tracking_uri)
         # Only an embedded sqlite store is reached by one machine, so only there does our file lock serialize
