@@ -6,7 +6,9 @@ categories, so nothing the replaced snapshot was to be registered as is lost. Tw
 - a waiting forced snapshot (final, manual) is never replaced: a newer forced one waits for the slot, a newer
   periodic one is registered on the waiting snapshot's bytes, any other newer one is dropped;
 - a waiting performance snapshot is never replaced by a non-performance one: a periodic one is dropped
-  (the handle attaches its category to the waiting snapshot first) and a forced one waits for the slot.
+  (the handle attaches its category to the waiting snapshot first) and a forced one queues behind it (the
+  performance snapshot moves to the slot served first, so a model then has at most three snapshots: one
+  being written, the performance one, the forced one).
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ class CheckpointWriter:
         self._on_success = on_success
         self._cond = threading.Condition()
         self._waiting: dict[str, SaveJob] = {}
-        self._retrying: dict[str, SaveJob] = {}  # failed performance snapshots due again, ahead of _waiting
+        # performance snapshots served ahead of _waiting: failed ones due again, and waiting ones a forced
+        # snapshot queued behind
+        self._retrying: dict[str, SaveJob] = {}
         self._running: dict[str, SaveJob] = {}
         self._closed = False
         self.dropped = 0
@@ -187,6 +191,12 @@ class CheckpointWriter:
                         )
                         job.finish("dropped")
                         return job
+                    if not waiting.forced and job.model not in self._retrying:
+                        # the waiting performance snapshot moves to the slot served first, so the forced
+                        # one queues behind it instead of waiting (a third snapshot of the model, at most)
+                        self._retrying[job.model] = self._waiting.pop(job.model)
+                        self._cond.notify_all()
+                        continue
                     self._cond.wait(self._pause(give_up_at))
                     continue
                 if waiting is None and len(self._waiting) >= self._queue_size:
@@ -327,6 +337,9 @@ class CheckpointWriter:
             return "failed"
         job.not_before = time.monotonic() + min(self._max_backoff, 0.5 * 2 ** (job.attempts - 1))
         waiting = self._waiting.get(job.model)
+        if job.model in self._retrying:  # a newer performance snapshot is served first: it takes over this one
+            _carry(self._retrying[job.model], job)
+            return "superseded"
         if waiting is None:
             self._waiting[job.model] = job
         elif job.category == PERFORMANCE:

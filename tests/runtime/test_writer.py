@@ -50,18 +50,22 @@ def test_newest_state_wins_but_a_waiting_performance_save_is_never_replaced_by_a
     writer.close()
 
 
-def test_forced_save_waits_for_the_slot_instead_of_replacing_a_performance_save() -> None:
+def test_a_forced_save_queues_behind_a_waiting_performance_save_and_is_never_skipped_for_it() -> None:
+    """A system checkpoint right after an improvement: the forced snapshot does not wait for the performance one
+    to start (with a bound on waits it would be skipped on a busy writer); both are written, in order."""
     executor = GatedExecutor()
-    writer = CheckpointWriter(executor)
+    writer = CheckpointWriter(executor, max_submit_wait=0.05)
     writer.submit(_job("a", "periodic", 1))
     assert executor.started.wait(5)
-    writer.submit(_job("a", "performance", 2))
-    final_done = threading.Event()
-    threading.Thread(target=lambda: (writer.submit(_job("a", "final", 3, forced=True)), final_done.set())).start()
-    assert not final_done.wait(0.3)
+    perf = writer.submit(_job("a", "performance", 2))
+    final = writer.submit(_job("a", "final", 3, forced=True))
+    assert final.outcome == "pending" and writer.skipped == 0
+    assert writer.pending("a") == 3  # one running, the performance one, the forced one: the memory bound
+    second = writer.submit(_job("a", "final", 4, forced=True))  # a second forced one waits, bounded
+    assert second.outcome == "dropped" and writer.skipped == 1
     executor.gate.set()
-    assert final_done.wait(5)
     assert writer.flush(timeout=10)
+    assert perf.outcome == final.outcome == "saved"
     assert [w[1:] for w in executor.written] == [("periodic", 1), ("performance", 2), ("final", 3)]
     writer.close()
 
@@ -160,4 +164,19 @@ def test_a_failed_performance_save_is_retried_before_the_newer_snapshot_and_both
     assert writer.flush(timeout=10)
     assert perf.outcome == "saved" and final.outcome == "saved"
     assert executor.written == [("a", "performance", 1), ("a", "final", 2)]
+    writer.close()
+
+
+def test_a_failed_performance_save_behind_which_a_newer_one_was_moved_up_is_taken_over_by_it() -> None:
+    executor = GatedExecutor(failures=1)
+    writer = CheckpointWriter(executor, max_backoff_seconds=0.01, max_submit_wait=0.05)
+    older = writer.submit(_job("a", "performance", 1))
+    assert executor.started.wait(5)
+    newer = writer.submit(_job("a", "performance", 2))
+    final = writer.submit(_job("a", "final", 3, forced=True))  # moves `newer` up, queues behind it
+    executor.gate.set()  # `older` fails: the newer, better state takes over its categories
+    assert writer.flush(timeout=10)
+    assert older.outcome == "superseded" and newer.outcome == final.outcome == "saved"
+    assert executor.written == [("a", "performance", 2), ("a", "final", 3)]
+    assert writer.pending() == 0
     writer.close()
