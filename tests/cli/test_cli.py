@@ -125,6 +125,7 @@ def test_error_paths_print_one_line_and_exit_non_zero(
     assert code == 1 and "LOUD" in err
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_unreachable_server_is_a_one_line_error() -> None:
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
     proc = subprocess.run(

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from zygote import Zygote
 
+# The CLI processes are forked from a pre-imported Python (tests/zygote.py).
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-c", "from mlflow_persist.cli.main import main; main()"]
 RUN_KEY = "trading-system"
@@ -34,8 +36,8 @@ def _uri(workdir: Path) -> str:
     return f"sqlite:///{workdir}/mlflow.db"
 
 
-def _cli(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def _cli(zygote: Zygote, workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return zygote.run(
         [*CLI, *args, "--tracking-uri", _uri(workdir)],
         cwd=workdir,
         env=_env(),
@@ -45,8 +47,8 @@ def _cli(workdir: Path, *args: str, timeout: float = 300) -> subprocess.Complete
     )
 
 
-def _replay(workdir: Path, *args: str) -> tuple[int, dict[str, Any], str]:
-    result = _cli(workdir, "replay", *args, "--json")
+def _replay(zygote: Zygote, workdir: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    result = _cli(zygote, workdir, "replay", *args, "--json")
     assert "Traceback" not in result.stderr, result.stderr
     report = json.loads(result.stdout)
     assert report.pop("schema_version") == 1, report
@@ -64,12 +66,14 @@ def _store(workdir: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory, template_db: Path) -> Path:
+def workdir(tmp_path_factory: pytest.TempPathFactory, template_db: Path, zygote: Zygote) -> Path:
     path = tmp_path_factory.mktemp("episodes-e2e")
     shutil.copy(template_db, path / "mlflow.db")
     # Cuts every 50 bars and a periodic window of one: serving switches to versions that retention deletes later.
     (path / "persist.toml").write_text("periodic_every_steps = 50\nkeep_periodic = 1\n", encoding="utf-8")
-    result = _cli(path, "run", "--steps", "300", "--seed", "2", "--no-progress", "--config", str(path / "persist.toml"))
+    result = _cli(
+        zygote, path, "run", "--steps", "300", "--seed", "2", "--no-progress", "--config", str(path / "persist.toml")
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return path
@@ -89,13 +93,13 @@ def test_run_records_every_trained_decision_in_the_trading_system_run(workdir: P
     assert {"bars", "cob", "draws"} <= set(episode.frames)
 
 
-def test_replay_sample_of_25_reproduces_all(workdir: Path) -> None:
-    code, report, stderr = _replay(workdir, "--sample", "25")
+def test_replay_sample_of_25_reproduces_all(workdir: Path, zygote: Zygote) -> None:
+    code, report, stderr = _replay(zygote, workdir, "--sample", "25")
     assert report == {"replayed": 25, "reproduced": 25, "failed": []}, stderr
     assert code == 0
 
 
-def test_replay_one_episode_by_id_whose_version_retention_deleted(workdir: Path) -> None:
+def test_replay_one_episode_by_id_whose_version_retention_deleted(workdir: Path, zygote: Zygote) -> None:
     store = _store(workdir)
     registered = {
         (v.name, int(v.version))
@@ -110,15 +114,15 @@ def test_replay_one_episode_by_id_whose_version_retention_deleted(workdir: Path)
         if any(v is not None and (name, v) not in registered for name, v in versions.items())
     ]
     assert deleted, "retention deleted no version that decided; nothing exercises the kept weights"
-    code, report, stderr = _replay(workdir, "--episode", str(deleted[len(deleted) // 2]))
+    code, report, stderr = _replay(zygote, workdir, "--episode", str(deleted[len(deleted) // 2]))
     assert (code, report) == (0, {"replayed": 1, "reproduced": 1, "failed": []}), stderr
 
 
 class _Background:
     """A `run` subprocess whose stderr is read on a thread, so the test can wait for a progress line."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
+    def __init__(self, zygote: Zygote, workdir: Path, *args: str) -> None:
+        self.proc = zygote.popen(
             [*CLI, "run", "--tracking-uri", _uri(workdir), *args],
             cwd=workdir,
             env=_env(),
@@ -143,9 +147,9 @@ class _Background:
         raise AssertionError(f"{text!r} never appeared; stderr:\n{''.join(self.lines)}")
 
 
-def test_sigterm_stores_the_buffered_episodes_and_finishes_the_run(workdir: Path) -> None:
+def test_sigterm_stores_the_buffered_episodes_and_finishes_the_run(workdir: Path, zygote: Zygote) -> None:
     before = len(_store(workdir))
-    run = _Background(workdir, "--minutes", "10", "--seed", "2")
+    run = _Background(zygote, workdir, "--minutes", "10", "--seed", "2")
     run.wait_for("step 400 |")  # 100 bars after the 300 the first run left off at
     run.proc.send_signal(signal.SIGTERM)
     code = run.proc.wait(timeout=300)
@@ -156,7 +160,7 @@ def test_sigterm_stores_the_buffered_episodes_and_finishes_the_run(workdir: Path
     assert store.client.get_run(store.run_id).info.status == "FINISHED"
 
 
-def test_damaged_part_file_is_named_and_the_other_episodes_still_replay(workdir: Path) -> None:
+def test_damaged_part_file_is_named_and_the_other_episodes_still_replay(workdir: Path, zygote: Zygote) -> None:
     store = _store(workdir)
     index = store.index
     counts = index.groupby("file")["episode_id"].count()
@@ -171,7 +175,7 @@ def test_damaged_part_file_is_named_and_the_other_episodes_still_replay(workdir:
         corrupt[len(corrupt) // 2] ^= 0xFF
         path.write_bytes(bytes(corrupt))
         args = [arg for eid in [*bad, *good] for arg in ("--episode", eid)]
-        code, report, stderr = _replay(workdir, *args)
+        code, report, stderr = _replay(zygote, workdir, *args)
     finally:
         path.write_bytes(original)
     assert code != 0

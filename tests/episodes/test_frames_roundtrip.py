@@ -148,6 +148,7 @@ def frames(draw: st.DrawFn) -> pd.DataFrame:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames())
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_random_frames_roundtrip_bit_exact(df: pd.DataFrame) -> None:
     out = _roundtrip(df)
     assert_frames_identical(df, out)

@@ -1,5 +1,8 @@
 """Shared by the framework tests: a digest of a trainer's state that the trainer records itself, a
-subprocess that is SIGKILLed at a chosen moment, and reading what a run left in the store."""
+subprocess that is SIGKILLed at a chosen moment, and reading what a run left in the store.
+
+The trainer scripts run as children of a zygote (tests/zygote.py) that imported the framework already
+(lightning alone takes 7 s to import here): `framework_zygote(zygotes, "lightning")` in a module's fixture."""
 
 from __future__ import annotations
 
@@ -16,6 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from zygote import Zygote
+
+# What each framework's zygote imports on top of the base set (tests/conftest.py).
+FRAMEWORK_MODULES = {
+    "lightning": ("lightning.pytorch",),
+    "transformers": (
+        "transformers",
+        "transformers.trainer",
+        "transformers.models.bert.modeling_bert",
+        "transformers.models.gpt2.modeling_gpt2",
+        "accelerate",
+    ),
+    "sb3": ("gymnasium", "stable_baselines3"),
+}
 
 
 def _walk(value: Any, out: hashlib._Hash) -> None:
@@ -80,8 +97,8 @@ def env() -> dict[str, str]:
     return values
 
 
-def run(script: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
+def run(script: Path, *args: str, cwd: Path, zygote: Zygote, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    result = zygote.run(
         [sys.executable, str(script), *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
@@ -89,11 +106,11 @@ def run(script: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess
 
 
 def _start_and_wait(
-    script: Path, args: tuple[str, ...], cwd: Path, when: str, timeout: float
+    script: Path, args: tuple[str, ...], cwd: Path, when: str, timeout: float, zygote: Zygote
 ) -> tuple[subprocess.Popen[str], list[str], threading.Thread, float]:
     """Start `script` and wait for a stdout line containing `when`; returns the process, its lines so far
     (still growing), the reader thread and the deadline."""
-    proc = subprocess.Popen(
+    proc = zygote.popen(
         [sys.executable, str(script), *args],
         cwd=cwd,
         env=env(),
@@ -112,9 +129,11 @@ def _start_and_wait(
     return proc, lines, reader, deadline
 
 
-def run_and_kill(script: Path, *args: str, cwd: Path, when: str, delay: float = 0.0, timeout: float = 600) -> str:
+def run_and_kill(
+    script: Path, *args: str, cwd: Path, when: str, zygote: Zygote, delay: float = 0.0, timeout: float = 600
+) -> str:
     """Start `script`, wait for a stdout line containing `when`, wait `delay` s more, SIGKILL it."""
-    proc, lines, reader, _ = _start_and_wait(script, args, cwd, when, timeout)
+    proc, lines, reader, _ = _start_and_wait(script, args, cwd, when, timeout, zygote)
     time.sleep(delay)
     assert proc.poll() is None, f"{script.name} ended before the kill:\n{''.join(lines)[-5000:]}"
     proc.send_signal(signal.SIGKILL)
@@ -151,12 +170,23 @@ def lines_with(text: str, marker: str) -> Iterable[dict[str, Any]]:
 
 
 def run_and_signal(
-    script: Path, *args: str, cwd: Path, when: str, signum: int = signal.SIGTERM, timeout: float = 600
+    script: Path,
+    *args: str,
+    cwd: Path,
+    when: str,
+    zygote: Zygote,
+    signum: int = signal.SIGTERM,
+    timeout: float = 600,
 ) -> tuple[int, str]:
     """Start `script`, send `signum` once a stdout line contains `when`, let it exit on its own; returns its
     exit code and output."""
-    proc, lines, reader, deadline = _start_and_wait(script, args, cwd, when, timeout)
+    proc, lines, reader, deadline = _start_and_wait(script, args, cwd, when, timeout, zygote)
     proc.send_signal(signum)
     code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     reader.join(timeout=10)
     return code, "".join(lines)
+
+
+def framework_zygote(zygotes: Any, framework: str) -> Zygote:
+    """The session's zygote (tests/conftest.py `zygotes`) that has `framework` imported."""
+    return zygotes.get(*FRAMEWORK_MODULES[framework])

@@ -6,22 +6,34 @@ reported), never what mlflow-persist says about itself.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lightning")
+if importlib.util.find_spec("lightning") is None:  # not imported here (4 s): only the trainer processes use it
+    pytest.skip("could not import 'lightning': not installed", allow_module_level=True)
 
-from .support import DigestLog, lines_with, metric_steps, registry, run, run_and_kill  # noqa: E402
+from zygote import Zygote, Zygotes  # noqa: E402
+
+from .support import DigestLog, framework_zygote, lines_with, metric_steps, registry, run, run_and_kill  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("lightning_proc.py")
 
 
-def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sigkill(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def framework(zygotes: Zygotes) -> Zygote:
+    """A pre-imported Python with lightning imported, to fork the trainer scripts from."""
+    return framework_zygote(zygotes, "lightning")
+
+
+def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sigkill(
+    tmp_path: Path, framework: Zygote
+) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     log = DigestLog(tmp_path / "digests.jsonl")
-    first = run(SCRIPT, uri, str(log.path), "40", cwd=tmp_path)
+    first = run(SCRIPT, uri, str(log.path), "40", cwd=tmp_path, zygote=framework)
     assert [r["step"] for r in lines_with(first.stdout, "RESTORED")] == [None]
     saved = registry(uri, "boring")
     categories = {t["mlflow_persist.category"] for t in saved["versions"].values()}
@@ -31,7 +43,7 @@ def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sig
     best = saved["versions"][int(saved["aliases"]["best"])]
     assert float(best["mlflow_persist.value"]) == min(monitors)
 
-    killed = run_and_kill(SCRIPT, uri, str(log.path), "1000", cwd=tmp_path, when="STEP 63", delay=0.3)
+    killed = run_and_kill(SCRIPT, uri, str(log.path), "1000", cwd=tmp_path, zygote=framework, when="STEP 63", delay=0.3)
     restarted_from = next(lines_with(killed, "RESTORED"))
     assert restarted_from["step"] == 40 and restarted_from["digest"] == log.digest_at(40)
 
@@ -39,7 +51,7 @@ def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sig
     newest = max(after_kill["versions"])
     newest_step = int(after_kill["versions"][newest]["mlflow_persist.step"])
     assert newest_step > 40  # the killed fit saved checkpoints of its own before the kill
-    resumed = run(SCRIPT, uri, str(log.path), "5", cwd=tmp_path)
+    resumed = run(SCRIPT, uri, str(log.path), "5", cwd=tmp_path, zygote=framework)
     info = next(lines_with(resumed.stdout, "RESTORED"))
     assert info["version"] == newest and info["step"] == newest_step
     assert info["digest"] == log.digest_at(newest_step)  # weights, optimizer and scheduler as they were saved
@@ -50,10 +62,10 @@ def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sig
     assert steps == sorted(steps) and max(steps) == newest_step + 5  # the step axis continued
 
 
-def test_the_lightning_example_runs_and_resumes(tmp_path: Path) -> None:
+def test_the_lightning_example_runs_and_resumes(tmp_path: Path, framework: Zygote) -> None:
     script = Path(__file__).resolve().parents[2] / "scripts" / "examples" / "lightning_example.py"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    first = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path)
+    first = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path, zygote=framework)
     assert "started fresh - trained 20 steps; the model's step is now 20" in first.stdout
-    second = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path)
+    second = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path, zygote=framework)
     assert "resumed from step 20" in second.stdout and "the model's step is now 40" in second.stdout

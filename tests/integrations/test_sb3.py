@@ -17,18 +17,25 @@ pytest.importorskip("stable_baselines3")
 import gymnasium  # noqa: E402
 import numpy as np  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
+from zygote import Zygote, Zygotes  # noqa: E402
 
 import mlflow_persist as mp  # noqa: E402
 from mlflow_persist.integrations.sb3 import PersistCallback  # noqa: E402
 from mlflow_persist.testing import MemoryStore  # noqa: E402
 
-from .support import DigestLog, lines_with, registry, run, run_and_kill, run_and_signal  # noqa: E402
+from .support import DigestLog, framework_zygote, lines_with, registry, run, run_and_kill, run_and_signal  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("sb3_proc.py")
 EXAMPLE = Path(__file__).resolve().parents[2] / "scripts" / "examples" / "sb3_example.py"
 NAME = "cartpole_dqn"
 TRAIN_FREQ = 4  # sb3_proc.py's DQN(train_freq=...)
 CATEGORY, STEP, VALUE = "mlflow_persist.category", "mlflow_persist.step", "mlflow_persist.value"
+
+
+@pytest.fixture(scope="module")
+def framework(zygotes: Zygotes) -> Zygote:
+    """A pre-imported Python with sb3 imported, to fork the trainer scripts from."""
+    return framework_zygote(zygotes, "sb3")
 
 
 def _one(output: str, marker: str) -> dict[str, Any]:
@@ -133,9 +140,9 @@ def test_save_replay_buffer_needs_an_off_policy_algorithm() -> None:
 
 
 @pytest.mark.slow
-def test_best_is_the_best_mean_reward_the_trainer_saw(tmp_path: Path, sqlite_uri: str) -> None:
+def test_best_is_the_best_mean_reward_the_trainer_saw(tmp_path: Path, sqlite_uri: str, framework: Zygote) -> None:
     log = DigestLog(tmp_path / "digests.jsonl")
-    output = run(SCRIPT, sqlite_uri, str(log.path), "1500", cwd=tmp_path).stdout
+    output = run(SCRIPT, sqlite_uri, str(log.path), "1500", cwd=tmp_path, zygote=framework).stdout
     assert _one(output, "DONE")["num_timesteps"] == 1500
     records = log.records()
     means = {r["step"]: r["value"] for r in records if r["event"] == "mean"}
@@ -162,17 +169,19 @@ def test_best_is_the_best_mean_reward_the_trainer_saw(tmp_path: Path, sqlite_uri
 
 @pytest.mark.slow
 def test_a_kill_mid_training_resumes_from_the_newest_checkpoint_with_its_replay_buffer(
-    tmp_path: Path, sqlite_uri: str
+    tmp_path: Path, sqlite_uri: str, framework: Zygote
 ) -> None:
     log = DigestLog(tmp_path / "digests.jsonl")
     args = (sqlite_uri, str(log.path), "2400", "--replay-buffer", "--periodic", "100")
-    first = run_and_kill(SCRIPT, *args, "--slow-after", "800", cwd=tmp_path, when="PROGRESS 1000", delay=0.3)
+    first = run_and_kill(
+        SCRIPT, *args, "--slow-after", "800", cwd=tmp_path, zygote=framework, when="PROGRESS 1000", delay=0.3
+    )
     assert "DONE" not in first
     before = registry(sqlite_uri, NAME)
     newest = max(before["versions"])
     assert before["versions"][newest][CATEGORY] != "final"  # killed: no final checkpoint was taken
 
-    second = run(SCRIPT, *args, cwd=tmp_path).stdout
+    second = run(SCRIPT, *args, cwd=tmp_path, zygote=framework).stdout
     restored = _one(second, "RESTORED")
     step = int(before["versions"][newest][STEP])
     assert restored["version"] == newest and restored["step"] == step >= 500
@@ -195,11 +204,13 @@ def test_a_kill_mid_training_resumes_from_the_newest_checkpoint_with_its_replay_
 
 @pytest.mark.slow
 def test_sigterm_ends_learn_with_a_final_checkpoint_and_the_restart_continues_the_same_run(
-    tmp_path: Path, sqlite_uri: str
+    tmp_path: Path, sqlite_uri: str, framework: Zygote
 ) -> None:
     log = DigestLog(tmp_path / "digests.jsonl")
     args = (sqlite_uri, str(log.path), "1600", "--monitor", "train/loss", "--mode", "min")
-    code, first = run_and_signal(SCRIPT, *args, "--slow-after", "500", cwd=tmp_path, when="PROGRESS 750")
+    code, first = run_and_signal(
+        SCRIPT, *args, "--slow-after", "500", cwd=tmp_path, zygote=framework, when="PROGRESS 750"
+    )
     assert code == 0 and "DONE" not in first, first[-3000:]  # stopped at a step boundary, not at the end
     final = _one_record(log, "final")
     saved = registry(sqlite_uri, NAME)
@@ -207,7 +218,7 @@ def test_sigterm_ends_learn_with_a_final_checkpoint_and_the_restart_continues_th
     assert newest[CATEGORY] == "final" and int(newest[STEP]) == final["step"] > 750
     run_id = saved["runs"][0].info.run_id
 
-    second = run(SCRIPT, *args, cwd=tmp_path).stdout
+    second = run(SCRIPT, *args, cwd=tmp_path, zygote=framework).stdout
     restored = _one(second, "RESTORED")
     assert restored["category"] == "final" and restored["step"] == final["step"]
     assert restored["digest"] == final["digest"]  # the state learn() stopped with, counters included
@@ -221,10 +232,10 @@ def test_sigterm_ends_learn_with_a_final_checkpoint_and_the_restart_continues_th
 
 
 @pytest.mark.slow
-def test_the_example_trains_and_resumes(tmp_path: Path, sqlite_uri: str) -> None:
+def test_the_example_trains_and_resumes(tmp_path: Path, sqlite_uri: str, framework: Zygote) -> None:
     args = ("--tracking-uri", sqlite_uri, "--timesteps")
-    first = run(EXAMPLE, *args, "600", cwd=tmp_path).stdout
+    first = run(EXAMPLE, *args, "600", cwd=tmp_path, zygote=framework).stdout
     assert "started fresh" in first and "trained to timestep 600" in first
-    second = run(EXAMPLE, *args, "900", cwd=tmp_path).stdout
+    second = run(EXAMPLE, *args, "900", cwd=tmp_path, zygote=framework).stdout
     assert "at timestep 600" in second and "trained to timestep 900" in second
     assert len(registry(sqlite_uri, "cartpole_dqn")["runs"]) == 1

@@ -10,20 +10,25 @@ from pathlib import Path
 
 import pytest
 from legacy_support import LEGACY_FULL, LEGACY_NOMETA, REPO_ROOT, WHOLE_MODULE, snapshot
+from zygote import Zygote
 
 
-def _run(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+def _run(zygote: Zygote, args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """`python ARGS` as a child of a pre-imported Python (tests/zygote.py)."""
+    return zygote.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
 
 
 @pytest.mark.slow
 def test_cli_import_rollback_and_errors(
-    tmp_path: Path, sqlite_uri: str, subprocess_env: dict, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sqlite_uri: str, subprocess_env: dict, capsys: pytest.CaptureFixture[str], zygote: Zygote
 ) -> None:
     script = str(REPO_ROOT / "scripts" / "import_legacy_checkpoints.py")
     before = snapshot(LEGACY_FULL)
     dry = _run(
-        [script, str(LEGACY_FULL), "--dry-run", "--json", "--tracking-uri", sqlite_uri], subprocess_env, tmp_path
+        zygote,
+        [script, str(LEGACY_FULL), "--dry-run", "--json", "--tracking-uri", sqlite_uri],
+        subprocess_env,
+        tmp_path,
     )
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert json.loads(dry.stdout)["counts"]["planned"] == 9
@@ -31,6 +36,7 @@ def test_cli_import_rollback_and_errors(
     trust_list = tmp_path / "trusted.txt"
     trust_list.write_text(f"# operator-reviewed\n{WHOLE_MODULE}\n")
     out = _run(
+        zygote,
         [script, str(LEGACY_FULL), "--trust-list", str(trust_list), "--json", "--tracking-uri", sqlite_uri],
         subprocess_env,
         tmp_path,
@@ -42,6 +48,7 @@ def test_cli_import_rollback_and_errors(
     assert snapshot(LEGACY_FULL) == before
 
     table = _run(
+        zygote,
         [
             "-m",
             "mlflow_persist.legacy.cli",
@@ -58,6 +65,7 @@ def test_cli_import_rollback_and_errors(
     assert "refused (--strict)" in table.stderr
 
     ok = _run(
+        zygote,
         [
             "-m",
             "mlflow_persist.cli",
@@ -95,21 +103,25 @@ def test_cli_import_rollback_and_errors(
 
 
 @pytest.mark.slow
-def test_cli_migrate_and_nometa_import(tmp_path: Path, subprocess_env: dict) -> None:
+def test_cli_migrate_and_nometa_import(tmp_path: Path, subprocess_env: dict, zygote: Zygote) -> None:
     from mlruns_fixtures.generate import materialize_format1_store
 
     uri = materialize_format1_store(tmp_path / "store")
     env = dict(subprocess_env, MLFLOW_PERSIST_EXPERIMENT_NAME="mlflow_persist")
     dry = _run(
-        ["-m", "mlflow_persist.legacy.cli", "migrate", "--dry-run", "--json", "--tracking-uri", uri], env, tmp_path
+        zygote,
+        ["-m", "mlflow_persist.legacy.cli", "migrate", "--dry-run", "--json", "--tracking-uri", uri],
+        env,
+        tmp_path,
     )
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert len(json.loads(dry.stdout)["steps"]) == 5
-    done = _run(["-m", "mlflow_persist.legacy.cli", "migrate", "--tracking-uri", uri], env, tmp_path)
+    done = _run(zygote, ["-m", "mlflow_persist.legacy.cli", "migrate", "--tracking-uri", uri], env, tmp_path)
     assert done.returncode == 0 and "migration to checkpoint format" in done.stdout
-    again = _run(["-m", "mlflow_persist.legacy.cli", "migrate", "--tracking-uri", uri], env, tmp_path)
+    again = _run(zygote, ["-m", "mlflow_persist.legacy.cli", "migrate", "--tracking-uri", uri], env, tmp_path)
     assert again.returncode == 0 and "Nothing to migrate" in again.stdout
     nometa = _run(
+        zygote,
         [
             "-m",
             "mlflow_persist.legacy.cli",

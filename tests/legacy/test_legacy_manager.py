@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from zygote import Zygote
 
 from mlflow_persist._store.mlflow_store import MlflowStore, tag
 from mlflow_persist.legacy import CheckpointManager
@@ -41,7 +41,7 @@ OLD_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_old_script_runs_unchanged(tmp_path: Path, sqlite_uri: str, subprocess_env: dict) -> None:
+def test_old_script_runs_unchanged(tmp_path: Path, sqlite_uri: str, subprocess_env: dict, zygote: Zygote) -> None:
     shim = tmp_path / "utils"
     shim.mkdir()
     (shim / "__init__.py").write_text("")
@@ -52,7 +52,7 @@ def test_old_script_runs_unchanged(tmp_path: Path, sqlite_uri: str, subprocess_e
     )
     (tmp_path / "old_script.py").write_text(OLD_SCRIPT)
     env = dict(subprocess_env, MLFLOW_TRACKING_URI=sqlite_uri)
-    out = subprocess.run(
+    out = zygote.run(  # a child of a pre-imported Python (tests/zygote.py)
         [sys.executable, "old_script.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -8,12 +8,11 @@ its log tail is printed then (pytest shows it for failing tests).
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -21,18 +20,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from servers import Chromium, HelperUnavailable, MlflowServer, MotoServer, PostgresServer, TcpOutageProxy  # noqa: E402
-
-T = TypeVar("T")
-
-
-def _make(factory: Callable[[], T]) -> T:
-    try:
-        return factory()
-    except HelperUnavailable as exc:
-        if os.environ.get("MLFLOW_PERSIST_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"required service unavailable: {exc}")
-        pytest.skip(str(exc))
+from servers import Chromium, MlflowServer, MotoServer, PostgresServer, TcpOutageProxy, available  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +35,7 @@ def _ops_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _postgres() -> Iterator[PostgresServer]:
-    pg = _make(PostgresServer)
+    pg = available(PostgresServer)
     with pg:
         try:
             yield pg
@@ -55,9 +43,16 @@ def _postgres() -> Iterator[PostgresServer]:
             print(f"--- postgres log tail ({pg.log_path}):\n{pg.log_tail()}")
 
 
-@pytest.fixture
-def postgres() -> Iterator[PostgresServer]:
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster per test session (per xdist worker): an initdb and a start cost seconds."""
     yield from _postgres()
+
+
+@pytest.fixture
+def postgres(postgres_cluster: PostgresServer) -> PostgresServer:
+    """A fresh, empty database of this test's own on the session's cluster (`uri` names it)."""
+    return postgres_cluster.create_database(f"test_{uuid.uuid4().hex[:12]}")
 
 
 def _server(backend_uri: str, tmp_path: Path) -> Iterator[MlflowServer]:
@@ -91,22 +86,22 @@ def postgres_server(postgres: PostgresServer, tmp_path: Path) -> Iterator[Mlflow
 
 @pytest.fixture
 def chromium(tmp_path: Path) -> Iterator[Chromium]:
-    browser = _make(lambda: Chromium(log_path=tmp_path / "chromium.log"))
+    browser = available(lambda: Chromium(log_path=tmp_path / "chromium.log"))
     with browser:
         yield browser
 
 
 @pytest.fixture(scope="module")
-def module_postgres() -> Iterator[PostgresServer]:
-    """`postgres` shared by the tests of one module (a server on it starts once for all of them)."""
-    yield from _postgres()
+def module_postgres(postgres_cluster: PostgresServer) -> PostgresServer:
+    """The session's cluster, for a module that makes its own databases on it (`create_database`)."""
+    return postgres_cluster
 
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """moto's standalone S3 server on loopback (in memory, dummy credentials), one per test module; skips
     without `moto[server]` and `boto3`."""
-    server = _make(lambda: MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto.log"))
+    server = available(lambda: MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto.log"))
     with server:
         try:
             yield server

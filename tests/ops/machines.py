@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from servers import subprocess_env
+from zygote import Zygote
 
 
 def machine_env(machine: Path, **overrides: str) -> dict[str, str]:
@@ -25,10 +26,11 @@ def machine_env(machine: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
-def start_on(machine: Path, command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    """Start `command` in `machine` (its own session, stdout and stderr together)."""
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=machine, start_new_session=True)  # fmt: skip
+def start_on(machine: Path, command: list[str], env: dict[str, str], zygote: Zygote) -> subprocess.Popen[str]:
+    """Start the Python command line `command` in `machine` (its own session, stdout and stderr together),
+    forked from `zygote` (tests/zygote.py: torch and MLflow imported already)."""
+    return zygote.popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                        cwd=machine, start_new_session=True)  # fmt: skip
 
 
 def finish(name: str, proc: subprocess.Popen[str], timeout: float = 420) -> str:

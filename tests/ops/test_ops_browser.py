@@ -1,28 +1,66 @@
 """The MLflow UI served by a real `mlflow server`, opened in headless chromium: the registered
 model page shows the versions and the `@ best` alias, the run page draws the loss chart.
-Screenshots stay in the test's tmp_path."""
+Screenshots stay in the test's tmp_path.
+
+Both tests use the module's server and browser (a server costs 6-13 s to start); the first one deletes the model
+it registered, so the second sees only what its trading run registers."""
 
 from __future__ import annotations
 
-import subprocess
+import shutil
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from ops_support import check_model_page, check_run_chart, populate_plain
-from servers import Chromium, MlflowServer, subprocess_env
+from servers import Chromium, MlflowServer, available, subprocess_env
+from zygote import Zygote
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory: pytest.TempPathFactory, template_db: Path) -> Iterator[MlflowServer]:
+    """The module's `mlflow server` on sqlite (from the session's pre-migrated template), proxied artifacts."""
+    home = tmp_path_factory.mktemp("ui-server")
+    shutil.copy(template_db, home / "mlflow.db")
+    server = MlflowServer(f"sqlite:///{home / 'mlflow.db'}", home / "artifacts", log_path=home / "mlflow-server.log")
+    server.artifacts_dir = home / "artifacts"  # type: ignore[attr-defined]
+    with server:
+        try:
+            yield server
+        finally:
+            print(f"--- mlflow server log tail ({server.log_path}):\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def ui_browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    browser = available(lambda: Chromium(log_path=tmp_path_factory.mktemp("chromium") / "chromium.log"))
+    with browser:
+        yield browser
 
 
 @pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.browser
 def test_ui_shows_versions_best_alias_and_loss_chart(
-    sqlite_server: MlflowServer, chromium: Chromium, tmp_path: Path
+    ui_server: MlflowServer, ui_browser: Chromium, tmp_path: Path
 ) -> None:
-    data = populate_plain(MlflowClient(sqlite_server.uri), tmp_path / "work", model="dqn", n_versions=3)
+    sqlite_server, chromium = ui_server, ui_browser
+    model = f"plain-{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(sqlite_server.uri)
+    try:
+        _check_plain_ui(sqlite_server, chromium, client, model, tmp_path)
+    finally:
+        client.delete_registered_model(model)  # the module's next test counts the registered models
 
-    text = check_model_page(chromium, sqlite_server.uri, "dqn", data.versions, tmp_path / "model-page.png")
+
+def _check_plain_ui(sqlite_server: MlflowServer, chromium: Chromium, client: MlflowClient, model: str,
+                    tmp_path: Path) -> None:  # fmt: skip
+    data = populate_plain(client, tmp_path / "work", model=model, n_versions=3)
+
+    text = check_model_page(chromium, sqlite_server.uri, model, data.versions, tmp_path / "model-page.png")
     assert "Aliases" in text
     # The alias sits on the row of the best version: its line comes before the next version's.
     best_row = text.index("@ best")
@@ -42,7 +80,7 @@ TRADING_MODELS = ("dqn", "cnn", "cob_rl", "extrema")
 TRADING_STEPS = 300
 
 
-def _trading_available() -> bool:
+def _tradingavailable() -> bool:
     try:
         import mlflow_persist
         import mlflow_persist.trading.app  # noqa: F401
@@ -55,14 +93,16 @@ def _trading_available() -> bool:
 @pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.browser
-@pytest.mark.skipif(not _trading_available(), reason="the core and the trading system are not built yet")
-def test_ui_after_trading_run(sqlite_server: MlflowServer, chromium: Chromium, tmp_path: Path) -> None:
-    """`mlflow-persist run --steps 300` against the server; then the UI shows the four registered
-    models, each model page the versions and `@ best`, and the dqn run page its loss chart."""
+@pytest.mark.skipif(not _tradingavailable(), reason="the core and the trading system are not built yet")
+def test_ui_after_trading_run(ui_server: MlflowServer, ui_browser: Chromium, tmp_path: Path, zygote: Zygote) -> None:
+    """`mlflow-persist run --steps 300` against the server (forked from a pre-imported Python, tests/zygote.py);
+    then the UI shows the four registered models, each model page the versions and `@ best`, and the dqn run page
+    its loss chart."""
+    sqlite_server, chromium = ui_server, ui_browser
     work = tmp_path / "trading"
     work.mkdir()
     cli = Path(sys.executable).with_name("mlflow-persist")
-    proc = subprocess.run(
+    proc = zygote.run(
         [str(cli), "run", "--steps", str(TRADING_STEPS), "--tracking-uri", sqlite_server.uri, "--no-progress"],
         capture_output=True, text=True, cwd=work, timeout=480, env=subprocess_env(),
     )  # fmt: skip
@@ -111,5 +151,6 @@ def test_ui_after_trading_run(sqlite_server: MlflowServer, chromium: Chromium, t
     registered = [m.name for m in client.search_registered_models()]  # the four models and the system state
     assert set(TRADING_MODELS) | {"system"} == set(registered)
     sources = {v.source.rsplit("/", 1)[-1] for m in registered for v in client.search_model_versions(f"name = '{m}'")}
-    on_disk = {p.name for p in (tmp_path / "artifacts").glob("*/*/artifacts/checkpoints/*") if p.is_dir()}
+    artifacts = sqlite_server.artifacts_dir / experiment.experiment_id  # type: ignore[attr-defined]
+    on_disk = {p.name for p in artifacts.glob("*/artifacts/checkpoints/*") if p.is_dir()}
     assert on_disk - sources == set(), f"artifacts of deleted versions left on the server: {sorted(on_disk - sources)}"

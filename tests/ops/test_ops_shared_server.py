@@ -22,6 +22,7 @@ import pytest
 from machines import finish, killed_at_exit, machine_env, start_on
 from mlflow import MlflowClient
 from servers import MlflowServer, subprocess_env
+from zygote import Zygote
 
 TRAINER = Path(__file__).with_name("multi_trainer_proc.py")
 N_TRAINERS = 3
@@ -35,14 +36,14 @@ def _events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _run_trainers(uri: str, tmp_path: Path) -> dict[int, list[dict[str, Any]]]:
+def _run_trainers(uri: str, tmp_path: Path, zygote: Zygote) -> dict[int, list[dict[str, Any]]]:
     with killed_at_exit() as procs:
         for i in range(N_TRAINERS):
             machine = tmp_path / f"machine{i}"
             machine.mkdir()
             env = machine_env(machine, MLFLOW_HTTP_REQUEST_MAX_RETRIES="5", MLFLOW_HTTP_REQUEST_TIMEOUT="60")
             procs.append(start_on(machine, [sys.executable, str(TRAINER), uri, str(i), str(STEPS),
-                                            str(machine / "events.jsonl")], env))  # fmt: skip
+                                            str(machine / "events.jsonl")], env, zygote))  # fmt: skip
         results: dict[int, list[dict[str, Any]]] = {}
         for i, proc in enumerate(procs):
             finish(str(i), proc)
@@ -53,9 +54,11 @@ def _run_trainers(uri: str, tmp_path: Path) -> dict[int, list[dict[str, Any]]]:
 @pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.postgres
-def test_three_trainers_share_one_postgres_server(postgres_server: MlflowServer, tmp_path: Path) -> None:
+def test_three_trainers_share_one_postgres_server(
+    postgres_server: MlflowServer, tmp_path: Path, zygote: Zygote
+) -> None:
     uri = postgres_server.uri
-    results = _run_trainers(uri, tmp_path)
+    results = _run_trainers(uri, tmp_path, zygote)
 
     all_events = [e for events in results.values() for e in events]
     # A failed attempt is allowed only when a later attempt saved the same checkpoint (retried, not lost).

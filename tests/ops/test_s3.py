@@ -4,9 +4,11 @@ on PostgreSQL, with 3 concurrent trainer processes (s3_trainer_proc.py, `mlflow_
 Two deployments, one test each:
 - **proxied**: `--artifacts-destination s3://<bucket>/proxied`; only the server holds the (dummy) AWS
   credentials and `MLFLOW_S3_ENDPOINT_URL`; trainers and the loader have no S3 settings at all. Mid-run the
-  object store is cut off for 20 s (a TCP proxy in front of moto stops accepting and resets its
-  connections; moto keeps its buckets in memory, so restarting it would lose them): the server's uploads
-  fail, it answers 5xx, and the checkpoints wait in each trainer's durable outbox.
+  object store is cut off (a TCP proxy in front of moto stops accepting and resets its connections; moto
+  keeps its buckets in memory, so restarting it would lose them): the server's uploads fail, it answers 5xx,
+  and the checkpoints wait in each trainer's durable outbox. The cut lasts MLFLOW_PERSIST_S3_OUTAGE_SECONDS
+  (10 s in CI, times MLFLOW_PERSIST_SOAK_FACTOR in `make soak`); 10 s already hold about 120 steps per
+  trainer and failed saves that wait in the outbox, which is what the test is about.
 - **direct**: `--default-artifact-root s3://<bucket>/direct --no-serve-artifacts`; the server has no S3
   settings, trainers and the loader upload and download themselves with `MLFLOW_S3_ENDPOINT_URL` and the
   dummy credentials in their environment.
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +39,8 @@ import pytest
 import xxhash
 from machines import finish, killed_at_exit, machine_env, start_on
 from mlflow import MlflowClient
-from servers import LOOPBACK, MlflowServer, MotoServer, PostgresServer, TcpOutageProxy, s3_env, subprocess_env
+from servers import MlflowServer, MotoServer, PostgresServer, TcpOutageProxy, s3_env
+from zygote import Zygote
 
 mp = pytest.importorskip("mlflow_persist", reason="the core (mlflow_persist.Persistence) is not built yet")
 from s3_trainer_proc import state_digest  # noqa: E402
@@ -46,7 +50,6 @@ from mlflow_persist._format.payload import read_checkpoint_dir  # noqa: E402 - a
 SCRIPT = Path(__file__).with_name("s3_trainer_proc.py")
 BUCKET = "mlflow-checkpoints"
 N_TRAINERS = 3
-OUTAGE_S = 20.0
 CHECKPOINT_FILES = {"checkpoint.pt", "manifest.json"}
 S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
            "AWS_PROFILE", "MLFLOW_S3_ENDPOINT_URL")  # fmt: skip
@@ -63,8 +66,8 @@ SPEC = {
     "control": None,
     "tail_steps": 0,
 }
-# With one: fewer saves (30 % improvements, every 50 steps), so about 10 per trainer wait out the outage;
-# the trainers run until the outage is over, then 10 more steps.
+# With one: fewer saves (30 % improvements, every 50 steps), so a few per trainer wait out a 10 s outage (about
+# 10 in a 20 s one); the trainers run until the outage is over, then 10 more steps.
 OUTAGE_SPEC = {
     **WINDOWS,
     "steps": 20,
@@ -142,19 +145,11 @@ def deploy(
         yield get
 
 
-def _create_database(pg: PostgresServer, name: str) -> str:
-    """A new database owned by the cluster's mlflow role (trust auth on loopback); returns its URI."""
-    subprocess.run([str(pg.bin_dir / "psql"), "-h", LOOPBACK, "-p", str(pg.port), "-U", "postgres", "-d", "postgres",
-                    "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name} OWNER {pg.user}"],
-                   check=True, capture_output=True, timeout=60, env=subprocess_env())  # fmt: skip
-    return pg.uri.rsplit("/", 1)[0] + f"/{name}"
-
-
 @contextlib.contextmanager
 def _deployment(
     mode: str, postgres: PostgresServer, moto: MotoServer, endpoint: str, home: Path
 ) -> Iterator[Deployment]:
-    backend = _create_database(postgres, f"mlflow_{mode}")
+    backend = postgres.create_database(f"mlflow_{mode}_{uuid.uuid4().hex[:8]}").uri
     root = f"s3://{BUCKET}/{mode}"
     log_path = home / "mlflow-server.log"
     if mode == "proxied":
@@ -218,6 +213,7 @@ def _run_trainers(
     tmp_path: Path,
     experiment: str,
     spec: dict[str, Any],
+    zygote: Zygote,
     during: Callable[[list[Trainer]], None] | None = None,
     env: dict[str, str] | None = None,
 ) -> list[Trainer]:
@@ -238,6 +234,7 @@ def _run_trainers(
                 t.machine,
                 [sys.executable, str(SCRIPT), "train", str(spec_path)],
                 _client_env(t.machine, **dep.client_env, **(env or {})),
+                zygote,
             )
             procs.append(t.proc)
         if during is not None:
@@ -255,12 +252,12 @@ class Loader:
     """A separate process that calls `load_checkpoint` with the clients' environment (no S3 settings at all
     when proxied). Started beside the trainers, so its imports overlap their run; `load()` hands it the URIs."""
 
-    def __init__(self, dep: Deployment, tmp_path: Path) -> None:
+    def __init__(self, dep: Deployment, tmp_path: Path, zygote: Zygote) -> None:
         home = tmp_path / "loader"
         home.mkdir()
         self.request = home / "request.json"
         env = _client_env(home, **dep.client_env)
-        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "load", dep.uri, str(self.request)],
+        self.proc = zygote.popen([sys.executable, str(SCRIPT), "load", dep.uri, str(self.request)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=home,
                                      start_new_session=True)  # fmt: skip
 
@@ -422,7 +419,7 @@ def _check_loads_elsewhere(loader: Loader, trainers: list[Trainer], registered: 
         assert latest["step"] == max(t.states) and latest["state"] == t.states[latest["step"]]["state"], t.model
 
 
-def _check_outage(dep: Deployment, trainers: list[Trainer], bucket: Bucket) -> None:
+def _check_outage(dep: Deployment, trainers: list[Trainer], bucket: Bucket, outage_s: int) -> None:
     """Training went on while the store was cut, saves failed, checkpoints waited in the outbox; afterwards each
     of them is registered (in outbox order) and its objects reached the bucket holding the exact model state of
     its step (where retention deleted it since, the bucket's history still shows the upload)."""
@@ -447,7 +444,7 @@ def _check_outage(dep: Deployment, trainers: list[Trainer], bucket: Bucket) -> N
         kept_names = {d.rsplit("/", 1)[-1] for d in bucket.current}
         still_kept = sum(e["dirname"] in kept_names for e in t.outbox)
         print(
-            f"\nFAULT s3-outage-{OUTAGE_S:.0f}s {dep.mode} {t.model}: steps_during_outage={len(outage_steps)} "
+            f"\nFAULT s3-outage-{outage_s}s {dep.mode} {t.model}: steps_during_outage={len(outage_steps)} "
             f"outbox_checkpoints={len(t.outbox)} registered_after={len(t.outbox)} still_kept={still_kept} "
             f"saves={len(saved)} failed_attempts={len(failures)} first_failure={failures[0]['message'][:300]!r}"
         )
@@ -458,7 +455,10 @@ def _check_outage(dep: Deployment, trainers: list[Trainer], bucket: Bucket) -> N
 
 @pytest.mark.parametrize(
     "mode, outage",
-    [pytest.param("proxied", True, id="proxied-20s-s3-outage"), pytest.param("direct", False, id="direct-upload")],
+    [
+        pytest.param("proxied", True, id="proxied-s3-outage", marks=pytest.mark.soak),
+        pytest.param("direct", False, id="direct-upload"),
+    ],
 )
 def test_three_trainers_checkpoint_to_s3_retention_deletes_and_other_processes_load(
     mode: str,
@@ -467,7 +467,10 @@ def test_three_trainers_checkpoint_to_s3_retention_deletes_and_other_processes_l
     moto_proxy: TcpOutageProxy,
     tmp_path: Path,
     request: pytest.FixtureRequest,
+    soak_count: Callable[[str, int], int],
+    zygote: Zygote,
 ) -> None:
+    outage_s = soak_count("MLFLOW_PERSIST_S3_OUTAGE_SECONDS", 10)
     started = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -491,19 +494,19 @@ def test_three_trainers_checkpoint_to_s3_retention_deletes_and_other_processes_l
         moto_proxy.cut()
         try:
             (control / "outage").touch()
-            time.sleep(OUTAGE_S)
+            time.sleep(outage_s)
         finally:
             moto_proxy.restore()
             (control / "outage").unlink()
             (control / "finish").touch()
 
-    loader = Loader(dep, tmp_path)
+    loader = Loader(dep, tmp_path, zygote)
     request.addfinalizer(loader.kill)
     if outage:
-        trainers = _run_trainers(dep, tmp_path, experiment, {**OUTAGE_SPEC, "control": str(control)},
+        trainers = _run_trainers(dep, tmp_path, experiment, {**OUTAGE_SPEC, "control": str(control)}, zygote,
                                  during=cut_the_object_store, env=OUTAGE_CLIENT_ENV)  # fmt: skip
     else:
-        trainers = _run_trainers(dep, tmp_path, experiment, SPEC)
+        trainers = _run_trainers(dep, tmp_path, experiment, SPEC, zygote)
         for t in trainers:
             failed = [e for e in t.events if e.get("outcome") == "failed" or e["level"] == "CRITICAL"]
             assert not failed, failed[:3]
@@ -512,7 +515,7 @@ def test_three_trainers_checkpoint_to_s3_retention_deletes_and_other_processes_l
     registered, bucket = _check_bucket(dep, experiment, trainers)
     _check_windows(trainers, registered)
     if outage:
-        _check_outage(dep, trainers, bucket)
+        _check_outage(dep, trainers, bucket, outage_s)
         if mode == "proxied":  # the server met the outage: its S3 client could not connect, it answered 5xx
             server_log = dep.server.log_path.read_text(errors="replace")
             assert "Could not connect to the endpoint URL" in server_log and " 500 " in server_log, server_log[-3000:]

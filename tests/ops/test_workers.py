@@ -42,6 +42,7 @@ from machines import finish, killed_at_exit, machine_env, start_on
 from mlflow import MlflowClient
 from servers import FaultProxy, MlflowServer, PostgresServer, subprocess_env
 from servers.fault_proxy import CREATE_MODEL_VERSION, DELETE_MODEL_VERSION
+from zygote import Zygote
 
 TRAINER = Path(__file__).with_name("workers_trainer_proc.py")
 MODELS = {0: "alpha", 1: "beta", 2: "shared", 3: "shared"}  # process index -> the model it trains
@@ -114,7 +115,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _run_trainers(uri: str, tmp_path: Path) -> dict[int, tuple[list[dict[str, Any]], dict[int, float]]]:
+def _run_trainers(uri: str, tmp_path: Path, zygote: Zygote) -> dict[int, tuple[list[dict[str, Any]], dict[int, float]]]:
     """Start every trainer at once against `uri`; returns per process (log events, {step: reported loss})."""
     go = tmp_path / "go"
     machines = {i: tmp_path / f"machine{i}" for i in MODELS}
@@ -126,7 +127,7 @@ def _run_trainers(uri: str, tmp_path: Path) -> dict[int, tuple[list[dict[str, An
                               MLFLOW_HTTP_REQUEST_TIMEOUT="60")  # fmt: skip
             procs.append(start_on(machine, [sys.executable, str(TRAINER), uri, model, str(i), str(STEPS),
                                             str(machine / "events.jsonl"), str(machine / "reported.jsonl"),
-                                            str(go)], env))  # fmt: skip
+                                            str(go)], env, zygote))  # fmt: skip
         # Start training together, once every process has imported, connected and tracked its model.
         deadline = time.monotonic() + 300
         while not all((m / "ready").exists() for m in machines.values()) and time.monotonic() < deadline:
@@ -153,10 +154,12 @@ def _key(request: dict[str, Any]) -> tuple[str, str, str]:
 @pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.postgres
-def test_four_trainers_on_a_four_worker_server_with_lost_replies(workers_server: MlflowServer, tmp_path: Path) -> None:
+def test_four_trainers_on_a_four_worker_server_with_lost_replies(
+    workers_server: MlflowServer, tmp_path: Path, zygote: Zygote
+) -> None:
     started = time.monotonic()
     with FaultProxy(workers_server.uri, every=FAULT_EVERY, log_path=tmp_path / "fault-proxy.jsonl") as proxy:
-        results = _run_trainers(proxy.uri, tmp_path)
+        results = _run_trainers(proxy.uri, tmp_path, zygote)
     trained = time.monotonic()
     records = list(proxy.records)
 

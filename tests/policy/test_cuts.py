@@ -354,6 +354,8 @@ def test_with_only_interrupted_cuts_nothing_is_restored_not_each_models_newest()
     system.persist.close(final_checkpoints=False)
 
 
+@pytest.mark.usefixtures("quick_marker_retries")
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_behind_a_server_an_unmarked_but_fully_registered_cut_is_restored(tmp_path: Any) -> None:
     """An outage kept the marker from being written before the process ended; every member is registered.
     Restoring nothing would lose all progress, so the newest fully registered cut is restored."""

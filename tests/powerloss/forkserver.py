@@ -7,7 +7,10 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on the orig
   itself as soon as the save is acknowledged.
 - {"op": "kill", "pid"} -> {"status"}: SIGKILL the child and reap it; returns once it is gone.
 - {"op": "wait", "pid"} -> {"status"}: reap a child that ends by itself.
-- {"op": "verify", "uri", "acks", "out", "log"} -> {"status", "result"}: fork a checker, wait, read its JSON.
+- {"op": "verify", "uri", "acks", "out", "log", "cache", "full"} -> {"status", "result"}: fork a checker, wait,
+  read its JSON. With `cache` (a JSON file outside the mount), a version whose registry record and files are
+  exactly as they were when an earlier checker loaded it is not loaded again (see version_signature());
+  `full` ignores the cache.
 - {"op": "exit"}: leave.
 The first reply is {"ready": true, "threads": n, "import_s": s} once the imports are done.
 """
@@ -195,9 +198,34 @@ def checkpoint_dirs(uri: str, step: int) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.glob(f"mlruns/*/artifacts/checkpoints/*{prefix}-*"))
 
 
+def version_signature(info: Any) -> list[Any] | None:
+    """What a version is made of, as the registry and the filesystem say now: its registry record (source,
+    tags) and, for every entry of its directory, the inode, size, mode and modification time in ns.
+
+    LazyFS (lazyfs.py) changes a file's bytes only by a write, truncate or fallocate, each of which moves its
+    mtime (or, fallocate, its size), and a power cut only puts back bytes that were durable: so a version whose
+    signature equals the one recorded when it was loaded and verified holds the same bytes now, and loading it
+    again would verify the same bytes. None when the version has no local directory (it is then loaded)."""
+    from mlflow_persist._store.translate import local_path
+
+    path = local_path(info.source)
+    if path is None or not path.is_dir():
+        return None
+    entries = []
+    for entry in sorted(path.rglob("*")):
+        st = entry.lstat()
+        entries.append([str(entry.relative_to(path)), st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns])
+    st = path.lstat()
+    signature: list[Any] = json.loads(  # as stored in the cache file
+        json.dumps([info.source, sorted(info.tags.items()), [st.st_ino, st.st_mtime_ns], entries])
+    )
+    return signature
+
+
 def checker(cmd: dict[str, Any]) -> dict[str, Any]:
     """After the cut ("reboot"): every registered version verifies and loads; every acknowledged version is
-    registered with the recorded step and digest; no staging directory is a version's source; latest loads."""
+    registered with the recorded step and digest; no staging directory is a version's source; latest loads.
+    A version verified by an earlier checker whose signature has not changed since is not loaded again."""
     import mlflow_persist as mp
     from mlflow_persist._store.mlflow_store import MlflowStore
 
@@ -208,9 +236,22 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
     staging: list[dict[str, Any]] = []
     digests: dict[int, str] = {}
     steps: dict[int, int | None] = {}
+    cache_path = Path(cmd["cache"]) if cmd.get("cache") else None
+    cache: dict[str, Any] = {}
+    if cache_path is not None and cache_path.exists() and not cmd.get("full"):
+        cache = json.loads(cache_path.read_text())
+    verified: dict[str, Any] = {}
+    reused = 0
     for info in versions:
         if any(part.startswith(".tmp-") for part in info.source.split("/")):
             staging.append({"version": info.version, "source": info.source})
+        signature = version_signature(info)
+        known = cache.get(str(info.version))
+        if signature is not None and known is not None and known["signature"] == signature:
+            digests[info.version], steps[info.version] = known["digest"], known["step"]
+            verified[str(info.version)] = known
+            reused += 1
+            continue
         try:
             state = store.load_version(info)
         except Exception as exc:  # noqa: BLE001 - reported, the test asserts on it
@@ -218,6 +259,10 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
             continue
         digests[info.version] = state_digest(state.model_state, state.optimizer_state)
         steps[info.version] = state.step
+        if signature is not None and signature == version_signature(info):  # unchanged while it was loaded
+            verified[str(info.version)] = {"signature": signature, "digest": digests[info.version], "step": state.step}
+    if cache_path is not None:
+        cache_path.write_text(json.dumps(verified))
     lost: list[dict[str, Any]] = []
     skip = {(a["trial"], a["version"]) for a in cmd.get("already_lost", [])}
     acks = [a for a in read_records(cmd["acks"]) if (a["trial"], a["version"]) not in skip]
@@ -249,6 +294,8 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
         "acks": len(acks),
         "newest_ack": newest_ack,
         "latest": latest,
+        "loaded": len(versions) - reused - len(failing),
+        "reused": reused,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import mlflow_persist
 import mlflow_persist.errors
 import mlflow_persist.testing
@@ -52,6 +54,7 @@ def test_every_error_is_a_persist_error() -> None:
     assert issubclass(mlflow_persist.DiskFullError, OSError)
 
 
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_import_does_not_import_mlflow_until_the_store_is_used() -> None:
     import subprocess
     import sys

@@ -132,16 +132,17 @@ def test_two_processes_200_saves_each_on_sqlite(
 @pytest.mark.slow
 @pytest.mark.server
 def test_two_processes_against_a_real_mlflow_server(
-    template_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    mlflow_server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from store_support import copy_template_store
+    """Against the session's `mlflow server` (tests/conftest.py), emptied first: the test is about two writers,
+    not about the server's lifecycle."""
+    from store_support import reset_server_store
 
-    backend = copy_template_store(template_db, tmp_path / "backend")
+    reset_server_store(mlflow_server.uri)
     experiment = f"two-writers-{uuid.uuid4().hex[:6]}"
-    with MlflowServer(backend_store_uri=backend, artifacts_destination=str(tmp_path / "artifacts")) as server:
-        results = _run_two(server.uri, experiment, 30, tmp_path, keep_best=1000)  # keep every version
-        # Over HTTP a registration attempt can fail transiently under contention (seen once in three full-suite
-        # runs); it must be retried from the outbox and lose nothing, which is what is asserted here.
-        summary = _check(server.uri, experiment, results, 30, 1000, capsys, retried_failures_allowed=True)
+    results = _run_two(mlflow_server.uri, experiment, 30, tmp_path, keep_best=1000)  # keep every version
+    # Over HTTP a registration attempt can fail transiently under contention (seen once in three full-suite
+    # runs); it must be retried from the outbox and lose nothing, which is what is asserted here.
+    summary = _check(mlflow_server.uri, experiment, results, 30, 1000, capsys, retried_failures_allowed=True)
     with capsys.disabled():
         print(f"\nFAULT two-writers-server saves=2x30 {summary}")

@@ -74,6 +74,7 @@ def _tmp_dirs(disk: Path) -> list[Path]:
     return [p for p in disk.rglob(".tmp-*")]
 
 
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_disk_pressure_cleans_oldest_periodic_first_and_best_survives(
     small_disk: Path, sqlite_uri: str, persist_logs: ListHandler
 ) -> None:

@@ -2,7 +2,8 @@
 registered version, byte for byte, and leftovers of the interrupted save are swept at the next start.
 
 Starting a Python process with torch and mlflow costs 5-10 s here, so the trainers are forked from this
-pre-imported process (before it opens any MLflow client), one per trial.
+pre-imported process (before it opens any MLflow client), one per trial. RELIABILITY_KILL_TRIALS (50, times
+MLFLOW_PERSIST_SOAK_FACTOR) kills.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,6 @@ from reliability.support import LineLog, digest, fork_child, make_model, train_s
 
 NAME = "dqn"
 warm_up_torch()
-TRIALS = int(os.environ.get("RELIABILITY_KILL_TRIALS", "50"))
 
 
 def _leftovers(store: MlflowStore) -> list[str]:
@@ -98,16 +99,18 @@ def _trainer(events: LineLog, uri: str, seed: int, check_only: bool) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoint(
-    sqlite_uri: str, tmp_path: Path
+    sqlite_uri: str, tmp_path: Path, soak_count: Callable[[str, int], int]
 ) -> None:
+    trials = soak_count("RELIABILITY_KILL_TRIALS", 50)
     rng = random.Random(20240611)
     logs = []
-    for trial in range(TRIALS + 1):
+    for trial in range(trials + 1):
         events = LineLog(tmp_path / f"trial-{trial:03d}.log")
-        proc = fork_child(_trainer, events, sqlite_uri, trial, trial == TRIALS)
+        proc = fork_child(_trainer, events, sqlite_uri, trial, trial == trials)
         events.wait_for("RESTORED", proc)
-        if trial < TRIALS:
+        if trial < trials:
             events.wait_for("SAVED", proc)
             time.sleep(rng.uniform(0.0, 0.8))
             os.kill(proc.pid, signal.SIGKILL)
@@ -116,7 +119,7 @@ def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoin
         logs.append(events)
 
     run_ids, with_leftovers = set(), 0
-    for trial in range(1, TRIALS + 1):
+    for trial in range(1, trials + 1):
         before, restored = logs[trial].first("BEFORE"), logs[trial].first("RESTORED")
         acknowledged = [e["version"] for e in logs[trial - 1].all("SAVED") if e["version"] is not None]
         newest = before["newest"]
@@ -142,6 +145,6 @@ def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoin
     best = store.alias_version(NAME)
     assert best is not None and not any(v.corrupt for v in store.list_versions(NAME))
     print(
-        f"\nFAULT sigkill-during-save trials={TRIALS} restored_newest={TRIALS} "
+        f"\nFAULT sigkill-during-save trials={trials} restored_newest={trials} "
         f"partial_dirs_swept={with_leftovers} newest_version={store.list_versions(NAME)[-1].version}"
     )

@@ -34,6 +34,7 @@ def _timed(call: Any) -> tuple[float, Any]:
     return time.monotonic() - started, result
 
 
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_forced_saves_with_a_hanging_store_return_in_time_and_report_what_they_skipped() -> None:
     store = MemoryStore()
     persist = mp.Persistence(_config(), store=store, install_signal_handlers=False)
@@ -83,6 +84,7 @@ def test_the_first_save_all_reads_nothing_from_the_registry_on_the_training_thre
     persist.close(final_checkpoints=False, timeout=30)
 
 
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_a_degradation_revert_on_a_slow_store_is_applied_at_a_later_step() -> None:
     store = MemoryStore()
     persist = mp.Persistence(

@@ -1,4 +1,5 @@
-"""Real training processes killed with SIGKILL and stopped with SIGTERM."""
+"""Real training processes killed with SIGKILL and stopped with SIGTERM (forked from a pre-imported Python,
+tests/zygote.py, so a trial costs a fork rather than 5-7 s of imports)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from store_support import read_until
+from zygote import Zygote
 
 import mlflow_persist as mp
 from mlflow_persist._store.mlflow_store import MlflowStore
@@ -23,11 +26,11 @@ TRAINER = Path(__file__).with_name("trainer_proc.py")
 
 
 def start_trainer(
-    uri: str, name: str, steps: int, sleep: float = 0.01, record: Path | None = None
+    zygote: Zygote, uri: str, name: str, steps: int, sleep: float = 0.01, record: Path | None = None
 ) -> subprocess.Popen[str]:
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
     extra = [str(record)] if record is not None else []
-    return subprocess.Popen(
+    return zygote.popen(
         [sys.executable, str(TRAINER), uri, name, str(steps), str(sleep), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -52,13 +55,17 @@ def recorded_states(record: Path) -> dict[int, dict[str, str]]:
     return {row["step"]: row for row in rows}
 
 
-def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(tracking_uri: str, tmp_path: Path) -> None:
+@pytest.mark.soak
+def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(
+    tracking_uri: str, tmp_path: Path, zygote: Zygote, soak_count: Callable[[str, int], int]
+) -> None:
     uri = tracking_uri  # both deployments: the embedded store and a real `mlflow server`
     rng = random.Random(7)
     run_id = None
     record = tmp_path / "record.jsonl"
-    for trial in range(2):  # tests/reliability kills 50 times; here both deployments, twice each
-        proc = start_trainer(uri, "dqn", steps=10_000, record=record)
+    # tests/reliability kills 50 times; here both deployments, twice each (in CI)
+    for trial in range(soak_count("MLFLOW_PERSIST_CRASH_TRIALS", 2)):
+        proc = start_trainer(zygote, uri, "dqn", steps=10_000, record=record)
         restored = json.loads(read_until(proc, "RESTORED"))
         current_run = read_until(proc, "RUN")
         run_id = run_id or current_run
@@ -71,7 +78,7 @@ def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(trackin
         proc.wait(timeout=30)
         registered = MlflowStore(uri).list_versions("dqn")
         newest_version, newest_step = (registered[-1].version, registered[-1].step or 0) if registered else (0, 0)
-        restart = start_trainer(uri, "dqn", steps=2)
+        restart = start_trainer(zygote, uri, "dqn", steps=2)
         restored = json.loads(read_until(restart, "RESTORED"))
         if uri.startswith("sqlite"):
             assert restored["version"] == newest_version
@@ -89,10 +96,10 @@ def test_sigkill_at_random_moments_restores_the_last_complete_checkpoint(trackin
         assert restart.wait(timeout=60) == 0, restart.stderr.read() if restart.stderr else ""
 
 
-def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tracking_uri: str, tmp_path: Path) -> None:
+def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tracking_uri: str, tmp_path: Path, zygote: Zygote) -> None:
     uri = tracking_uri
     record = tmp_path / "record.jsonl"
-    proc = start_trainer(uri, "cnn", steps=100_000, record=record)
+    proc = start_trainer(zygote, uri, "cnn", steps=100_000, record=record)
     read_until(proc, "RESTORED")
     for _ in range(20):
         last_step = int(read_until(proc, "STEP"))

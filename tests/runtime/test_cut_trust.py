@@ -131,6 +131,8 @@ def test_restore_all_applies_nothing_when_one_member_does_not_fit() -> None:
             assert torch.equal(before[name][key], after[name][key]), f"{name}.{key} was changed by a failed restore"
 
 
+@pytest.mark.usefixtures("quick_marker_retries")
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_a_cut_whose_marker_can_never_be_written_is_given_up_with_one_alert() -> None:
     store = MemoryStore()
     alerts: list[mp.Alert] = []

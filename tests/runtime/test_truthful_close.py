@@ -61,6 +61,7 @@ def test_a_final_save_that_fails_is_reported_and_raised() -> None:
     assert all(v.category != "final" for v in store.list_versions("net"))
 
 
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_close_with_a_hanging_registry_returns_within_its_timeout_and_says_what_is_missing() -> None:
     store = MemoryStore()
     persist = mp.Persistence(_config(), store=store, install_signal_handlers=False)
@@ -78,6 +79,7 @@ def test_close_with_a_hanging_registry_returns_within_its_timeout_and_says_what_
     store.heal()
 
 
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_behind_a_server_that_is_down_the_final_checkpoint_waits_in_the_outbox_and_counts(tmp_path: Path) -> None:
     store = MemoryStore(remote=True)
     persist = mp.Persistence(_config(outbox_dir=str(tmp_path / "outbox")), store=store, install_signal_handlers=False)
@@ -89,6 +91,7 @@ def test_behind_a_server_that_is_down_the_final_checkpoint_waits_in_the_outbox_a
     assert len(list((tmp_path / "outbox").rglob("checkpoint.pt"))) >= 1
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_a_process_that_ends_without_its_final_checkpoint_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

@@ -22,7 +22,7 @@ shared plumbing in `servers.common`, the process lifecycle in `servers.process`.
 from __future__ import annotations
 
 from .chromium import CHROMIUM_CANDIDATES, Chromium, chromium_path
-from .common import LOOPBACK, HelperUnavailable, free_port, subprocess_env
+from .common import LOOPBACK, HelperUnavailable, available, free_port, subprocess_env
 from .fault_proxy import FaultProxy
 from .mlflow_server import MlflowServer
 from .moto_server import DUMMY_AWS_ENV, MotoServer, s3_env
@@ -40,6 +40,7 @@ __all__ = [
     "MotoServer",
     "PostgresServer",
     "TcpOutageProxy",
+    "available",
     "chromium_path",
     "free_port",
     "postgres_bin_dir",

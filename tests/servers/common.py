@@ -10,7 +10,11 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 
@@ -72,3 +76,16 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+def available(factory: Callable[[], T]) -> T:
+    """`factory()`, or a skip when its helper program is missing (a failure under MLFLOW_PERSIST_REQUIRE_SERVICES=1,
+    as in CI, where every helper is installed)."""
+    import pytest
+
+    try:
+        return factory()
+    except HelperUnavailable as exc:
+        if os.environ.get("MLFLOW_PERSIST_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"required service unavailable: {exc}")
+        pytest.skip(str(exc))

@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 from reliability.support import make_model, train_step
 
@@ -48,6 +49,7 @@ def _age_everything(root: Path, seconds: float) -> None:
         os.utime(path, (past, past), follow_symlinks=False)
 
 
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_two_configs_sharing_a_store_never_delete_each_others_checkpoints(tmp_path: Path, template_db: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()

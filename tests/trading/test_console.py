@@ -9,12 +9,12 @@ import os
 import pty
 import re
 import select
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from zygote import Zygote
 
 CLI = Path(sys.executable).with_name("mlflow-persist")
 SAVE_LINE = re.compile(
@@ -43,8 +43,8 @@ def _registered(workdir: Path) -> set[tuple[str, int, str, int]]:
     }
 
 
-def _run(workdir: Path, *args: str) -> list[str]:
-    result = subprocess.run(
+def _run(zygote: Zygote, workdir: Path, *args: str) -> list[str]:
+    result = zygote.run(
         [str(CLI), *args, "run", "--steps", "120"], cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -52,8 +52,10 @@ def _run(workdir: Path, *args: str) -> list[str]:
     return result.stderr.splitlines()
 
 
-def test_the_console_shows_one_short_line_per_save_and_the_detail_goes_to_the_printed_log_file(tmp_path: Path) -> None:
-    lines = _run(tmp_path)
+def test_the_console_shows_one_short_line_per_save_and_the_detail_goes_to_the_printed_log_file(
+    tmp_path: Path, zygote: Zygote
+) -> None:
+    lines = _run(zygote, tmp_path)
     assert lines[0] == f"mlflow-persist run: detailed log in {tmp_path.resolve() / 'mlflow-persist.log'}"
     log_file = tmp_path / "mlflow-persist.log"
     detail = log_file.read_text().splitlines()
@@ -81,8 +83,8 @@ def test_the_console_shows_one_short_line_per_save_and_the_detail_goes_to_the_pr
     assert any(line.startswith("step 100 |") for line in lines)  # the plain progress line (no terminal here)
 
 
-def test_at_debug_the_console_carries_the_detail(tmp_path: Path) -> None:
-    lines = _run(tmp_path, "--log-level", "DEBUG")
+def test_at_debug_the_console_carries_the_detail(tmp_path: Path, zygote: Zygote) -> None:
+    lines = _run(zygote, tmp_path, "--log-level", "DEBUG")
     saves = [line for line in lines if "outcome=saved" in line]
     assert saves and all("[model=" in line for line in saves)
     assert len(saves) == sum(

@@ -1,19 +1,22 @@
-"""End to end through the real `mlflow-persist run` CLI in subprocesses, on a temp-dir sqlite store."""
+"""End to end through the real `mlflow-persist run` CLI in subprocesses, on a temp-dir sqlite store.
+
+The CLI processes are forked from a pre-imported Python (tests/zygote.py)."""
 
 from __future__ import annotations
 
 import os
 import random
-import resource
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from zygote import Zygote
 
 MODELS = ("dqn", "cnn", "cob_rl", "extrema")
 CLI = [sys.executable, "-c", "from mlflow_persist.cli.main import main; main()"]
@@ -26,9 +29,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def _run(zygote: Zygote, workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     uri = f"sqlite:///{workdir}/mlflow.db"
-    return subprocess.run(
+    return zygote.run(
         [*CLI, "run", "--tracking-uri", uri, *args],
         cwd=workdir,
         env=_env(),
@@ -41,9 +44,9 @@ def _run(workdir: Path, *args: str, timeout: float = 900) -> subprocess.Complete
 class Background:
     """A `run` subprocess whose stderr is read on a thread, so the test can wait for progress lines."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(self, zygote: Zygote, workdir: Path, *args: str) -> None:
         uri = f"sqlite:///{workdir}/mlflow.db"
-        self.proc = subprocess.Popen(
+        self.proc = zygote.popen(
             [*CLI, "run", "--tracking-uri", uri, *args],
             cwd=workdir,
             env=_env(),
@@ -110,12 +113,14 @@ def _summary(workdir: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store(tmp_path_factory: pytest.TempPathFactory, zygote: Zygote) -> Path:
     workdir = tmp_path_factory.mktemp("trading-e2e")
-    result = _run(workdir, "--steps", "500", "--seed", "1")
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    run = Background(zygote, workdir, "--steps", "500", "--seed", "1")
+    code, stderr = run.finish(timeout=900)
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert run.proc.maxrss_kb is not None  # type: ignore[attr-defined]
+    peak_mb = run.proc.maxrss_kb / 1024  # type: ignore[attr-defined]  # the process's own peak (wait4)
     print(f"peak RSS of `run --steps 500`: {peak_mb:.0f} MiB")
     assert peak_mb < 1536
     return workdir
@@ -138,7 +143,7 @@ def test_run_500_registers_all_models_with_best_and_both_categories(store: Path)
     assert {"epsilon", "updates", "target"} <= set(dqn.extra_state)
 
 
-def test_restart_restores_saved_weights_and_continues_the_runs(store: Path) -> None:
+def test_restart_restores_saved_weights_and_continues_the_runs(store: Path, zygote: Zygote) -> None:
     from mlflow_persist import PersistConfig, Persistence, load_checkpoint
     from mlflow_persist.trading.system import EnhancedRealtimeTrainingSystem
 
@@ -159,7 +164,7 @@ def test_restart_restores_saved_weights_and_continues_the_runs(store: Path) -> N
             assert all(torch.equal(registered[k], v) for k, v in serving.module.state_dict().items()), name
         assert system.trainers["dqn"].epsilon == saved["dqn"].extra_state["epsilon"]
         system.run(steps=20)
-    result = _run(store, "--steps", "40", "--seed", "1")
+    result = _run(zygote, store, "--steps", "40", "--seed", "1")
     assert result.returncode == 0, result.stderr
     after = _summary(store)
     assert after["_runs"] == before["_runs"]
@@ -168,9 +173,17 @@ def test_restart_restores_saved_weights_and_continues_the_runs(store: Path) -> N
         assert after["_max_step"][name] >= before["_max_step"][name] + 50
 
 
-def test_sigkill_at_a_random_moment_then_resume(store: Path) -> None:
+@pytest.mark.soak
+def test_sigkill_at_a_random_moment_then_resume(
+    store: Path, zygote: Zygote, soak_count: Callable[[str, int], int]
+) -> None:
+    for _ in range(soak_count("MLFLOW_PERSIST_CLI_KILL_TRIALS", 1)):
+        _sigkill_at_a_random_moment_then_resume(store, zygote)
+
+
+def _sigkill_at_a_random_moment_then_resume(store: Path, zygote: Zygote) -> None:
     before = _summary(store)
-    run = Background(store, "--minutes", "10", "--seed", "1")
+    run = Background(zygote, store, "--minutes", "10", "--seed", "1")
     run.wait_for("complete: cnn")  # a system checkpoint of this run is complete
     time.sleep(random.uniform(0.0, 4.0))
     run.proc.send_signal(signal.SIGKILL)
@@ -182,7 +195,7 @@ def test_sigkill_at_a_random_moment_then_resume(store: Path) -> None:
         return max(int(t["mlflow_persist.step"]) for t in marked)
 
     cut_steps = {name: newest_cut_step(name) for name in MODELS}
-    result = _run(store, "--steps", "30", "--seed", "1")
+    result = _run(zygote, store, "--steps", "30", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     after = _summary(store)
@@ -198,9 +211,9 @@ def test_sigkill_at_a_random_moment_then_resume(store: Path) -> None:
         assert max(new) == cut_steps[name] + 30, (name, cut_steps[name], new)
 
 
-def test_sigterm_saves_final_checkpoints_and_exits_zero(store: Path) -> None:
+def test_sigterm_saves_final_checkpoints_and_exits_zero(store: Path, zygote: Zygote) -> None:
     before = _summary(store)
-    run = Background(store, "--minutes", "10", "--seed", "1")
+    run = Background(zygote, store, "--minutes", "10", "--seed", "1")
     run.wait_for("complete: cnn")  # a system checkpoint of this run is complete
     run.proc.send_signal(signal.SIGTERM)
     code, stderr = run.finish()

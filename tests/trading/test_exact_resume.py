@@ -3,7 +3,9 @@ run that was never interrupted ends, and its episode store holds the same episod
 
 The reference is a separate, uninterrupted run in its own store: the comparison never uses the code's own
 idea of what the state should be. The kill schedule is random (printed, and reproducible with
-MLFLOW_PERSIST_TEST_SEED); kills land during training, between and during cuts, and during start-up.
+MLFLOW_PERSIST_TEST_SEED); kills land during training, between and during cuts, and during start-up. The runs
+are forked from a pre-imported Python (tests/zygote.py). MLFLOW_PERSIST_EXACT_RESUME_ROUNDS (1 in CI, times
+MLFLOW_PERSIST_SOAK_FACTOR) interrupted runs, each with its own kill schedule, are compared with the reference.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from zygote import Zygote
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 N = 600
 SEED = 5
@@ -51,17 +55,17 @@ def _command(workdir: Path, progress: bool = False) -> list[str]:
     ]
 
 
-def _run_to_end(workdir: Path) -> str:
-    result = subprocess.run(_command(workdir), cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
+def _run_to_end(zygote: Zygote, workdir: Path) -> str:
+    result = zygote.run(_command(workdir), cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Traceback" not in result.stderr, result.stderr[-4000:]
     return result.stderr
 
 
-def _run_and_kill(workdir: Path, target: int | None, delay: float) -> tuple[bool, str]:
+def _run_and_kill(zygote: Zygote, workdir: Path, target: int | None, delay: float) -> tuple[bool, str]:
     """Start a run and SIGKILL it `delay` seconds after its progress passed bar `target` (None: `delay`
     seconds after start, during start-up and restore); False when it finished before the kill."""
-    proc = subprocess.Popen(
+    proc = zygote.popen(
         _command(workdir, progress=True),
         cwd=workdir,
         env=_env(),
@@ -131,15 +135,31 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def test_sigkilled_and_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+def test_sigkilled_and_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(
+    tmp_path: Path, zygote: Zygote, soak_count: Callable[[str, int], int]
+) -> None:
     test_seed = int(os.environ.get("MLFLOW_PERSIST_TEST_SEED", time.time_ns() % 100_000))
     rng = random.Random(test_seed)
     print(f"kill schedule seed {test_seed} (MLFLOW_PERSIST_TEST_SEED)")
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    reference = tmp_path / "reference"
     reference.mkdir()
-    interrupted.mkdir()
-    _run_to_end(reference)
+    _run_to_end(zygote, reference)
+    expected, episodes_expected = _finals(reference), _episodes(reference)
+    assert len(episodes_expected) == N - HORIZON
+    for round_ in range(soak_count("MLFLOW_PERSIST_EXACT_RESUME_ROUNDS", 1)):
+        interrupted = tmp_path / f"interrupted-{round_}"
+        interrupted.mkdir()
+        _interrupt_and_resume(zygote, interrupted, rng)
+        actual = _finals(interrupted)
+        for name in MODELS:
+            assert actual[name].step == expected[name].step == N - HORIZON, name
+            assert _same(dict(actual[name].model_state), dict(expected[name].model_state)), f"{name} weights differ"
+            assert _same(actual[name].optimizer_state, expected[name].optimizer_state), f"{name} optimizer differs"
+            assert _same(actual[name].extra_state, expected[name].extra_state), f"{name} extra state differs"
+        assert _episodes(interrupted) == episodes_expected  # no bar recorded twice, none lost, the same outcomes
 
+
+def _interrupt_and_resume(zygote: Zygote, interrupted: Path, rng: random.Random) -> None:
     # Three kills at increasing bars (the progress lines come every 100 bars), each up to ~90 bars later;
     # sometimes one of them lands in start-up instead.
     targets: list[int | None] = sorted(rng.sample(range(100, N, 100), 3))  # type: ignore[arg-type]
@@ -148,20 +168,9 @@ def test_sigkilled_and_resumed_run_ends_bitwise_where_an_uninterrupted_run_ends(
     kills = 0
     for target in targets:
         killed, _ = _run_and_kill(
-            interrupted, target, rng.uniform(0.3, 3.0) if target is None else rng.uniform(0.0, 2.5)
+            zygote, interrupted, target, rng.uniform(0.3, 3.0) if target is None else rng.uniform(0.0, 2.5)
         )
         kills += killed and target is not None
-    last = _run_to_end(interrupted)
+    last = _run_to_end(zygote, interrupted)
     assert kills >= 2, f"only {kills} kill(s) landed during training"
     assert "resumed the system checkpoint" in last or "restored system checkpoint" in last
-
-    expected, actual = _finals(reference), _finals(interrupted)
-    for name in MODELS:
-        assert actual[name].step == expected[name].step == N - HORIZON, name
-        assert _same(dict(actual[name].model_state), dict(expected[name].model_state)), f"{name} weights differ"
-        assert _same(actual[name].optimizer_state, expected[name].optimizer_state), f"{name} optimizer differs"
-        assert _same(actual[name].extra_state, expected[name].extra_state), f"{name} extra state differs"
-
-    episodes_expected, episodes_actual = _episodes(reference), _episodes(interrupted)
-    assert len(episodes_expected) == N - HORIZON
-    assert episodes_actual == episodes_expected  # no bar recorded twice, none lost, the same outcomes

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from zygote import Zygote
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_learning_evidence_script_prints_each_model_against_its_baseline() -> None:
+def test_learning_evidence_script_prints_each_model_against_its_baseline(zygote: Zygote) -> None:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    result = subprocess.run(
+    result = zygote.run(  # a child of a pre-imported Python (tests/zygote.py)
         [sys.executable, str(ROOT / "scripts" / "learning_evidence.py"), "--bars", "240", "--holdout", "60"],
         capture_output=True,
         text=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from mlflow_persist.trading.market import HORIZON, MarketData
@@ -114,6 +115,7 @@ def test_orchestrator_and_trainer_state_continue_bit_for_bit() -> None:
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+@pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
 def test_a_crash_before_the_first_cut_completed_resumes_from_the_start_and_ends_alike() -> None:
     """The killed process registered its first cut's members and newer performance checkpoints, but the cut's
     marker never came (its episodes were not stored yet). The restart must not mix those per-model checkpoints:
