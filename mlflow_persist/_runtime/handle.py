@@ -183,6 +183,8 @@ class ModelHandle(HandleRestore):
         self.metrics.add(step, metrics)
         if value is not None:
             self.tracker.observe(step, value)
+        if self.schedule.every_seconds is not None:  # on the monotonic clock, whether or not the scheduler runs
+            self.schedule.check_time(time.monotonic())
         decision = decide_save(self.tracker, self.schedule, step, value)
         attached = False
         if decision.category == PERIODIC:

@@ -327,8 +327,10 @@ class Persistence(Closing, SystemCheckpoints):
                 log.debug("disk check failed for %s: %s", handle.name, exc)
 
     def _stop_at_boundary(self) -> None:
-        """Called by a handle's step() when a stop signal is pending: raise GracefulExit here, between two
-        updates, once; `close()` then takes the final checkpoints."""
+        """Called at the end of every handle's step(). With a stop signal pending: raise GracefulExit here, between
+        two updates, once; `close()` then takes the final checkpoints. Also revives the background job when a
+        wall-clock jump stalled it."""
+        self.job.revive_if_stalled()
         if not self._signals.stop.is_set() or self._stopping:
             return
         self._stopping = True

@@ -1,9 +1,11 @@
 """The APScheduler job that drives the periodic background work (time-based saves due, metric flushes,
-system metrics, disk checks): it runs one callable at an interval on the scheduler's thread."""
+system metrics, disk checks): it runs one callable at an interval on the scheduler's thread, and is planned
+again when a wall-clock jump stalled it."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -11,10 +13,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from mlflow_persist._observe.logs import package_logger
 
-__all__ = ["JOB_ID", "OVERLAP_LOGGERS", "PeriodicJob"]
+__all__ = ["JOB_ID", "OVERLAP_LOGGERS", "STALL_INTERVALS", "PeriodicJob"]
 
 log = package_logger("mlflow_persist.scheduler")
 JOB_ID = "mlflow-persist-tick"
+#: The job counts as stalled when it has not started for this many intervals.
+STALL_INTERVALS = 3
 
 
 class _QuietOverlaps(logging.Filter):
@@ -41,7 +45,10 @@ class PeriodicJob:
 
     def __init__(self, tick: Callable[[], None], interval_seconds: float) -> None:
         self._tick = tick
+        self._interval = interval_seconds
         self._running = False
+        self.last_run = time.monotonic()  # when the job last started (or the job was made)
+        self.revivals = 0
         self._scheduler = BackgroundScheduler(
             daemon=True, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
@@ -51,6 +58,7 @@ class PeriodicJob:
 
     def _run(self) -> None:
         self._running = True
+        self.last_run = time.monotonic()
         try:
             self._tick()
         except Exception:  # noqa: BLE001 - the job must keep running
@@ -65,6 +73,23 @@ class PeriodicJob:
         """Run the job now, unless it is running (it would be skipped, with a warning from APScheduler)."""
         if self._scheduler.running and not self._running:
             self._scheduler.modify_job(JOB_ID, next_run_time=datetime.now(self._scheduler.timezone))
+
+    def revive_if_stalled(self, now: float | None = None) -> bool:
+        """APScheduler plans runs on the wall clock: after the clock is set back, the next run waits for the
+        clock to catch up (an hour set back: no run for an hour). Called from the training thread at each step:
+        when the job has not started for STALL_INTERVALS intervals of the monotonic clock, it is planned again
+        from the clock as it is now. Returns whether it was."""
+        now = time.monotonic() if now is None else now
+        if now - self.last_run < STALL_INTERVALS * self._interval or self._running or not self._scheduler.running:
+            return False
+        self.last_run = now  # one revival per stall, whatever the scheduler does next
+        self.revivals += 1
+        log.warning(
+            "the mlflow-persist background job has not run for %.0f s (the wall clock was set back?); planned again",
+            STALL_INTERVALS * self._interval,
+        )
+        self._scheduler.reschedule_job(JOB_ID, trigger="interval", seconds=self._interval)  # from the clock's now
+        return True
 
     def stop(self) -> None:
         if self._scheduler.running:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, tzinfo
 
 import pytest
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
@@ -183,3 +184,61 @@ def test_an_overlapping_run_of_the_job_is_skipped_without_a_warning(
         ticks.gate.set()
     assert wait_until(lambda: ticks.count >= 2)  # the job goes on after the overlap
     assert not [r.getMessage() for r in caplog.records if SKIP_WARNING in r.getMessage()]
+
+
+class _JumpedClock:
+    """`datetime` for APScheduler's modules whose `now()` runs `offset` behind the real wall clock, as after
+    `date -s` set the machine's clock back (the monotonic clock does not move)."""
+
+    offset = timedelta(0)
+
+    @classmethod
+    def install(cls, monkeypatch: pytest.MonkeyPatch) -> None:
+        import apscheduler.schedulers.base as base
+        import apscheduler.triggers.interval as interval
+
+        class Jumped(datetime):
+            @classmethod
+            def now(cls_, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]  # noqa: N805
+                return datetime.now(tz) - cls.offset
+
+        for module in (base, interval):
+            monkeypatch.setattr(module, "datetime", Jumped)
+
+
+def test_after_the_wall_clock_is_set_back_time_based_saves_and_background_ticks_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The clock goes back an hour while training runs: periodic saves every 0.3 s (monotonic) still happen,
+    and metrics still reach the store through the background job (it would wait an hour for its next run)."""
+    import time
+
+    import torch
+
+    import mlflow_persist as mp
+    from mlflow_persist.testing import MemoryStore
+
+    _JumpedClock.install(monkeypatch)
+    store = MemoryStore()
+    config = mp.PersistConfig(
+        periodic_every_minutes=0.005, scheduler_interval_seconds=0.1, log_system_metrics=False, keep_periodic=100
+    )
+    with mp.Persistence(config, store=store, install_signal_handlers=False) as persist:
+        handle = persist.track("net", torch.nn.Linear(2, 2))
+        handle.step(1, reward=0.0)
+        assert wait_until(lambda: len(store.metric_history(handle.run_id, "reward")) == 1)
+        _JumpedClock.offset = timedelta(hours=1)
+        try:
+            started = time.monotonic()
+            step = 1
+            while time.monotonic() - started < 1.5:
+                step += 1
+                handle.step(step, reward=float(step))
+                time.sleep(0.02)
+            logged_during_jump = len(store.metric_history(handle.run_id, "reward"))
+            periodic = [v for v in store.list_versions("net") if v.category == "periodic"]
+        finally:
+            _JumpedClock.offset = timedelta(0)
+        persist.close(final_checkpoints=False)
+    assert len(periodic) >= 3  # 1.5 s at one per 0.3 s (allowing for a slow machine)
+    assert logged_during_jump > step // 2  # the background job flushed the metrics while the clock was back
