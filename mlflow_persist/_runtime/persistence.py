@@ -47,7 +47,7 @@ from mlflow_persist._runtime.process_effects import (
     register_atexit,
 )
 from mlflow_persist._runtime.scheduler import PeriodicJob
-from mlflow_persist._runtime.system_checkpoints import SystemCheckpoints
+from mlflow_persist._runtime.system_checkpoints import SystemCheckpoints, cut_writer_slot
 from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
@@ -113,6 +113,7 @@ class Persistence(Closing, SystemCheckpoints):
         self.handles: dict[str, ModelHandle] = {}
         self._state_steps: dict[str, Callable[[], int] | None] = {}  # application-state members of the cuts
         self._cut_sequence: int | None = None
+        self._cut_writer_slot = cut_writer_slot()
         self.cuts = CutKeeper(self.store, on_given_up=self._cut_given_up)
         self.guard = DiskGuard(
             self.store,

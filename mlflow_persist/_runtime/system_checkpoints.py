@@ -4,6 +4,8 @@ any is applied. The cut keeper thread (cut_keeper.py) marks a cut complete; the 
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import Callable, Iterable
 
@@ -25,9 +27,20 @@ from mlflow_persist.errors import (
     PersistError,
 )
 
-__all__ = ["SystemCheckpoints"]
+__all__ = ["CUT_WRITER_SLOTS", "SystemCheckpoints", "cut_writer_slot"]
 
 log = package_logger("mlflow_persist")
+
+
+#: Cut sequences leave room for this many writers in one millisecond (see `_next_cut_sequence`).
+CUT_WRITER_SLOTS = 1000
+_writers = itertools.count()
+
+
+def cut_writer_slot() -> int:
+    """A number below CUT_WRITER_SLOTS for one writer of cuts: different for the writers of one process, and
+    for processes whose ids differ by less than CUT_WRITER_SLOTS minus the writers they made."""
+    return (os.getpid() + next(_writers)) % CUT_WRITER_SLOTS
 
 
 class SystemCheckpoints:
@@ -39,6 +52,7 @@ class SystemCheckpoints:
     cuts: CutKeeper
     _state_steps: dict[str, Callable[[], int] | None]
     _cut_sequence: int | None
+    _cut_writer_slot: int
     last_cut_jobs: dict[str, SaveJob] = {}  # noqa: RUF012 - replaced, never mutated, per instance by save_all
 
     def save_all(
@@ -229,7 +243,10 @@ class SystemCheckpoints:
 
     def _next_cut_sequence(self) -> int:
         """Cut sequences grow across restarts without a registry read on the training thread: the wall clock in
-        milliseconds, never below one more than the newest sequence `restore_all` found or this process used."""
-        sequence = max(self._cut_sequence or 0, time.time_ns() // 1_000_000)
+        milliseconds times 1000 plus this writer's own number below 1000 (its process id and instance), so two
+        processes cutting in the same millisecond still pick different sequences; never below one more than the
+        newest sequence `restore_all` found or this writer used."""
+        clock = time.time_ns() // 1_000_000 * CUT_WRITER_SLOTS + self._cut_writer_slot
+        sequence = max(self._cut_sequence or 0, clock)
         self._cut_sequence = sequence + 1
         return sequence

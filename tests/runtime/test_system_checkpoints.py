@@ -230,6 +230,24 @@ def test_cut_ids_keep_increasing_across_processes() -> None:
     assert sequences == sorted(set(sequences)) and len(set(ids)) == 3  # strictly increasing, across processes
 
 
+def test_two_writers_cutting_in_the_same_millisecond_pick_different_sequences(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two trainers (two processes, or two Persistence objects) start a cut at the same instant: the sequence
+    orders cuts, so they must differ (with equal sequences the newest complete cut is a coin toss)."""
+    import mlflow_persist._runtime.system_checkpoints as system_checkpoints
+
+    monkeypatch.setattr(system_checkpoints.time, "time_ns", lambda: 1_800_000_000_000_000_000)  # a frozen clock
+    store = MemoryStore()
+    first, second = Trading(store), Trading(store)
+    try:
+        ids = [first.persist.save_all(), second.persist.save_all()]
+        assert first.persist.flush(timeout=10) and second.persist.flush(timeout=10)
+    finally:
+        first.close()
+        second.close()
+    sequences = [int(cut_id.split("-", 1)[0]) for cut_id in ids]
+    assert sequences[0] != sequences[1], ids
+
+
 def test_a_model_outside_the_cut_restores_its_own_newest_checkpoint() -> None:
     store = MemoryStore()
     system = Trading(store)
