@@ -23,7 +23,7 @@ from mlflow_persist._store.artifact_root import (
     artifact_root,
 )
 from mlflow_persist._store.mlflow_env import make_sqlite_commits_durable
-from mlflow_persist._store.sqlite import sqlite_dir, sqlite_file
+from mlflow_persist._store.sqlite import create_store_file, sqlite_dir, sqlite_file
 from mlflow_persist._store.translate import local_path
 from mlflow_persist.errors import StoreUnavailableError, describe_store_error, redact_credentials
 
@@ -86,7 +86,9 @@ class MlflowConnection:
         self.description = redact_credentials(tracking_uri)
         db_dir = sqlite_dir(tracking_uri)
         if db_dir is not None:
-            make_sqlite_commits_durable(db_dir / Path(tracking_uri[len("sqlite:///") :]).name)
+            db_file = db_dir / Path(tracking_uri[len("sqlite:///") :]).name
+            make_sqlite_commits_durable(db_file)
+            create_store_file(db_file)
         probe_database(tracking_uri, self.description)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.is_remote = self.is_remote_uri(tracking_uri)
