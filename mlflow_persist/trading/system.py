@@ -323,7 +323,10 @@ class EnhancedRealtimeTrainingSystem:
         wait_for = [self.durable()] if self.durable is not None else []
         if serve:
             self._promotion = Promotion(self.steps_done + SERVING_LAG)  # its own cut: no candidates in the state
-        cut_id = self.persistence.save_all("periodic", wait_for=wait_for)  # type: ignore[union-attr]
+        # A serving cut is never skipped for a busy writer (its weights decide every later bar, so a skip would
+        # make the run depend on timing); it waits as long as the switch itself waits for the registration.
+        submit_wait = SERVING_WAIT_SECONDS if serve else -1.0
+        cut_id = self.persistence.save_all("periodic", wait_for=wait_for, submit_wait=submit_wait)  # type: ignore[union-attr]
         self._last_cut_time = time.monotonic()
         self.cuts_taken.append(cut_id)
         if serve and self._promotion is not None:

@@ -147,3 +147,23 @@ def test_a_crash_before_the_first_cut_completed_resumes_from_the_start_and_ends_
     finally:
         stored["episodes"] = True
         crashed.close(final_checkpoints=False)
+
+
+@pytest.mark.slow  # writes that take a second each
+def test_a_slow_store_delays_a_serving_cut_but_never_skips_it() -> None:
+    """Serving switches only to registered weights, so a serving cut skipped because the writer was busy would
+    change every later decision (a run and its resumed twin would part ways). With every write taking a second,
+    the writer is still on the first cut when the second comes: the second waits instead of being skipped, and
+    every member of both cuts is registered."""
+    persistence, system = memory_system(cut_every_steps=5)
+    store = persistence.store
+    try:
+        store.hang("write", seconds=1.0, times=8)
+        system.run(steps=10)
+        assert len(system.cuts_taken) == 2
+        assert persistence.flush(timeout=60)
+        for cut_id in system.cuts_taken:
+            members = {v.name for name in MODEL_NAMES for v in store.list_versions(name) if v.cut == cut_id}
+            assert members == set(MODEL_NAMES), (cut_id, members)
+    finally:
+        persistence.close()
