@@ -152,12 +152,24 @@ class MemoryStore:
         return self._clock
 
     # runs and metrics ----------------------------------------------------------------------------------
-    def ensure_run(self, key: str, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    def ensure_run(
+        self,
+        key: str,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        previous_key: str | None = None,
+    ) -> str:
         with self._guard:
             for run in self.runs.values():
                 if run.key == key:
                     run.status = "RUNNING"
                     return run.run_id
+            for run in self.runs.values():
+                if previous_key is not None and run.key == previous_key:
+                    if all(run.tags.get(k) == v for k, v in (tags or {}).items()):
+                        run.key, run.status = key, "RUNNING"
+                        run.tags[RUN_KEY_TAG] = key
+                        return run.run_id
             run_id = f"run{len(self.runs) + 1:04d}"
             self.runs[run_id] = MemoryRun(run_id, key, tags={RUN_KEY_TAG: key, **(tags or {})})
             return run_id

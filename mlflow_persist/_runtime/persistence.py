@@ -164,7 +164,14 @@ class Persistence(Closing, SystemCheckpoints):
         if name in self.handles:
             raise PersistError(f"Model {name!r} is already tracked in this process; call track() once per model.")
         settings = self.config.for_model(name)
-        run_id = self.store.ensure_run(name, tags={tag("registered_model"): registered_name})
+        # One run per registered model: two configurations (prefixes) tracking the same name are two models.
+        # Earlier versions keyed the run by the bare name; such a run of this registered model is taken over.
+        run_id = self.store.ensure_run(
+            registered_name,
+            run_name=name,
+            tags={tag("registered_model"): registered_name},
+            previous_key=name if name != registered_name else None,
+        )
         metrics = MetricsBuffer(
             name,
             max_rows=self.config.metrics_buffer_max_rows,

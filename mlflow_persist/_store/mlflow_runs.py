@@ -35,14 +35,25 @@ class MlflowRuns(MlflowConnection):
         return runs[0].info.run_id if runs else None
 
     @translated("open the model's run")
-    def ensure_run(self, key: str, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    def ensure_run(
+        self,
+        key: str,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        previous_key: str | None = None,
+    ) -> str:
         """The one run for `key`, resumed (status RUNNING again) if it exists, created otherwise.
+
+        `previous_key`: the key an older version gave this run; a run with it whose tags include all of `tags`
+        is taken over (keyed `key` from then on) instead of a new one being created.
 
         Processes on other machines do not share our file lock, so two of them may both create a run for a
         new key. After creating one, each settles on the oldest run with the key and deletes its own if it
         lost, so every process ends up logging to the same run."""
         with self.lock(f"run-{key}"):
             run_id = self.find_run(key)
+            if run_id is None and previous_key is not None:
+                run_id = self._take_over(previous_key, key, tags or {})
             if run_id is None:
                 run = self.client.create_run(
                     self.experiment_id,
@@ -58,6 +69,14 @@ class MlflowRuns(MlflowConnection):
             else:
                 self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run_id
+
+    def _take_over(self, previous_key: str, key: str, tags: Mapping[str, str]) -> str | None:
+        for run in self._runs_for_key(previous_key):
+            if all(run.data.tags.get(k) == v for k, v in tags.items()):
+                self.client.set_tag(run.info.run_id, RUN_KEY_TAG, key)
+                self.client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+                return str(run.info.run_id)
+        return None
 
     @translated("mark the run finished")
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:

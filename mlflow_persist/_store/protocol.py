@@ -33,8 +33,15 @@ class CheckpointStore(Protocol):
     lock_is_shared: bool
 
     # runs and metrics ---------------------------------------------------------------------------------
-    def ensure_run(self, key: str, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
-        """The one run for `key` (resumed if it exists, created otherwise); returns its id."""
+    def ensure_run(
+        self,
+        key: str,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        previous_key: str | None = None,
+    ) -> str:
+        """The one run for `key` (resumed if it exists, created otherwise); returns its id. A run keyed
+        `previous_key` (by an older version) whose tags include all of `tags` is taken over instead of a new one."""
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None: ...
 

@@ -113,3 +113,38 @@ def test_the_sweep_removes_only_its_own_unused_leftovers(tmp_path: Path, sqlite_
     left = {p.name for p in checkpoints.iterdir()}
     assert left == {planted[k] for k in ("mine-registered-by-other", "other-prefix", "name-extension", "foreign")}
     assert store.sweep_partial_checkpoints(run_id, 0.0) == []  # no owner: nothing is swept
+
+
+def test_two_configs_tracking_the_same_name_log_to_two_runs(sqlite_uri: str) -> None:
+    """`a_net` and `b_net` are two models: each has its own run, holding its own metrics only."""
+    losses = {"a_": [3.0, 2.0], "b_": [30.0, 20.0]}
+    run_ids = {}
+    for prefix, values in losses.items():
+        model, opt = make_model(7, width=8)
+        with mp.Persistence(_config(sqlite_uri, prefix), install_signal_handlers=False) as persist:
+            handle = persist.track("net", model, optimizer=opt)
+            for step, loss in enumerate(values, start=1):
+                handle.step(step, loss=loss)
+            run_ids[prefix] = handle.run_id
+            persist.close()
+    assert run_ids["a_"] != run_ids["b_"]
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    for prefix, values in losses.items():
+        run = client.get_run(run_ids[prefix])
+        assert run.data.tags["mlflow_persist.registered_model"] == f"{prefix}net"
+        assert [m.value for m in client.get_metric_history(run_ids[prefix], "loss")] == values
+
+
+def test_a_run_keyed_by_the_bare_name_by_an_earlier_version_is_taken_over_by_its_model_only(sqlite_uri: str) -> None:
+    from mlflow_persist._store.mlflow_store import MlflowStore
+
+    store = MlflowStore(sqlite_uri, "shared")
+    earlier = store.ensure_run("net", tags={"mlflow_persist.registered_model": "a_net"})  # as earlier versions did
+    runs = {}
+    for prefix in ("b_", "a_"):
+        model, opt = make_model(8, width=8)
+        with mp.Persistence(_config(sqlite_uri, prefix), install_signal_handlers=False) as persist:
+            runs[prefix] = persist.track("net", model, optimizer=opt).run_id
+            persist.close()
+    assert runs["a_"] == earlier  # a_net's own run goes on
+    assert runs["b_"] != earlier  # b_net never takes a_net's run
