@@ -10,10 +10,11 @@ import multiprocessing
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 FORK = multiprocessing.get_context("fork")
@@ -159,3 +160,57 @@ def warm_up_torch() -> None:
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
     torch.load(buffer, weights_only=True)
+
+
+def full_digest(value: Any) -> str:
+    """sha256 over every leaf of a (possibly nested) state, unlike `digest()`, which sees tensors only: tensors
+    and numpy arrays (dtype, shape, bytes), numbers, bools, strings, bytes, None, dtypes and devices, each with
+    its type, so a changed learning rate, step or flag changes it. Mappings count by key (any order), lists and
+    tuples by position (one may come back as the other). Anything else raises TypeError: no field is ever
+    skipped silently."""
+    h = hashlib.sha256()
+
+    def put(tag: str, data: bytes = b"") -> None:
+        h.update(f"{tag}:{len(data)}:".encode())
+        h.update(data)
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            put("tensor", f"{flat.dtype}{list(value.shape)}".encode())
+            put("bytes", flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(value, np.ndarray):
+            array = np.ascontiguousarray(value)
+            put("ndarray", f"{array.dtype.str}{list(array.shape)}".encode())
+            put("bytes", array.tobytes())
+        elif isinstance(value, np.generic):
+            walk(value.item())
+        elif isinstance(value, Mapping):
+            put("map", str(len(value)).encode())
+            for key in sorted(value, key=repr):
+                put("key", repr(key).encode())
+                walk(value[key])
+        elif isinstance(value, (list, tuple)):
+            put("seq", str(len(value)).encode())
+            for item in value:
+                walk(item)
+        elif value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device)):
+            put(type(value).__name__, repr(value).encode())
+        elif isinstance(value, bytes):
+            put("raw", value)
+        else:
+            raise TypeError(f"full_digest does not know how to digest a {type(value).__name__}: {value!r:.80}")
+
+    walk(value)
+    return h.hexdigest()
+
+
+def field_digests(fields: Mapping[str, Any]) -> dict[str, str]:
+    """`full_digest` of each named field (model, optimizer, ...): comparing two of these names the fields that
+    differ."""
+    return {name: full_digest(value) for name, value in fields.items()}
+
+
+def differing_fields(expected: Mapping[str, str], actual: Mapping[str, str]) -> list[str]:
+    """The names whose digests differ between two `field_digests`, a field missing on either side included."""
+    return sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
