@@ -1,6 +1,9 @@
 """The restore half of `ModelHandle`: load the newest valid checkpoint (or `best`) into the tracked objects, all
 or nothing, falling back past damaged versions; revert the live model to `best`; resume from the outbox while a
-server is unreachable. Runs on the training thread, at start-up or at a safe point."""
+server is unreachable. Runs on the training thread, at start-up or at a safe point.
+
+Longer than 400 lines: the four ways in (newest, `best`, the outbox, a degradation revert) share one fallback
+past damaged versions and one all-or-nothing apply, which are clearer side by side than split apart."""
 
 from __future__ import annotations
 
@@ -185,6 +188,10 @@ class HandleRestore:
 
         Returns None when the store holds no usable checkpoint of this model.
         """
+        return self.restore_newest(strict)
+
+    def restore_newest(self, strict: bool = True, at_most: int | None = None) -> RestoreInfo | None:
+        """`restore()`, among the versions numbered `at_most` or lower when given."""
         store = self._store
         if self.pipeline.outbox is not None and self.pipeline.drain_outbox(blocking=True) > 0:
             from_outbox = self._restore_from_outbox()
@@ -192,7 +199,9 @@ class HandleRestore:
                 return from_outbox
         versions = store.list_versions(self.registered_name)
         best = self.adopt_stored_best()
-        candidates = [v for v in reversed(versions) if not v.corrupt]
+        candidates = [v for v in reversed(versions) if not v.corrupt and (at_most is None or v.version <= at_most)]
+        if best is not None and at_most is not None and best.version > at_most:
+            best = None
         if self.settings.resume_from == "best" and best is not None and not best.corrupt:
             candidates = [best] + [v for v in candidates if v.version != best.version]
         skipped: list[int] = []

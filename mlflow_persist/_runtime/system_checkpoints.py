@@ -13,7 +13,7 @@ from mlflow_persist._format.fitting import model_state_fit
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.cuts import Cut, complete_cuts, cut_tags, declared_members, new_cut_id, next_cut_sequence
 from mlflow_persist._policy.policy import FINAL, PERIODIC
-from mlflow_persist._policy.versions import VersionInfo
+from mlflow_persist._policy.versions import VersionInfo, tag
 from mlflow_persist._runtime.cut_keeper import CutKeeper, PendingCut
 from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo
 from mlflow_persist._runtime.writer import SaveJob
@@ -27,11 +27,13 @@ from mlflow_persist.errors import (
     PersistError,
 )
 
-__all__ = ["CUT_WRITER_SLOTS", "SystemCheckpoints", "cut_writer_slot"]
+__all__ = ["BEFORE_CUTS_TAG", "CUT_WRITER_SLOTS", "SystemCheckpoints", "cut_writer_slot"]
 
 log = package_logger("mlflow_persist")
 
 
+#: Run tag: the newest version of the model when the first `restore_all` found no system checkpoint.
+BEFORE_CUTS_TAG = tag("before_cuts_up_to_version")
 #: Cut sequences leave room for this many writers in one millisecond (see `_next_cut_sequence`).
 CUT_WRITER_SLOTS = 1000
 _writers = itertools.count()
@@ -156,12 +158,32 @@ class SystemCheckpoints:
                 "still there for handle.restore())"
             )
             return {}
+        limits = self._before_cuts(versions)
         if any(versions.values()):
             log.warning(
-                "no system checkpoint found (checkpoints from before cuts); each model restores its own "
-                "newest checkpoint"
+                "no system checkpoint found; each model restores its own newest checkpoint from before the "
+                "first start that took system checkpoints (%s)",
+                ", ".join(f"{name} v{limit} or older" for name, limit in sorted(limits.items())),
             )
-        return self._restore_each(names, strict)
+        return self._restore_each(names, strict, limits)
+
+    def _before_cuts(self, versions: dict[str, list[VersionInfo]]) -> dict[str, int]:
+        """Per tracked model, the newest version number written before the first `restore_all` that found no
+        cut (recorded on the model's run the first time): a process killed before its first cut completed
+        left newer per-model checkpoints that belong to no consistent state, so the next start restores what
+        the first one restored and runs the same course."""
+        limits = {}
+        for name, handle in self.handles.items():
+            if name in self._state_steps:
+                continue
+            summary = self.store.run_summary(handle.run_id)
+            recorded = summary.tags.get(BEFORE_CUTS_TAG) if summary is not None else None
+            if recorded is not None and recorded.isdigit():
+                limits[name] = int(recorded)
+                continue
+            limits[name] = max((v.version for v in versions.get(name, [])), default=0)
+            self.store.set_run_tags(handle.run_id, {BEFORE_CUTS_TAG: str(limits[name])})
+        return limits
 
     def _restore_cut(
         self, cuts: list[Cut], versions: dict[str, list[VersionInfo]], strict: bool
@@ -225,14 +247,16 @@ class SystemCheckpoints:
             return restored
         return None
 
-    def _restore_each(self, names: list[str], strict: bool) -> dict[str, RestoreInfo]:
-        """Each model's own newest checkpoint; never an application state, which only a complete cut
-        restores (alone it would not match the models)."""
+    def _restore_each(
+        self, names: list[str], strict: bool, limits: dict[str, int] | None = None
+    ) -> dict[str, RestoreInfo]:
+        """Each model's own newest checkpoint (numbered at most `limits[name]` when given); never an
+        application state, which only a complete cut restores (alone it would not match the models)."""
         restored = {}
         for name in names:
             if name in self._state_steps:
                 continue
-            info = self.handles[name].restore(strict=strict)
+            info = self.handles[name].restore_newest(strict, at_most=(limits or {}).get(name))
             if info is not None:
                 restored[name] = info
         return restored

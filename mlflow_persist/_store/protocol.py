@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Protocol, runtime_checkable  # noqa: UP035
 
 from mlflow_persist._format.payload import CheckpointState, WrittenCheckpoint
-from mlflow_persist._policy.versions import BEST_ALIAS, VersionInfo
+from mlflow_persist._policy.versions import BEST_ALIAS, RunSummary, VersionInfo
 
 MetricRow = tuple[str, float, int, int]  # (key, value, timestamp_ms, step)
 
@@ -46,6 +46,9 @@ class CheckpointStore(Protocol):
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None: ...
 
     def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None: ...
+
+    def run_summary(self, run_id: str) -> RunSummary | None:
+        """Status, tags and latest metrics of a run (None when it was deleted)."""
 
     def log_metrics(self, run_id: str, rows: Sequence[MetricRow]) -> None:
         """Stage `metrics`: log a batch of (key, value, timestamp_ms, step) rows."""

@@ -167,3 +167,60 @@ def test_a_slow_store_delays_a_serving_cut_but_never_skips_it() -> None:
             assert members == set(MODEL_NAMES), (cut_id, members)
     finally:
         persistence.close()
+
+
+@pytest.mark.slow  # three trading runs
+def test_a_crash_before_the_first_cut_was_taken_resumes_from_the_start_and_ends_alike() -> None:
+    """Killed at bar 90, before the first cut (bar 100) was even taken: the store holds performance
+    checkpoints of this run and no cut at all. They belong to no consistent state, so the restart must not
+    restore them: it starts where the first start started and ends bitwise where an uninterrupted run ends."""
+    from mlflow_persist.testing import MemoryStore
+
+    store = MemoryStore()
+    crashed, crashed_system = memory_system(seed=5, cut_every_steps=100, store=store)
+    crashed_system.run(steps=90)
+    assert crashed.flush(timeout=30)
+    assert any(store.list_versions(name) for name in MODEL_NAMES)
+    assert not any(v.cut for name in MODEL_NAMES for v in store.list_versions(name))
+    try:
+        resumed, resumed_system = memory_system(seed=5, cut_every_steps=100, store=store)
+        assert resumed_system.restored == {} and resumed_system.steps_done == 0
+        resumed_system.run(steps=130)
+        reference, reference_system = memory_system(seed=5, cut_every_steps=100)
+        reference_system.run(steps=130)
+        for name in MODEL_NAMES:
+            a = resumed_system.trainers[name].model.state_dict()
+            b = reference_system.trainers[name].model.state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+        resumed.close(final_checkpoints=False)
+        reference.close(final_checkpoints=False)
+    finally:
+        crashed.close(final_checkpoints=False)
+
+
+def test_checkpoints_from_before_system_checkpoints_are_restored_at_every_start_until_the_first_cut() -> None:
+    """A store with a model's checkpoint written before any system checkpoint (an older version, a legacy
+    import): the first start restores it, and so does a restart after a crash before the first cut."""
+    import mlflow_persist as mp
+    from mlflow_persist.testing import MemoryStore
+
+    store = MemoryStore()
+    net = build_model("dqn")
+    torch.manual_seed(11)
+    for p in net.parameters():
+        p.data.normal_()
+    with mp.Persistence(mp.PersistConfig(log_system_metrics=False), store=store, install_signal_handlers=False) as p:
+        p.track("dqn", net).save("periodic", wait=True, timeout=30)
+        p.close(final_checkpoints=False)
+    imported = store.list_versions("dqn")[-1].version
+    for _ in range(2):  # the first start, then a restart after a crash before the first cut
+        persistence, system = memory_system(seed=6, cut_every_steps=100, store=store)
+        try:
+            assert system.restored["dqn"].version == imported
+            restored = system.trainers["dqn"].model.state_dict()
+            assert all(torch.equal(restored[k], v) for k, v in net.state_dict().items())
+            system.run(steps=20)  # performance saves of dqn newer than the imported version
+            assert persistence.flush(timeout=30)
+        finally:
+            persistence.close(final_checkpoints=False)
+    assert store.list_versions("dqn")[-1].version > imported
