@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +16,19 @@ import torch
 import mlflow_persist as mp
 from mlflow_persist._store.mlflow_store import MlflowStore
 from mlflow_persist.cli.main import main
+
+
+def _registered(uri: str, name: str) -> dict[str, Any]:
+    """`best` and each version's category of `name`, read with MLflow's own client."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    return {
+        "best": int(client.get_registered_model(name).aliases["best"]),
+        "categories": {
+            int(v.version): v.tags["mlflow_persist.category"] for v in client.search_model_versions(f"name='{name}'")
+        },
+    }
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -50,13 +65,18 @@ def test_status_history_verify_and_gc(populated: str, capsys: pytest.CaptureFixt
     assert set(models) == {"dqn", "cnn"}
     assert models["dqn"]["best"]["value"] == 2.0 and models["dqn"]["latest"]["category"] == "final"
     assert models["dqn"]["health"] == "ok" and status["disk"]["free_mb"] > 0
+    for name, row in models.items():  # what status reports is what the registry holds
+        registered = _registered(populated, name)
+        assert row["best"]["version"] == registered["best"], name
+        assert row["latest"]["version"] == max(registered["categories"]), name
+        assert row["versions"] == dict(Counter(registered["categories"].values())), name
 
     code, out, _ = run_cli(capsys, "status", "--tracking-uri", populated)
     assert code == 0 and "dqn" in out and "best" in out
 
     code, out, _ = run_cli(capsys, "history", "dqn", "--tracking-uri", populated, "--json")
     data = json.loads(out)
-    assert [v["version"] for v in data["versions"]] == sorted(v["version"] for v in data["versions"])
+    assert [v["version"] for v in data["versions"]] == sorted(_registered(populated, "dqn")["categories"])
     assert [e["to"] for e in data["alias_moves"] if e["alias"] == "best"][-1] == models["dqn"]["best"]["version"]
     assert len(data["sparkline"]) == len([v for v in data["versions"] if v["value"] is not None])
     code, out, _ = run_cli(capsys, "history", "dqn", "--tracking-uri", populated)

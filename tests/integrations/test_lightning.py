@@ -7,6 +7,7 @@ reported), never what mlflow-persist says about itself.
 from __future__ import annotations
 
 import importlib.util
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,33 @@ def test_the_lightning_example_runs_and_resumes(tmp_path: Path, framework: Zygot
     script = Path(__file__).resolve().parents[2] / "scripts" / "examples" / "lightning_example.py"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     first = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path, zygote=framework)
-    assert "started fresh - trained 20 steps; the model's step is now 20" in first.stdout
+    assert "started fresh - trained 20 steps; the model's step is now 20" in first.stdout  # what its user reads
+    saved = registry(uri, EXAMPLE_MODEL)
+    assert _final_steps(saved["versions"]) == [20] and max(_steps(saved["versions"])) == 20
+    newest = max(saved["versions"])
+    assert len(saved["runs"]) == 1
+    first_losses = metric_steps(uri, saved["runs"][0].info.run_id, "train_loss")
+    assert first_losses and max(first_losses) <= 20
+
     second = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path, zygote=framework)
-    assert "resumed from step 20" in second.stdout and "the model's step is now 40" in second.stdout
+    assert f"resumed from step 20 (v{newest})" in second.stdout and "the model's step is now 40" in second.stdout
+    # The registry says the same: the second fit saved only steps after 20, its final at 40, in the same run,
+    # whose loss curve goes on from step 20 instead of starting over.
+    resumed = registry(uri, EXAMPLE_MODEL)
+    added = {v: tags for v, tags in resumed["versions"].items() if v not in saved["versions"]}
+    assert added and min(_steps(added)) > 20, added
+    assert _final_steps(added) == [40]
+    assert len(resumed["runs"]) == 1 and resumed["runs"][0].info.run_id == saved["runs"][0].info.run_id
+    logged = Counter(metric_steps(uri, resumed["runs"][0].info.run_id, "train_loss")) - Counter(first_losses)
+    assert logged and min(logged) > 20 and max(logged) <= 40, sorted(logged)
+
+
+EXAMPLE_MODEL = "lightning-example"  # the registered model scripts/examples/lightning_example.py saves
+
+
+def _steps(versions: dict[int, dict[str, str]]) -> list[int]:
+    return [int(tags["mlflow_persist.step"]) for tags in versions.values()]
+
+
+def _final_steps(versions: dict[int, dict[str, str]]) -> list[int]:
+    return sorted(int(t["mlflow_persist.step"]) for t in versions.values() if t["mlflow_persist.category"] == "final")

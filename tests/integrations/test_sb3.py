@@ -7,6 +7,7 @@ records (sb3_proc.py), never from what the callback reports about itself."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +236,31 @@ def test_sigterm_ends_learn_with_a_final_checkpoint_and_the_restart_continues_th
 def test_the_example_trains_and_resumes(tmp_path: Path, sqlite_uri: str, framework: Zygote) -> None:
     args = ("--tracking-uri", sqlite_uri, "--timesteps")
     first = run(EXAMPLE, *args, "600", cwd=tmp_path, zygote=framework).stdout
-    assert "started fresh" in first and "trained to timestep 600" in first
+    assert "started fresh" in first and "trained to timestep 600" in first  # what its user reads
+    saved = registry(sqlite_uri, "cartpole_dqn")
+    assert _final_steps(saved["versions"]) == [600] and len(saved["runs"]) == 1
+    run_id = saved["runs"][0].info.run_id
+    first_losses = _metric_steps(sqlite_uri, run_id, "train/loss")
+    assert first_losses and max(first_losses) <= 600
+    newest = max(saved["versions"])
+
     second = run(EXAMPLE, *args, "900", cwd=tmp_path, zygote=framework).stdout
-    assert "at timestep 600" in second and "trained to timestep 900" in second
-    assert len(registry(sqlite_uri, "cartpole_dqn")["runs"]) == 1
+    assert f"resumed from v{newest} (final) at timestep 600" in second and "trained to timestep 900" in second
+    # The registry says the same: one run, whose new checkpoints and loss values all come after timestep 600
+    # (a fresh start would have logged its first 600 timesteps again), its final at 900.
+    resumed = registry(sqlite_uri, "cartpole_dqn")
+    assert [r.info.run_id for r in resumed["runs"]] == [run_id]
+    added = {v: tags for v, tags in resumed["versions"].items() if v not in saved["versions"]}
+    assert _final_steps(added) == [900] and min(int(t[STEP]) for t in added.values()) > 600, added
+    logged = Counter(_metric_steps(sqlite_uri, run_id, "train/loss")) - Counter(first_losses)
+    assert logged and min(logged) > 600 and max(logged) <= 900, sorted(logged)
+
+
+def _final_steps(versions: dict[int, dict[str, str]]) -> list[int]:
+    return sorted(int(t[STEP]) for t in versions.values() if t[CATEGORY] == "final")
+
+
+def _metric_steps(uri: str, run_id: str, key: str) -> list[int]:
+    import mlflow
+
+    return [m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, key)]

@@ -241,3 +241,10 @@ def test_the_example_trains_and_says_what_it_did(tmp_path: Path, sqlite_uri: str
     best = saved["versions"][int(saved["aliases"]["best"])]
     assert f"best: v{saved['aliases']['best']} at step {best[STEP]}" in result.stdout
     assert {tags[CATEGORY] for tags in saved["versions"].values()} >= {"performance", "periodic", "final"}
+    # what it says it did is what the store holds: one run, trained to step 10, its final checkpoint at 10
+    assert [int(t[STEP]) for t in saved["versions"].values() if t[CATEGORY] == "final"] == [10]
+    assert max(int(t[STEP]) for t in saved["versions"].values()) == 10 and len(saved["runs"]) == 1
+    # `best` is the version with the lowest eval_loss the registry holds
+    performance = {v: float(t[VALUE]) for v, t in saved["versions"].items() if t[CATEGORY] == "performance"}
+    assert int(saved["aliases"]["best"]) in performance
+    assert performance[int(saved["aliases"]["best"])] == min(performance.values())
