@@ -78,6 +78,7 @@ def test_a_save_given_up_at_registration_leaves_no_bytes_in_the_memory_store() -
     assert store.artifact_sources() == registered
 
 
+@pytest.mark.slow  # seconds of work on a real store: in `make test`, not in `make test-fast`
 def test_registration_failures_on_the_real_store_leave_no_folder_behind(
     sqlite_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,6 +120,7 @@ def crowded_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
     yield leftovers
 
 
+@pytest.mark.slow  # seconds of work on a real store: in `make test`, not in `make test-fast`
 def test_disk_pressure_removes_leftover_folders_before_any_version(sqlite_uri: str, crowded_disk: list[Path]) -> None:
     model, opt = make_model(2, width=16)
     config = _config(tracking_uri=sqlite_uri, min_free_disk_mb=100.0, min_free_disk_percent=0.0)

@@ -115,6 +115,7 @@ def test_the_sweep_removes_only_its_own_unused_leftovers(tmp_path: Path, sqlite_
     assert store.sweep_partial_checkpoints(run_id, 0.0) == []  # no owner: nothing is swept
 
 
+@pytest.mark.slow  # seconds of work on a real store: in `make test`, not in `make test-fast`
 def test_two_configs_tracking_the_same_name_log_to_two_runs(sqlite_uri: str) -> None:
     """`a_net` and `b_net` are two models: each has its own run, holding its own metrics only."""
     losses = {"a_": [3.0, 2.0], "b_": [30.0, 20.0]}
@@ -135,6 +136,7 @@ def test_two_configs_tracking_the_same_name_log_to_two_runs(sqlite_uri: str) -> 
         assert [m.value for m in client.get_metric_history(run_ids[prefix], "loss")] == values
 
 
+@pytest.mark.slow  # seconds of work on a real store: in `make test`, not in `make test-fast`
 def test_a_run_keyed_by_the_bare_name_by_an_earlier_version_is_taken_over_by_its_model_only(sqlite_uri: str) -> None:
     from mlflow_persist._store.mlflow_store import MlflowStore
 

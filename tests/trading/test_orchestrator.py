@@ -198,6 +198,7 @@ def test_a_crash_before_the_first_cut_was_taken_resumes_from_the_start_and_ends_
         crashed.close(final_checkpoints=False)
 
 
+@pytest.mark.slow  # seconds of work on a real store: in `make test`, not in `make test-fast`
 def test_checkpoints_from_before_system_checkpoints_are_restored_at_every_start_until_the_first_cut() -> None:
     """A store with a model's checkpoint written before any system checkpoint (an older version, a legacy
     import): the first start restores it, and so does a restart after a crash before the first cut."""
