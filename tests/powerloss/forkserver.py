@@ -9,8 +9,9 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on the orig
 - {"op": "wait", "pid"} -> {"status"}: reap a child that ends by itself.
 - {"op": "verify", "uri", "acks", "out", "log", "cache", "full"} -> {"status", "result"}: fork a checker, wait,
   read its JSON. With `cache` (a JSON file outside the mount), a version whose registry record and files are
-  exactly as they were when an earlier checker loaded it is not loaded again (see version_signature());
-  `full` ignores the cache.
+  exactly as they were when an earlier checker loaded it is not loaded again: LazyFS reports which nodes
+  changed since that checker (changed_nodes()), so an untouched version costs no filesystem call at all, and
+  a touched one is compared by version_signature(); `full` ignores the cache.
 - {"op": "exit"}: leave.
 The first reply is {"ready": true, "threads": n, "import_s": s} once the imports are done.
 """
@@ -148,6 +149,7 @@ def trainer(cmd: dict[str, Any]) -> None:
             "restored_step": info.step if info else None,
             "restored_digest": state_digest(model.state_dict(), optimizer.state_dict()) if info else None,
             "startup_s": round(time.monotonic() - started, 3),
+            "at": time.time(),  # compared with the moment an armed cut fired (lazyfs)
         },
     )
     pending: list[tuple[Any, str, int]] = []
@@ -203,9 +205,10 @@ def version_signature(info: Any) -> list[Any] | None:
     tags) and, for every entry of its directory, the inode, size, mode and modification time in ns.
 
     LazyFS (lazyfs.py) changes a file's bytes only by a write, truncate or fallocate, each of which moves its
-    mtime (or, fallocate, its size), and a power cut only puts back bytes that were durable: so a version whose
-    signature equals the one recorded when it was loaded and verified holds the same bytes now, and loading it
-    again would verify the same bytes. None when the version has no local directory (it is then loaded)."""
+    mtime (or, fallocate, its size), and a power cut (a torn write included) gives every file or directory it
+    changes a new mtime: so a version whose signature equals the one recorded when it was loaded and verified
+    holds the same bytes now, and loading it again would verify the same bytes. None when the version has no
+    local directory (it is then loaded)."""
     from mlflow_persist._store.translate import local_path
 
     path = local_path(info.source)
@@ -222,17 +225,98 @@ def version_signature(info: Any) -> list[Any] | None:
     return signature
 
 
+def path_nodes(info: Any, root: Path) -> list[int] | None:
+    """The inode numbers of every directory from `root` down to the version's directory, and of every entry
+    in it: the nodes a load of the version goes through (None without a local directory)."""
+    from mlflow_persist._store.translate import local_path
+
+    path = local_path(info.source)
+    if path is None or not path.is_dir() or not path.is_relative_to(root):
+        return None
+    chain = [path, *path.parents[: len(path.relative_to(root).parts)]]
+    return sorted({p.lstat().st_ino for p in chain} | {entry.lstat().st_ino for entry in path.rglob("*")})
+
+
+def changed_nodes(root: Path, since: int | None) -> tuple[int, set[int]] | None:
+    """(sequence number now, inodes changed after `since`) from the LazyFS mounted on `root` (lazyfs.py:
+    changed_since); None when `root` is no LazyFS or `since` is None (nothing to compare with)."""
+    ctl, answer = root / ".lazyfs_ctl", root / ".lazyfs_answer"
+    if not ctl.exists():
+        return None
+    with open(ctl, "wb", buffering=0) as handle:
+        handle.write(json.dumps({"op": "changed_since", "seq": since or 0}).encode())
+    with open(answer, "rb", buffering=0) as handle:
+        reply = json.loads(handle.read())
+    return (reply["seq"], set(reply["inos"])) if since is not None else (reply["seq"], set())
+
+
+def registry_records(uri: str, store: Any) -> list[Any]:
+    """Every version of MODEL as the registry's tables hold it (what `list_versions` returns, sources
+    relocated the same way), read with two SQL queries: MLflow's search builds an entity per version, and
+    doing that for every version after every cut made the check grow quadratically with the trials."""
+    import sqlite3
+
+    from mlflow_persist._policy.versions import VersionInfo
+
+    connection = sqlite3.connect(uri[len("sqlite:///") :])
+    try:
+        rows = connection.execute(
+            "SELECT version, source, run_id, creation_time FROM model_versions "
+            "WHERE name = ? AND current_stage != 'Deleted_Internal' ORDER BY version",
+            (MODEL,),
+        ).fetchall()
+        tags: dict[int, dict[str, str]] = {}
+        for version, key, value in connection.execute(
+            "SELECT version, key, value FROM model_version_tags WHERE name = ?", (MODEL,)
+        ):
+            tags.setdefault(int(version), {})[key] = value
+    finally:
+        connection.close()
+    return [
+        VersionInfo(MODEL, int(v), store.relocate_uri(source), run_id, tags.get(int(v), {}), [], created)
+        for v, source, run_id, created in rows
+    ]
+
+
+def record_of(info: Any) -> list[Any]:
+    """A version's registry record (number, source, tags) as the cache file holds it (JSON: lists only)."""
+    record: list[Any] = json.loads(json.dumps([info.version, info.source, sorted(info.tags.items())]))
+    return record
+
+
 def checker(cmd: dict[str, Any]) -> dict[str, Any]:
-    """After the cut ("reboot"): every registered version verifies and loads; every acknowledged version is
-    registered with the recorded step and digest; no staging directory is a version's source; latest loads.
-    A version verified by an earlier checker whose signature has not changed since is not loaded again."""
+    """After the cut ("reboot"): the store opens; every registered version verifies and loads; every
+    acknowledged version is registered with the recorded step and digest; no staging directory is a version's
+    source; latest loads.
+
+    Incremental: the registry is read with one query (registry_records); a version verified by an earlier
+    checker with the same registry record is not loaded again when LazyFS reports no change to any node on
+    its path since (changed_nodes, no filesystem call per version) or, failing that, when its signature
+    (version_signature) is unchanged; the others are loaded through the library (`get_version`,
+    `load_version`). Per trial that costs the new versions, not all of them. With `full`, every version is loaded and the library's own
+    `list_versions` must list exactly what the query found."""
     import mlflow_persist as mp
     from mlflow_persist._store.mlflow_store import MlflowStore
 
     uri = cmd["uri"]
-    store = MlflowStore(uri)
-    versions = store.list_versions(MODEL)
+    clock = time.monotonic()
+    seconds: dict[str, float] = {}
+
+    def lap(what: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        seconds[what] = seconds.get(what, 0.0) + now - clock
+        clock = now
+
+    store = MlflowStore(uri)  # opening it rolls a hot journal back
+    lap("open")
+    versions = registry_records(uri, store)
     failing: list[dict[str, Any]] = []
+    if cmd.get("full"):
+        listed = [record_of(info) for info in store.list_versions(MODEL)]
+        if listed != [record_of(info) for info in versions]:
+            failing.append({"version": None, "error": "list_versions differs from the registry's tables"})
+    lap("list")
     staging: list[dict[str, Any]] = []
     digests: dict[int, str] = {}
     steps: dict[int, int | None] = {}
@@ -240,29 +324,58 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
     cache: dict[str, Any] = {}
     if cache_path is not None and cache_path.exists() and not cmd.get("full"):
         cache = json.loads(cache_path.read_text())
+    known_versions: dict[str, Any] = cache.get("versions", {})
+    root = Path(uri[len("sqlite:///") :]).parent  # the mount: the database lies at its root
+    changes = changed_nodes(root, cache.get("seq"))  # taken before anything is looked at
+    changed = changes[1] if changes is not None and cache.get("seq") is not None else None
+    lap("changes")
     verified: dict[str, Any] = {}
-    reused = 0
+    reused = unstated = 0
     for info in versions:
         if any(part.startswith(".tmp-") for part in info.source.split("/")):
             staging.append({"version": info.version, "source": info.source})
-        signature = version_signature(info)
-        known = cache.get(str(info.version))
-        if signature is not None and known is not None and known["signature"] == signature:
-            digests[info.version], steps[info.version] = known["digest"], known["step"]
-            verified[str(info.version)] = known
-            reused += 1
-            continue
+        record = record_of(info)
+        known = known_versions.get(str(info.version))
+        if known is not None and known["record"] == record:
+            if changed is not None and known["nodes"] is not None and changed.isdisjoint(known["nodes"]):
+                # No node on the version's path changed since it was verified: the same bytes (no stat needed).
+                digests[info.version], steps[info.version] = known["digest"], known["step"]
+                verified[str(info.version)] = known
+                reused += 1
+                unstated += 1
+                continue
+            signature = version_signature(info)
+            lap("signatures")
+            if signature is not None and known["signature"] == signature:
+                digests[info.version], steps[info.version] = known["digest"], known["step"]
+                verified[str(info.version)] = {**known, "nodes": path_nodes(info, root)}
+                reused += 1
+                continue
+        full = bool(cmd.get("full"))  # the last check: nothing will reuse what it verified, so no stat is taken
+        signature = None if full else version_signature(info)
+        nodes = None if full else path_nodes(info, root)
+        lap("signatures")
         try:
-            state = store.load_version(info)
+            state = store.load_version(store.get_version(MODEL, info.version))
         except Exception as exc:  # noqa: BLE001 - reported, the test asserts on it
             failing.append({"version": info.version, "source": info.source, "error": f"{type(exc).__name__}: {exc}"})
+            lap("load")
             continue
         digests[info.version] = state_digest(state.model_state, state.optimizer_state)
         steps[info.version] = state.step
-        if signature is not None and signature == version_signature(info):  # unchanged while it was loaded
-            verified[str(info.version)] = {"signature": signature, "digest": digests[info.version], "step": state.step}
+        lap("load")
+        if not full and signature is not None and signature == version_signature(info):  # unchanged while loaded
+            verified[str(info.version)] = {
+                "record": record,
+                "signature": signature,
+                "nodes": nodes,
+                "digest": digests[info.version],
+                "step": state.step,
+            }
+        lap("signatures")
     if cache_path is not None:
-        cache_path.write_text(json.dumps(verified))
+        cache_path.write_text(json.dumps({"seq": changes[0] if changes else None, "versions": verified}))
+    lap("cache")
     lost: list[dict[str, Any]] = []
     skip = {(a["trial"], a["version"]) for a in cmd.get("already_lost", [])}
     acks = [a for a in read_records(cmd["acks"]) if (a["trial"], a["version"]) not in skip]
@@ -277,13 +390,27 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
         else:
             continue
         lost.append({**ack, "reason": reason, "artifact_dirs_on_disk": checkpoint_dirs(uri, ack["step"])})
+    # `models:/net/latest` is the newest version not tagged corrupt (MlflowRegistry.resolve). Resolving it lists
+    # every version through MLflow (~5 ms each here), so an incremental check finds that version in the records
+    # and requires it verified above; the full check loads `models:/net/latest` itself and compares.
+    intact = [info.version for info in versions if not info.corrupt]
     latest: dict[str, Any] = {}
-    if versions:
+    if versions and cmd.get("full"):
         try:
             state = mp.load_checkpoint(f"models:/{MODEL}/latest", tracking_uri=uri)
             latest = {"version": state.version, "step": state.step}
+            if not intact or state.version != intact[-1]:
+                latest["error"] = f"latest is v{state.version}, the newest intact version v{intact[-1:]}"
         except Exception as exc:  # noqa: BLE001
             latest = {"error": f"{type(exc).__name__}: {exc}"}
+    elif versions:
+        if not intact:
+            latest = {"error": "every version is tagged corrupt: models:/net/latest resolves to nothing"}
+        elif intact[-1] not in digests:
+            latest = {"error": f"the newest intact version v{intact[-1]} (models:/net/latest) does not load"}
+        else:
+            latest = {"version": intact[-1], "step": steps[intact[-1]]}
+    lap("latest")
     newest_ack = max(acks, key=lambda a: a["version"], default=None)
     return {
         "versions": len(versions),
@@ -296,6 +423,8 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
         "latest": latest,
         "loaded": len(versions) - reused - len(failing),
         "reused": reused,
+        "reused_without_stat": unstated,
+        "seconds": seconds,
     }
 
 
@@ -327,8 +456,8 @@ def _child(log: str, body: Any) -> None:
 
 
 def warm_up() -> None:
-    """The first model, backward pass, optimizer step and torch.save of a process cost ~1.5 s here: pay them
-    once, before forking. One intra-op thread, so no OpenMP pool exists to be broken by fork."""
+    """The first model, backward pass, optimizer step and torch.save of a process cost ~1.5 s here, and the
+    first MLflow query configures the ORM: pay them once, before forking. One intra-op thread, so no OpenMP pool exists to be broken by fork."""
     import io
 
     import torch
@@ -342,6 +471,11 @@ def warm_up() -> None:
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
     torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     state_digest(model.state_dict(), optimizer.state_dict())
+    # SQLAlchemy configures MLflow's ORM mappers at the first query of a process (~0.25 s here): once, here,
+    # instead of in every trainer and checker.
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
 
 
 def main() -> None:

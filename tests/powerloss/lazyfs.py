@@ -12,15 +12,37 @@ Every object has two states, the current one and the durable one:
 
 A power cut throws away everything that is not durable: every directory's entries become its durable
 entries, every file's bytes its durable bytes, and inodes no longer reachable from the root disappear.
-(Metadata such as mode and times is not rolled back.)
+(Metadata such as mode and owner is not rolled back; a file or directory that a cut changes gets a new
+mtime, so "same inode, size and mtime" still means "same bytes" across cuts.)
+
+Besides a cut at an arbitrary moment (the test kills every writer, then cuts), a cut can be armed to fire
+inside the filesystem at an exact point of the writers' operation sequence (`Trigger`):
+
+- `write`: at the n-th write to a file of a given name (`checkpoint.pt`, `manifest.json`, `mlflow.db`, ...):
+  the power goes *in the middle of that write*. The file keeps its durable bytes, the writes made to it
+  since its last fsync, in order, and the first `keep` bytes of the write in flight; everything later (the
+  write's tail, every other file's unsynced data and every unsynced directory change) is lost. This is
+  still a state a real disk may be left in: an unsynced write may reach the platter in part.
+- `sync`: right after the n-th fsync (file or directory) of one of the given names (the sqlite database,
+  its `-journal` / `-wal`, or the directory holding them): the store is left exactly as it was made durable
+  by that fsync, so whatever sqlite wrote after it is lost and a hot journal rolls the database back to the
+  state of that earlier fsync (the last commit made durable before it).
+
+Once an armed cut fired the filesystem is *dead*: every operation but the control files' fails with EIO
+(the machine has no power; nothing a writer does after the cut may count), until `revive`.
 
 Control, from inside the mount (so it is ordered with the filesystem calls around it; the filesystem runs
 single-threaded):
 
 - write anything to `/.lazyfs_cut`: power cut;
-- read `/.lazyfs_stats`: JSON counters (fsyncs, directory fsyncs, cuts, writes, ...).
+- write a JSON command to `/.lazyfs_ctl`: `{"op": "arm", ...Trigger fields}`, `{"op": "disarm"}`,
+  `{"op": "revive"}`, or `{"op": "changed_since", "seq": n}`, whose answer `/.lazyfs_answer` then reads:
+  `{"seq": now, "inos": [...]}`, the inodes whose bytes or names changed after sequence number n (what lets
+  a checker skip every version none of whose nodes changed, without a stat);
+- read `/.lazyfs_stats`: JSON counters (fsyncs, directory fsyncs, cuts, writes, writes and fsyncs per
+  watched name, ...), `dead`, and `fired`: what the last armed cut did.
 
-Neither name is listed by readdir. The kernel's page cache is kept out of the way: files are opened with
+No control name is listed by readdir. The kernel's page cache is kept out of the way: files are opened with
 `direct_io` (except SQLite's `-shm` files, which WAL mode maps shared; libfuse 3.14 cannot map direct_io
 files), attribute and entry caches are off, and no handle keeps its cache across opens, so a process that
 opens a file after a cut reads what the filesystem holds then.
@@ -33,6 +55,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import json
 import os
 import shutil
@@ -43,12 +66,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 CUT_FILE = ".lazyfs_cut"
 STATS_FILE = ".lazyfs_stats"
-CONTROL_FILES = (CUT_FILE, STATS_FILE)
+CTL_FILE = ".lazyfs_ctl"
+ANSWER_FILE = ".lazyfs_answer"
+CONTROL_FILES = (CUT_FILE, STATS_FILE, CTL_FILE, ANSWER_FILE)
+#: Names whose writes and fsyncs are counted in the stats (what a trigger is usually armed on).
+WATCHED_NAMES = ("checkpoint.pt", "manifest.json", "mlflow.db", "mlflow.db-journal", "mlflow.db-wal")
 _BLOCK = 4096
 _UTIME_NOW_NSEC, _UTIME_OMIT_NSEC = (1 << 30) - 1, (1 << 30) - 2
 UTIME_NOW, UTIME_OMIT = "now", "omit"
@@ -70,12 +98,15 @@ class Node:
 
 
 class FileNode(Node):
-    __slots__ = ("data", "durable")
+    __slots__ = ("data", "durable", "pending")
 
     def __init__(self, ino: int, mode: int, uid: int = 0, gid: int = 0) -> None:
         super().__init__(ino, stat.S_IFREG | (mode & 0o7777), uid, gid)
         self.data = bytearray()
         self.durable = b""  # a file never fsynced has no durable bytes
+        # What changed `data` since `durable` was taken, in order: (offset, bytes) for a write, (length, None)
+        # for a truncate. A cut in the middle of a write keeps a prefix of it (LazyTree.cut).
+        self.pending: list[tuple[int, bytes | None]] = []
 
 
 class DirNode(Node):
@@ -95,18 +126,70 @@ class ControlNode(Node):
         self.name = name
 
 
+@dataclass
+class Trigger:
+    """A power cut armed to fire at an exact point of the operation sequence (see the module docstring).
+
+    kind "write": at the `nth` write (counted from arming) to a file whose name is in `names`; the write in
+    flight keeps its first `keep` bytes (a fraction in [0, 1] of its length, rounded down).
+    kind "sync": right after the `nth` fsync of a file, or fsyncdir of a directory, whose name is in `names`
+    (a directory is named by its path, "/" for the root)."""
+
+    kind: str
+    names: tuple[str, ...]
+    nth: int
+    keep: float = 0.0
+    seen: int = 0
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> Trigger:
+        if spec["kind"] not in ("write", "sync") or int(spec["nth"]) < 1:
+            raise ValueError(f"bad trigger {spec!r}")
+        return cls(spec["kind"], tuple(spec["names"]), int(spec["nth"]), float(spec.get("keep", 0.0)))
+
+
+def apply_op(data: bytearray, offset: int, chunk: bytes | None) -> None:
+    """Apply one write (`chunk` at `offset`) or truncate (`chunk` None, to length `offset`) to `data`."""
+    if chunk is None:
+        if offset < len(data):
+            del data[offset:]
+        else:
+            data.extend(bytes(offset - len(data)))
+        return
+    if offset > len(data):
+        data.extend(bytes(offset - len(data)))
+    data[offset : offset + len(chunk)] = chunk
+
+
+def apply_ops(base: bytes, ops: list[tuple[int, bytes | None]]) -> bytearray:
+    """`base` with the writes and truncates of `ops` applied in order (a FileNode.pending log)."""
+    data = bytearray(base)
+    for offset, chunk in ops:
+        apply_op(data, offset, chunk)
+    return data
+
+
 class LazyTree:
     """The filesystem's state and its durability rules, without any FUSE (unit-testable on its own)."""
 
     def __init__(self) -> None:
         self._next_ino = 2
         self.root = DirNode(1, 0o755)
-        self.stats = {
+        self.trigger: Trigger | None = None
+        self.dead = False  # an armed cut fired: every operation fails until revive()
+        self.fired: dict[str, Any] | None = None  # what the last armed cut did
+        # Change tracking: every node whose bytes change, or that gains or loses a name (created, unlinked,
+        # renamed, or brought back or dropped by a cut), gets the next sequence number. A path resolves to the
+        # same nodes with the same bytes as long as none of its nodes changed (see `changed_since`).
+        self.seq = 0
+        self.changed: dict[int, int] = {}  # ino -> the sequence number of its last change
+        self.stats: dict[str, Any] = {
             "fsync": 0,
             "fdatasync": 0,
             "fsyncdir": 0,
             "fsync_on_dir": 0,
             "cuts": 0,
+            "armed_cuts": 0,
             "writes": 0,
             "bytes_written": 0,
             "creates": 0,
@@ -114,11 +197,25 @@ class LazyTree:
             "unlinks": 0,
             "reverted_files": 0,
             "reverted_dirs": 0,
+            "torn_files_kept": 0,
+            "named_writes": dict.fromkeys(WATCHED_NAMES, 0),
+            "named_syncs": dict.fromkeys((*WATCHED_NAMES, "/"), 0),
         }
 
     def new_ino(self) -> int:
         self._next_ino += 1
         return self._next_ino
+
+    def mark(self, *nodes: Node | None) -> None:
+        """Record a change of `nodes` (their bytes, or a name of theirs) for `changed_since`."""
+        self.seq += 1
+        for node in nodes:
+            if node is not None:
+                self.changed[node.ino] = self.seq
+
+    def changed_since(self, seq: int) -> dict[str, Any]:
+        """The inode numbers changed after sequence number `seq`, and the sequence number now."""
+        return {"seq": self.seq, "inos": sorted(ino for ino, at in self.changed.items() if at > seq)}
 
     # ------------------------------------------------------------------ lookups
 
@@ -146,27 +243,99 @@ class LazyTree:
             raise OSError(errno.ENOTDIR, path)
         return parent, parts[-1]
 
+    # ------------------------------------------------------------------ file contents
+
+    def write(self, node: FileNode, offset: int, data: bytes, name: str = "") -> None:
+        """Write `data` at `offset` (`name`: the file's name, for the counters and an armed "write" cut).
+        Raises EIO when an armed cut fires in the middle of this write (it is then applied in part)."""
+        if name in self.stats["named_writes"]:
+            self.stats["named_writes"][name] += 1
+        trigger = self.trigger
+        if trigger is not None and trigger.kind == "write" and name in trigger.names:
+            trigger.seen += 1
+            if trigger.seen == trigger.nth:
+                keep = min(len(data), int(len(data) * trigger.keep))
+                node.pending.append((offset, bytes(data[:keep])))
+                node.data = apply_ops(node.durable, node.pending)
+                self._fire({"name": name, "offset": offset, "length": len(data), "kept_bytes": keep}, node)
+                raise OSError(errno.EIO, "power cut in the middle of this write")
+        chunk = bytes(data)
+        apply_op(node.data, offset, chunk)
+        node.pending.append((offset, chunk))
+        node.touch()
+        self.mark(node)
+        self.stats["writes"] += 1
+        self.stats["bytes_written"] += len(data)
+
+    def truncate(self, node: FileNode, length: int) -> None:
+        apply_op(node.data, length, None)
+        node.pending.append((length, None))
+        node.touch()
+        self.mark(node)
+
     # ------------------------------------------------------------------ durability
 
-    def fsync_file(self, node: Node, datasync: bool) -> None:
+    def fsync_file(self, node: Node, datasync: bool, name: str = "") -> None:
         if isinstance(node, DirNode):
             self.stats["fsync_on_dir"] += 1
-            self.fsync_dir(node)
+            self.fsync_dir(node, name)
             return
         self.stats["fdatasync" if datasync else "fsync"] += 1
         if isinstance(node, FileNode):
             node.durable = bytes(node.data)
+            node.pending.clear()
+        self._synced(node, name)
 
-    def fsync_dir(self, node: Node) -> None:
+    def fsync_dir(self, node: Node, name: str = "") -> None:
         self.stats["fsyncdir"] += 1
         if isinstance(node, DirNode):
             node.durable_entries = dict(node.entries)
         elif isinstance(node, FileNode):  # an fsyncdir with a file's handle: treat it as the file's fsync
             node.durable = bytes(node.data)
+            node.pending.clear()
+        self._synced(node, name)
 
-    def cut(self) -> dict[str, int]:
-        """Power loss: keep only what was made durable."""
-        seen: set[int] = set()
+    def _synced(self, node: Node, name: str) -> None:
+        if name in self.stats["named_syncs"]:
+            self.stats["named_syncs"][name] += 1
+        trigger = self.trigger
+        if trigger is not None and trigger.kind == "sync" and name in trigger.names:
+            trigger.seen += 1
+            if trigger.seen == trigger.nth:
+                self._fire({"name": name}, None)
+
+    # ------------------------------------------------------------------ power
+
+    def arm(self, trigger: Trigger) -> None:
+        self.trigger, self.fired = trigger, None
+
+    def disarm(self) -> None:
+        self.trigger = None
+
+    def revive(self) -> None:
+        self.dead = False
+
+    def _fire(self, what: dict[str, Any], torn: FileNode | None) -> None:
+        """The armed cut: power goes now. `torn` (a write cut in the middle) keeps its `data` as it is."""
+        trigger = self.trigger
+        assert trigger is not None
+        if torn is not None:
+            torn.durable, torn.pending = bytes(torn.data), []
+            torn.touch()
+            self.mark(torn)
+        reachable: set[int] = set()
+        result = self.cut(reachable)
+        self.trigger, self.dead = None, True
+        self.stats["armed_cuts"] += 1
+        self.fired = {"kind": trigger.kind, "nth": trigger.nth, **what, **result, "at": time.time()}
+        if torn is not None:
+            self.fired["torn_file_kept"] = id(torn) in reachable  # its directory entry was durable
+            self.stats["torn_files_kept"] += self.fired["torn_file_kept"]
+
+    def cut(self, reachable: set[int] | None = None) -> dict[str, int]:
+        """Power loss: keep only what was made durable. `reachable` (if given) receives the id() of every
+        node that survives."""
+        seen: set[int] = set() if reachable is None else reachable
         reverted_files = reverted_dirs = 0
         stack: list[DirNode] = [self.root]
         while stack:
@@ -176,6 +345,11 @@ class LazyTree:
             seen.add(id(directory))
             if directory.entries != directory.durable_entries:
                 reverted_dirs += 1
+                directory.touch()
+                for name in directory.entries.keys() | directory.durable_entries.keys():
+                    now, then = directory.entries.get(name), directory.durable_entries.get(name)
+                    if now is not then:  # a name that goes, comes back or points elsewhere
+                        self.mark(now, then)
             directory.entries = dict(directory.durable_entries)
             for child in directory.entries.values():
                 if isinstance(child, DirNode):
@@ -184,7 +358,10 @@ class LazyTree:
                     seen.add(id(child))
                     if child.data != child.durable:
                         reverted_files += 1
+                        child.touch()
+                        self.mark(child)
                     child.data = bytearray(child.durable)
+                    child.pending.clear()
         self.stats["cuts"] += 1
         self.stats["reverted_files"] += reverted_files
         self.stats["reverted_dirs"] += reverted_dirs
@@ -192,6 +369,14 @@ class LazyTree:
 
 
 # ---------------------------------------------------------------------------------------------- FUSE side
+
+
+#: Every operation but release/releasedir (a closing handle) fails with EIO while the filesystem is dead.
+GUARDED_OPERATIONS = (
+    "getattr", "chmod", "chown", "utimens", "access", "statfs", "mkdir", "rmdir", "opendir", "readdir",
+    "fsyncdir", "create", "mknod", "unlink", "rename", "link", "symlink", "open", "read", "write", "truncate",
+    "fallocate", "flush", "fsync",
+)  # fmt: skip
 
 
 def _operations_class() -> type:
@@ -211,11 +396,12 @@ def _operations_class() -> type:
 
         def __init__(self) -> None:
             self.tree = LazyTree()
-            self.handles: dict[int, tuple[Node, int]] = {}
+            self.handles: dict[int, tuple[Node, int, str]] = {}  # fh -> (node, open flags, name)
             self._next_fh = 10
             self._mutex = threading.RLock()  # libfuse runs single-threaded here; the lock is a second guard
             self.control = {name: ControlNode(self.tree.new_ino(), name) for name in CONTROL_FILES}
             self.uid, self.gid = os.getuid(), os.getgid()
+            self.answer = b"{}"  # what /.lazyfs_answer reads: the reply to the last query written to the ctl file
 
         # -------------------------------------------------------------- helpers
 
@@ -241,19 +427,65 @@ def _operations_class() -> type:
                 raise FuseOSError(errno.EPERM)
             return parent, name
 
-        def _open_handle(self, node: Node, flags: int) -> int:
+        def _open_handle(self, node: Node, flags: int, name: str) -> int:
+            """A handle on `node`; `name` is what triggers and counters know it by: a file's base name, a
+            directory's path."""
             self._next_fh += 1
-            self.handles[self._next_fh] = (node, flags)
+            self.handles[self._next_fh] = (node, flags, name)
             return self._next_fh
 
+        def _name(self, fi: Any) -> str:
+            fh = fh_of(fi)
+            return self.handles[fh][2] if fh in self.handles else ""
+
+        def _alive_for(self, op: str, path: str | None, args: tuple[Any, ...]) -> bool:
+            """Whether `op` may run: always while powered; after an armed cut fired only on the control
+            files (and a stat of the root, which the kernel needs to reach them)."""
+            if not self.tree.dead:
+                return True
+            if path is not None:
+                name = path.lstrip("/")
+                return (name in self.control and path.count("/") == 1) or (
+                    path == "/" and op in ("getattr", "access", "statfs")
+                )
+            fh = fh_of(args[-1]) if args else None
+            return fh in self.handles and isinstance(self.handles[fh][0], ControlNode)
+
+        def _control(self, node: ControlNode, data: bytes) -> None:
+            if node.name == CUT_FILE:
+                self.tree.cut()
+            elif node.name == CTL_FILE:
+                try:
+                    cmd = json.loads(data)
+                    if cmd["op"] == "arm":
+                        self.tree.arm(Trigger.from_json(cmd))
+                    elif cmd["op"] == "disarm":
+                        self.tree.disarm()
+                    elif cmd["op"] == "revive":
+                        self.tree.revive()
+                    elif cmd["op"] == "changed_since":
+                        self.answer = json.dumps(self.tree.changed_since(int(cmd["seq"]))).encode()
+                    else:
+                        raise ValueError(cmd["op"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    print(f"lazyfs: bad control command {data!r}: {exc}", file=sys.stderr, flush=True)
+                    raise FuseOSError(errno.EINVAL) from None
+
         def _set_fi(self, fi: Any, node: Node, path: str) -> None:
-            fi.fh = self._open_handle(node, fi.flags)
+            fi.fh = self._open_handle(node, fi.flags, path.rsplit("/", 1)[-1])
             fi.keep_cache = 0
             # Shared mmaps (SQLite WAL's -shm) need the page cache; everything else bypasses it.
             fi.direct_io = 0 if path.endswith("-shm") else 1
 
+        def _control_bytes(self, node: ControlNode) -> bytes:
+            if node.name == STATS_FILE:
+                return self._stats_bytes()
+            return self.answer if node.name == ANSWER_FILE else b""
+
         def _stats_bytes(self) -> bytes:
-            return json.dumps(self.tree.stats, sort_keys=True).encode()
+            return json.dumps(
+                {**self.tree.stats, "dead": self.tree.dead, "fired": self.tree.fired}, sort_keys=True
+            ).encode()
 
         # -------------------------------------------------------------- metadata
 
@@ -265,7 +497,7 @@ def _operations_class() -> type:
                 elif isinstance(node, FileNode):
                     size, nlink = len(node.data), 1
                 else:
-                    size, nlink = (len(self._stats_bytes()) if node.name == STATS_FILE else 0), 1
+                    size, nlink = len(self._control_bytes(node)), 1
                 return {
                     "st_mode": node.mode,
                     "st_ino": node.ino,
@@ -338,6 +570,7 @@ def _operations_class() -> type:
                     raise FuseOSError(errno.EEXIST)
                 parent.entries[name] = make(self.tree.new_ino())
                 parent.touch()
+                self.tree.mark(parent.entries[name])
                 self.tree.stats["creates"] += 1
                 return 0
 
@@ -355,6 +588,7 @@ def _operations_class() -> type:
                 if node.entries:
                     raise FuseOSError(errno.ENOTEMPTY)
                 del parent.entries[name]
+                self.tree.mark(node)
                 parent.touch()
                 self.tree.stats["unlinks"] += 1
                 return 0
@@ -364,7 +598,7 @@ def _operations_class() -> type:
                 node = self._node(path)
                 if not isinstance(node, DirNode):
                     raise FuseOSError(errno.ENOTDIR)
-                return self._open_handle(node, os.O_RDONLY)
+                return self._open_handle(node, os.O_RDONLY, path)
 
         def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], int]]:
             # With use_ino the kernel gets our inode numbers, so each entry carries one (glibc skips ino 0).
@@ -385,7 +619,7 @@ def _operations_class() -> type:
 
         def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
             with self._mutex:
-                self.tree.fsync_dir(self._node(path, fh))
+                self.tree.fsync_dir(self._node(path, fh), self._name(fh))
                 return 0
 
         # -------------------------------------------------------------- names
@@ -397,6 +631,7 @@ def _operations_class() -> type:
                 if node is None:
                     node = FileNode(self.tree.new_ino(), mode, self.uid, self.gid)
                     parent.entries[name] = node
+                    self.tree.mark(node)
                     parent.touch()
                     self.tree.stats["creates"] += 1
                 elif fi.flags & os.O_EXCL:
@@ -404,7 +639,7 @@ def _operations_class() -> type:
                 elif isinstance(node, DirNode):
                     raise FuseOSError(errno.EISDIR)
                 if isinstance(node, FileNode) and fi.flags & os.O_TRUNC:
-                    node.data = bytearray()
+                    self.tree.truncate(node, 0)
                 self._set_fi(fi, node, path)
                 return 0
 
@@ -422,6 +657,7 @@ def _operations_class() -> type:
                 if isinstance(node, DirNode):
                     raise FuseOSError(errno.EISDIR)
                 del parent.entries[name]
+                self.tree.mark(node)
                 parent.touch()
                 self.tree.stats["unlinks"] += 1
                 return 0
@@ -449,6 +685,7 @@ def _operations_class() -> type:
                             raise FuseOSError(errno.ENOTEMPTY)
                 del old_parent.entries[old_name]
                 new_parent.entries[new_name] = node
+                self.tree.mark(node, target)
                 old_parent.touch()
                 new_parent.touch()
                 node.ctime = time.time_ns()
@@ -478,8 +715,7 @@ def _operations_class() -> type:
                 if isinstance(node, DirNode):
                     raise FuseOSError(errno.EISDIR)
                 if isinstance(node, FileNode) and fi.flags & os.O_TRUNC and fi.flags & os.O_ACCMODE:
-                    node.data = bytearray()
-                    node.touch()
+                    self.tree.truncate(node, 0)
                 self._set_fi(fi, node, path)
                 return 0
 
@@ -487,8 +723,7 @@ def _operations_class() -> type:
             with self._mutex:
                 node = self._node(path, fi)
                 if isinstance(node, ControlNode):
-                    data = self._stats_bytes() if node.name == STATS_FILE else b""
-                    return data[offset : offset + size]
+                    return self._control_bytes(node)[offset : offset + size]
                 if not isinstance(node, FileNode):
                     raise FuseOSError(errno.EISDIR)
                 return bytes(node.data[offset : offset + size])
@@ -498,21 +733,17 @@ def _operations_class() -> type:
                 fh = fh_of(fi)
                 node = self._node(path, fi)
                 if isinstance(node, ControlNode):
-                    if node.name == CUT_FILE:
-                        self.tree.cut()
+                    self._control(node, bytes(data))
                     return len(data)
                 if not isinstance(node, FileNode):
                     raise FuseOSError(errno.EISDIR)
-                flags = self.handles.get(fh, (None, 0))[1] if fh is not None else 0
+                flags = self.handles[fh][1] if fh in self.handles else 0
                 if flags & os.O_APPEND:
                     offset = len(node.data)
-                end = offset + len(data)
-                if offset > len(node.data):
-                    node.data.extend(bytes(offset - len(node.data)))
-                node.data[offset:end] = data
-                node.touch()
-                self.tree.stats["writes"] += 1
-                self.tree.stats["bytes_written"] += len(data)
+                try:
+                    self.tree.write(node, offset, data, self._name(fi))
+                except OSError as exc:  # an armed cut fired in the middle of this write
+                    raise FuseOSError(exc.errno) from None
                 return len(data)
 
         def truncate(self, path: str | None, length: int, fh: Any = None) -> int:
@@ -522,11 +753,7 @@ def _operations_class() -> type:
                     return 0
                 if not isinstance(node, FileNode):
                     raise FuseOSError(errno.EISDIR)
-                if length < len(node.data):
-                    del node.data[length:]
-                else:
-                    node.data.extend(bytes(length - len(node.data)))
-                node.touch()
+                self.tree.truncate(node, length)
                 return 0
 
         def fallocate(self, path: str | None, mode: int, offset: int, size: int, fi: Any) -> int:
@@ -537,7 +764,7 @@ def _operations_class() -> type:
                 if mode != 0:
                     raise FuseOSError(errno.EOPNOTSUPP)
                 if offset + size > len(node.data):
-                    node.data.extend(bytes(offset + size - len(node.data)))
+                    self.tree.truncate(node, offset + size)
                 return 0
 
         def flush(self, path: str | None, fi: Any) -> int:
@@ -552,9 +779,20 @@ def _operations_class() -> type:
             with self._mutex:
                 node = self._node(path, fi)
                 if not isinstance(node, ControlNode):
-                    self.tree.fsync_file(node, bool(datasync))
+                    self.tree.fsync_file(node, bool(datasync), self._name(fi))
                 return 0
 
+    def guarded(op: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)  # mfusepy reads some signatures (create)
+        def call(self: LazyFS, path: str | None, *args: Any, **kwargs: Any) -> Any:
+            if not self._alive_for(op, path, args or tuple(kwargs.values())):
+                raise FuseOSError(errno.EIO)  # no power
+            return method(self, path, *args, **kwargs)
+
+        return call
+
+    for op in GUARDED_OPERATIONS:
+        setattr(LazyFS, op, guarded(op, getattr(LazyFS, op)))
     return LazyFS
 
 
@@ -678,15 +916,40 @@ class LazyMount:
         self.stop()
         raise FuseUnavailable(f"LazyFS did not mount within {timeout:.0f} s: {self.log_tail()}")
 
-    def cut(self) -> dict[str, int]:
+    def cut(self) -> dict[str, Any]:
         """Power loss: the filesystem keeps only what was fsynced (files) and fsyncdir'ed (directories)."""
         with open(self.mountpoint / CUT_FILE, "wb", buffering=0) as handle:
             handle.write(b"cut")
         return self.stats()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         with open(self.mountpoint / STATS_FILE, "rb", buffering=0) as handle:
             return json.loads(handle.read() or b"{}")
+
+    def control(self, **cmd: Any) -> None:
+        with open(self.mountpoint / CTL_FILE, "wb", buffering=0) as handle:
+            handle.write(json.dumps(cmd).encode())
+
+    def arm(self, kind: str, names: tuple[str, ...] | list[str], nth: int, keep: float = 0.0) -> None:
+        """Arm a cut to fire inside the filesystem (a `Trigger`: "write" or "sync"); see `fired()`."""
+        self.control(op="arm", kind=kind, names=list(names), nth=nth, keep=keep)
+
+    def disarm(self) -> None:
+        self.control(op="disarm")
+
+    def fired(self) -> dict[str, Any] | None:
+        """What the armed cut did once it fired (the filesystem is then dead until `revive()`), else None."""
+        return self.stats()["fired"]
+
+    def revive(self) -> None:
+        """Power back after an armed cut: operations work again (on what survived the cut)."""
+        self.control(op="revive")
+
+    def changed_since(self, seq: int) -> dict[str, Any]:
+        """{"seq": now, "inos": [...]}: the inodes whose bytes or names changed after sequence number `seq`."""
+        self.control(op="changed_since", seq=seq)
+        with open(self.mountpoint / ANSWER_FILE, "rb", buffering=0) as handle:
+            return json.loads(handle.read())
 
     def log_tail(self, chars: int = 3000) -> str:
         return log_tail(self.log_path, chars)

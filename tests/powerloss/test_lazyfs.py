@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_persist._format.atomic import fsync_path
-from powerloss.lazyfs import DirNode, FileNode, LazyMount, LazyTree
+from powerloss.lazyfs import DirNode, FileNode, LazyMount, LazyTree, Trigger
 
 
 def write(path: Path, data: bytes, sync: bool = False) -> None:
@@ -212,3 +212,130 @@ def test_tree_model_without_fuse() -> None:
     assert tree.cut()["reverted_dirs"] == 1
     assert sorted(directory.entries) == ["kept", "lost"] and bytes(kept.data) == b"kept" and lost.data == b""
     assert tree.stats["fsync_on_dir"] == 1 and tree.stats["cuts"] == 1
+
+
+def test_tree_torn_write_keeps_a_prefix_of_the_write_in_flight_and_nothing_else() -> None:
+    """An armed "write" cut: the torn file keeps its unsynced writes and a prefix of the write in flight;
+    every other unsynced change is lost, and the tree is dead until revived."""
+    tree = LazyTree()
+    torn, other = FileNode(tree.new_ino(), 0o644), FileNode(tree.new_ino(), 0o644)
+    tree.root.entries.update(torn=torn, other=other)
+    tree.fsync_dir(tree.root)
+    tree.write(torn, 0, b"durable", "mlflow.db")
+    tree.fsync_file(torn, datasync=False)
+    tree.write(torn, 7, b"-pending", "mlflow.db")
+    tree.write(other, 0, b"lost", "other")
+    tree.arm(Trigger("write", ("mlflow.db",), nth=2, keep=0.5))
+    tree.write(torn, 0, b"X", "mlflow.db")  # the first counted write
+    with pytest.raises(OSError):
+        tree.write(torn, 15, b"ABCDEFGH", "mlflow.db")  # the second: power goes half-way through it
+    assert tree.dead and tree.fired is not None and tree.fired["kept_bytes"] == 4 and tree.fired["torn_file_kept"]
+    assert bytes(torn.data) == b"Xurable-pendingABCD" and other.data == b""
+    tree.revive()
+    assert not tree.dead
+
+
+def test_tree_sync_cut_leaves_the_state_of_that_fsync() -> None:
+    """An armed "sync" cut fires right after the n-th fsync of a named file or directory: what that fsync made
+    durable stays, everything after it (and everything else unsynced) is gone."""
+    tree = LazyTree()
+    db, journal = FileNode(tree.new_ino(), 0o644), FileNode(tree.new_ino(), 0o644)
+    tree.root.entries.update({"mlflow.db": db, "mlflow.db-journal": journal})
+    tree.fsync_dir(tree.root, "/")
+    tree.arm(Trigger("sync", ("mlflow.db", "mlflow.db-journal", "/"), nth=2))
+    tree.write(journal, 0, b"old page", "mlflow.db-journal")
+    tree.fsync_file(journal, datasync=False, name="mlflow.db-journal")  # 1
+    tree.write(db, 0, b"new page", "mlflow.db")
+    tree.fsync_file(db, datasync=True, name="mlflow.db")  # 2: fires after it
+    assert tree.dead and tree.fired is not None and tree.fired["name"] == "mlflow.db"
+    assert bytes(db.data) == b"new page" and bytes(journal.data) == b"old page"  # a hot journal
+    assert tree.stats["named_syncs"]["mlflow.db"] == 1 and tree.stats["armed_cuts"] == 1
+
+
+def test_armed_cut_in_the_middle_of_a_write_through_the_mount(lazyfs: LazyMount) -> None:
+    root = lazyfs.mountpoint
+    write(root / "checkpoint.pt", b"A" * 100, sync=True)
+    fsync_path(root)
+    lazyfs.arm("write", ["checkpoint.pt"], nth=1, keep=0.25)
+    with pytest.raises(OSError), open(root / "checkpoint.pt", "r+b", buffering=0) as handle:
+        handle.seek(100)
+        handle.write(b"B" * 400)
+    fired = lazyfs.fired()
+    assert fired is not None and fired["kept_bytes"] == 100 and fired["torn_file_kept"]
+    with pytest.raises(OSError):  # no power: nothing works until revived
+        (root / "other").write_bytes(b"x")
+    lazyfs.revive()
+    assert (root / "checkpoint.pt").read_bytes() == b"A" * 100 + b"B" * 100
+    assert sorted(os.listdir(root)) == ["checkpoint.pt"]
+
+
+def test_sqlite_rolls_back_to_its_last_commit_after_a_cut_at_an_fsync_inside_a_commit(lazyfs: LazyMount) -> None:
+    """A cut right after each fsync of a commit in turn (journal, database, directory): the database opens,
+    passes its integrity check and holds either the commit before or (only once the commit's last fsync was
+    made) the new one; a hot journal is what rolls it back."""
+    root = lazyfs.mountpoint
+    db = root / "t.db"
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(db)
+        connection.execute("PRAGMA synchronous=EXTRA")
+        return connection
+
+    connection = connect()
+    with connection:
+        connection.execute("CREATE TABLE t (x INTEGER)")
+    connection.close()
+    fsync_path(root)
+    outcomes = []
+    for nth in range(1, 8):
+        connection = connect()
+        before = connection.execute("SELECT count(*) FROM t").fetchone()[0]
+        lazyfs.arm("sync", ["t.db", "t.db-journal", "/"], nth=nth)
+        committed = True
+        try:
+            with connection:
+                connection.execute("INSERT INTO t VALUES (?)", (nth,))
+        except sqlite3.Error:
+            committed = False
+        finally:
+            connection.close()
+        fired = lazyfs.fired()
+        lazyfs.disarm()
+        if fired is None:  # the commit had fewer fsyncs than nth: it is durable
+            assert committed
+            lazyfs.cut()
+        else:
+            lazyfs.revive()
+        hot = (root / "t.db-journal").exists()
+        connection = connect()
+        try:
+            assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            after = connection.execute("SELECT count(*) FROM t").fetchone()[0]
+        finally:
+            connection.close()
+        assert after in (before, before + 1) and (after == before + 1 or not committed)
+        outcomes.append((nth, fired and fired["name"], hot, after - before))
+    assert any(hot and delta == 0 for _, _, hot, delta in outcomes), outcomes  # a rollback did happen
+
+
+def test_change_log_names_every_node_whose_bytes_or_names_changed(lazyfs: LazyMount) -> None:
+    """What lets the power-loss checker skip versions without a stat: a write, an unlink, a rename and a cut
+    that drops or brings back an entry all report the nodes they changed; an untouched file is not reported."""
+    root = lazyfs.mountpoint
+    (root / "d").mkdir()
+    for name in ("kept", "written", "gone", "moved"):
+        write(root / "d" / name, name.encode(), sync=True)
+    fsync_path(root / "d")
+    fsync_path(root)
+    ino = {name: (root / "d" / name).stat().st_ino for name in ("kept", "written", "gone", "moved")}
+    start = lazyfs.changed_since(0)["seq"]
+    with open(root / "d" / "written", "ab") as handle:
+        handle.write(b"+")
+    os.unlink(root / "d" / "gone")
+    os.rename(root / "d" / "moved", root / "d" / "renamed")
+    changed = set(lazyfs.changed_since(start)["inos"])
+    assert {ino["written"], ino["gone"], ino["moved"]} <= changed and ino["kept"] not in changed
+    middle = lazyfs.changed_since(0)["seq"]
+    lazyfs.cut()  # "written" loses its tail, "gone" and "moved" come back, "renamed" goes
+    changed = set(lazyfs.changed_since(middle)["inos"])
+    assert {ino["written"], ino["gone"], ino["moved"]} <= changed and ino["kept"] not in changed
