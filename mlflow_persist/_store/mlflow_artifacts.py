@@ -36,6 +36,7 @@ from mlflow_persist.errors import (
     StoreError,
     describe_store_error,
     is_unreachable,
+    redact_credentials,
 )
 
 __all__ = ["UNREGISTERED_SWEEP_AGE_SECONDS", "MlflowArtifacts", "unavailable_message"]
@@ -281,15 +282,27 @@ class MlflowArtifacts(MlflowAliases):
             except Exception as exc:  # noqa: BLE001 - classified: only a missing object is a damaged version
                 if is_unreachable(exc):  # transient: the bytes may be fine, so nothing is tagged
                     raise translate(exc, f"download {info.name} v{info.version}") from None
-                if _is_missing(exc):
+                if _is_missing(exc) or self._listed_as_gone(info):
                     raise CheckpointCorruptError(
                         f"The artifacts of {info.name} v{info.version} are missing from {info.source} "
                         f"({describe_store_error(exc)}); they were deleted."
                     ) from None
-                raise CheckpointUnavailableError(
-                    unavailable_message(info, info.source, describe_store_error(exc))
-                ) from None
+                raise CheckpointUnavailableError(unavailable_message(info, info.source, _whole_failure(exc))) from None
             yield Path(local)
+
+    def _listed_as_gone(self, info: VersionInfo) -> bool:
+        """Whether the store, asked directly, lists the version's run checkpoints without its folder (it was
+        deleted); False when it cannot tell (no run, a source elsewhere, or the listing fails too)."""
+        if not info.run_id:
+            return False
+        try:
+            root = self.artifact_uri(info.run_id)
+            relative = _checkpoint_relative(root, info.source, f"{info.name} v{info.version}")
+            parent, _, name = relative.rstrip("/").rpartition("/")
+            listed = self.client.list_artifacts(info.run_id, parent)
+        except Exception:  # noqa: BLE001 - nothing is known: the caller reports it unavailable
+            return False
+        return bool(listed) and name not in {Path(entry.path).name for entry in listed}
 
     @translated("load the checkpoint")
     def load_version(self, info: VersionInfo) -> CheckpointState:
@@ -346,6 +359,14 @@ def unavailable_message(info: VersionInfo, where: str, reason: str) -> str:
         "deleted. If the project folder was moved or copied, open the store at its new place (its mlruns/ must be "
         "beside mlflow.db); otherwise restore access to that location and retry."
     )
+
+
+def _whole_failure(exc: BaseException) -> str:
+    """`describe_store_error`, plus the per-file failures MLflow lists below a directory download's first line
+    (what the server answered for each file), folded into one line."""
+    first = describe_store_error(exc)
+    rest = " ".join(line.strip() for line in redact_credentials(str(exc)).splitlines()[1:] if line.strip())
+    return f"{first} {rest[:400]}".strip() if rest else first
 
 
 def _is_missing(exc: BaseException) -> bool:

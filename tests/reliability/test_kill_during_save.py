@@ -2,7 +2,7 @@
 registered version, byte for byte, and leftovers of the interrupted save are swept at the next start.
 
 Starting a Python process with torch and mlflow costs 5-10 s here, so the trainers are forked from this
-pre-imported process (before it opens any MLflow client), one per trial. RELIABILITY_KILL_TRIALS (50, times
+pre-imported process (before it opens any MLflow client), one per trial. RELIABILITY_KILL_TRIALS (30, times
 MLFLOW_PERSIST_SOAK_FACTOR) kills.
 """
 
@@ -103,7 +103,7 @@ def _trainer(events: LineLog, uri: str, seed: int, check_only: bool) -> None:
 def test_sigkill_at_random_moments_always_restores_the_newest_complete_checkpoint(
     sqlite_uri: str, tmp_path: Path, soak_count: Callable[[str, int], int]
 ) -> None:
-    trials = soak_count("RELIABILITY_KILL_TRIALS", 50)
+    trials = soak_count("RELIABILITY_KILL_TRIALS", 30)
     rng = random.Random(20240611)
     logs = []
     for trial in range(trials + 1):
