@@ -14,8 +14,13 @@ from mlflow_persist._policy.versions import RUN_KEY_TAG, RunSummary, tag
 from mlflow_persist._store.mlflow_connection import MlflowConnection
 from mlflow_persist._store.sqlite import sqlite_dir
 from mlflow_persist._store.translate import local_path, translated
+from mlflow_persist.errors import StoreError
 
 __all__ = ["MlflowRuns"]
+
+
+#: How often `ensure_run` settles again when the run it chose was deleted by a process that found an older one.
+RUN_SETTLE_ATTEMPTS = 5
 
 
 class MlflowRuns(MlflowConnection):
@@ -51,24 +56,36 @@ class MlflowRuns(MlflowConnection):
         new key. After creating one, each settles on the oldest run with the key and deletes its own if it
         lost, so every process ends up logging to the same run."""
         with self.lock(f"run-{key}"):
-            run_id = self.find_run(key)
-            if run_id is None and previous_key is not None:
-                run_id = self._take_over(previous_key, key, tags or {})
-            if run_id is None:
-                run = self.client.create_run(
-                    self.experiment_id,
-                    run_name=run_name or key,
-                    tags={RUN_KEY_TAG: key, "mlflow.runName": run_name or key, **(tags or {})},
-                )
-                run_id = run.info.run_id
-                oldest = self.find_run(key)
-                if oldest is not None and oldest != run_id:
+            for _ in range(RUN_SETTLE_ATTEMPTS):
+                run_id = self.find_run(key)
+                if run_id is None and previous_key is not None:
+                    run_id = self._take_over(previous_key, key, tags or {})
+                if run_id is None:
+                    run = self.client.create_run(
+                        self.experiment_id,
+                        run_name=run_name or key,
+                        tags={RUN_KEY_TAG: key, "mlflow.runName": run_name or key, **(tags or {})},
+                    )
+                    run_id = run.info.run_id
+                    oldest = self.find_run(key)
+                    if oldest is None or oldest == run_id:
+                        return str(run_id)
                     self.client.delete_run(run_id)
                     run_id = oldest
-                    self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            else:
-                self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        return run_id
+                if self._resume(run_id):
+                    return str(run_id)
+                # the run settled on was deleted meanwhile (its creator found an older one): settle again
+        raise StoreError(f"Could not settle on one run for {key!r}: other processes kept replacing it; start again.")
+
+    def _resume(self, run_id: str) -> bool:
+        """Mark the run RUNNING again; False when another process deleted it in the meantime."""
+        try:
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        except MlflowException:
+            if self.client.get_run(run_id).info.lifecycle_stage == "deleted":
+                return False
+            raise
+        return True
 
     def _take_over(self, previous_key: str, key: str, tags: Mapping[str, str]) -> str | None:
         for run in self._runs_for_key(previous_key):

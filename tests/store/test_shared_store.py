@@ -150,3 +150,27 @@ def test_a_run_keyed_by_the_bare_name_by_an_earlier_version_is_taken_over_by_its
             persist.close()
     assert runs["a_"] == earlier  # a_net's own run goes on
     assert runs["b_"] != earlier  # b_net never takes a_net's run
+
+
+def test_a_run_deleted_by_another_process_while_settling_is_replaced_by_the_next_oldest(
+    sqlite_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes on different machines each create a run for a new key and settle on the oldest; a process may
+    settle on a run whose own creator then deletes it (it found an even older one). Seen with three trainers on
+    a PostgreSQL server: 'The run ... must be in the active state. Current state is deleted.'"""
+    from mlflow_persist._store.mlflow_store import MlflowStore
+
+    store = MlflowStore(sqlite_uri, "shared")
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    tags = {"mlflow_persist.run_key": "net"}
+    doomed = client.create_run(store.experiment_id, tags=tags).info.run_id
+    survivor = client.create_run(store.experiment_id, tags=tags).info.run_id
+    original = MlflowClient.update_run
+
+    def deleted_just_before(self: MlflowClient, run_id: str, *args: object, **kwargs: object) -> object:
+        if run_id == doomed:  # its creator deletes it between our search and our update
+            client.delete_run(doomed)
+        return original(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "update_run", deleted_just_before)
+    assert store.ensure_run("net") == survivor
