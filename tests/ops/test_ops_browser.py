@@ -77,7 +77,7 @@ def _check_plain_ui(sqlite_server: MlflowServer, chromium: Chromium, client: Mlf
 
 
 TRADING_MODELS = ("dqn", "cnn", "cob_rl", "extrema")
-TRADING_STEPS = 300
+TRADING_STEPS = 200
 
 
 def _tradingavailable() -> bool:
@@ -95,7 +95,7 @@ def _tradingavailable() -> bool:
 @pytest.mark.browser
 @pytest.mark.skipif(not _tradingavailable(), reason="the core and the trading system are not built yet")
 def test_ui_after_trading_run(ui_server: MlflowServer, ui_browser: Chromium, tmp_path: Path, zygote: Zygote) -> None:
-    """`mlflow-persist run --steps 300` against the server (forked from a pre-imported Python, tests/zygote.py);
+    """`mlflow-persist run --steps 200` against the server (forked from a pre-imported Python, tests/zygote.py);
     then the UI shows the four registered models, each model page the versions and `@ best`, and the dqn run page
     its loss chart."""
     sqlite_server, chromium = ui_server, ui_browser
