@@ -71,7 +71,9 @@ def _run_two(uri: str, experiment: str, saves: int, tmp_path: Path, keep_best: i
         fork_child(_saver, logs[i], uri, experiment, 1000 + i, saves, str(tmp_path / f"machine-{i}"), keep_best)
         for i in range(2)
     ]
-    results = [log.wait_for("DONE", proc, timeout=540) for log, proc in zip(logs, procs)]
+    # A hang guard proportional to the work (540 s per 15 saves over HTTP), so `make soak`'s counts fit it too.
+    guard = 540.0 * max(1.0, saves / 15)
+    results = [log.wait_for("DONE", proc, timeout=guard) for log, proc in zip(logs, procs)]
     for proc in procs:
         proc.join(timeout=60)
         assert proc.exitcode == 0
