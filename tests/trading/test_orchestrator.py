@@ -116,6 +116,24 @@ def test_orchestrator_and_trainer_state_continue_bit_for_bit() -> None:
 
 
 @pytest.mark.slow  # seconds of work: in `make test`, not in `make test-fast`
+def _restart_from_the_start_ends_like_an_uninterrupted_run(store: object, seed: int) -> None:
+    """A restart on `store` restores nothing, starts at bar 0, and after 130 bars holds the weights of a run on
+    its own store that was never interrupted."""
+    resumed, resumed_system = memory_system(seed=seed, cut_every_steps=100, store=store)
+    reference, reference_system = memory_system(seed=seed, cut_every_steps=100)
+    try:
+        assert resumed_system.restored == {} and resumed_system.steps_done == 0
+        resumed_system.run(steps=130)
+        reference_system.run(steps=130)
+        for name in MODEL_NAMES:
+            a = resumed_system.trainers[name].model.state_dict()
+            b = reference_system.trainers[name].model.state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+    finally:
+        resumed.close(final_checkpoints=False)
+        reference.close(final_checkpoints=False)
+
+
 def test_a_crash_before_the_first_cut_completed_resumes_from_the_start_and_ends_alike() -> None:
     """The killed process registered its first cut's members and newer performance checkpoints, but the cut's
     marker never came (its episodes were not stored yet). The restart must not mix those per-model checkpoints:
@@ -133,17 +151,7 @@ def test_a_crash_before_the_first_cut_completed_resumes_from_the_start_and_ends_
         v.cut_complete for v in store.list_versions("dqn")
     )
     try:
-        resumed, resumed_system = memory_system(seed=4, cut_every_steps=100, store=store)
-        assert resumed_system.restored == {} and resumed_system.steps_done == 0
-        resumed_system.run(steps=130)
-        reference, reference_system = memory_system(seed=4, cut_every_steps=100)
-        reference_system.run(steps=130)
-        for name in MODEL_NAMES:
-            a = resumed_system.trainers[name].model.state_dict()
-            b = reference_system.trainers[name].model.state_dict()
-            assert all(torch.equal(a[k], b[k]) for k in a), name
-        resumed.close(final_checkpoints=False)
-        reference.close(final_checkpoints=False)
+        _restart_from_the_start_ends_like_an_uninterrupted_run(store, seed=4)
     finally:
         stored["episodes"] = True
         crashed.close(final_checkpoints=False)
@@ -183,17 +191,7 @@ def test_a_crash_before_the_first_cut_was_taken_resumes_from_the_start_and_ends_
     assert any(store.list_versions(name) for name in MODEL_NAMES)
     assert not any(v.cut for name in MODEL_NAMES for v in store.list_versions(name))
     try:
-        resumed, resumed_system = memory_system(seed=5, cut_every_steps=100, store=store)
-        assert resumed_system.restored == {} and resumed_system.steps_done == 0
-        resumed_system.run(steps=130)
-        reference, reference_system = memory_system(seed=5, cut_every_steps=100)
-        reference_system.run(steps=130)
-        for name in MODEL_NAMES:
-            a = resumed_system.trainers[name].model.state_dict()
-            b = reference_system.trainers[name].model.state_dict()
-            assert all(torch.equal(a[k], b[k]) for k in a), name
-        resumed.close(final_checkpoints=False)
-        reference.close(final_checkpoints=False)
+        _restart_from_the_start_ends_like_an_uninterrupted_run(store, seed=5)
     finally:
         crashed.close(final_checkpoints=False)
 
