@@ -48,7 +48,6 @@ class PeriodicJob:
         self._interval = interval_seconds
         self._running = False
         self.last_run = time.monotonic()  # when the job last started (or the job was made)
-        self.revivals = 0
         self._scheduler = BackgroundScheduler(
             daemon=True, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
@@ -83,7 +82,6 @@ class PeriodicJob:
         if now - self.last_run < STALL_INTERVALS * self._interval or self._running or not self._scheduler.running:
             return False
         self.last_run = now  # one revival per stall, whatever the scheduler does next
-        self.revivals += 1
         log.warning(
             "the mlflow-persist background job has not run for %.0f s (the wall clock was set back?); planned again",
             STALL_INTERVALS * self._interval,
