@@ -134,6 +134,7 @@ def _restart_from_the_start_ends_like_an_uninterrupted_run(store: object, seed: 
         reference.close(final_checkpoints=False)
 
 
+@pytest.mark.slow  # three trading runs
 def test_a_crash_before_the_first_cut_completed_resumes_from_the_start_and_ends_alike() -> None:
     """The killed process registered its first cut's members and newer performance checkpoints, but the cut's
     marker never came (its episodes were not stored yet). The restart must not mix those per-model checkpoints:
