@@ -189,19 +189,16 @@ def _sigkill_at_a_random_moment_then_resume(store: Path, zygote: Zygote) -> None
     run.proc.send_signal(signal.SIGKILL)
     run.finish()
     killed = _summary(store)
-
-    def newest_cut_step(name: str) -> int:
-        marked = [t for t in killed[name]["versions"].values() if t.get("mlflow_persist.cut_complete") == "true"]
-        return max(int(t["mlflow_persist.step"]) for t in marked)
-
-    cut_steps = {name: newest_cut_step(name) for name in MODELS}
+    cut_steps = {name: _newest_complete_cut_step(killed, name) for name in MODELS}
     result = _run(zygote, store, "--steps", "30", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     after = _summary(store)
     assert after["_runs"] == before["_runs"]
     for name in MODELS:
-        assert cut_steps[name] >= before["_max_step"][name]
+        # The store's newest complete cut never goes back. (Not the loss history's newest step: that keeps
+        # the steps an earlier killed run logged past the cut it was later resumed from.)
+        assert cut_steps[name] >= _newest_complete_cut_step(before, name), name
         new = [
             int(t["mlflow_persist.step"])
             for v, t in after[name]["versions"].items()
@@ -209,6 +206,11 @@ def _sigkill_at_a_random_moment_then_resume(store: Path, zygote: Zygote) -> None
         ]
         # resumed from the newest complete system checkpoint the kill left: the step axis goes on from there
         assert max(new) == cut_steps[name] + 30, (name, cut_steps[name], new)
+
+
+def _newest_complete_cut_step(summary: dict[str, dict], name: str) -> int:
+    marked = [t for t in summary[name]["versions"].values() if t.get("mlflow_persist.cut_complete") == "true"]
+    return max(int(t["mlflow_persist.step"]) for t in marked)
 
 
 def test_sigterm_saves_final_checkpoints_and_exits_zero(store: Path, zygote: Zygote) -> None:
