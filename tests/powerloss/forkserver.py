@@ -18,6 +18,7 @@ The first reply is {"ready": true, "threads": n, "import_s": s} once the imports
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -29,6 +30,10 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "net"
+#: The periodic window the trainers keep. Small enough that retention deletes versions in the default run (about
+#: 300 versions), so deletion is cut too; the checker accepts a missing acknowledged periodic save only when at
+#: least this many newer periodic versions are registered (retention keeps the newest ones).
+KEEP_PERIODIC = 100
 TRAINER_MAX_SECONDS = 60.0  # a trainer the test forgot to kill ends itself
 STEP_SLEEP_SECONDS = 0.03  # paces training: a few versions per trial keep the all-versions check affordable
 
@@ -98,7 +103,7 @@ def config(uri: str) -> Any:
         min_free_disk_percent=0,
         log_system_metrics=False,
         keep_best=1000,
-        keep_periodic=1000,
+        keep_periodic=KEEP_PERIODIC,
         keep_final=1000,
         periodic_every_steps=3,
         scheduler_interval_seconds=1.0,
@@ -379,8 +384,15 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
     lost: list[dict[str, Any]] = []
     skip = {(a["trial"], a["version"]) for a in cmd.get("already_lost", [])}
     acks = [a for a in read_records(cmd["acks"]) if (a["trial"], a["version"]) not in skip]
+    periodic = sorted(info.version for info in versions if info.category == "periodic")
+    retired = 0
     for ack in acks:
         version = ack["version"]
+        if version not in digests and ack["category"] == "periodic" and all(v.version != version for v in versions):
+            newer = len(periodic) - bisect.bisect_right(periodic, version)
+            if newer >= KEEP_PERIODIC:  # out of the periodic window: retention's to delete
+                retired += 1
+                continue
         if version not in digests:
             reason = "not registered" if all(v.version != version for v in versions) else "does not load"
         elif digests[version] != ack["digest"]:
@@ -419,6 +431,7 @@ def checker(cmd: dict[str, Any]) -> dict[str, Any]:
         "staging_sources": staging,
         "lost": lost,
         "acks": len(acks),
+        "retired": retired,
         "newest_ack": newest_ack,
         "latest": latest,
         "loaded": len(versions) - reused - len(failing),

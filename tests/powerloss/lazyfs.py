@@ -332,11 +332,12 @@ class LazyTree:
             self.fired["torn_file_kept"] = id(torn) in reachable  # its directory entry was durable
             self.stats["torn_files_kept"] += self.fired["torn_file_kept"]
 
-    def cut(self, reachable: set[int] | None = None) -> dict[str, int]:
+    def cut(self, reachable: set[int] | None = None) -> dict[str, Any]:
         """Power loss: keep only what was made durable. `reachable` (if given) receives the id() of every
         node that survives."""
         seen: set[int] = set() if reachable is None else reachable
         reverted_files = reverted_dirs = 0
+        restored: list[str] = []  # names a cut brings back (they were unlinked or renamed away since made durable)
         stack: list[DirNode] = [self.root]
         while stack:
             directory = stack.pop()
@@ -350,6 +351,8 @@ class LazyTree:
                     now, then = directory.entries.get(name), directory.durable_entries.get(name)
                     if now is not then:  # a name that goes, comes back or points elsewhere
                         self.mark(now, then)
+                        if then is not None:
+                            restored.append(name)
             directory.entries = dict(directory.durable_entries)
             for child in directory.entries.values():
                 if isinstance(child, DirNode):
@@ -365,7 +368,7 @@ class LazyTree:
         self.stats["cuts"] += 1
         self.stats["reverted_files"] += reverted_files
         self.stats["reverted_dirs"] += reverted_dirs
-        return {"reverted_files": reverted_files, "reverted_dirs": reverted_dirs}
+        return {"reverted_files": reverted_files, "reverted_dirs": reverted_dirs, "restored_names": restored}
 
 
 # ---------------------------------------------------------------------------------------------- FUSE side

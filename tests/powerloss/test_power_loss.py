@@ -12,7 +12,8 @@ fsynced. Each trial makes one cut of one of four kinds (KIND_CYCLE):
   to its last durable commit.
 
 After each cut a fresh process checks that every save the trainer saw acknowledged is still registered with
-exactly the state it handed over (an independent record, fsynced outside the mount), that every registered
+exactly the state it handed over, unless retention deleted it as it should (a periodic save with at least
+`KEEP_PERIODIC` newer periodic versions registered: the window is small, so deletions are cut too) (an independent record, fsynced outside the mount), that every registered
 version verifies its digest and loads, that no staging directory is a version's source and that
 `models:/net/latest` loads; the next trial restores from what survived and must not get less than the newest
 acknowledged save. A summary line gives trials, cuts per kind, acknowledged saves and lost ones.
@@ -55,6 +56,7 @@ from typing import Any
 import pytest
 
 from mlflow_persist._format.atomic import fsync_path
+from powerloss.forkserver import KEEP_PERIODIC
 from powerloss.lazyfs import LazyMount, log_tail
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
@@ -487,7 +489,8 @@ def test_power_cuts_while_saving_lose_no_acknowledged_checkpoint(
             started = "" if ready is None else f"; ready after {ready['startup_s']} s"
             print(
                 f"trial {trial} seed {seed} {plan.kind}: {plan.describe()}{started}; cut {kind}{detail}; hot journal {hot}; "
-                f"acknowledged so far {len(remaining) + len(gone)}, versions {result['versions']}: {outcome}; "
+                f"acknowledged so far {len(remaining) + len(gone)} ({result['retired']} of them retired by retention), "
+                f"versions {result['versions']}: {outcome}; "
                 f"{ {k: v for k, v in io.items() if v} }"
             )
 
@@ -500,7 +503,8 @@ def test_power_cuts_while_saving_lose_no_acknowledged_checkpoint(
             f"power-loss summary (first seed {seeds[0]}): trials {trials}, cuts {sum(cuts.values())} ({by_kind}; "
             f"armed cuts that fired: torn_write {armed['torn_write']}, store_sync {armed['store_sync']}, that did "
             f"not fire in {ARMED_WAIT_SECONDS:.0f} s and were made as time cuts: {sum(missed.values())}), "
-            f"acknowledged saves {acknowledged}, lost {len(lost)}, wall {wall:.1f} s (trainers {spent['trainer']:.1f} s, "
+            f"acknowledged saves {acknowledged} ({result.get('retired')} of them deleted by retention as it should, "
+            f"the periodic window being {KEEP_PERIODIC}), lost {len(lost)}, wall {wall:.1f} s (trainers {spent['trainer']:.1f} s, "
             f"checkers {spent['check']:.1f} s: {', '.join(f'{k} {v:.1f}' for k, v in checker_parts.items())})\n"
             f"  torn writes: {dict(sorted(torn.items()))}; store fsyncs cut after: {dict(sorted(synced.items()))}; "
             f"cuts that left a hot sqlite journal (the store rolled back to an earlier fsync): "
