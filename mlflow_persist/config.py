@@ -177,6 +177,20 @@ class PersistConfig(BaseSettings, ModelSettings):
         "store; past it the save is skipped (logged and counted in `skipped`) and a revert or health tag goes on "
         "in the background, so a slow or hanging store never stalls training.",
     )
+    max_overhead: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Share of the training process's time that checkpoint writing may take: past it, performance "
+        "saves are coalesced (a newer best replaces one held back; the newest lands within a minute, at a "
+        "periodic or final save, or at a flush). Periodic and final saves are never held back.",
+    )
+    worker_process: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Run MLflow's Python work (metric batches) in a persistence worker process, so that it does "
+        "not hold the training process's interpreter lock: `auto` does for an MLflow store on a machine with two "
+        "or more cores, `off` keeps everything in the training process.",
+    )
     scheduler_interval_seconds: float = Field(
         5.0, gt=0, description="How often the background job flushes metrics, checks time-based saves and disk."
     )

@@ -18,6 +18,10 @@ import pytest
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# The persistence worker process (worker_process="auto" for an MLflow store on two or more cores) costs its own
+# interpreter start, seconds of CPU, per Persistence; the suite makes hundreds. Tests of it and of the user's
+# paths that must include it (the trading CLI end to end, the main-job benchmark) ask for it themselves.
+os.environ.setdefault("MLFLOW_PERSIST_WORKER_PROCESS", "off")
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:

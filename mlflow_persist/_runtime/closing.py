@@ -27,6 +27,7 @@ from mlflow_persist._runtime.handle import ModelHandle
 from mlflow_persist._runtime.outbox import Outbox
 from mlflow_persist._runtime.process_effects import SignalHandlers
 from mlflow_persist._runtime.scheduler import PeriodicJob
+from mlflow_persist._runtime.worker_process import WorkerProcess
 from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
@@ -47,6 +48,7 @@ class Closing:
     outbox: Outbox | None
     cuts: CutKeeper
     job: PeriodicJob
+    worker: WorkerProcess | None
     alerts: AlertDispatcher
     last_cut_jobs: dict[str, SaveJob]
     _signals: SignalHandlers
@@ -88,6 +90,8 @@ class Closing:
         finally:
             self.job.stop()
             run_bounded(self._final_metrics_flush, seconds_left(deadline, floor=0.5), "the last metrics flush")
+            if self.worker is not None:
+                self.worker.close(timeout=min(10.0, seconds_left(deadline, floor=0.5) or 10.0))
             run_bounded(self._finish_runs, seconds_left(deadline, floor=0.5), "marking the runs finished")
             self.alerts.close()
             self._signals.uninstall()

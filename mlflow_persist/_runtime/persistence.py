@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist._observe.alerts import Alert, AlertDispatcher, AlertSink, command_sink, webhook_sink
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._observe.system_metrics import system_metrics
+from mlflow_persist._policy.overhead import OverheadBudget
 from mlflow_persist._policy.versions import HEALTH_TAG, tag
 from mlflow_persist._runtime.close_report import (
     CloseReport,
@@ -48,8 +49,10 @@ from mlflow_persist._runtime.process_effects import (
 )
 from mlflow_persist._runtime.scheduler import PeriodicJob
 from mlflow_persist._runtime.system_checkpoints import SystemCheckpoints, cut_writer_slot
+from mlflow_persist._runtime.worker_process import WorkerProcess, worker_wanted
 from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
-from mlflow_persist._store.protocol import CheckpointStore
+from mlflow_persist._store.protocol import CheckpointStore, MetricRow
+from mlflow_persist._store.store_address import StoreAddress
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import DiskFullError, PersistError, describe_store_error
 
@@ -96,6 +99,10 @@ class Persistence(Closing, SystemCheckpoints):
         ):
             apply_http_retry_defaults()
         self.store: CheckpointStore = store if store is not None else open_mlflow_store(self.config)
+        self.worker: WorkerProcess | None = None
+        if worker_wanted(self.config.worker_process, store is None, os.cpu_count()):
+            self.worker = WorkerProcess()
+            self.worker.start()  # its imports take seconds, on another core; until then work runs here
         self.outbox: Outbox | None = None
         if self.store.is_remote:
             root = (
@@ -129,6 +136,7 @@ class Persistence(Closing, SystemCheckpoints):
             max_backoff_seconds=self.config.save_retry_max_wait_seconds,
             on_failure=self._on_failure,
             max_submit_wait=self.config.max_training_wait_seconds,
+            budget=OverheadBudget(self.config.max_overhead),
         )
         self._closed = False
         self._close_report: CloseReport | None = None
@@ -276,13 +284,30 @@ class Persistence(Closing, SystemCheckpoints):
     def request_flush(self) -> None:
         self.job.wake()
 
+    def _metric_sender(
+        self, run_id: str, pace: Pace | None
+    ) -> tuple[Callable[[Sequence[MetricRow]], None], Pace | None]:
+        """How one model's metrics are sent: through the worker process once it is ready (not paced: it does not
+        hold this process's interpreter lock), else by this process's store (paced)."""
+        if self.worker is None or not self.worker.ready:
+            return functools.partial(self.store.log_metrics, run_id), pace
+        from mlflow_persist._store.worker_calls import log_metrics
+
+        return functools.partial(self.worker.run, log_metrics, self.store_address, run_id), None
+
+    @property
+    def store_address(self) -> StoreAddress:
+        """What opens this store in another process (the persistence worker)."""
+        return StoreAddress(self.config.tracking_uri, self.config.experiment_name, self.config.artifact_location)
+
     def flush_metrics(self, pace: Pace | None = None) -> bool:
         """Send every buffered metric (paced by `pace`, see metrics_buffer.py); False when the store refused
         (they stay buffered for the next flush)."""
         with self._flush_lock:
             for handle in list(self.handles.values()):
                 try:
-                    handle.metrics.flush(functools.partial(self.store.log_metrics, handle.run_id), pace)
+                    send, paced = self._metric_sender(handle.run_id, pace)
+                    handle.metrics.flush(send, paced)
                 except Exception as exc:  # noqa: BLE001 - metrics are retried at the next flush
                     log.warning(
                         "could not log %d metrics of %s (%s); will retry",
@@ -351,6 +376,8 @@ class Persistence(Closing, SystemCheckpoints):
         try:
             self.writer.close(timeout=5.0)
             self._final_metrics_flush(attempts=1)
+            if self.worker is not None:
+                self.worker.close(timeout=5.0)
             for handle in list(self.handles.values()):
                 try:
                     self.store.finish_run(handle.run_id, status="KILLED")

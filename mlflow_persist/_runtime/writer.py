@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_persist._observe.logs import package_logger
+from mlflow_persist._policy.overhead import OverheadBudget
 from mlflow_persist._policy.policy import PERFORMANCE, PERIODIC
 
 log = package_logger("mlflow_persist.writer")
@@ -41,6 +42,7 @@ class SaveJob:
     also: list[str] = field(default_factory=list)  # more categories registered on the same artifacts
     attempts: int = 0
     not_before: float = 0.0
+    deferred: bool = False  # held back by the overhead budget (not a retry's backoff): a flush or close ends it
     outcome: str = "pending"  # pending | saved | superseded | dropped | failed
     result: Any = None
     error: BaseException | None = None
@@ -101,8 +103,11 @@ class CheckpointWriter:
         on_failure: Callable[[SaveJob, BaseException, bool], None] | None = None,
         on_success: Callable[[SaveJob], None] | None = None,
         max_submit_wait: float | None = None,
+        budget: OverheadBudget | None = None,
     ) -> None:
         self._execute = execute
+        self.budget = budget
+        self.deferred = 0  # performance snapshots the budget held back (each then landed or was superseded)
         self._max_submit_wait = max_submit_wait
         self._queue_size = queue_size
         self._max_attempts = max_attempts
@@ -151,6 +156,7 @@ class CheckpointWriter:
                 self._cond.notify_all()
             if self._closed:
                 raise RuntimeError("the checkpoint writer is closed; no more saves are accepted")
+            self._apply_budget(job)
             give_up_at = None if limit is None else time.monotonic() + limit
             while True:
                 # a job that took over a waiting snapshot's tensors carries that save too: it is never skipped
@@ -211,6 +217,30 @@ class CheckpointWriter:
             self._cond.notify_all()
         return job
 
+    def _apply_budget(self, job: SaveJob) -> None:
+        """Hold a performance snapshot back while the overhead budget is spent (a newer one replaces it meanwhile);
+        a forced snapshot releases the model's held one, so that it never waits on the budget. Lock held."""
+        if self.budget is None:
+            return
+        if job.forced:
+            for queued in (self._waiting.get(job.model), self._retrying.get(job.model)):
+                if queued is not None and queued.deferred:
+                    queued.not_before, queued.deferred = 0.0, False
+            return
+        if job.category != PERFORMANCE:
+            return
+        now = time.monotonic()
+        due = self.budget.next_performance_save(now)
+        if due > now:
+            job.not_before, job.deferred = max(job.not_before, due), True
+            self.deferred += 1
+
+    def _release_deferred(self) -> None:
+        for job in [*self._waiting.values(), *self._retrying.values()]:
+            if job.deferred:
+                job.not_before, job.deferred = 0.0, False
+        self._cond.notify_all()
+
     def _must_wait(self, job: SaveJob) -> bool:
         """Whether `submit` would still wait for `job` (a forced save behind one that keeps waiting, or a full
         queue); called with the lock held."""
@@ -247,6 +277,7 @@ class CheckpointWriter:
         """Wait until nothing of `model` (or of any model) waits or runs; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            self._release_deferred()  # a flush means now, whatever the budget says
             while any(model is None or j.model == model for j in self._all_jobs()):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -299,11 +330,15 @@ class CheckpointWriter:
             if job is None:
                 return
             job.attempts += 1
+            job.deferred = False
+            cpu = time.thread_time()
             try:
                 result = self._execute(job)
             except BaseException as exc:  # noqa: BLE001 - a failed save must never kill the writer
+                self._charge(cpu)
                 self._handle_failure(job, exc)
             else:
+                self._charge(cpu)
                 if not job.done.is_set():  # the pipeline acknowledges a save once it is registered
                     job.finish("saved", result=result)  # before flush() can see the model idle
                 with self._cond:
@@ -311,6 +346,13 @@ class CheckpointWriter:
                     self._cond.notify_all()
                 if self._on_success:
                     self._safe(self._on_success, job)
+
+    def _charge(self, cpu_before: float) -> None:
+        """Charge the save just run to the overhead budget: this thread's CPU seconds, which in CPython are time
+        the training thread could not hold the interpreter lock."""
+        if self.budget is not None:
+            with self._cond:
+                self.budget.charge(time.thread_time() - cpu_before, time.monotonic())
 
     def _handle_failure(self, job: SaveJob, exc: BaseException) -> None:
         with self._cond:

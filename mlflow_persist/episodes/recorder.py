@@ -14,8 +14,10 @@ from typing import Any
 
 import mlflow
 
+from mlflow_persist._runtime.worker_process import WorkerProcess
+from mlflow_persist._store.store_address import StoreAddress
 from mlflow_persist.episodes.model import Episode, as_episode
-from mlflow_persist.episodes.upload import FlushResult, next_seq, write_flush
+from mlflow_persist.episodes.upload import FlushResult, next_seq, write_flush, write_flush_at
 from mlflow_persist.episodes.weights import StateDict, upload_weights
 from mlflow_persist.errors import PersistError
 
@@ -62,11 +64,14 @@ class EpisodeRecorder:
         compression_level: int = 3,
         log_dataset: bool = True,
         retry_backoff_s: tuple[float, float] = (1.0, 60.0),
+        worker: WorkerProcess | None = None,
+        address: StoreAddress | None = None,
     ) -> None:
         if flush_rows < 1:
             raise PersistError(f"flush_rows={flush_rows} must be at least 1.")
         self.client = client
         self.run_id = run_id
+        self._worker, self._address = worker, address  # Parquet encoding and uploads run there once it is ready
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self.max_buffer_rows = max_buffer_rows or 16 * flush_rows
@@ -236,15 +241,16 @@ class EpisodeRecorder:
             self._write_weights()
             if self._seq is None:
                 self._seq = next_seq(self.client, self.run_id)
-            result = write_flush(
-                self.client,
-                self.run_id,
-                batch,
-                seq=self._seq,
-                token=self._token,
-                compression_level=self.compression_level,
-                log_dataset=self.log_dataset,
-            )
+            options: dict[str, Any] = {
+                "seq": self._seq,
+                "token": self._token,
+                "compression_level": self.compression_level,
+                "log_dataset": self.log_dataset,
+            }
+            if self._worker is not None and self._address is not None and self._worker.ready:
+                result = self._worker.run(write_flush_at, self._address, self.run_id, batch, **options)
+            else:
+                result = write_flush(self.client, self.run_id, batch, **options)
             self._seq += 1
         self.results.append(result)
         with self._cond:

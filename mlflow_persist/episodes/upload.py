@@ -7,10 +7,12 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 
 from mlflow_persist._format.payload import sha256_file
+from mlflow_persist._store.worker_calls import StoreAddress, client_for
 from mlflow_persist.episodes import layout
 from mlflow_persist.episodes.errors import EpisodeEncodingError
 from mlflow_persist.episodes.index import index_rows, write_index
@@ -18,7 +20,7 @@ from mlflow_persist.episodes.lineage import log_index_dataset
 from mlflow_persist.episodes.model import Episode
 from mlflow_persist.episodes.schema import encode_episode, write_rows
 
-__all__ = ["FlushResult", "next_seq", "write_flush"]
+__all__ = ["FlushResult", "next_seq", "write_flush", "write_flush_at"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ class FlushResult:
     rows: int = 0
     bytes_written: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def write_flush_at(address: StoreAddress, run_id: str, batch: Sequence[Episode], **options: Any) -> FlushResult:
+    """`write_flush` on the store at `address`: what the persistence worker process runs (episodes pickle)."""
+    return write_flush(client_for(address), run_id, batch, **options)
 
 
 def next_seq(client: mlflow.MlflowClient, run_id: str) -> int:

@@ -161,5 +161,13 @@ def open_recorder(
     """A TradingRecorder writing into the `trading-system` run of ``persistence.store`` (created or resumed)."""
     store = persistence.store
     run_id = store.ensure_run(RUN_KEY, run_name=RUN_KEY, tags={"mlflow.note.content": RUN_DESCRIPTION})
-    recorder = EpisodeRecorder(store.client, run_id, flush_rows, flush_interval_s=flush_seconds, copy=False)
+    recorder = EpisodeRecorder(
+        store.client,
+        run_id,
+        flush_rows,
+        flush_interval_s=flush_seconds,
+        copy=False,
+        worker=getattr(persistence, "worker", None),
+        address=getattr(persistence, "store_address", None),
+    )
     return TradingRecorder(recorder, run_id, store)

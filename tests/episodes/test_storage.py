@@ -203,3 +203,42 @@ def test_unreadable_index_file_is_reported_and_skipped(client: Any, run_id: str)
     first.write_bytes(b"not parquet")
     store = EpisodeStore(client, run_id)
     assert len(store) == 3 and len(store.problems) == 1 and first.name in store.problems[0]
+
+
+@pytest.mark.slow  # a child interpreter: seconds
+def test_episodes_written_by_the_worker_process_come_back_bit_exact_also_after_it_was_killed(
+    client: Any, run_id: str, sqlite_uri: str
+) -> None:
+    import os
+    import signal
+
+    from mlflow_persist._runtime.worker_process import WorkerProcess
+    from mlflow_persist._store.store_address import StoreAddress
+
+    worker = WorkerProcess()
+    try:
+        assert worker.wait_ready(60)
+        address = StoreAddress(sqlite_uri, "mlflow-persist", None)
+        episodes = [simple_episode(i) for i in range(24)]
+        rec = EpisodeRecorder(client, run_id, background=False, worker=worker, address=address)
+        for ep in episodes[:12]:
+            rec.record(ep)
+        assert rec.flush(timeout=120)
+        assert worker.calls_in_worker == 1  # the Parquet files were written by the child
+        first = worker.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        for ep in episodes[12:]:
+            rec.record(ep)
+        # The first flush may meet the dying child: it fails and keeps the episodes, as for a store that refused;
+        # the retry stores them (here, or in a new child once it is ready).
+        flushed = rec.flush(timeout=120)
+        assert flushed or (rec.stats().failed_flushes == 1 and rec.flush(timeout=120))
+        rec.close()
+        assert rec.stats().stored == 24 and rec.stats().dropped == 0
+    finally:
+        worker.close()
+    store = EpisodeStore(client, run_id)
+    assert len(store) == 24
+    for ep in episodes:
+        _assert_same(ep, store.get(ep.episode_id))

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow  # two trading-system processes: about 20 s
 
 def test_the_main_job_benchmark_runs_and_checks_equal_work(tmp_path: Path) -> None:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_PERSIST_WORKER_PROCESS", None)  # the default configuration, worker process included
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_main_job.py"), "--steps", "10", "--rounds", "1"],
         cwd=tmp_path,
@@ -36,3 +37,5 @@ def test_the_main_job_benchmark_runs_and_checks_equal_work(tmp_path: Path) -> No
     equal = report["equal_work"]
     assert equal["same_bars"] and equal["same_optimizer_steps"] and all(equal["weights_identical_on_vs_off"].values())
     assert report["medians"]["ratio"] > 0
+    on = next(run for run in report["runs"] if run["variant"] == "on")
+    assert on["cpu_worker_process_s"] > 0  # the worker process ran and its CPU is reported beside the job's

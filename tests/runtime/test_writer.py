@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
+from mlflow_persist._policy.overhead import OverheadBudget
 from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
 
 
@@ -179,4 +181,52 @@ def test_a_failed_performance_save_behind_which_a_newer_one_was_moved_up_is_take
     assert older.outcome == "superseded" and newer.outcome == final.outcome == "saved"
     assert executor.written == [("a", "performance", 2), ("a", "final", 3)]
     assert writer.pending() == 0
+    writer.close()
+
+
+def _spent_budget(seconds_owed: float) -> OverheadBudget:
+    """A budget whose next performance save is due `seconds_owed` seconds from now (max_overhead 1)."""
+    budget = OverheadBudget(max_overhead=1.0, burst=0.0)
+    budget.charge(seconds_owed, time.monotonic())
+    return budget
+
+
+def test_performance_saves_over_the_budget_are_coalesced_and_the_newest_lands_when_it_allows() -> None:
+    written: list[tuple[str, str, int]] = []
+    writer = CheckpointWriter(
+        lambda job: written.append((job.model, job.category, job.step)), budget=_spent_budget(1.0)
+    )
+    submitted = time.monotonic()
+    jobs = [writer.submit(_job("a", "performance", step)) for step in (1, 2, 3)]
+    assert all(job.done.wait(10) for job in jobs)
+    assert [job.outcome for job in jobs] == ["superseded", "superseded", "saved"]
+    assert written == [("a", "performance", 3)]
+    assert time.monotonic() - submitted >= 0.9  # held back until the budget allowed it
+    assert writer.deferred == 3
+    writer.close()
+
+
+def test_periodic_and_forced_saves_are_never_held_back_and_a_forced_one_releases_the_held_performance_save() -> None:
+    written: list[tuple[str, str, int]] = []
+    writer = CheckpointWriter(
+        lambda job: written.append((job.model, job.category, job.step)), budget=_spent_budget(60.0)
+    )
+    periodic = writer.submit(_job("b", "periodic", 1))
+    held = writer.submit(_job("a", "performance", 2))
+    assert periodic.done.wait(10) and periodic.outcome == "saved"
+    assert not held.done.wait(0.3)  # held back: the budget owes a minute
+    forced = writer.submit(_job("a", "final", 3, forced=True))
+    assert forced.done.wait(10) and held.done.wait(10)
+    assert (held.outcome, forced.outcome) == ("saved", "saved")
+    assert written == [("b", "periodic", 1), ("a", "performance", 2), ("a", "final", 3)]
+    writer.close()
+
+
+def test_a_flush_releases_what_the_budget_holds_back() -> None:
+    written: list[int] = []
+    writer = CheckpointWriter(lambda job: written.append(job.step), budget=_spent_budget(60.0))
+    held = writer.submit(_job("a", "performance", 7))
+    started = time.monotonic()
+    assert writer.flush(timeout=10)
+    assert held.outcome == "saved" and written == [7] and time.monotonic() - started < 5
     writer.close()
