@@ -3,7 +3,7 @@ of its time (as CheckFreq tunes its checkpoint rate to a measured cost).
 
 Pure: the caller measures each save's cost (the writer thread's CPU seconds: in CPython that is time the training
 thread cannot hold the interpreter lock) and passes the clock in. A token bucket: credit grows by `max_overhead`
-seconds per second of wall time, up to `burst` seconds; each save's cost is taken from it. A performance save is
+seconds per second of wall time, up to `burst` seconds (4 seconds' worth by default); each save's cost is taken from it. A performance save is
 due when the credit is not negative, else when it will have grown back, at most `max_delay` seconds later, so
 the newest best always lands within that bound. Periodic, final and other forced saves are never deferred (the
 caller does not ask), but their cost is charged like any other.
@@ -19,7 +19,7 @@ __all__ = ["OverheadBudget"]
 @dataclass
 class OverheadBudget:
     max_overhead: float = 0.05
-    burst: float = 0.2  # seconds of save work allowed back to back after a quiet spell
+    burst: float | None = None  # save work allowed back to back after a quiet spell (default: 4 s of budget)
     max_delay: float = 60.0
     credit: float = 0.0
     updated_at: float | None = None
@@ -29,13 +29,16 @@ class OverheadBudget:
     def __post_init__(self) -> None:
         if not 0 < self.max_overhead <= 1:
             raise ValueError(f"max_overhead must be in (0, 1], not {self.max_overhead}")
+        if self.burst is None:
+            self.burst = 4.0 * self.max_overhead
 
     def _accrue(self, now: float) -> None:
+        burst = self.burst or 0.0
         if self.updated_at is None:
             self.updated_at = self.started_at = now
-            self.credit = self.burst
+            self.credit = burst
             return
-        self.credit = min(self.burst, self.credit + max(0.0, now - self.updated_at) * self.max_overhead)
+        self.credit = min(burst, self.credit + max(0.0, now - self.updated_at) * self.max_overhead)
         self.updated_at = max(self.updated_at, now)
 
     def charge(self, seconds: float, now: float) -> None:

@@ -346,6 +346,9 @@ class Persistence(Closing, SystemCheckpoints):
             except Exception as exc:  # noqa: BLE001
                 log.debug("system metrics unavailable: %s", exc)
             else:
+                if self.writer.budget is not None:  # what checkpoint writing costs, and what the budget held back
+                    metrics["system/persistence_overhead"] = self.writer.budget.overhead(time.monotonic())
+                    metrics["system/performance_saves_held_back"] = float(self.writer.deferred)
                 ts = int(time.time() * 1000)
                 for handle in handles:
                     handle.metrics.add(handle.current_step, metrics, ts)

@@ -132,6 +132,29 @@ def test_tick_logs_system_metrics_for_every_model(tmp_path: Path) -> None:
         persist.close(final_checkpoints=False)
 
 
+def test_tick_logs_what_checkpoint_writing_costs_and_how_many_performance_saves_the_budget_held_back() -> None:
+    store = MemoryStore()
+    persist = persistence(store, log_system_metrics=True, max_overhead=0.01)
+    try:
+        handle = persist.track("a", torch.nn.Linear(256, 256))
+        started = time.monotonic()
+        for step in range(80):
+            handle.step(loss=1.0 / (step + 1))  # every step a new best: more performance saves than 1 % allows
+            time.sleep(0.01)  # time for the writer to take each one, so that only the budget holds any back
+        assert persist.flush(timeout=60)
+        persist.tick()
+        elapsed = time.monotonic() - started
+        ((_, overhead, _),) = store.metric_history(handle.run_id, "system/persistence_overhead")
+        ((_, held_back, _),) = store.metric_history(handle.run_id, "system/performance_saves_held_back")
+        saved = [v for v in store.list_versions("a") if v.category == "performance"]
+        assert 0 < overhead < 1
+        assert held_back >= 1 and len(saved) < 80  # coalesced: fewer versions than improvements
+        assert saved[-1].step == 80  # and the newest best landed (released by the flush)
+        assert elapsed < 60
+    finally:
+        persist.close(final_checkpoints=False)
+
+
 def test_tick_cleans_up_in_disk_pressure_order_and_a_disk_still_full_never_raises(tmp_path: Path) -> None:
     store = DiskStore()  # no local disk while saving, so the saves themselves pass the guard
     persist = persistence(store, min_free_disk_mb=10**12)
