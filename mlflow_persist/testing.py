@@ -307,6 +307,9 @@ class MemoryStore:
         with self._guard:
             return [self._with_aliases(v) for v in sorted(self._models.get(name, {}).values(), key=lambda v: v.version)]
 
+    def newest_versions(self, name: str) -> Iterator[VersionInfo]:
+        yield from reversed(self.list_versions(name))
+
     def _with_aliases(self, info: VersionInfo) -> VersionInfo:
         result = copy.deepcopy(info)
         result.aliases = sorted(a for a, n in self._aliases.get(info.name, {}).items() if n == info.version)

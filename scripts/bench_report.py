@@ -1,13 +1,14 @@
 """Run every benchmark and regenerate the performance table of docs/benchmarks.md from what they printed.
 
-The three benchmarks run one after another, each in its own processes, on whatever machine this is (run it
+The four benchmarks run one after another, each in its own processes, on whatever machine this is (run it
 on a quiet one: every figure is a ratio against a baseline measured in the same run, but two cores shared
 with another job still skew them):
 
 - scripts/benchmark_checkpoint.py: step() cost, 100 MB durable and restore, 100 KB saves and round trips;
 - scripts/bench_side_by_side.py: training time lost per 300 MB checkpoint against torch.save + fsync and
   Lightning ModelCheckpoint + MLFlowLogger, and peak RSS;
-- scripts/bench_main_job.py: the trading job's steps/s with persistence on against off.
+- scripts/bench_main_job.py: the trading job's steps/s with persistence on against off;
+- scripts/bench_history.py: start-up restore and one save's work with 5,000 registered versions against 10.
 
 The table sits between the `<!-- bench-table:start -->` and `<!-- bench-table:end -->` markers of
 docs/benchmarks.md; only what lies between them is rewritten.
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "checkpoint": ["scripts/benchmark_checkpoint.py"],
     "side_by_side": ["scripts/bench_side_by_side.py"],
     "main_job": ["scripts/bench_main_job.py"],
+    "history": ["scripts/bench_history.py"],
 }
 
 
@@ -167,11 +169,34 @@ def main_job_rows(m: dict[str, Any]) -> list[Row]:
     ]
 
 
+def history_rows(h: dict[str, Any]) -> list[Row]:
+    few, many, medians, ratios = h["few"], h["many"], h["medians"], h["ratios"]
+    return [
+        (
+            f"start-up restore with {many:,} registered versions / with {few}",
+            _ratio(ratios[key]),
+            f"{medians['few'][key] * 1000:.0f} ms with {few}, {medians['many'][key] * 1000:.0f} ms with {many:,}",
+            f"≤ {h['target_ratio']}x",
+            ratios[key] <= h["target_ratio"],
+        )
+        if key == "startup_s"
+        else (
+            f"one save's work (to registered) with {many:,} versions / with {few}",
+            _ratio(ratios[key]),
+            f"{medians['few'][key] * 1000:.0f} ms with {few}, {medians['many'][key] * 1000:.0f} ms with {many:,}",
+            f"≤ {h['target_ratio']}x",
+            ratios[key] <= h["target_ratio"],
+        )
+        for key in ("startup_s", "save_s")
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
     makers: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
         "side_by_side": side_by_side_rows,
         "checkpoint": checkpoint_rows,
         "main_job": main_job_rows,
+        "history": history_rows,
     }
     rows = [row for name, make in makers.items() if name in results for row in make(results[name])]
     checkpoint = results.get("checkpoint", {})

@@ -8,6 +8,7 @@ past damaged versions and one all-or-nothing apply, which are clearer side by si
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,6 +40,8 @@ from mlflow_persist.errors import (
 __all__ = ["RESTORE_LOAD_ATTEMPTS", "HandleRestore", "RestoreInfo", "Stateful"]
 
 log = package_logger("mlflow_persist")
+#: Versions the restore's log line shows, and the first page it reads.
+RECENT_SHOWN = 8
 
 RESTORE_LOAD_ATTEMPTS = 4  # a transient store error is retried with 0.2, 0.4, 0.8 s pauses, then raised
 
@@ -197,15 +200,20 @@ class HandleRestore:
             from_outbox = self._restore_from_outbox()
             if from_outbox is not None:
                 return from_outbox
-        versions = store.list_versions(self.registered_name)
+        # Newest first, a page at a time: a restore reads what it tries, not the whole history.
+        newest = store.newest_versions(self.registered_name)
+        recent = list(itertools.islice(newest, RECENT_SHOWN))  # what the restore's log line shows
+        seen: set[int] = set()
         best = self.adopt_stored_best()
-        candidates = [v for v in reversed(versions) if not v.corrupt and (at_most is None or v.version <= at_most)]
         if best is not None and at_most is not None and best.version > at_most:
             best = None
-        if self.settings.resume_from == "best" and best is not None and not best.corrupt:
-            candidates = [best] + [v for v in candidates if v.version != best.version]
+        first = [best] if self.settings.resume_from == "best" and best is not None and not best.corrupt else []
         skipped: list[int] = []
-        for info in candidates:
+        for info in itertools.chain(first, recent, newest):
+            if info.version in seen or info.corrupt or (at_most is not None and info.version > at_most):
+                seen.add(info.version)
+                continue
+            seen.add(info.version)
             try:
                 state = self._load_with_retries(info)
             except CheckpointUnavailableError as exc:
@@ -222,11 +230,9 @@ class HandleRestore:
                 )
                 mark_corrupt(store, info, str(exc), self.settings.mode, self.tracker.monitor)
                 continue
-            return self.apply_version(info, state, versions, strict, tuple(skipped))
-        if versions:
-            log.error(
-                "%s: none of the %d stored checkpoints could be restored; starting fresh", self.name, len(versions)
-            )
+            return self.apply_version(info, state, recent[::-1], strict, tuple(skipped))
+        if seen:
+            log.error("%s: none of the %d stored checkpoints could be restored; starting fresh", self.name, len(seen))
         return None
 
     def unavailable(self, exc: CheckpointUnavailableError) -> None:
@@ -388,11 +394,12 @@ class HandleRestore:
             self.evaluations = int(monitor_state.get("evaluations", 0) or 0)
 
     def _log_history(self, versions: list[VersionInfo], restored: VersionInfo) -> None:
+        """`versions`: the newest ones, oldest first."""
         lines = [
             f"{self.name}: restored v{restored.version} ({restored.category}, step {restored.step}, "
             f"{self.tracker.monitor}={restored.value}); best={self.tracker.best_value}; last checkpoints:"
         ]
-        for v in versions[-8:][::-1]:
+        for v in versions[-RECENT_SHOWN:][::-1]:
             mark = " <- restored" if v.version == restored.version else ""
             flag = " CORRUPT" if v.corrupt else ""
             lines.append(

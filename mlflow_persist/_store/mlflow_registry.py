@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -15,7 +15,7 @@ from mlflow_persist._store.descriptions import model_description
 from mlflow_persist._store.mlflow_runs import MlflowRuns
 from mlflow_persist._store.translate import translate, translated
 from mlflow_persist._store.version_create import create_version_once, rest_store_of
-from mlflow_persist.errors import NotFoundError
+from mlflow_persist.errors import NotFoundError, PersistError
 
 __all__ = ["MlflowRegistry"]
 
@@ -133,6 +133,29 @@ class MlflowRegistry(MlflowRuns):
             if not token:
                 break
         return sorted(versions, key=lambda v: v.version)
+
+    #: Versions read per page by `newest_versions` (a restore usually needs the first one).
+    NEWEST_PAGE = 20
+
+    def newest_versions(self, name: str) -> Iterator[VersionInfo]:
+        """The versions of a registered model, newest first, a page at a time (see the protocol)."""
+        token = None
+        while True:
+            try:
+                page = self.registry.search_model_versions(
+                    f"name = '{name}'",
+                    max_results=self.NEWEST_PAGE,
+                    order_by=["version_number DESC"],
+                    page_token=token,
+                )
+            except PersistError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - MLflow, HTTP and database errors alike
+                raise translate(exc, f"list the versions of {name}") from exc
+            yield from (self._to_info(mv) for mv in page)
+            token = page.token
+            if not token:
+                return
 
     def get_version(self, name: str, version: int | str) -> VersionInfo:
         try:

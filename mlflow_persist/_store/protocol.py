@@ -11,7 +11,7 @@ Every method may be called from the writer thread, the scheduler thread or the t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ContextManager, Protocol, runtime_checkable  # noqa: UP035
 
@@ -94,6 +94,11 @@ class CheckpointStore(Protocol):
 
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of a registered model, oldest first (empty when the model does not exist)."""
+
+    def newest_versions(self, name: str) -> Iterator[VersionInfo]:
+        """The versions of a registered model, newest first, read a page at a time as the caller goes on (a
+        restore stops at the first good one, whatever the history's length); a version may repeat when
+        another writer registers one meanwhile."""
 
     def get_version(self, name: str, version: int | str) -> VersionInfo: ...
 
