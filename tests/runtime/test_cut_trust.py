@@ -106,6 +106,41 @@ def test_a_partially_marked_cut_leaves_the_older_complete_cut_restorable() -> No
             assert torch.equal(fresh[name].state_dict()[key], value)
 
 
+def test_retention_keeps_the_members_of_a_cut_still_waiting_for_its_condition() -> None:
+    """Found with the worker process: the trading system's cuts wait for its episodes to be stored, and when that
+    took seconds, later periodic saves (keep_periodic windows) deleted the waiting cut's members, so the cut and
+    every later one could never complete (`make run`: one complete cut in 1,000 bars)."""
+    store = MemoryStore()
+    models = _nets()
+    stored = {"episodes": False}
+    with mp.Persistence(_config(keep_periodic=1), store=store, install_signal_handlers=False) as persist:
+        for name, model in models.items():
+            persist.track(name, model)
+        waiting = persist.save_all(wait_for=[lambda: stored["episodes"]])
+        kept = _weights(models)
+        for _ in range(3):  # periodic saves while the cut waits: retention (keep_periodic=1) runs for both models
+            _perturb(models)
+            for handle in persist.handles.values():
+                handle.save("periodic")
+            assert persist.flush(timeout=30)
+        for name in ("a", "b"):
+            assert waiting in {v.cut for v in store.list_versions(name)}, f"retention deleted {name}'s member"
+        stored["episodes"] = True
+        assert persist.cuts.wait(30)
+        assert persist.cuts.find(waiting).outcome == "complete"
+        persist.close(final_checkpoints=False)
+    fresh = {"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(2, 2)}
+    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
+        for name, model in fresh.items():
+            persist.track(name, model)
+        restored = persist.restore_all()
+        persist.close(final_checkpoints=False)
+    assert {n: r.cut for n, r in restored.items()} == {"a": waiting, "b": waiting}
+    for name, tensors in kept.items():
+        for key, value in tensors.items():
+            assert torch.equal(fresh[name].state_dict()[key], value)
+
+
 def test_restore_all_applies_nothing_when_one_member_does_not_fit() -> None:
     store = MemoryStore()
     models = _nets()
