@@ -94,10 +94,21 @@ class CutKeeper:
                 self._newest_sequence, self._newest_complete = sequence, dict(versions)
 
     def protected(self, registered_name: str) -> set[int]:
-        """The version of `registered_name` that is a member of the newest complete cut (retention keeps it)."""
+        """The versions of `registered_name` retention must keep: its member of the newest complete cut, and its
+        stored members of the cuts still pending (a cut waiting for a condition, the episodes stored say, would
+        otherwise lose a member to a retention window and never complete). Bounded: pending cuts are."""
         with self._cond:
             version = self._newest_complete.get(registered_name)
-        return set() if version is None else {version}
+            kept = set() if version is None else {version}
+            for cut in (*self._pending, *([self._advancing] if self._advancing is not None else [])):
+                for name, job in cut.jobs.items():
+                    if cut.registered_names.get(name) != registered_name:
+                        continue
+                    info = cut.versions.get(name) or (job.result if job.outcome == "saved" else None)
+                    member = getattr(info, "version", None)
+                    if member is not None:
+                        kept.add(int(member))
+        return kept
 
     def find(self, cut_id: str) -> PendingCut | None:
         """A cut taken recently by this process, pending or ended (None when unknown or long past)."""

@@ -183,6 +183,7 @@ class WorkerProcess:
                 if message[0] == "ready":
                     if self._proc is proc:
                         self._ready.set()
+                        log.info("persistence worker process %d ready (start %d)", proc.pid, self.starts)
                     continue
                 kind, request_id, value = message
                 with self._lock:

@@ -120,6 +120,9 @@ def store(tmp_path_factory: pytest.TempPathFactory, zygote: Zygote) -> Path:
     code, stderr = run.finish(timeout=900)
     assert code == 0, stderr
     assert "Traceback" not in stderr
+    # every system checkpoint of the run completed (a cut whose members retention deleted while it waited for
+    # the episodes to be stored never could, nor could any after it)
+    assert "will not be restored" not in stderr and "could not record its completion" not in stderr, stderr
     assert run.proc.maxrss_kb is not None  # type: ignore[attr-defined]
     peak_mb = run.proc.maxrss_kb / 1024  # type: ignore[attr-defined]  # the process's own peak (wait4)
     print(f"peak RSS of `run --steps 500`: {peak_mb:.0f} MiB")
