@@ -50,6 +50,20 @@ def _version(name: str, version: int, cut: str | None, marked: bool, members: st
     return VersionInfo(name=name, version=version, source=f"memory://{name}/{version}", run_id="r", tags=tags)
 
 
+def _restores_exactly(store: MemoryStore, cut: str, kept: dict[str, dict[str, torch.Tensor]]) -> None:
+    """A fresh start's `restore_all()` restores `cut` for both models, with the weights `kept` of it."""
+    fresh = {"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(2, 2)}
+    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
+        for name, model in fresh.items():
+            persist.track(name, model)
+        restored = persist.restore_all()
+        persist.close(final_checkpoints=False)
+    assert {n: r.cut for n, r in restored.items()} == {"a": cut, "b": cut}
+    for name, tensors in kept.items():
+        for key, value in tensors.items():
+            assert torch.equal(fresh[name].state_dict()[key], value)
+
+
 def test_a_cut_marked_on_some_members_only_is_not_complete() -> None:
     versions = {
         "a": [_version("a", 1, "00000001-aaaa", True), _version("a", 2, "00000002-bbbb", True)],
@@ -94,16 +108,7 @@ def test_a_partially_marked_cut_leaves_the_older_complete_cut_restorable() -> No
 
     for name in ("a", "b"):
         assert first in {v.cut for v in store.list_versions(name)}, f"retention deleted {name}'s member of {first}"
-    fresh = {"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(2, 2)}
-    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
-        for name, model in fresh.items():
-            persist.track(name, model)
-        restored = persist.restore_all()
-        persist.close(final_checkpoints=False)
-    assert {n: r.cut for n, r in restored.items()} == {"a": first, "b": first}
-    for name, tensors in kept.items():
-        for key, value in tensors.items():
-            assert torch.equal(fresh[name].state_dict()[key], value)
+    _restores_exactly(store, first, kept)
 
 
 def test_retention_keeps_the_members_of_a_cut_still_waiting_for_its_condition() -> None:
@@ -129,16 +134,7 @@ def test_retention_keeps_the_members_of_a_cut_still_waiting_for_its_condition() 
         assert persist.cuts.wait(30)
         assert persist.cuts.find(waiting).outcome == "complete"
         persist.close(final_checkpoints=False)
-    fresh = {"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(2, 2)}
-    with mp.Persistence(_config(), store=store, install_signal_handlers=False) as persist:
-        for name, model in fresh.items():
-            persist.track(name, model)
-        restored = persist.restore_all()
-        persist.close(final_checkpoints=False)
-    assert {n: r.cut for n, r in restored.items()} == {"a": waiting, "b": waiting}
-    for name, tensors in kept.items():
-        for key, value in tensors.items():
-            assert torch.equal(fresh[name].state_dict()[key], value)
+    _restores_exactly(store, waiting, kept)
 
 
 def test_restore_all_applies_nothing_when_one_member_does_not_fit() -> None:
