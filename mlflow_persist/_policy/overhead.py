@@ -55,7 +55,7 @@ class OverheadBudget:
         return now + min(self.max_delay, -self.credit / self.max_overhead)
 
     def overhead(self, now: float) -> float:
-        """The share of wall time charged since the first call (what `status` and the run's metrics show)."""
+        """The share of wall time charged since the first call (logged as `system/persistence_overhead`)."""
         if self.started_at is None or now <= self.started_at:
             return 0.0
         return self.spent / (now - self.started_at)

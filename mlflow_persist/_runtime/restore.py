@@ -210,10 +210,10 @@ class HandleRestore:
         first = [best] if self.settings.resume_from == "best" and best is not None and not best.corrupt else []
         skipped: list[int] = []
         for info in itertools.chain(first, recent, newest):
-            if info.version in seen or info.corrupt or (at_most is not None and info.version > at_most):
-                seen.add(info.version)
-                continue
+            repeated = info.version in seen
             seen.add(info.version)
+            if repeated or info.corrupt or (at_most is not None and info.version > at_most):
+                continue
             try:
                 state = self._load_with_retries(info)
             except CheckpointUnavailableError as exc:

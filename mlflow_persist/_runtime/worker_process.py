@@ -198,8 +198,9 @@ class WorkerProcess:
             pass
         finally:
             replies.close()
-            if self._proc is proc:
-                self._lost(f"it exited with code {proc.wait()}")
+            code = proc.wait()
+            if self._proc is proc:  # not one `_kill` already reported
+                self._lost(f"it exited with code {code}")
 
     def _lost(self, why: str) -> None:
         """The child is gone (or unusable): fail its calls in flight; the next `run` starts a new one."""
@@ -218,7 +219,8 @@ class WorkerProcess:
             log.warning("the persistence worker process was lost (%s); %d call(s) will be retried", why, len(pending))
 
     def _kill(self, why: str) -> None:
-        proc = self._proc
+        with self._lock:
+            proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.kill()
         self._lost(why)

@@ -223,9 +223,7 @@ class CheckpointWriter:
         if self.budget is None:
             return
         if job.forced:
-            for queued in (self._waiting.get(job.model), self._retrying.get(job.model)):
-                if queued is not None and queued.deferred:
-                    queued.not_before, queued.deferred = 0.0, False
+            self._release_deferred(job.model)
             return
         if job.category != PERFORMANCE:
             return
@@ -235,9 +233,10 @@ class CheckpointWriter:
             job.not_before, job.deferred = max(job.not_before, due), True
             self.deferred += 1
 
-    def _release_deferred(self) -> None:
+    def _release_deferred(self, model: str | None = None) -> None:
+        """End the budget's hold on the queued snapshots of `model` (of every model when None). Lock held."""
         for job in [*self._waiting.values(), *self._retrying.values()]:
-            if job.deferred:
+            if job.deferred and model in (None, job.model):
                 job.not_before, job.deferred = 0.0, False
         self._cond.notify_all()
 
@@ -335,10 +334,13 @@ class CheckpointWriter:
             try:
                 result = self._execute(job)
             except BaseException as exc:  # noqa: BLE001 - a failed save must never kill the writer
-                self._charge(cpu)
-                self._handle_failure(job, exc)
+                failure: BaseException | None = exc
             else:
-                self._charge(cpu)
+                failure = None
+            self._charge(time.thread_time() - cpu)
+            if failure is not None:
+                self._handle_failure(job, failure)
+            else:
                 if not job.done.is_set():  # the pipeline acknowledges a save once it is registered
                     job.finish("saved", result=result)  # before flush() can see the model idle
                 with self._cond:
@@ -347,12 +349,12 @@ class CheckpointWriter:
                 if self._on_success:
                     self._safe(self._on_success, job)
 
-    def _charge(self, cpu_before: float) -> None:
+    def _charge(self, cpu_seconds: float) -> None:
         """Charge the save just run to the overhead budget: this thread's CPU seconds, which in CPython are time
         the training thread could not hold the interpreter lock."""
         if self.budget is not None:
             with self._cond:
-                self.budget.charge(time.thread_time() - cpu_before, time.monotonic())
+                self.budget.charge(cpu_seconds, time.monotonic())
 
     def _handle_failure(self, job: SaveJob, exc: BaseException) -> None:
         with self._cond:
