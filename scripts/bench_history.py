@@ -62,6 +62,7 @@ def build_store(directory: Path, versions: int) -> str:
     from mlflow import MlflowClient
 
     import mlflow_persist as mp
+    from mlflow_persist._policy.versions import tag
 
     directory.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{directory / 'mlflow.db'}"
@@ -75,7 +76,7 @@ def build_store(directory: Path, versions: int) -> str:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     saved = client.search_model_versions(f"name = '{MODEL}'")  # the save, and a performance save of step 1
     first = max(saved, key=lambda mv: int(mv.version))
-    step_tag = next(key for key in first.tags if key.endswith(".step"))
+    step_tag = tag("step")
     for step in range(len(saved) + 1, versions + 1):
         client.create_model_version(MODEL, first.source, run_id=first.run_id, tags={**first.tags, step_tag: str(step)})
     return uri

@@ -4,33 +4,16 @@ business, not a test's; this checks that both variants ran the same work and the
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_support import run_bench_script
 
 pytestmark = pytest.mark.slow  # two trading-system processes: about 20 s
 
 
 def test_the_main_job_benchmark_runs_and_checks_equal_work(tmp_path: Path) -> None:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_PERSIST_WORKER_PROCESS", None)  # the default configuration, worker process included
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_main_job.py"), "--steps", "10", "--rounds", "1"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON "))
-    report = json.loads(line.removeprefix("BENCH_JSON "))
+    report = run_bench_script("bench_main_job.py", "--steps", "10", "--rounds", "1", cwd=tmp_path)
     assert report["steps"] == 10 and len(report["runs"]) == 2
     assert {run["variant"] for run in report["runs"]} == {"on", "off"}
     assert all(run["work"]["steps_done"] == 10 for run in report["runs"])
