@@ -230,3 +230,18 @@ def test_a_flush_releases_what_the_budget_holds_back() -> None:
     assert writer.flush(timeout=10)
     assert held.outcome == "saved" and written == [7] and time.monotonic() - started < 5
     writer.close()
+
+
+def test_a_periodic_attached_to_a_held_performance_save_is_not_held_back_with_it() -> None:
+    """Periodic saves never wait on the budget, also when one rides on a held performance snapshot (CI caught a
+    periodic registered long after its step: it waited with the performance save it was attached to)."""
+    written: list[tuple[str, str, int, tuple[str, ...]]] = []
+    writer = CheckpointWriter(
+        lambda job: written.append((job.model, job.category, job.step, tuple(job.also))), budget=_spent_budget(60.0)
+    )
+    held = writer.submit(_job("a", "performance", 4))
+    assert not held.done.wait(0.3)  # held back by the budget
+    assert writer.attach_to_waiting("a", "periodic")
+    assert held.done.wait(5) and held.outcome == "saved"
+    assert written == [("a", "performance", 4, ("periodic",))]
+    writer.close()
