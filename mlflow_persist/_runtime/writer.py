@@ -213,6 +213,7 @@ class CheckpointWriter:
                 self.superseded += 1
                 _carry(job, waiting)
                 waiting.finish("superseded")
+                self._keep_only_performance_deferred(job)
             self._waiting[job.model] = job
             self._cond.notify_all()
         return job
@@ -225,13 +226,20 @@ class CheckpointWriter:
         if job.forced:
             self._release_deferred(job.model)
             return
-        if job.category != PERFORMANCE:
+        if job.category != PERFORMANCE or job.also:
             return
         now = time.monotonic()
         due = self.budget.next_performance_save(now)
         if due > now:
             job.not_before, job.deferred = max(job.not_before, due), True
             self.deferred += 1
+
+    def _keep_only_performance_deferred(self, job: SaveJob) -> None:
+        """A held snapshot that now also carries another category (a periodic attached to it, a forced one
+        carried over) is released: only performance saves wait on the budget. Lock held."""
+        if job.deferred and (job.also or job.forced):
+            job.not_before, job.deferred = 0.0, False
+            self._cond.notify_all()
 
     def _release_deferred(self, model: str | None = None) -> None:
         """End the budget's hold on the queued snapshots of `model` (of every model when None). Lock held."""
@@ -265,6 +273,7 @@ class CheckpointWriter:
                 return False
             if category not in waiting.also:
                 waiting.also.append(category)
+            self._keep_only_performance_deferred(waiting)
             return True
 
     def pending(self, model: str | None = None) -> int:
