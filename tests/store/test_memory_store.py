@@ -125,9 +125,8 @@ def test_a_fault_at_any_save_stage_never_stops_training_nor_loses_an_acknowledge
         store.hang(stage, seconds=0.3, times=2)
     losses = [1.0 - 0.01 * i for i in range(30)]  # every step an improvement
     # retention must delete something; forced saves wait for the writer as they did before the bounded wait
-    # (max_training_wait_seconds), and no performance save is held back by the overhead budget (max_overhead),
-    # so that saves after the fault window exist on a loaded machine too
-    config = _config(keep_best=2, max_training_wait_seconds=30.0, max_overhead=1.0) if stage == "delete" else _config()
+    # (max_training_wait_seconds), so that saves after the fault window exist on a loaded machine too
+    config = _config(keep_best=2, max_training_wait_seconds=30.0) if stage == "delete" else _config()
     # The work the training thread does in the store while it trains: none (the store's stages, faulty or
     # not, run on the writer's and the scheduler's threads).
     training_thread, training, in_training = threading.current_thread(), threading.Event(), []
@@ -151,6 +150,12 @@ def test_a_fault_at_any_save_stage_never_stops_training_nor_loses_an_acknowledge
             assert handle.failures >= 1
         if stage == "delete":  # retention runs after a save is acknowledged: its failure fails no save
             assert handle.failures == 0
+            # Under load the writer supersedes most of the 30 improvements, so the four failing retention passes
+            # could use up every save left (1 run in 10-12 under load, also before the overhead budget existed).
+            # Five more saves guarantee a retention pass after the fault window.
+            for _ in range(5):
+                handle.save("periodic")
+                assert persist.flush(timeout=60)
         if fault == "fail_for_a_while" and stage in ("write", "register"):
             assert _wait(lambda: any(a.kind == "save_failures" for a in alerts))  # threshold 3 < 4 failures
     assert in_training == [], f"the training thread ran store stages {in_training} with a {fault} at {stage}"
