@@ -213,8 +213,8 @@ class CheckpointWriter:
                 self.superseded += 1
                 _carry(job, waiting)
                 waiting.finish("superseded")
-                self._keep_only_performance_deferred(job)
             self._waiting[job.model] = job
+            self._release_deferred(job.model, mixed_only=True)
             self._cond.notify_all()
         return job
 
@@ -234,17 +234,11 @@ class CheckpointWriter:
             job.not_before, job.deferred = max(job.not_before, due), True
             self.deferred += 1
 
-    def _keep_only_performance_deferred(self, job: SaveJob) -> None:
-        """A held snapshot that now also carries another category (a periodic attached to it, a forced one
-        carried over) is released: only performance saves wait on the budget. Lock held."""
-        if job.deferred and (job.also or job.forced):
-            job.not_before, job.deferred = 0.0, False
-            self._cond.notify_all()
-
-    def _release_deferred(self, model: str | None = None) -> None:
-        """End the budget's hold on the queued snapshots of `model` (of every model when None). Lock held."""
+    def _release_deferred(self, model: str | None = None, mixed_only: bool = False) -> None:
+        """End the budget's hold on `model`'s queued snapshots (every model's when None); `mixed_only`: on those
+        that now carry another category too, as only performance saves wait on the budget. Lock held."""
         for job in [*self._waiting.values(), *self._retrying.values()]:
-            if job.deferred and model in (None, job.model):
+            if job.deferred and model in (None, job.model) and (not mixed_only or job.also or job.forced):
                 job.not_before, job.deferred = 0.0, False
         self._cond.notify_all()
 
@@ -273,7 +267,7 @@ class CheckpointWriter:
                 return False
             if category not in waiting.also:
                 waiting.also.append(category)
-            self._keep_only_performance_deferred(waiting)
+            self._release_deferred(model, mixed_only=True)
             return True
 
     def pending(self, model: str | None = None) -> int:
