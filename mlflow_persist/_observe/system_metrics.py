@@ -7,7 +7,12 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["DiskSpace", "disk_space", "system_metrics"]
+__all__ = ["HELD_BACK_METRIC", "OVERHEAD_METRIC", "DiskSpace", "disk_space", "system_metrics"]
+
+#: The share of wall time checkpoint writing cost the training process (see `_policy/overhead.py`).
+OVERHEAD_METRIC = "system/persistence_overhead"
+#: How many performance saves the overhead budget has held back so far.
+HELD_BACK_METRIC = "system/performance_saves_held_back"
 
 _process = psutil.Process()
 

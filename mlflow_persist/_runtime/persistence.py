@@ -26,7 +26,7 @@ from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponen
 from mlflow_persist._format.naming import validate_model_name
 from mlflow_persist._observe.alerts import Alert, AlertDispatcher, AlertSink, command_sink, webhook_sink
 from mlflow_persist._observe.logs import package_logger
-from mlflow_persist._observe.system_metrics import system_metrics
+from mlflow_persist._observe.system_metrics import HELD_BACK_METRIC, OVERHEAD_METRIC, system_metrics
 from mlflow_persist._policy.overhead import OverheadBudget
 from mlflow_persist._policy.versions import HEALTH_TAG, tag
 from mlflow_persist._runtime.close_report import (
@@ -347,8 +347,8 @@ class Persistence(Closing, SystemCheckpoints):
                 log.debug("system metrics unavailable: %s", exc)
             else:
                 if self.writer.budget is not None:  # what checkpoint writing costs, and what the budget held back
-                    metrics["system/persistence_overhead"] = self.writer.budget.overhead(time.monotonic())
-                    metrics["system/performance_saves_held_back"] = float(self.writer.deferred)
+                    metrics[OVERHEAD_METRIC] = self.writer.budget.overhead(time.monotonic())
+                    metrics[HELD_BACK_METRIC] = float(self.writer.deferred)
                 ts = int(time.time() * 1000)
                 for handle in handles:
                     handle.metrics.add(handle.current_step, metrics, ts)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mlflow_persist._format.timestamps import format_age
-from mlflow_persist._observe.system_metrics import disk_space
+from mlflow_persist._observe.system_metrics import HELD_BACK_METRIC, OVERHEAD_METRIC, disk_space
 from mlflow_persist._policy.policy import Mode, retention_deletions
 from mlflow_persist._policy.versions import HEALTH_TAG, RunSummary, VersionInfo
 from mlflow_persist._store.best import mark_corrupt, reconcile_best_or_clear
@@ -85,6 +85,8 @@ class ModelStatus:
     run_status: str | None
     best_age: str | None
     latest_age: str
+    overhead: float | None = None  # share of wall time checkpoint writing cost training (the run's last tick)
+    held_back: float | None = None  # performance saves the overhead budget held back so far
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ def status(store: InspectableStore, prefix: str = "") -> StatusReport:
                 run_status=run.status if run else None,
                 best_age=format_age(best.created_at) if best else None,
                 latest_age=format_age(newest.created_at),
+                overhead=run.metrics.get(OVERHEAD_METRIC) if run else None,
+                held_back=run.metrics.get(HELD_BACK_METRIC) if run else None,
             )
         )
     disk = None

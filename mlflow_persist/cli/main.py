@@ -126,7 +126,7 @@ def status(
         emit_json("status", report.to_dict())
         return
     table = Table(title=f"mlflow-persist status — {report.tracking_uri}")
-    for column in ("model", "best", "latest", "versions", "saves", "health"):
+    for column in ("model", "best", "latest", "versions", "saves", "overhead", "health"):
         table.add_column(column)
     for row in report.models:
         best, latest = row.best, row.latest
@@ -139,6 +139,7 @@ def status(
             " ".join(f"{k}:{n}" for k, n in sorted(row.versions.items()))
             + (f" corrupt:{row.corrupt}" if row.corrupt else ""),
             f"{row.saves:.0f}" if row.saves is not None else "-",
+            _overhead_cell(row.overhead, row.held_back),
             row.health,
         )
     console.print(table)
@@ -148,6 +149,14 @@ def status(
         )
     if not report.models:
         console.print("no checkpoints yet: run `mlflow-persist run` to train with persistence")
+
+
+def _overhead_cell(overhead: float | None, held_back: float | None) -> str:
+    """What checkpoint writing cost training, as the run last logged it, and the saves the budget held back."""
+    if overhead is None:
+        return "-"
+    held = f", {held_back:.0f} held back" if held_back else ""
+    return f"{100 * overhead:.1f}%{held}"
 
 
 # ------------------------------------------------------------------------------------------------ history

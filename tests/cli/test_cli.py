@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,35 @@ def test_status_history_verify_and_gc(populated: str, capsys: pytest.CaptureFixt
     remaining = MlflowStore(populated).list_versions("dqn")
     assert len(remaining) == before - len([p for p in planned if p["model"] == "dqn"])
     assert MlflowStore(populated).alias_version("dqn").version in [v.version for v in remaining]
+
+
+def test_status_shows_what_checkpoint_writing_costs_training_as_the_run_logged_it(
+    sqlite_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow import MlflowClient
+
+    cfg = mp.PersistConfig(tracking_uri=sqlite_uri, log_system_metrics=True, max_overhead=0.01, min_free_disk_mb=1)
+    with mp.Persistence(cfg) as persist:
+        handle = persist.track("dqn", torch.nn.Linear(64, 64))
+        for step in range(30):
+            handle.step(loss=1.0 / (step + 1))  # a new best every step: more saves than 1 % of the time allows
+            time.sleep(0.01)  # time for the writer to take each one, so that only the budget holds any back
+        assert persist.flush(timeout=60)
+        persist.tick()  # logs the overhead metrics, as the scheduler does every interval
+        persist.flush_metrics()
+    client = MlflowClient(sqlite_uri)
+    logged_overhead, logged_held_back = (  # MLflow's latest value: the highest step, then the newest
+        max(client.get_metric_history(handle.run_id, key), key=lambda m: (m.step, m.timestamp, m.value)).value
+        for key in ("system/persistence_overhead", "system/performance_saves_held_back")
+    )
+    assert 0 < logged_overhead < 1 and logged_held_back >= 1
+
+    code, out, _ = run_cli(capsys, "status", "--tracking-uri", sqlite_uri, "--json")
+    (row,) = json.loads(out)["models"]
+    assert code == 0
+    assert row["overhead"] == pytest.approx(logged_overhead) and row["held_back"] == logged_held_back
+    code, out, _ = run_cli(capsys, "status", "--tracking-uri", sqlite_uri)
+    assert code == 0 and f"{100 * logged_overhead:.1f}%, {logged_held_back:.0f}" in out and "held back" in out
 
 
 def test_verify_names_corrupt_versions_and_fails(populated: str, capsys: pytest.CaptureFixture[str]) -> None:
