@@ -72,6 +72,24 @@ def test_a_forced_save_queues_behind_a_waiting_performance_save_and_is_never_ski
     writer.close()
 
 
+def test_a_forced_save_queues_behind_a_waiting_forced_save_instead_of_waiting_for_the_writer() -> None:
+    """An episode save and a system checkpoint at the same bar (the trading system takes both): the cut's snapshot
+    does not wait for the episode one to start, which on a busy writer stalled training for a save's length."""
+    executor = GatedExecutor()
+    writer = CheckpointWriter(executor, max_submit_wait=0.05)
+    writer.submit(_job("a", "performance", 1))
+    assert executor.started.wait(5)
+    episode = writer.submit(_job("a", "episode", 2, forced=True))
+    cut = writer.submit(_job("a", "periodic", 2, forced=True))  # until now: waited 0.05 s, then skipped
+    assert cut.outcome == "pending" and writer.skipped == 0
+    assert writer.pending("a") == 3  # one running, the episode one, the cut's one: the memory bound
+    executor.gate.set()
+    assert writer.flush(timeout=10)
+    assert episode.outcome == cut.outcome == "saved" and cut.also == [] and episode.also == []
+    assert [w[1:] for w in executor.written] == [("performance", 1), ("episode", 2), ("periodic", 2)]
+    writer.close()
+
+
 def test_failures_are_retried_with_backoff_and_reported() -> None:
     executor = GatedExecutor(failures=2)
     executor.gate.set()
