@@ -219,9 +219,9 @@ class ModelHandle(HandleRestore):
         submit_wait: float | None = -1.0,
     ) -> SaveJob | None:
         """Force a checkpoint of the current state (asynchronous unless `wait`); None if no snapshot could be
-        taken (the reason is logged and counted). While the writer is still busy with this model's previous
-        forced save, this call waits at most `max_training_wait_seconds` (or `submit_wait`; None: no limit)
-        before the save is skipped (outcome `dropped`, counted in the writer's `skipped`).
+        taken (the reason is logged and counted). While two snapshots of this model already wait behind the
+        writer's current save, this call waits at most `max_training_wait_seconds` (or `submit_wait`; None: no
+        limit) before the save is skipped (outcome `dropped`, counted in the writer's `skipped`).
 
         `value` and `monitor` record another measure than the tracked monitor's latest (smoothed) value, such
         as an episode score (`save("episode", value=score, monitor="episode/reward")`); `tags` are added to

@@ -197,9 +197,9 @@ class CheckpointWriter:
                         )
                         job.finish("dropped")
                         return job
-                    if not waiting.forced and job.model not in self._retrying:
-                        # the waiting performance snapshot moves to the slot served first, so the forced
-                        # one queues behind it instead of waiting (a third snapshot of the model, at most)
+                    if job.model not in self._retrying:
+                        # the waiting snapshot (a performance one, or another forced one) moves to the slot served
+                        # first, so the forced one queues behind it instead of waiting (a third snapshot, at most)
                         self._retrying[job.model] = self._waiting.pop(job.model)
                         self._cond.notify_all()
                         continue
