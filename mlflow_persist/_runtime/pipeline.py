@@ -296,6 +296,7 @@ class SavePipeline(OutboxDrain):
             converge=not self.store.lock_is_shared,
             monitor=self.monitor,
             current=current,
+            summarize=self.view.summary,
         )
 
     def _prune(self, versions: list[VersionInfo], best: VersionInfo | None, dry_run: bool = False) -> PruneResult:
@@ -317,6 +318,7 @@ class SavePipeline(OutboxDrain):
             best_version=_number(best),
             dry_run=dry_run,
             listing_is_current=self.store.lock_is_shared,
+            summarize=self.view.summary,
         )
 
     def _prune_and_remember(self, versions: list[VersionInfo], best: VersionInfo | None) -> VersionInfo | None:

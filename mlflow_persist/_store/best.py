@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from mlflow_persist._observe.logs import package_logger
-from mlflow_persist._policy.policy import Mode, select_best
+from mlflow_persist._policy.policy import Mode, VersionSummary, select_best
 from mlflow_persist._policy.versions import BEST_ALIAS, VersionInfo, find_version
 from mlflow_persist._store.protocol import CheckpointStore
 
@@ -25,6 +26,7 @@ def reconcile_best(
     converge: bool = True,
     monitor: str | None = None,
     current: VersionInfo | None | object = _UNKNOWN,
+    summarize: Callable[[VersionInfo], VersionSummary] = VersionInfo.summary,
 ) -> VersionInfo | None:
     """Point `best` at the best valid version; returns that version (or the alias as it stands when no
     version qualifies).
@@ -34,12 +36,13 @@ def reconcile_best(
     from a listing that contained every version registered before its set, so `best` ends right even when
     processes race (and against an `mlflow server`, where no file lock is shared). With `converge=False`
     (callers that hold a lock every writer shares) one pass over `versions` suffices. `current` (where `best`
-    points, when the caller just read it or knows it) spares the first pass reading the alias.
+    points, when the caller just read it or knows it) spares the first pass reading the alias. `summarize`: what
+    the choice sees of each version (a caller that remembers summaries passes its cache).
     """
     known = current
     for _ in range(20):
         versions = versions if versions is not None else store.list_versions(name)
-        chosen = select_best([v.summary() for v in versions], mode, monitor)
+        chosen = select_best([summarize(v) for v in versions], mode, monitor)
         current = store.alias_version(name) if known is _UNKNOWN else cast("VersionInfo | None", known)
         known = _UNKNOWN  # a later pass reads the alias again
         if chosen is None:

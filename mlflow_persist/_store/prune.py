@@ -45,6 +45,7 @@ def prune(
     dry_run: bool = False,
     reason: str = "retention",
     listing_is_current: bool = False,
+    summarize: Callable[[VersionInfo], VersionSummary] = VersionInfo.summary,
 ) -> PruneResult:
     """Delete what `policy` chooses among the versions of `name`.
 
@@ -54,13 +55,14 @@ def prune(
     Callers hold `store.lock(f"model-{name}")` so no registration interleaves with the listing.
     `listing_is_current`: that lock is one every writer shares (`store.lock_is_shared`), so `versions` minus
     the deletions is what the store holds afterwards and no second listing is needed.
+    `summarize`: what the policy sees of each version (a caller that remembers summaries passes its cache).
     """
     if versions is None:
         versions = store.list_versions(name)
         best = store.alias_version(name)
         best_version = best.version if best is not None else None
     by_number = {v.version: v for v in versions}
-    chosen = [by_number[n] for n in policy([v.summary() for v in versions], best_version) if n in by_number]
+    chosen = [by_number[n] for n in policy([summarize(v) for v in versions], best_version) if n in by_number]
     result = PruneResult(planned=chosen)
     if dry_run:
         return result

@@ -13,12 +13,18 @@ when all of these hold:
 The last bound is there for changes no counter sees: another process's `mlflow-persist verify` tagging a
 version corrupt, an operator moving `best` in the MLflow UI. They are picked up within `reread_every` saves,
 and a `best` moved by another writer is caught at once when that writer registered a version.
+
+The view also keeps each remembered version's `VersionSummary` (what retention decides on), so that a save
+summarises only the versions it registered, not the whole history again (with 5,000 versions that was most
+of a save's work). A summary belongs to the very `VersionInfo` object it was made from; a fresh listing brings
+new objects and so new summaries.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlflow_persist._policy.policy import VersionSummary
 from mlflow_persist._policy.versions import VersionInfo
 
 __all__ = ["REREAD_EVERY", "KnownRegistry", "RegistryView"]
@@ -38,6 +44,16 @@ class RegistryView:
         self._known: KnownRegistry | None = None
         self._generation = -1
         self._saves_since_read = 0
+        self._summaries: dict[int, tuple[VersionInfo, VersionSummary]] = {}  # id(info) -> (info, its summary)
+
+    def summary(self, info: VersionInfo) -> VersionSummary:
+        """`info.summary()`, made once per remembered `VersionInfo` object."""
+        cached = self._summaries.get(id(info))
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        summary = info.summary()
+        self._summaries[id(info)] = (info, summary)
+        return summary
 
     def known(self, generation_before: int, created: list[VersionInfo]) -> KnownRegistry | None:
         """The versions and `best` after this save's own registrations `created`, or None when they must be
@@ -60,6 +76,10 @@ class RegistryView:
     def remember(self, versions: list[VersionInfo], best: VersionInfo | None, generation_after: int) -> None:
         self._known = KnownRegistry(list(versions), best)
         self._generation = generation_after
+        if len(self._summaries) > len(versions):  # summaries of deleted or re-read versions: drop them
+            kept = {id(v) for v in versions}
+            self._summaries = {key: entry for key, entry in self._summaries.items() if key in kept}
 
     def forget(self) -> None:
         self._known = None
+        self._summaries.clear()

@@ -109,3 +109,22 @@ def test_the_view_rereads_after_its_bound_and_on_a_foreign_version_number() -> N
     assert view.known(6, [version(3)]) is not None
     assert view.known(6, [version(3)]) is None  # the bound: three saves from memory, then a full read
     assert REREAD_EVERY >= 1
+
+
+def test_a_summary_is_remembered_per_version_object_and_a_fresh_listing_brings_its_own() -> None:
+    view = RegistryView()
+    tags = {"mlflow_persist.category": "performance", "mlflow_persist.value": "2.0", "mlflow_persist.step": "7"}
+    first = VersionInfo("net", 3, "file:///a", "run", dict(tags))
+    assert view.summary(first) is view.summary(first)  # made once, then reused
+    assert (view.summary(first).category, view.summary(first).value, view.summary(first).corrupt) == (
+        "performance",
+        2.0,
+        False,
+    )
+    view.remember([first], None, generation_after=1)
+    reread = VersionInfo("net", 3, "file:///a", "run", {**tags, "mlflow_persist.corrupt": "true"})  # tagged since
+    assert view.summary(reread).corrupt and not view.summary(first).corrupt
+    view.remember([reread], None, generation_after=2)  # the old object's summary is dropped with it
+    assert view.summary(reread).corrupt
+    view.forget()
+    assert view.summary(reread).corrupt  # made again from the object's own tags
