@@ -251,7 +251,7 @@ class MemoryStore:
             self._artifacts.pop(info.source, None)
 
     def sweep_partial_checkpoints(
-        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None
+        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None, trust_markers: bool = True
     ) -> list[str]:
         return []  # writes are atomic in memory, and an unregistered one is discarded when its save is given up
 

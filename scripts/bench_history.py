@@ -2,9 +2,9 @@
 against the same with few, on the embedded sqlite store.
 
 For each history size (``--few``, ``--many``) a fresh store gets one real checkpoint saved through mlflow-persist
-(a 64x64 linear model with Adam), then more versions registered with MLflow's own client on the same artifacts
-and tags, the step counting up, as a long run that keeps every version (keep_* windows of 10^6) would leave
-them. Then, alternating the two stores over ``--rounds`` rounds:
+(a 64x64 linear model with Adam), then more versions registered with MLflow's own client, each on a directory of
+its own (the checkpoint's files hard-linked, the registered marker inside) and with the same tags, the step
+counting up, as a long run that keeps every version (keep_* windows of 10^6) would leave them. Then, alternating the two stores over ``--rounds`` rounds:
 
 * ``startup_s``: ``Persistence(config)`` + ``track`` + ``restore()`` (what a restart costs before training);
 * ``first_save_s``: the first ``handle.save("periodic")`` after that start-up, until the version is registered
@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 MODEL = "net"
 TARGET_RATIO = 1.5
@@ -62,7 +64,8 @@ def build_store(directory: Path, versions: int) -> str:
     from mlflow import MlflowClient
 
     import mlflow_persist as mp
-    from mlflow_persist._policy.versions import tag
+    from mlflow_persist._policy.versions import checkpoint_dirname, tag
+    from mlflow_persist._store.registered_marker import mark_registered
 
     directory.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{directory / 'mlflow.db'}"
@@ -76,9 +79,19 @@ def build_store(directory: Path, versions: int) -> str:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     saved = client.search_model_versions(f"name = '{MODEL}'")  # the save, and a performance save of step 1
     first = max(saved, key=lambda mv: int(mv.version))
+    first_dir = Path(urlparse(first.source).path)
     step_tag = tag("step")
     for step in range(len(saved) + 1, versions + 1):
-        client.create_model_version(MODEL, first.source, run_id=first.run_id, tags={**first.tags, step_tag: str(step)})
+        # Its own directory, as a real save's (the files hard-linked: the bytes do not matter here, only how many
+        # directories the start-up sweep finds), with the marker this release's registration leaves in it.
+        directory = first_dir.parent / checkpoint_dirname(first.name, step)
+        directory.mkdir()
+        for file in first_dir.iterdir():
+            if file.is_file() and not file.name.startswith("."):
+                os.link(file, directory / file.name)
+        mark_registered(directory)
+        source = first.source[: -len(first_dir.name)] + directory.name
+        client.create_model_version(MODEL, source, run_id=first.run_id, tags={**first.tags, step_tag: str(step)})
     return uri
 
 

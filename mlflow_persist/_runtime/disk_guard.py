@@ -102,11 +102,14 @@ class DiskGuard:
 
     def _sweep_leftovers(self, models: Sequence[GuardedModel], reason: str) -> int:
         """Before any version goes: remove every model's leftovers (interrupted or given-up saves no version
-        uses, old enough that no other process is still registering them). Returns how many went."""
+        uses, old enough that no other process is still registering them). Returns how many went. Registered
+        markers are not trusted here: a marked directory whose versions are all gone is freed too."""
         swept = 0
         for candidate in models:
             try:
-                removed = self._store.sweep_partial_checkpoints(candidate.run_id, owner=candidate.registered_name)
+                removed = self._store.sweep_partial_checkpoints(
+                    candidate.run_id, owner=candidate.registered_name, trust_markers=False
+                )
             except Exception as exc:  # noqa: BLE001 - the versions' cleanup below still runs
                 log.warning("%s: could not sweep leftover checkpoint files (%s)", candidate.name, exc)
                 continue

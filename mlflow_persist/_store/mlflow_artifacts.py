@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ from mlflow_persist._format.payload import (
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.versions import CHECKPOINTS_DIR, VersionInfo, checkpoint_dirname, written_for
 from mlflow_persist._store.mlflow_aliases import MlflowAliases
+from mlflow_persist._store.registered_marker import is_marked, mark_registered
 from mlflow_persist._store.translate import local_path, translate, translated
 from mlflow_persist.errors import (
     CheckpointCorruptError,
@@ -144,7 +146,7 @@ class MlflowArtifacts(MlflowAliases):
 
     @translated("sweep leftovers of interrupted saves")
     def sweep_partial_checkpoints(
-        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None
+        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None, trust_markers: bool = True
     ) -> list[str]:
         """Delete leftovers of `owner`'s interrupted saves in the run: its temporary directories, and its
         directories no registered version of any model points to.
@@ -156,7 +158,8 @@ class MlflowArtifacts(MlflowAliases):
         left alone; complete directories no version uses wait at least UNREGISTERED_SWEEP_AGE_SECONDS, as
         another process may be about to register them. A remote store tells no modification times, so there a
         directory goes once two sweeps UNREGISTERED_SWEEP_AGE_SECONDS apart both found it unused (the first
-        one notes it in a run tag). Without an `owner`, nothing is swept.
+        one notes it in a run tag). Without an `owner`, nothing is swept. Locally, the registry is asked only
+        about directories without a registered marker, unless `trust_markers` is False (registered_marker.py).
         """
         if owner is None:
             return []
@@ -165,18 +168,23 @@ class MlflowArtifacts(MlflowAliases):
             return self._sweep_remote(run_id, owner)
         if not (local_root / CHECKPOINTS_DIR).is_dir():
             return []
-        used = self._used_dirnames(run_id)
-        removed = []
         now = time.time()
-        for entry in (local_root / CHECKPOINTS_DIR).iterdir():
-            if not written_for(entry.name, owner, STAGING_PREFIX):
-                continue
-            limit = (
-                max_age_seconds
-                if entry.name.startswith(STAGING_PREFIX)
-                else max(max_age_seconds, UNREGISTERED_SWEEP_AGE_SECONDS)
-            )
-            if entry.name in used or now - _newest_mtime(entry) < limit:
+        candidates = []
+        with os.scandir(local_root / CHECKPOINTS_DIR) as entries:  # thousands at start-up: no `Path` per entry
+            for item in entries:
+                staging = item.name.startswith(STAGING_PREFIX)
+                if not written_for(item.name, owner, STAGING_PREFIX) or (
+                    trust_markers and not staging and is_marked(item.path)
+                ):
+                    continue
+                limit = max_age_seconds if staging else max(max_age_seconds, UNREGISTERED_SWEEP_AGE_SECONDS)
+                if now - _newest_mtime(Path(item.path)) >= limit:
+                    candidates.append(Path(item.path))
+        used = self._used_dirnames(run_id) if candidates else set()
+        removed = []
+        for entry in candidates:
+            if entry.name in used:
+                mark_registered(entry)  # the listing showed it in use: the next sweep need not ask again
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)

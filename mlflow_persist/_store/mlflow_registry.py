@@ -13,7 +13,8 @@ from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.versions import BEST_ALIAS, VersionInfo, tag
 from mlflow_persist._store.descriptions import model_description
 from mlflow_persist._store.mlflow_runs import MlflowRuns
-from mlflow_persist._store.translate import translate, translated
+from mlflow_persist._store.registered_marker import mark_registered
+from mlflow_persist._store.translate import local_path, translate, translated
 from mlflow_persist._store.version_create import create_version_once, rest_store_of
 from mlflow_persist.errors import NotFoundError, PersistError
 
@@ -60,7 +61,23 @@ class MlflowRegistry(MlflowRuns):
         Idempotent per (source, category): a source already registered under that category (a retried call, a
         POST the HTTP client sent twice) returns the existing version, and duplicates of a retried POST are
         removed. One source may carry several categories (a periodic version sharing a performance checkpoint).
+        A local checkpoint directory gets its registered marker (registered_marker.py).
         """
+        info = self._register_version(name, source, run_id, tags, retried, description)
+        path = local_path(self.relocate_uri(source))
+        if path is not None:
+            mark_registered(path)
+        return info
+
+    def _register_version(
+        self,
+        name: str,
+        source: str,
+        run_id: str | None,
+        tags: Mapping[str, Any],
+        retried: bool,
+        description: str | None,
+    ) -> VersionInfo:
         self._changed(name)
         self.ensure_registered_model(name)
         category = str(tags.get(tag("category"), ""))

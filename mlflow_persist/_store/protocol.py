@@ -70,10 +70,11 @@ class CheckpointStore(Protocol):
         """Stage `delete`: remove the bytes of a version (the caller knows no remaining version shares them)."""
 
     def sweep_partial_checkpoints(
-        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None
+        self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None, trust_markers: bool = True
     ) -> list[str]:
         """Remove leftovers of `owner`'s interrupted saves in a run (only what its own pipeline provably wrote
-        and no registered version uses); returns what was removed."""
+        and no registered version uses); returns what was removed. `trust_markers`: a store that marks the
+        directories it registered may skip asking about those (False: ask about every one)."""
 
     def discard_unregistered(self, run_id: str, source: str) -> bool:
         """Stage `delete`: remove the checkpoint at `source` (written for a save that was then given up) unless a

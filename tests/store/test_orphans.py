@@ -108,6 +108,15 @@ def test_registration_failures_on_the_real_store_leave_no_folder_behind(
     assert on_disk == registered
 
 
+def _periodic_saves(persist: mp.Persistence, model: torch.nn.Module, opt: Any, saves: int) -> Any:
+    """Track `model` as "net" and save `saves` periodic checkpoints, one training step apart; returns its handle."""
+    handle = persist.track("net", model, optimizer=opt)
+    for _ in range(saves):
+        train_step(model, opt)
+        handle.save("periodic", wait=True, timeout=60)
+    return handle
+
+
 @pytest.fixture
 def crowded_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
     """The disk is short while any of the listed leftover folders exists (and fine once they are gone)."""
@@ -125,10 +134,7 @@ def test_disk_pressure_removes_leftover_folders_before_any_version(sqlite_uri: s
     model, opt = make_model(2, width=16)
     config = _config(tracking_uri=sqlite_uri, min_free_disk_mb=100.0, min_free_disk_percent=0.0)
     with mp.Persistence(config, install_signal_handlers=False) as persist:
-        handle = persist.track("net", model, optimizer=opt)
-        for _ in range(4):
-            train_step(model, opt)
-            handle.save("periodic", wait=True, timeout=60)
+        handle = _periodic_saves(persist, model, opt, 4)
         registered_before = _registered_dirs(sqlite_uri, "net")
         root = _checkpoints_folder(sqlite_uri, handle.run_id)
         leftover = root / checkpoint_dirname("net", 999)
@@ -146,6 +152,49 @@ def test_disk_pressure_removes_leftover_folders_before_any_version(sqlite_uri: s
     assert registered_before <= registered_after  # no version was deleted for the space
     for version in range(1, len(registered_after) + 1):
         assert mp.load_checkpoint(f"models:/net/{version}", tracking_uri=sqlite_uri).version == version
+
+
+@pytest.mark.slow  # seconds of work on a real store: in `make test`, not in `make test-fast`
+def test_the_start_up_sweep_spares_registered_folders_with_or_without_their_marker(
+    sqlite_uri: str, crowded_disk: list[Path]
+) -> None:
+    """The registered marker spares the start-up sweep a listing of every version; it must never cost a folder.
+    Unmarked registered folders (a crash right after registering, an older release) are asked about and kept;
+    a copy under another name carries a marker that does not count; a marked folder whose version an operator
+    deleted stays until disk pressure, which trusts no marker."""
+    model, opt = make_model(2, width=16)
+    config = _config(tracking_uri=sqlite_uri, min_free_disk_mb=100.0, min_free_disk_percent=0.0)
+    with mp.Persistence(config, install_signal_handlers=False) as persist:
+        handle = _periodic_saves(persist, model, opt, 3)
+        persist.close(final_checkpoints=False)
+    run_id = handle.run_id
+    root = _checkpoints_folder(sqlite_uri, run_id)
+    unmarked, copied_from, orphaned = sorted(_registered_dirs(sqlite_uri, "net"))
+    for marker in (root / unmarked).glob(".registered-*"):
+        marker.unlink()
+    copy = root / checkpoint_dirname("net", 999)
+    shutil.copytree(root / copied_from, copy)  # a leftover that carries another folder's marker
+    client = MlflowClient(tracking_uri=sqlite_uri, registry_uri=sqlite_uri)
+    (deleted,) = [v for v in client.search_model_versions("name = 'net'") if v.source.endswith(orphaned)]
+    client.delete_model_version("net", deleted.version)  # by an operator: the files stay
+    day_ago = time.time() - 24 * 3600
+    for path in root.rglob("*"):
+        os.utime(path, (day_ago, day_ago))
+
+    with mp.Persistence(config, install_signal_handlers=False) as persist:
+        handle = persist.track("net", model, optimizer=opt)  # the start-up sweep
+        assert not copy.exists()
+        assert (root / unmarked).is_dir() and (root / copied_from).is_dir()
+        assert list((root / unmarked).glob(".registered-*"))  # asked about once, marked since
+        assert (root / orphaned).is_dir()
+        crowded_disk.append(root / orphaned)
+        persist.tick()  # the scheduler's disk check under pressure
+        assert not (root / orphaned).exists()
+        persist.close(final_checkpoints=False)
+    registered = _registered_dirs(sqlite_uri, "net")
+    assert registered == {unmarked, copied_from} and registered <= _checkpoint_dirs(sqlite_uri, run_id)
+    for info in client.search_model_versions("name = 'net'"):
+        assert mp.load_checkpoint(f"models:/net/{info.version}", tracking_uri=sqlite_uri).version == int(info.version)
 
 
 # ------------------------------------------------------------------------------------- a tracking server
