@@ -71,23 +71,23 @@ def checkpoint_rows(c: dict[str, Any]) -> list[Row]:
             "`step()` with nothing to save, default config",
             f"{c['step_default_us']:.1f} µs",
             f"{c['step_quiet_us']:.1f} µs with the flush deferred and the scheduler idle",
-            "≤ 5 µs",
-            c["step_default_us"] <= 5,
+            "≤ 3 µs",
+            c["step_default_us"] <= 3,
         ),
         (
             f"{size}: `step()` until durable and registered",
             _ratio(c["durable_ratio"]),
             f"torch.save + fsync {c['save_fsync_ms']:.0f} ms (ours {c['durable_ms']:.0f} ms; step() blocked "
             f"{c['blocked_ms']:.1f} ms)",
-            "≤ 1.3x",
-            c["durable_ratio"] <= 1.3,
+            "≤ 1.2x",
+            c["durable_ratio"] <= 1.2,
         ),
         (
             f"{size}: verified `restore()` into a fresh model",
             _ratio(c["restore_ratio"]),
             f"torch.load(weights_only=True) {c['torch_load_ms']:.0f} ms (ours {c['restore_ms']:.0f} ms)",
-            "≤ 2x",
-            c["restore_ratio"] <= 2,
+            "≤ 1x",
+            c["restore_ratio"] <= 1,
         ),
         (
             f"{size}: `load_checkpoint()`",
@@ -97,7 +97,7 @@ def checkpoint_rows(c: dict[str, Any]) -> list[Row]:
             c["load_checkpoint_ratio"] <= 1.5,
         ),
         (
-            "100 KB checkpoint: `step()` until registered, alone",
+            "100 KB checkpoint: `step()` until registered, alone (a save on every step; `max_overhead=1`)",
             f"{c['small_ms']:.1f} ms",
             "-",
             "≤ 15 ms",
@@ -160,11 +160,11 @@ def main_job_rows(m: dict[str, Any]) -> list[Row]:
             medians["ratio"] >= 0.95,
         ),
         (
-            "100 KB checkpoints in the main job: save time, median",
-            f"{saves['save_duration_median_s'] * 1000:.0f} ms",
-            f"p90 {saves['save_duration_p90_s'] * 1000:.0f} ms over {saves['save_duration_n']} saves",
+            "100 KB checkpoints in the main job: save time (step() to registered), p90",
+            f"{saves['save_duration_p90_s'] * 1000:.0f} ms",
+            f"median {saves['save_duration_median_s'] * 1000:.0f} ms over {saves['save_duration_n']} saves",
             "≤ 30 ms",
-            saves["save_duration_median_s"] <= 0.030,
+            saves["save_duration_p90_s"] <= 0.030,
         ),
     ]
 

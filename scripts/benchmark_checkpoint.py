@@ -9,7 +9,10 @@ same disk, just before it.
   of the same file.
 - small: a 100 KB checkpoint (the trading models' size) from step() until registered (the save acknowledged;
   retention then runs on the writer), and the registry round trips per save in the steady state, retention
-  included (calls into MLflow's sqlite stores, counted at their entry points).
+  included (calls into MLflow's sqlite stores, counted at their entry points). Every step is an improvement,
+  far more saves than the default overhead budget (`max_overhead` 5 %) lets through: it would hold each one
+  back for a third of a second, and the figure would be the budget's pace, not a save's latency. So this one
+  runs with `max_overhead=1` (the budget never holds a save back); the main-job figures run the default.
 
 Usage: python scripts/benchmark_checkpoint.py [--repeats N] [--size-mb 100] [--step-seconds 8] [--dir DIR]
 The last line is `BENCH_JSON {...}` with every figure (read by scripts/bench_report.py).
@@ -198,7 +201,8 @@ def small_checkpoint(uri: str, repeats: int, counter: StoreCallCounter) -> dict[
     old version per save and `best` moves each time."""
     model = make_model(0.1)
     samples = []
-    with mp.Persistence(config(uri, log_system_metrics=False), install_signal_handlers=False) as persist:
+    settings = config(uri, log_system_metrics=False, max_overhead=1.0)  # a save's latency, not the budget's pace
+    with mp.Persistence(settings, install_signal_handlers=False) as persist:
         handle = persist.track("small", model)
         for i in range(8):  # fill the retention windows
             handle.step(loss=1e6 - i)
