@@ -12,9 +12,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench_script(script: str, *args: str, cwd: Path) -> dict[str, Any]:
+def run_script(script: str, *args: str, cwd: Path) -> str:
     """Run `scripts/<script>` with `args` in `cwd` (the default configuration: no worker-process override);
-    its exit status must be 0; returns the report of its last BENCH_JSON line."""
+    its exit status must be 0; returns what it printed."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_PERSIST_WORKER_PROCESS", None)
     proc = subprocess.run(
@@ -26,6 +26,12 @@ def run_bench_script(script: str, *args: str, cwd: Path) -> dict[str, Any]:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("BENCH_JSON "))
+    return proc.stdout
+
+
+def run_bench_script(script: str, *args: str, cwd: Path) -> dict[str, Any]:
+    """`run_script`, returning the report of its last BENCH_JSON line."""
+    output = run_script(script, *args, cwd=cwd)
+    line = next(line for line in reversed(output.splitlines()) if line.startswith("BENCH_JSON "))
     report: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
     return report
