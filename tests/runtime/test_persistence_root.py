@@ -328,3 +328,25 @@ def test_the_outbox_exists_only_for_a_remote_store_at_the_configured_place(tmp_p
     with persistence(MemoryStore(remote=True), outbox_dir=str(outbox)) as remote:
         assert remote.outbox is not None and remote.outbox.root == outbox and outbox.is_dir()
         remote.close(final_checkpoints=False)
+
+
+def test_the_budget_is_charged_with_the_training_threads_own_time_in_a_save() -> None:
+    """What a save costs training includes the time the training thread itself spends in it (the snapshot copy,
+    a wait for room in the writer), not only the writer's CPU: with the writer stuck on a hung store, a save that
+    waited for room is charged at least the time it blocked, as measured around the call."""
+    store = MemoryStore()
+    persist = persistence(store, max_overhead=0.05, max_training_wait_seconds=0.3)
+    try:
+        handle = persist.track("a", torch.nn.Linear(8, 8))
+        store.hang("write", 1.5)  # the writer's CPU stays near zero meanwhile: a sleep
+        blocked = 0.0
+        for step in range(4):  # one hangs in the writer, two queue behind it, the fourth waits for room
+            handle.current_step = step + 1
+            started = time.monotonic()
+            handle.save("periodic")
+            blocked = time.monotonic() - started
+        budget = persist.writer.budget
+        assert budget is not None and blocked >= 0.3
+        assert budget.spent >= blocked
+    finally:
+        persist.close(final_checkpoints=False)
