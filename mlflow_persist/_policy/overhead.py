@@ -1,8 +1,9 @@
 """The overhead budget: how often performance saves may run so that persistence costs training at most a share
 of its time (as CheckFreq tunes its checkpoint rate to a measured cost).
 
-Pure: the caller measures each save's cost (the writer thread's CPU seconds: in CPython that is time the training
-thread cannot hold the interpreter lock) and passes the clock in. A token bucket: credit grows by `max_overhead`
+Pure: the caller measures each save's cost and passes the clock in. A save is charged twice over: the training
+thread's own time in it (the snapshot copy, a wait for room in the writer), and the writer thread's CPU seconds
+(in CPython, time the training thread cannot hold the interpreter lock). A token bucket: credit grows by `max_overhead`
 seconds per second of wall time, up to `burst` seconds (4 seconds' worth by default); each save's cost is taken from it. A performance save is
 due when the credit is not negative, else when it will have grown back, at most `max_delay` seconds later, so
 the newest best always lands within that bound. Periodic, final and other forced saves are never deferred (the

@@ -4,10 +4,11 @@ copy of the state, handed to the writer (see pipeline.py for what happens next).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -264,22 +265,23 @@ class ModelHandle(HandleRestore):
     ) -> SaveJob:
         """Snapshot the tracked objects and hand the snapshot to the writer. The copy goes into the tensors of
         the waiting snapshot it replaces, else of the spare one: at most two copies of the state exist (the
-        one being written and one more)."""
-        replacing = self._writer.take_waiting(self.name, category)
-        spare: dict[str, Any] | None = replacing.payload if replacing is not None else None
-        if spare is None:
+        one being written and one more). The time this takes the training thread is charged to the overhead budget."""
+        with _charged_to(self._writer):
+            replacing = self._writer.take_waiting(self.name, category)
+            spare: dict[str, Any] | None = replacing.payload if replacing is not None else None
+            if spare is None:
+                try:
+                    spare = self._spare_payloads.pop()
+                except IndexError:
+                    spare = None
             try:
-                spare = self._spare_payloads.pop()
-            except IndexError:
-                spare = None
-        try:
-            job = self._snapshot(category, step, value, gained, forced, spare, tags or {})
-        except BaseException as exc:
-            if replacing is not None:  # its tensors may be half overwritten: it cannot be written any more
-                replacing.payload = {}
-                replacing.finish("failed", error=exc)
-            raise
-        return self._writer.submit(job, replacing=replacing, max_wait=submit_wait)
+                job = self._snapshot(category, step, value, gained, forced, spare, tags or {})
+            except BaseException as exc:
+                if replacing is not None:  # its tensors may be half overwritten: it cannot be written any more
+                    replacing.payload = {}
+                    replacing.finish("failed", error=exc)
+                raise
+            return self._writer.submit(job, replacing=replacing, max_wait=submit_wait)
 
     def _snapshot(
         self,
@@ -384,3 +386,13 @@ class ModelHandle(HandleRestore):
         return metrics
 
     # ------------------------------------------------------------------------------------- restore
+
+
+@contextlib.contextmanager
+def _charged_to(writer: CheckpointWriter) -> Iterator[None]:
+    """Charge the training thread's time in the block to the writer's overhead budget."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        writer.charge(time.perf_counter() - started)

@@ -340,7 +340,7 @@ class CheckpointWriter:
                 failure: BaseException | None = exc
             else:
                 failure = None
-            self._charge(time.thread_time() - cpu)
+            self.charge(time.thread_time() - cpu)
             if failure is not None:
                 self._handle_failure(job, failure)
             else:
@@ -352,12 +352,12 @@ class CheckpointWriter:
                 if self._on_success:
                     self._safe(self._on_success, job)
 
-    def _charge(self, cpu_seconds: float) -> None:
-        """Charge the save just run to the overhead budget: this thread's CPU seconds, which in CPython are time
-        the training thread could not hold the interpreter lock."""
+    def charge(self, seconds: float) -> None:
+        """Charge the overhead budget: the writer's CPU seconds for a save (in CPython, time the training thread
+        could not hold the interpreter lock), or the training thread's own time in one (`ModelHandle`)."""
         if self.budget is not None:
             with self._cond:
-                self.budget.charge(cpu_seconds, time.monotonic())
+                self.budget.charge(seconds, time.monotonic())
 
     def _handle_failure(self, job: SaveJob, exc: BaseException) -> None:
         with self._cond:
