@@ -240,11 +240,75 @@ def test_the_switches_decide_signal_handlers_and_the_atexit_close(
     assert report["handler_restored"]
 
 
-def test_the_default_effects_are_all_on_and_fixed() -> None:
+def test_the_default_effects_are_all_on_except_signal_handlers_in_an_interactive_session_and_fixed() -> None:
     effects = ProcessEffects()
-    assert (effects.http_retry_defaults, effects.signal_handlers, effects.atexit_close) == (True, True, True)
+    assert (effects.http_retry_defaults, effects.atexit_close) == (True, True)
+    assert effects.wants_signal_handlers(interactive=False) and not effects.wants_signal_handlers(interactive=True)
+    assert ProcessEffects(signal_handlers=True).wants_signal_handlers(interactive=True)  # opted in
+    assert not ProcessEffects(signal_handlers=False).wants_signal_handlers(interactive=False)
     with pytest.raises(FrozenInstanceError):
         effects.signal_handlers = False  # type: ignore[misc]
+
+
+# A Jupyter kernel, as `interactive_session` sees one: IPython imported and `get_ipython()` giving the shell.
+NOTEBOOK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys, time, types
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: object()  # the kernel's shell
+    sys.modules["IPython"] = fake
+    import torch
+    from mlflow_persist import Persistence, PersistConfig
+    from mlflow_persist.testing import MemoryStore
+
+    def emit(**values):
+        print(json.dumps(values), flush=True)
+
+    def wait_until(condition, seconds=10.0):
+        deadline = time.monotonic() + seconds
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    config = PersistConfig(log_system_metrics=False, shutdown_grace_seconds=0.3)
+    default = Persistence(config, store=MemoryStore())
+    emit(scenario="default", handler_untouched=signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    default.close(final_checkpoints=False)
+
+    opted = Persistence(config, store=MemoryStore(), install_signal_handlers=True)
+    handle = opted.track("net", torch.nn.Linear(2, 2))
+    emit(scenario="opted_in", installed=signal.getsignal(signal.SIGINT) is not signal.default_int_handler)
+    os.kill(os.getpid(), signal.SIGINT)  # the kernel's "interrupt"
+    wait_until(opted._signals.stop.is_set)
+    interrupted = False
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # a second one
+        wait_until(lambda: False, 2.0)
+    except KeyboardInterrupt:
+        interrupted = True
+    emit(scenario="second", keyboard_interrupt=interrupted, stop_after=opted._signals.stop.is_set())
+    handle.step(loss=1.0)  # the stop request is gone: training goes on
+    os.kill(os.getpid(), signal.SIGINT)
+    wait_until(opted._signals.stop.is_set)
+    time.sleep(0.3)
+    wait_until(lambda: not opted._signals.stop.is_set(), 5.0)  # no step() within the grace period
+    emit(scenario="expired", stop_after=opted._signals.stop.is_set())
+    handle.step(loss=0.5)
+    opted.close()
+    emit(scenario="alive", final=[v.category for v in opted.store.list_versions("net")][-1])
+    """
+)
+
+
+def test_in_a_notebook_signal_handlers_are_opt_in_and_never_end_the_kernel(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PYTHON, "-c", NOTEBOOK_SCRIPT], capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]  # before: a second Ctrl-C ended the process with 130
+    assert _scenario(result, "default") == {"handler_untouched": True}
+    assert _scenario(result, "opted_in") == {"installed": True}
+    assert _scenario(result, "second") == {"keyboard_interrupt": True, "stop_after": False}
+    assert _scenario(result, "expired") == {"stop_after": False}
+    assert _scenario(result, "alive") == {"final": "final"}
 
 
 def test_graceful_exit_is_a_system_exit_with_its_code() -> None:
