@@ -45,6 +45,7 @@ from mlflow_persist._runtime.process_effects import (
     ProcessEffects,
     SignalHandlers,
     apply_http_retry_defaults,
+    interactive_session,
     register_atexit,
 )
 from mlflow_persist._runtime.scheduler import PeriodicJob
@@ -82,11 +83,12 @@ class Persistence(Closing, SystemCheckpoints):
         *,
         store: CheckpointStore | None = None,
         alert_sinks: list[AlertSink] | None = None,
-        install_signal_handlers: bool = True,
+        install_signal_handlers: bool | None = None,
         effects: ProcessEffects | None = None,
     ) -> None:
         self.config = config or PersistConfig()
         self.effects = effects or ProcessEffects(signal_handlers=install_signal_handlers)
+        interactive = interactive_session()
         if self.config.fast_serialization:
             log.warning(
                 "fast_serialization has no effect any more (checkpoints are always written without torch's "
@@ -145,8 +147,8 @@ class Persistence(Closing, SystemCheckpoints):
         self._flush_lock = threading.Lock()
         self.job = PeriodicJob(self.tick, self.config.scheduler_interval_seconds)
         self.job.start()
-        self._signals = SignalHandlers(self.config.shutdown_grace_seconds, self._exit_without_final)
-        if self.effects.signal_handlers:
+        self._signals = SignalHandlers(self.config.shutdown_grace_seconds, self._exit_without_final, interactive)
+        if self.effects.wants_signal_handlers(interactive):
             self._signals.install()
         self._unregister_atexit = register_atexit(self._close_at_exit) if self.effects.atexit_close else None
 

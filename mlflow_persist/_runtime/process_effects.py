@@ -3,7 +3,7 @@
 | effect | what it changes | default |
 |---|---|---|
 | `http_retry_defaults` | `MLFLOW_HTTP_REQUEST_*` environment variables (shorter client retries against a tracking server; a user's own settings win) | on for `http(s)://` stores |
-| `signal_handlers` | SIGTERM and SIGINT handlers: a stop request honoured at the next `step()` boundary, so final checkpoints are consistent (restored on close) | on in the main thread |
+| `signal_handlers` | SIGTERM and SIGINT handlers: a stop request honoured at the next `step()` boundary, so final checkpoints are consistent (restored on close) | on in the main thread, except in an interactive session (a Jupyter or IPython kernel, Python's own prompt), where they are opt-in and never end the process |
 | `atexit_close` | an `atexit` hook that closes a `Persistence` the script never closed | on |
 | durable sqlite commits | `PRAGMA synchronous=EXTRA` on the SQLAlchemy connections to an embedded store's own `mlflow.db` (a listener that touches no other database): in SQLite's default `FULL` a commit ends by deleting its journal without syncing the directory, so a power cut could roll back a registered version | always, for `sqlite:///` stores |
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "ProcessEffects",
     "SignalHandlers",
     "apply_http_retry_defaults",
+    "interactive_session",
     "make_sqlite_commits_durable",
     "register_atexit",
 ]
@@ -38,13 +40,26 @@ class GracefulExit(SystemExit):
     """Raised in the main thread on SIGTERM so `with Persistence(...)` blocks unwind and save final checkpoints."""
 
 
+def interactive_session() -> bool:
+    """Whether this is an interactive session: a Jupyter or IPython kernel, or Python's own prompt (`python -i`
+    included). There Ctrl-C (a kernel's "interrupt") stops a cell, and the process must live on."""
+    if hasattr(sys, "ps1") or sys.flags.interactive:
+        return True
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return get_ipython is not None and get_ipython() is not None
+
+
 @dataclass(frozen=True)
 class ProcessEffects:
-    """Which process-wide side effects a `Persistence` may have (see the module docstring)."""
+    """Which process-wide side effects a `Persistence` may have (see the module docstring). `signal_handlers`
+    None: on, except in an interactive session."""
 
     http_retry_defaults: bool = True
-    signal_handlers: bool = True
+    signal_handlers: bool | None = None
     atexit_close: bool = True
+
+    def wants_signal_handlers(self, interactive: bool) -> bool:
+        return (not interactive) if self.signal_handlers is None else self.signal_handlers
 
 
 class SignalHandlers:
@@ -56,14 +71,17 @@ class SignalHandlers:
     - If no step boundary comes within `grace_seconds`, `on_timeout()` runs on a timer thread: the process
       exits without a new final checkpoint (the previous ones stay valid).
     - A second signal calls `on_timeout()` at once.
+    - In an interactive session (`interactive`) nothing ends the process: a second signal raises
+      KeyboardInterrupt, as Ctrl-C does there, and an expired grace period drops the stop request.
     Handlers are restored on uninstall.
     """
 
-    def __init__(self, grace_seconds: float, on_timeout: Callable[[int], None]) -> None:
+    def __init__(self, grace_seconds: float, on_timeout: Callable[[int], None], interactive: bool = False) -> None:
         self.stop = threading.Event()
         self.signum: int | None = None
         self._grace = grace_seconds
         self._on_timeout = on_timeout
+        self._interactive = interactive
         self._boundary = threading.Event()
         self._previous: dict[int, Any] = {}
 
@@ -90,6 +108,9 @@ class SignalHandlers:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.stop.is_set():
+            if self._interactive:
+                self.stop.clear()
+                raise KeyboardInterrupt
             log.warning("received %s again: exiting now without a new final checkpoint", name)
             self._on_timeout(signum)
             return
@@ -101,6 +122,15 @@ class SignalHandlers:
         timer.start()
 
     def _expire(self, signum: int) -> None:
+        if self._interactive and not self._boundary.is_set():
+            self.stop.clear()
+            log.warning(
+                "no step() boundary within %.0f s of %s: the stop request is dropped (an interactive session "
+                "never ends the process for it)",
+                self._grace,
+                signal.Signals(signum).name,
+            )
+            return
         if not self._boundary.is_set():
             log.error(
                 "no step() boundary within %.0f s of %s: exiting without a new final checkpoint; the "

@@ -83,7 +83,7 @@ class DistributedPersistence:
         config: PersistConfig | None = None,
         *,
         store: Any = None,
-        install_signal_handlers: bool = True,
+        install_signal_handlers: bool | None = None,
         **kwargs: Any,
     ) -> None:
         self.rank = global_rank()

@@ -222,7 +222,7 @@ class PersistCallback(BaseCallback):
         self.config = config
         self.save_replay_buffer = save_replay_buffer
         self.store = store
-        self.persistence_kwargs = {"install_signal_handlers": True, **(persistence_kwargs or {})}
+        self.persistence_kwargs = dict(persistence_kwargs or {})
         self.persistence: DistributedPersistence | None = None
         self.handle: DistributedHandle | None = None
         self.state: AlgorithmState | None = None
