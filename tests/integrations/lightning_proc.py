@@ -1,6 +1,6 @@
 """A Lightning BoringModel-style fit with PersistCallback, for the framework test.
 
-Usage: lightning_proc.py URI DIGEST_LOG MAX_STEPS
+Usage: lightning_proc.py URI DIGEST_LOG MAX_STEPS [MONITOR]
 Prints `RESTORED {...}` right after the restore in on_fit_start and `STEP n` after every batch.
 """
 
@@ -106,11 +106,12 @@ class RecordingCallback(PersistCallback):
 
 def main() -> None:
     uri, log_path, max_steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    monitor = sys.argv[4] if len(sys.argv) > 4 else "val_loss"
     pl.seed_everything(0, verbose=False)
     torch.set_num_threads(1)
     config = mp.PersistConfig(
         tracking_uri=uri,
-        monitor="val_loss",
+        monitor=monitor,
         mode="min",
         periodic_every_steps=10,
         keep_best=100,

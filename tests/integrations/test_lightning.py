@@ -7,6 +7,7 @@ reported), never what mlflow-persist says about itself.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,16 @@ if importlib.util.find_spec("lightning") is None:  # not imported here (4 s): on
 
 from zygote import Zygote, Zygotes  # noqa: E402
 
-from .support import DigestLog, framework_zygote, lines_with, metric_steps, registry, run, run_and_kill  # noqa: E402
+from .support import (  # noqa: E402
+    DigestLog,
+    env,
+    framework_zygote,
+    lines_with,
+    metric_steps,
+    registry,
+    run,
+    run_and_kill,
+)
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("lightning_proc.py")
@@ -97,3 +107,26 @@ def _steps(versions: dict[int, dict[str, str]]) -> list[int]:
 
 def _final_steps(versions: dict[int, dict[str, str]]) -> list[int]:
     return sorted(int(t["mlflow_persist.step"]) for t in versions.values() if t["mlflow_persist.category"] == "final")
+
+
+def test_a_monitor_the_module_never_logs_fails_fit_at_the_first_validation_naming_what_is_logged(
+    tmp_path: Path, framework: Zygote
+) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log = DigestLog(tmp_path / "digests.jsonl")
+    result = framework.run(
+        [sys.executable, str(SCRIPT), uri, str(log.path), "40", "val_los"],  # misspelled
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "DONE" not in result.stdout
+    assert "the monitor 'val_los' is not among the metrics the LightningModule logs (train_loss, val_loss)" in (
+        result.stderr
+    ), result.stderr[-3000:]
+    steps = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("STEP ")]
+    assert max(steps) == 8  # at once: at the first validation (every 8 batches), not at the end of fit
+    categories = {t["mlflow_persist.category"] for t in registry(uri, "boring")["versions"].values()}
+    assert "performance" not in categories  # nothing was ever ranked on the missing monitor
