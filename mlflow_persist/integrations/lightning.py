@@ -5,6 +5,9 @@ schedulers with it, the monitor read from `trainer.callback_metrics`.
 - `step()` runs after every training batch; a validation monitor (one that changes during validation,
   such as `val_loss`) is reported after each validation, at the same step, and only then.
 - A `final` checkpoint is saved at the end of fit, on teardown and on an exception (whichever comes first).
+- A monitor the LightningModule never logs fails fit with `ConfigError` naming the metrics it does log, where
+  Lightning's own ModelCheckpoint raises: after the first validation, or after the first training epoch when
+  there is no validation.
 - Under DDP only global rank 0 touches the store; restore gives every rank the same state
   (`mlflow_persist.integrations.distributed`). Lightning owns the signals: its SIGTERM handling ends fit through
   `on_exception`, where the final checkpoint is taken.
@@ -22,6 +25,7 @@ from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import NO_SAVE, SaveDecision
 from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist.config import PersistConfig
+from mlflow_persist.errors import ConfigError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 
@@ -58,6 +62,7 @@ class PersistCallback(pl.Callback):
         self.monitor = self.config.for_model(name).monitor  # once: it is read after every batch
         self._monitor_at_last_batch: float | None = None
         self._validation_monitor = False
+        self._monitor_seen = False
 
     # ------------------------------------------------------------------------------------- fit start
 
@@ -99,6 +104,7 @@ class PersistCallback(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.handle is None:
             return
+        self._require_monitor(trainer)
         value = numeric_metrics(trainer.callback_metrics).get(self.monitor)
         if value is None:
             return
@@ -106,6 +112,25 @@ class PersistCallback(pl.Callback):
             self._validation_monitor = True
         if self._validation_monitor:
             self.persist_step(step=self.handle.current_step, **{self.monitor: value})
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.enable_validation:  # else the first validation decides
+            self._require_monitor(trainer)
+
+    def _require_monitor(self, trainer: pl.Trainer) -> None:
+        """A monitor missing from the logged metrics when Lightning's ModelCheckpoint would look for it is a
+        misspelling or a metric never logged: fail at once instead of never saving a performance checkpoint."""
+        if self._monitor_seen:
+            return
+        logged = numeric_metrics(trainer.callback_metrics)
+        if self.monitor in logged:
+            self._monitor_seen = True
+            return
+        raise ConfigError(
+            f"{self.name}: the monitor {self.monitor!r} is not among the metrics the LightningModule logs "
+            f"({', '.join(sorted(logged)) or 'none'}); log it with self.log({self.monitor!r}, value) or set "
+            "`monitor` in the PersistConfig to one of those."
+        )
 
     # ------------------------------------------------------------------------------------- the end
 
