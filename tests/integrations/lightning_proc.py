@@ -1,6 +1,7 @@
 """A Lightning BoringModel-style fit with PersistCallback, for the framework test.
 
-Usage: lightning_proc.py URI DIGEST_LOG MAX_STEPS [MONITOR]
+Usage: lightning_proc.py URI DIGEST_LOG MAX_STEPS [MONITOR [CKPT_PATH]]
+With CKPT_PATH, fit() gets it as `ckpt_path`, and writes one there first when it does not exist.
 Prints `RESTORED {...}` right after the restore in on_fit_start and `STEP n` after every batch.
 """
 
@@ -107,6 +108,7 @@ class RecordingCallback(PersistCallback):
 def main() -> None:
     uri, log_path, max_steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     monitor = sys.argv[4] if len(sys.argv) > 4 else "val_loss"
+    ckpt_path = sys.argv[5] if len(sys.argv) > 5 else None
     pl.seed_everything(0, verbose=False)
     torch.set_num_threads(1)
     config = mp.PersistConfig(
@@ -135,7 +137,15 @@ def main() -> None:
         num_sanity_val_steps=0,
         callbacks=[callback],
     )
-    trainer.fit(BoringModel(), data(1, 1024), data(2, 64))
+    model = BoringModel()
+    if ckpt_path is not None and not Path(ckpt_path).exists():  # Lightning's own checkpoint, without the callback
+        plain = pl.Trainer(
+            max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        plain.fit(BoringModel(), data(1, 16))
+        plain.save_checkpoint(ckpt_path)
+    trainer.fit(model, data(1, 1024), data(2, 64), ckpt_path=ckpt_path)
     print("DONE", flush=True)
 
 

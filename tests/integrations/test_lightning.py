@@ -130,3 +130,31 @@ def test_a_monitor_the_module_never_logs_fails_fit_at_the_first_validation_namin
     assert max(steps) == 8  # at once: at the first validation (every 8 batches), not at the end of fit
     categories = {t["mlflow_persist.category"] for t in registry(uri, "boring")["versions"].values()}
     assert "performance" not in categories  # nothing was ever ranked on the missing monitor
+
+
+def test_fit_with_a_ckpt_path_fails_before_the_first_batch_when_the_callback_resumes_too(
+    tmp_path: Path, framework: Zygote
+) -> None:
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    log = DigestLog(tmp_path / "digests.jsonl")
+    ckpt = str(tmp_path / "lightning.ckpt")
+    # Into an empty store a Lightning checkpoint is simply where training starts: nothing to mix with.
+    first = run(SCRIPT, uri, str(log.path), "16", "val_loss", ckpt, cwd=tmp_path, zygote=framework)
+    assert "DONE" in first.stdout and [r["step"] for r in lines_with(first.stdout, "RESTORED")] == [None]
+    before = registry(uri, "boring")["versions"]
+    assert before
+
+    second = framework.run(
+        [sys.executable, str(SCRIPT), uri, str(log.path), "32", "val_loss", ckpt],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert second.returncode != 0 and "DONE" not in second.stdout
+    assert "fit() was given ckpt_path=" in second.stderr and "PersistCallback resumed from v" in second.stderr, (
+        second.stderr[-3000:]
+    )
+    assert not [line for line in second.stdout.splitlines() if line.startswith("STEP ")]  # before the first batch
+    assert registry(uri, "boring")["versions"] == before  # and no checkpoint of the mixed-up state was taken
