@@ -5,6 +5,8 @@ schedulers with it, the monitor read from `trainer.callback_metrics`.
 - `step()` runs after every training batch; a validation monitor (one that changes during validation,
   such as `val_loss`) is reported after each validation, at the same step, and only then.
 - A `final` checkpoint is saved at the end of fit, on teardown and on an exception (whichever comes first).
+- `fit(ckpt_path=...)` while the callback resumes from a checkpoint of its own fails with `ConfigError` before
+  the first batch (Lightning would restore optimizers and loops from its file over the callback's).
 - A monitor the LightningModule never logs fails fit with `ConfigError` naming the metrics it does log, where
   Lightning's own ModelCheckpoint raises: after the first validation, or after the first training epoch when
   there is no validation.
@@ -75,6 +77,15 @@ class PersistCallback(pl.Callback):
             self.name, pl_module, optimizer=one_or_list(trainer.optimizers), scheduler=one_or_list(schedulers)
         )
         self.restored = self.handle.restore()
+        if self.restored is not None and trainer.ckpt_path is not None:
+            # Lightning restores the optimizers and loops from its file after this hook: the two would mix.
+            persistence, self.persistence = self.persistence, None
+            close_persistence(persistence, self.name, final_checkpoints=False)
+            raise ConfigError(
+                f"{self.name}: fit() was given ckpt_path={str(trainer.ckpt_path)!r} and PersistCallback resumed "
+                f"from v{self.restored.version} (step {self.restored.step}); Lightning would restore the optimizers "
+                "and loops from its file over them, so pass one: drop ckpt_path to resume from mlflow-persist."
+            )
         if self.restored is not None:
             log.info(
                 "%s: resumed from v%s (%s, step %d)",
