@@ -7,6 +7,7 @@ reported), never what mlflow-persist says about itself.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -109,20 +110,21 @@ def _final_steps(versions: dict[int, dict[str, str]]) -> list[int]:
     return sorted(int(t["mlflow_persist.step"]) for t in versions.values() if t["mlflow_persist.category"] == "final")
 
 
+def _run_failing(framework: Zygote, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the trainer script with `args`; it must fail before it finishes its fit."""
+    result = framework.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0 and "DONE" not in result.stdout, result.stdout[-2000:]
+    return result
+
+
 def test_a_monitor_the_module_never_logs_fails_fit_at_the_first_validation_naming_what_is_logged(
     tmp_path: Path, framework: Zygote
 ) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     log = DigestLog(tmp_path / "digests.jsonl")
-    result = framework.run(
-        [sys.executable, str(SCRIPT), uri, str(log.path), "40", "val_los"],  # misspelled
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode != 0 and "DONE" not in result.stdout
+    result = _run_failing(framework, tmp_path, uri, str(log.path), "40", "val_los")  # misspelled
     assert "the monitor 'val_los' is not among the metrics the LightningModule logs (train_loss, val_loss)" in (
         result.stderr
     ), result.stderr[-3000:]
@@ -144,15 +146,7 @@ def test_fit_with_a_ckpt_path_fails_before_the_first_batch_when_the_callback_res
     before = registry(uri, "boring")["versions"]
     assert before
 
-    second = framework.run(
-        [sys.executable, str(SCRIPT), uri, str(log.path), "32", "val_loss", ckpt],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert second.returncode != 0 and "DONE" not in second.stdout
+    second = _run_failing(framework, tmp_path, uri, str(log.path), "32", "val_loss", ckpt)
     assert "fit() was given ckpt_path=" in second.stderr and "PersistCallback resumed from v" in second.stderr, (
         second.stderr[-3000:]
     )
