@@ -18,6 +18,7 @@ pytest.importorskip("stable_baselines3")
 import gymnasium  # noqa: E402
 import numpy as np  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
 from zygote import Zygote, Zygotes  # noqa: E402
 
 import mlflow_persist as mp  # noqa: E402
@@ -135,6 +136,43 @@ def test_save_replay_buffer_needs_an_off_policy_algorithm() -> None:
     model = PPO("MlpPolicy", gymnasium.make("CartPole-v1"), n_steps=64, batch_size=64, device="cpu")
     with pytest.raises(mp.PersistError, match="save_replay_buffer=True needs an off-policy algorithm"):
         model.learn(total_timesteps=64, callback=_callback(MemoryStore(), save_replay_buffer=True))
+
+
+def _normalized_ppo() -> PPO:
+    env = VecNormalize(DummyVecEnv([lambda: gymnasium.make("CartPole-v1")]), gamma=0.99)
+    return PPO("MlpPolicy", env, n_steps=64, batch_size=64, device="cpu", seed=0)
+
+
+def _statistics(env: VecNormalize) -> dict[str, Any]:
+    """What VecNormalize scales with, copied from the live wrapper (the trainer's own record)."""
+    return {
+        "obs": (env.obs_rms.mean.copy(), env.obs_rms.var.copy(), float(env.obs_rms.count)),
+        "ret": (env.ret_rms.mean.copy(), env.ret_rms.var.copy(), float(env.ret_rms.count)),
+        "returns": env.returns.copy(),
+    }
+
+
+def test_vec_normalize_statistics_are_saved_and_a_resumed_agent_scales_observations_alike() -> None:
+    store = MemoryStore()
+    first = _normalized_ppo()
+    first.learn(total_timesteps=128, callback=_callback(store))
+    trained = _statistics(first.get_vec_normalize_env())
+    assert trained["obs"][2] > 100  # it saw the rollouts
+
+    second = _normalized_ppo()
+    second.learn(total_timesteps=128, callback=_callback(store))  # resumes at 128: nothing left to train
+    assert second.num_timesteps == 128
+    resumed = _statistics(second.get_vec_normalize_env())
+    for key in ("obs", "ret"):
+        mean, var, count = resumed[key]
+        assert np.array_equal(mean, trained[key][0]) and np.array_equal(var, trained[key][1]), key
+        assert count == trained[key][2], key
+    assert np.array_equal(resumed["returns"], trained["returns"])
+    observation = np.array([[0.1, -0.2, 0.03, 0.4]], dtype=np.float32)
+    assert np.array_equal(
+        second.get_vec_normalize_env().normalize_obs(observation),
+        first.get_vec_normalize_env().normalize_obs(observation),
+    )
 
 
 # ------------------------------------------------------------------------------------- real subprocesses
