@@ -11,6 +11,8 @@ the algorithm's counters into MLflow, and resumes from the newest checkpoint whe
   it was recorded; `rollout/ep_rew_mean`, `rollout/ep_len_mean` and `rollout/success_rate` are computed at
   each episode end as SB3 does (from `model.ep_info_buffer`), since SB3 records them only right before it
   clears the logger.
+- A `VecNormalize` wrapper's running statistics (observations, returns) are kept with every checkpoint, as
+  SB3's own `VecNormalize.save` keeps them, so a resumed agent scales its inputs as before.
 - `save_replay_buffer=True` (off-policy algorithms) also keeps the filled part of the replay buffer (copied
   at every save); without it a restart resumes with an empty buffer.
 - A SIGTERM/SIGINT stops `learn()` at the next env step (SB3's own stop: `_on_step` returns False), takes
@@ -50,6 +52,7 @@ __all__ = [
     "AlgorithmState",
     "PersistCallback",
     "ReplayBufferState",
+    "VecNormalizeState",
 ]
 
 log = package_logger("mlflow_persist.integrations.sb3")
@@ -141,9 +144,59 @@ def _copy_arrays(name: str, saved: Any, live: Any) -> None:
     live[len(saved) :] = 0
 
 
+def _rms_state(rms: Any) -> Any:
+    """A RunningMeanStd (or a dict of them, for Dict observations) as tensors and a float."""
+    if isinstance(rms, dict):
+        return {key: _rms_state(value) for key, value in rms.items()}
+    return {
+        "mean": torch.from_numpy(np.array(rms.mean)),
+        "var": torch.from_numpy(np.array(rms.var)),
+        "count": rms.count,
+    }
+
+
+def _load_rms(rms: Any, saved: Any, what: str) -> None:
+    if isinstance(rms, dict):
+        if not isinstance(saved, dict) or set(saved) != set(rms):
+            raise ValueError(f"the checkpoint's VecNormalize {what} has other keys; resume with the same spaces")
+        for key, value in rms.items():
+            _load_rms(value, saved[key], f"{what}[{key!r}]")
+        return
+    mean, var = saved["mean"].numpy(), saved["var"].numpy()
+    if mean.shape != np.shape(rms.mean):
+        raise ValueError(
+            f"the checkpoint's VecNormalize {what} has shape {list(mean.shape)}, the live one "
+            f"{list(np.shape(rms.mean))}; resume with the same observation space"
+        )
+    rms.mean, rms.var, rms.count = mean.copy(), var.copy(), float(saved["count"])
+
+
+class VecNormalizeState:
+    """The running statistics a `VecNormalize` wrapper scales observations and rewards with (what SB3's own
+    `VecNormalize.save` keeps for them), so that a resumed agent sees its inputs scaled as before."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "obs_rms": _rms_state(self.env.obs_rms),
+            "ret_rms": _rms_state(self.env.ret_rms),
+            "returns": torch.from_numpy(np.array(self.env.returns)),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _load_rms(self.env.obs_rms, state["obs_rms"], "obs_rms")
+        _load_rms(self.env.ret_rms, state["ret_rms"], "ret_rms")
+        returns = state["returns"].numpy()
+        if returns.shape == np.shape(self.env.returns):  # per env: another env count starts fresh returns
+            self.env.returns = returns.copy()
+
+
 class AlgorithmState:
     """The `extra` of a checkpoint: the algorithm's counters, its recent episodes (the `rollout/*` means),
-    its torch variables outside the policy (SAC's entropy coefficient) and, optionally, its replay buffer."""
+    its torch variables outside the policy (SAC's entropy coefficient), its `VecNormalize` statistics and,
+    optionally, its replay buffer."""
 
     def __init__(self, algorithm: BaseAlgorithm, save_replay_buffer: bool) -> None:
         self.algorithm = algorithm
@@ -157,6 +210,8 @@ class AlgorithmState:
                     f"{type(algorithm).__name__} has {type(buffer).__name__}, so pass save_replay_buffer=False."
                 )
             self.replay_buffer = ReplayBufferState(buffer)
+        normalizer = algorithm.get_vec_normalize_env()
+        self.vec_normalize = VecNormalizeState(normalizer) if normalizer is not None else None
 
     def counters(self) -> dict[str, Any]:
         return {name: getattr(self.algorithm, name) for name in COUNTERS if hasattr(self.algorithm, name)}
@@ -171,6 +226,8 @@ class AlgorithmState:
         }
         if self.replay_buffer is not None:
             state["replay_buffer"] = self.replay_buffer.state_dict()
+        if self.vec_normalize is not None:
+            state["vec_normalize"] = self.vec_normalize.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -183,6 +240,16 @@ class AlgorithmState:
                 )
             else:
                 self.replay_buffer.load_state_dict(state["replay_buffer"])
+        saved_normalizer = state.get("vec_normalize")
+        if self.vec_normalize is not None and saved_normalizer is not None:
+            self.vec_normalize.load_state_dict(saved_normalizer)
+        elif (self.vec_normalize is None) != (saved_normalizer is None):
+            log.warning(
+                "the checkpoint was saved %s a VecNormalize wrapper and the environment now runs %s one; "
+                "observations are scaled differently than when it was trained",
+                "without" if saved_normalizer is None else "with",
+                "with" if saved_normalizer is None else "without",
+            )
         with torch.no_grad():
             for name, saved in state.get("tensors", {}).items():
                 recursive_getattr(algorithm, name).copy_(saved)
