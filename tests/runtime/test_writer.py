@@ -250,16 +250,20 @@ def test_a_flush_releases_what_the_budget_holds_back() -> None:
     writer.close()
 
 
-def test_a_periodic_attached_to_a_held_performance_save_is_not_held_back_with_it() -> None:
-    """Periodic saves never wait on the budget, also when one rides on a held performance snapshot (CI caught a
-    periodic registered long after its step: it waited with the performance save it was attached to)."""
+def test_a_periodic_due_while_a_performance_save_is_held_is_a_snapshot_of_its_own_step() -> None:
+    """A periodic save holds the state of the step it was decided at. Riding on a performance snapshot the budget
+    holds back (up to a minute old) registered a periodic version of an older state: CI caught a periodic at
+    step 15 that the trainer had decided later. The held save is released and written first, then the periodic
+    one (a third snapshot of the model at most)."""
     written: list[tuple[str, str, int, tuple[str, ...]]] = []
     writer = CheckpointWriter(
         lambda job: written.append((job.model, job.category, job.step, tuple(job.also))), budget=_spent_budget(60.0)
     )
     held = writer.submit(_job("a", "performance", 4))
     assert not held.done.wait(0.3)  # held back by the budget
-    assert writer.attach_to_waiting("a", "periodic")
-    assert held.done.wait(5) and held.outcome == "saved"
-    assert written == [("a", "performance", 4, ("periodic",))]
+    assert not writer.attach_to_waiting("a", "periodic")  # not onto an older, held snapshot
+    periodic = writer.submit(_job("a", "periodic", 9))
+    assert periodic.done.wait(5) and held.done.wait(5)
+    assert (held.outcome, periodic.outcome) == ("saved", "saved")
+    assert written == [("a", "performance", 4, ()), ("a", "periodic", 9, ())]
     writer.close()
