@@ -180,6 +180,12 @@ class CheckpointWriter:
                     return job
                 waiting = self._waiting.get(job.model)
                 if waiting is not None and _keeps_waiting(waiting, job.category):
+                    if (job.forced or waiting.deferred) and job.model not in self._retrying:
+                        # the waiting snapshot moves to the slot served first, so this one queues behind it instead
+                        # of waiting, or of riding on a held one long past (a third snapshot of the model, at most)
+                        self._retrying[job.model] = self._waiting.pop(job.model)
+                        self._release_deferred(job.model)
+                        continue
                     if not job.forced:
                         if (
                             job.category == PERIODIC
@@ -197,12 +203,6 @@ class CheckpointWriter:
                         )
                         job.finish("dropped")
                         return job
-                    if job.model not in self._retrying:
-                        # the waiting snapshot (a performance one, or another forced one) moves to the slot served
-                        # first, so the forced one queues behind it instead of waiting (a third snapshot, at most)
-                        self._retrying[job.model] = self._waiting.pop(job.model)
-                        self._cond.notify_all()
-                        continue
                     self._cond.wait(self._pause(give_up_at))
                     continue
                 if waiting is None and len(self._waiting) >= self._queue_size:
@@ -263,8 +263,8 @@ class CheckpointWriter:
         """
         with self._cond:
             waiting = self._waiting.get(model)
-            if waiting is None or waiting.category != PERFORMANCE or category == PERFORMANCE:
-                return False
+            if waiting is None or waiting.category != PERFORMANCE or category == PERFORMANCE or waiting.deferred:
+                return False  # a snapshot the budget holds may be long past: the periodic save takes its own
             if category not in waiting.also:
                 waiting.also.append(category)
             self._release_deferred(model, mixed_only=True)
