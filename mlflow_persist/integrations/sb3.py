@@ -151,7 +151,7 @@ def _rms_state(rms: Any) -> Any:
     return {
         "mean": torch.from_numpy(np.array(rms.mean)),
         "var": torch.from_numpy(np.array(rms.var)),
-        "count": rms.count,
+        "count": float(rms.count),
     }
 
 
