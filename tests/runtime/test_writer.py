@@ -250,6 +250,26 @@ def test_a_flush_releases_what_the_budget_holds_back() -> None:
     writer.close()
 
 
+def test_a_periodic_due_after_a_held_performance_save_was_released_but_not_yet_taken_is_its_own_snapshot() -> None:
+    """Released by a flush while the writer is busy with another model, the once-held snapshot still waits, as
+    old as the budget made it: a periodic save due now takes a snapshot of its own step (CI caught a periodic
+    registered at step 15 that the trainer decided later, after the held one was released)."""
+    executor = GatedExecutor()
+    writer = CheckpointWriter(executor, budget=_spent_budget(60.0))
+    busy = writer.submit(_job("b", "periodic", 1))
+    assert executor.started.wait(5)
+    held = writer.submit(_job("a", "performance", 4))
+    assert not writer.flush(timeout=0.05)  # releases what the budget holds; the writer is still on "b"
+    assert not writer.attach_to_waiting("a", "periodic")
+    periodic = writer.submit(_job("a", "periodic", 9))
+    assert periodic.outcome == "pending" and held.outcome == "pending"
+    executor.gate.set()
+    assert writer.flush(timeout=10)
+    assert (busy.outcome, held.outcome, periodic.outcome) == ("saved", "saved", "saved")
+    assert executor.written == [("b", "periodic", 1), ("a", "performance", 4), ("a", "periodic", 9)]
+    writer.close()
+
+
 def test_a_periodic_due_while_a_performance_save_is_held_is_a_snapshot_of_its_own_step() -> None:
     """A periodic save holds the state of the step it was decided at. Riding on a performance snapshot the budget
     holds back (up to a minute old) registered a periodic version of an older state: CI caught a periodic at
