@@ -42,7 +42,7 @@ class SaveJob:
     also: list[str] = field(default_factory=list)  # more categories registered on the same artifacts
     attempts: int = 0
     not_before: float = 0.0
-    deferred: bool = False  # held back by the overhead budget (not a retry's backoff): a flush or close ends it
+    deferred: bool = False  # held back by the budget, now or until its release (not a retry's backoff)
     outcome: str = "pending"  # pending | saved | superseded | dropped | failed
     result: Any = None
     error: BaseException | None = None
@@ -239,7 +239,7 @@ class CheckpointWriter:
         that now carry another category too, as only performance saves wait on the budget. Lock held."""
         for job in [*self._waiting.values(), *self._retrying.values()]:
             if job.deferred and model in (None, job.model) and (not mixed_only or job.also or job.forced):
-                job.not_before, job.deferred = 0.0, False
+                job.not_before = 0.0  # `deferred` stays until it is taken: once held, it may be long past
         self._cond.notify_all()
 
     def _must_wait(self, job: SaveJob) -> bool:
