@@ -190,9 +190,12 @@ def test_a_stopped_run_resumes_in_its_run_and_best_is_the_best_evaluation(
     registered = {(tags[CATEGORY], int(tags[STEP])) for tags in after["versions"].values()}
     # A save that waited while the trainer took a newer snapshot of the model is registered on the newer
     # snapshot's bytes, at its step (the writer's supersede): its own decided step is then not registered.
+    # A periodic save due while a performance snapshot waits for the busy writer rides on it (the writer's
+    # attach, which spares a third copy of the state): registered at that snapshot's step, decided later.
     for category, step in registered - decided:
         superseded = [s for c, s in decided - registered if c == category and s < step]
-        assert superseded, f"{category} at step {step} was never decided and superseded no earlier {category}"
+        rode = category == "periodic" and [s for c, s in decided - registered if c == category and s > step]
+        assert superseded or rode, f"{category} at step {step} was never decided, nor superseded or rode on"
         assert any(c != category and s == step for c, s in registered & decided), (category, step)
     assert {step for category, step in registered if category == "final"} == {stopped, 24}
 
