@@ -400,6 +400,9 @@ def _operations_class() -> type:
         def __init__(self) -> None:
             self.tree = LazyTree()
             self.handles: dict[int, tuple[Node, int, str]] = {}  # fh -> (node, open flags, name)
+            # fh -> the stats document as it was at open: a read in several calls sees one version, not the
+            # head of one and the tail of a newer one (a torn JSON read failed a CI run)
+            self.stats_snapshots: dict[int, bytes] = {}
             self._next_fh = 10
             self._mutex = threading.RLock()  # libfuse runs single-threaded here; the lock is a second guard
             self.control = {name: ControlNode(self.tree.new_ino(), name) for name in CONTROL_FILES}
@@ -720,13 +723,17 @@ def _operations_class() -> type:
                 if isinstance(node, FileNode) and fi.flags & os.O_TRUNC and fi.flags & os.O_ACCMODE:
                     self.tree.truncate(node, 0)
                 self._set_fi(fi, node, path)
+                if isinstance(node, ControlNode) and node.name == STATS_FILE:
+                    self.stats_snapshots[fh_of(fi)] = self._stats_bytes()  # type: ignore[index]
                 return 0
 
         def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
             with self._mutex:
                 node = self._node(path, fi)
                 if isinstance(node, ControlNode):
-                    return self._control_bytes(node)[offset : offset + size]
+                    snapshot = self.stats_snapshots.get(fh_of(fi))  # type: ignore[arg-type]
+                    data = snapshot if snapshot is not None else self._control_bytes(node)
+                    return data[offset : offset + size]
                 if not isinstance(node, FileNode):
                     raise FuseOSError(errno.EISDIR)
                 return bytes(node.data[offset : offset + size])
@@ -776,6 +783,7 @@ def _operations_class() -> type:
         def release(self, path: str | None, fi: Any) -> int:
             with self._mutex:
                 self.handles.pop(fh_of(fi), None)
+                self.stats_snapshots.pop(fh_of(fi), None)  # type: ignore[arg-type]
                 return 0
 
         def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
