@@ -24,20 +24,20 @@ __all__ = ["is_marked", "mark_registered"]
 _PREFIX = ".registered-"
 
 
-def _marker(directory: Path) -> Path:
-    return directory / f"{_PREFIX}{directory.name}"
+def _marker_path(directory: str) -> str:
+    """The marker's path inside `directory` (plain strings: called for every checkpoint directory at start-up)."""
+    return os.path.join(directory, _PREFIX + os.path.basename(os.path.normpath(directory)))
 
 
 def mark_registered(directory: Path) -> None:
     """Note that a registered version uses `directory` (best effort: a missing marker only costs a listing)."""
     try:
         if directory.is_dir():
-            _marker(directory).touch()
+            Path(_marker_path(os.fspath(directory))).touch()
     except OSError:
         pass
 
 
 def is_marked(directory: Path | str) -> bool:
-    """One `stat` (called for every checkpoint directory of a run at start-up: plain strings, no `Path`)."""
-    path = os.fspath(directory)
-    return os.path.exists(os.path.join(path, _PREFIX + os.path.basename(path)))
+    """One `stat`."""
+    return os.path.exists(_marker_path(os.fspath(directory)))
