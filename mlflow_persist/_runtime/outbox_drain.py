@@ -37,15 +37,8 @@ class OutboxDrain:
     health: ModelHealth
     _drain_lock: threading.Lock
 
-    def register(
-        self,
-        source: str,
-        reg: Registration,
-        started: float,
-        run_id: str | None = None,
-        acknowledge: Callable[[VersionInfo], None] | None = None,
-    ) -> VersionInfo:
-        raise NotImplementedError  # SavePipeline.register
+    # SavePipeline.register(source, reg, started, run_id=None, acknowledge=None) -> VersionInfo
+    register: Callable[..., VersionInfo]
 
     def drain_outbox(self, blocking: bool = False) -> int:
         """Upload and register this model's outbox entries in order; stops at the first failure (the rest

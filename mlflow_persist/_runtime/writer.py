@@ -1,14 +1,13 @@
 """The background checkpoint writer: one thread, a bounded set of snapshots, retries with backoff.
 
-Memory stays bounded: per model at most one snapshot being written and one waiting. A newer snapshot of
-the same model replaces a waiting one that has not started (the newest state wins) and carries its
-categories, so nothing the replaced snapshot was to be registered as is lost. Two exceptions:
-- a waiting forced snapshot (final, manual) is never replaced: a newer forced one waits for the slot, a newer
-  periodic one is registered on the waiting snapshot's bytes, any other newer one is dropped;
-- a waiting performance snapshot is never replaced by a non-performance one: a periodic one is dropped
-  (the handle attaches its category to the waiting snapshot first) and a forced one queues behind it (the
-  performance snapshot moves to the slot served first, so a model then has at most three snapshots: one
-  being written, the performance one, the forced one).
+Memory stays bounded: per model one snapshot being written, one waiting and at most one queued before that.
+A newer snapshot of the same model replaces a waiting one that has not started (the newest state wins) and carries
+its categories, so nothing the replaced snapshot was to be registered as is lost. The exceptions:
+- a waiting forced snapshot (final, manual), or a waiting performance one met by a non-performance one, is never
+  replaced: a newer forced one queues behind it (the waiting one moves to the slot served first: three snapshots
+  of a model at most), a newer periodic one is registered on its bytes, any other newer one is dropped;
+- a performance snapshot the overhead budget held is never ridden on (its state may be long past): a newer
+  periodic or forced one queues behind it, a newer performance one replaces it.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ class SaveJob:
     also: list[str] = field(default_factory=list)  # more categories registered on the same artifacts
     attempts: int = 0
     not_before: float = 0.0
-    deferred: bool = False  # held back by the budget, now or until its release (not a retry's backoff)
+    held_by_budget: bool = False  # the budget held it back at some point: its state may be long past (until taken)
     outcome: str = "pending"  # pending | saved | superseded | dropped | failed
     result: Any = None
     error: BaseException | None = None
@@ -180,7 +179,7 @@ class CheckpointWriter:
                     return job
                 waiting = self._waiting.get(job.model)
                 if waiting is not None and _keeps_waiting(waiting, job.category):
-                    if (job.forced or waiting.deferred) and job.model not in self._retrying:
+                    if (job.forced or waiting.held_by_budget) and job.model not in self._retrying:
                         # the waiting snapshot moves to the slot served first, so this one queues behind it instead
                         # of waiting, or of riding on a held one long past (a third snapshot of the model, at most)
                         self._retrying[job.model] = self._waiting.pop(job.model)
@@ -231,15 +230,16 @@ class CheckpointWriter:
         now = time.monotonic()
         due = self.budget.next_performance_save(now)
         if due > now:
-            job.not_before, job.deferred = max(job.not_before, due), True
+            job.not_before, job.held_by_budget = max(job.not_before, due), True
             self.deferred += 1
 
     def _release_deferred(self, model: str | None = None, mixed_only: bool = False) -> None:
         """End the budget's hold on `model`'s queued snapshots (every model's when None); `mixed_only`: on those
         that now carry another category too, as only performance saves wait on the budget. Lock held."""
         for job in [*self._waiting.values(), *self._retrying.values()]:
-            if job.deferred and model in (None, job.model) and (not mixed_only or job.also or job.forced):
-                job.not_before = 0.0  # `deferred` stays until it is taken: once held, it may be long past
+            held = job.held_by_budget and job.not_before > 0.0 and model in (None, job.model)
+            if held and (not mixed_only or job.also or job.forced):
+                job.not_before = 0.0  # released; `held_by_budget` stays until the writer takes it
         self._cond.notify_all()
 
     def _must_wait(self, job: SaveJob) -> bool:
@@ -263,7 +263,7 @@ class CheckpointWriter:
         """
         with self._cond:
             waiting = self._waiting.get(model)
-            if waiting is None or waiting.category != PERFORMANCE or category == PERFORMANCE or waiting.deferred:
+            if waiting is None or waiting.category != PERFORMANCE or category == PERFORMANCE or waiting.held_by_budget:
                 return False  # a snapshot the budget holds may be long past: the periodic save takes its own
             if category not in waiting.also:
                 waiting.also.append(category)
@@ -332,7 +332,7 @@ class CheckpointWriter:
             if job is None:
                 return
             job.attempts += 1
-            job.deferred = False
+            job.held_by_budget = False
             cpu = time.thread_time()
             try:
                 result = self._execute(job)
