@@ -107,6 +107,7 @@ EXIT_SCRIPT = textwrap.dedent(
     from mlflow_persist.testing import MemoryStore
     from mlflow_persist._runtime.process_effects import ProcessEffects, register_atexit
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a foreground shell (a background one ignores it)
     store = MemoryStore()
     default = signal.getsignal(signal.SIGTERM)
 
@@ -254,6 +255,7 @@ def test_the_default_effects_are_all_on_except_signal_handlers_in_an_interactive
 NOTEBOOK_SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys, time, types
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a kernel (a background shell ignores SIGINT)
     fake = types.ModuleType("IPython")
     fake.get_ipython = lambda: object()  # the kernel's shell
     sys.modules["IPython"] = fake
