@@ -1,8 +1,14 @@
 """`PersistCallback` for Lightning: the LightningModule as the tracked model, the trainer's optimizers and LR
 schedulers with it, the monitor read from `trainer.callback_metrics`.
 
-- Restore happens in `on_fit_start`, after the strategy set up the optimizers and before the first batch.
-- `step()` runs after every training batch; a validation monitor (one that changes during validation,
+- Restore happens in `on_fit_start`, after the strategy set up the optimizers and before the first batch, where
+  Lightning's own `fit(ckpt_path=...)` restores: the weights, the optimizers and LR schedulers, and the trainer's
+  loop state as Lightning saves it in its checkpoints (`fit_loop.state_dict()`: `global_step`, the epoch, the
+  batch within it, a resumable dataloader's position), the precision plugin's state (a GradScaler) and the
+  other callbacks' states. So `max_steps` and `max_epochs` stay totals across restarts, as with Lightning's own
+  resume.
+- The step axis is `trainer.global_step` (optimizer steps, not batches: with `accumulate_grad_batches` a step is
+  reported on the batch that stepped the optimizer). A validation monitor (one that changes during validation,
   such as `val_loss`) is reported after each validation, at the same step, and only then.
 - A `final` checkpoint is saved at the end of fit, on teardown and on an exception (whichever comes first).
 - `fit(ckpt_path=...)` while the callback resumes from a checkpoint of its own fails with `ConfigError` before
@@ -19,9 +25,11 @@ Use it with `enable_checkpointing=False` (or alongside ModelCheckpoint: they do 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import NO_SAVE, SaveDecision
@@ -32,6 +40,52 @@ from mlflow_persist.integrations.common import close_persistence, numeric_metric
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 
 log = package_logger("mlflow_persist.integrations.lightning")
+
+
+class LightningTrainingState:
+    """The trainer's share of a checkpoint, as Lightning's own checkpoint holds it (the weights, optimizers and
+    schedulers are tracked apart): the fit loop's progress, the precision plugin's state and the other
+    callbacks' states. Loading it is what Lightning's `restore_training_state` does with a `ckpt_path`."""
+
+    def __init__(self, trainer: pl.Trainer, owner: pl.Callback) -> None:
+        self.trainer = trainer
+        self.owner = owner
+        self.loaded = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fit_loop": self.trainer.fit_loop.state_dict(),
+            "precision": self.trainer.precision_plugin.state_dict(),
+            "callbacks": {
+                callback.state_key: state
+                for callback in self._other_callbacks()
+                if (state := callback.state_dict()) and _plain(state)
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.trainer.fit_loop.load_state_dict(dict(state["fit_loop"]))
+        if state.get("precision"):
+            self.trainer.precision_plugin.load_state_dict(dict(state["precision"]))
+        saved = state.get("callbacks") or {}
+        for callback in self._other_callbacks():
+            if callback.state_key in saved:
+                callback.load_state_dict(dict(saved[callback.state_key]))
+        self.loaded = True
+
+    def _other_callbacks(self) -> list[pl.Callback]:
+        return [callback for callback in self.trainer.callbacks if callback is not self.owner]  # type: ignore[attr-defined]
+
+
+def _plain(value: Any) -> bool:
+    """Whether `value` is made of what a checkpoint holds (a callback keeping an object elsewhere is skipped)."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, Mapping):
+        return all(isinstance(key, (str, int)) and _plain(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(item) for item in value)
+    return False
 
 
 class PersistCallback(pl.Callback):
@@ -65,6 +119,7 @@ class PersistCallback(pl.Callback):
         self._monitor_at_last_batch: float | None = None
         self._validation_monitor = False
         self._monitor_seen = False
+        self._reported_step = -1
 
     # ------------------------------------------------------------------------------------- fit start
 
@@ -73,10 +128,21 @@ class PersistCallback(pl.Callback):
             self.config, self._store, {"install_signal_handlers": False, **self._persistence_kwargs}
         )
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        training_state = LightningTrainingState(trainer, self)
         self.handle = self.persistence.track(
-            self.name, pl_module, optimizer=one_or_list(trainer.optimizers), scheduler=one_or_list(schedulers)
+            self.name,
+            pl_module,
+            optimizer=one_or_list(trainer.optimizers),
+            scheduler=one_or_list(schedulers),
+            extra=training_state,
         )
-        self.restored = self.handle.restore()
+        try:
+            self.restored = self.handle.restore()
+        except Exception:
+            # A final checkpoint of this unrestored model would become the newest and lose the progress.
+            persistence, self.persistence = self.persistence, None
+            close_persistence(persistence, self.name, final_checkpoints=False)
+            raise
         if self.restored is not None and trainer.ckpt_path is not None:
             # Lightning restores the optimizers and loops from its file after this hook: the two would mix.
             persistence, self.persistence = self.persistence, None
@@ -87,13 +153,25 @@ class PersistCallback(pl.Callback):
                 "and loops from its file over them, so pass one: drop ckpt_path to resume from mlflow-persist."
             )
         if self.restored is not None:
+            if not training_state.loaded:
+                _continue_global_step(trainer, self.restored.step, self.name)
             log.info(
-                "%s: resumed from v%s (%s, step %d)",
+                "%s: resumed from v%s (%s, step %d, epoch %d)",
                 self.name,
                 self.restored.version,
                 self.restored.category,
                 self.restored.step,
+                trainer.current_epoch,
             )
+            if trainer.max_steps != -1 and self.restored.step >= trainer.max_steps:
+                log.warning(
+                    "%s: the restored step %d has reached max_steps=%d, so fit ends at once (max_steps is the "
+                    "total across restarts, as with Lightning's own resume); raise it to train further",
+                    self.name,
+                    self.restored.step,
+                    trainer.max_steps,
+                )
+        self._reported_step = trainer.global_step
 
     # ------------------------------------------------------------------------------------- steps
 
@@ -108,9 +186,13 @@ class PersistCallback(pl.Callback):
     ) -> None:
         metrics = numeric_metrics(trainer.callback_metrics)
         self._monitor_at_last_batch = metrics.get(self.monitor)
+        step = trainer.global_step
+        if step == self._reported_step:
+            return  # an accumulating batch: the optimizer did not step, the next batch that steps reports
+        self._reported_step = step
         if self._validation_monitor:
             metrics.pop(self.monitor, None)  # a stale validation value decides nothing between validations
-        self.persist_step(**metrics)  # type: ignore[arg-type]
+        self.persist_step(step, **metrics)  # type: ignore[arg-type]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.handle is None:
@@ -162,4 +244,23 @@ class PersistCallback(pl.Callback):
         self.close()
 
 
-__all__ = ["PersistCallback"]
+def _continue_global_step(trainer: pl.Trainer, step: int, name: str) -> None:
+    """A checkpoint without the loop state (saved by an older release): the optimizer-step count continues from
+    its step, so that the step axis and `max_steps` go on from there (the epoch starts again at 0)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    progress = (
+        epoch_loop.automatic_optimization.optim_progress.optimizer.step
+        if trainer.lightning_module.automatic_optimization
+        else epoch_loop.manual_optimization.optim_step_progress
+    )
+    progress.total.ready = progress.total.completed = step
+    epoch_loop._batches_that_stepped = step
+    log.warning(
+        "%s: the checkpoint holds no loop state (an older release saved it): global_step continues from %d, "
+        "the epoch starts again at 0",
+        name,
+        step,
+    )
+
+
+__all__ = ["LightningTrainingState", "PersistCallback"]

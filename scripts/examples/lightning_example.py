@@ -1,6 +1,9 @@
-"""Lightning with mlflow-persist: run it twice and the second fit resumes where the first stopped.
+"""Lightning with mlflow-persist: run it again and the fit resumes where the previous one stopped.
 
-    python scripts/examples/lightning_example.py [--tracking-uri URI] [--steps N]
+    python scripts/examples/lightning_example.py [--tracking-uri URI] [--max-steps N]
+
+`--max-steps` is Lightning's `max_steps`: the total of optimizer steps across restarts, as with Lightning's own
+resume (a second run with the same value ends at once; raise it to train further).
 
 Checkpoints go to the MLflow store (default: sqlite:///mlflow.db here) as versions of the registered
 model `lightning-example`, with `best` on the lowest validation loss.
@@ -43,14 +46,14 @@ def loader(seed: int) -> DataLoader:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--max-steps", type=int, default=60)
     args = parser.parse_args()
     config = mp.PersistConfig(
         tracking_uri=mp.resolve_tracking_uri(args.tracking_uri), monitor="val_loss", mode="min", periodic_every_steps=20
     )
     callback = PersistCallback("lightning-example", config)
     trainer = pl.Trainer(
-        max_steps=args.steps,
+        max_steps=args.max_steps,
         val_check_interval=10,
         accelerator="cpu",
         logger=False,
@@ -63,7 +66,7 @@ def main() -> None:
     restored = callback.restored
     print(
         f"resumed from step {restored.step} (v{restored.version})" if restored else "started fresh",
-        f"- trained {args.steps} steps; the model's step is now {callback.handle.current_step}",
+        f"- trained to global_step {trainer.global_step} (max_steps={args.max_steps}, epoch {trainer.current_epoch})",
     )
 
 

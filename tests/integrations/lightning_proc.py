@@ -18,8 +18,18 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlflow_persist as mp  # noqa: E402
-from integrations.support import DigestLog, state_digest  # noqa: E402
+from integrations.support import DigestLog, keep_everything_config, state_digest  # noqa: E402
 from mlflow_persist.integrations.lightning import PersistCallback  # noqa: E402
+
+# A Trainer on one CPU that writes nothing of its own (no checkpoints, logs, progress bar or summary).
+QUIET_ON_CPU = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "enable_checkpointing": False,
+    "logger": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 
 
 class BoringModel(pl.LightningModule):
@@ -111,27 +121,11 @@ def main() -> None:
     ckpt_path = sys.argv[5] if len(sys.argv) > 5 else None
     pl.seed_everything(0, verbose=False)
     torch.set_num_threads(1)
-    config = mp.PersistConfig(
-        tracking_uri=uri,
-        monitor=monitor,
-        mode="min",
-        periodic_every_steps=10,
-        keep_best=100,
-        keep_periodic=100,
-        keep_final=100,
-        log_system_metrics=False,
-        min_free_disk_mb=0,
-        min_free_disk_percent=0,
-    )
+    config = keep_everything_config(uri, monitor, periodic_every_steps=10)
     callback = RecordingCallback("boring", config, log=DigestLog(log_path))
     trainer = pl.Trainer(
         max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        enable_checkpointing=False,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_ON_CPU,
         val_check_interval=8,
         limit_val_batches=2,
         num_sanity_val_steps=0,
@@ -139,10 +133,7 @@ def main() -> None:
     )
     model = BoringModel()
     if ckpt_path is not None and not Path(ckpt_path).exists():  # Lightning's own checkpoint, without the callback
-        plain = pl.Trainer(
-            max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False,
-        )  # fmt: skip
+        plain = pl.Trainer(max_steps=1, **QUIET_ON_CPU)
         plain.fit(BoringModel(), data(1, 16))
         plain.save_checkpoint(ckpt_path)
     trainer.fit(model, data(1, 1024), data(2, 64), ckpt_path=ckpt_path)

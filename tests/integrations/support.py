@@ -83,6 +83,28 @@ class DigestLog:
         return matches[0]
 
 
+def keep_everything_config(uri: str, monitor: str = "loss", periodic_every_steps: int = 4, **fields: Any) -> Any:
+    """The trainer scripts' configuration: every version kept (the tests read the whole history), no system
+    metrics, no disk floor."""
+    import mlflow_persist as mp
+
+    return mp.PersistConfig(
+        tracking_uri=uri,
+        monitor=monitor,
+        periodic_every_steps=periodic_every_steps,
+        **{
+            "mode": "min",
+            "keep_best": 100,
+            "keep_periodic": 100,
+            "keep_final": 100,
+            "log_system_metrics": False,
+            "min_free_disk_mb": 0,
+            "min_free_disk_percent": 0,
+            **fields,
+        },
+    )
+
+
 def env() -> dict[str, str]:
     values = {
         **os.environ,

@@ -7,6 +7,7 @@ reported), never what mlflow-persist says about itself.
 from __future__ import annotations
 
 import importlib.util
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -63,7 +64,7 @@ def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sig
     newest = max(after_kill["versions"])
     newest_step = int(after_kill["versions"][newest]["mlflow_persist.step"])
     assert newest_step > 40  # the killed fit saved checkpoints of its own before the kill
-    resumed = run(SCRIPT, uri, str(log.path), "5", cwd=tmp_path, zygote=framework)
+    resumed = run(SCRIPT, uri, str(log.path), str(newest_step + 5), cwd=tmp_path, zygote=framework)
     info = next(lines_with(resumed.stdout, "RESTORED"))
     assert info["version"] == newest and info["step"] == newest_step
     assert info["digest"] == log.digest_at(newest_step)  # weights, optimizer and scheduler as they were saved
@@ -77,8 +78,8 @@ def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sig
 def test_the_lightning_example_runs_and_resumes(tmp_path: Path, framework: Zygote) -> None:
     script = Path(__file__).resolve().parents[2] / "scripts" / "examples" / "lightning_example.py"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    first = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path, zygote=framework)
-    assert "started fresh - trained 20 steps; the model's step is now 20" in first.stdout  # what its user reads
+    first = run(script, "--tracking-uri", uri, "--max-steps", "20", cwd=tmp_path, zygote=framework)
+    assert "started fresh - trained to global_step 20 (max_steps=20" in first.stdout  # what its user reads
     saved = registry(uri, EXAMPLE_MODEL)
     assert _final_steps(saved["versions"]) == [20] and max(_steps(saved["versions"])) == 20
     newest = max(saved["versions"])
@@ -86,8 +87,8 @@ def test_the_lightning_example_runs_and_resumes(tmp_path: Path, framework: Zygot
     first_losses = metric_steps(uri, saved["runs"][0].info.run_id, "train_loss")
     assert first_losses and max(first_losses) <= 20
 
-    second = run(script, "--tracking-uri", uri, "--steps", "20", cwd=tmp_path, zygote=framework)
-    assert f"resumed from step 20 (v{newest})" in second.stdout and "the model's step is now 40" in second.stdout
+    second = run(script, "--tracking-uri", uri, "--max-steps", "40", cwd=tmp_path, zygote=framework)
+    assert f"resumed from step 20 (v{newest}) - trained to global_step 40 (max_steps=40" in second.stdout
     # The registry says the same: the second fit saved only steps after 20, its final at 40, in the same run,
     # whose loss curve goes on from step 20 instead of starting over.
     resumed = registry(uri, EXAMPLE_MODEL)
@@ -152,3 +153,70 @@ def test_fit_with_a_ckpt_path_fails_before_the_first_batch_when_the_callback_res
     )
     assert not [line for line in second.stdout.splitlines() if line.startswith("STEP ")]  # before the first batch
     assert registry(uri, "boring")["versions"] == before  # and no checkpoint of the mixed-up state was taken
+
+
+RESUME_SCRIPT = Path(__file__).with_name("lightning_resume_proc.py")
+
+
+def _done(stdout: str) -> dict:
+    records = list(lines_with(stdout, "DONE"))
+    assert len(records) == 1, stdout[-3000:]
+    return records[0]
+
+
+def test_a_fit_killed_twice_at_random_points_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, framework: Zygote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optimizer steps with gradient accumulation (2 batches a step), checkpoints at the epoch ends: Lightning
+    restarts a dataloader that is not resumable at its first batch, with its own resume as with this one, so
+    a deterministic resume restarts at an epoch boundary. The oracle is the same fit run through without the
+    callback; global_step, the epoch, the weights and the optimizer state must come out bit for bit the same."""
+    max_steps, accumulate = 28, "2"
+    monkeypatch.setenv("BATCH_SECONDS", "0.05")  # 0.1 s a step: a save registers before the kill points
+    oracle = _done(
+        run(RESUME_SCRIPT, "unused", str(max_steps), accumulate, "plain", cwd=tmp_path, zygote=framework).stdout
+    )
+    assert oracle["global_step"] == max_steps
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rng = random.Random()
+    seed = rng.randrange(1_000_000)
+    rng.seed(seed)
+    first_kill = rng.randrange(9, 13)
+    print(f"kill points (seed {seed}): step {first_kill} of the first fit", flush=True)
+    killed = run_and_kill(
+        RESUME_SCRIPT, uri, str(max_steps), accumulate, cwd=tmp_path, zygote=framework, when=f"STEP {first_kill}"
+    )
+    assert [r["step"] for r in lines_with(killed, "RESTORED")] == [None]
+    saved = registry(uri, "regressor")["versions"]
+    assert saved, "the first fit saved nothing before the kill"
+    restart_step = max(int(t["mlflow_persist.step"]) for t in saved.values())
+
+    second_kill = rng.randrange(restart_step + 6, restart_step + 10)
+    print(f"second kill at step {second_kill}", flush=True)
+    killed = run_and_kill(
+        RESUME_SCRIPT, uri, str(max_steps), accumulate, cwd=tmp_path, zygote=framework, when=f"STEP {second_kill}"
+    )
+    restored = next(lines_with(killed, "RESTORED"))
+    # the trainer's own counter continues from the checkpoint, so max_steps is the total across restarts
+    assert restored == {"step": restart_step, "global_step": restart_step}, killed[-3000:]
+    steps = [int(line.split()[1]) for line in killed.splitlines() if line.startswith("STEP ")]
+    assert steps[0] == restart_step + 1, steps
+
+    resumed = run(RESUME_SCRIPT, uri, str(max_steps), accumulate, cwd=tmp_path, zygote=framework)
+    restored = next(lines_with(resumed.stdout, "RESTORED"))
+    assert restored["step"] is not None and restored["step"] == restored["global_step"] > restart_step
+    assert _done(resumed.stdout) == oracle
+
+
+def test_max_steps_keeps_lightnings_own_meaning_across_restarts(tmp_path: Path, framework: Zygote) -> None:
+    """The oracle is Lightning's own resume (`fit(ckpt_path=...)` from the checkpoint `save_checkpoint` wrote
+    at the end of the previous fit): max_steps is the total, a fit at its max_steps ends at once, and a raised
+    max_steps trains only the difference, to the same weights, epoch and optimizer state."""
+    uri, own = f"sqlite:///{tmp_path}/mlflow.db", f"own:{tmp_path / 'own.ckpt'}"
+    for max_steps in ("12", "12", "18"):
+        ours = run(RESUME_SCRIPT, uri, max_steps, "1", cwd=tmp_path, zygote=framework).stdout
+        lightning_own = run(RESUME_SCRIPT, "unused", max_steps, "1", own, cwd=tmp_path, zygote=framework).stdout
+        assert _done(ours) == _done(lightning_own), (max_steps, ours[-2000:], lightning_own[-2000:])
+        trained = [int(line.split()[1]) for line in ours.splitlines() if line.startswith("STEP ")]
+        assert _done(ours)["global_step"] == int(max_steps) and (not trained or max(trained) == int(max_steps))

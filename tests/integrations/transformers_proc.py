@@ -24,7 +24,7 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlflow_persist as mp  # noqa: E402
-from integrations.support import DigestLog, state_digest  # noqa: E402
+from integrations.support import DigestLog, keep_everything_config, state_digest  # noqa: E402
 from mlflow_persist.integrations.transformers import PersistCallback  # noqa: E402
 
 MODEL_NAME = "tiny_bert"
@@ -82,18 +82,7 @@ def training_args(output_dir: str, max_steps: int, **overrides: Any) -> Training
 
 
 def persist_config(uri: str) -> mp.PersistConfig:
-    return mp.PersistConfig(
-        tracking_uri=uri,
-        monitor="eval_loss",
-        mode="min",
-        periodic_every_steps=4,
-        keep_best=100,
-        keep_periodic=100,
-        keep_final=100,
-        log_system_metrics=False,
-        min_free_disk_mb=0,
-        min_free_disk_percent=0,
-    )
+    return keep_everything_config(uri, "eval_loss")
 
 
 class RecordingCallback(PersistCallback):
