@@ -54,6 +54,7 @@ __all__ = [
     "build_payload",
     "capture_rng_state",
     "copy_to_cpu",
+    "decoded_rng_state",
     "manifest_bytes",
     "manifest_digest",
     "payload_to_state",
@@ -173,15 +174,26 @@ def capture_rng_state() -> dict[str, Any]:
     return state
 
 
+def decoded_rng_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved random states as their generators take them back (numpy's tuple, Python's nested tuples)."""
+    decoded = dict(state)
+    if "numpy" in state:
+        decoded["numpy"] = _decode(state["numpy"])
+    if "python" in state:
+        decoded["python"] = _to_tuples(state["python"])
+    return decoded
+
+
 def restore_rng_state(state: Mapping[str, Any] | None) -> None:
     if not state:
         return
+    state = decoded_rng_state(state)
     if "torch" in state:
         torch.set_rng_state(state["torch"])
     if "numpy" in state:
-        np.random.set_state(_decode(state["numpy"]))
+        np.random.set_state(state["numpy"])
     if "python" in state:
-        random.setstate(_to_tuples(state["python"]))
+        random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

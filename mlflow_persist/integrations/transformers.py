@@ -1,14 +1,21 @@
 """Hugging Face Transformers: `PersistCallback`, a `TrainerCallback` that checkpoints the Trainer's model,
-optimizer and learning-rate scheduler into MLflow, and resumes from the newest checkpoint when `train()` starts.
+optimizer, learning-rate scheduler, random states and `TrainerState` into MLflow, and resumes through the
+Trainer's own resume.
 
-    trainer = Trainer(model, args, train_dataset=train, eval_dataset=valid,
-                      callbacks=[PersistCallback("tiny-bert", PersistConfig(monitor="eval_loss"))])
-    trainer.train()  # the next run of the same script resumes where this one stopped
+    persist = PersistCallback("tiny-bert", PersistConfig(monitor="eval_loss"))
+    trainer = Trainer(model, args, train_dataset=train, eval_dataset=valid, callbacks=[persist])
+    trainer.train(resume_from_checkpoint=persist.resume_checkpoint())  # None on the first run
 
-- Step axis: `state.global_step` (optimizer steps). After a restore `global_step` is the restored step, so a
-  `max_steps` run ends at the same total after every restart, and logging, evaluation and the learning-rate
-  schedule continue on the same grid. The data order does not continue: the Trainer starts its dataloader
-  at the first batch of epoch 0 (with the checkpoint's random state).
+- `resume_checkpoint()` writes the newest valid checkpoint as the folder the Trainer writes itself
+  (`pytorch_model.bin`, `optimizer.pt`, `scheduler.pt`, `rng_state.pth`, `trainer_state.json`), so the Trainer
+  resumes exactly as from its own checkpoint: `global_step`, `epoch`, `log_history` and `best_metric` come
+  back, the dataloader is fast-forwarded past the batches already trained, the random states are restored
+  after that, and `train_loss` and `steps_per_second` cover the steps this `train()` trained.
+- A plain `trainer.train()` also resumes, at train begin, from the same checkpoint: weights, optimizer,
+  scheduler, random states, `global_step` and the rest of `TrainerState`; the data order then starts again at
+  the first batch of epoch 0 (the Trainer decided it before the callback could speak).
+- Step axis: `state.global_step` (optimizer steps), so a `max_steps` run ends at the same total after every
+  restart, and logging, evaluation and the learning-rate schedule continue on the same grid.
 - Monitor: any key of the Trainer's logs or evaluation metrics, as the Trainer names it (`loss`,
   `eval_loss`, `eval_accuracy`, `grad_norm`, `learning_rate`); every numeric one is logged to the run.
 - Under `torch.distributed` only rank 0 touches the store; every rank restores the same checkpoint.
@@ -18,7 +25,12 @@ optimizer and learning-rate scheduler into MLflow, and resumes from the newest c
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -29,17 +41,47 @@ from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist._runtime.process_effects import GracefulExit
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.errors import PersistError
+from mlflow_persist.errors import CheckpointCorruptError, ConfigError, PersistError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence
-from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
+from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence, is_distributed
+from mlflow_persist.integrations.trainer_folder import TRAINER_STATE_KEY, write_trainer_folder
 
-__all__ = ["NOT_LOGGED", "PersistCallback"]
+__all__ = ["NOT_LOGGED", "PersistCallback", "TrainerStateRecord"]
 
 log = package_logger("mlflow_persist")
 
 # The Trainer logs its epoch counter with every record; after a restore it restarts at 0 (the dataloader
 # does), so as a metric on the continued step axis it would mislead.
 NOT_LOGGED = frozenset({"epoch"})
+
+
+# The TrainerState fields a plain train() (no resume_from_checkpoint) takes back at train begin.
+RESUMED_FIELDS = (
+    "log_history",
+    "best_metric",
+    "best_global_step",
+    "best_model_checkpoint",
+    "total_flos",
+    "num_input_tokens_seen",
+)
+
+
+class TrainerStateRecord:
+    """The Trainer's `TrainerState` as a checkpoint member: its JSON as `trainer_state.json` holds it, taken when
+    the snapshot is, with the TrainerControl's state as the Trainer records it in its own checkpoints."""
+
+    def __init__(self, state: TrainerState, control: TrainerControl) -> None:
+        self.state = state
+        self.control = control
+        self.loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if isinstance(self.state.stateful_callbacks, dict):
+            self.state.stateful_callbacks["TrainerControl"] = self.control.state()
+        return {TRAINER_STATE_KEY: json.dumps(dataclasses.asdict(self.state), sort_keys=True)}
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        self.loaded = json.loads(saved[TRAINER_STATE_KEY])
 
 
 class PersistCallback(TrainerCallback):
@@ -70,6 +112,42 @@ class PersistCallback(TrainerCallback):
         self._reported: dict[str, float] = {}  # what this step already reported (eval metrics arrive twice)
         self._loss_window: tuple[int, int] | None = None  # (global_step the Trainer began at, restored step)
         self._stop: GracefulExit | None = None
+        self._resume_folder: tuple[Path, int, int | None] | None = None  # (temp dir, step, version) handed out
+        self._pending: dict[str, float] | None = None  # a step's report waiting for its logs and evaluation
+        self._training = False  # between train begin and close
+
+    # ------------------------------------------------------------------------------------- native resume
+
+    def resume_checkpoint(self) -> str | None:
+        """The newest valid checkpoint as a Trainer checkpoint folder, for `trainer.train(resume_from_checkpoint=...)`;
+        None when the store holds none (the first run). Damaged versions are passed over, as a restore does.
+        The folder is a temporary copy, removed at train end."""
+        if is_distributed():
+            raise ConfigError(
+                "resume_checkpoint() is not supported under torch.distributed yet; call trainer.train() without "
+                "resume_from_checkpoint and the callback restores every rank at train begin."
+            )
+        if self.persistence is None:
+            self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
+        persistence = self.persistence.persistence
+        assert persistence is not None  # one process: it is the writer
+        registered = persistence.config.registered_name(self.name)
+        for info in persistence.store.newest_versions(registered):
+            if info.corrupt:
+                continue
+            try:
+                state = persistence.store.load_version(info)
+            except CheckpointCorruptError as exc:
+                log.warning("%s: v%s is damaged (%s); trying the next older one", self.name, info.version, exc)
+                continue
+            directory = Path(tempfile.mkdtemp(prefix="mlflow-persist-resume-"))
+            folder = write_trainer_folder(state, directory)
+            self._resume_folder = (directory, state.step, info.version)
+            log.info(
+                "%s: v%s (step %d) written for the Trainer's resume at %s", self.name, info.version, state.step, folder
+            )
+            return str(folder)
+        return None
 
     # ------------------------------------------------------------------------------------- Trainer events
 
@@ -85,26 +163,27 @@ class PersistCallback(TrainerCallback):
     ) -> None:
         if model is None:
             raise PersistError("PersistCallback got no model at train begin; add it to a Trainer's callbacks.")
-        self.close()  # a previous train() with this callback: its final checkpoint is what resumes now
-        self._reported, self._loss_window, self._stop = {}, None, None
-        self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
-        self.handle = self.persistence.track(self.name, model, optimizer, lr_scheduler)
+        if self._training:
+            self.close()  # a previous train() with this callback: its final checkpoint is what resumes now
+        self._training = True
+        self._reported, self._loss_window, self._stop, self._pending = {}, None, None, None
+        if self.persistence is None:
+            self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
+        record = TrainerStateRecord(state, control)
+        self.handle = self.persistence.track(self.name, model, optimizer, lr_scheduler, extra=record)
         try:
             self.restored = self.handle.restore()
+            native = self._check_resume(state)
         except Exception:
             # A final checkpoint of this unrestored model would become the newest and lose the progress.
             self.close(final_checkpoints=False)
             raise
-        if self.restored is None:
-            return
-        if state.global_step:
-            log.warning(
-                "%s: resume_from_checkpoint was overridden by checkpoint v%s (step %d); drop it, the "
-                "callback resumes on its own",
-                self.name,
-                self.restored.version,
-                self.restored.step,
-            )
+        if self.restored is None or native:
+            return  # the Trainer resumed itself, from the folder resume_checkpoint() wrote
+        if record.loaded is not None:
+            for name in RESUMED_FIELDS:
+                if name in record.loaded and hasattr(state, name):
+                    setattr(state, name, record.loaded[name])
         if self.restored.step >= state.max_steps:
             log.warning(
                 "%s: the restored step %d has reached max_steps=%d, so the Trainer stops after one more "
@@ -118,9 +197,20 @@ class PersistCallback(TrainerCallback):
         self._loss_window = (state.global_step, self.restored.step)
         state.global_step = self.restored.step
 
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._report_pending(control, state)  # a log or evaluation that was due and did not come
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if self._open():
-            self._reported = {}
+        if not self._open():
+            return
+        self._reported = {}
+        if control.should_log or control.should_evaluate:
+            # Reported after this step's last log or evaluation, so that a checkpoint of this step holds them in
+            # its TrainerState, as the Trainer's own checkpoint of the step does.
+            self._pending = {}
+        else:
             self._step(control, state.global_step, {})
 
     def on_log(
@@ -134,6 +224,10 @@ class PersistCallback(TrainerCallback):
         metrics = self.fresh_metrics(logs or {})
         if "loss" in metrics and self._loss_window is not None:
             metrics["loss"] = self._corrected_loss(metrics["loss"], state.global_step)
+        if self._pending is not None and control.should_evaluate:  # the evaluation of this step is still to come
+            self._pending.update(metrics)
+            self._reported.update(metrics)
+            return
         self._report(control, state, metrics)
 
     def on_evaluate(
@@ -146,9 +240,15 @@ class PersistCallback(TrainerCallback):
     ) -> None:
         self._report(control, state, self.fresh_metrics(metrics or {}))
 
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._report_pending(control, state)
+
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self._report_pending(control, state)
         self.close()
         stop, self._stop = self._stop, None
         if stop is not None:
@@ -171,21 +271,49 @@ class PersistCallback(TrainerCallback):
     def close(self, final_checkpoints: bool = True) -> None:
         """Take the final checkpoints and finish the run (idempotent). A checkpoint that could never be
         written is logged, not raised: training is over and the model in memory is intact."""
-        persistence, self.persistence = self.persistence, None
+        persistence, self.persistence, self._training = self.persistence, None, False
         close_persistence(persistence, self.name, final_checkpoints)
+        folder, self._resume_folder = self._resume_folder, None
+        if folder is not None:
+            shutil.rmtree(folder[0], ignore_errors=True)
+
+    def _check_resume(self, state: TrainerState) -> bool:
+        """Whether the Trainer resumed from the folder `resume_checkpoint()` wrote (True), or not at all (False).
+        A Trainer resumed from another checkpoint while the store has one of its own fails: the two would mix."""
+        restored = self.restored
+        if restored is None or not state.global_step:
+            return False
+        handed_out = self._resume_folder
+        if handed_out is not None and handed_out[1] == state.global_step:
+            if handed_out[2] is not None and restored.version != handed_out[2]:
+                raise PersistError(
+                    f"{self.name}: the Trainer resumed from v{handed_out[2]} but the newest valid checkpoint is now "
+                    f"v{restored.version}; call resume_checkpoint() right before train()."
+                )
+            return True
+        raise ConfigError(
+            f"{self.name}: train() was given a checkpoint at global_step {state.global_step} that "
+            f"resume_checkpoint() did not write, and the store holds v{restored.version} (step {restored.step}); "
+            "pass resume_from_checkpoint=callback.resume_checkpoint(), or nothing."
+        )
 
     # ------------------------------------------------------------------------------------- internals
 
     def _open(self) -> bool:
         """False outside train() (a `trainer.evaluate()` before or after it logs nothing here)."""
-        return self.persistence is not None and self.handle is not None
+        return self._training and self.persistence is not None and self.handle is not None
 
     def _report(self, control: TrainerControl, state: TrainerState, metrics: dict[str, float]) -> None:
         """Logs and evaluations come after this step's `on_step_end` and belong to the same step: reported
-        at `global_step`, they do not advance the axis."""
-        if metrics and self._open():
+        at `global_step`, they do not advance the axis. A step whose report waited for them goes with them."""
+        pending, self._pending = self._pending, None
+        if (metrics or pending is not None) and self._open():
             self._reported.update(metrics)
-            self._step(control, state.global_step, metrics)
+            self._step(control, state.global_step, {**(pending or {}), **metrics})
+
+    def _report_pending(self, control: TrainerControl, state: TrainerState) -> None:
+        if self._pending is not None:
+            self._report(control, state, {})
 
     def _step(self, control: TrainerControl, step: int, metrics: dict[str, float]) -> None:
         try:

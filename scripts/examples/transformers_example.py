@@ -1,7 +1,8 @@
 """Checkpoint a Hugging Face Trainer into MLflow with mlflow-persist, and resume where it stopped.
 
 A tiny GPT-2 (built from a config: nothing is downloaded) learns to continue counting sequences. Run it
-twice: the second run restores the newest checkpoint and continues to the same `--steps` total.
+twice: the second run resumes through the Trainer's own resume from the newest checkpoint (the data order,
+the random states and the TrainerState continue) and trains on to the same `--steps` total.
 
     python scripts/examples/transformers_example.py --tracking-uri sqlite:///mlflow.db --steps 40
 """
@@ -77,7 +78,7 @@ def main() -> None:
             eval_dataset=CountingSequences(64, seed=2),
             callbacks=[callback],
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=callback.resume_checkpoint())  # None on the first run
 
     restored = callback.restored
     if restored is None:

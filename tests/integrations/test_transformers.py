@@ -4,6 +4,7 @@ evaluations it was given, the steps it reached."""
 
 from __future__ import annotations
 
+import random
 import statistics
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,85 @@ def test_the_example_trains_and_says_what_it_did(tmp_path: Path, sqlite_uri: str
     performance = {v: float(t[VALUE]) for v, t in saved["versions"].items() if t[CATEGORY] == "performance"}
     assert int(saved["aliases"]["best"]) in performance
     assert performance[int(saved["aliases"]["best"])] == min(performance.values())
+
+    final = next(v for v, t in saved["versions"].items() if t[CATEGORY] == "final")
+    again = run(
+        EXAMPLE, "--tracking-uri", sqlite_uri, "--steps", "14", "--name", "example_gpt2", cwd=tmp_path, zygote=framework
+    )
+    assert f"resumed from v{final} (final, step 10) and trained to step 14" in again.stdout, again.stdout[-2000:]
+
+
+def test_killed_twice_at_random_points_the_trainers_own_resume_ends_at_the_uninterrupted_result(
+    tmp_path: Path, sqlite_uri: str, framework: Zygote
+) -> None:
+    """Through `resume_from_checkpoint=callback.resume_checkpoint()` the Trainer resumes as from its own
+    checkpoint: it fast-forwards the shuffled dataloader and restores the random states (BERT's dropout), so
+    the weights and the optimizer state end bit for bit where a run without the callback ends, the loss is
+    logged on the same steps, and each train() reports the steps it trained itself."""
+    max_steps = "30"
+    log = DigestLog(tmp_path / "digests.jsonl")
+    oracle = _one(
+        run(
+            SCRIPT, "unused", str(log.path), "--max-steps", max_steps, "--plain", cwd=tmp_path, zygote=framework
+        ).stdout,
+        "DONE",
+    )
+    rng = random.Random()
+    seed = rng.randrange(1_000_000)
+    rng.seed(seed)
+    restored_steps = []
+    kill_at = 0
+    for attempt in range(2):
+        kill_at += rng.randrange(9, 13) if attempt == 0 else rng.randrange(6, 10)
+        print(f"seed {seed}: kill {attempt + 1} at step {kill_at}", flush=True)
+        output = run_and_kill(
+            SCRIPT,
+            sqlite_uri,
+            str(log.path),
+            *("--max-steps", max_steps, "--step-sleep", "0.1", "--native"),
+            cwd=tmp_path,
+            zygote=framework,
+            when=f"STEP {kill_at}",
+        )
+        restored = _one(output, "RESTORED")
+        restored_steps.append(restored["global_step"])
+        assert (restored["step"] or 0) == restored["global_step"]  # the Trainer's own counter came back with it
+        steps = [int(line.split()[1]) for line in output.splitlines() if line.startswith("STEP ")]
+        assert steps[0] == restored["global_step"] + 1, steps  # it went on from there, not from 0
+    assert restored_steps[0] == 0 and restored_steps[1] > 0
+
+    result = run(
+        SCRIPT, sqlite_uri, str(log.path), "--max-steps", max_steps, "--native", cwd=tmp_path, zygote=framework
+    )
+    restored = _one(result.stdout, "RESTORED")
+    assert restored["global_step"] > restored_steps[1]
+    done = _one(result.stdout, "DONE")
+    assert done["trained_steps"] == int(max_steps) - restored["global_step"]  # train_steps_per_second covers these
+    assert {key: done[key] for key in ("global_step", "weights", "optimizer", "log_steps")} == {
+        key: oracle[key] for key in ("global_step", "weights", "optimizer", "log_steps")
+    }
+
+
+def test_a_checkpoint_the_callback_did_not_write_fails_train_when_the_store_has_one(
+    tmp_path: Path, sqlite_uri: str, framework: Zygote
+) -> None:
+    first = run(SCRIPT, sqlite_uri, str(tmp_path / "d.jsonl"), "--max-steps", "4", cwd=tmp_path, zygote=framework)
+    assert _one(first.stdout, "DONE")["global_step"] == 4
+    before = registry(sqlite_uri, MODEL_NAME)["versions"]
+    output_dir = tmp_path / "out"
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=training_args(str(output_dir), 6, save_strategy="steps", save_steps=2, eval_strategy="no"),
+        train_dataset=ToyDataset(64, seed=1),
+    )
+    trainer.train()  # the Trainer's own checkpoints, without the callback
+    callback = PersistCallback(MODEL_NAME, mp.PersistConfig(tracking_uri=sqlite_uri, monitor="eval_loss"))
+    again = Trainer(
+        model=tiny_bert(),
+        args=training_args(str(output_dir), 8, eval_strategy="no"),
+        train_dataset=ToyDataset(64, seed=1),
+        callbacks=[callback],
+    )
+    with pytest.raises(mp.ConfigError, match="resume_checkpoint\\(\\) did not write"):
+        again.train(resume_from_checkpoint=str(output_dir / "checkpoint-6"))
+    assert registry(sqlite_uri, MODEL_NAME)["versions"] == before  # no final checkpoint of the mixed state

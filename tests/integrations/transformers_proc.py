@@ -1,7 +1,10 @@
 """A Hugging Face Trainer run with PersistCallback: a tiny BERT (built from a config, nothing downloaded) learns
 a synthetic classification task, evaluated on `eval_loss` (the monitor).
 
-Usage: transformers_proc.py URI DIGEST_LOG [--max-steps N] [--step-sleep SECONDS]
+Usage: transformers_proc.py URI DIGEST_LOG [--max-steps N] [--step-sleep SECONDS] [--native | --plain]
+`--native` resumes through the Trainer's own resume (`resume_from_checkpoint=callback.resume_checkpoint()`);
+`--plain` trains without the callback (the uninterrupted oracle). Both print `DONE {...}` at the end: the
+Trainer's global_step and digests of the weights and the optimizer state.
 Records with DigestLog: `saved` (step, category, digest of the model and optimizer state) after every save
 decision and at train end (the state the final checkpoint holds), `eval` (step, eval_loss) as the Trainer
 delivers it. Prints `RESTORED {...}` right after the restore at train begin, `STEP n` after every optimizer
@@ -149,6 +152,9 @@ def main() -> None:
     parser.add_argument("digest_log", type=Path)
     parser.add_argument("--max-steps", type=int, default=24)
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--native", action="store_true")
+    mode.add_argument("--plain", action="store_true")
     options = parser.parse_args()
     callback = RecordingCallback(persist_config(options.uri), DigestLog(options.digest_log), options.step_sleep)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -157,9 +163,17 @@ def main() -> None:
             args=training_args(output_dir, options.max_steps),
             train_dataset=ToyDataset(256, seed=1),
             eval_dataset=ToyDataset(64, seed=2),
-            callbacks=[callback],
+            callbacks=[] if options.plain else [callback],
         )
-        trainer.train()
+        output = trainer.train(resume_from_checkpoint=callback.resume_checkpoint() if options.native else None)
+        done = {
+            "global_step": trainer.state.global_step,
+            "weights": state_digest(trainer.model.state_dict()),
+            "optimizer": state_digest(trainer.optimizer.state_dict()),
+            "log_steps": [record["step"] for record in trainer.state.log_history if "loss" in record],
+            "trained_steps": round(output.metrics["train_steps_per_second"] * output.metrics["train_runtime"]),
+        }
+        print("DONE " + json.dumps(done), flush=True)
 
 
 if __name__ == "__main__":
