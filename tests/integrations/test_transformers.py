@@ -119,6 +119,8 @@ def test_a_restart_continues_global_step_and_its_first_loss_covers_only_the_step
     trainer, callback = _train(tmp_path, store, max_steps=10, monitor="loss")
     assert callback.restored is not None and callback.restored.step == 6
     assert trainer.state.global_step == 10 and len(trainer.step_losses) == 4  # steps 7..10, to the same total
+    # the TrainerState came back with the checkpoint: the first train()'s log records are still in the history
+    assert [r["step"] for r in trainer.state.log_history if "loss" in r] == [2, 4, 6, 8, 10]
     logged = dict((step, value) for step, value, _ in store.metric_history(callback.handle.handle.run_id, "loss"))
     assert sorted(logged) == [2, 4, 6, 8, 10]
     true_mean = statistics.fmean(trainer.step_losses[:2])  # steps 7 and 8
