@@ -3,7 +3,9 @@ the algorithm's counters into MLflow, and resumes from the newest checkpoint whe
 
     model.learn(total_timesteps=100_000, callback=PersistCallback("cartpole-dqn", config))
 
-- Step axis: `model.num_timesteps`. A restarted `learn(total_timesteps=T)` continues from the restored
+- Step axis: `model.num_timesteps`. A checkpoint of step N holds all of step N: SB3 calls `on_step` after
+  counting the env step and before recording it (replay buffer, `_last_obs`, DQN's `_n_calls`, the
+  schedules), so each `on_step` reports the step before, and the end of `learn()` reports the last one. A restarted `learn(total_timesteps=T)` continues from the restored
   timestep and ends at T, not at restored + T (pass the same T after every restart). SB3 ends `learn()` only
   at the end of a rollout, and a restore between two updates starts a fresh one, so an off-policy run may
   end up to `train_freq - 1` steps past T.
@@ -200,6 +202,7 @@ class AlgorithmState:
 
     def __init__(self, algorithm: BaseAlgorithm, save_replay_buffer: bool) -> None:
         self.algorithm = algorithm
+        self.counted_ahead = 0  # env steps already in num_timesteps whose bookkeeping SB3 has not done yet
         self.tensor_names: list[str] = list(algorithm._get_torch_save_params()[1])
         self.replay_buffer: ReplayBufferState | None = None
         if save_replay_buffer:
@@ -214,7 +217,9 @@ class AlgorithmState:
         self.vec_normalize = VecNormalizeState(normalizer) if normalizer is not None else None
 
     def counters(self) -> dict[str, Any]:
-        return {name: getattr(self.algorithm, name) for name in COUNTERS if hasattr(self.algorithm, name)}
+        counters = {name: getattr(self.algorithm, name) for name in COUNTERS if hasattr(self.algorithm, name)}
+        counters["num_timesteps"] -= self.counted_ahead
+        return counters
 
     def state_dict(self) -> dict[str, Any]:
         algorithm = self.algorithm
@@ -297,6 +302,9 @@ class PersistCallback(BaseCallback):
         self._reported: dict[str, Any] = {}  # the logger's value objects already reported
         self._newest_episode: Any = None  # the newest ep_info_buffer entry already in the episode means
         self._stop: GracefulExit | None = None
+        # Env steps already counted in num_timesteps that SB3 has not recorded yet, at the current report:
+        # n_envs inside on_step, 0 at the end of learn().
+        self.counted_ahead = 0
 
     # ------------------------------------------------------------------------------------- SB3 hooks
 
@@ -329,6 +337,7 @@ class PersistCallback(BaseCallback):
         self._newest_episode = episodes[-1] if episodes else None
 
     def _on_step(self) -> bool:
+        self.counted_ahead = self.model.n_envs
         try:
             self.persist_step(**self.fresh_metrics())
         except GracefulExit as stop:  # a SIGTERM/SIGINT reached this step boundary: end learn() here
@@ -337,7 +346,22 @@ class PersistCallback(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        self.close()
+        if self._stop is None:  # learn() ran to its end: SB3 recorded the last step, which is reported now
+            self.counted_ahead = 0
+            if self.handle is not None and self.persistence is not None:
+                try:
+                    self.persist_step(**self.fresh_metrics())
+                except GracefulExit as last_step_stop:
+                    self._stop = last_step_stop
+        # else on_step stopped learn(): SB3 never records the step it had counted, so the final checkpoint holds
+        # the state after the one before, as that step
+        if self.state is not None:
+            self.state.counted_ahead = self.counted_ahead
+        try:
+            self.close()
+        finally:
+            if self.state is not None:
+                self.state.counted_ahead = 0
         stop, self._stop = self._stop, None
         if stop is not None:
             raise stop
@@ -345,9 +369,19 @@ class PersistCallback(BaseCallback):
     # ------------------------------------------------------------------------------------- API
 
     def persist_step(self, **metrics: float) -> SaveDecision:
-        """One step of the handle at `model.num_timesteps` (subclasses may look at the decision)."""
-        assert self.handle is not None, "persist_step() runs inside learn(), after _on_training_start"
-        return self.handle.step(step=self.model.num_timesteps, **metrics)
+        """One step of the handle (subclasses may look at the decision): at every `on_step`, and once more at
+        the end of `learn()` for the last step.
+
+        SB3 calls `on_step` once it has counted the env step in `num_timesteps` and before it records it (the
+        replay buffer, `_last_obs`, the episode buffers, DQN's `_n_calls`, the schedules). So the algorithm
+        holds the state after the previous env step, and is reported and saved as that step
+        (`counted_ahead`): a checkpoint of step N holds the state after step N, with `num_timesteps` N."""
+        assert self.handle is not None and self.state is not None, "persist_step() runs inside learn()"
+        self.state.counted_ahead = self.counted_ahead
+        try:
+            return self.handle.step(step=self.model.num_timesteps - self.counted_ahead, **metrics)
+        finally:
+            self.state.counted_ahead = 0
 
     def fresh_metrics(self) -> dict[str, float]:
         """The logger values recorded since the previous step, and the episode means when an episode ended.

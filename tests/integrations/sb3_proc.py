@@ -44,12 +44,17 @@ COUNTER_NAMES = (
 BUFFER_ARRAYS = ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")
 
 
-def counters(model: DQN) -> dict[str, Any]:
-    return {name: getattr(model, name) for name in COUNTER_NAMES}
+def counters(model: DQN, counted_ahead: int = 0) -> dict[str, Any]:
+    values = {name: getattr(model, name) for name in COUNTER_NAMES}
+    values["num_timesteps"] -= counted_ahead
+    return values
 
 
-def live_digest(model: DQN) -> str:
-    return state_digest(model.policy.state_dict(), model.policy.optimizer.state_dict(), counters(model))
+def live_digest(model: DQN, counted_ahead: int = 0) -> str:
+    """The policy, optimizer and counters. Inside on_step SB3 has counted the current env step in
+    num_timesteps and recorded nothing else of it yet (its own order in collect_rollouts), so the state after
+    the previous step is the live state with `counted_ahead=n_envs`."""
+    return state_digest(model.policy.state_dict(), model.policy.optimizer.state_dict(), counters(model, counted_ahead))
 
 
 def buffer_record(model: DQN) -> dict[str, Any]:
@@ -98,10 +103,10 @@ class RecordingCallback(PersistCallback):
         # SB3 adds this step's finished episodes to ep_info_buffer after on_step, so the callback sees them
         # one step later: the trainer's own mean follows the same timing, from the Monitor's infos.
         step = self.model.num_timesteps
-        if self.new_episode:
-            self.log.append(event="mean", step=step, value=float(np.mean(self.returns)))
+        if self.new_episode:  # the mean the callback sees, of the episodes up to the step it reports
+            self.log.append(event="mean", step=step - self.counted_ahead, value=float(np.mean(self.returns)))
             self.new_episode = False
-        for info in self.locals.get("infos", ()):
+        for info in self.locals.get("infos", ()) if self.counted_ahead else ():  # not again at learn's end
             if "episode" in info:
                 self.returns.append(float(info["episode"]["r"]))
                 self.new_episode = True
@@ -109,9 +114,9 @@ class RecordingCallback(PersistCallback):
         if decision.save:
             self.log.append(
                 event="saved",
-                step=step,
+                step=step - self.counted_ahead,  # inside on_step: the state after the previous step
                 category=decision.category,
-                digest=live_digest(self.model),
+                digest=live_digest(self.model, self.counted_ahead),
                 **(buffer_record(self.model) if self.record_buffer else {}),
             )
         if step % 250 == 0:
@@ -121,13 +126,15 @@ class RecordingCallback(PersistCallback):
         return decision
 
     def _on_training_end(self) -> None:
-        self.log.append(
-            event="final",
-            step=self.model.num_timesteps,
-            digest=live_digest(self.model),
-            **(buffer_record(self.model) if self.record_buffer else {}),
-        )
-        super()._on_training_end()
+        try:
+            super()._on_training_end()
+        finally:  # after it: a learn() stopped inside on_step ends with its counted step never recorded
+            self.log.append(
+                event="final",
+                step=self.model.num_timesteps - self.counted_ahead,
+                digest=live_digest(self.model, self.counted_ahead),
+                **(buffer_record(self.model) if self.record_buffer else {}),
+            )
 
 
 def main() -> None:
