@@ -25,7 +25,7 @@ $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[trading,test,lightning,transformers,sb3,lint,docs]'
+	$(PY) -m pip install -q -e '.[trading,test,lightning,transformers,sb3,safetensors,lint,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from mlflow_persist._runtime.process_effects import apply_http_retry_defaults
 from mlflow_persist.cli import inspection
+from mlflow_persist.cli.export_command import export
 from mlflow_persist.cli.options import (
     CONFIG_HELP,
     LOG_OPTIONS,
@@ -65,6 +66,7 @@ __all__ = [
     "config_option",
     "console",
     "emit_json",
+    "export",
     "gc",
     "history",
     "json_option",
@@ -291,6 +293,8 @@ def gc(
         typer.echo(f"{'would delete' if dry_run else 'deleted'} {item.model} v{item.version} ({item.category})")
     typer.echo(f"{len(report.deleted)} versions {'would be ' if dry_run else ''}deleted")
 
+
+app.command()(export)
 
 # ------------------------------------------------------------------------------------------------ wiring
 

@@ -41,6 +41,7 @@ JSON_KEYS: dict[str, tuple[str, ...]] = {
     "import-legacy": ("base_dir", "dry_run", "metric", "mode", "metadata_problem", "counts", "best", "items"),
     "migrate": ("dry_run", "target_format", "steps"),
     "replay": ("replayed", "reproduced", "failed"),
+    "export": ("model", "version", "step", "format", "files"),
 }
 
 

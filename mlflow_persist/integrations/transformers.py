@@ -35,6 +35,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from mlflow_persist._format.export import MODEL_CONFIG_KEY
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import SaveDecision
 from mlflow_persist._runtime.handle import RestoreInfo
@@ -70,15 +71,20 @@ class TrainerStateRecord:
     """The Trainer's `TrainerState` as a checkpoint member: its JSON as `trainer_state.json` holds it, taken when
     the snapshot is, with the TrainerControl's state as the Trainer records it in its own checkpoints."""
 
-    def __init__(self, state: TrainerState, control: TrainerControl) -> None:
+    def __init__(self, state: TrainerState, control: TrainerControl, model: Any = None) -> None:
         self.state = state
         self.control = control
         self.loaded: dict[str, Any] | None = None
+        to_json = getattr(getattr(model, "config", None), "to_json_string", None)  # a PreTrainedModel's config
+        self.model_config_json: str | None = to_json() if callable(to_json) else None  # `export --format hf` needs it
 
     def state_dict(self) -> dict[str, Any]:
         if isinstance(self.state.stateful_callbacks, dict):
             self.state.stateful_callbacks["TrainerControl"] = self.control.state()
-        return {TRAINER_STATE_KEY: json.dumps(dataclasses.asdict(self.state), sort_keys=True)}
+        saved = {TRAINER_STATE_KEY: json.dumps(dataclasses.asdict(self.state), sort_keys=True)}
+        if self.model_config_json is not None:
+            saved[MODEL_CONFIG_KEY] = self.model_config_json
+        return saved
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         self.loaded = json.loads(saved[TRAINER_STATE_KEY])
@@ -169,7 +175,7 @@ class PersistCallback(TrainerCallback):
         self._reported, self._loss_window, self._stop, self._pending = {}, None, None, None
         if self.persistence is None:
             self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
-        record = TrainerStateRecord(state, control)
+        record = TrainerStateRecord(state, control, model)
         self.handle = self.persistence.track(self.name, model, optimizer, lr_scheduler, extra=record)
         try:
             self.restored = self.handle.restore()

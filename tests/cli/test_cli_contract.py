@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("mlflow-persist")
 LEGACY_SCRIPT = ROOT / "scripts" / "import_legacy_checkpoints.py"
 LEGACY_NOMETA = ROOT / "mlruns_fixtures" / "legacy_nometa" / "saved"
-SUBCOMMANDS = ("run", "status", "history", "verify", "gc", "rollback", "import-legacy", "migrate", "replay")
+SUBCOMMANDS = ("run", "status", "history", "verify", "gc", "export", "rollback", "import-legacy", "migrate", "replay")
 WITHOUT_JSON = {"run"}  # prints no data: a progress display and log lines
 
 
@@ -218,6 +218,16 @@ def test_every_json_output_has_schema_version_and_exactly_the_documented_keys(
         "history": ("history", "dqn", "--tracking-uri", populated),
         "verify": ("verify", "--tracking-uri", populated),
         "gc": ("gc", "--dry-run", "--config", str(config)),
+        "export": (
+            "export",
+            "dqn",
+            "--format",
+            "safetensors",
+            "--out",
+            str(tmp_path / "export"),
+            "--tracking-uri",
+            populated,
+        ),
         "rollback": (
             "rollback",
             "cnn",

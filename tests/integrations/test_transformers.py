@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it (transformers[torch])
@@ -336,3 +337,32 @@ def test_a_checkpoint_the_callback_did_not_write_fails_train_when_the_store_has_
     with pytest.raises(mp.ConfigError, match="resume_checkpoint\\(\\) did not write"):
         again.train(resume_from_checkpoint=str(output_dir / "checkpoint-6"))
     assert registry(sqlite_uri, MODEL_NAME)["versions"] == before  # no final checkpoint of the mixed state
+
+
+def test_export_hf_writes_a_folder_from_pretrained_loads(
+    tmp_path: Path, sqlite_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import BertForSequenceClassification
+
+    from mlflow_persist.cli.main import main
+
+    config = mp.PersistConfig(tracking_uri=sqlite_uri, monitor="eval_loss", log_system_metrics=False)
+    callback = PersistCallback(MODEL_NAME, config, persistence_kwargs={"install_signal_handlers": False})
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=training_args(str(tmp_path / "out"), 3, eval_strategy="no"),
+        train_dataset=ToyDataset(64, 1),
+        callbacks=[callback],
+    )
+    trainer.train()
+    trained = {key: value.detach().clone() for key, value in trainer.model.state_dict().items()}
+    folder = tmp_path / "exported"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", MODEL_NAME, "--alias", "latest", "--format", "hf", "--out", str(folder), "--tracking-uri", sqlite_uri])  # fmt: skip
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    loaded = BertForSequenceClassification.from_pretrained(folder)  # transformers' own loader, nothing of ours
+    assert loaded.config.hidden_size == 32 and loaded.config.num_labels == 2
+    state = loaded.state_dict()
+    assert set(state) == set(trained)
+    for key, value in trained.items():
+        assert torch.equal(state[key], value), key
