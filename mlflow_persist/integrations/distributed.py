@@ -8,6 +8,9 @@
   error). Every rank then loads the same state or raises the same error; no rank waits forever.
 - Without `torch.distributed` initialized (or with one process) it is exactly one `Persistence`.
 
+- **A restore sends the tensors with `dist.broadcast`**, one collective per tensor on the process group's own
+  transport; only the state's structure (keys, shapes, dtypes, plain values) is pickled.
+
 Sharded state (FSDP, `torch.distributed.checkpoint`) is not handled: rank 0 must hold the whole state.
 """
 
@@ -43,17 +46,71 @@ def broadcast_from_writer(value: Any) -> Any:
     return box[0]
 
 
-def on_cpu(value: Any) -> Any:
-    """`value` with every tensor moved to the CPU (for pickling to the other ranks); anything else as is."""
+_TENSOR = "__mlflow_persist_tensor__"
+
+
+def broadcast_state(state: Any) -> Any:
+    """Rank 0's nested state (dicts, lists and tuples of tensors and plain values) on every rank: the structure
+    as one small pickled object, each tensor with `dist.broadcast` (never pickled)."""
+    if not is_distributed():
+        return state
+    tensors: list[torch.Tensor] = []
+    skeleton = broadcast_from_writer(_skeleton(state, tensors) if global_rank() == 0 else None)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    if global_rank() != 0:
+        tensors = [torch.empty(shape, dtype=dtype) for shape, dtype in _tensor_specs(skeleton)]
+    received = []
+    for tensor in tensors:
+        on_device = tensor.to(device)
+        dist.broadcast(on_device, src=0)
+        received.append(on_device.cpu() if on_device.device != tensor.device else on_device)
+    return _filled(skeleton, received)
+
+
+def _skeleton(value: Any, tensors: list[torch.Tensor]) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+        tensors.append(value.detach().cpu().contiguous())
+        return (_TENSOR, len(tensors) - 1, tuple(value.shape), value.dtype)
     if isinstance(value, dict):
-        items = ((k, on_cpu(v)) for k, v in value.items())
+        items = ((k, _skeleton(v, tensors)) for k, v in value.items())
         return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
     if isinstance(value, (list, tuple)):
-        items_list = [on_cpu(v) for v in value]
-        return items_list if isinstance(value, list) else tuple(items_list)
+        converted = [_skeleton(v, tensors) for v in value]
+        return converted if isinstance(value, list) else tuple(converted)
     return value
+
+
+def _is_placeholder(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 4 and value[0] == _TENSOR
+
+
+def _tensor_specs(skeleton: Any) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    specs: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}
+
+    def visit(value: Any) -> None:
+        if _is_placeholder(value):
+            specs[value[1]] = (value[2], value[3])
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(skeleton)
+    return [specs[index] for index in range(len(specs))]
+
+
+def _filled(skeleton: Any, tensors: list[torch.Tensor]) -> Any:
+    if _is_placeholder(skeleton):
+        return tensors[skeleton[1]]
+    if isinstance(skeleton, dict):
+        items = ((k, _filled(v, tensors)) for k, v in skeleton.items())
+        return OrderedDict(items) if isinstance(skeleton, OrderedDict) else dict(items)
+    if isinstance(skeleton, (list, tuple)):
+        converted = [_filled(v, tensors) for v in skeleton]
+        return converted if isinstance(skeleton, list) else tuple(converted)
+    return skeleton
 
 
 def _agree(outcome: tuple[str, Any], what: str) -> Any:
@@ -173,16 +230,18 @@ class DistributedHandle:
         """Collective: rank 0 restores from the store and sends what it loaded; every rank returns the same
         RestoreInfo with the same state loaded, or raises rank 0's error."""
         outcome: tuple[str, Any] = ("ok", None)
+        states = None
         if self.handle is not None:
             try:
                 info = self.handle.restore(strict=strict)
-                states = None
                 if info is not None and is_distributed():
-                    states = {key: on_cpu(obj.state_dict()) for key, obj in self._objects.items() if obj is not None}
-                outcome = ("ok", (info, states))
+                    states = {key: obj.state_dict() for key, obj in self._objects.items() if obj is not None}
+                outcome = ("ok", info)
             except Exception as exc:  # noqa: BLE001
                 outcome = ("error", exc)
-        info, states = _agree(outcome, "restore the checkpoint")
+        info = _agree(outcome, "restore the checkpoint")
+        if info is not None and is_distributed():
+            states = broadcast_state(states)  # rank 0's loaded state; the tensors go by dist.broadcast
         if self.handle is None and info is not None:
             for key, state in (states or {}).items():
                 target = self._objects[key]
@@ -192,4 +251,11 @@ class DistributedHandle:
         return info
 
 
-__all__ = ["DistributedHandle", "DistributedPersistence", "broadcast_from_writer", "global_rank", "is_distributed"]
+__all__ = [
+    "DistributedHandle",
+    "DistributedPersistence",
+    "broadcast_from_writer",
+    "broadcast_state",
+    "global_rank",
+    "is_distributed",
+]

@@ -7,6 +7,8 @@ Prints `RESTORED {...}` (per rank: restored step and a digest of the live state)
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -20,14 +22,49 @@ import mlflow_persist as mp  # noqa: E402
 from integrations.support import DigestLog, state_digest  # noqa: E402
 from mlflow_persist.integrations.distributed import DistributedPersistence  # noqa: E402
 
+PICKLED_BYTES = [0]  # what this rank handed to broadcast_object_list: the collectives that pickle
+
+
+def _counting_broadcast_object_list(original):  # type: ignore[no-untyped-def]
+    def broadcast_object_list(objects, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if dist.get_rank() == 0:
+            PICKLED_BYTES[0] += sum(len(pickle.dumps(item)) for item in objects)
+        return original(objects, *args, **kwargs)
+
+    return broadcast_object_list
+
+
+def emit(marker: str, record: dict) -> None:
+    """One line in one write: the two ranks share stdout, and a write under PIPE_BUF is never interleaved."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"{marker} {json.dumps(record)}\n".encode())
+
+
+def tensor_bytes(*states: object) -> int:
+    """The bytes of every tensor in `states` (nested dicts and lists)."""
+    total = 0
+    pending = list(states)
+    while pending:
+        value = pending.pop()
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
+    return total
+
 
 def main() -> None:
     uri, log_path, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     fail_saves = "--fail-saves" in sys.argv
     dist.init_process_group("gloo")
+    dist.broadcast_object_list = _counting_broadcast_object_list(dist.broadcast_object_list)
     rank = dist.get_rank()
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 512), torch.nn.Tanh(), torch.nn.Linear(512, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1)
+    )
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=0.01)
     store = None
@@ -49,19 +86,19 @@ def main() -> None:
     )
     persist = DistributedPersistence(config, store=store, install_signal_handlers=False)
     handle = persist.track("ddp_net", model, optimizer)
+    pickled_before = PICKLED_BYTES[0]
     info = handle.restore()
-    print(
-        "RESTORED "
-        + json.dumps(
-            {
-                "rank": rank,
-                "step": info.step if info else None,
-                "version": info.version if info else None,
-                "digest": state_digest(model.state_dict(), optimizer.state_dict()),
-                "mlflow_imported": "mlflow" in sys.modules,
-            }
-        ),
-        flush=True,
+    emit(
+        "RESTORED",
+        {
+            "rank": rank,
+            "step": info.step if info else None,
+            "version": info.version if info else None,
+            "digest": state_digest(model.state_dict(), optimizer.state_dict()),
+            "mlflow_imported": "mlflow" in sys.modules,
+            "pickled_bytes": PICKLED_BYTES[0] - pickled_before,
+            "state_bytes": tensor_bytes(model.state_dict(), optimizer.state_dict()),
+        },
     )
     log = DigestLog(log_path)
     generator = torch.Generator().manual_seed(1000 * rank + handle.current_step)
@@ -89,18 +126,15 @@ def main() -> None:
         persist.close()
     except mp.PersistError as exc:  # saves that never succeeded are reported here, after training finished
         lost = str(exc)
-    print(
-        "DONE "
-        + json.dumps(
-            {
-                "rank": rank,
-                "step": handle.current_step,
-                "lost": lost,
-                "digest": state_digest(model.state_dict(), optimizer.state_dict()),
-                "mlflow_imported": "mlflow" in sys.modules,
-            }
-        ),
-        flush=True,
+    emit(
+        "DONE",
+        {
+            "rank": rank,
+            "step": handle.current_step,
+            "lost": lost,
+            "digest": state_digest(model.state_dict(), optimizer.state_dict()),
+            "mlflow_imported": "mlflow" in sys.modules,
+        },
     )
     dist.barrier()  # both ranks are done communicating before either tears gloo down (else: SIGABRT at exit)
     dist.destroy_process_group()
