@@ -17,6 +17,7 @@ Sharded state (FSDP, `torch.distributed.checkpoint`) is not handled: rank 0 must
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,17 +68,14 @@ def broadcast_state(state: Any) -> Any:
     return _filled(skeleton, received)
 
 
-def _skeleton(value: Any, tensors: list[torch.Tensor]) -> Any:
-    if isinstance(value, torch.Tensor):
-        tensors.append(value.detach().cpu().contiguous())
-        return (_TENSOR, len(tensors) - 1, tuple(value.shape), value.dtype)
-    if isinstance(value, dict):
-        items = ((k, _skeleton(v, tensors)) for k, v in value.items())
-        return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
-    if isinstance(value, (list, tuple)):
-        converted = [_skeleton(v, tensors) for v in value]
-        return converted if isinstance(value, list) else tuple(converted)
-    return value
+def _skeleton(state: Any, tensors: list[torch.Tensor]) -> Any:
+    """`state` with each tensor replaced by a placeholder (its index in `tensors`, its shape and dtype)."""
+
+    def placeholder(tensor: torch.Tensor) -> tuple[str, int, tuple[int, ...], torch.dtype]:
+        tensors.append(tensor.detach().cpu().contiguous())
+        return (_TENSOR, len(tensors) - 1, tuple(tensor.shape), tensor.dtype)
+
+    return _map_leaves(state, lambda value: isinstance(value, torch.Tensor), placeholder)
 
 
 def _is_placeholder(value: Any) -> bool:
@@ -87,30 +85,29 @@ def _is_placeholder(value: Any) -> bool:
 def _tensor_specs(skeleton: Any) -> list[tuple[tuple[int, ...], torch.dtype]]:
     specs: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}
 
-    def visit(value: Any) -> None:
-        if _is_placeholder(value):
-            specs[value[1]] = (value[2], value[3])
-        elif isinstance(value, dict):
-            for item in value.values():
-                visit(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
+    def note(placeholder: Any) -> Any:
+        specs[placeholder[1]] = (placeholder[2], placeholder[3])
+        return placeholder
 
-    visit(skeleton)
+    _map_leaves(skeleton, _is_placeholder, note)
     return [specs[index] for index in range(len(specs))]
 
 
 def _filled(skeleton: Any, tensors: list[torch.Tensor]) -> Any:
-    if _is_placeholder(skeleton):
-        return tensors[skeleton[1]]
-    if isinstance(skeleton, dict):
-        items = ((k, _filled(v, tensors)) for k, v in skeleton.items())
-        return OrderedDict(items) if isinstance(skeleton, OrderedDict) else dict(items)
-    if isinstance(skeleton, (list, tuple)):
-        converted = [_filled(v, tensors) for v in skeleton]
-        return converted if isinstance(skeleton, list) else tuple(converted)
-    return skeleton
+    return _map_leaves(skeleton, _is_placeholder, lambda placeholder: tensors[placeholder[1]])
+
+
+def _map_leaves(value: Any, is_leaf: Callable[[Any], bool], convert: Callable[[Any], Any]) -> Any:
+    """`value` (nested dicts, lists, tuples) with every leaf for which `is_leaf` holds replaced by `convert(leaf)`."""
+    if is_leaf(value):
+        return convert(value)
+    if isinstance(value, dict):
+        items = ((k, _map_leaves(v, is_leaf, convert)) for k, v in value.items())
+        return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
+    if isinstance(value, (list, tuple)):
+        converted = [_map_leaves(v, is_leaf, convert) for v in value]
+        return converted if isinstance(value, list) else tuple(converted)
+    return value
 
 
 def _agree(outcome: tuple[str, Any], what: str) -> Any:
