@@ -298,6 +298,11 @@ class Persistence(Closing, SystemCheckpoints):
         return functools.partial(self.worker.run, log_metrics, self.store_address, run_id), None
 
     @property
+    def pending_signal(self) -> int | None:
+        """The SIGTERM/SIGINT this process received and has not acted on at a step boundary yet (or has)."""
+        return self._signals.signum if self._signals.stop.is_set() else None
+
+    @property
     def store_address(self) -> StoreAddress:
         """What opens this store in another process (the persistence worker)."""
         return StoreAddress(self.config.tracking_uri, self.config.experiment_name, self.config.artifact_location)

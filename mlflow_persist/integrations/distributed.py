@@ -8,6 +8,11 @@
   error). Every rank then loads the same state or raises the same error; no rank waits forever.
 - Without `torch.distributed` initialized (or with one process) it is exactly one `Persistence`.
 
+- **A stop signal anywhere stops every rank at the same step**: with signal handling on (the default outside
+  notebooks), every rank turns SIGTERM/SIGINT into a stop request, and every `step()` is one `all_reduce` of
+  one integer, so the request of any rank raises GracefulExit on all of them at that step; rank 0 then takes
+  the final checkpoints as it closes. Without it, a rank that stops alone leaves the others waiting in their
+  next collective.
 - **A restore sends the tensors with `dist.broadcast`**, one collective per tensor on the process group's own
   transport; only the state's structure (keys, shapes, dtypes, plain values) is pickled.
 
@@ -16,6 +21,8 @@ Sharded state (FSDP, `torch.distributed.checkpoint`) is not handled: rank 0 must
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +33,7 @@ import torch.distributed as dist
 from mlflow_persist._policy.policy import FINAL, NO_SAVE, SaveDecision
 from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo, Stateful
 from mlflow_persist._runtime.persistence import Persistence
+from mlflow_persist._runtime.process_effects import GracefulExit, ProcessEffects, SignalHandlers, interactive_session
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import PersistError
 
@@ -110,6 +118,48 @@ def _map_leaves(value: Any, is_leaf: Callable[[Any], bool], convert: Callable[[A
     return value
 
 
+class StopAgreement:
+    """Agrees, at every step, whether any rank received a stop signal: one `all_reduce(MAX)` of the pending
+    signal number. This rank's own requests come from rank 0's `Persistence` or, on the other ranks, from
+    handlers installed here."""
+
+    def __init__(self, persistence: Persistence | None, grace_seconds: float) -> None:
+        self.persistence = persistence
+        self.local: SignalHandlers | None = None
+        if persistence is None:  # rank 0's Persistence installs its own
+            self.local = SignalHandlers(grace_seconds, _exit_now, interactive_session())
+            self.local.install()
+
+    def pending(self) -> int:
+        if self.persistence is not None:
+            return self.persistence.pending_signal or 0
+        return (self.local.signum or 0) if self.local is not None and self.local.stop.is_set() else 0
+
+    def agree(self, raised: GracefulExit | None) -> GracefulExit | None:
+        """The GracefulExit every rank raises at this step (`raised`: rank 0's own), or None to go on."""
+        device = (
+            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        )
+        flag = torch.tensor([self.pending()], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+        if not signum:
+            return raised
+        if self.local is not None:
+            self.local.reached_boundary()
+        return raised or GracefulExit(0 if signum == signal.SIGTERM else 128 + signum)
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.uninstall()
+
+
+def _exit_now(signum: int) -> None:
+    """No step boundary came within the grace period (or a second signal): a rank other than 0 holds nothing to
+    save, so it exits at once."""
+    os._exit(128 + signum)
+
+
 def _agree(outcome: tuple[str, Any], what: str) -> Any:
     """Broadcast rank 0's (`ok`, value) or (`error`, exception); raise the error on every rank."""
     kind, value = broadcast_from_writer(
@@ -151,6 +201,9 @@ class DistributedPersistence:
             except Exception as exc:  # noqa: BLE001 - broadcast to the other ranks, then raised everywhere
                 outcome = ("error", exc)
         _agree(outcome, "open the store")
+        wanted = ProcessEffects(signal_handlers=install_signal_handlers).wants_signal_handlers(interactive_session())
+        grace = (config or PersistConfig()).shutdown_grace_seconds
+        self.stops = StopAgreement(self.persistence, grace) if is_distributed() and wanted else None
 
     @property
     def is_writer(self) -> bool:
@@ -173,9 +226,11 @@ class DistributedPersistence:
             except Exception as exc:  # noqa: BLE001
                 outcome = ("error", exc)
         _agree(outcome, f"track {name!r}")
-        return DistributedHandle(handle, model, optimizer, scheduler, extra)
+        return DistributedHandle(handle, model, optimizer, scheduler, extra, self.stops)
 
     def close(self, final_checkpoints: bool = True, timeout: float | None = 600.0) -> None:
+        if self.stops is not None:
+            self.stops.close()
         if self.persistence is not None:
             self.persistence.close(final_checkpoints=final_checkpoints, timeout=timeout)
 
@@ -196,8 +251,10 @@ class DistributedHandle:
         optimizer: Stateful | None,
         scheduler: Stateful | None,
         extra: Stateful | None,
+        stops: StopAgreement | None = None,
     ) -> None:
         self.handle = handle
+        self._stops = stops
         self._objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "extra": extra}
         self._step = 0
 
@@ -214,11 +271,21 @@ class DistributedHandle:
 
     def step(self, step: int | None = None, **metrics: float) -> SaveDecision:
         """On rank 0 `ModelHandle.step`; elsewhere it only counts (report the same metrics on every rank,
-        reduced across ranks where it matters: rank 0 decides on what it is given)."""
+        reduced across ranks where it matters: rank 0 decides on what it is given). With signal handling on it
+        is collective: a stop signal received by any rank raises GracefulExit on every rank here."""
+        decision, stop = NO_SAVE, None
         if self.handle is not None:
-            return self.handle.step(step, **metrics)
-        self._step = self._step + 1 if step is None else int(step)
-        return NO_SAVE
+            try:
+                decision = self.handle.step(step, **metrics)
+            except GracefulExit as raised:  # rank 0's own stop request: the others learn of it first
+                stop = raised
+        else:
+            self._step = self._step + 1 if step is None else int(step)
+        if self._stops is not None:
+            stop = self._stops.agree(stop)
+        if stop is not None:
+            raise stop
+        return decision
 
     def save(self, category: str = FINAL, **kwargs: Any) -> Any:
         return self.handle.save(category, **kwargs) if self.handle is not None else None

@@ -1,7 +1,9 @@
 """A data-parallel trainer for `torchrun --nproc-per-node 2` on CPU (gloo), with DistributedPersistence.
 
-Usage: ddp_proc.py URI DIGEST_LOG STEPS [--fail-saves]
+Usage: ddp_proc.py URI DIGEST_LOG STEPS [--fail-saves] [--stop-on-signals]
 Prints `RESTORED {...}` (per rank: restored step and a digest of the live state) and `DONE {...}`.
+With `--stop-on-signals` the ranks handle SIGTERM (0.05 s a step), print `PID {...}` and `STEP {...}`, and on the stop
+`STOPPED {rank, step}` before closing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -58,6 +61,7 @@ def tensor_bytes(*states: object) -> int:
 def main() -> None:
     uri, log_path, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     fail_saves = "--fail-saves" in sys.argv
+    signals = "--stop-on-signals" in sys.argv
     dist.init_process_group("gloo")
     dist.broadcast_object_list = _counting_broadcast_object_list(dist.broadcast_object_list)
     rank = dist.get_rank()
@@ -84,7 +88,9 @@ def main() -> None:
         save_retry_attempts=2,
         save_retry_max_wait_seconds=0.1,
     )
-    persist = DistributedPersistence(config, store=store, install_signal_handlers=False)
+    persist = DistributedPersistence(config, store=store, install_signal_handlers=signals)
+    if signals:
+        emit("PID", {"rank": rank, "pid": os.getpid()})
     handle = persist.track("ddp_net", model, optimizer)
     pickled_before = PICKLED_BYTES[0]
     info = handle.restore()
@@ -103,6 +109,7 @@ def main() -> None:
     log = DigestLog(log_path)
     generator = torch.Generator().manual_seed(1000 * rank + handle.current_step)
     target_w = torch.arange(6, dtype=torch.float32) / 6
+    stopped = None
     for _ in range(steps):
         x = torch.randn(32, 6, generator=generator)
         y = (x @ target_w).unsqueeze(1)
@@ -112,11 +119,19 @@ def main() -> None:
         optimizer.step()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
-        decision = handle.step(loss=float(mean_loss) / dist.get_world_size())
+        try:
+            decision = handle.step(loss=float(mean_loss) / dist.get_world_size())
+        except SystemExit as stop:  # GracefulExit: a stop signal reached some rank
+            stopped = stop
+            emit("STOPPED", {"rank": rank, "step": handle.current_step, "code": stop.code})
+            break
         if decision.save and rank == 0:
             log.append(
                 event="saved", step=handle.current_step, digest=state_digest(model.state_dict(), optimizer.state_dict())
             )
+        if signals:
+            emit("STEP", {"rank": rank, "step": handle.current_step})
+            time.sleep(0.05)
     if rank == 0:  # the final checkpoint close() takes holds this state
         log.append(
             event="saved", step=handle.current_step, digest=state_digest(model.state_dict(), optimizer.state_dict())
@@ -138,6 +153,8 @@ def main() -> None:
     )
     dist.barrier()  # both ranks are done communicating before either tears gloo down (else: SIGABRT at exit)
     dist.destroy_process_group()
+    if stopped is not None:
+        raise stopped
 
 
 if __name__ == "__main__":

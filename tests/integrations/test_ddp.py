@@ -3,6 +3,9 @@ checkpoint into every rank, and a failing store or an unreachable server never l
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,3 +88,43 @@ def test_an_unreachable_server_stops_every_rank_with_the_same_error(tmp_path: Pa
     text = result.stdout + result.stderr
     assert "DONE" not in text
     assert "Rank 0 could not" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("signalled_rank", [1, 0])
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_final_checkpoint(
+    tmp_path: Path, signalled_rank: int
+) -> None:
+    """SIGTERM reaches one rank only (as a scheduler may deliver it): the other would wait forever in its next
+    collective, unless the stop is agreed at the step boundary."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT)]
+    proc = subprocess.Popen(
+        [*command, uri, str(tmp_path / "digests.jsonl"), "400", "--stop-on-signals"],
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    pids: dict[int, int] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("PID "):
+            record = json.loads(line[4:])
+            pids[record["rank"]] = record["pid"]
+        if line.startswith("STEP ") and json.loads(line[5:])["step"] >= 6 and len(pids) == 2:
+            os.kill(pids[signalled_rank], signal.SIGTERM)
+            break
+    try:
+        rest, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"a rank did not stop within 120 s of SIGTERM to rank {signalled_rank}:\n{''.join(lines)}")
+    output = "".join(lines) + rest
+    stopped = _by_rank(output, "STOPPED")
+    assert set(stopped) == {0, 1}, output[-3000:]
+    assert stopped[0]["step"] == stopped[1]["step"] and 6 <= stopped[0]["step"] < 400
+    final = [
+        int(tags["mlflow_persist.step"])
+        for tags in registry(uri, "ddp_net")["versions"].values()
+        if tags["mlflow_persist.category"] == "final"
+    ]
+    assert final == [stopped[0]["step"]]  # rank 0 took the final checkpoint at the agreed step
