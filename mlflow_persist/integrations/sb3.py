@@ -28,13 +28,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import safe_mean
-from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
+from stable_baselines3.common.vec_env import sync_envs_normalization
 
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import SaveDecision
@@ -42,13 +40,21 @@ from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist._runtime.process_effects import GracefulExit
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.errors import PersistError
+from mlflow_persist.errors import ConfigError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
+from mlflow_persist.integrations.sb3_state import (
+    COUNTERS,
+    REPLAY_ARRAYS,
+    AlgorithmState,
+    ReplayBufferState,
+    VecNormalizeState,
+)
 
 __all__ = [
     "COUNTERS",
     "EPISODE_MEANS",
+    "EVAL_MONITOR",
     "REPLAY_ARRAYS",
     "SUCCESS_RATE",
     "AlgorithmState",
@@ -59,220 +65,20 @@ __all__ = [
 
 log = package_logger("mlflow_persist.integrations.sb3")
 
-# What the algorithm needs to continue its schedules after a restart (those it has; DQN's `_n_calls` paces
-# its target-network updates, `_current_progress_remaining` the learning-rate and exploration schedules).
-COUNTERS = (
-    "num_timesteps",
-    "_n_updates",
-    "_episode_num",
-    "_current_progress_remaining",
-    "exploration_rate",
-    "_n_calls",
-)
 # SB3 records these in `_dump_logs` right before `logger.dump()` clears them, so `_on_step` never sees them.
 EPISODE_MEANS = {"rollout/ep_rew_mean": "r", "rollout/ep_len_mean": "l"}
 SUCCESS_RATE = "rollout/success_rate"
-REPLAY_ARRAYS = ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")
-
-
-class ReplayBufferState:
-    """The filled part of an off-policy replay buffer, plus `pos` and `full`. Its arrays travel as tensors
-    sharing their memory: the snapshot then copies them once, and the state broadcast to other ranks at a
-    restore needs no decoding."""
-
-    def __init__(self, buffer: ReplayBuffer | DictReplayBuffer) -> None:
-        self.buffer = buffer
-
-    def state_dict(self) -> dict[str, Any]:
-        filled = self.buffer.buffer_size if self.buffer.full else self.buffer.pos
-        state: dict[str, Any] = {"pos": int(self.buffer.pos), "full": bool(self.buffer.full)}
-        for name in REPLAY_ARRAYS:
-            state[name] = _map_arrays(getattr(self.buffer, name, None), lambda array: _as_tensor(array[:filled]))
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["full"] and len(state["rewards"]) != self.buffer.buffer_size:
-            raise ValueError(
-                f"the checkpoint's replay buffer is full at {len(state['rewards'])} transitions, the "
-                f"live one holds {self.buffer.buffer_size}; create the algorithm with the same "
-                "buffer_size, or pass save_replay_buffer=False"
-            )
-        for name in REPLAY_ARRAYS:
-            live, saved = getattr(self.buffer, name, None), state.get(name)
-            if (live is None) != (saved is None):
-                raise ValueError(
-                    f"the checkpoint's replay buffer {'lacks' if saved is None else 'has'} {name}; "
-                    "create the algorithm with the same optimize_memory_usage setting"
-                )
-            _copy_arrays(name, saved, live)
-        self.buffer.pos = int(state["pos"])
-        self.buffer.full = bool(state["full"])
-
-
-def _as_tensor(array: np.ndarray) -> torch.Tensor | np.ndarray:
-    """The array as a tensor sharing its memory, or as itself for a dtype torch lacks (stored as raw bytes)."""
-    try:
-        return torch.from_numpy(array)
-    except TypeError:
-        return array
-
-
-def _map_arrays(value: Any, change: Any) -> Any:
-    if isinstance(value, dict):  # DictReplayBuffer: one array per observation key
-        return {key: change(array) for key, array in value.items()}
-    return None if value is None else change(value)
-
-
-def _copy_arrays(name: str, saved: Any, live: Any) -> None:
-    if isinstance(live, dict):
-        if not isinstance(saved, dict) or set(saved) != set(live):
-            raise ValueError(
-                f"the checkpoint's replay buffer {name} has other keys than the live one; "
-                "resume with the same observation space"
-            )
-        for key in live:
-            _copy_arrays(f"{name}[{key!r}]", saved[key], live[key])
-        return
-    if saved is None:
-        return
-    saved = saved.numpy() if isinstance(saved, torch.Tensor) else np.asarray(saved)
-    if saved.shape[1:] != live.shape[1:] or len(saved) > len(live) or saved.dtype != live.dtype:
-        raise ValueError(
-            f"the checkpoint's replay buffer {name} is {saved.dtype}{list(saved.shape)}, the live one "
-            f"{live.dtype}{list(live.shape)}; create the algorithm with the same buffer_size, env count "
-            "and spaces, or pass save_replay_buffer=False"
-        )
-    live[: len(saved)] = saved
-    live[len(saved) :] = 0
-
-
-def _rms_state(rms: Any) -> Any:
-    """A RunningMeanStd (or a dict of them, for Dict observations) as tensors and a float."""
-    if isinstance(rms, dict):
-        return {key: _rms_state(value) for key, value in rms.items()}
-    return {
-        "mean": torch.from_numpy(np.array(rms.mean)),
-        "var": torch.from_numpy(np.array(rms.var)),
-        "count": float(rms.count),
-    }
-
-
-def _load_rms(rms: Any, saved: Any, what: str) -> None:
-    if isinstance(rms, dict):
-        if not isinstance(saved, dict) or set(saved) != set(rms):
-            raise ValueError(f"the checkpoint's VecNormalize {what} has other keys; resume with the same spaces")
-        for key, value in rms.items():
-            _load_rms(value, saved[key], f"{what}[{key!r}]")
-        return
-    mean, var = saved["mean"].numpy(), saved["var"].numpy()
-    if mean.shape != np.shape(rms.mean):
-        raise ValueError(
-            f"the checkpoint's VecNormalize {what} has shape {list(mean.shape)}, the live one "
-            f"{list(np.shape(rms.mean))}; resume with the same observation space"
-        )
-    rms.mean, rms.var, rms.count = mean.copy(), var.copy(), float(saved["count"])
-
-
-class VecNormalizeState:
-    """The running statistics a `VecNormalize` wrapper scales observations and rewards with (what SB3's own
-    `VecNormalize.save` keeps for them), so that a resumed agent sees its inputs scaled as before."""
-
-    def __init__(self, env: Any) -> None:
-        self.env = env
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "obs_rms": _rms_state(self.env.obs_rms),
-            "ret_rms": _rms_state(self.env.ret_rms),
-            "returns": torch.from_numpy(np.array(self.env.returns)),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _load_rms(self.env.obs_rms, state["obs_rms"], "obs_rms")
-        _load_rms(self.env.ret_rms, state["ret_rms"], "ret_rms")
-        returns = state["returns"].numpy()
-        if returns.shape == np.shape(self.env.returns):  # per env: another env count starts fresh returns
-            self.env.returns = returns.copy()
-
-
-class AlgorithmState:
-    """The `extra` of a checkpoint: the algorithm's counters, its recent episodes (the `rollout/*` means),
-    its torch variables outside the policy (SAC's entropy coefficient), its `VecNormalize` statistics and,
-    optionally, its replay buffer."""
-
-    def __init__(self, algorithm: BaseAlgorithm, save_replay_buffer: bool) -> None:
-        self.algorithm = algorithm
-        self.counted_ahead = 0  # env steps already in num_timesteps whose bookkeeping SB3 has not done yet
-        self.tensor_names: list[str] = list(algorithm._get_torch_save_params()[1])
-        self.replay_buffer: ReplayBufferState | None = None
-        if save_replay_buffer:
-            buffer = getattr(algorithm, "replay_buffer", None)
-            if not isinstance(buffer, (ReplayBuffer, DictReplayBuffer)) or isinstance(buffer, HerReplayBuffer):
-                raise PersistError(
-                    f"save_replay_buffer=True needs an off-policy algorithm with a ReplayBuffer or DictReplayBuffer; "
-                    f"{type(algorithm).__name__} has {type(buffer).__name__}, so pass save_replay_buffer=False."
-                )
-            self.replay_buffer = ReplayBufferState(buffer)
-        normalizer = algorithm.get_vec_normalize_env()
-        self.vec_normalize = VecNormalizeState(normalizer) if normalizer is not None else None
-
-    def counters(self) -> dict[str, Any]:
-        counters = {name: getattr(self.algorithm, name) for name in COUNTERS if hasattr(self.algorithm, name)}
-        counters["num_timesteps"] -= self.counted_ahead
-        return counters
-
-    def state_dict(self) -> dict[str, Any]:
-        algorithm = self.algorithm
-        state: dict[str, Any] = {
-            "counters": self.counters(),
-            "episodes": [dict(info) for info in algorithm.ep_info_buffer or ()],
-            "successes": list(algorithm.ep_success_buffer or ()),
-            "tensors": {name: recursive_getattr(algorithm, name) for name in self.tensor_names},
-        }
-        if self.replay_buffer is not None:
-            state["replay_buffer"] = self.replay_buffer.state_dict()
-        if self.vec_normalize is not None:
-            state["vec_normalize"] = self.vec_normalize.state_dict()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        algorithm = self.algorithm
-        if self.replay_buffer is not None:
-            if state.get("replay_buffer") is None:
-                log.warning(
-                    "the checkpoint holds no replay buffer (it was saved with save_replay_buffer=False); "
-                    "training resumes with an empty one"
-                )
-            else:
-                self.replay_buffer.load_state_dict(state["replay_buffer"])
-        saved_normalizer = state.get("vec_normalize")
-        if self.vec_normalize is not None and saved_normalizer is not None:
-            self.vec_normalize.load_state_dict(saved_normalizer)
-        elif (self.vec_normalize is None) != (saved_normalizer is None):
-            log.warning(
-                "the checkpoint was saved %s a VecNormalize wrapper and the environment now runs %s one; "
-                "observations are scaled differently than when it was trained",
-                "without" if saved_normalizer is None else "with",
-                "with" if saved_normalizer is None else "without",
-            )
-        with torch.no_grad():
-            for name, saved in state.get("tensors", {}).items():
-                recursive_getattr(algorithm, name).copy_(saved)
-        for name, value in state["counters"].items():
-            setattr(algorithm, name, value)
-        for buffer, saved in (
-            (algorithm.ep_info_buffer, state.get("episodes")),
-            (algorithm.ep_success_buffer, state.get("successes")),
-        ):
-            if buffer is not None and saved is not None:
-                buffer.clear()
-                buffer.extend(saved)
+EVAL_MONITOR = "eval/mean_reward"  # SB3's EvalCallback logs its evaluation under this key
 
 
 class PersistCallback(BaseCallback):
     """Checkpoints `model.policy`, its optimizer(s) and the algorithm's counters (`AlgorithmState`) at every
     env step where the monitor improved or a periodic save is due; restores the newest checkpoint when
     `learn()` starts and takes `final` checkpoints when it ends.
+
+    With `eval_env`, `best` follows an evaluation, as SB3's own `EvalCallback` does: every `eval_freq` env
+    steps the policy plays `n_eval_episodes` episodes there (`evaluate_policy`, after syncing a `VecNormalize`'s
+    statistics) and their mean reward is the monitor, which must then be `EVAL_MONITOR` with mode `max`.
 
     `store` and `persistence_kwargs` go to the `Persistence` (a test's MemoryStore, alert sinks,
     `install_signal_handlers`). One callback may serve several `learn()` calls: each one resumes from the
@@ -284,6 +90,10 @@ class PersistCallback(BaseCallback):
         name: str,
         config: PersistConfig | None = None,
         *,
+        eval_env: Any = None,
+        eval_freq: int = 10_000,
+        n_eval_episodes: int = 5,
+        deterministic: bool = True,
         save_replay_buffer: bool = False,
         store: CheckpointStore | None = None,
         persistence_kwargs: Mapping[str, Any] | None = None,
@@ -293,6 +103,10 @@ class PersistCallback(BaseCallback):
         self.name = name
         self.config = config
         self.save_replay_buffer = save_replay_buffer
+        self.eval_env = eval_env
+        self.eval_freq = eval_freq
+        self.n_eval_episodes = n_eval_episodes
+        self.deterministic = deterministic
         self.store = store
         self.persistence_kwargs = dict(persistence_kwargs or {})
         self.persistence: DistributedPersistence | None = None
@@ -316,8 +130,11 @@ class PersistCallback(BaseCallback):
         # SB3's own save() list: `policy.optimizer`, or the actor's and critic's (and SAC's entropy) optimizers.
         optimizer_names = [n for n in self.model._get_torch_save_params()[0] if n != "policy"]
         optimizers = [recursive_getattr(self.model, n) for n in optimizer_names]
+        evaluation = self._evaluation()
         self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
-        self.handle = self.persistence.track(self.name, self.model.policy, one_or_list(optimizers), extra=self.state)
+        self.handle = self.persistence.track(
+            self.name, self.model.policy, one_or_list(optimizers), extra=self.state, **evaluation
+        )
         try:
             self.restored = self.handle.restore()
         except Exception:
@@ -365,6 +182,37 @@ class PersistCallback(BaseCallback):
         stop, self._stop = self._stop, None
         if stop is not None:
             raise stop
+
+    def _evaluation(self) -> dict[str, Any]:
+        """`track()`'s evaluation arguments for `eval_env` (none without it)."""
+        if self.eval_env is None:
+            return {}
+        settings = (self.config or PersistConfig()).for_model(self.name)
+        if settings.monitor != EVAL_MONITOR or settings.mode != "max":
+            raise ConfigError(
+                f"{self.name}: with eval_env the monitor is the evaluation's mean reward; set "
+                f"monitor={EVAL_MONITOR!r} and mode='max' in the PersistConfig (it has {settings.monitor!r}, "
+                f"{settings.mode!r})."
+            )
+        n_envs = self.model.n_envs
+        if self.eval_freq <= 0 or self.eval_freq % n_envs:
+            raise ConfigError(
+                f"{self.name}: eval_freq={self.eval_freq} must be a positive multiple of the {n_envs} training envs "
+                "(the step axis advances by that many)."
+            )
+        return {"evaluate": self._evaluate_policy, "evaluate_every_steps": self.eval_freq}
+
+    def _evaluate_policy(self) -> float:
+        """The mean reward of `n_eval_episodes` episodes on `eval_env` (SB3's `EvalCallback` evaluation); NaN
+        (nothing evaluated) at step 0, before the first env step was recorded."""
+        if self.model.num_timesteps - self.counted_ahead <= 0:
+            return float("nan")
+        if self.model.get_vec_normalize_env() is not None:
+            sync_envs_normalization(self.training_env, self.eval_env)
+        mean_reward, _ = evaluate_policy(
+            self.model, self.eval_env, n_eval_episodes=self.n_eval_episodes, deterministic=self.deterministic
+        )
+        return float(np.mean(mean_reward))
 
     # ------------------------------------------------------------------------------------- API
 

@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: 
 from zygote import Zygote, Zygotes  # noqa: E402
 
 import mlflow_persist as mp  # noqa: E402
-from mlflow_persist.integrations.sb3 import PersistCallback  # noqa: E402
+from mlflow_persist.integrations.sb3 import EVAL_MONITOR, PersistCallback  # noqa: E402
 from mlflow_persist.testing import MemoryStore  # noqa: E402
 
 from .support import DigestLog, framework_zygote, lines_with, registry, run, run_and_kill, run_and_signal  # noqa: E402
@@ -132,6 +132,58 @@ def test_the_episode_mean_is_reported_once_per_episode_and_learn_again_resumes()
     model.learn(total_timesteps=600, callback=callback)  # the same total: nothing left to train
     assert callback.restored is not None and callback.restored.category == "final"
     assert callback.restored.step == 600 and model.num_timesteps == 600
+
+
+class ReturnsRecorder(gymnasium.Wrapper):
+    """The evaluation env's own record: the return of every episode played on it."""
+
+    def __init__(self, env: gymnasium.Env) -> None:
+        super().__init__(env)
+        self.returns: list[float] = []
+        self._current = 0.0
+
+    def reset(self, **kwargs: Any) -> Any:
+        self._current = 0.0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> Any:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._current += float(reward)
+        if terminated or truncated:
+            self.returns.append(self._current)
+        return observation, reward, terminated, truncated, info
+
+
+def test_with_an_eval_env_best_follows_the_evaluations_not_the_training_reward() -> None:
+    store = MemoryStore()
+    eval_env = ReturnsRecorder(gymnasium.make("CartPole-v1"))
+    callback = PersistCallback(
+        NAME,
+        _config(monitor=EVAL_MONITOR, periodic_every_steps=10_000, keep_best=100),
+        eval_env=eval_env,
+        eval_freq=150,
+        n_eval_episodes=2,
+        store=store,
+        persistence_kwargs={"install_signal_handlers": False},
+    )
+    _dqn().learn(total_timesteps=600, callback=callback)
+    # every evaluation played 2 episodes, at steps 150, 300, 450 and 600 (the last one at learn()'s end)
+    assert len(eval_env.returns) == 8
+    means = [float(np.mean(eval_env.returns[i : i + 2])) for i in range(0, 8, 2)]
+    performance = {v.step: v.value for v in store.list_versions(NAME) if v.category == "performance"}
+    assert set(performance) <= {150, 300, 450, 600} and all(value in means for value in performance.values())
+    best = store.alias_version(NAME)
+    assert best is not None and best.value == max(means)
+    assert best.step == 150 * (means.index(max(means)) + 1)
+
+
+def test_an_eval_env_needs_the_evaluation_monitor() -> None:
+    callback = PersistCallback(
+        NAME, _config(), eval_env=gymnasium.make("CartPole-v1"), store=MemoryStore(),
+        persistence_kwargs={"install_signal_handlers": False},
+    )  # fmt: skip
+    with pytest.raises(mp.ConfigError, match="monitor='eval/mean_reward' and mode='max'"):
+        _dqn().learn(total_timesteps=10, callback=callback)
 
 
 def test_save_replay_buffer_needs_an_off_policy_algorithm() -> None:

@@ -1,0 +1,229 @@
+"""What a Stable-Baselines3 checkpoint holds besides the policy and its optimizers (`AlgorithmState`): the
+algorithm's counters, its recent episodes, its torch variables outside the policy, a `VecNormalize` wrapper's
+running statistics (`VecNormalizeState`) and, optionally, the filled part of its replay buffer
+(`ReplayBufferState`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.save_util import recursive_getattr
+from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
+
+from mlflow_persist._observe.logs import package_logger
+from mlflow_persist.errors import PersistError
+
+__all__ = ["COUNTERS", "REPLAY_ARRAYS", "AlgorithmState", "ReplayBufferState", "VecNormalizeState"]
+
+log = package_logger("mlflow_persist.integrations.sb3")
+
+# What the algorithm needs to continue its schedules after a restart (those it has; DQN's `_n_calls` paces
+# its target-network updates, `_current_progress_remaining` the learning-rate and exploration schedules).
+COUNTERS = (
+    "num_timesteps",
+    "_n_updates",
+    "_episode_num",
+    "_current_progress_remaining",
+    "exploration_rate",
+    "_n_calls",
+)
+REPLAY_ARRAYS = ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")
+
+
+class ReplayBufferState:
+    """The filled part of an off-policy replay buffer, plus `pos` and `full`. Its arrays travel as tensors
+    sharing their memory: the snapshot then copies them once, and the state broadcast to other ranks at a
+    restore needs no decoding."""
+
+    def __init__(self, buffer: ReplayBuffer | DictReplayBuffer) -> None:
+        self.buffer = buffer
+
+    def state_dict(self) -> dict[str, Any]:
+        filled = self.buffer.buffer_size if self.buffer.full else self.buffer.pos
+        state: dict[str, Any] = {"pos": int(self.buffer.pos), "full": bool(self.buffer.full)}
+        for name in REPLAY_ARRAYS:
+            state[name] = _map_arrays(getattr(self.buffer, name, None), lambda array: _as_tensor(array[:filled]))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["full"] and len(state["rewards"]) != self.buffer.buffer_size:
+            raise ValueError(
+                f"the checkpoint's replay buffer is full at {len(state['rewards'])} transitions, the "
+                f"live one holds {self.buffer.buffer_size}; create the algorithm with the same "
+                "buffer_size, or pass save_replay_buffer=False"
+            )
+        for name in REPLAY_ARRAYS:
+            live, saved = getattr(self.buffer, name, None), state.get(name)
+            if (live is None) != (saved is None):
+                raise ValueError(
+                    f"the checkpoint's replay buffer {'lacks' if saved is None else 'has'} {name}; "
+                    "create the algorithm with the same optimize_memory_usage setting"
+                )
+            _copy_arrays(name, saved, live)
+        self.buffer.pos = int(state["pos"])
+        self.buffer.full = bool(state["full"])
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor | np.ndarray:
+    """The array as a tensor sharing its memory, or as itself for a dtype torch lacks (stored as raw bytes)."""
+    try:
+        return torch.from_numpy(array)
+    except TypeError:
+        return array
+
+
+def _map_arrays(value: Any, change: Any) -> Any:
+    if isinstance(value, dict):  # DictReplayBuffer: one array per observation key
+        return {key: change(array) for key, array in value.items()}
+    return None if value is None else change(value)
+
+
+def _copy_arrays(name: str, saved: Any, live: Any) -> None:
+    if isinstance(live, dict):
+        if not isinstance(saved, dict) or set(saved) != set(live):
+            raise ValueError(
+                f"the checkpoint's replay buffer {name} has other keys than the live one; "
+                "resume with the same observation space"
+            )
+        for key in live:
+            _copy_arrays(f"{name}[{key!r}]", saved[key], live[key])
+        return
+    if saved is None:
+        return
+    saved = saved.numpy() if isinstance(saved, torch.Tensor) else np.asarray(saved)
+    if saved.shape[1:] != live.shape[1:] or len(saved) > len(live) or saved.dtype != live.dtype:
+        raise ValueError(
+            f"the checkpoint's replay buffer {name} is {saved.dtype}{list(saved.shape)}, the live one "
+            f"{live.dtype}{list(live.shape)}; create the algorithm with the same buffer_size, env count "
+            "and spaces, or pass save_replay_buffer=False"
+        )
+    live[: len(saved)] = saved
+    live[len(saved) :] = 0
+
+
+def _rms_state(rms: Any) -> Any:
+    """A RunningMeanStd (or a dict of them, for Dict observations) as tensors and a float."""
+    if isinstance(rms, dict):
+        return {key: _rms_state(value) for key, value in rms.items()}
+    return {
+        "mean": torch.from_numpy(np.array(rms.mean)),
+        "var": torch.from_numpy(np.array(rms.var)),
+        "count": float(rms.count),
+    }
+
+
+def _load_rms(rms: Any, saved: Any, what: str) -> None:
+    if isinstance(rms, dict):
+        if not isinstance(saved, dict) or set(saved) != set(rms):
+            raise ValueError(f"the checkpoint's VecNormalize {what} has other keys; resume with the same spaces")
+        for key, value in rms.items():
+            _load_rms(value, saved[key], f"{what}[{key!r}]")
+        return
+    mean, var = saved["mean"].numpy(), saved["var"].numpy()
+    if mean.shape != np.shape(rms.mean):
+        raise ValueError(
+            f"the checkpoint's VecNormalize {what} has shape {list(mean.shape)}, the live one "
+            f"{list(np.shape(rms.mean))}; resume with the same observation space"
+        )
+    rms.mean, rms.var, rms.count = mean.copy(), var.copy(), float(saved["count"])
+
+
+class VecNormalizeState:
+    """The running statistics a `VecNormalize` wrapper scales observations and rewards with (what SB3's own
+    `VecNormalize.save` keeps for them), so that a resumed agent sees its inputs scaled as before."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "obs_rms": _rms_state(self.env.obs_rms),
+            "ret_rms": _rms_state(self.env.ret_rms),
+            "returns": torch.from_numpy(np.array(self.env.returns)),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _load_rms(self.env.obs_rms, state["obs_rms"], "obs_rms")
+        _load_rms(self.env.ret_rms, state["ret_rms"], "ret_rms")
+        returns = state["returns"].numpy()
+        if returns.shape == np.shape(self.env.returns):  # per env: another env count starts fresh returns
+            self.env.returns = returns.copy()
+
+
+class AlgorithmState:
+    """The `extra` of a checkpoint: the algorithm's counters, its recent episodes (the `rollout/*` means),
+    its torch variables outside the policy (SAC's entropy coefficient), its `VecNormalize` statistics and,
+    optionally, its replay buffer."""
+
+    def __init__(self, algorithm: BaseAlgorithm, save_replay_buffer: bool) -> None:
+        self.algorithm = algorithm
+        self.counted_ahead = 0  # env steps already in num_timesteps whose bookkeeping SB3 has not done yet
+        self.tensor_names: list[str] = list(algorithm._get_torch_save_params()[1])
+        self.replay_buffer: ReplayBufferState | None = None
+        if save_replay_buffer:
+            buffer = getattr(algorithm, "replay_buffer", None)
+            if not isinstance(buffer, (ReplayBuffer, DictReplayBuffer)) or isinstance(buffer, HerReplayBuffer):
+                raise PersistError(
+                    f"save_replay_buffer=True needs an off-policy algorithm with a ReplayBuffer or DictReplayBuffer; "
+                    f"{type(algorithm).__name__} has {type(buffer).__name__}, so pass save_replay_buffer=False."
+                )
+            self.replay_buffer = ReplayBufferState(buffer)
+        normalizer = algorithm.get_vec_normalize_env()
+        self.vec_normalize = VecNormalizeState(normalizer) if normalizer is not None else None
+
+    def counters(self) -> dict[str, Any]:
+        counters = {name: getattr(self.algorithm, name) for name in COUNTERS if hasattr(self.algorithm, name)}
+        counters["num_timesteps"] -= self.counted_ahead
+        return counters
+
+    def state_dict(self) -> dict[str, Any]:
+        algorithm = self.algorithm
+        state: dict[str, Any] = {
+            "counters": self.counters(),
+            "episodes": [dict(info) for info in algorithm.ep_info_buffer or ()],
+            "successes": list(algorithm.ep_success_buffer or ()),
+            "tensors": {name: recursive_getattr(algorithm, name) for name in self.tensor_names},
+        }
+        if self.replay_buffer is not None:
+            state["replay_buffer"] = self.replay_buffer.state_dict()
+        if self.vec_normalize is not None:
+            state["vec_normalize"] = self.vec_normalize.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        algorithm = self.algorithm
+        if self.replay_buffer is not None:
+            if state.get("replay_buffer") is None:
+                log.warning(
+                    "the checkpoint holds no replay buffer (it was saved with save_replay_buffer=False); "
+                    "training resumes with an empty one"
+                )
+            else:
+                self.replay_buffer.load_state_dict(state["replay_buffer"])
+        saved_normalizer = state.get("vec_normalize")
+        if self.vec_normalize is not None and saved_normalizer is not None:
+            self.vec_normalize.load_state_dict(saved_normalizer)
+        elif (self.vec_normalize is None) != (saved_normalizer is None):
+            log.warning(
+                "the checkpoint was saved %s a VecNormalize wrapper and the environment now runs %s one; "
+                "observations are scaled differently than when it was trained",
+                "without" if saved_normalizer is None else "with",
+                "with" if saved_normalizer is None else "without",
+            )
+        with torch.no_grad():
+            for name, saved in state.get("tensors", {}).items():
+                recursive_getattr(algorithm, name).copy_(saved)
+        for name, value in state["counters"].items():
+            setattr(algorithm, name, value)
+        for buffer, saved in (
+            (algorithm.ep_info_buffer, state.get("episodes")),
+            (algorithm.ep_success_buffer, state.get("successes")),
+        ):
+            if buffer is not None and saved is not None:
+                buffer.clear()
+                buffer.extend(saved)
