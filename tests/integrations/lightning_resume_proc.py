@@ -1,9 +1,10 @@
 """A deterministic Lightning fit for the exact-resume test: the same fit run through, or killed and resumed.
 
-Usage: lightning_resume_proc.py URI MAX_STEPS ACCUMULATE [plain | own:CKPT]
+Usage: lightning_resume_proc.py URI MAX_STEPS ACCUMULATE [plain | own:CKPT] [ddp]
 With `plain` the fit runs without the callback (the uninterrupted oracle); with `own:CKPT` it runs without the
 callback and resumes with Lightning's own `fit(ckpt_path=CKPT)` when CKPT exists, and saves it at the end
-(`trainer.save_checkpoint`): the framework's own resume, as the oracle of its semantics. Prints `STEP n` after every batch
+(`trainer.save_checkpoint`): the framework's own resume, as the oracle of its semantics. With `ddp` the fit runs
+on 2 CPU processes (strategy "ddp", gloo) and every record carries the rank. Prints `STEP n` after every batch
 that stepped the optimizer, `RESTORED {...}` after the restore, and at the end `DONE {...}`: the trainer's own
 counters and digests of the weights and of the optimizer's state.
 The data order is fixed (no shuffling) and the model has no randomness, so on CPU the fit is deterministic.
@@ -75,7 +76,8 @@ class Printing(pl.Callback):
 
 def main() -> None:
     uri, max_steps, accumulate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    mode = sys.argv[4] if len(sys.argv) > 4 else ""
+    mode = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "ddp" else ""
+    ddp = sys.argv[-1] == "ddp"
     own_ckpt = Path(mode[4:]) if mode.startswith("own:") else None
     plain = mode == "plain" or own_ckpt is not None
     torch.manual_seed(0)
@@ -89,7 +91,7 @@ def main() -> None:
         callbacks.insert(0, persist)
     trainer = pl.Trainer(
         max_steps=max_steps,
-        **QUIET_ON_CPU,
+        **{**QUIET_ON_CPU, **({"devices": 2, "strategy": "ddp"} if ddp else {})},
         accumulate_grad_batches=accumulate,
         limit_val_batches=2,
         num_sanity_val_steps=0,
@@ -103,7 +105,7 @@ def main() -> None:
             original(trainer, pl_module)
             info = persist.restored
             record = {"step": info.step if info else None, "global_step": trainer.global_step}
-            print("RESTORED " + json.dumps(record), flush=True)
+            emit("RESTORED", {**record, "rank": trainer.global_rank})
 
         persist.on_fit_start = report_restore  # type: ignore[method-assign]
     ckpt_path = str(own_ckpt) if own_ckpt is not None and own_ckpt.exists() else None
@@ -118,7 +120,13 @@ def main() -> None:
         "optimizer": state_digest(optimizer.state_dict()),
         "lr": optimizer.param_groups[0]["lr"],
     }
-    print("DONE " + json.dumps(done), flush=True)
+    emit("DONE", {**done, "rank": trainer.global_rank} if ddp else done)
+
+
+def emit(marker: str, record: dict) -> None:
+    """One line in one write (under DDP the two ranks share stdout; a write under PIPE_BUF is not interleaved)."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"{marker} {json.dumps(record)}\n".encode())
 
 
 if __name__ == "__main__":

@@ -220,3 +220,27 @@ def test_max_steps_keeps_lightnings_own_meaning_across_restarts(tmp_path: Path, 
         assert _done(ours) == _done(lightning_own), (max_steps, ours[-2000:], lightning_own[-2000:])
         trained = [int(line.split()[1]) for line in ours.splitlines() if line.startswith("STEP ")]
         assert _done(ours)["global_step"] == int(max_steps) and (not trained or max(trained) == int(max_steps))
+
+
+def _done_by_rank(stdout: str) -> dict[int, dict]:
+    return {record.pop("rank"): record for record in lines_with(stdout, "DONE")}
+
+
+def test_a_ddp_fit_resumes_on_every_rank_as_lightnings_own_ddp_resume_does(tmp_path: Path, framework: Zygote) -> None:
+    """Two CPU processes (strategy "ddp", gloo): rank 0 saves, both ranks restore the same state and loop
+    progress, and a fit resumed to max_steps=12 ends bit for bit where Lightning's own resume from its own
+    checkpoint at step 8 ends, on both ranks."""
+    uri, own = f"sqlite:///{tmp_path}/mlflow.db", f"own:{tmp_path / 'own.ckpt'}"
+    for max_steps in ("8", "12"):
+        ours = run(RESUME_SCRIPT, uri, max_steps, "1", "ddp", cwd=tmp_path, zygote=framework).stdout
+        lightning_own = run(RESUME_SCRIPT, "unused", max_steps, "1", own, "ddp", cwd=tmp_path, zygote=framework).stdout
+        restored = {record["rank"]: record for record in lines_with(ours, "RESTORED")}
+        expected = 8 if max_steps == "12" else None
+        assert {rank: (r["step"], r["global_step"]) for rank, r in restored.items()} == {
+            0: (expected, expected or 0),
+            1: (expected, expected or 0),
+        }, ours[-3000:]
+        done, oracle = _done_by_rank(ours), _done_by_rank(lightning_own)
+        assert set(done) == set(oracle) == {0, 1}
+        assert done[0] == done[1] == oracle[0] == oracle[1] and done[0]["global_step"] == int(max_steps)
+    assert len(registry(uri, "regressor")["runs"]) == 1  # rank 0 alone opened the run, once
