@@ -87,7 +87,13 @@ class TrainerStateRecord:
         return saved
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        """Takes back the saved `log_history`, `best_metric` and the rest of RESUMED_FIELDS into the live state
+        (`global_step` is the callback's to set), so that `state_dict()` then reflects what was loaded, as the
+        other ranks receive it under torch.distributed."""
         self.loaded = json.loads(saved[TRAINER_STATE_KEY])
+        for name in RESUMED_FIELDS:
+            if name in self.loaded and hasattr(self.state, name):
+                setattr(self.state, name, self.loaded[name])
 
 
 class PersistCallback(TrainerCallback):
@@ -186,10 +192,6 @@ class PersistCallback(TrainerCallback):
             raise
         if self.restored is None or native:
             return  # the Trainer resumed itself, from the folder resume_checkpoint() wrote
-        if record.loaded is not None:
-            for name in RESUMED_FIELDS:
-                if name in record.loaded and hasattr(state, name):
-                    setattr(state, name, record.loaded[name])
         if self.restored.step >= state.max_steps:
             log.warning(
                 "%s: the restored step %d has reached max_steps=%d, so the Trainer stops after one more "

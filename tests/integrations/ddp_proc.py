@@ -8,7 +8,6 @@ With `--stop-on-signals` the ranks handle SIGTERM (0.05 s a step), print `PID {.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import sys
@@ -22,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlflow_persist as mp  # noqa: E402
-from integrations.support import DigestLog, state_digest  # noqa: E402
+from integrations.support import DigestLog, emit, state_digest  # noqa: E402
 from mlflow_persist.integrations.distributed import DistributedPersistence  # noqa: E402
 
 PICKLED_BYTES = [0]  # what this rank handed to broadcast_object_list: the collectives that pickle
@@ -35,12 +34,6 @@ def _counting_broadcast_object_list(original):  # type: ignore[no-untyped-def]
         return original(objects, *args, **kwargs)
 
     return broadcast_object_list
-
-
-def emit(marker: str, record: dict) -> None:
-    """One line in one write: the two ranks share stdout, and a write under PIPE_BUF is never interleaved."""
-    sys.stdout.flush()
-    os.write(sys.stdout.fileno(), f"{marker} {json.dumps(record)}\n".encode())
 
 
 def tensor_bytes(*states: object) -> int:

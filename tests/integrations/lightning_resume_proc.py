@@ -12,7 +12,6 @@ The data order is fixed (no shuffling) and the model has no randomness, so on CP
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from integrations.lightning_proc import QUIET_ON_CPU  # noqa: E402
-from integrations.support import keep_everything_config, state_digest  # noqa: E402
+from integrations.support import emit, keep_everything_config, state_digest  # noqa: E402
 from mlflow_persist.integrations.lightning import PersistCallback  # noqa: E402
 
 BATCHES_PER_EPOCH = 8
@@ -121,12 +120,6 @@ def main() -> None:
         "lr": optimizer.param_groups[0]["lr"],
     }
     emit("DONE", {**done, "rank": trainer.global_rank} if ddp else done)
-
-
-def emit(marker: str, record: dict) -> None:
-    """One line in one write (under DDP the two ranks share stdout; a write under PIPE_BUF is not interleaved)."""
-    sys.stdout.flush()
-    os.write(sys.stdout.fileno(), f"{marker} {json.dumps(record)}\n".encode())
 
 
 if __name__ == "__main__":

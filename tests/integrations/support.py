@@ -105,6 +105,13 @@ def keep_everything_config(uri: str, monitor: str = "loss", periodic_every_steps
     )
 
 
+def emit(marker: str, record: dict[str, Any]) -> None:
+    """Print `MARKER {json}` as one line in one write: processes that share stdout (the ranks of a
+    distributed run) never interleave a write under PIPE_BUF."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"{marker} {json.dumps(record)}\n".encode())
+
+
 def env() -> dict[str, str]:
     values = {
         **os.environ,

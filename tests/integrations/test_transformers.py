@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,17 @@ import mlflow_persist as mp  # noqa: E402
 from mlflow_persist.integrations.transformers import PersistCallback  # noqa: E402
 from mlflow_persist.testing import MemoryStore  # noqa: E402
 
-from .support import DigestLog, framework_zygote, lines_with, metric_steps, registry, run, run_and_kill, run_and_signal  # noqa: E402
+from .support import (
+    DigestLog,
+    env,
+    framework_zygote,
+    lines_with,
+    metric_steps,
+    registry,
+    run,
+    run_and_kill,
+    run_and_signal,
+)  # noqa: E402
 from .transformers_proc import MODEL_NAME, ToyDataset, tiny_bert, training_args  # noqa: E402
 
 pytestmark = pytest.mark.slow  # real Trainer fits (and importing the Trainer takes seconds)
@@ -370,3 +382,29 @@ def test_export_hf_writes_a_folder_from_pretrained_loads(
     assert set(state) == set(trained)
     for key, value in trained.items():
         assert torch.equal(state[key], value), key
+
+
+def test_under_ddp_every_rank_resumes_the_same_state_and_trainer_state(tmp_path: Path, sqlite_uri: str) -> None:
+    """Two CPU processes under torchrun (gloo): rank 0 saves, and a plain train() restores on both ranks the
+    same weights, optimizer state, global_step and TrainerState (the log records of the first run)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT)]
+
+    def torchrun(max_steps: str) -> str:
+        result = subprocess.run(
+            [*command, sqlite_uri, str(tmp_path / "d.jsonl"), "--max-steps", max_steps],
+            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    torchrun("6")
+    resumed = torchrun("10")
+    restored = {r["rank"]: r for r in lines_with(resumed, "RESTORED")}
+    assert {rank: (r["step"], r["global_step"]) for rank, r in restored.items()} == {0: (6, 6), 1: (6, 6)}
+    assert restored[0]["digest"] == restored[1]["digest"]
+    done = {r.pop("rank"): r for r in lines_with(resumed, "DONE")}
+    assert set(done) == {0, 1} and done[0]["global_step"] == 10
+    for key in ("weights", "optimizer", "log_steps"):
+        assert done[0][key] == done[1][key], key
+    assert done[1]["log_steps"] == [2, 4, 6, 8, 10]
+    assert len(registry(sqlite_uri, MODEL_NAME)["runs"]) == 1

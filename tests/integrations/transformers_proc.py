@@ -27,7 +27,7 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlflow_persist as mp  # noqa: E402
-from integrations.support import DigestLog, keep_everything_config, state_digest  # noqa: E402
+from integrations.support import DigestLog, emit, keep_everything_config, state_digest  # noqa: E402
 from mlflow_persist.integrations.transformers import PersistCallback  # noqa: E402
 
 MODEL_NAME = "tiny_bert"
@@ -106,20 +106,18 @@ class RecordingCallback(PersistCallback):
         super().on_train_begin(args, state, control, **kwargs)
         self.objects = (kwargs["model"], kwargs["optimizer"])
         info = self.restored
-        print(
-            "RESTORED "
-            + json.dumps(
-                {
-                    "version": info.version if info else None,
-                    "category": info.category if info else None,
-                    "step": info.step if info else None,
-                    "value": info.value if info else None,
-                    "run_id": info.run_id if info else None,
-                    "global_step": state.global_step,
-                    "digest": self.digest(),
-                }
-            ),
-            flush=True,
+        emit(
+            "RESTORED",
+            {
+                "version": info.version if info else None,
+                "category": info.category if info else None,
+                "step": info.step if info else None,
+                "value": info.value if info else None,
+                "run_id": info.run_id if info else None,
+                "global_step": state.global_step,
+                "digest": self.digest(),
+                "rank": args.process_index,
+            },
         )
 
     def persist_step(self, step: int | None = None, **metrics: float) -> mp.SaveDecision:
@@ -173,7 +171,7 @@ def main() -> None:
             "log_steps": [record["step"] for record in trainer.state.log_history if "loss" in record],
             "trained_steps": round(output.metrics["train_steps_per_second"] * output.metrics["train_runtime"]),
         }
-        print("DONE " + json.dumps(done), flush=True)
+        emit("DONE", {**done, "rank": trainer.args.process_index})
 
 
 if __name__ == "__main__":
