@@ -199,7 +199,7 @@ def test_a_fit_killed_twice_at_random_points_resumes_to_the_uninterrupted_result
     )
     restored = next(lines_with(killed, "RESTORED"))
     # the trainer's own counter continues from the checkpoint, so max_steps is the total across restarts
-    assert restored == {"step": restart_step, "global_step": restart_step}, killed[-3000:]
+    assert (restored["step"], restored["global_step"]) == (restart_step, restart_step), killed[-3000:]
     steps = [int(line.split()[1]) for line in killed.splitlines() if line.startswith("STEP ")]
     assert steps[0] == restart_step + 1, steps
 
