@@ -65,7 +65,7 @@ def broadcast_state(state: Any) -> Any:
         return state
     tensors: list[torch.Tensor] = []
     skeleton = broadcast_from_writer(_skeleton(state, tensors) if global_rank() == 0 else None)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _collective_device()
     if global_rank() != 0:
         tensors = [torch.empty(shape, dtype=dtype) for shape, dtype in _tensor_specs(skeleton)]
     received = []
@@ -74,6 +74,11 @@ def broadcast_state(state: Any) -> Any:
         dist.broadcast(on_device, src=0)
         received.append(on_device.cpu() if on_device.device != tensor.device else on_device)
     return _filled(skeleton, received)
+
+
+def _collective_device() -> torch.device:
+    """Where the process group's collectives take tensors: the current GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def _skeleton(state: Any, tensors: list[torch.Tensor]) -> Any:
@@ -137,10 +142,7 @@ class StopAgreement:
 
     def agree(self, raised: GracefulExit | None) -> GracefulExit | None:
         """The GracefulExit every rank raises at this step (`raised`: rank 0's own), or None to go on."""
-        device = (
-            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        )
-        flag = torch.tensor([self.pending()], dtype=torch.int64, device=device)
+        flag = torch.tensor([self.pending()], dtype=torch.int64, device=_collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         signum = int(flag.item())
         if not signum:
