@@ -80,3 +80,7 @@ def test_export_errors_are_one_line_and_write_nothing(
         capsys, "export", "tied", "--alias", "nope", "--format", "safetensors", "--tracking-uri", uri
     )
     assert code == 1 and "no version with the alias 'nope'" in err
+    code, _, err = run_cli(
+        capsys, "export", "tied", "--version", "99", "--format", "safetensors", "--tracking-uri", uri
+    )
+    assert code == 1 and err.count("\n") == 1 and "99" in err
