@@ -153,7 +153,11 @@ class PersistCallback(TrainerCallback):
                 log.warning("%s: v%s is damaged (%s); trying the next older one", self.name, info.version, exc)
                 continue
             directory = Path(tempfile.mkdtemp(prefix="mlflow-persist-resume-"))
-            folder = write_trainer_folder(state, directory)
+            try:
+                folder = write_trainer_folder(state, directory)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
             self._resume_folder = (directory, state.step, info.version)
             log.info(
                 "%s: v%s (step %d) written for the Trainer's resume at %s", self.name, info.version, state.step, folder

@@ -408,3 +408,20 @@ def test_under_ddp_every_rank_resumes_the_same_state_and_trainer_state(tmp_path:
         assert done[0][key] == done[1][key], key
     assert done[1]["log_steps"] == [2, 4, 6, 8, 10]
     assert len(registry(sqlite_uri, MODEL_NAME)["runs"]) == 1
+
+
+def test_resume_checkpoint_of_a_checkpoint_without_trainer_state_says_what_to_do_and_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    store = MemoryStore()
+    config = mp.PersistConfig(monitor="loss", log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0)
+    with mp.Persistence(config, store=store, install_signal_handlers=False) as persist:  # as an older release saved
+        persist.track(MODEL_NAME, tiny_bert()).step(step=3, loss=1.0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    callback = PersistCallback(MODEL_NAME, config, store=store, persistence_kwargs={"install_signal_handlers": False})
+    with pytest.raises(mp.PersistError, match="holds no TrainerState .* call trainer.train\\(\\) without"):
+        callback.resume_checkpoint()
+    assert list(tmp_path.iterdir()) == []
+    callback.close(final_checkpoints=False)
