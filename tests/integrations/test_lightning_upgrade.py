@@ -15,6 +15,8 @@ import mlflow_persist as mp  # noqa: E402
 from mlflow_persist.integrations.lightning import PersistCallback  # noqa: E402
 from mlflow_persist.testing import MemoryStore  # noqa: E402
 
+from .lightning_proc import QUIET_ON_CPU  # noqa: E402
+
 pytestmark = pytest.mark.slow  # importing Lightning takes seconds
 
 
@@ -44,15 +46,7 @@ def test_a_checkpoint_without_loop_state_continues_global_step_from_its_step() -
         handle = persist.track("tiny", old, torch.optim.SGD(old.parameters(), lr=0.1))
         handle.step(step=7, train_loss=1.0)
     callback = PersistCallback("tiny", config, store=store)
-    trainer = pl.Trainer(
-        max_steps=10,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
+    trainer = pl.Trainer(max_steps=10, **QUIET_ON_CPU, callbacks=[callback])
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     model = Tiny()
     restored_weight: list[torch.Tensor] = []
