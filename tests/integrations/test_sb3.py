@@ -311,7 +311,9 @@ def test_sigterm_ends_learn_with_a_final_checkpoint_and_the_restart_continues_th
     final = _one_record(log, "final")
     saved = registry(sqlite_uri, NAME)
     newest = saved["versions"][max(saved["versions"])]
-    assert newest[CATEGORY] == "final" and int(newest[STEP]) == final["step"] > 750
+    # the signal lands while step 750 is being counted, which reports step 749 (SB3 counts a step before
+    # its callback): the earliest step boundary it can stop at is 750
+    assert newest[CATEGORY] == "final" and int(newest[STEP]) == final["step"] >= 750
     run_id = saved["runs"][0].info.run_id
 
     second = run(SCRIPT, *args, cwd=tmp_path, zygote=framework).stdout
