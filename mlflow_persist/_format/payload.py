@@ -5,7 +5,8 @@ A checkpoint is a directory with two files:
 - `checkpoint.pt`: `torch.save` of a plain dict (tensors, numbers, strings, lists, dicts), so it loads with
   `torch.load(weights_only=True)` and can never execute code;
 - `manifest.json`: format version, the digest of `checkpoint.pt` and its algorithm (digest.py), step,
-  category, metrics, created_at.
+  category, metrics, created_at;
+- for a sharded checkpoint, `shards/` with the ranks' DCP files, recorded in `checkpoint.pt` (shards.py).
 
 Format history (every loader reads every older version, filling new fields with defaults):
 - 1: model_state, optimizer_state, step, metrics.
@@ -42,6 +43,7 @@ from mlflow_persist._format.digest import (
     recorded_digest,
 )
 from mlflow_persist._format.direct_io import DirectFile
+from mlflow_persist._format.shards import SHARDS_DIR, SHARDS_KEY, adopt_shards, is_sharded, verify_shards
 from mlflow_persist._format.timestamps import utc_now_iso
 from mlflow_persist.errors import CheckpointCorruptError, PersistError
 
@@ -78,7 +80,7 @@ _NDARRAY_KEY = "__mlflow_persist_ndarray__"
 class CheckpointState:
     """A verified, loaded checkpoint: plain state dicts ready for `load_state_dict`."""
 
-    model_state: Mapping[str, torch.Tensor]
+    model_state: Mapping[str, Any]  # tensors (a shard record for a sharded checkpoint: shards.py)
     optimizer_state: dict[str, Any] | None = None
     scheduler_state: dict[str, Any] | None = None
     extra_state: Any = None
@@ -312,6 +314,9 @@ def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> Written
             "in the caller: report it, the previous checkpoints are untouched."
         )
     directory.mkdir(parents=True, exist_ok=True)
+    staged = payload["model_state"].get(SHARDS_KEY) if is_sharded(payload["model_state"]) else None
+    if isinstance(staged, str):  # the ranks' DCP files: moved in, recorded with their digests (shards.py)
+        payload = {**payload, "model_state": {SHARDS_KEY: adopt_shards(staged, directory)}}
     with DirectFile(directory / CHECKPOINT_FILE) as handle:
         writer = _DigestingWriter(handle)
         try:
@@ -397,6 +402,10 @@ def read_checkpoint_dir(directory: Path, expected: Digest | None = None) -> Chec
         raw = _load_or_corrupt(lambda: torch.load(checkpoint, map_location="cpu", weights_only=True), str(checkpoint))
     state = payload_to_state(raw)
     state.digest = actual
+    if is_sharded(state.model_state):  # checkpoint.pt verified: now the shard files it records
+        record = state.model_state[SHARDS_KEY]
+        verify_shards(directory, record)
+        state.model_state = {SHARDS_KEY: {"directory": str(directory / SHARDS_DIR), "files": dict(record)}}
     return state
 
 

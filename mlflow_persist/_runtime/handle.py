@@ -8,7 +8,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -112,6 +112,9 @@ class ModelHandle(HandleRestore):
         self.max_wait = 0.5  # seconds a training call waits on the store (Persistence sets its config's)
         self._pending_revert: BackgroundCall[tuple[VersionInfo, CheckpointState] | None] | None = None
         self.copy_backend: CopyBackend | None = None  # None: CUDA's when CUDA is in use (device_copy.py)
+        # What a save holds as model_state, given the step, when not the model's state_dict(): sharded
+        # checkpoints (integrations/sharded.py) write the ranks' shards there and return the shard record
+        self.model_state_for_save: Callable[[int], Mapping[str, Any]] | None = None
         self.schedule.start(0, time.monotonic())
 
     # ------------------------------------------------------------------------------------- read-only views
@@ -299,7 +302,7 @@ class ModelHandle(HandleRestore):
             reuse=spare,
             device_copies=device_copies,
             model_name=self.name,
-            model_state=self.model.state_dict(),
+            model_state=self.model_state_for_save(step) if self.model_state_for_save else self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict() if self.optimizer is not None else None,
             scheduler_state=self.scheduler.state_dict() if self.scheduler is not None else None,
             extra_state=self.extra.state_dict() if self.extra is not None else None,
