@@ -152,6 +152,7 @@ class PersistCallback(BaseCallback):
         self._reported = dict(self.logger.name_to_value)
         episodes = self.model.ep_info_buffer
         self._newest_episode = episodes[-1] if episodes else None
+        self.state.after_step()
 
     def _on_step(self) -> bool:
         self.counted_ahead = self.model.n_envs
@@ -159,7 +160,9 @@ class PersistCallback(BaseCallback):
             self.persist_step(**self.fresh_metrics())
         except GracefulExit as stop:  # a SIGTERM/SIGINT reached this step boundary: end learn() here
             self._stop = stop
-            return False
+            return False  # the final checkpoint holds the step before this one, as the kept state does
+        if self.state is not None:
+            self.state.after_step()
         return True
 
     def _on_training_end(self) -> None:

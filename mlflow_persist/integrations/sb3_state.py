@@ -133,14 +133,56 @@ def _load_rms(rms: Any, saved: Any, what: str) -> None:
     rms.mean, rms.var, rms.count = mean.copy(), var.copy(), float(saved["count"])
 
 
+def _kept_rms(rms: Any, into: Any) -> Any:
+    """A copy of a RunningMeanStd (or a dict of them) as numpy arrays and a float, into `into`'s arrays where
+    they fit (no allocation per step)."""
+    if isinstance(rms, dict):
+        spare = into if isinstance(into, dict) else {}
+        return {key: _kept_rms(value, spare.get(key)) for key, value in rms.items()}
+    mean, var = np.asarray(rms.mean), np.asarray(rms.var)
+    if isinstance(into, dict) and into["mean"].shape == mean.shape and into["mean"].dtype == mean.dtype:
+        np.copyto(into["mean"], mean)
+        np.copyto(into["var"], var)
+        into["count"] = float(rms.count)
+        return into
+    return {"mean": mean.copy(), "var": var.copy(), "count": float(rms.count)}
+
+
+def _as_state(kept: Any) -> Any:
+    if "mean" not in kept:
+        return {key: _as_state(value) for key, value in kept.items()}
+    return {"mean": torch.from_numpy(kept["mean"]), "var": torch.from_numpy(kept["var"]), "count": kept["count"]}
+
+
 class VecNormalizeState:
     """The running statistics a `VecNormalize` wrapper scales observations and rewards with (what SB3's own
-    `VecNormalize.save` keeps for them), so that a resumed agent sees its inputs scaled as before."""
+    `VecNormalize.save` keeps for them), so that a resumed agent sees its inputs scaled as before.
+
+    The wrapper updates them inside `env.step`, before SB3 calls `on_step`: a save there (`counted_ahead`)
+    must hold the statistics as they were after the step before, which `keep()`, called at the end of every
+    `on_step` and after a restore, copies aside."""
 
     def __init__(self, env: Any) -> None:
         self.env = env
+        self._kept: dict[str, Any] | None = None  # the statistics at the last keep(): after the previous step
 
-    def state_dict(self) -> dict[str, Any]:
+    def keep(self) -> None:
+        kept = self._kept or {}
+        self._kept = {
+            "obs_rms": _kept_rms(self.env.obs_rms, kept.get("obs_rms")),
+            "ret_rms": _kept_rms(self.env.ret_rms, kept.get("ret_rms")),
+            "returns": _kept_array(self.env.returns, kept.get("returns")),
+        }
+
+    def state_dict(self, before_this_step: bool = False) -> dict[str, Any]:
+        """The statistics now, or (`before_this_step`, inside on_step) those kept after the previous step."""
+        if before_this_step and self._kept is not None:
+            kept = self._kept
+            return {
+                "obs_rms": _as_state(kept["obs_rms"]),
+                "ret_rms": _as_state(kept["ret_rms"]),
+                "returns": torch.from_numpy(kept["returns"]),
+            }  # shared with the kept arrays: the snapshot copies them before the next keep()
         return {
             "obs_rms": _rms_state(self.env.obs_rms),
             "ret_rms": _rms_state(self.env.ret_rms),
@@ -153,6 +195,15 @@ class VecNormalizeState:
         returns = state["returns"].numpy()
         if returns.shape == np.shape(self.env.returns):  # per env: another env count starts fresh returns
             self.env.returns = returns.copy()
+        self.keep()
+
+
+def _kept_array(value: Any, into: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if isinstance(into, np.ndarray) and into.shape == array.shape and into.dtype == array.dtype:
+        np.copyto(into, array)
+        return into
+    return array.copy()
 
 
 class AlgorithmState:
@@ -192,8 +243,14 @@ class AlgorithmState:
         if self.replay_buffer is not None:
             state["replay_buffer"] = self.replay_buffer.state_dict()
         if self.vec_normalize is not None:
-            state["vec_normalize"] = self.vec_normalize.state_dict()
+            state["vec_normalize"] = self.vec_normalize.state_dict(before_this_step=self.counted_ahead > 0)
         return state
+
+    def after_step(self) -> None:
+        """At the end of every `on_step`, and once learn() starts: what the next save inside on_step needs of
+        this step (the VecNormalize statistics after it)."""
+        if self.vec_normalize is not None:
+            self.vec_normalize.keep()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         algorithm = self.algorithm

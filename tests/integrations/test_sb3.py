@@ -315,18 +315,7 @@ EXACT_PERIODIC = {"dqn": (100, TRAIN_FREQ), "ppo": (2 * PPO_N_STEPS, PPO_N_STEPS
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "algo",
-    [
-        "dqn",
-        pytest.param(
-            "ppo",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=VecNormalizeStatisticsOfTheNextStep,
-                reason="PersistCallback saves a VecNormalize's statistics inside on_step, after env.step already "
-                "counted step N + 1 in them, as those of step N",
-            ),
-        ),
-    ],
+    ["dqn", "ppo"],
 )
 def test_killed_twice_at_random_points_the_resumed_run_ends_as_the_uninterrupted_one(
     algo: str, tmp_path: Path, sqlite_uri: str, template_db: Path, framework: Zygote
