@@ -160,7 +160,7 @@ MODULE_SECONDS = {
     "reliability/test_fault_matrix.py": 90,
     "ops/test_ops_servers.py": 55,
     "trading/test_e2e_cli.py": 55,
-    "integrations/test_ddp.py": 50,
+    "integrations/test_ddp.py": 90,
     "reliability/test_server_outage.py": 45,
     "trading/test_exact_resume.py": 45,
     "integrations/test_sb3.py": 95,

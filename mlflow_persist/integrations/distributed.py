@@ -7,6 +7,8 @@
   whatever happens: rank 0 does the store work, then broadcasts the outcome (the restored state dicts, or its
   error). Every rank then loads the same state or raises the same error; no rank waits forever.
 - Without `torch.distributed` initialized (or with one process) it is exactly one `Persistence`.
+- **A lost rank 0 ends the other ranks** within `rank_zero_timeout` seconds, with one line saying why
+  (rank_zero_watch.py).
 
 - **A stop signal anywhere stops every rank at the same step**: with signal handling on (the default outside
   notebooks), every rank turns SIGTERM/SIGINT into a stop request, and every `step()` is one `all_reduce` of
@@ -30,6 +32,7 @@ from mlflow_persist._runtime.persistence import Persistence
 from mlflow_persist._runtime.process_effects import ProcessEffects, interactive_session
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import ConfigError
+from mlflow_persist.integrations.rank_zero_watch import RankZeroWatch
 from mlflow_persist.integrations.ranks import (
     DistributedHandle,
     StopAgreement,
@@ -56,8 +59,11 @@ class DistributedPersistence:
         *,
         store: Any = None,
         install_signal_handlers: bool | None = None,
+        rank_zero_timeout: float | None = 60.0,
         **kwargs: Any,
     ) -> None:
+        """`rank_zero_timeout`: seconds the other ranks wait for a sign of life from rank 0 before they exit
+        with EXIT_RANK_ZERO_LOST and one line saying why (rank_zero_watch.py); None: never."""
         self.rank = global_rank()
         self.persistence: Persistence | None = None
         outcome: tuple[str, Any] = ("ok", None)
@@ -73,6 +79,9 @@ class DistributedPersistence:
         grace = (config or PersistConfig()).shutdown_grace_seconds
         self.stops = StopAgreement(self.persistence, grace) if is_distributed() and wanted else None
         self._channel: ShardChannel | None = None  # once a sharded model is tracked
+        self.watch = (
+            RankZeroWatch(rank_zero_timeout).start() if is_distributed() and rank_zero_timeout is not None else None
+        )
 
     @property
     def is_writer(self) -> bool:
@@ -122,10 +131,14 @@ class DistributedPersistence:
             if persistence is not None:
                 persistence.close(final_checkpoints=final_checkpoints, timeout=timeout)
 
-        if self._channel is not None:
-            lead_or_follow(self._channel, close_writer if self.is_writer else None)
-        else:
-            close_writer()
+        try:
+            if self._channel is not None:
+                lead_or_follow(self._channel, close_writer if self.is_writer else None)
+            else:
+                close_writer()
+        finally:
+            if self.watch is not None:
+                self.watch.stop()
 
     def __enter__(self) -> DistributedPersistence:
         return self

@@ -1,9 +1,10 @@
 """A data-parallel trainer for `torchrun --nproc-per-node 2` on CPU (gloo), with DistributedPersistence.
 
-Usage: ddp_proc.py URI DIGEST_LOG STEPS [--fail-saves] [--stop-on-signals]
+Usage: ddp_proc.py URI DIGEST_LOG STEPS [--fail-saves] [--stop-on-signals] [--rank-zero-timeout S]
 Prints `RESTORED {...}` (per rank: restored step and a digest of the live state) and `DONE {...}`.
 With `--stop-on-signals` the ranks handle SIGTERM (0.05 s a step), print `PID {...}` and `STEP {...}`, and on the stop
-`STOPPED {rank, step}` before closing.
+`STOPPED {rank, step}` before closing. With `--rank-zero-timeout S` (the other ranks' wait for a lost rank 0) it
+prints `PID` and `STEP` and sleeps 0.05 s a step too.
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ def main() -> None:
         save_retry_attempts=2,
         save_retry_max_wait_seconds=0.1,
     )
-    persist = DistributedPersistence(config, store=store, install_signal_handlers=signals)
-    if signals:
+    timeout = float(sys.argv[sys.argv.index("--rank-zero-timeout") + 1]) if "--rank-zero-timeout" in sys.argv else 60.0
+    persist = DistributedPersistence(config, store=store, install_signal_handlers=signals, rank_zero_timeout=timeout)
+    if signals or "--rank-zero-timeout" in sys.argv:
         emit("PID", {"rank": rank, "pid": os.getpid()})
     handle = persist.track("ddp_net", model, optimizer)
     pickled_before = PICKLED_BYTES[0]
@@ -122,7 +124,7 @@ def main() -> None:
             log.append(
                 event="saved", step=handle.current_step, digest=state_digest(model.state_dict(), optimizer.state_dict())
             )
-        if signals:
+        if signals or "--rank-zero-timeout" in sys.argv:
             emit("STEP", {"rank": rank, "step": handle.current_step})
             time.sleep(0.05)
     if rank == 0:  # the final checkpoint close() takes holds this state

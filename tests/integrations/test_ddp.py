@@ -9,9 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+import mlflow_persist as mp
+from mlflow_persist.integrations.rank_zero_watch import EXIT_RANK_ZERO_LOST
 
 from .support import DigestLog, env, lines_with, registry
 
@@ -128,3 +132,68 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_final_chec
         if tags["mlflow_persist.category"] == "final"
     ]
     assert final == [stopped[0]["step"]]  # rank 0 took the final checkpoint at the agreed step
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("loss", ["killed", "hung"])
+def test_a_lost_rank_zero_ends_the_other_rank_within_its_timeout_and_leaves_no_torn_version(
+    tmp_path: Path, loss: str
+) -> None:
+    """Rank 0 is SIGKILLed, or stopped with SIGSTOP (a hung machine: its connections stay open and never
+    answer). The ranks run without torchrun, whose agent would tear the others down itself: rank 1 must end on
+    its own within the 5 s timeout (plus start-up slack), non-zero, and a relaunch resumes from a version that
+    verifies."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    port = _free_port()
+    ranks = []
+    for rank in (0, 1):
+        rank_env = {**env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+        rank_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        arguments = [uri, str(tmp_path / "digests.jsonl"), "100000", "--rank-zero-timeout", "5"]
+        ranks.append(
+            subprocess.Popen(
+                [sys.executable, str(SCRIPT), *arguments],
+                cwd=tmp_path,
+                env=rank_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+    rank_zero, rank_one = ranks
+    try:
+        assert rank_zero.stdout is not None
+        for line in rank_zero.stdout:  # rank 0 saves every 4 steps: wait for a few registered versions
+            if line.startswith("STEP ") and json.loads(line[5:])["step"] >= 14:
+                break
+        rank_zero.send_signal(signal.SIGKILL if loss == "killed" else signal.SIGSTOP)
+        lost_at = time.monotonic()
+        try:
+            _, stderr = rank_one.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"rank 1 still runs 60 s after rank 0 was {loss}")
+        waited = time.monotonic() - lost_at
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+    assert rank_one.returncode != 0, stderr[-3000:]
+    if loss == "hung":  # only the watch can end it: the transport waits 30 minutes for a peer that never answers
+        assert rank_one.returncode == EXIT_RANK_ZERO_LOST, stderr[-3000:]
+        assert "rank 0 has given no sign of life" in stderr or "store stopped answering" in stderr, stderr[-3000:]
+        assert waited < 5 + 15, waited
+    # nothing torn: every registered version verifies and loads, and a relaunch resumes from the newest
+    versions = registry(uri, "ddp_net")["versions"]
+    assert versions
+    for version in versions:
+        assert mp.load_checkpoint(f"models:/ddp_net/{version}", tracking_uri=uri).step > 0
+    relaunched = _torchrun(uri, str(tmp_path / "digests.jsonl"), "2", cwd=tmp_path)
+    assert relaunched.returncode == 0, relaunched.stdout[-3000:] + relaunched.stderr[-3000:]
+    restored = _by_rank(relaunched.stdout, "RESTORED")
+    assert restored[0]["version"] == restored[1]["version"] == max(versions)
