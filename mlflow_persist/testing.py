@@ -22,6 +22,9 @@ completion marker of a system checkpoint):
   `times=None` fails every call until `heal()`.
 - `hang(stage, seconds, times=1)`: the next `times` calls block for `seconds` before running.
 - `calls[stage]` counts the calls of each stage, failed ones included.
+
+Longer than 400 lines: one class implements the whole `CheckpointStore` protocol with its faults, which the
+MLflow store spreads over its parts; a store a test reads is best read as one.
 """
 
 from __future__ import annotations
@@ -158,8 +161,12 @@ class MemoryStore:
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         previous_key: str | None = None,
+        run_id: str | None = None,
     ) -> str:
         with self._guard:
+            if run_id is not None:  # another tool's run: NotFoundError when missing, tagged, its status kept
+                self._run(run_id).tags.update(tags or {})
+                return run_id
             for run in self.runs.values():
                 if run.key == key:
                     run.status = "RUNNING"

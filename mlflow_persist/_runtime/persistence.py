@@ -7,6 +7,9 @@ pipeline, health and metric buffer together, and runs the threads:
 - alert thread: the alert sinks (alerts.py).
 
 Process-wide side effects are switched in process_effects.py.
+
+Longer than 400 lines: it is the composition root; what it holds is the wiring (track, tick, the metric sender,
+the exit paths), and every part it wires lives in a module of its own.
 """
 
 from __future__ import annotations
@@ -29,9 +32,7 @@ from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._observe.system_metrics import HELD_BACK_METRIC, OVERHEAD_METRIC, system_metrics
 from mlflow_persist._policy.overhead import OverheadBudget
 from mlflow_persist._policy.versions import HEALTH_TAG, tag
-from mlflow_persist._runtime.close_report import (
-    CloseReport,
-)
+from mlflow_persist._runtime.close_report import CloseReport
 from mlflow_persist._runtime.closing import Closing
 from mlflow_persist._runtime.cut_keeper import CutKeeper, PendingCut
 from mlflow_persist._runtime.disk_guard import DiskGuard
@@ -55,7 +56,7 @@ from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
 from mlflow_persist._store.protocol import CheckpointStore, MetricRow
 from mlflow_persist._store.store_address import StoreAddress
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.errors import DiskFullError, PersistError, describe_store_error
+from mlflow_persist.errors import ConfigError, DiskFullError, NotFoundError, PersistError, describe_store_error
 
 __all__ = ["Persistence", "open_mlflow_store"]
 
@@ -120,6 +121,7 @@ class Persistence(Closing, SystemCheckpoints):
             sinks.append(webhook_sink(self.config.alert_webhook))
         self.alerts = AlertDispatcher(sinks)
         self.handles: dict[str, ModelHandle] = {}
+        self._adopted: set[str] = set()  # models whose run another tool owns (track's run_id): never finished here
         self._state_steps: dict[str, Callable[[], int] | None] = {}  # application-state members of the cuts
         self._cut_sequence: int | None = None
         self._cut_writer_slot = cut_writer_slot()
@@ -164,10 +166,16 @@ class Persistence(Closing, SystemCheckpoints):
         *,
         evaluate: Evaluate | None = None,
         evaluate_every_steps: int | None = None,
+        run_id: str | None = None,
     ) -> ModelHandle:
         """Track one model. With `evaluate`, every `evaluate_every_steps` steps `step()` calls it at the step
         boundary and its value becomes the monitor (a validation loss, a mean reward), smoothed as
-        configured; the training metric of the monitor's name is then only logged."""
+        configured; the training metric of the monitor's name is then only logged.
+
+        `run_id`: an existing run of this store (a Lightning `MLFlowLogger`'s, Hugging Face's `MLflowCallback`'s)
+        that is the model's run in this process instead of its own: its checkpoints, metrics and versions go
+        there. Its status stays its owner's to set: `close()` does not finish it. A restart with another run
+        still resumes from the newest version, which the registry finds by the model's name."""
         validate_model_name(name)
         registered_name = self.config.registered_name(name)
         validate_model_name(registered_name)  # a bad prefix fails here, not at every save
@@ -176,12 +184,25 @@ class Persistence(Closing, SystemCheckpoints):
         settings = self.config.for_model(name)
         # One run per registered model: two configurations (prefixes) tracking the same name are two models.
         # Earlier versions keyed the run by the bare name; such a run of this registered model is taken over.
-        run_id = self.store.ensure_run(
-            registered_name,
-            run_name=name,
-            tags={tag("registered_model"): registered_name},
-            previous_key=name if name != registered_name else None,
-        )
+        # With run_id, a run another tool opened is the model's run, tagged with its name as its own run would be.
+        run_tags = {tag("registered_model"): registered_name}
+        adopted = False
+        if run_id is None:
+            run_id = self.store.ensure_run(
+                registered_name,
+                run_name=name,
+                tags=run_tags,
+                previous_key=name if name != registered_name else None,
+            )
+        else:
+            try:
+                run_id = self.store.ensure_run(registered_name, tags=run_tags, run_id=run_id)
+            except NotFoundError:
+                raise ConfigError(
+                    f"{name}: track(run_id={run_id!r}) names no run of the store at {self.store.description}; "
+                    "pass the id of an existing run of that store, or no run_id for the model's own run."
+                ) from None
+            adopted = True
         metrics = MetricsBuffer(
             name,
             max_rows=self.config.metrics_buffer_max_rows,
@@ -230,6 +251,8 @@ class Persistence(Closing, SystemCheckpoints):
         )
         handle.max_wait = self.config.max_training_wait_seconds
         self.handles[name] = handle
+        if adopted:
+            self._adopted.add(name)
         try:
             self.store.sweep_partial_checkpoints(run_id, self.config.partial_sweep_age_seconds, owner=registered_name)
         except Exception as exc:  # noqa: BLE001 - sweeping leftovers is housekeeping
@@ -380,15 +403,29 @@ class Persistence(Closing, SystemCheckpoints):
         self._signals.reached_boundary()
         raise GracefulExit(self._signals.exit_code())
 
+    def _finish_runs(self) -> None:
+        """At close(): the models' own runs are marked FINISHED; an adopted run (track's `run_id`) is left as it
+        is, since its owner (a logger) ends it itself, possibly after this close."""
+        for handle in list(self.handles.values()):
+            if handle.name in self._adopted:
+                continue
+            try:
+                self.store.finish_run(handle.run_id)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not mark the run of %s finished: %s", handle.name, exc)
+
     def _exit_without_final(self, signum: int) -> None:
         """No step() boundary came in time (or a second signal): let the saves already taken finish briefly,
-        mark the runs KILLED (never FINISHED: their final checkpoint is missing) and exit."""
+        mark the models' own runs KILLED (never FINISHED: their final checkpoint is missing) and exit. An adopted
+        run's status is its owner's, here too (the owner may be another process that goes on)."""
         try:
             self.writer.close(timeout=5.0)
             self._final_metrics_flush(attempts=1)
             if self.worker is not None:
                 self.worker.close(timeout=5.0)
             for handle in list(self.handles.values()):
+                if handle.name in self._adopted:
+                    continue
                 try:
                     self.store.finish_run(handle.run_id, status="KILLED")
                 except Exception as exc:  # noqa: BLE001

@@ -14,7 +14,7 @@ from mlflow_persist._policy.versions import RUN_KEY_TAG, RunSummary, tag
 from mlflow_persist._store.mlflow_connection import MlflowConnection
 from mlflow_persist._store.sqlite import sqlite_dir
 from mlflow_persist._store.translate import local_path, translated
-from mlflow_persist.errors import StoreError
+from mlflow_persist.errors import NotFoundError, StoreError
 
 __all__ = ["MlflowRuns"]
 
@@ -46,15 +46,20 @@ class MlflowRuns(MlflowConnection):
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         previous_key: str | None = None,
+        run_id: str | None = None,
     ) -> str:
         """The one run for `key`, resumed (status RUNNING again) if it exists, created otherwise.
 
         `previous_key`: the key an older version gave this run; a run with it whose tags include all of `tags`
         is taken over (keyed `key` from then on) instead of a new one being created.
 
+        `run_id`: use that existing run instead (`_adopt`).
+
         Processes on other machines do not share our file lock, so two of them may both create a run for a
         new key. After creating one, each settles on the oldest run with the key and deletes its own if it
         lost, so every process ends up logging to the same run."""
+        if run_id is not None:
+            return self._adopt(run_id, tags or {})
         with self.lock(f"run-{key}"):
             for _ in range(RUN_SETTLE_ATTEMPTS):
                 run_id = self.find_run(key)
@@ -76,6 +81,22 @@ class MlflowRuns(MlflowConnection):
                     return str(run_id)
                 # the run settled on was deleted meanwhile (its creator found an older one): settle again
         raise StoreError(f"Could not settle on one run for {key!r}: other processes kept replacing it; start again.")
+
+    def _adopt(self, run_id: str, tags: Mapping[str, str]) -> str:
+        """A run another tool opened (a logger's), in any experiment of this store: checked and given `tags`.
+        It is not keyed (a later `ensure_run` of the key must not resume the logger's run) and its status is
+        left alone (its owner ends it)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            raise NotFoundError(f"The store at {self.description} has no run {run_id!r}.")
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+        return str(run.info.run_id)
 
     def _resume(self, run_id: str) -> bool:
         """Mark the run RUNNING again; False when another process deleted it in the meantime."""

@@ -39,9 +39,14 @@ class CheckpointStore(Protocol):
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         previous_key: str | None = None,
+        run_id: str | None = None,
     ) -> str:
         """The one run for `key` (resumed if it exists, created otherwise); returns its id. A run keyed
-        `previous_key` (by an older version) whose tags include all of `tags` is taken over instead of a new one."""
+        `previous_key` (by an older version) whose tags include all of `tags` is taken over instead of a new one.
+
+        With `run_id`, that existing run instead (one another tool opened, such as a logger's): `NotFoundError`
+        when the store has no such run or it was deleted; it gets `tags` (not the key: it is not the key's own
+        run) and keeps its status, which is its owner's to set."""
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None: ...
 

@@ -16,6 +16,10 @@ schedulers with it, the monitor read from `trainer.callback_metrics`.
 - A monitor the LightningModule never logs fails fit with `ConfigError` naming the metrics it does log, where
   Lightning's own ModelCheckpoint raises: after the first validation, or after the first training epoch when
   there is no validation.
+- With an `MLFlowLogger` among the trainer's loggers that logs to the same store, its run is the model's run:
+  the checkpoints, their versions and the callback's metrics go there beside the logger's metrics and
+  hyperparameters, and the logger ends the run (the callback does not finish it). A logger of another store is
+  warned about and the model keeps its own run. A restart resumes from the newest version whatever run it is in.
 - Under DDP only global rank 0 touches the store; restore gives every rank the same state
   (`mlflow_persist.integrations.distributed`). Lightning owns the signals: its SIGTERM handling ends fit through
   `on_exception`, where the final checkpoint is taken.
@@ -30,13 +34,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
 
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import NO_SAVE, SaveDecision
 from mlflow_persist._runtime.handle import RestoreInfo
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import ConfigError
-from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
+from mlflow_persist.integrations.common import (
+    close_persistence,
+    numeric_metrics,
+    one_or_list,
+    open_persistence,
+    shared_run,
+)
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
 
 log = package_logger("mlflow_persist.integrations.lightning")
@@ -96,8 +107,10 @@ class PersistCallback(pl.Callback):
     strategy set up the optimizers, before the first batch); the handle steps after every training batch, and
     a validation monitor (such as `val_loss`) is reported after each validation, only then; a `final`
     checkpoint is saved at the end of fit, on teardown or on an exception. Under DDP only global rank 0 touches
-    the store. `store` and `persistence_kwargs` go to the `Persistence` (a test's `MemoryStore`, alert sinks).
-    Use it with `enable_checkpointing=False` (or alongside `ModelCheckpoint`: they do not interfere).
+    the store. With an `MLFlowLogger` of the same store among the trainer's loggers, the logger's run is the
+    model's run (the logger ends it). `store` and `persistence_kwargs` go to the `Persistence` (a test's
+    `MemoryStore`, alert sinks). Use it with `enable_checkpointing=False` (or alongside `ModelCheckpoint`: they
+    do not interfere).
     """
 
     def __init__(
@@ -135,6 +148,7 @@ class PersistCallback(pl.Callback):
             optimizer=one_or_list(trainer.optimizers),
             scheduler=one_or_list(schedulers),
             extra=training_state,
+            run_id=self._logger_run(trainer),
         )
         try:
             self.restored = self.handle.restore()
@@ -172,6 +186,19 @@ class PersistCallback(pl.Callback):
                     trainer.max_steps,
                 )
         self._reported_step = trainer.global_step
+
+    def _logger_run(self, trainer: pl.Trainer) -> str | None:
+        """The run of the trainer's `MLFlowLogger` when it logs to the checkpoint store (rank 0 only: elsewhere
+        the logger has no run); None without one."""
+        if self.persistence is None or not self.persistence.is_writer:
+            return None
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)]
+        for logger in loggers:
+            client = logger.experiment  # creates the logger's run now if it has none yet, as its first log would
+            run_id = shared_run(self.name, self.persistence, "the MLFlowLogger", logger.run_id, client.tracking_uri)
+            if run_id is not None:
+                return run_id
+        return None
 
     # ------------------------------------------------------------------------------------- steps
 

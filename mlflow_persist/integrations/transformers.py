@@ -18,6 +18,10 @@ Trainer's own resume.
   restart, and logging, evaluation and the learning-rate schedule continue on the same grid.
 - Monitor: any key of the Trainer's logs or evaluation metrics, as the Trainer names it (`loss`,
   `eval_loss`, `eval_accuracy`, `grad_norm`, `learning_rate`); every numeric one is logged to the run.
+- With `report_to` including `"mlflow"`, the run Hugging Face's `MLflowCallback` started (at train begin, before
+  this callback's turn) is the model's run when it is in the same store: checkpoints, versions and metrics go
+  there beside the Trainer's parameters and logs, and the `MLflowCallback` ends the run. In another store, the
+  model keeps its own run, with a warning.
 - Under `torch.distributed` only rank 0 touches the store; every rank restores the same checkpoint.
 - SIGTERM/SIGINT stop the training at the next step (`should_training_stop`); the final checkpoints are
   taken at train end, then `GracefulExit` leaves `train()`.
@@ -43,7 +47,7 @@ from mlflow_persist._runtime.process_effects import GracefulExit
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import CheckpointCorruptError, ConfigError, PersistError
-from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence
+from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence, shared_run
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence, is_distributed
 from mlflow_persist.integrations.trainer_folder import TRAINER_STATE_KEY, write_trainer_folder
 
@@ -99,7 +103,8 @@ class TrainerStateRecord:
 class PersistCallback(TrainerCallback):
     """Restores the newest checkpoint at train begin, advances the step axis at every optimizer step, reports
     the Trainer's logs and evaluation metrics at that step (a save when the monitor improved or a periodic
-    save is due), and takes `final` checkpoints at train end.
+    save is due), and takes `final` checkpoints at train end. With `report_to` including `"mlflow"`, the run of
+    Hugging Face's `MLflowCallback` is the model's run when it is in the same store (the `MLflowCallback` ends it).
 
     `store` and `persistence_kwargs` go to the `Persistence` (a test's MemoryStore, alert sinks,
     `install_signal_handlers`). One callback may serve several `train()` calls: each one resumes from the
@@ -186,7 +191,9 @@ class PersistCallback(TrainerCallback):
         if self.persistence is None:
             self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
         record = TrainerStateRecord(state, control, model)
-        self.handle = self.persistence.track(self.name, model, optimizer, lr_scheduler, extra=record)
+        self.handle = self.persistence.track(
+            self.name, model, optimizer, lr_scheduler, extra=record, run_id=self._mlflow_callback_run(args)
+        )
         try:
             self.restored = self.handle.restore()
             native = self._check_resume(state)
@@ -310,6 +317,27 @@ class PersistCallback(TrainerCallback):
         )
 
     # ------------------------------------------------------------------------------------- internals
+
+    def _mlflow_callback_run(self, args: TrainingArguments) -> str | None:
+        """The run Hugging Face's `MLflowCallback` logs to, when `report_to` includes it and it logs to the
+        checkpoint store; None otherwise. It starts its run (or takes the active one) in its own on_train_begin,
+        which the Trainer calls first: `report_to`'s callbacks come before those passed in `callbacks`."""
+        report_to = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
+        if "mlflow" not in report_to or self.persistence is None or not self.persistence.is_writer:
+            return None
+        import mlflow  # imported already: the MLflowCallback and the store use it
+
+        active = mlflow.active_run()
+        if active is None:
+            log.warning(
+                "%s: report_to includes mlflow but no MLflow run is active at train begin (add PersistCallback "
+                "after the MLflowCallback); the checkpoints go to the model's own run",
+                self.name,
+            )
+            return None
+        return shared_run(
+            self.name, self.persistence, "the MLflowCallback", active.info.run_id, mlflow.get_tracking_uri()
+        )
 
     def _open(self) -> bool:
         """False outside train() (a `trainer.evaluate()` before or after it logs nothing here)."""

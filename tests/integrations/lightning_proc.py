@@ -1,7 +1,9 @@
 """A Lightning BoringModel-style fit with PersistCallback, for the framework test.
 
-Usage: lightning_proc.py URI DIGEST_LOG MAX_STEPS [MONITOR [CKPT_PATH]]
+Usage: lightning_proc.py URI DIGEST_LOG MAX_STEPS [MONITOR [CKPT_PATH]] [--logger-uri=LOGGER_URI]
 With CKPT_PATH, fit() gets it as `ckpt_path`, and writes one there first when it does not exist.
+With LOGGER_URI, the trainer logs with an `MLFlowLogger` of that tracking URI (a new run per launch) and prints
+`LOGGER {"run_id": ...}` after fit.
 Prints `RESTORED {...}` right after the restore in on_fit_start and `STEP n` after every batch.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -116,16 +119,19 @@ class RecordingCallback(PersistCallback):
 
 
 def main() -> None:
-    uri, log_path, max_steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    monitor = sys.argv[4] if len(sys.argv) > 4 else "val_loss"
-    ckpt_path = sys.argv[5] if len(sys.argv) > 5 else None
+    logger_uri = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--logger-uri=")), None)
+    argv = [a for a in sys.argv if not a.startswith("--logger-uri=")]
+    uri, log_path, max_steps = argv[1], Path(argv[2]), int(argv[3])
+    monitor = argv[4] if len(argv) > 4 else "val_loss"
+    ckpt_path = argv[5] if len(argv) > 5 else None
     pl.seed_everything(0, verbose=False)
     torch.set_num_threads(1)
     config = keep_everything_config(uri, monitor, periodic_every_steps=10)
     callback = RecordingCallback("boring", config, log=DigestLog(log_path))
+    logger = MLFlowLogger(experiment_name="lightning_logs", tracking_uri=logger_uri) if logger_uri else None
     trainer = pl.Trainer(
         max_steps=max_steps,
-        **QUIET_ON_CPU,
+        **{**QUIET_ON_CPU, "logger": logger or False},
         val_check_interval=8,
         limit_val_batches=2,
         num_sanity_val_steps=0,
@@ -137,6 +143,8 @@ def main() -> None:
         plain.fit(BoringModel(), data(1, 16))
         plain.save_checkpoint(ckpt_path)
     trainer.fit(model, data(1, 1024), data(2, 64), ckpt_path=ckpt_path)
+    if logger is not None:
+        print("LOGGER " + json.dumps({"run_id": logger.run_id}), flush=True)
     print("DONE", flush=True)
 
 

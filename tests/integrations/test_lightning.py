@@ -100,6 +100,62 @@ def test_the_lightning_example_runs_and_resumes(tmp_path: Path, framework: Zygot
     assert logged and min(logged) > 20 and max(logged) <= 40, sorted(logged)
 
 
+def _runs(uri: str) -> dict[str, object]:
+    """Every run of the store, in every experiment, by id."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return {r.info.run_id: r for r in client.search_runs(experiments)}
+
+
+def _version_runs(uri: str, name: str) -> dict[int, str]:
+    """The run of each version of model `name`."""
+    import mlflow
+
+    return {int(v.version): v.run_id for v in mlflow.MlflowClient(uri).search_model_versions(f"name='{name}'")}
+
+
+def test_with_an_mlflow_logger_of_the_store_the_checkpoints_go_to_its_run_and_a_new_launch_resumes(
+    tmp_path: Path, framework: Zygote
+) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = "--logger-uri=sqlite:///mlflow.db"  # the same store, spelled relative to the working directory
+    log = DigestLog(tmp_path / "digests.jsonl")
+    first = run(SCRIPT, uri, str(log.path), "16", logger, cwd=tmp_path, zygote=framework)
+    first_run = next(lines_with(first.stdout, "LOGGER"))["run_id"]
+    versions = _version_runs(uri, "boring")
+    assert versions and set(versions.values()) == {first_run}
+    assert set(_runs(uri)) == {first_run}  # the logger's run is the model's: no run of its own was made
+    run_data = _runs(uri)[first_run].data  # type: ignore[attr-defined]
+    assert {"train_loss", "val_loss", "checkpoint/version"} <= set(run_data.metrics)
+    assert run_data.tags["mlflow_persist.registered_model"] == "boring"
+
+    second = run(SCRIPT, uri, str(log.path), "24", logger, cwd=tmp_path, zygote=framework)
+    second_run = next(lines_with(second.stdout, "LOGGER"))["run_id"]
+    info = next(lines_with(second.stdout, "RESTORED"))
+    assert second_run != first_run  # the logger made a new run for the new launch
+    assert info["version"] == max(versions) and info["step"] == 16 and info["digest"] == log.digest_at(16)
+    added = {v: r for v, r in _version_runs(uri, "boring").items() if v not in versions}
+    assert added and set(added.values()) == {second_run}
+    assert set(_runs(uri)) == {first_run, second_run}
+
+
+def test_with_an_mlflow_logger_of_another_store_the_model_keeps_its_own_run_and_says_why(
+    tmp_path: Path, framework: Zygote
+) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger_uri = f"sqlite:///{tmp_path}/logger.db"
+    result = run(
+        SCRIPT, uri, str(tmp_path / "d.jsonl"), "8", f"--logger-uri={logger_uri}", cwd=tmp_path, zygote=framework
+    )
+    own = registry(uri, "boring")["runs"]
+    assert len(own) == 1 and set(_version_runs(uri, "boring").values()) == {own[0].info.run_id}
+    assert next(lines_with(result.stdout, "LOGGER"))["run_id"] in _runs(logger_uri)
+    warning = f"boring: the MLFlowLogger logs to {logger_uri}, not to the checkpoint store {uri}"
+    assert warning in result.stderr, result.stderr[-3000:]
+
+
 EXAMPLE_MODEL = "lightning-example"  # the registered model scripts/examples/lightning_example.py saves
 
 

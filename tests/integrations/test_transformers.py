@@ -255,6 +255,41 @@ def test_after_kill_9_training_resumes_from_the_newest_checkpoint(
     )
 
 
+def test_with_report_to_mlflow_the_checkpoints_go_to_the_run_of_hugging_faces_mlflow_callback(
+    tmp_path: Path, sqlite_uri: str, framework: Zygote
+) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(sqlite_uri)
+    relative = f"sqlite:///{Path(sqlite_uri[len('sqlite:///') :]).relative_to(tmp_path)}"  # the same store
+    first_log = DigestLog(tmp_path / "first.jsonl")
+    args = ("--report-to-mlflow", relative)
+    run(SCRIPT, sqlite_uri, str(first_log.path), "--max-steps", "6", *args, cwd=tmp_path, zygote=framework)
+    runs = _all_runs(client)
+    assert len(runs) == 1  # Hugging Face's run, which is the model's: no run of its own was made
+    hf_run = runs[0]
+    assert hf_run.data.params["learning_rate"] == "0.003"  # the MLflowCallback logged the TrainingArguments
+    assert {"loss", "eval_loss", "checkpoint/version"} <= set(hf_run.data.metrics)
+    assert hf_run.data.tags["mlflow_persist.registered_model"] == MODEL_NAME
+    versions = {int(v.version): v.run_id for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
+    assert versions and set(versions.values()) == {hf_run.info.run_id}
+
+    result = run(
+        SCRIPT, sqlite_uri, str(tmp_path / "second.jsonl"), "--max-steps", "9", *args, cwd=tmp_path, zygote=framework
+    )
+    restored = _one(result.stdout, "RESTORED")
+    assert (restored["version"], restored["step"]) == (max(versions), 6)
+    assert restored["digest"] == first_log.digest_at(6)
+    second_run = restored["run_id"]
+    assert {r.info.run_id for r in _all_runs(client)} == {hf_run.info.run_id, second_run}
+    added = {v.run_id for v in client.search_model_versions(f"name='{MODEL_NAME}'") if int(v.version) > max(versions)}
+    assert added == {second_run}
+
+
+def _all_runs(client: Any) -> list[Any]:
+    return list(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+
 def test_the_example_trains_and_says_what_it_did(tmp_path: Path, sqlite_uri: str, framework: Zygote) -> None:
     result = run(
         EXAMPLE, "--tracking-uri", sqlite_uri, "--steps", "10", "--name", "example_gpt2", cwd=tmp_path, zygote=framework

@@ -2,6 +2,9 @@
 a synthetic classification task, evaluated on `eval_loss` (the monitor).
 
 Usage: transformers_proc.py URI DIGEST_LOG [--max-steps N] [--step-sleep SECONDS] [--native | --plain]
+                           [--report-to-mlflow MLFLOW_TRACKING_URI]
+`--report-to-mlflow` trains with `report_to=["mlflow"]` and that `MLFLOW_TRACKING_URI` (Hugging Face's
+MLflowCallback starts a new run per train()).
 `--native` resumes through the Trainer's own resume (`resume_from_checkpoint=callback.resume_checkpoint()`);
 `--plain` trains without the callback (the uninterrupted oracle). Both print `DONE {...}` at the end: the
 Trainer's global_step and digests of the weights and the optimizer state.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -150,15 +154,21 @@ def main() -> None:
     parser.add_argument("digest_log", type=Path)
     parser.add_argument("--max-steps", type=int, default=24)
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--report-to-mlflow", metavar="MLFLOW_TRACKING_URI")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--native", action="store_true")
     mode.add_argument("--plain", action="store_true")
     options = parser.parse_args()
     callback = RecordingCallback(persist_config(options.uri), DigestLog(options.digest_log), options.step_sleep)
+    reporting: dict[str, Any] = {}
+    if options.report_to_mlflow:
+        os.environ["MLFLOW_TRACKING_URI"] = options.report_to_mlflow
+        os.environ.pop("HF_MLFLOW_LOG_ARTIFACTS", None)
+        reporting["report_to"] = ["mlflow"]
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = Trainer(
             model=tiny_bert(),
-            args=training_args(output_dir, options.max_steps),
+            args=training_args(output_dir, options.max_steps, **reporting),
             train_dataset=ToyDataset(256, seed=1),
             eval_dataset=ToyDataset(64, seed=2),
             callbacks=[] if options.plain else [callback],
