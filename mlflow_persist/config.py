@@ -80,6 +80,12 @@ class ModelSettings(BaseModel):
         0.1, gt=0, le=1, description="Weight of the newest value in the `ema` smoothing (1: no smoothing)."
     )
     monitor_window: int = Field(20, ge=1, description="Values averaged by the `window` and `window_median` smoothings.")
+    weights_format: Literal["torch", "safetensors"] = Field(
+        "torch",
+        description="How a checkpoint stores the model's weights: `torch` (inside checkpoint.pt) or `safetensors` "
+        "(model.safetensors beside it: no pickle, loaded memory-mapped, readable by any safetensors tool; "
+        "needs the `safetensors` extra). The rest of the state stays in checkpoint.pt either way.",
+    )
     keep_best: int = Field(3, ge=1, description="How many `performance` checkpoints to keep (the best ones).")
     keep_periodic: int = Field(3, ge=1, description="Rolling window of `periodic` checkpoints to keep (the newest).")
     keep_final: int = Field(3, ge=1, description="How many `final` (shutdown) checkpoints to keep (the newest).")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -46,7 +47,9 @@ from mlflow_persist._format.payload import (
     MANIFEST_FILE,
     CheckpointState,
     WrittenCheckpoint,
+    checkpoint_files,
     read_checkpoint_bytes,
+    read_checkpoint_dir,
     serialize,
 )
 from mlflow_persist._policy.versions import (
@@ -96,6 +99,7 @@ class MemoryStore:
         self.calls: dict[str, int] = {stage: 0 for stage in STAGES}
         self.runs: dict[str, MemoryRun] = {}
         self._artifacts: dict[str, bytes] = {}  # source -> checkpoint.pt bytes
+        self._beside: dict[str, dict[str, bytes]] = {}  # source -> the files beside checkpoint.pt, where any
         self._models: dict[str, dict[int, VersionInfo]] = {}
         self._next_version: dict[str, int] = {}
         self._generations: dict[str, int] = {}
@@ -234,9 +238,13 @@ class MemoryStore:
         self._enter("write")
         data = (Path(directory) / CHECKPOINT_FILE).read_bytes()
         (Path(directory) / MANIFEST_FILE).read_bytes()  # a directory without its manifest is incomplete
+        extra = checkpoint_files(directory)[2:]  # model.safetensors (weights_format="safetensors")
+        beside = {name: (Path(directory) / name).read_bytes() for name in (MANIFEST_FILE, *extra)} if extra else {}
         source = f"memory://{run_id}/{CHECKPOINTS_DIR}/{dirname}"
         with self._guard:
             self._artifacts[source] = data
+            if beside:
+                self._beside[source] = beside
         return source
 
     def load_version(self, info: VersionInfo) -> CheckpointState:
@@ -247,7 +255,15 @@ class MemoryStore:
             raise CheckpointCorruptError(
                 f"The artifacts of {info.name} v{info.version} are missing; they were deleted."
             )
-        state = read_checkpoint_bytes(data, info.digest, label=f"{info.name} v{info.version}")
+        with self._guard:
+            beside = self._beside.get(info.source)
+        if beside:
+            with tempfile.TemporaryDirectory(prefix="mlflow-persist-memory-") as tmp:
+                for name, content in {CHECKPOINT_FILE: data, **beside}.items():
+                    (Path(tmp) / name).write_bytes(content)
+                state = read_checkpoint_dir(Path(tmp), expected=info.digest)
+        else:
+            state = read_checkpoint_bytes(data, info.digest, label=f"{info.name} v{info.version}")
         state.name, state.version = info.name, info.version
         state.category = info.category if info.category != "unknown" else state.category
         return state
@@ -256,6 +272,7 @@ class MemoryStore:
         self._enter("delete")
         with self._guard:
             self._artifacts.pop(info.source, None)
+            self._beside.pop(info.source, None)
 
     def sweep_partial_checkpoints(
         self, run_id: str, max_age_seconds: float = 60.0, owner: str | None = None, trust_markers: bool = True

@@ -97,6 +97,14 @@ def checkpoint_rows(c: dict[str, Any]) -> list[Row]:
             c["load_checkpoint_ratio"] <= 1.5,
         ),
         (
+            f'{size} with `weights_format="safetensors"`: until registered / restore, against the torch format',
+            f"**{c['safetensors_durable_ratio']:.2f}x / {c['safetensors_restore_ratio']:.2f}x**",
+            f"torch format {c['durable_ms']:.0f} ms / {c['restore_ms']:.0f} ms (safetensors "
+            f"{c['durable_safetensors_ms']:.0f} ms / {c['restore_safetensors_ms']:.0f} ms)",
+            "-",
+            None,
+        ),
+        (
             "100 KB checkpoint: `step()` until registered, alone (a save on every step; `max_overhead=1`)",
             f"{c['small_ms']:.1f} ms",
             "-",

@@ -7,6 +7,8 @@ same disk, just before it.
   torch.save + fsync of the same state dict.
 - restore: a verified restore() into a fresh model, and load_checkpoint(), against torch.load(weights_only=True)
   of the same file.
+- weights format: durable and restore again with `weights_format="safetensors"` (the weights in
+  model.safetensors beside checkpoint.pt), against the default torch format's figures of the same run.
 - small: a 100 KB checkpoint (the trading models' size) from step() until registered (the save acknowledged;
   retention then runs on the writer), and the registry round trips per save in the steady state, retention
   included (calls into MLflow's sqlite stores, counted at their entry points). Every step is an improvement,
@@ -109,10 +111,10 @@ def save_fsync_ms(model: torch.nn.Module, directory: Path, repeats: int) -> floa
     return median_ms(samples)
 
 
-def durable_ms(model: torch.nn.Module, uri: str, name: str, repeats: int) -> tuple[float, float]:
+def durable_ms(model: torch.nn.Module, uri: str, name: str, repeats: int, **overrides: Any) -> tuple[float, float]:
     """(blocked ms, step-to-registered ms) medians over `repeats` performance saves."""
     blocked, durable = [], []
-    with mp.Persistence(config(uri, log_system_metrics=False), install_signal_handlers=False) as persist:
+    with mp.Persistence(config(uri, log_system_metrics=False, **overrides), install_signal_handlers=False) as persist:
         handle = persist.track(name, model)
         for i in range(2):  # warm-up: registered model creation, first artifact directory, spare buffers
             handle.step(loss=1e9 - i)
@@ -129,10 +131,11 @@ def durable_ms(model: torch.nn.Module, uri: str, name: str, repeats: int) -> tup
 # ------------------------------------------------------------------------------------------------ restore
 
 
-def restore_ms(size_mb: float, uri: str, name: str, repeats: int) -> dict[str, float]:
+def restore_ms(size_mb: float, uri: str, name: str, repeats: int, **overrides: Any) -> dict[str, float]:
     """Medians of torch.load(weights_only=True) of the checkpoint file, restore() into a fresh model, and
     load_checkpoint() of models:/name@best, interleaved so that each sees the same page cache."""
-    with mp.Persistence(config(uri, log_system_metrics=False), install_signal_handlers=False) as persist:
+    settings = config(uri, log_system_metrics=False, **overrides)
+    with mp.Persistence(settings, install_signal_handlers=False) as persist:
         handle = persist.track(name, make_model(size_mb))
         handle.step(loss=1.0)
         persist.flush(timeout=600)
@@ -140,7 +143,7 @@ def restore_ms(size_mb: float, uri: str, name: str, repeats: int) -> dict[str, f
     assert info is not None
     path = Path(info.source.removeprefix("file://")) / "checkpoint.pt"
     loads, restores, loaded = [], [], []
-    with mp.Persistence(config(uri, log_system_metrics=False), install_signal_handlers=False) as persist:
+    with mp.Persistence(settings, install_signal_handlers=False) as persist:
         for _ in range(repeats + 1):
             start = time.perf_counter()
             torch.load(path, map_location="cpu", weights_only=True)
@@ -239,6 +242,11 @@ def rows(figures: dict[str, Any]) -> Iterator[str]:
         f"{figures['load_checkpoint_ratio']:.2f}x"
     )
     yield (
+        f"{figures['size_mb']:.0f} MB with weights_format=safetensors: until registered "
+        f"{figures['durable_safetensors_ms']:.1f} ms = {figures['safetensors_durable_ratio']:.2f}x the torch format's; "
+        f"restore {figures['restore_safetensors_ms']:.1f} ms = {figures['safetensors_restore_ratio']:.2f}x"
+    )
+    yield (
         f"100 KB: step() until registered {figures['small_ms']:.1f} ms; {figures['round_trips_per_save']:.1f} "
         f"registry round trips per save ({', '.join(f'{k} {v:g}' for k, v in figures['round_trips'].items())})"
     )
@@ -267,10 +275,17 @@ def main() -> None:
         figures["save_fsync_ms"] = save_fsync_ms(model, root, args.repeats)
         figures["blocked_ms"], figures["durable_ms"] = durable_ms(model, uri, "durable", args.repeats)
         figures["durable_ratio"] = figures["durable_ms"] / figures["save_fsync_ms"]
+        _, figures["durable_safetensors_ms"] = durable_ms(
+            model, uri, "durable-st", args.repeats, weights_format="safetensors"
+        )
+        figures["safetensors_durable_ratio"] = figures["durable_safetensors_ms"] / figures["durable_ms"]
         del model
         figures.update(restore_ms(args.size_mb, uri, "restore", args.repeats))
         figures["restore_ratio"] = figures["restore_ms"] / figures["torch_load_ms"]
         figures["load_checkpoint_ratio"] = figures["load_checkpoint_ms"] / figures["torch_load_ms"]
+        with_safetensors = restore_ms(args.size_mb, uri, "restore-st", args.repeats, weights_format="safetensors")
+        figures["restore_safetensors_ms"] = with_safetensors["restore_ms"]
+        figures["safetensors_restore_ratio"] = figures["restore_safetensors_ms"] / figures["restore_ms"]
         figures.update(small_checkpoint(uri, max(10, args.repeats * 3), counter))
     for row in rows(figures):
         print(row)

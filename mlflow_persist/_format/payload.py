@@ -6,7 +6,9 @@ A checkpoint is a directory with two files:
   `torch.load(weights_only=True)` and can never execute code;
 - `manifest.json`: format version, the digest of `checkpoint.pt` and its algorithm (digest.py), step,
   category, metrics, created_at;
-- for a sharded checkpoint, `shards/` with the ranks' DCP files, recorded in `checkpoint.pt` (shards.py).
+- for a sharded checkpoint, `shards/` with the ranks' DCP files, recorded in `checkpoint.pt` (shards.py);
+- with `weights_format="safetensors"`, `model.safetensors` with the weights, recorded in `checkpoint.pt`
+  (safetensors_weights.py).
 
 Format history (every loader reads every older version, filling new fields with defaults):
 - 1: model_state, optimizer_state, step, metrics.
@@ -43,6 +45,15 @@ from mlflow_persist._format.digest import (
     recorded_digest,
 )
 from mlflow_persist._format.direct_io import DirectFile
+from mlflow_persist._format.safetensors_weights import (
+    SAFETENSORS,
+    WEIGHTS_FILE,
+    is_weights_record,
+    read_weights,
+    split_weights,
+    weights_record,
+    write_safetensors,
+)
 from mlflow_persist._format.shards import SHARDS_DIR, SHARDS_KEY, adopt_shards, is_sharded, verify_shards
 from mlflow_persist._format.timestamps import utc_now_iso
 from mlflow_persist.errors import CheckpointCorruptError, PersistError
@@ -55,6 +66,7 @@ __all__ = [
     "WrittenCheckpoint",
     "build_payload",
     "capture_rng_state",
+    "checkpoint_files",
     "copy_to_cpu",
     "decoded_rng_state",
     "manifest_bytes",
@@ -220,6 +232,7 @@ def build_payload(
     reuse: Mapping[str, Any] | None = None,
     device_copies: DeviceCopies | None = None,
     monitor_state: Mapping[str, Any] | None = None,
+    weights_format: str = "torch",
 ) -> dict[str, Any]:
     """The payload dict of the current format, every tensor copied to CPU memory (into the tensors of
     `reuse`, a released earlier payload, where they fit). With `device_copies`, accelerator tensors are
@@ -239,6 +252,7 @@ def build_payload(
         "category": category,
         "created_at": utc_now_iso(),
         "monitor_state": copy_to_cpu(dict(monitor_state)) if monitor_state is not None else None,
+        "weights_format": weights_format,
     }
 
 
@@ -317,17 +331,34 @@ def write_checkpoint_dir(payload: Mapping[str, Any], directory: Path) -> Written
     staged = payload["model_state"].get(SHARDS_KEY) if is_sharded(payload["model_state"]) else None
     if isinstance(staged, str):  # the ranks' DCP files: moved in, recorded with their digests (shards.py)
         payload = {**payload, "model_state": {SHARDS_KEY: adopt_shards(staged, directory)}}
-    with DirectFile(directory / CHECKPOINT_FILE) as handle:
+    elif payload.get("weights_format") == SAFETENSORS:  # the weights as model.safetensors (safetensors_weights.py)
+        tensors, rest, order = split_weights(payload["model_state"])
+        weights = _write_digested(directory / WEIGHTS_FILE, lambda writer: write_safetensors(tensors, writer))
+        payload = {**payload, "model_state": weights_record(weights.digest(), weights.size, rest, order)}
+    writer = _write_digested(directory / CHECKPOINT_FILE, lambda file_like: _save_zip(payload, file_like))
+    digest = writer.digest()
+    (directory / MANIFEST_FILE).write_bytes(manifest_bytes(payload, digest, writer.size))
+    return WrittenCheckpoint(directory, digest, writer.size)
+
+
+def _write_digested(path: Path, write: Callable[[_DigestingWriter], None]) -> _DigestingWriter:
+    """Write a file through DirectFile, digesting every byte on the way."""
+    with DirectFile(path) as handle:
         writer = _DigestingWriter(handle)
         try:
-            _save_zip(payload, writer)
+            write(writer)
         except Exception:
             if writer.error is not None:
                 raise writer.error from None  # the real cause (e.g. ENOSPC), so callers can react to its errno
             raise
-    digest = writer.digest()
-    (directory / MANIFEST_FILE).write_bytes(manifest_bytes(payload, digest, writer.size))
-    return WrittenCheckpoint(directory, digest, writer.size)
+    return writer
+
+
+def checkpoint_files(directory: Path) -> tuple[str, ...]:
+    """The files of a written checkpoint directory, in upload order: the manifest first (a folder that exists
+    remotely says when it was written), checkpoint.pt, then model.safetensors when the weights are there."""
+    extra = (WEIGHTS_FILE,) if (Path(directory) / WEIGHTS_FILE).is_file() else ()
+    return (MANIFEST_FILE, CHECKPOINT_FILE, *extra)
 
 
 def manifest_bytes(payload: Mapping[str, Any], digest: Digest, size_bytes: int) -> bytes:
@@ -402,7 +433,9 @@ def read_checkpoint_dir(directory: Path, expected: Digest | None = None) -> Chec
         raw = _load_or_corrupt(lambda: torch.load(checkpoint, map_location="cpu", weights_only=True), str(checkpoint))
     state = payload_to_state(raw)
     state.digest = actual
-    if is_sharded(state.model_state):  # checkpoint.pt verified: now the shard files it records
+    if is_weights_record(state.model_state):  # checkpoint.pt verified: now the weights file it records
+        state.model_state = read_weights(directory, state.model_state)
+    elif is_sharded(state.model_state):  # checkpoint.pt verified: now the shard files it records
         record = state.model_state[SHARDS_KEY]
         verify_shards(directory, record)
         state.model_state = {SHARDS_KEY: {"directory": str(directory / SHARDS_DIR), "files": dict(record)}}
@@ -424,6 +457,8 @@ def read_checkpoint_bytes(data: bytes, expected: Digest | None, label: str = CHE
     raw = _load_or_corrupt(lambda: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), label)
     state = payload_to_state(raw)
     state.digest = actual
+    if is_weights_record(state.model_state) or is_sharded(state.model_state):
+        raise CheckpointCorruptError(f"{label} keeps its weights in files beside it, which were not provided.")
     return state
 
 

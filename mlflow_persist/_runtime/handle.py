@@ -310,6 +310,7 @@ class ModelHandle(HandleRestore):
             metrics=self._latest_metrics(),
             category=category,
             monitor_state=self.monitor_state(),
+            weights_format=self.settings.weights_format,
         )
         if tag("monitor") not in tags:
             tags = {**tags, **self._value_tags()}

@@ -27,6 +27,7 @@ import torch
 from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from mlflow_persist._format.naming import validate_model_name
+from mlflow_persist._format.safetensors_weights import SAFETENSORS, require_safetensors
 from mlflow_persist._observe.alerts import Alert, AlertDispatcher, AlertSink, command_sink, webhook_sink
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._observe.system_metrics import HELD_BACK_METRIC, OVERHEAD_METRIC, system_metrics
@@ -182,6 +183,8 @@ class Persistence(Closing, SystemCheckpoints):
         if name in self.handles:
             raise PersistError(f"Model {name!r} is already tracked in this process; call track() once per model.")
         settings = self.config.for_model(name)
+        if settings.weights_format == SAFETENSORS:
+            require_safetensors()
         # One run per registered model: two configurations (prefixes) tracking the same name are two models.
         # Earlier versions keyed the run by the bare name; such a run of this registered model is taken over.
         # With run_id, a run another tool opened is the model's run, tagged with its name as its own run would be.

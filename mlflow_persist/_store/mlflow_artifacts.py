@@ -19,9 +19,9 @@ from mlflow_persist._format.atomic import STAGING_PREFIX, atomic_directory, copy
 from mlflow_persist._format.digest import Digest, digest_file
 from mlflow_persist._format.payload import (
     CHECKPOINT_FILE,
-    MANIFEST_FILE,
     CheckpointState,
     WrittenCheckpoint,
+    checkpoint_files,
     manifest_digest,
     read_checkpoint_dir,
     read_manifest,
@@ -85,27 +85,25 @@ class MlflowArtifacts(MlflowAliases):
 
     @translated("upload the checkpoint")
     def upload_checkpoint_files(self, run_id: str, directory: Path, dirname: str) -> str:
-        """Upload checkpoint.pt and manifest.json of a local directory (an outbox entry); returns the source URI.
+        """Upload the checkpoint files of a local directory (an outbox entry); returns the source URI.
         Uploading the same entry twice writes the same artifact path again, so a retry is harmless."""
         relative = f"{CHECKPOINTS_DIR}/{dirname}"
         local_root = self.local_artifact_dir(run_id)
         if local_root is not None:
-            copy_directory_atomically(
-                directory, local_root / CHECKPOINTS_DIR, dirname, (CHECKPOINT_FILE, MANIFEST_FILE)
-            )
+            copy_directory_atomically(directory, local_root / CHECKPOINTS_DIR, dirname, checkpoint_files(directory))
         else:
             manifest = read_manifest(directory)
             self._upload_verified(run_id, directory, relative, manifest_digest(manifest))
         return f"{self.artifact_uri(run_id)}/{relative}"
 
     def _upload_verified(self, run_id: str, directory: Path, relative: str, digest: Digest | None) -> None:
-        """Upload manifest.json, then checkpoint.pt, and read them back: both present with their local sizes,
-        and checkpoint.pt's bytes matching `digest`. What does not verify is deleted and the save fails (the
+        """Upload manifest.json, then checkpoint.pt (and model.safetensors), and read them back: all present with
+        their local sizes, and checkpoint.pt's bytes matching `digest`. What does not verify is deleted and the save fails (the
         writer or the outbox retries it), so a truncated or altered upload never becomes a version.
 
         The manifest goes first, so every checkpoint folder that exists remotely says when it was written
         (`sweep_partial_checkpoints` ages remote leftovers by it)."""
-        for name in (MANIFEST_FILE, CHECKPOINT_FILE):
+        for name in checkpoint_files(directory):
             self.client.log_artifact(run_id, str(directory / name), artifact_path=relative)
         if not self.verify_uploads:
             return
@@ -124,7 +122,7 @@ class MlflowArtifacts(MlflowAliases):
 
     def _upload_problem(self, run_id: str, directory: Path, relative: str, digest: Digest | None) -> str | None:
         remote = {Path(info.path).name: info.file_size for info in self.client.list_artifacts(run_id, relative)}
-        for name in (MANIFEST_FILE, CHECKPOINT_FILE):
+        for name in checkpoint_files(directory):  # model.safetensors: its digest is in checkpoint.pt's record
             local_size = (directory / name).stat().st_size
             if name not in remote:
                 return f"{name} is missing"

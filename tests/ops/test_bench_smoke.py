@@ -20,6 +20,7 @@ def test_the_checkpoint_benchmark_measures_every_figure(tmp_path: Path) -> None:
     assert report["size_mb"] == 1.0
     for key in ("step_quiet_us", "step_default_us", "save_fsync_ms", "durable_ms", "torch_load_ms", "restore_ms"):
         assert report[key] > 0, key
+    assert report["durable_safetensors_ms"] > 0 and report["restore_safetensors_ms"] > 0  # the weights-format rows
     assert report["small_ms"] > 0
     # every steady-state save creates a version; the rest are the alias move and retention's deletion
     assert report["round_trips"]["create_model_version"] == 1.0 and report["round_trips_per_save"] >= 2

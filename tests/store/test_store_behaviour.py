@@ -14,7 +14,7 @@ from store_support import copy_template_store, reset_server_store
 
 import mlflow_persist as mp
 from mlflow_persist._format.digest import Digest
-from mlflow_persist._format.payload import build_payload
+from mlflow_persist._format.payload import build_payload, write_checkpoint_dir
 from mlflow_persist._policy.versions import digest_tags, tag
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist._store.prune import prune
@@ -88,6 +88,30 @@ def test_a_registered_checkpoint_loads_back_bitwise_with_its_tags(store: Checkpo
     assert set(state.model_state) == set(expected)
     for key, tensor in expected.items():
         assert torch.equal(state.model_state[key], tensor)
+
+
+@pytest.mark.parametrize("route", ["written", "uploaded from an outbox entry"])
+def test_a_checkpoint_with_safetensors_weights_loads_back_bitwise(
+    store: CheckpointStore, tmp_path: Path, route: str
+) -> None:
+    run_id = store.ensure_run("net")
+    torch.manual_seed(3)
+    weights = {"w": torch.randn(5, 4).t(), "half": torch.randn(3).bfloat16(), "steps": torch.tensor(9)}
+    expected = {k: v.clone() for k, v in weights.items()}
+    payload = build_payload(
+        model_name="net", model_state=weights, step=4, metrics={}, category="periodic", weights_format="safetensors"
+    )
+    if route == "written":
+        source, written = store.write_checkpoint(run_id, "net", 4, payload)
+        digest = written.digest
+    else:
+        entry = write_checkpoint_dir(payload, tmp_path / "outbox-entry")
+        source, digest = store.upload_checkpoint_files(run_id, entry.directory, "net-0000000004-0a1b2c3d"), entry.digest
+    info = store.register_version("net", source, run_id, _tags("periodic", 4, 1.0, digest))
+    state = store.load_version(info)
+    assert list(state.model_state) == list(expected)
+    for key, tensor in expected.items():
+        assert torch.equal(state.model_state[key], tensor) and state.model_state[key].dtype == tensor.dtype
 
 
 def test_registration_is_idempotent_per_source_and_category(store: CheckpointStore) -> None:
