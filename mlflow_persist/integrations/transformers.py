@@ -49,6 +49,7 @@ from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import CheckpointCorruptError, ConfigError, PersistError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence, shared_run
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence, is_distributed
+from mlflow_persist.integrations.ranks import agree
 from mlflow_persist.integrations.trainer_folder import TRAINER_STATE_KEY, write_trainer_folder
 
 __all__ = ["NOT_LOGGED", "PersistCallback", "TrainerStateRecord"]
@@ -138,16 +139,34 @@ class PersistCallback(TrainerCallback):
     def resume_checkpoint(self) -> str | None:
         """The newest valid checkpoint as a Trainer checkpoint folder, for `trainer.train(resume_from_checkpoint=...)`;
         None when the store holds none (the first run). Damaged versions are passed over, as a restore does.
-        The folder is a temporary copy, removed at train end."""
-        if is_distributed():
-            raise ConfigError(
-                "resume_checkpoint() is not supported under torch.distributed yet; call trainer.train() without "
-                "resume_from_checkpoint and the callback restores every rank at train begin."
-            )
+        The folder is a temporary copy, removed at train end.
+
+        Under torch.distributed it is collective (call it on every rank): rank 0 writes the folder and every rank
+        gets its path, so the ranks must share the temporary directory's filesystem (one machine, or TMPDIR on a
+        shared one). The folder holds rank 0's random state only: the Trainer warns that the other ranks'
+        are missing, and they start theirs afresh."""
         if self.persistence is None:
             self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.persistence.is_writer:
+            try:
+                outcome = ("ok", self._write_resume_folder())
+            except Exception as exc:  # noqa: BLE001 - raised on every rank by agree
+                outcome = ("error", exc)
+        handed_out = agree(outcome, "write the Trainer's resume folder") if is_distributed() else outcome[1]
+        if outcome[0] == "error":
+            raise outcome[1]
+        if handed_out is None:
+            return None
+        folder, step, version = handed_out
+        self._resume_folder = (Path(folder).parent, step, version)
+        return str(folder)
+
+    def _write_resume_folder(self) -> tuple[str, int, int | None] | None:
+        """On rank 0: the newest valid version written as a Trainer folder (its path, step and version)."""
+        assert self.persistence is not None
         persistence = self.persistence.persistence
-        assert persistence is not None  # one process: it is the writer
+        assert persistence is not None  # rank 0: the writer
         registered = persistence.config.registered_name(self.name)
         for info in persistence.store.newest_versions(registered):
             if info.corrupt:
@@ -163,11 +182,10 @@ class PersistCallback(TrainerCallback):
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
-            self._resume_folder = (directory, state.step, info.version)
             log.info(
                 "%s: v%s (step %d) written for the Trainer's resume at %s", self.name, info.version, state.step, folder
             )
-            return str(folder)
+            return str(folder), state.step, info.version
         return None
 
     # ------------------------------------------------------------------------------------- Trainer events
@@ -293,7 +311,7 @@ class PersistCallback(TrainerCallback):
         persistence, self.persistence, self._training = self.persistence, None, False
         close_persistence(persistence, self.name, final_checkpoints)
         folder, self._resume_folder = self._resume_folder, None
-        if folder is not None:
+        if folder is not None and (persistence is None or persistence.is_writer):  # rank 0 wrote it
             shutil.rmtree(folder[0], ignore_errors=True)
 
     def _check_resume(self, state: TrainerState) -> bool:

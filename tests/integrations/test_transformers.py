@@ -421,12 +421,13 @@ def test_export_hf_writes_a_folder_from_pretrained_loads(
 
 def test_under_ddp_every_rank_resumes_the_same_state_and_trainer_state(tmp_path: Path, sqlite_uri: str) -> None:
     """Two CPU processes under torchrun (gloo): rank 0 saves, and a plain train() restores on both ranks the
-    same weights, optimizer state, global_step and TrainerState (the log records of the first run)."""
+    same weights, optimizer state, global_step and TrainerState (the log records of the first run); then the
+    Trainer's own resume from resume_checkpoint()'s folder does too."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT)]
 
-    def torchrun(max_steps: str) -> str:
+    def torchrun(max_steps: str, *options: str) -> str:
         result = subprocess.run(
-            [*command, sqlite_uri, str(tmp_path / "d.jsonl"), "--max-steps", max_steps],
+            [*command, sqlite_uri, str(tmp_path / "d.jsonl"), "--max-steps", max_steps, *options],
             cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -442,6 +443,15 @@ def test_under_ddp_every_rank_resumes_the_same_state_and_trainer_state(tmp_path:
     for key in ("weights", "optimizer", "log_steps"):
         assert done[0][key] == done[1][key], key
     assert done[1]["log_steps"] == [2, 4, 6, 8, 10]
+    assert len(registry(sqlite_uri, MODEL_NAME)["runs"]) == 1
+
+    # the Trainer's own resume: resume_checkpoint() is collective, rank 0 writes the folder every rank loads
+    native = torchrun("14", "--native")
+    done_native = {r.pop("rank"): r for r in lines_with(native, "DONE")}
+    assert set(done_native) == {0, 1} and done_native[0]["global_step"] == done_native[1]["global_step"] == 14
+    for key in ("weights", "optimizer", "log_steps"):
+        assert done_native[0][key] == done_native[1][key], key
+    assert done_native[1]["log_steps"] == [2, 4, 6, 8, 10, 12, 14]  # TrainerState came back from the folder
     assert len(registry(sqlite_uri, MODEL_NAME)["runs"]) == 1
 
 
