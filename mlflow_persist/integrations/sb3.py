@@ -16,7 +16,10 @@ the algorithm's counters into MLflow, and resumes from the newest checkpoint whe
 - A `VecNormalize` wrapper's running statistics (observations, returns) are kept with every checkpoint, as
   SB3's own `VecNormalize.save` keeps them, so a resumed agent scales its inputs as before.
 - `save_replay_buffer=True` (off-policy algorithms) also keeps the filled part of the replay buffer (copied
-  at every save); without it a restart resumes with an empty buffer.
+  at every save); without it a restart resumes with an empty buffer. With `replay_buffer_every_steps=N` a
+  checkpoint holds it only when N env steps passed since the last one that did (final ones always do); a
+  restore of one without it loads the buffer of the newest older version that holds it (retention keeps
+  that version) and warns how many env steps of transitions that buffer lacks.
 - A SIGTERM/SIGINT stops `learn()` at the next env step (SB3's own stop: `_on_step` returns False), takes
   the final checkpoints and then exits (`GracefulExit`).
 - Under `torch.distributed` only rank 0 touches the store (`mlflow_persist.integrations.distributed`).
@@ -24,7 +27,7 @@ the algorithm's counters into MLflow, and resumes from the newest checkpoint whe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -36,17 +39,20 @@ from stable_baselines3.common.vec_env import sync_envs_normalization
 
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist._policy.policy import SaveDecision
-from mlflow_persist._runtime.handle import RestoreInfo
+from mlflow_persist._policy.versions import VersionInfo
+from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo
 from mlflow_persist._runtime.process_effects import GracefulExit
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import PersistConfig
-from mlflow_persist.errors import ConfigError
+from mlflow_persist.errors import CheckpointCorruptError, ConfigError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
-from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence
+from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence, broadcast_state
+from mlflow_persist.integrations.ranks import agree
 from mlflow_persist.integrations.sb3_state import (
     COUNTERS,
     REPLAY_ARRAYS,
     AlgorithmState,
+    BufferMark,
     ReplayBufferState,
     VecNormalizeState,
 )
@@ -80,6 +86,10 @@ class PersistCallback(BaseCallback):
     steps the policy plays `n_eval_episodes` episodes there (`evaluate_policy`, after syncing a `VecNormalize`'s
     statistics) and their mean reward is the monitor, which must then be `EVAL_MONITOR` with mode `max`.
 
+    `replay_buffer_every_steps` (with `save_replay_buffer=True`): a checkpoint holds the replay buffer only
+    when at least that many env steps passed since the last checkpoint that held it; `final` checkpoints
+    always do. None or 0: every checkpoint holds it.
+
     `store` and `persistence_kwargs` go to the `Persistence` (a test's MemoryStore, alert sinks,
     `install_signal_handlers`). One callback may serve several `learn()` calls: each one resumes from the
     checkpoint the previous one closed with.
@@ -95,6 +105,7 @@ class PersistCallback(BaseCallback):
         n_eval_episodes: int = 5,
         deterministic: bool = True,
         save_replay_buffer: bool = False,
+        replay_buffer_every_steps: int | None = None,
         store: CheckpointStore | None = None,
         persistence_kwargs: Mapping[str, Any] | None = None,
         verbose: int = 0,
@@ -102,7 +113,18 @@ class PersistCallback(BaseCallback):
         super().__init__(verbose=verbose)
         self.name = name
         self.config = config
+        if replay_buffer_every_steps is not None and replay_buffer_every_steps < 0:
+            raise ConfigError(
+                f"{name}: replay_buffer_every_steps={replay_buffer_every_steps} must be 0 or more (None or 0: the "
+                "replay buffer in every checkpoint)."
+            )
+        if replay_buffer_every_steps and not save_replay_buffer:
+            raise ConfigError(
+                f"{name}: replay_buffer_every_steps={replay_buffer_every_steps} paces the saved replay buffer; "
+                "pass save_replay_buffer=True as well."
+            )
         self.save_replay_buffer = save_replay_buffer
+        self.replay_buffer_every_steps = replay_buffer_every_steps
         self.eval_env = eval_env
         self.eval_freq = eval_freq
         self.n_eval_episodes = n_eval_episodes
@@ -126,7 +148,7 @@ class PersistCallback(BaseCallback):
         """Runs after `learn()`'s `_setup_learn` reset the counters: put the checkpoint's back."""
         self.close()  # a previous learn() with this callback: its final checkpoint is what resumes now
         self._stop = None
-        self.state = AlgorithmState(self.model, self.save_replay_buffer)
+        self.state = AlgorithmState(self.model, self.save_replay_buffer, self.replay_buffer_every_steps)
         # SB3's own save() list: `policy.optimizer`, or the actor's and critic's (and SAC's entropy) optimizers.
         optimizer_names = [n for n in self.model._get_torch_save_params()[0] if n != "policy"]
         optimizers = [recursive_getattr(self.model, n) for n in optimizer_names]
@@ -135,8 +157,14 @@ class PersistCallback(BaseCallback):
         self.handle = self.persistence.track(
             self.name, self.model.policy, one_or_list(optimizers), extra=self.state, **evaluation
         )
+        self._keep_the_replay_buffer()
         try:
-            self.restored = self.handle.restore()
+            self.state.restoring = True
+            try:
+                self.restored = self.handle.restore()
+            finally:
+                self.state.restoring = False
+            self._restore_replay_buffer()
         except Exception:
             # A final checkpoint of this unrestored model would become the newest and lose the progress.
             self.close(final_checkpoints=False)
@@ -229,10 +257,12 @@ class PersistCallback(BaseCallback):
         (`counted_ahead`): a checkpoint of step N holds the state after step N, with `num_timesteps` N."""
         assert self.handle is not None and self.state is not None, "persist_step() runs inside learn()"
         self.state.counted_ahead = self.counted_ahead
+        self.state.interval_applies = True  # a save step() decides holds the replay buffer only when due
         try:
             return self.handle.step(step=self.model.num_timesteps - self.counted_ahead, **metrics)
         finally:
             self.state.counted_ahead = 0
+            self.state.interval_applies = False
 
     def fresh_metrics(self) -> dict[str, float]:
         """The logger values recorded since the previous step, and the episode means when an episode ended.
@@ -252,6 +282,101 @@ class PersistCallback(BaseCallback):
             if self.model.ep_success_buffer:
                 fresh[SUCCESS_RATE] = safe_mean(self.model.ep_success_buffer)
         return numeric_metrics(fresh)
+
+    # ------------------------------------------------------------------------------------- replay buffer
+
+    def _keep_the_replay_buffer(self) -> None:
+        """With `replay_buffer_every_steps`, retention keeps the newest registered checkpoint that holds the
+        replay buffer, whatever its category's window says: the checkpoints after it rely on it. The pipeline's
+        `cut_keep` is where the runtime asks which versions to keep; it is called once per registration, right
+        after `last_saved` names the version just registered."""
+        schedule = self.state.buffer_schedule if self.state is not None else None
+        handle = self.handle.handle if self.handle is not None else None
+        if schedule is None or schedule.every is None or not isinstance(handle, ModelHandle):
+            return
+        pipeline = handle.pipeline
+        keep_also = pipeline.cut_keep
+
+        def keep(name: str) -> Collection[int]:
+            registered = pipeline.last_saved
+            if registered is not None:
+                schedule.registered(*registered)
+            return {*keep_also(name), *schedule.keep()}
+
+        pipeline.cut_keep = keep
+
+    def _restore_replay_buffer(self) -> None:
+        """After the restore: a checkpoint without the replay buffer gets the one it goes with, from the newest
+        older version that holds it (rank 0 loads it, every rank takes it), or an empty one when none does;
+        either way with a warning, since the transitions after that buffer's step are missing."""
+        state = self.state
+        assert state is not None and self.handle is not None
+        schedule, buffer, restored = state.buffer_schedule, state.replay_buffer, self.restored
+        if schedule is None or buffer is None or restored is None:
+            return
+        rank_zero = self.handle.handle
+        outcome: tuple[str, Any] = ("ok", None)
+        found: tuple[VersionInfo, Mapping[str, Any]] | None = None
+        if rank_zero is not None:  # the other ranks take rank 0's findings (they loaded what it broadcast)
+            try:
+                if not state.buffer_left_out:  # the checkpoint held the buffer (or was saved without any)
+                    outcome = ("ok", ("held", state.loaded_mark, None))
+                else:
+                    mark = state.buffer_source
+                    found = self._find_replay_buffer(rank_zero, mark, restored.version) if mark else None
+                    outcome = ("ok", ("older", mark, found[0].version if found is not None else None))
+            except Exception as exc:  # noqa: BLE001 - raised on every rank by agree()
+                outcome = ("error", exc)
+        kind, mark, version = agree(outcome, "load the replay buffer")
+        if kind == "held":
+            schedule.restored(mark, restored.version)
+            return
+        saved = broadcast_state(found[1] if found is not None else None) if version is not None else None
+        which = f"v{restored.version}" if restored.version is not None else "from the outbox"
+        where = f"{self.name}: the checkpoint {which} (step {restored.step}) holds no replay buffer"
+        if saved is None or mark is None:
+            buffer.clear()
+            schedule.restored(None, None)
+            log.warning(
+                "%s, and no older version holds the one it goes with (%s): training resumes with an empty "
+                "replay buffer",
+                where,
+                "none was saved yet" if mark is None else f"step {mark.step}'s was deleted or is damaged",
+            )
+            return
+        buffer.load_state_dict(saved)
+        schedule.restored(mark, version)
+        log.warning(
+            "%s: loaded the one of v%d (step %d), which lacks the transitions of the %d env steps in between",
+            where,
+            version,
+            mark.step,
+            restored.step - mark.step,
+        )
+
+    def _find_replay_buffer(
+        self, handle: ModelHandle, mark: BufferMark, restored: int | None
+    ) -> tuple[VersionInfo, Mapping[str, Any]] | None:
+        """The newest version that holds the buffer `mark` names, and that buffer's state. Newest first: it lies
+        a few versions below the restored one."""
+        seen: set[int] = set()
+        for info in handle.pipeline.store.newest_versions(handle.registered_name):
+            if info.version in seen or info.version == restored or info.corrupt or info.step != mark.step:
+                continue
+            seen.add(info.version)
+            try:
+                extra = handle.load_version(info).extra_state
+            except CheckpointCorruptError as exc:
+                log.error("%s v%d is damaged (%s); looking further for its replay buffer", self.name, info.version, exc)
+                continue
+            held = extra.get("replay_buffer_mark") if isinstance(extra, Mapping) else None
+            if (
+                held is not None
+                and extra.get("replay_buffer") is not None
+                and mark.matches(BufferMark.from_state(held))
+            ):
+                return info, extra["replay_buffer"]
+        return None
 
     def close(self, final_checkpoints: bool = True) -> None:
         """Take the final checkpoints and finish the run (idempotent). A checkpoint that could never be

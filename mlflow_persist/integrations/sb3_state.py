@@ -1,11 +1,18 @@
 """What a Stable-Baselines3 checkpoint holds besides the policy and its optimizers (`AlgorithmState`): the
 algorithm's counters, its recent episodes, its torch variables outside the policy, a `VecNormalize` wrapper's
 running statistics (`VecNormalizeState`) and, optionally, the filled part of its replay buffer
-(`ReplayBufferState`)."""
+(`ReplayBufferState`), in every checkpoint or every so many env steps (`ReplayBufferSchedule`).
+
+Longer than 400 lines: `AlgorithmState` is the one `extra` of an SB3 checkpoint and decides, at each snapshot,
+what of the buffer goes in; the parts it writes and reads back are kept beside it."""
 
 from __future__ import annotations
 
+import threading
+import uuid
+from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +25,15 @@ from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist.errors import PersistError
 
-__all__ = ["COUNTERS", "REPLAY_ARRAYS", "AlgorithmState", "ReplayBufferState", "VecNormalizeState"]
+__all__ = [
+    "COUNTERS",
+    "REPLAY_ARRAYS",
+    "AlgorithmState",
+    "BufferMark",
+    "ReplayBufferSchedule",
+    "ReplayBufferState",
+    "VecNormalizeState",
+]
 
 log = package_logger("mlflow_persist.integrations.sb3")
 
@@ -67,6 +82,95 @@ class ReplayBufferState:
             _copy_arrays(name, saved, live)
         self.buffer.pos = int(state["pos"])
         self.buffer.full = bool(state["full"])
+
+    def clear(self) -> None:
+        """Empty, as a new buffer is (only the filled part is zeroed: the rest was never written)."""
+        filled = self.buffer.buffer_size if self.buffer.full else self.buffer.pos
+        for name in REPLAY_ARRAYS:
+            _map_arrays(getattr(self.buffer, name, None), lambda array: array[:filled].fill(0))
+        self.buffer.pos, self.buffer.full = 0, False
+
+
+@dataclass(frozen=True)
+class BufferMark:
+    """One saved replay buffer: the step whose transitions it holds (all up to that step) and a random id, so
+    that a checkpoint without the buffer names the one it goes with, never another timeline's at that step."""
+
+    step: int
+    id: str | None  # None: saved before buffers had ids; any buffer of that step matches
+
+    def as_state(self) -> dict[str, Any]:
+        return {"step": self.step, "id": self.id}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> BufferMark:
+        return cls(int(state["step"]), state.get("id"))
+
+    def matches(self, other: BufferMark) -> bool:
+        return self.step == other.step and (self.id is None or other.id is None or self.id == other.id)
+
+
+class ReplayBufferSchedule:
+    """Which checkpoints hold the replay buffer: with `every`, those taken at least `every` env steps after the
+    last one that did, and every one taken while that one is not registered yet (the writer may replace a
+    waiting snapshot by a newer one, or fail to save it); without `every`, all of them.
+
+    A checkpoint without the buffer therefore always goes with a registered one (`source`), whose version(s)
+    the retention keeps (`keep`). The training thread snapshots; the writer thread reports registrations."""
+
+    def __init__(self, every: int | None) -> None:
+        self.every = every or None
+        self.last_step = 0  # the step of the newest buffer snapshotted or restored; 0: none (an empty buffer)
+        self._lock = threading.Lock()
+        self._pending: deque[BufferMark] = deque(maxlen=64)  # snapshotted, not seen registered yet
+        self._registered: BufferMark | None = None
+        self._versions: set[int] = set()  # the versions that hold `_registered` (two at a shared step)
+
+    def due(self, step: int) -> bool:
+        if self.every is None or step - self.last_step >= self.every:
+            return True
+        with self._lock:
+            return bool(self._pending)
+
+    def carried(self, step: int) -> BufferMark:
+        """A snapshot of `step` holds the buffer: its mark."""
+        mark = BufferMark(step, uuid.uuid4().hex)
+        self.last_step = step
+        with self._lock:
+            self._pending.append(mark)
+        return mark
+
+    def source(self) -> BufferMark | None:
+        """The registered buffer a checkpoint without one goes with (None: none yet, the buffer was empty)."""
+        with self._lock:
+            return self._registered
+
+    def registered(self, version: int, step: int) -> None:
+        """The writer registered `version` of `step` (once per registration). It registers a model's snapshots
+        in the order they were taken, so pending ones older than a registered one never will be. A version of
+        a pending buffer's step without it (a periodic save at the step of a final one) is kept as well: one
+        version more, never one less."""
+        with self._lock:
+            index = next((i for i, mark in enumerate(self._pending) if mark.step == step), None)
+            if index is None:
+                if self._registered is not None and self._registered.step == step:
+                    self._versions.add(version)
+                return
+            for _ in range(index):
+                self._pending.popleft()
+            self._registered, self._versions = self._pending.popleft(), {version}
+
+    def restored(self, mark: BufferMark | None, version: int | None) -> None:
+        """After a restore: the live buffer is `mark`'s (held by `version`), or empty (None)."""
+        self.last_step = mark.step if mark is not None else 0
+        with self._lock:
+            self._pending.clear()
+            self._registered = mark
+            self._versions = {version} if mark is not None and version is not None else set()
+
+    def keep(self) -> set[int]:
+        with self._lock:
+            return set(self._versions)
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor | np.ndarray:
@@ -209,13 +313,27 @@ def _kept_array(value: Any, into: Any) -> np.ndarray:
 class AlgorithmState:
     """The `extra` of a checkpoint: the algorithm's counters, its recent episodes (the `rollout/*` means),
     its torch variables outside the policy (SAC's entropy coefficient), its `VecNormalize` statistics and,
-    optionally, its replay buffer."""
+    optionally, its replay buffer.
 
-    def __init__(self, algorithm: BaseAlgorithm, save_replay_buffer: bool) -> None:
+    With `replay_buffer_every_steps`, a save the callback's step decided (`interval_applies`) holds the buffer
+    only when `ReplayBufferSchedule.due`, and otherwise `replay_buffer_source`: the mark of the registered
+    buffer it goes with. Every other save (final, forced) holds the buffer."""
+
+    def __init__(
+        self, algorithm: BaseAlgorithm, save_replay_buffer: bool, replay_buffer_every_steps: int | None = None
+    ) -> None:
         self.algorithm = algorithm
         self.counted_ahead = 0  # env steps already in num_timesteps whose bookkeeping SB3 has not done yet
         self.tensor_names: list[str] = list(algorithm._get_torch_save_params()[1])
         self.replay_buffer: ReplayBufferState | None = None
+        self.buffer_schedule: ReplayBufferSchedule | None = None
+        self.interval_applies = False  # inside the callback's step(): a save there follows the schedule
+        self.restoring = False  # state_dict() is a restore's backup or broadcast, not a checkpoint
+        # What the last load_state_dict() found: the buffer it loaded (its mark), or that the checkpoint left it
+        # out and the mark of the one it goes with (None: none), which the callback then loads
+        self.loaded_mark: BufferMark | None = None
+        self.buffer_left_out = False
+        self.buffer_source: BufferMark | None = None
         if save_replay_buffer:
             buffer = getattr(algorithm, "replay_buffer", None)
             if not isinstance(buffer, (ReplayBuffer, DictReplayBuffer)) or isinstance(buffer, HerReplayBuffer):
@@ -224,6 +342,7 @@ class AlgorithmState:
                     f"{type(algorithm).__name__} has {type(buffer).__name__}, so pass save_replay_buffer=False."
                 )
             self.replay_buffer = ReplayBufferState(buffer)
+            self.buffer_schedule = ReplayBufferSchedule(replay_buffer_every_steps)
         normalizer = algorithm.get_vec_normalize_env()
         self.vec_normalize = VecNormalizeState(normalizer) if normalizer is not None else None
 
@@ -241,10 +360,21 @@ class AlgorithmState:
             "tensors": {name: recursive_getattr(algorithm, name) for name in self.tensor_names},
         }
         if self.replay_buffer is not None:
-            state["replay_buffer"] = self.replay_buffer.state_dict()
+            self._add_replay_buffer(state, state["counters"]["num_timesteps"])
         if self.vec_normalize is not None:
             state["vec_normalize"] = self.vec_normalize.state_dict(before_this_step=self.counted_ahead > 0)
         return state
+
+    def _add_replay_buffer(self, state: dict[str, Any], step: int) -> None:
+        assert self.replay_buffer is not None and self.buffer_schedule is not None
+        schedule = self.buffer_schedule
+        if self.restoring or not self.interval_applies or schedule.due(step):
+            state["replay_buffer"] = self.replay_buffer.state_dict()
+            if not self.restoring:
+                state["replay_buffer_mark"] = schedule.carried(step).as_state()
+        else:
+            source = schedule.source()
+            state["replay_buffer_source"] = source.as_state() if source is not None else None
 
     def after_step(self) -> None:
         """At the end of every `on_step`, and once learn() starts: what the next save inside on_step needs of
@@ -255,13 +385,24 @@ class AlgorithmState:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         algorithm = self.algorithm
         if self.replay_buffer is not None:
-            if state.get("replay_buffer") is None:
+            self.loaded_mark, self.buffer_source, self.buffer_left_out = None, None, False
+            if state.get("replay_buffer") is not None:
+                self.replay_buffer.load_state_dict(state["replay_buffer"])
+                mark = state.get("replay_buffer_mark")
+                self.loaded_mark = (
+                    BufferMark.from_state(mark)
+                    if mark is not None
+                    else BufferMark(int(state["counters"]["num_timesteps"]), None)
+                )
+            elif "replay_buffer_source" in state:  # the callback loads that one (the live buffer waits)
+                source = state["replay_buffer_source"]
+                self.buffer_source = BufferMark.from_state(source) if source is not None else None
+                self.buffer_left_out = True
+            else:
                 log.warning(
                     "the checkpoint holds no replay buffer (it was saved with save_replay_buffer=False); "
                     "training resumes with an empty one"
                 )
-            else:
-                self.replay_buffer.load_state_dict(state["replay_buffer"])
         saved_normalizer = state.get("vec_normalize")
         if self.vec_normalize is not None and saved_normalizer is not None:
             self.vec_normalize.load_state_dict(saved_normalizer)

@@ -2,8 +2,8 @@
 VecNormalize-wrapped env); the test's own record of what happened.
 
 Usage: sb3_proc.py URI DIGEST_LOG TOTAL_TIMESTEPS [--algo dqn|ppo] [--monitor KEY] [--mode min|max]
-                   [--periodic N] [--replay-buffer] [--slow-after N] [--progress-every N] [--seed S]
-                   [--carry DIR] [--sb3-own STEP,...]
+                   [--periodic N] [--replay-buffer] [--replay-buffer-every N] [--wait-for-saves]
+                   [--slow-after N] [--progress-every N] [--seed S] [--carry DIR] [--sb3-own STEP,...]
 
 TOTAL_TIMESTEPS is the total across restarts: every run calls `learn(TOTAL_TIMESTEPS)`, which the callback
 continues from the restored timestep (SB3's own resume reaches the same total with
@@ -12,7 +12,8 @@ continues from the restored timestep (SB3's own resume reaches the same total wi
 Writes to DIGEST_LOG, after every save decision, `{"event": "saved", "step", "category", "pid", "digest"}` (policy
 weights, optimizer state and counters, read from the model itself), with a VecNormalize the digest of its
 statistics after that step (`normalizer`, `normalizer_count`) and, with --replay-buffer, the buffer's `pos`,
-`full` and contents digest; `{"event": "final", ...}` for the state `learn()` ends with (what the final
+`full` and contents digest (--replay-buffer-every N: `PersistCallback(replay_buffer_every_steps=N)`;
+--wait-for-saves: each save is registered before training goes on, so none replaces another); `{"event": "final", ...}` for the state `learn()` ends with (what the final
 checkpoint holds); `{"event": "mean", "step", "value"}` for its own mean of the last 100 episode returns,
 computed from the Monitor's episode infos. Prints `RESTORED {...}` right after the restore, `PROGRESS N` every
 --progress-every (250) timesteps and `DONE {...}` when `learn()` returned.
@@ -172,9 +173,11 @@ class RecordingCallback(PersistCallback):
         slow_after: int | None,
         progress_every: int = 250,
         carry: Path | None = None,
+        wait_for_saves: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.wait_for_saves = wait_for_saves
         self.log = log
         self.record_buffer = record_buffer
         self.slow_after = slow_after
@@ -223,6 +226,8 @@ class RecordingCallback(PersistCallback):
                 self.returns.append(float(info["episode"]["r"]))
                 self.new_episode = True
         decision = super().persist_step(**metrics)
+        if decision.save and self.wait_for_saves and self.handle is not None:
+            self.handle.flush()
         if decision.save:
             self.log.append(
                 event="saved",
@@ -308,6 +313,8 @@ def main() -> None:
     parser.add_argument("--mode", default="max")
     parser.add_argument("--periodic", type=int, default=250)
     parser.add_argument("--replay-buffer", action="store_true")
+    parser.add_argument("--replay-buffer-every", type=int)
+    parser.add_argument("--wait-for-saves", action="store_true")
     parser.add_argument("--slow-after", type=int)
     parser.add_argument("--progress-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
@@ -338,11 +345,13 @@ def main() -> None:
         f"cartpole_{args.algo}",
         config,
         save_replay_buffer=args.replay_buffer,
+        replay_buffer_every_steps=args.replay_buffer_every,
         log=DigestLog(Path(args.log)),
         record_buffer=args.replay_buffer,
         slow_after=args.slow_after,
         progress_every=args.progress_every,
         carry=args.carry,
+        wait_for_saves=args.wait_for_saves,
     )
     model.learn(total_timesteps=args.total, callback=callback)
     print("DONE " + json.dumps(done_record(model)), flush=True)

@@ -3,13 +3,18 @@
 resumes from the newest checkpoint with the exact weights, optimizer state, counters and replay buffer the
 trainer recorded, `learn(total_timesteps=T)` ends at T, and a DQN or PPO killed twice and resumed ends with SB3's
 own resume's counters and bit for bit where the uninterrupted run ends. Every expectation comes from the
-trainer's own records (sb3_proc.py), never from what the callback reports about itself."""
+trainer's own records (sb3_proc.py), never from what the callback reports about itself. With
+`replay_buffer_every_steps`, only the checkpoints the step arithmetic says hold the buffer (and the final one), a
+kill after one without it resumes with the buffer the trainer had at the older one, retention keeps that one,
+and without any a restart resumes with an empty buffer; each with a warning."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ pytest.importorskip("stable_baselines3")
 
 import gymnasium  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
 from store_support import copy_template_store  # noqa: E402
@@ -26,9 +32,19 @@ from zygote import Zygote, Zygotes  # noqa: E402
 
 import mlflow_persist as mp  # noqa: E402
 from mlflow_persist.integrations.sb3 import EVAL_MONITOR, PersistCallback  # noqa: E402
+from mlflow_persist.integrations.sb3_state import ReplayBufferSchedule  # noqa: E402
 from mlflow_persist.testing import MemoryStore  # noqa: E402
 
-from .support import DigestLog, framework_zygote, lines_with, registry, run, run_and_kill, run_and_signal  # noqa: E402
+from .support import (  # noqa: E402
+    DigestLog,
+    framework_zygote,
+    lines_with,
+    registry,
+    run,
+    run_and_kill,
+    run_and_signal,
+    state_digest,
+)
 
 SCRIPT = Path(__file__).with_name("sb3_proc.py")
 EXAMPLE = Path(__file__).resolve().parents[2] / "scripts" / "examples" / "sb3_example.py"
@@ -36,6 +52,8 @@ NAME = "cartpole_dqn"
 TRAIN_FREQ = 4  # sb3_proc.py's DQN(train_freq=...)
 PPO_N_STEPS = 64  # sb3_proc.py's PPO(n_steps=...)
 CATEGORY, STEP, VALUE = "mlflow_persist.category", "mlflow_persist.step", "mlflow_persist.value"
+BUFFER_ARRAYS = ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")  # sb3_proc.py's
+BUFFER_RECORD = ("buffer_pos", "buffer_full", "buffer_size", "buffer_digest")  # sb3_proc.buffer_record()
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +249,103 @@ def test_vec_normalize_statistics_are_saved_and_a_resumed_agent_scales_observati
         second.get_vec_normalize_env().normalize_obs(observation),
         first.get_vec_normalize_env().normalize_obs(observation),
     )
+
+
+class NoFinalCheckpoint(PersistCallback):
+    """Ends learn() as a kill would: no final checkpoint (and no report of the last step)."""
+
+    def _on_training_end(self) -> None:
+        self.close(final_checkpoints=False)
+
+
+@pytest.fixture
+def sb3_warnings() -> Iterator[list[str]]:
+    """The warnings the SB3 integration logs (the package's loggers do not propagate to caplog)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("mlflow_persist.integrations.sb3")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def _buffer_callback(
+    store: MemoryStore, every: int, kind: type[PersistCallback] = PersistCallback, **config: Any
+) -> PersistCallback:
+    return kind(
+        NAME,
+        _config(monitor="never/logged", mode="min", periodic_every_steps=100, **config),
+        save_replay_buffer=True,
+        replay_buffer_every_steps=every,
+        store=store,
+        persistence_kwargs={"install_signal_handlers": False},
+    )
+
+
+def test_retention_keeps_the_newest_checkpoint_holding_the_replay_buffer_the_newer_ones_rely_on(
+    sb3_warnings: list[str],
+) -> None:
+    store = MemoryStore()
+    first = _dqn()
+    first.learn(total_timesteps=700, callback=_buffer_callback(store, 400, NoFinalCheckpoint, keep_periodic=1))
+    kept = {v.step: v for v in store.list_versions(NAME)}
+    # keep_periodic=1 keeps the newest periodic only (step 600: learn() ended without reporting 700); the one
+    # of step 400, the last to hold the buffer (400 steps after none), stays for the checkpoints after it
+    assert sorted(kept) == [400, 600]
+    held = store.load_version(kept[400]).extra_state["replay_buffer"]
+    assert held is not None and held["pos"] == 400
+
+    second = _dqn()
+    second.learn(total_timesteps=700, callback=_buffer_callback(store, 400))
+    assert second.replay_buffer.pos >= 400  # 400 transitions restored, then those of steps 601 to 700
+    assert [m for m in sb3_warnings if "holds no replay buffer" in m] == [
+        f"{NAME}: the checkpoint v{kept[600].version} (step 600) holds no replay buffer: loaded the one of "
+        f"v{kept[400].version} (step 400), which lacks the transitions of the 200 env steps in between"
+    ]
+
+
+def test_without_any_checkpoint_holding_the_replay_buffer_a_restart_resumes_with_an_empty_one(
+    sb3_warnings: list[str],
+) -> None:
+    store = MemoryStore()
+    _dqn().learn(total_timesteps=500, callback=_buffer_callback(store, 1000, NoFinalCheckpoint))
+    assert all(store.load_version(v).extra_state.get("replay_buffer") is None for v in store.list_versions(NAME))
+
+    class Probe(NoFinalCheckpoint):  # the buffer right after the restore, before learn() adds to it
+        def _on_training_start(self) -> None:
+            super()._on_training_start()
+            self.after_restore = (int(self.model.replay_buffer.pos), bool(self.model.replay_buffer.full))
+
+    model = _dqn()
+    model.replay_buffer.pos = 123  # what a restore must not keep: transitions of no checkpoint
+    probe = _buffer_callback(store, 1000, Probe)
+    assert isinstance(probe, Probe)
+    model.learn(total_timesteps=500, callback=probe)
+    assert probe.restored is not None and probe.restored.step == 400
+    assert probe.after_restore == (0, False)
+    assert any("holds no replay buffer, and no older version holds" in m for m in sb3_warnings), sb3_warnings
+
+
+def test_until_the_checkpoint_holding_the_buffer_is_registered_the_next_ones_hold_it_too() -> None:
+    """The writer may replace a waiting snapshot by a newer one, or fail to save it: a checkpoint without the
+    buffer must only ever go with one that is registered, which retention then keeps."""
+    schedule = ReplayBufferSchedule(300)
+    assert [schedule.due(step) for step in (100, 200, 300)] == [False, False, True]
+    schedule.carried(300)
+    assert schedule.due(400) and schedule.source() is None  # 300 is not registered yet
+    held = schedule.carried(400)
+    schedule.registered(7, 400)  # the snapshot of 400 replaced the waiting one of 300
+    assert not schedule.due(500) and schedule.source() == held and schedule.keep() == {7}
+    schedule.registered(8, 500)  # a checkpoint without the buffer
+    assert schedule.keep() == {7} and not schedule.due(600) and schedule.due(700)
+
+
+def test_replay_buffer_every_steps_needs_save_replay_buffer() -> None:
+    with pytest.raises(mp.ConfigError, match="pass save_replay_buffer=True as well"):
+        PersistCallback(NAME, _config(), replay_buffer_every_steps=1000)
 
 
 # ------------------------------------------------------------------------------------- real subprocesses
@@ -504,3 +619,92 @@ def _metric_steps(uri: str, run_id: str, key: str) -> list[int]:
     import mlflow
 
     return [m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def _held_buffer(uri: str, version: int) -> dict[str, Any] | None:
+    """What registered `version` holds of the replay buffer, as the trainer records its live buffer
+    (sb3_proc.buffer_record: pos, full, filled size, contents digest); None when it holds none."""
+    extra = mp.load_checkpoint(f"models:/{NAME}/{version}", tracking_uri=uri).extra_state
+    saved = extra.get("replay_buffer")
+    if saved is None:
+        return None
+    arrays = [torch.as_tensor(np.ascontiguousarray(saved[name])) for name in BUFFER_ARRAYS]
+    return {
+        "buffer_pos": saved["pos"],
+        "buffer_full": saved["full"],
+        "buffer_size": len(arrays[0]),
+        "buffer_digest": state_digest(arrays),
+    }
+
+
+# The interval tests' runs: periodic checkpoints only (the monitor is a key SB3 never logs), every 100 steps.
+INTERVAL_ARGS = (
+    *("--replay-buffer", "--periodic", "100", "--monitor", "never/logged", "--mode", "min"),
+    *("--progress-every", "50"),
+)
+
+
+@pytest.mark.slow
+def test_with_replay_buffer_every_steps_only_the_due_checkpoints_and_the_final_one_hold_the_buffer(
+    tmp_path: Path, sqlite_uri: str, framework: Zygote
+) -> None:
+    every, total = 300, 1000
+    log = DigestLog(tmp_path / "digests.jsonl")
+    args = (sqlite_uri, str(log.path), str(total), *INTERVAL_ARGS, "--replay-buffer-every", str(every))
+    run(SCRIPT, *args, "--wait-for-saves", cwd=tmp_path, zygote=framework)  # no snapshot replaces another
+    records = log.records()
+    saves = {r["step"]: r for r in records if r["event"] == "saved"}
+    assert sorted(saves) == list(range(100, total + 1, 100))  # the trainer decided the periodic saves only
+    due, last = [], 0  # the step arithmetic: the first save at least `every` steps after the last one with it
+    for step in sorted(saves):
+        if step - last >= every:
+            due.append(step)
+            last = step
+    assert due == [300, 600, 900]
+
+    versions = registry(sqlite_uri, NAME)["versions"]
+    held = {number: _held_buffer(sqlite_uri, number) for number in versions}
+    periodic = {int(tags[STEP]): held[n] for n, tags in versions.items() if tags[CATEGORY] == "periodic"}
+    assert sorted(periodic) == sorted(saves)
+    assert sorted(step for step, buffer in periodic.items() if buffer is not None) == due
+    for step in due:  # the buffer the trainer had when it saved that step
+        assert periodic[step] == {k: saves[step][k] for k in BUFFER_RECORD}, step
+    assert periodic[600] is not None and periodic[600]["buffer_pos"] == 600  # all of step 600, nothing of 601
+    finals = [n for n, tags in versions.items() if tags[CATEGORY] == "final"]
+    assert len(finals) == 1 and int(versions[finals[0]][STEP]) == total
+    final = _one_record(log, "final")
+    assert held[finals[0]] == {k: final[k] for k in BUFFER_RECORD}  # a final checkpoint always holds it
+
+
+@pytest.mark.slow
+def test_a_kill_after_a_checkpoint_without_the_buffer_resumes_with_the_buffer_of_the_older_one(
+    tmp_path: Path, sqlite_uri: str, framework: Zygote
+) -> None:
+    every = 500  # the buffer at step 500 (and at the steps after it saved before that one was registered)
+    log = DigestLog(tmp_path / "digests.jsonl")
+    args = (sqlite_uri, str(log.path), "1200", *INTERVAL_ARGS, "--replay-buffer-every", str(every))
+    first = run_and_kill(
+        SCRIPT, *args, "--slow-after", "0", cwd=tmp_path, zygote=framework, when="PROGRESS 850\n", delay=0.1
+    )
+    assert "DONE" not in first
+    versions = registry(sqlite_uri, NAME)["versions"]
+    newest = max(versions)
+    step = int(versions[newest][STEP])
+    assert versions[newest][CATEGORY] == "periodic" and every < step < 2 * every, versions[newest]
+    assert _held_buffer(sqlite_uri, newest) is None  # what this test is about: the newest lacks the buffer
+    older = next(n for n in sorted(versions, reverse=True) if n < newest and _held_buffer(sqlite_uri, n))
+    older_step = int(versions[older][STEP])
+    assert every <= older_step < step
+
+    second = run(SCRIPT, *args, cwd=tmp_path, zygote=framework)
+    restored = _one(second.stdout, "RESTORED")
+    assert restored["version"] == newest and restored["step"] == step
+    # weights, optimizer and counters from the newest checkpoint, as the trainer had them at that step
+    assert restored["digest"] == log.digest_at(step) and restored["counters"]["num_timesteps"] == step
+    # the replay buffer as the trainer had it when it saved the older version: its transitions, pos and full
+    at_older = [r for r in log.records() if r["event"] == "saved" and r["step"] == older_step][0]
+    assert {k: restored[k] for k in BUFFER_RECORD} == {k: at_older[k] for k in BUFFER_RECORD}
+    assert restored["buffer_pos"] == older_step and not restored["buffer_full"]
+    warning = f"loaded the one of v{older} (step {older_step}), which lacks the transitions of the {step - older_step}"
+    assert warning in second.stderr, second.stderr[-3000:]
+    assert _one(second.stdout, "DONE")["num_timesteps"] == _learn_end(step, 1200)
