@@ -193,6 +193,8 @@ def test_a_lost_rank_zero_ends_the_other_rank_within_its_timeout_and_leaves_no_t
     assert versions
     for version in versions:
         assert mp.load_checkpoint(f"models:/ddp_net/{version}", tracking_uri=uri).step > 0
+    if loss == "killed":
+        return  # the relaunch is checked once, after the hang
     relaunched = _torchrun(uri, str(tmp_path / "digests.jsonl"), "2", cwd=tmp_path)
     assert relaunched.returncode == 0, relaunched.stdout[-3000:] + relaunched.stderr[-3000:]
     restored = _by_rank(relaunched.stdout, "RESTORED")
