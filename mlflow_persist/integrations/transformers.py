@@ -133,6 +133,8 @@ class PersistCallback(TrainerCallback):
         self._resume_folder: tuple[Path, int, int | None] | None = None  # (temp dir, step, version) handed out
         self._pending: dict[str, float] | None = None  # a step's report waiting for its logs and evaluation
         self._training = False  # between train begin and close
+        self._names_seen: set[str] = set()  # every metric name the Trainer logged or evaluated in this train()
+        self._monitor_found = False
 
     # ------------------------------------------------------------------------------------- native resume
 
@@ -206,6 +208,7 @@ class PersistCallback(TrainerCallback):
             self.close()  # a previous train() with this callback: its final checkpoint is what resumes now
         self._training = True
         self._reported, self._loss_window, self._stop, self._pending = {}, None, None, None
+        self._names_seen, self._monitor_found = set(), False
         if self.persistence is None:
             self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
         record = TrainerStateRecord(state, control, model)
@@ -258,6 +261,7 @@ class PersistCallback(TrainerCallback):
         logs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        self._names_seen.update(numeric_metrics(logs or {}))
         metrics = self.fresh_metrics(logs or {})
         if "loss" in metrics and self._loss_window is not None:
             metrics["loss"] = self._corrected_loss(metrics["loss"], state.global_step)
@@ -266,6 +270,8 @@ class PersistCallback(TrainerCallback):
             self._reported.update(metrics)
             return
         self._report(control, state, metrics)
+        if args.eval_strategy == "no":  # else the first evaluation decides
+            self._require_monitor()
 
     def on_evaluate(
         self,
@@ -275,7 +281,9 @@ class PersistCallback(TrainerCallback):
         metrics: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        self._names_seen.update(numeric_metrics(metrics or {}))
         self._report(control, state, self.fresh_metrics(metrics or {}))
+        self._require_monitor()
 
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -355,6 +363,24 @@ class PersistCallback(TrainerCallback):
             return None
         return shared_run(
             self.name, self.persistence, "the MLflowCallback", active.info.run_id, mlflow.get_tracking_uri()
+        )
+
+    def _require_monitor(self) -> None:
+        """A monitor missing from what the Trainer logged by its first evaluation (or its first log, without
+        evaluation) is a misspelling or a metric never computed: fail at once, as the Trainer's own
+        `metric_for_best_model` does, instead of never saving a performance checkpoint. The final checkpoint is
+        still taken, so the steps trained so far are kept."""
+        if self._monitor_found or not self._open():
+            return
+        monitor = (self.config or PersistConfig()).for_model(self.name).monitor
+        if monitor in self._names_seen:
+            self._monitor_found = True
+            return
+        self.close()
+        raise ConfigError(
+            f"{self.name}: the monitor {monitor!r} is not among the metrics the Trainer logs and evaluates "
+            f"({', '.join(sorted(self._names_seen)) or 'none'}); set `monitor` in the PersistConfig to one of "
+            "those (evaluation metrics carry the `eval_` prefix)."
         )
 
     def _open(self) -> bool:

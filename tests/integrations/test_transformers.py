@@ -126,6 +126,28 @@ def test_logs_and_evaluations_land_once_on_the_trainers_step(tmp_path: Path) -> 
     assert {v.step for v in versions if v.category == "performance"} <= {3, 6}
 
 
+@pytest.mark.parametrize(("evaluation", "fails_at", "logged"), [("steps", 3, "eval_loss"), ("no", 2, "loss")])
+def test_a_monitor_the_trainer_never_logs_fails_train_at_once_naming_what_it_logs(
+    tmp_path: Path, evaluation: str, fails_at: int, logged: str
+) -> None:
+    """A misspelled monitor fails at the first evaluation (logs every 2 steps, evaluations every 3), or at the
+    first log without evaluation, as the Trainer's own metric_for_best_model does; the steps trained are kept."""
+    store = MemoryStore()
+    config = mp.PersistConfig(monitor="eval_los", log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0)
+    callback = PersistCallback(MODEL_NAME, config, store=store, persistence_kwargs={"install_signal_handlers": False})
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=training_args(str(tmp_path / "out"), 12, eval_strategy=evaluation),
+        train_dataset=ToyDataset(128, 1),
+        eval_dataset=ToyDataset(32, 2),
+        callbacks=[callback],
+    )
+    with pytest.raises(mp.ConfigError, match=f"'eval_los' is not among .*{logged}"):
+        trainer.train()
+    assert trainer.state.global_step == fails_at
+    assert [(v.category, v.step) for v in store.list_versions(MODEL_NAME)][-1] == ("final", fails_at)
+
+
 def test_a_restart_continues_global_step_and_its_first_loss_covers_only_the_steps_it_trained(tmp_path: Path) -> None:
     store = MemoryStore()
     _train(tmp_path, store, max_steps=6, monitor="loss")
@@ -397,7 +419,7 @@ def test_export_hf_writes_a_folder_from_pretrained_loads(
 
     from mlflow_persist.cli.main import main
 
-    config = mp.PersistConfig(tracking_uri=sqlite_uri, monitor="eval_loss", log_system_metrics=False)
+    config = mp.PersistConfig(tracking_uri=sqlite_uri, monitor="loss", log_system_metrics=False)  # no evaluation
     callback = PersistCallback(MODEL_NAME, config, persistence_kwargs={"install_signal_handlers": False})
     trainer = Trainer(
         model=tiny_bert(),
