@@ -1,8 +1,9 @@
 """An FSDP2 trainer (`fully_shard`) for `torchrun --nproc-per-node 2` on CPU (gloo), with sharded checkpoints.
 
-Usage: sharded_proc.py URI STEPS [--plain] [--slow]
+Usage: sharded_proc.py URI STEPS [--plain] [--slow] [--ddp]
 Trains to step STEPS in total; each step's batch depends only on the step and the rank, so a resumed run sees
-the batches an uninterrupted one sees. `--plain` trains without persistence (the reference). Prints, per rank,
+the batches an uninterrupted one sees. `--plain` trains without persistence (the reference); `--ddp` replicates
+the model with DistributedDataParallel instead of sharding it (rank 0 saves the whole state). Prints, per rank,
 `PID {...}` at the start, `RESTORED {...}` after the restore, `STEP {...}` after every step, and at the end `DONE {...}`: the step, the
 digest of the full (gathered) weights and optimizer state, the learning rate, and how many parameter elements
 this rank held (its shard).
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,15 +31,19 @@ NAME = "fsdp_net"
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def build() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def build(ddp: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The model, sharded with FSDP2 (every rank holds half of each parameter), or replicated with DDP."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(16, 256), torch.nn.Tanh(), torch.nn.Linear(256, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4)
     )
-    for layer in model:
-        if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
+    if ddp:
+        model = DistributedDataParallel(model)
+    else:
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.8)
     return model, optimizer, scheduler
@@ -50,17 +56,18 @@ def batch(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def main() -> None:
     uri, total = sys.argv[1], int(sys.argv[2])
-    plain, slow = "--plain" in sys.argv, "--slow" in sys.argv
+    plain, slow, ddp = "--plain" in sys.argv, "--slow" in sys.argv, "--ddp" in sys.argv
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     emit("PID", {"rank": rank, "pid": os.getpid()})
-    model, optimizer, scheduler = build()
+    model, optimizer, scheduler = build(ddp)
     persist = handle = None
     start = 0
     if not plain:
         config = keep_everything_config(uri, periodic_every_steps=3)
         persist = DistributedPersistence(config, install_signal_handlers=False)
-        handle = persist.track(NAME, model, optimizer, scheduler)
+        tracked = model.module if isinstance(model, DistributedDataParallel) else model
+        handle = persist.track(NAME, tracked, optimizer, scheduler)
         info = handle.restore()
         start = info.step if info is not None else 0
         emit("RESTORED", {"rank": rank, "step": start, "version": info.version if info is not None else None})
@@ -82,7 +89,7 @@ def main() -> None:
         persist.close()
     weights = get_model_state_dict(model, options=FULL)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
-    held = sum(parameter.to_local().numel() for parameter in model.parameters())  # type: ignore[attr-defined]
+    held = sum(getattr(parameter, "to_local", lambda p=parameter: p)().numel() for parameter in model.parameters())
     emit(
         "DONE",
         {

@@ -1,6 +1,6 @@
-"""Sharded (FSDP2) checkpoints with two ranks under torchrun (CPU, gloo): every rank writes and reads its own
-shards; a run killed with SIGKILL (the launcher and both ranks at once) and resumed ends bit for bit where an
-uninterrupted run ends, also when a damaged shard makes it fall back to the version before."""
+"""Two ranks under torchrun (CPU, gloo), sharded with FSDP2 (every rank writes and reads its own shards) or
+replicated with DDP: a run killed with SIGKILL (the launcher and both ranks at once) and resumed ends bit for bit
+where an uninterrupted run ends, also when a damaged newest version makes it fall back to the one before."""
 
 from __future__ import annotations
 
@@ -68,8 +68,10 @@ def _by_rank(output: str, marker: str) -> dict[int, dict]:
 
 
 def _newest_registered_step(uri: str) -> int:
-    versions = registry(uri, NAME)["versions"]
-    return int(versions[max(versions)][STEP_TAG])
+    """The step of the newest registered version (0 when a kill came before the first registration)."""
+    found = mlflow.MlflowClient(tracking_uri=uri).search_model_versions(f"name='{NAME}'")
+    newest = max(found, key=lambda version: int(version.version), default=None)
+    return int(newest.tags[STEP_TAG]) if newest is not None else 0
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
@@ -88,44 +90,53 @@ def _flip_a_byte(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_fsdp_run_killed_twice_and_damaged_resumes_from_its_shards_and_ends_where_an_uninterrupted_run_ends(
-    tmp_path: Path,
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
+def test_a_2_rank_run_killed_twice_and_damaged_resumes_and_ends_bitwise_where_an_uninterrupted_run_ends(
+    tmp_path: Path, parallel: str
 ) -> None:
+    """FSDP2 (sharded: every rank writes and reads its own shards) and DDP (replicated: rank 0 saves, the restore
+    reaches both ranks by broadcast), each killed twice and then given a damaged newest version."""
+    mode = ("--ddp",) if parallel == "ddp" else ()
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     reference_dir.mkdir()
     resumed_dir.mkdir()
-    reference = _by_rank(_run(f"sqlite:///{reference_dir}/mlflow.db", str(TOTAL), "--plain", cwd=reference_dir), "DONE")
+    reference = _by_rank(
+        _run(f"sqlite:///{reference_dir}/mlflow.db", str(TOTAL), "--plain", *mode, cwd=reference_dir), "DONE"
+    )
 
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     uri = f"sqlite:///{resumed_dir}/mlflow.db"
-    restored_steps, killed_after = [], []
+    restored_steps, newest_at_kill = [], []
     for kill_range in ((4, 9), (12, 17)):
         after_step = rng.randint(*kill_range)
-        killed_after.append(after_step)
-        output = _run_and_kill(uri, str(TOTAL), "--slow", cwd=resumed_dir, after_step=after_step)
+        output = _run_and_kill(uri, str(TOTAL), "--slow", *mode, cwd=resumed_dir, after_step=after_step)
+        assert "DONE" not in output, f"seed {seed}: the run finished before the kill after step {after_step}"
         restored_steps.append(_by_rank(output, "RESTORED")[0]["step"])
-        newest = _newest_registered_step(uri)  # read from the registry, before the next start reads it
-        assert 3 <= newest <= after_step + 1, f"seed {seed}: newest v at {newest}, killed after {after_step}"
-    # rank 1's file of the newest version is damaged: rank 0 must notice and fall back to the version before
+        newest_at_kill.append(_newest_registered_step(uri))  # from the registry, before the next start reads it
+    # each start resumed at the newest step the registry held when the run before it was killed
+    assert restored_steps == [0, newest_at_kill[0]], f"seed {seed}: {restored_steps}, registry {newest_at_kill}"
+    assert newest_at_kill[0] <= newest_at_kill[1] < TOTAL and newest_at_kill[1] > 0, f"seed {seed}: {newest_at_kill}"
+    # the newest version is damaged (FSDP: rank 1's shard file): rank 0 must notice and fall back to the one before
     versions = registry(uri, NAME)["versions"]
     damaged = max(versions)
-    _flip_a_byte(_version_dir(uri, resumed_dir, damaged) / "shards" / "__1_0.distcp")
-    output = _run(uri, str(TOTAL), cwd=resumed_dir)
+    newest_dir = _version_dir(uri, resumed_dir, damaged)
+    _flip_a_byte(newest_dir / "shards" / "__1_0.distcp" if parallel == "fsdp" else newest_dir / "checkpoint.pt")
+    output = _run(uri, str(TOTAL), *mode, cwd=resumed_dir)
     restored = _by_rank(output, "RESTORED")
     assert restored[0]["version"] == restored[1]["version"] == damaged - 1, f"seed {seed}: {restored}"
     assert restored[0]["step"] == restored[1]["step"] == int(versions[damaged - 1][STEP_TAG]), f"seed {seed}"
     assert registry(uri, NAME)["versions"][damaged].get("mlflow_persist.corrupt") == "true"
-    assert restored_steps[0] == 0 and 3 <= restored_steps[1] <= killed_after[0] + 1, f"seed {seed}: {restored_steps}"
 
     done = _by_rank(output, "DONE")
     assert done[0]["weights"] == reference[0]["weights"], f"seed {seed}: the weights differ from the uninterrupted run"
     assert done[0]["optimizer"] == reference[0]["optimizer"], f"seed {seed}: the AdamW state differs"
     assert done[0]["lr"] == done[1]["lr"] == reference[0]["lr"]  # the scheduler reached rank 1 too
-    assert all(done[r]["held"] * 2 == done[r]["total"] for r in (0, 1))  # each rank held half the parameters
-
     saved = registry(uri, NAME)
     assert len(saved["runs"]) == 1  # one run across the three starts
+    if parallel == "ddp":
+        return
+    assert all(done[r]["held"] * 2 == done[r]["total"] for r in (0, 1))  # each rank held half the parameters
     for directory in _checkpoint_dirs(resumed_dir):
         shards = sorted(p.name for p in (directory / "shards").iterdir())
         assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], directory  # each rank wrote its own file
