@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mlflow_persist._format.payload import CheckpointState
+from mlflow_persist._format.shards import is_sharded
 from mlflow_persist.errors import ConfigError
 
 __all__ = ["EXPORT_FORMATS", "MODEL_CONFIG_KEY", "export_checkpoint"]
@@ -32,6 +33,12 @@ def export_checkpoint(state: CheckpointState, directory: Path, export_format: st
     """Write `state`'s weights into `directory` as `export_format`; returns the files written."""
     if export_format not in EXPORT_FORMATS:
         raise ConfigError(f"Unknown export format {export_format!r}; use one of {', '.join(EXPORT_FORMATS)}.")
+    if is_sharded(state.model_state):
+        raise ConfigError(
+            f"{state.name} v{state.version} is a sharded checkpoint (every rank's shards, in its shards/ folder), "
+            "which export cannot gather; convert that folder with torch.distributed.checkpoint.format_utils."
+            "dcp_to_torch_save, or export a version saved with the full state."
+        )
     config_json = _model_config(state) if export_format == "hf" else None
     try:
         from safetensors.torch import save_file

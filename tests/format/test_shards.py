@@ -68,3 +68,13 @@ def test_a_save_whose_shards_were_never_completed_writes_no_checkpoint(tmp_path:
     )
     with pytest.raises(PersistError, match="incomplete"):
         write_checkpoint_dir(payload, tmp_path / "checkpoints" / "net-0000000007-0123abcd")
+
+
+def test_export_of_a_sharded_checkpoint_says_how_to_convert_it(tmp_path: Path) -> None:
+    from mlflow_persist._format.export import export_checkpoint
+    from mlflow_persist.errors import ConfigError
+
+    state = read_checkpoint_dir(_written(tmp_path))
+    with pytest.raises(ConfigError, match="dcp_to_torch_save"):
+        export_checkpoint(state, tmp_path / "exported", "safetensors")
+    assert not (tmp_path / "exported").exists()
