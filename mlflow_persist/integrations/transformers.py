@@ -25,6 +25,10 @@ Trainer's own resume.
 - Under `torch.distributed` only rank 0 touches the store; every rank restores the same checkpoint.
 - SIGTERM/SIGINT stop the training at the next step (`should_training_stop`); the final checkpoints are
   taken at train end, then `GracefulExit` leaves `train()`.
+
+Longer than 400 lines: the callback answers the Trainer's events in the order the Trainer calls them (a step's
+report waits for its logs and evaluation), and those hooks read best side by side; the Trainer's folder
+(trainer_folder.py) and the shared helpers (common.py) live apart.
 """
 
 from __future__ import annotations

@@ -143,6 +143,10 @@ class StageHang:
                 self._lifted_at = time.monotonic()
         self._lifted.set()
 
+    @property
+    def lifted(self) -> bool:
+        return self._lifted.is_set()
+
     def age(self) -> float:
         """Seconds since the hang began (0 before)."""
         return 0.0 if self.entered_at is None else time.monotonic() - self.entered_at
@@ -372,10 +376,24 @@ def _trainer(events: LineLog, uri: str, stage: str, kind: str, restart: bool) ->
         while not hang.entered and time.monotonic() < give_up_at:
             train_one(save=False)
             time.sleep(0.01)
-    for i in range(FAULTED_STEPS):
+
+    def too_few_hung_calls() -> bool:
+        """Whether the hang is still on with fewer calls under it than the bound needs (a fast machine ran the
+        FAULTED_STEPS before they could pile up): training goes on until they did, or the hang grew too old."""
+        return (
+            hang is not None
+            and hang.entered
+            and not hang.lifted
+            and hang.age() < HUNG_CALLS_UNTIL_S
+            and (hung.saves < MIN_HUNG_SAVES or hung.steps < 1)
+        )
+
+    i = 0
+    while i < FAULTED_STEPS or too_few_hung_calls():
         if hang is not None and hang.age() >= HUNG_CALLS_UNTIL_S:
             hang.lift()  # a call stuck in the hang from here on might not outlast the bound
         train_one(save=i % SAVE_EVERY == SAVE_EVERY - 1)
+        i += 1
     if hang is not None:
         hang.lift()
     if kind == "always":
