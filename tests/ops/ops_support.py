@@ -89,7 +89,9 @@ _CHART_JS = """(() => {
             .map(l => l.getAttribute('d') || '').filter(d => d.length > 20);
         if (lines.length) {
             title.scrollIntoView({block: 'center'});
-            return lines.map(d => d.split(/[LM]/).length - 1).reduce((a, b) => a + b, 0);
+            const points = lines.map(d => d.split(/[LM]/).length - 1).reduce((a, b) => a + b, 0);
+            if (points >= MIN_POINTS) return points;  // the UI may draw a first batch of points, then the rest
+            continue;
         }
     }
     if (!titles.length) {
@@ -105,12 +107,14 @@ _CHART_JS = """(() => {
 
 
 def check_run_chart(browser: Chromium, server_uri: str, experiment_id: str, run_id: str, metric: str,
-                    screenshot: Path, timeout_s: float = 90.0) -> int:  # fmt: skip
-    """The run's Model metrics tab draws the chart titled `metric` with a plotted line; returns its vertex count."""
+                    screenshot: Path, timeout_s: float = 90.0, min_points: int = 1) -> int:  # fmt: skip
+    """The run's Model metrics tab draws the chart titled `metric` with a plotted line of at least `min_points`
+    vertices (waited for: the chart may be drawn in batches); returns its vertex count."""
     browser.navigate(f"{server_uri}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics")
     browser.wait_for_text("Model metrics", timeout_s=timeout_s)
     # Charts render asynchronously and lazily: poll until the chart card of `metric` holds a drawn trace.
-    points = browser.wait_for(_CHART_JS % json.dumps(metric), timeout_s=timeout_s, what=f"a drawn {metric!r} chart")
+    script = _CHART_JS.replace("MIN_POINTS", str(int(min_points))) % json.dumps(metric)
+    points = browser.wait_for(script, timeout_s=timeout_s, what=f"a drawn {metric!r} chart of {min_points}+ points")
     time.sleep(0.5)  # let the scroll settle before the screenshot
     browser.screenshot(screenshot)
     return int(points)
