@@ -22,6 +22,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from mlflow_persist._runtime.background_call import BackgroundCall
+
 log = logging.getLogger("mlflow_persist")
 
 __all__ = ["EXIT_RANK_ZERO_LOST", "HEARTBEAT_KEY", "RankZeroWatch"]
@@ -99,20 +101,10 @@ class RankZeroWatch:
     def _read(self, deadline: float) -> int | None:
         """The heartbeat counter, or None when the store did not answer by `deadline` (a store hosted by a
         stopped rank 0 keeps the connection open and never answers: the read is left behind in its thread)."""
-        box: dict[str, Any] = {}
-
-        def read() -> None:
-            try:
-                box["value"] = int(self.store.add(HEARTBEAT_KEY, 0))  # no blocking on a missing key, unlike get
-            except Exception as exc:  # noqa: BLE001 - raised in the watching thread
-                box["error"] = exc
-
-        reader = threading.Thread(target=read, name="mlflow-persist-rank0-read", daemon=True)
-        reader.start()
-        reader.join(timeout=max(deadline - time.monotonic(), self.interval))
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
+        read = BackgroundCall(lambda: int(self.store.add(HEARTBEAT_KEY, 0)), "mlflow-persist-rank0-read")
+        if not read.wait(max(deadline - time.monotonic(), self.interval)):  # add(0) reads; get() would block
+            return None
+        return read.result()
 
 
 def _default_store() -> Any:
