@@ -22,6 +22,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
+from mlflow_persist._format.payload import copy_to_cpu
 from mlflow_persist._observe.logs import package_logger
 from mlflow_persist.errors import PersistError
 
@@ -211,12 +212,12 @@ def _copy_arrays(name: str, saved: Any, live: Any) -> None:
 
 
 def _rms_state(rms: Any) -> Any:
-    """A RunningMeanStd (or a dict of them, for Dict observations) as tensors and a float."""
+    """A RunningMeanStd (or a dict of them, for Dict observations) as tensors sharing its arrays, and a float."""
     if isinstance(rms, dict):
         return {key: _rms_state(value) for key, value in rms.items()}
     return {
-        "mean": torch.from_numpy(np.array(rms.mean)),
-        "var": torch.from_numpy(np.array(rms.var)),
+        "mean": torch.from_numpy(np.asarray(rms.mean)),
+        "var": torch.from_numpy(np.asarray(rms.var)),
         "count": float(rms.count),
     }
 
@@ -237,27 +238,6 @@ def _load_rms(rms: Any, saved: Any, what: str) -> None:
     rms.mean, rms.var, rms.count = mean.copy(), var.copy(), float(saved["count"])
 
 
-def _kept_rms(rms: Any, into: Any) -> Any:
-    """A copy of a RunningMeanStd (or a dict of them) as numpy arrays and a float, into `into`'s arrays where
-    they fit (no allocation per step)."""
-    if isinstance(rms, dict):
-        spare = into if isinstance(into, dict) else {}
-        return {key: _kept_rms(value, spare.get(key)) for key, value in rms.items()}
-    mean, var = np.asarray(rms.mean), np.asarray(rms.var)
-    if isinstance(into, dict) and into["mean"].shape == mean.shape and into["mean"].dtype == mean.dtype:
-        np.copyto(into["mean"], mean)
-        np.copyto(into["var"], var)
-        into["count"] = float(rms.count)
-        return into
-    return {"mean": mean.copy(), "var": var.copy(), "count": float(rms.count)}
-
-
-def _as_state(kept: Any) -> Any:
-    if "mean" not in kept:
-        return {key: _as_state(value) for key, value in kept.items()}
-    return {"mean": torch.from_numpy(kept["mean"]), "var": torch.from_numpy(kept["var"]), "count": kept["count"]}
-
-
 class VecNormalizeState:
     """The running statistics a `VecNormalize` wrapper scales observations and rewards with (what SB3's own
     `VecNormalize.save` keeps for them), so that a resumed agent sees its inputs scaled as before.
@@ -271,26 +251,21 @@ class VecNormalizeState:
         self._kept: dict[str, Any] | None = None  # the statistics at the last keep(): after the previous step
 
     def keep(self) -> None:
-        kept = self._kept or {}
-        self._kept = {
-            "obs_rms": _kept_rms(self.env.obs_rms, kept.get("obs_rms")),
-            "ret_rms": _kept_rms(self.env.ret_rms, kept.get("ret_rms")),
-            "returns": _kept_array(self.env.returns, kept.get("returns")),
-        }
+        self._kept = copy_to_cpu(self._live(), reuse=self._kept)  # into the kept tensors: no allocation per step
 
     def state_dict(self, before_this_step: bool = False) -> dict[str, Any]:
-        """The statistics now, or (`before_this_step`, inside on_step) those kept after the previous step."""
+        """The statistics now (a copy), or (`before_this_step`, inside on_step) those kept after the previous
+        step (shared with the kept tensors: the snapshot copies them before the next keep())."""
         if before_this_step and self._kept is not None:
-            kept = self._kept
-            return {
-                "obs_rms": _as_state(kept["obs_rms"]),
-                "ret_rms": _as_state(kept["ret_rms"]),
-                "returns": torch.from_numpy(kept["returns"]),
-            }  # shared with the kept arrays: the snapshot copies them before the next keep()
+            return self._kept
+        return dict(copy_to_cpu(self._live()))
+
+    def _live(self) -> dict[str, Any]:
+        """The wrapper's statistics as tensors sharing its arrays."""
         return {
             "obs_rms": _rms_state(self.env.obs_rms),
             "ret_rms": _rms_state(self.env.ret_rms),
-            "returns": torch.from_numpy(np.array(self.env.returns)),
+            "returns": torch.from_numpy(np.asarray(self.env.returns)),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -300,14 +275,6 @@ class VecNormalizeState:
         if returns.shape == np.shape(self.env.returns):  # per env: another env count starts fresh returns
             self.env.returns = returns.copy()
         self.keep()
-
-
-def _kept_array(value: Any, into: Any) -> np.ndarray:
-    array = np.asarray(value)
-    if isinstance(into, np.ndarray) and into.shape == array.shape and into.dtype == array.dtype:
-        np.copyto(into, array)
-        return into
-    return array.copy()
 
 
 class AlgorithmState:
