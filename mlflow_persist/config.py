@@ -58,7 +58,12 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    monitor: str = Field("loss", description="Metric name that decides performance saves and `best`.")
+    monitor: str | None = Field(
+        "loss",
+        description="Metric name that decides performance saves and `best`. None (`none` in the environment): no "
+        "performance saves and no `best`, only periodic, episode and final checkpoints (Lightning's "
+        "`ModelCheckpoint(monitor=None)`).",
+    )
     mode: Literal["min", "max"] = Field("min", description="Whether a lower (`min`) or higher (`max`) value is better.")
     min_delta: float = Field(0.0, ge=0, description="Improvement over the best needed to count as better.")
     min_delta_mode: Literal["abs", "rel"] = Field(

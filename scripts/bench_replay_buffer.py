@@ -130,8 +130,7 @@ def run_variant(variant: str, args: argparse.Namespace, directory: Path) -> dict
     model = filled_dqn(args.buffer_size, args.obs_dim)
     config = mp.PersistConfig(
         tracking_uri=f"sqlite:///{directory / 'mlflow.db'}",
-        monitor="never/logged",  # periodic checkpoints only
-        mode="min",
+        monitor=None,  # periodic checkpoints only
         periodic_every_steps=args.periodic,
         log_system_metrics=False,
         min_free_disk_mb=0,

@@ -84,7 +84,7 @@ class PerformanceTracker:
     so the best never rests on a value no version holds.
     """
 
-    monitor: str
+    monitor: str | None
     mode: Mode = "min"
     min_delta: float = 0.0
     min_delta_mode: DeltaMode = "abs"

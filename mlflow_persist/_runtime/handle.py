@@ -1,6 +1,9 @@
 """`ModelHandle`: what the training thread calls for one model: `step()`, `save()`, `restore()`,
 `revert_to_best()`. A step without a save costs microseconds and does no I/O; a save costs one in-memory
-copy of the state, handed to the writer (see pipeline.py for what happens next)."""
+copy of the state, handed to the writer (see pipeline.py for what happens next).
+
+Longer than 400 lines: the training thread's whole per-model surface (step, save, restore, revert, the
+evaluation and snapshot reuse) shares its state; restore.py and pipeline.py already hold what could leave."""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from mlflow_persist._runtime.restore import RESTORE_LOAD_ATTEMPTS, HandleRestore
 from mlflow_persist._runtime.writer import CheckpointWriter, SaveJob
 from mlflow_persist._store.protocol import CheckpointStore
 from mlflow_persist.config import ModelSettings
-from mlflow_persist.errors import PersistError
+from mlflow_persist.errors import ConfigError, PersistError
 
 __all__ = [
     "RESTORE_LOAD_ATTEMPTS",
@@ -85,6 +88,11 @@ class ModelHandle(HandleRestore):
         self.smoother = MonitorSmoother(settings.monitor_smoothing, settings.monitor_ema_alpha, settings.monitor_window)
         if evaluate is not None and (evaluate_every_steps is None or evaluate_every_steps < 1):
             raise PersistError(f"track({name!r}, evaluate=...) needs evaluate_every_steps of 1 or more.")
+        if evaluate is not None and settings.monitor is None:
+            raise ConfigError(
+                f"track({name!r}, evaluate=...): the evaluation's value is the monitor, and the config has "
+                "monitor=None; name the metric it is (for example monitor='eval_reward')."
+            )
         self.evaluate = evaluate
         self.evaluate_every_steps = evaluate_every_steps
         self.evaluations = 0
@@ -101,6 +109,7 @@ class ModelHandle(HandleRestore):
         self.pipeline = pipeline
         self.health = health
         self.metrics = metrics
+        self.log_reported_metrics = True  # False: the run's owner logs step()'s metrics (track's docstring)
         self._store = store
         self._writer = writer
         self._alerts = alerts
@@ -171,7 +180,7 @@ class ModelHandle(HandleRestore):
         decides = True
         if self.evaluate is not None:
             metrics, decides = self._with_evaluation(step, metrics)
-        raw = metrics.get(monitor) if decides else None
+        raw = metrics.get(monitor) if decides and monitor is not None else None
         value = None
         if raw is not None:
             try:
@@ -184,7 +193,7 @@ class ModelHandle(HandleRestore):
             if self.smoother.kind != "none" and value is not None:
                 metrics = {**metrics, f"{monitor}_smoothed": value}
         self._last_reported = metrics
-        self.metrics.add(step, metrics)
+        self.metrics.add(step, metrics if self.log_reported_metrics else self._own_metrics(metrics, monitor))
         if value is not None:
             self.tracker.observe(step, value)
         if self.schedule.every_seconds is not None:  # on the monotonic clock, whether or not the scheduler runs
@@ -344,6 +353,11 @@ class ModelHandle(HandleRestore):
             tags[tag("smoothed_value")] = repr(self.tracker.last_value)
         return tags
 
+    @staticmethod
+    def _own_metrics(metrics: dict[str, Any], monitor: str | None) -> dict[str, Any]:
+        smoothed = f"{monitor}_smoothed"
+        return {smoothed: metrics[smoothed]} if smoothed in metrics else {}
+
     def _with_evaluation(self, step: int, metrics: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """On every `evaluate_every_steps`-th step, the evaluation's value becomes the monitor (True: it
         decides); on the other steps a training metric of the monitor's name is only logged. Runs here, at
@@ -368,6 +382,7 @@ class ModelHandle(HandleRestore):
         if not math.isfinite(value):  # nothing to evaluate on yet (an empty window): nothing decided
             return metrics, False
         self.evaluations += 1
+        assert monitor is not None  # track() refuses an evaluation without a monitor
         return {**metrics, monitor: value}, True
 
     def _settle_claims(self) -> None:

@@ -168,6 +168,7 @@ class Persistence(Closing, SystemCheckpoints):
         evaluate: Evaluate | None = None,
         evaluate_every_steps: int | None = None,
         run_id: str | None = None,
+        log_reported_metrics: bool = True,
     ) -> ModelHandle:
         """Track one model. With `evaluate`, every `evaluate_every_steps` steps `step()` calls it at the step
         boundary and its value becomes the monitor (a validation loss, a mean reward), smoothed as
@@ -176,7 +177,11 @@ class Persistence(Closing, SystemCheckpoints):
         `run_id`: an existing run of this store (a Lightning `MLFlowLogger`'s, Hugging Face's `MLflowCallback`'s)
         that is the model's run in this process instead of its own: its checkpoints, metrics and versions go
         there. Its status stays its owner's to set: `close()` does not finish it. A restart with another run
-        still resumes from the newest version, which the registry finds by the model's name."""
+        still resumes from the newest version, which the registry finds by the model's name.
+
+        `log_reported_metrics=False`: the metrics given to `step()` decide saves but are not logged, because the
+        run's owner logs them already (a framework's MLflow logger sharing the run would otherwise get every
+        point twice); the package's own metrics (`checkpoint/*`, `best_*`, a smoothed monitor) still are."""
         validate_model_name(name)
         registered_name = self.config.registered_name(name)
         validate_model_name(registered_name)  # a bad prefix fails here, not at every save
@@ -253,6 +258,7 @@ class Persistence(Closing, SystemCheckpoints):
             evaluate_every_steps=evaluate_every_steps,
         )
         handle.max_wait = self.config.max_training_wait_seconds
+        handle.log_reported_metrics = log_reported_metrics
         self.handles[name] = handle
         if adopted:
             self._adopted.add(name)

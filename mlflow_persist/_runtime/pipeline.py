@@ -83,7 +83,7 @@ class SavePipeline(OutboxDrain):
         self._drain_lock = threading.Lock()
 
     @property
-    def monitor(self) -> str:
+    def monitor(self) -> str | None:
         return self.settings.monitor
 
     def guarded(self) -> GuardedModel:
@@ -199,7 +199,7 @@ class SavePipeline(OutboxDrain):
         tags = {
             tag("category"): reg.category,
             tag("step"): reg.step,
-            tag("monitor"): self.monitor,
+            **({tag("monitor"): self.monitor} if self.monitor is not None else {}),
             tag("mode"): self.settings.mode,
             tag("value"): reg.value if reg.value is not None else "",
             **digest_tags(reg.digest),
@@ -249,11 +249,12 @@ class SavePipeline(OutboxDrain):
         return info
 
     def _describe(self, reg: Registration, category: str) -> str:
-        previous = self._previous_performance.get(reg.monitor or self.monitor) if category == PERFORMANCE else None
+        monitor = reg.monitor or self.monitor or ""
+        previous = self._previous_performance.get(monitor) if category == PERFORMANCE else None
         return version_description(
             category,
             reg.step,
-            reg.monitor or self.monitor,
+            monitor,
             reg.value,
             reg.size_bytes,
             previous,
@@ -343,7 +344,7 @@ class SavePipeline(OutboxDrain):
         self.last_version = info.version
         self.last_save_time = time.time()
         self.best = best
-        monitor = reg.monitor or self.monitor
+        monitor = reg.monitor or self.monitor or ""
         last = self._previous_performance.get(monitor) if reg.category == PERFORMANCE else None
         previous = last[0] if last is not None else None
         if reg.category == PERFORMANCE:
@@ -357,7 +358,7 @@ class SavePipeline(OutboxDrain):
             "checkpoint/failures": float(self.health.failures),
         }
         if best is not None and best.value is not None:
-            metrics[f"best_{self.monitor}"] = best.value
+            metrics[f"best_{self.monitor or best.monitor or 'value'}"] = best.value
             metrics["checkpoint/best_version"] = float(best.version)
         if reg.improvement is not None:
             metrics["checkpoint/improvement"] = float(reg.improvement)

@@ -54,9 +54,13 @@ def format_change(monitor: str, previous: float | None, value: float | None) -> 
     return f"{monitor} {previous:.6g} -> {value:.6g}{pct}"
 
 
-def describe_saved_value(monitor: str, category: str, previous: float | None, value: float | None, mode: str) -> str:
+def describe_saved_value(
+    monitor: str | None, category: str, previous: float | None, value: float | None, mode: str
+) -> str:
     """The value part of a save's log line. Only a performance save that beat the previous one shows an
     arrow: a worse value is never presented as an improvement."""
+    if monitor is None:
+        return "no monitor"
     if value is None:
         return f"{monitor} n/a"
     if category == PERFORMANCE and (previous is None or is_better(value, previous, mode)):  # type: ignore[arg-type]

@@ -142,13 +142,15 @@ class PersistCallback(pl.Callback):
         )
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         training_state = LightningTrainingState(trainer, self)
+        logger_run = self._logger_run(trainer)
         self.handle = self.persistence.track(
             self.name,
             pl_module,
             optimizer=one_or_list(trainer.optimizers),
             scheduler=one_or_list(schedulers),
             extra=training_state,
-            run_id=self._logger_run(trainer),
+            run_id=logger_run,
+            log_reported_metrics=logger_run is None,  # else the MLFlowLogger logs them, at its own cadence
         )
         try:
             self.restored = self.handle.restore()
@@ -212,12 +214,12 @@ class PersistCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         metrics = numeric_metrics(trainer.callback_metrics)
-        self._monitor_at_last_batch = metrics.get(self.monitor)
+        self._monitor_at_last_batch = metrics.get(self.monitor) if self.monitor is not None else None
         step = trainer.global_step
         if step == self._reported_step:
             return  # an accumulating batch: the optimizer did not step, the next batch that steps reports
         self._reported_step = step
-        if self._validation_monitor:
+        if self._validation_monitor and self.monitor is not None:
             metrics.pop(self.monitor, None)  # a stale validation value decides nothing between validations
         self.persist_step(step, **metrics)  # type: ignore[arg-type]
 
@@ -225,6 +227,8 @@ class PersistCallback(pl.Callback):
         if trainer.sanity_checking or self.handle is None:
             return
         self._require_monitor(trainer)
+        if self.monitor is None:
+            return
         value = numeric_metrics(trainer.callback_metrics).get(self.monitor)
         if value is None:
             return
@@ -240,7 +244,7 @@ class PersistCallback(pl.Callback):
     def _require_monitor(self, trainer: pl.Trainer) -> None:
         """A monitor missing from the logged metrics when Lightning's ModelCheckpoint would look for it is a
         misspelling or a metric never logged: fail at once instead of never saving a performance checkpoint."""
-        if self._monitor_seen:
+        if self._monitor_seen or self.monitor is None:
             return
         logged = numeric_metrics(trainer.callback_metrics)
         if self.monitor in logged:

@@ -13,6 +13,8 @@ the algorithm's counters into MLflow, and resumes from the newest checkpoint whe
   it was recorded; `rollout/ep_rew_mean`, `rollout/ep_len_mean` and `rollout/success_rate` are computed at
   each episode end as SB3 does (from `model.ep_info_buffer`), since SB3 records them only right before it
   clears the logger.
+- A monitor SB3 has not recorded by the step after its first training update fails `learn()` with
+  `ConfigError` naming the recorded keys; `monitor=None` takes periodic and final checkpoints only.
 - A `VecNormalize` wrapper's running statistics (observations, returns) are kept with every checkpoint, as
   SB3's own `VecNormalize.save` keeps them, so a resumed agent scales its inputs as before.
 - `save_replay_buffer=True` (off-policy algorithms) also keeps the filled part of the replay buffer (copied
@@ -48,6 +50,7 @@ from mlflow_persist.errors import CheckpointCorruptError, ConfigError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, one_or_list, open_persistence
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence, broadcast_state
 from mlflow_persist.integrations.ranks import agree
+from mlflow_persist.integrations.sb3_monitor import MonitorCheck
 from mlflow_persist.integrations.sb3_state import (
     COUNTERS,
     REPLAY_ARRAYS,
@@ -138,6 +141,7 @@ class PersistCallback(BaseCallback):
         self._reported: dict[str, Any] = {}  # the logger's value objects already reported
         self._newest_episode: Any = None  # the newest ep_info_buffer entry already in the episode means
         self._stop: GracefulExit | None = None
+        self._monitor_check = MonitorCheck(None)
         # Env steps already counted in num_timesteps that SB3 has not recorded yet, at the current report:
         # n_envs inside on_step, 0 at the end of learn().
         self.counted_ahead = 0
@@ -178,17 +182,23 @@ class PersistCallback(BaseCallback):
                     f"v{self.restored.version} ({self.restored.category})"
                 )
         self._reported = dict(self.logger.name_to_value)
+        known = frozenset({*EPISODE_MEANS, SUCCESS_RATE, *([EVAL_MONITOR] if self.eval_env is not None else [])})
+        self._monitor_check = MonitorCheck((self.config or PersistConfig()).for_model(self.name).monitor, known)
+        self._monitor_check.seen.update(numeric_metrics(self._reported))
         episodes = self.model.ep_info_buffer
         self._newest_episode = episodes[-1] if episodes else None
         self.state.after_step()
 
     def _on_step(self) -> bool:
         self.counted_ahead = self.model.n_envs
+        metrics = self.fresh_metrics()
         try:
-            self.persist_step(**self.fresh_metrics())
+            self.persist_step(**metrics)
         except GracefulExit as stop:  # a SIGTERM/SIGINT reached this step boundary: end learn() here
             self._stop = stop
             return False  # the final checkpoint holds the step before this one, as the kept state does
+        if self._monitor_check.unknown_after(metrics):
+            self._fail_unknown_monitor()
         if self.state is not None:
             self.state.after_step()
         return True
@@ -203,6 +213,13 @@ class PersistCallback(BaseCallback):
                     self._stop = last_step_stop
         # else on_step stopped learn(): SB3 never records the step it had counted, so the final checkpoint holds
         # the state after the one before, as that step
+        self._close_at_the_reported_step()
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            raise stop
+
+    def _close_at_the_reported_step(self) -> None:
+        """`close()`, its final checkpoints holding the algorithm as the step last reported (`counted_ahead`)."""
         if self.state is not None:
             self.state.counted_ahead = self.counted_ahead
         try:
@@ -210,9 +227,16 @@ class PersistCallback(BaseCallback):
         finally:
             if self.state is not None:
                 self.state.counted_ahead = 0
-        stop, self._stop = self._stop, None
-        if stop is not None:
-            raise stop
+
+    def _fail_unknown_monitor(self) -> None:
+        """A monitor SB3 has not recorded by its first training update fails `learn()` at once (sb3_monitor.py),
+        after the final checkpoint of the step just reported, as a SIGTERM would take it."""
+        self._close_at_the_reported_step()
+        raise ConfigError(
+            f"{self.name}: the monitor {self._monitor_check.monitor!r} is not among the metrics SB3 records "
+            f"({', '.join(self._monitor_check.logged())}); set `monitor` in the PersistConfig to one of those, or "
+            "to None for periodic and final checkpoints only."
+        )
 
     def _evaluation(self) -> dict[str, Any]:
         """`track()`'s evaluation arguments for `eval_env` (none without it)."""
@@ -286,10 +310,9 @@ class PersistCallback(BaseCallback):
     # ------------------------------------------------------------------------------------- replay buffer
 
     def _keep_the_replay_buffer(self) -> None:
-        """With `replay_buffer_every_steps`, retention keeps the newest registered checkpoint that holds the
-        replay buffer, whatever its category's window says: the checkpoints after it rely on it. The pipeline's
-        `cut_keep` is where the runtime asks which versions to keep; it is called once per registration, right
-        after `last_saved` names the version just registered."""
+        """With `replay_buffer_every_steps`, retention keeps the newest registered checkpoint holding the replay
+        buffer (the ones after it rely on it), through the pipeline's `cut_keep`: asked once per registration,
+        right after `last_saved` names the version just registered."""
         schedule = self.state.buffer_schedule if self.state is not None else None
         handle = self.handle.handle if self.handle is not None else None
         if schedule is None or schedule.every is None or not isinstance(handle, ModelHandle):

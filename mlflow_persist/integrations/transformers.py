@@ -216,8 +216,15 @@ class PersistCallback(TrainerCallback):
         if self.persistence is None:
             self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
         record = TrainerStateRecord(state, control, model)
-        self.handle = self.persistence.track(
-            self.name, model, optimizer, lr_scheduler, extra=record, run_id=self._mlflow_callback_run(args)
+        callback_run = self._mlflow_callback_run(args)
+        self.handle = self.persistence.track(  # with the MLflowCallback's run, it logs the Trainer's metrics
+            self.name,
+            model,
+            optimizer,
+            lr_scheduler,
+            extra=record,
+            run_id=callback_run,
+            log_reported_metrics=callback_run is None,
         )
         try:
             self.restored = self.handle.restore()
@@ -377,7 +384,7 @@ class PersistCallback(TrainerCallback):
         if self._monitor_found or not self._open():
             return
         monitor = (self.config or PersistConfig()).for_model(self.name).monitor
-        if monitor in self._names_seen:
+        if monitor is None or monitor in self._names_seen:
             self._monitor_found = True
             return
         self.close()

@@ -132,6 +132,7 @@ def main() -> None:
     trainer = pl.Trainer(
         max_steps=max_steps,
         **{**QUIET_ON_CPU, "logger": logger or False},
+        log_every_n_steps=4,  # the logger's cadence (Lightning's default, 50, is longer than these runs)
         val_check_interval=8,
         limit_val_batches=2,
         num_sanity_val_steps=0,

@@ -1,7 +1,7 @@
 """A Stable-Baselines3 trainer on CartPole with PersistCallback (DQN, or with --algo ppo a PPO on a
 VecNormalize-wrapped env); the test's own record of what happened.
 
-Usage: sb3_proc.py URI DIGEST_LOG TOTAL_TIMESTEPS [--algo dqn|ppo] [--monitor KEY] [--mode min|max]
+Usage: sb3_proc.py URI DIGEST_LOG TOTAL_TIMESTEPS [--algo dqn|ppo] [--monitor KEY|none] [--mode min|max]
                    [--periodic N] [--replay-buffer] [--replay-buffer-every N] [--wait-for-saves]
                    [--slow-after N] [--progress-every N] [--seed S] [--carry DIR] [--sb3-own STEP,...]
 
@@ -309,7 +309,7 @@ def main() -> None:
     parser.add_argument("log")
     parser.add_argument("total", type=int)
     parser.add_argument("--algo", choices=("dqn", "ppo"), default="dqn")
-    parser.add_argument("--monitor", default="rollout/ep_rew_mean")
+    parser.add_argument("--monitor", default="rollout/ep_rew_mean", help="none: periodic and final checkpoints only")
     parser.add_argument("--mode", default="max")
     parser.add_argument("--periodic", type=int, default=250)
     parser.add_argument("--replay-buffer", action="store_true")
@@ -328,7 +328,7 @@ def main() -> None:
         return
     config = mp.PersistConfig(
         tracking_uri=args.uri,
-        monitor=args.monitor,
+        monitor=None if args.monitor == "none" else args.monitor,
         mode=args.mode,
         periodic_every_steps=args.periodic,
         keep_best=1000,

@@ -130,6 +130,9 @@ def test_with_an_mlflow_logger_of_the_store_the_checkpoints_go_to_its_run_and_a_
     run_data = _runs(uri)[first_run].data  # type: ignore[attr-defined]
     assert {"train_loss", "val_loss", "checkpoint/version"} <= set(run_data.metrics)
     assert run_data.tags["mlflow_persist.registered_model"] == "boring"
+    for key in ("train_loss", "val_loss"):  # the logger logs them; the callback, sharing its run, does not again
+        steps = metric_steps(uri, first_run, key)
+        assert steps and len(steps) == len(set(steps)), (key, steps)
 
     second = run(SCRIPT, uri, str(log.path), "24", logger, cwd=tmp_path, zygote=framework)
     second_run = next(lines_with(second.stdout, "LOGGER"))["run_id"]

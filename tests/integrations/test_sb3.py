@@ -26,6 +26,7 @@ import gymnasium  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
 from store_support import copy_template_store  # noqa: E402
 from zygote import Zygote, Zygotes  # noqa: E402
@@ -208,6 +209,79 @@ def test_an_eval_env_needs_the_evaluation_monitor() -> None:
         _dqn().learn(total_timesteps=10, callback=callback)
 
 
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
+def test_a_monitor_sb3_never_records_fails_learn_after_the_first_update_and_keeps_the_steps_trained(
+    algo: str,
+) -> None:
+    """A misspelled monitor would never take a performance checkpoint: learn() fails with the keys SB3 records,
+    one env step after the first training update recorded its keys, long before total_timesteps; the final
+    checkpoint of the step reached is still taken."""
+    store = MemoryStore()
+    model = (
+        _dqn()
+        if algo == "dqn"
+        else PPO("MlpPolicy", gymnasium.make("CartPole-v1"), n_steps=64, batch_size=64, device="cpu")
+    )
+    first_update = 104 if algo == "dqn" else 64  # DQN: learning_starts=100, train_freq=4; PPO: one rollout
+    callback = PersistCallback(
+        NAME, _config(monitor="train/los", mode="min", periodic_every_steps=10_000), store=store,
+        persistence_kwargs={"install_signal_handlers": False},
+    )  # fmt: skip
+    with pytest.raises(mp.ConfigError) as failure:
+        model.learn(total_timesteps=5_000, callback=callback)
+    message = str(failure.value)
+    assert "the monitor 'train/los' is not among the metrics SB3 records" in message
+    for key in ("train/loss", "train/n_updates", "rollout/ep_rew_mean"):
+        assert key in message
+    assert first_update < model.num_timesteps <= first_update + 2  # the update's step, then one more
+    (final,) = store.list_versions(NAME)
+    assert final.category == "final" and final.step == model.num_timesteps - 1
+
+
+def test_a_monitor_recorded_by_a_later_callback_or_by_sb3_updates_is_found() -> None:
+    """Keys a user's callback listed after ours records, and SB3's own `train/*` keys, are monitors learn() keeps
+    training with; each one takes performance checkpoints."""
+
+    class RecordsGrade(BaseCallback):
+        def _on_step(self) -> bool:
+            self.logger.record("custom/grade", float(self.num_timesteps % 7))
+            return True
+
+    for monitor in ("custom/grade", "train/loss"):
+        store = MemoryStore()
+        persist = PersistCallback(
+            NAME, _config(monitor=monitor, mode="max", periodic_every_steps=10_000), store=store,
+            persistence_kwargs={"install_signal_handlers": False},
+        )  # fmt: skip
+        model = _dqn()
+        model.learn(total_timesteps=400, callback=[persist, RecordsGrade()])
+        assert model.num_timesteps == 400
+        assert any(v.category == "performance" for v in store.list_versions(NAME)), monitor
+
+
+def test_monitor_none_takes_periodic_and_final_checkpoints_only_and_no_best() -> None:
+    class Waiting(PersistCallback):  # each save registered before training goes on: none replaces another
+        def persist_step(self, **metrics: float) -> mp.SaveDecision:
+            decision = super().persist_step(**metrics)
+            if decision.save and self.handle is not None:
+                self.handle.flush()
+            return decision
+
+    store = MemoryStore()
+    persist = Waiting(
+        NAME, _config(monitor=None, periodic_every_steps=100, keep_periodic=10), store=store,
+        persistence_kwargs={"install_signal_handlers": False},
+    )  # fmt: skip
+    model = _dqn()
+    model.learn(total_timesteps=450, callback=persist)  # ends at 452: DQN trains every 4 steps
+    versions = store.list_versions(NAME)
+    assert sorted((v.step, v.category) for v in versions) == [
+        *((step, "periodic") for step in (100, 200, 300, 400)),
+        (model.num_timesteps, "final"),
+    ]
+    assert store.alias_version(NAME) is None
+
+
 def test_save_replay_buffer_needs_an_off_policy_algorithm() -> None:
     model = PPO("MlpPolicy", gymnasium.make("CartPole-v1"), n_steps=64, batch_size=64, device="cpu")
     with pytest.raises(mp.PersistError, match="save_replay_buffer=True needs an off-policy algorithm"):
@@ -277,7 +351,7 @@ def _buffer_callback(
 ) -> PersistCallback:
     return kind(
         NAME,
-        _config(monitor="never/logged", mode="min", periodic_every_steps=100, **config),
+        _config(monitor=None, periodic_every_steps=100, **config),
         save_replay_buffer=True,
         replay_buffer_every_steps=every,
         store=store,
@@ -441,7 +515,7 @@ def test_killed_twice_at_random_points_the_resumed_run_ends_as_the_uninterrupted
     `load()` + `learn(EXACT_TOTAL - model.num_timesteps, reset_num_timesteps=False)` (run too, as the oracle of the
     step semantics: num_timesteps, updates, DQN's _n_calls, the schedules' progress, the optimizer's step count).
 
-    Only periodic checkpoints are taken (the monitor is a key SB3 never logs), every EXACT_PERIODIC steps: on
+    Only periodic checkpoints are taken (monitor=None), every EXACT_PERIODIC steps: on
     the rollout grid, where SB3's own resume between two learn() calls lies too. A performance save at an update
     would push a periodic save due at the same step to the next step (decide_save), off the grid, and a resume
     there starts a fresh rollout, moving every later update (see _learn_end): the totals would no longer match.
@@ -462,7 +536,7 @@ def test_killed_twice_at_random_points_the_resumed_run_ends_as_the_uninterrupted
     periodic, rollout = EXACT_PERIODIC[algo]
     name = f"cartpole_{algo}"
     common = (
-        *("--algo", algo, "--monitor", "never/logged", "--mode", "min", "--periodic", str(periodic)),
+        *("--algo", algo, "--monitor", "none", "--periodic", str(periodic)),
         *("--progress-every", "32", *(["--replay-buffer"] if algo == "dqn" else [])),
     )
 
@@ -637,9 +711,9 @@ def _held_buffer(uri: str, version: int) -> dict[str, Any] | None:
     }
 
 
-# The interval tests' runs: periodic checkpoints only (the monitor is a key SB3 never logs), every 100 steps.
+# The interval tests' runs: periodic checkpoints only (monitor=None), every 100 steps.
 INTERVAL_ARGS = (
-    *("--replay-buffer", "--periodic", "100", "--monitor", "never/logged", "--mode", "min"),
+    *("--replay-buffer", "--periodic", "100", "--monitor", "none"),
     *("--progress-every", "50"),
 )
 

@@ -76,7 +76,7 @@ class LossRecordingTrainer(Trainer):
 
 
 def _trainer(
-    tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str = "eval_loss"
+    tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str | None = "eval_loss"
 ) -> tuple[LossRecordingTrainer, PersistCallback]:
     config = mp.PersistConfig(
         monitor=monitor,
@@ -98,7 +98,7 @@ def _trainer(
 
 
 def _train(
-    tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str = "eval_loss"
+    tmp_path: Path, store: MemoryStore, max_steps: int, monitor: str | None = "eval_loss"
 ) -> tuple[LossRecordingTrainer, PersistCallback]:
     trainer, callback = _trainer(tmp_path, store, max_steps, monitor)
     trainer.train()
@@ -124,6 +124,14 @@ def test_logs_and_evaluations_land_once_on_the_trainers_step(tmp_path: Path) -> 
     versions = store.list_versions(MODEL_NAME)
     assert [(v.category, v.step) for v in versions if v.category == "final"] == [("final", 6)]
     assert {v.step for v in versions if v.category == "performance"} <= {3, 6}
+
+
+def test_monitor_none_trains_to_the_end_with_the_final_checkpoint_only(tmp_path: Path) -> None:
+    store = MemoryStore()
+    trainer, _ = _train(tmp_path, store, max_steps=6, monitor=None)
+    assert trainer.state.global_step == 6
+    assert [(v.category, v.step) for v in store.list_versions(MODEL_NAME)] == [("final", 6)]
+    assert store.alias_version(MODEL_NAME) is None
 
 
 @pytest.mark.parametrize(("evaluation", "fails_at", "logged"), [("steps", 3, "eval_loss"), ("no", 2, "loss")])
@@ -292,6 +300,9 @@ def test_with_report_to_mlflow_the_checkpoints_go_to_the_run_of_hugging_faces_ml
     hf_run = runs[0]
     assert hf_run.data.params["learning_rate"] == "0.003"  # the MLflowCallback logged the TrainingArguments
     assert {"loss", "eval_loss", "checkpoint/version"} <= set(hf_run.data.metrics)
+    for key in ("loss", "eval_loss"):  # the MLflowCallback logs them; the callback, sharing its run, does not again
+        steps = [m.step for m in client.get_metric_history(hf_run.info.run_id, key)]
+        assert steps and len(steps) == len(set(steps)), (key, steps)
     assert hf_run.data.tags["mlflow_persist.registered_model"] == MODEL_NAME
     versions = {int(v.version): v.run_id for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
     assert versions and set(versions.values()) == {hf_run.info.run_id}

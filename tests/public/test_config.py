@@ -34,6 +34,8 @@ def test_environment_overrides_file_and_arguments_override_both(
     assert (dqn.monitor, dqn.mode) == ("loss", "min")
     monkeypatch.setenv("MLFLOW_PERSIST_PERIODIC_EVERY_STEPS", "none")
     assert PersistConfig().periodic_every_steps is None
+    monkeypatch.setenv("MLFLOW_PERSIST_MONITOR", "None")
+    assert PersistConfig().for_model("dqn").monitor is None
 
 
 @pytest.mark.parametrize(

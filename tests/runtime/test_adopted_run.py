@@ -69,6 +69,28 @@ def _local(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path))
 
 
+def test_without_logging_reported_metrics_the_run_gets_only_the_packages_own_metrics(
+    sqlite_uri: str, tmp_path: Path
+) -> None:
+    """A framework logger that shares the run logs the training metrics itself: `log_reported_metrics=False`
+    keeps step()'s metrics deciding saves (and `best`) without a second copy of each point in the run."""
+    client = MlflowClient(sqlite_uri)
+    logger_run = _logger_run(client, tmp_path, "logger-run")
+    client.log_metric(logger_run, "loss", 1.0, step=1)  # what the logger itself logged
+    model, opt = _model(0)
+    config = _config(sqlite_uri).model_copy(update={"monitor_smoothing": "ema", "monitor_ema_alpha": 1.0})
+    with mp.Persistence(config) as persist:
+        handle = persist.track("net", model, optimizer=opt, run_id=logger_run, log_reported_metrics=False)
+        _train(handle, model, opt, [1.0, 0.8, 0.9, 0.5])
+        assert persist.flush(timeout=60)
+        assert handle.best_value == 0.5
+    assert [m.step for m in client.get_metric_history(logger_run, "loss")] == [1]  # the logger's point only
+    assert [m.step for m in client.get_metric_history(logger_run, "loss_smoothed")] == [1, 2, 3, 4]
+    assert client.get_metric_history(logger_run, "checkpoint/saves")
+    best = client.get_model_version_by_alias("net", "best")
+    assert best.tags["mlflow_persist.value"] == "0.5"
+
+
 def test_the_adopted_run_holds_checkpoints_versions_and_metrics_and_keeps_its_owners_status(
     sqlite_uri: str, tmp_path: Path
 ) -> None:

@@ -82,6 +82,37 @@ def test_two_models_independent_best_and_exact_performance_saves(tracking_uri: s
     assert sorted(m.step for m in metrics) == list(range(1, 11))
 
 
+def test_monitor_none_saves_periodic_and_final_checkpoints_only_and_never_sets_best(tracking_uri: str) -> None:
+    """Periodic-only persistence (Lightning's `ModelCheckpoint(monitor=None)`): a falling loss is logged and
+    never saves; no version carries a monitor or a value, `best` stays unset, and a restart resumes the newest."""
+    cfg = _config(tracking_uri, monitor=None, periodic_every_steps=4, keep_periodic=10)
+    model, opt = _model(4)
+    with mp.Persistence(cfg) as persist:
+        handle = persist.track("periodic_only", model, optimizer=opt)
+        decisions = []
+        for step in range(1, 11):
+            _train_step(model, opt)
+            decision = handle.step(loss=1.0 / step)
+            if decision:
+                decisions.append((step, decision.category))
+            assert persist.flush(timeout=60)  # else a newer snapshot may replace one still waiting to be written
+        with pytest.raises(mp.ConfigError, match="monitor=None"):
+            persist.track("evaluated", _model(5)[0], evaluate=lambda: 1.0, evaluate_every_steps=2)
+    assert decisions == [(4, "periodic"), (8, "periodic")]
+    store = MlflowStore(tracking_uri)
+    versions = store.list_versions("periodic_only")
+    assert [(v.step, v.category) for v in versions] == [(4, "periodic"), (8, "periodic"), (10, "final")]
+    assert all(v.monitor is None and v.value is None for v in versions)
+    assert store.alias_version("periodic_only") is None
+    history = store.client.get_metric_history(handle.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, 11))
+    fresh, fresh_opt = _model(6)
+    with mp.Persistence(cfg) as persist:
+        restored = persist.track("periodic_only", fresh, optimizer=fresh_opt).restore()
+        assert restored is not None and restored.step == 10 and restored.category == "final"
+        assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
 def test_periodic_retention_and_aliases_hold_after_200_steps(tracking_uri: str) -> None:
     cfg = _config(tracking_uri, min_delta=0.0, periodic_every_steps=20, keep_best=2, keep_periodic=3)
     model, opt = _model(2)
