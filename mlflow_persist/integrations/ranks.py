@@ -11,15 +11,20 @@ handle (the real `ModelHandle` on rank 0, a step counter elsewhere). `distribute
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import pickle
 import signal
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from mlflow_persist._format.payload import capture_rng_state, decoded_rng_state, restore_rng_state
 from mlflow_persist._policy.policy import FINAL, NO_SAVE, SaveDecision
 from mlflow_persist._runtime.handle import ModelHandle, RestoreInfo, Stateful
 from mlflow_persist._runtime.persistence import Persistence
@@ -27,6 +32,8 @@ from mlflow_persist._runtime.process_effects import GracefulExit, SignalHandlers
 from mlflow_persist.errors import PersistError
 
 T = TypeVar("T")
+
+log = logging.getLogger("mlflow_persist")
 
 
 def is_distributed() -> bool:
@@ -44,6 +51,60 @@ def broadcast_from_writer(value: Any) -> Any:
     box = [value if global_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def same_random_streams() -> frozenset[str]:
+    """Collective: the random generators (`torch`, `numpy`, `python`, `cuda`) whose state is the same on every
+    rank, as after the same seed on every rank (`seed_everything`, the Trainer's `set_seed`): rank 0's saved
+    state of those is every rank's."""
+    state = decoded_rng_state(capture_rng_state())
+    if not is_distributed():
+        return frozenset(state)
+    digests = {key: _state_digest(value) for key, value in state.items()}
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, digests)
+    return frozenset(key for key, digest in digests.items() if all(other.get(key) == digest for other in gathered))
+
+
+def _state_digest(value: Any) -> str:
+    """The same for the same random state in any process (a pickled tensor is not: it varies per process)."""
+    digest = hashlib.sha256()
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            digest.update(item.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(item, np.ndarray):
+            digest.update(np.ascontiguousarray(item).tobytes())
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"[{len(item)}".encode())
+            pending.extend(reversed(item))
+        else:
+            digest.update(repr(item).encode())
+    return digest.hexdigest()
+
+
+def share_rank_zero_random_state(name: str, same_streams: frozenset[str]) -> None:
+    """Collective, once rank 0 restored its random state from a checkpoint: for each generator the ranks shared
+    before the restore (`same_random_streams`), every rank takes rank 0's restored state, so a resumed run draws
+    what an uninterrupted one draws (dropout, sampling). A checkpoint holds rank 0's random state only, so
+    ranks whose torch generator was seeded apart keep their own stream, which rank 0 says once."""
+    if not is_distributed():
+        return
+    if "torch" not in same_streams and global_rank() == 0:
+        log.warning(
+            "%s: the ranks' torch random states differ (seeded per rank), and a checkpoint holds rank 0's only: "
+            "the other ranks resume with the streams they started with, so their draws (dropout, sampling) differ "
+            "from an uninterrupted run's",
+            name,
+        )
+    if not same_streams:
+        return
+    shared = {key: value for key, value in capture_rng_state().items() if key in same_streams}
+    encoded = torch.frombuffer(bytearray(pickle.dumps(shared)), dtype=torch.uint8)
+    received = broadcast_state({"rng": encoded} if global_rank() == 0 else None)  # the bytes go by dist.broadcast
+    if global_rank() != 0:
+        restore_rng_state(pickle.loads(received["rng"].numpy().tobytes()))  # noqa: S301 - rank 0's own bytes
 
 
 _TENSOR = "__mlflow_persist_tensor__"
@@ -235,6 +296,7 @@ class DistributedHandle:
         RestoreInfo with the same state loaded, or raises rank 0's error."""
         outcome: tuple[str, Any] = ("ok", None)
         states = None
+        same_streams = same_random_streams()
         if self.handle is not None:
             try:
                 info = self.handle.restore(strict=strict)
@@ -252,6 +314,8 @@ class DistributedHandle:
                 if target is not None:
                     target.load_state_dict(state)
             self._step = info.step
+        if info is not None:
+            share_rank_zero_random_state(self.handle.name if self.handle is not None else "", same_streams)
         return info
 
 
@@ -264,4 +328,6 @@ __all__ = [
     "collective_device",
     "global_rank",
     "is_distributed",
+    "same_random_streams",
+    "share_rank_zero_random_state",
 ]

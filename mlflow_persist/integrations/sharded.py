@@ -15,7 +15,8 @@ own shards with DCP; rank 0 alone decides, registers and verifies.
 
 Requirements, each checked with a one-sentence error: the ranks share the run's artifact folder as files (the
 default sqlite store with local artifacts, or an artifact root on a shared filesystem); a store behind a
-server, with its outbox, is not supported. Only rank 0's random state is saved.
+server, with its outbox, is not supported. Only rank 0's random state is saved (ranks seeded alike take it
+at a restore: ranks.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from mlflow_persist.integrations.ranks import (
     broadcast_state,
     collective_device,
     global_rank,
+    same_random_streams,
+    share_rank_zero_random_state,
 )
 
 log = logging.getLogger("mlflow_persist")
@@ -234,6 +237,7 @@ class ShardedHandle(DistributedHandle):
         """Collective: rank 0 picks and verifies the version, every rank loads its own shards; the scheduler and
         extra state (whole on rank 0) reach the other ranks by broadcast."""
         outcome: tuple[str, Any] = ("ok", None)
+        same_streams = same_random_streams()
         if self.handle is not None:
             handle = self.handle
             try:
@@ -254,6 +258,7 @@ class ShardedHandle(DistributedHandle):
                 for key, state in (states or {}).items():
                     small[key].load_state_dict(state)
                 self._step = info.step
+            share_rank_zero_random_state(self.handle.name if self.handle is not None else "", same_streams)
         return info
 
 

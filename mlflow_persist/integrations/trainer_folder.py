@@ -25,8 +25,12 @@ __all__ = ["TRAINER_STATE_KEY", "write_trainer_folder"]
 TRAINER_STATE_KEY = "trainer_state_json"
 
 
-def write_trainer_folder(state: CheckpointState, directory: Path) -> Path:
-    """Write `state` into `directory/checkpoint-<step>` as the Trainer saves a checkpoint; returns that folder."""
+def write_trainer_folder(state: CheckpointState, directory: Path, rank_files: int = 0) -> Path:
+    """Write `state` into `directory/checkpoint-<step>` as the Trainer saves a checkpoint; returns that folder.
+
+    `rank_files`: under torch.distributed, how many ranks take the checkpoint's (rank 0's) random state, each
+    from `rng_state_<rank>.pth` as the Trainer reads it there: 1 (rank 0), or every rank when all are seeded
+    alike; 0 without torch.distributed (`rng_state.pth`, written always)."""
     trainer_state = _trainer_state(state)
     folder = directory / f"checkpoint-{state.step}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -36,7 +40,10 @@ def write_trainer_folder(state: CheckpointState, directory: Path) -> Path:
     if state.scheduler_state is not None:
         torch.save(state.scheduler_state, folder / "scheduler.pt")
     if state.rng_state:
-        torch.save(_trainer_rng_state(state.rng_state), folder / "rng_state.pth")
+        rng = _trainer_rng_state(state.rng_state)
+        torch.save(rng, folder / "rng_state.pth")
+        for rank in range(rank_files):
+            torch.save(rng, folder / f"rng_state_{rank}.pth")
     (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
     return folder
 

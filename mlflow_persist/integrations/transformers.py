@@ -17,7 +17,8 @@ Trainer's own resume.
 - Step axis: `state.global_step` (optimizer steps), so a `max_steps` run ends at the same total after every
   restart, and logging, evaluation and the learning-rate schedule continue on the same grid.
 - Monitor: any key of the Trainer's logs or evaluation metrics, as the Trainer names it (`loss`,
-  `eval_loss`, `eval_accuracy`, `grad_norm`, `learning_rate`); every numeric one is logged to the run.
+  `eval_loss`, `eval_accuracy`, `grad_norm`, `learning_rate`); every numeric one is logged to the run (by the
+  `MLflowCallback` alone when the callback shares its run).
 - With `report_to` including `"mlflow"`, the run Hugging Face's `MLflowCallback` started (at train begin, before
   this callback's turn) is the model's run when it is in the same store: checkpoints, versions and metrics go
   there beside the Trainer's parameters and logs, and the `MLflowCallback` ends the run. In another store, the
@@ -41,6 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from mlflow_persist._format.export import MODEL_CONFIG_KEY
@@ -53,7 +55,7 @@ from mlflow_persist.config import PersistConfig
 from mlflow_persist.errors import CheckpointCorruptError, ConfigError, PersistError
 from mlflow_persist.integrations.common import close_persistence, numeric_metrics, open_persistence, shared_run
 from mlflow_persist.integrations.distributed import DistributedHandle, DistributedPersistence, is_distributed
-from mlflow_persist.integrations.ranks import agree
+from mlflow_persist.integrations.ranks import agree, same_random_streams
 from mlflow_persist.integrations.trainer_folder import TRAINER_STATE_KEY, write_trainer_folder
 
 __all__ = ["NOT_LOGGED", "PersistCallback", "TrainerStateRecord"]
@@ -149,14 +151,17 @@ class PersistCallback(TrainerCallback):
 
         Under torch.distributed it is collective (call it on every rank): rank 0 writes the folder and every rank
         gets its path, so the ranks must share the temporary directory's filesystem (one machine, or TMPDIR on a
-        shared one). The folder holds rank 0's random state only: the Trainer warns that the other ranks'
-        are missing, and they start theirs afresh."""
+        shared one). A checkpoint holds rank 0's random state: every rank takes it when the ranks' random states
+        are alike now (the Trainer's `set_seed` seeds every rank the same); else only rank 0 does, and the Trainer
+        says the other ranks' are missing."""
         if self.persistence is None:
             self.persistence = open_persistence(self.config, self.store, self.persistence_kwargs)
         outcome: tuple[str, Any] = ("ok", None)
+        alike = {"python", "numpy", "torch"} <= same_random_streams()  # collective, as this whole call is
+        rank_files = (dist.get_world_size() if alike else 1) if is_distributed() else 0
         if self.persistence.is_writer:
             try:
-                outcome = ("ok", self._write_resume_folder())
+                outcome = ("ok", self._write_resume_folder(rank_files))
             except Exception as exc:  # noqa: BLE001 - raised on every rank by agree
                 outcome = ("error", exc)
         handed_out = agree(outcome, "write the Trainer's resume folder") if is_distributed() else outcome[1]
@@ -168,7 +173,7 @@ class PersistCallback(TrainerCallback):
         self._resume_folder = (Path(folder).parent, step, version)
         return str(folder)
 
-    def _write_resume_folder(self) -> tuple[str, int, int | None] | None:
+    def _write_resume_folder(self, rank_files: int) -> tuple[str, int, int | None] | None:
         """On rank 0: the newest valid version written as a Trainer folder (its path, step and version)."""
         assert self.persistence is not None
         persistence = self.persistence.persistence
@@ -184,7 +189,7 @@ class PersistCallback(TrainerCallback):
                 continue
             directory = Path(tempfile.mkdtemp(prefix="mlflow-persist-resume-"))
             try:
-                folder = write_trainer_folder(state, directory)
+                folder = write_trainer_folder(state, directory, rank_files)
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise

@@ -33,9 +33,14 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def build(ddp: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The model, sharded with FSDP2 (every rank holds half of each parameter), or replicated with DDP."""
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # on every rank: the ranks draw the same dropout masks, from one random stream
     model = torch.nn.Sequential(
-        torch.nn.Linear(16, 256), torch.nn.Tanh(), torch.nn.Linear(256, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4)
+        torch.nn.Linear(16, 256),
+        torch.nn.Tanh(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(256, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 4),
     )
     if ddp:
         model = DistributedDataParallel(model)

@@ -452,19 +452,43 @@ def test_export_hf_writes_a_folder_from_pretrained_loads(
         assert torch.equal(state[key], value), key
 
 
+def _torchrun(tmp_path: Path, uri: str, max_steps: str, *options: str) -> str:
+    """The trainer script on 2 CPU processes under torchrun (gloo); its stdout."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT)]
+    result = subprocess.run(
+        [*command, uri, str(tmp_path / "d.jsonl"), "--max-steps", max_steps, *options],
+        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_under_ddp_the_trainers_own_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(
+    tmp_path: Path, sqlite_uri: str
+) -> None:
+    """The Trainer seeds every rank alike (`set_seed`), and under DDP it reads each rank's random state from
+    `rng_state_<rank>.pth`: resume_checkpoint()'s folder holds one per rank (rank 0's saved state, which every
+    rank shared), so BERT's dropout draws after the resume what an uninterrupted 2-rank run draws."""
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    plain = _torchrun(plain_dir, f"sqlite:///{plain_dir}/mlflow.db", "10", "--plain")
+    _torchrun(tmp_path, sqlite_uri, "10", "--stop-at-step", "6")  # the learning-rate schedule spans 10 steps
+    native = _torchrun(tmp_path, sqlite_uri, "10", "--native")
+    expected = {r["rank"]: r for r in lines_with(plain, "DONE")}
+    done = {r["rank"]: r for r in lines_with(native, "DONE")}
+    assert done[0]["global_step"] == expected[0]["global_step"] == 10
+    for rank in (0, 1):
+        assert done[rank]["weights"] == expected[rank]["weights"], rank
+        assert done[rank]["optimizer"] == expected[rank]["optimizer"], rank
+
+
 def test_under_ddp_every_rank_resumes_the_same_state_and_trainer_state(tmp_path: Path, sqlite_uri: str) -> None:
     """Two CPU processes under torchrun (gloo): rank 0 saves, and a plain train() restores on both ranks the
     same weights, optimizer state, global_step and TrainerState (the log records of the first run); then the
     Trainer's own resume from resume_checkpoint()'s folder does too."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT)]
 
     def torchrun(max_steps: str, *options: str) -> str:
-        result = subprocess.run(
-            [*command, sqlite_uri, str(tmp_path / "d.jsonl"), "--max-steps", max_steps, *options],
-            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stdout
+        return _torchrun(tmp_path, sqlite_uri, max_steps, *options)
 
     torchrun("6")
     resumed = torchrun("10")

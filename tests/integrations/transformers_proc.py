@@ -1,7 +1,7 @@
 """A Hugging Face Trainer run with PersistCallback: a tiny BERT (built from a config, nothing downloaded) learns
 a synthetic classification task, evaluated on `eval_loss` (the monitor).
 
-Usage: transformers_proc.py URI DIGEST_LOG [--max-steps N] [--step-sleep SECONDS] [--native | --plain]
+Usage: transformers_proc.py URI DIGEST_LOG [--max-steps N] [--stop-at-step N] [--step-sleep SECONDS] [--native | --plain]
                            [--report-to-mlflow MLFLOW_TRACKING_URI]
 `--report-to-mlflow` trains with `report_to=["mlflow"]` and that `MLFLOW_TRACKING_URI` (Hugging Face's
 MLflowCallback starts a new run per train()).
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,6 +92,18 @@ def persist_config(uri: str) -> mp.PersistConfig:
     return keep_everything_config(uri, "eval_loss")
 
 
+class StopAtStep(TrainerCallback):
+    """Ends train() after `step` optimizer steps, as an interruption would (the schedule still spans max_steps)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
 class RecordingCallback(PersistCallback):
     """Records what the trainer itself saw: its state at each save decision and the evaluations it got."""
 
@@ -154,6 +166,7 @@ def main() -> None:
     parser.add_argument("digest_log", type=Path)
     parser.add_argument("--max-steps", type=int, default=24)
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--stop-at-step", type=int, help="end train() after this step (of --max-steps)")
     parser.add_argument("--report-to-mlflow", metavar="MLFLOW_TRACKING_URI")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--native", action="store_true")
@@ -171,7 +184,8 @@ def main() -> None:
             args=training_args(output_dir, options.max_steps, **reporting),
             train_dataset=ToyDataset(256, seed=1),
             eval_dataset=ToyDataset(64, seed=2),
-            callbacks=[] if options.plain else [callback],
+            callbacks=([] if options.plain else [callback])
+            + ([StopAtStep(options.stop_at_step)] if options.stop_at_step else []),
         )
         output = trainer.train(resume_from_checkpoint=callback.resume_checkpoint() if options.native else None)
         done = {
