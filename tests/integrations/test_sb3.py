@@ -282,6 +282,17 @@ def test_monitor_none_takes_periodic_and_final_checkpoints_only_and_no_best() ->
     assert store.alias_version(NAME) is None
 
 
+def test_a_registered_model_of_another_architecture_fails_learn_before_the_first_step_and_is_left_as_it_is() -> None:
+    store = MemoryStore()
+    _dqn().learn(total_timesteps=300, callback=_callback(store))
+    before = [(v.version, v.category, v.corrupt) for v in store.list_versions(NAME)]
+    ppo = PPO("MlpPolicy", gymnasium.make("CartPole-v1"), n_steps=64, batch_size=64, device="cpu")
+    with pytest.raises(mp.CheckpointMismatchError, match=f"v{before[-1][0]} of {NAME} does not fit the tracked model"):
+        ppo.learn(total_timesteps=128, callback=_callback(store))
+    assert ppo.num_timesteps == 0  # not one env step
+    assert [(v.version, v.category, v.corrupt) for v in store.list_versions(NAME)] == before  # nothing marked
+
+
 def test_save_replay_buffer_needs_an_off_policy_algorithm() -> None:
     model = PPO("MlpPolicy", gymnasium.make("CartPole-v1"), n_steps=64, batch_size=64, device="cpu")
     with pytest.raises(mp.PersistError, match="save_replay_buffer=True needs an off-policy algorithm"):

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it (transformers[torch])
 
-from transformers import Trainer  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, Trainer  # noqa: E402
 from zygote import Zygote, Zygotes  # noqa: E402
 
 import mlflow_persist as mp  # noqa: E402
@@ -124,6 +124,28 @@ def test_logs_and_evaluations_land_once_on_the_trainers_step(tmp_path: Path) -> 
     versions = store.list_versions(MODEL_NAME)
     assert [(v.category, v.step) for v in versions if v.category == "final"] == [("final", 6)]
     assert {v.step for v in versions if v.category == "performance"} <= {3, 6}
+
+
+def test_a_registered_model_of_another_architecture_fails_train_before_the_first_step(tmp_path: Path) -> None:
+    store = MemoryStore()
+    _train(tmp_path, store, max_steps=3)
+    before = [(v.version, v.category, v.corrupt) for v in store.list_versions(MODEL_NAME)]
+    wider = BertForSequenceClassification(BertConfig(**{**tiny_bert().config.to_dict(), "intermediate_size": 96}))
+    config = mp.PersistConfig(
+        monitor="eval_loss", log_system_metrics=False, min_free_disk_mb=0, min_free_disk_percent=0
+    )
+    callback = PersistCallback(MODEL_NAME, config, store=store, persistence_kwargs={"install_signal_handlers": False})
+    trainer = Trainer(
+        model=wider,
+        args=training_args(str(tmp_path / "wider"), 3),
+        train_dataset=ToyDataset(128, 1),
+        eval_dataset=ToyDataset(32, 2),
+        callbacks=[callback],
+    )
+    with pytest.raises(mp.CheckpointMismatchError, match="does not fit the tracked model .*intermediate"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    assert [(v.version, v.category, v.corrupt) for v in store.list_versions(MODEL_NAME)] == before
 
 
 def test_monitor_none_trains_to_the_end_with_the_final_checkpoint_only(tmp_path: Path) -> None:
