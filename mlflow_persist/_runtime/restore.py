@@ -397,7 +397,8 @@ class HandleRestore:
         """`versions`: the newest ones, oldest first."""
         lines = [
             f"{self.name}: restored v{restored.version} ({restored.category}, step {restored.step}, "
-            f"{self.tracker.monitor}={restored.value}); best={self.tracker.best_value}; last checkpoints:"
+            f"{self.tracker.monitor or 'no monitor'}={restored.value}); best={self.tracker.best_value}; "
+            "last checkpoints:"
         ]
         for v in versions[-RECENT_SHOWN:][::-1]:
             mark = " <- restored" if v.version == restored.version else ""
