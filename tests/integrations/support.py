@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +159,23 @@ def _start_and_wait(
 
 
 def run_and_kill(
-    script: Path, *args: str, cwd: Path, when: str, zygote: Zygote, delay: float = 0.0, timeout: float = 600
+    script: Path,
+    *args: str,
+    cwd: Path,
+    when: str,
+    zygote: Zygote,
+    delay: float = 0.0,
+    timeout: float = 600,
+    until: Callable[[], bool] | None = None,
 ) -> str:
-    """Start `script`, wait for a stdout line containing `when`, wait `delay` s more, SIGKILL it."""
+    """Start `script`, wait for a stdout line containing `when`, wait `delay` s more (and, with `until`, until it
+    holds: a loaded machine can take seconds to register a save), SIGKILL it."""
     proc, lines, reader, _ = _start_and_wait(script, args, cwd, when, timeout, zygote)
     time.sleep(delay)
+    deadline = time.monotonic() + 120
+    while until is not None and not until():
+        assert time.monotonic() < deadline and proc.poll() is None, "the condition to kill at never held"
+        time.sleep(0.1)
     assert proc.poll() is None, f"{script.name} ended before the kill:\n{''.join(lines)[-5000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)

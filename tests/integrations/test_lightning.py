@@ -56,7 +56,13 @@ def test_lightning_fit_registers_checkpoints_keeps_one_run_and_resumes_after_sig
     best = saved["versions"][int(saved["aliases"]["best"])]
     assert float(best["mlflow_persist.value"]) == min(monitors)
 
-    killed = run_and_kill(SCRIPT, uri, str(log.path), "1000", cwd=tmp_path, zygote=framework, when="STEP 63", delay=0.3)
+    def registered_after_40() -> bool:
+        return max(int(tags["mlflow_persist.step"]) for tags in registry(uri, "boring")["versions"].values()) > 40
+
+    killed = run_and_kill(
+        SCRIPT, uri, str(log.path), "1000", cwd=tmp_path, zygote=framework, when="STEP 63", delay=0.3,
+        until=registered_after_40,
+    )  # fmt: skip
     restarted_from = next(lines_with(killed, "RESTORED"))
     assert restarted_from["step"] == 40 and restarted_from["digest"] == log.digest_at(40)
 
