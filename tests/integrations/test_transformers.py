@@ -4,7 +4,9 @@ evaluations it was given, the steps it reached."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -474,6 +476,13 @@ def test_export_hf_writes_a_folder_from_pretrained_loads(
         assert torch.equal(state[key], value), key
 
 
+def _by_rank(output: str, marker: str) -> dict[int, dict[str, Any]]:
+    """Each rank's `MARKER {...}` record. Found anywhere in a line: under torchrun both ranks share stdout, and
+    the Trainer's own prints on rank 0 are not single writes, so a record of rank 1 can land inside one."""
+    records = (json.loads(found) for found in re.findall(marker + r" (\{[^{}\n]*\})", output))
+    return {int(record.pop("rank")): record for record in records}
+
+
 def _torchrun(tmp_path: Path, uri: str, max_steps: str, *options: str) -> str:
     """The trainer script on 2 CPU processes under torchrun (gloo); its stdout."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT)]
@@ -496,8 +505,7 @@ def test_under_ddp_the_trainers_own_resume_ends_bit_for_bit_where_an_uninterrupt
     plain = _torchrun(plain_dir, f"sqlite:///{plain_dir}/mlflow.db", "10", "--plain")
     _torchrun(tmp_path, sqlite_uri, "10", "--stop-at-step", "6")  # the learning-rate schedule spans 10 steps
     native = _torchrun(tmp_path, sqlite_uri, "10", "--native")
-    expected = {r["rank"]: r for r in lines_with(plain, "DONE")}
-    done = {r["rank"]: r for r in lines_with(native, "DONE")}
+    expected, done = _by_rank(plain, "DONE"), _by_rank(native, "DONE")
     assert done[0]["global_step"] == expected[0]["global_step"] == 10
     for rank in (0, 1):
         assert done[rank]["weights"] == expected[rank]["weights"], rank
@@ -514,10 +522,10 @@ def test_under_ddp_every_rank_resumes_the_same_state_and_trainer_state(tmp_path:
 
     torchrun("6")
     resumed = torchrun("10")
-    restored = {r["rank"]: r for r in lines_with(resumed, "RESTORED")}
+    restored = _by_rank(resumed, "RESTORED")
     assert {rank: (r["step"], r["global_step"]) for rank, r in restored.items()} == {0: (6, 6), 1: (6, 6)}
     assert restored[0]["digest"] == restored[1]["digest"]
-    done = {r.pop("rank"): r for r in lines_with(resumed, "DONE")}
+    done = _by_rank(resumed, "DONE")
     assert set(done) == {0, 1} and done[0]["global_step"] == 10
     for key in ("weights", "optimizer", "log_steps"):
         assert done[0][key] == done[1][key], key
@@ -526,7 +534,7 @@ def test_under_ddp_every_rank_resumes_the_same_state_and_trainer_state(tmp_path:
 
     # the Trainer's own resume: resume_checkpoint() is collective, rank 0 writes the folder every rank loads
     native = torchrun("14", "--native")
-    done_native = {r.pop("rank"): r for r in lines_with(native, "DONE")}
+    done_native = _by_rank(native, "DONE")
     assert set(done_native) == {0, 1} and done_native[0]["global_step"] == done_native[1]["global_step"] == 14
     for key in ("weights", "optimizer", "log_steps"):
         assert done_native[0][key] == done_native[1][key], key
