@@ -204,10 +204,14 @@ def metric_steps(uri: str, run_id: str, key: str) -> list[int]:
 
 
 def lines_with(text: str, marker: str) -> Iterable[dict[str, Any]]:
-    """The JSON payloads of stdout lines `MARKER {...}` a trainer script printed."""
+    """The JSON payloads of stdout records `MARKER {...}` a trainer script printed (`emit`: one write, to the end
+    of its line). Found anywhere in a line: processes that share stdout (torchrun's ranks) write other text in
+    several writes (the Trainer's prints on rank 0), so a record of another rank can land inside such a line."""
+    start = marker + " {"
     for line in text.splitlines():
-        if line.startswith(marker + " "):
-            yield json.loads(line[len(marker) + 1 :])
+        at = line.find(start)
+        if at >= 0:
+            yield json.loads(line[at + len(marker) + 1 :])
 
 
 def run_and_signal(

@@ -4,9 +4,7 @@ evaluations it was given, the steps it reached."""
 
 from __future__ import annotations
 
-import json
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -477,10 +475,7 @@ def test_export_hf_writes_a_folder_from_pretrained_loads(
 
 
 def _by_rank(output: str, marker: str) -> dict[int, dict[str, Any]]:
-    """Each rank's `MARKER {...}` record. Found anywhere in a line: under torchrun both ranks share stdout, and
-    the Trainer's own prints on rank 0 are not single writes, so a record of rank 1 can land inside one."""
-    records = (json.loads(found) for found in re.findall(marker + r" (\{[^{}\n]*\})", output))
-    return {int(record.pop("rank")): record for record in records}
+    return {int(record.pop("rank")): record for record in lines_with(output, marker)}
 
 
 def _torchrun(tmp_path: Path, uri: str, max_steps: str, *options: str) -> str:
